@@ -1,0 +1,306 @@
+"""Calibration / evaluation data: ``.npz``, ``.npy``, a folder of images, or generated inputs.
+
+All arrays are kept in the model's *source* layout with the sample axis first. Shapes and dtypes
+are checked against the model's inputs before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from device_agent.manifest import TensorSpec, file_sha256
+from edgekit.errors import DataError
+
+__all__ = ["Dataset", "ImageSpec", "generate", "load_data"]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+LABEL_KEYS = ("labels", "label", "y")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How to turn image files into model inputs.
+
+    ``size`` (H, W) defaults to the model's input; pixel values are ``(p * scale - mean) / std``
+    per channel, in ``channels`` order (rgb, bgr or gray), laid out as the model expects.
+    """
+
+    size: tuple[int, int] | None = None
+    scale: float = 1 / 255
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    channels: str = "rgb"
+    layout: str | None = None  # NCHW / NHWC; default from the model's input shape
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ImageSpec:
+        p = Path(path)
+        try:
+            text = p.read_text()
+            doc = json.loads(text) if p.suffix == ".json" else _yaml(text)
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read the preprocessing spec {p}: {e}") from None
+        allowed = {"size", "scale", "mean", "std", "channels", "layout"}
+        unknown = set(doc or {}) - allowed
+        if unknown:
+            raise DataError(f"{p}: unknown preprocessing key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+        doc = dict(doc or {})
+        for key in ("size", "mean", "std"):
+            if key in doc and not isinstance(doc[key], (list, tuple)):
+                doc[key] = [doc[key]] * (2 if key == "size" else 1)
+            if key in doc:
+                doc[key] = tuple(doc[key])
+        spec = cls(**doc)
+        if spec.channels not in ("rgb", "bgr", "gray"):
+            raise DataError(f"{p}: channels is {spec.channels!r}; allowed: rgb, bgr, gray")
+        if spec.layout not in (None, "NCHW", "NHWC"):
+            raise DataError(f"{p}: layout is {spec.layout!r}; allowed: NCHW, NHWC")
+        return spec
+
+
+def _yaml(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+@dataclass
+class Dataset:
+    """Named input arrays (sample axis first) and optional integer labels."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    description: str = ""
+    file: str | None = None
+    sha256: str | None = None
+    generated: bool = False
+    class_names: list[str] | None = field(default=None)
+
+    @property
+    def n(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def subset(self, n: int, *, seed: int = 0) -> Dataset:
+        """At most ``n`` samples, drawn evenly (deterministic)."""
+        if n >= self.n:
+            return self
+        idx = np.sort(np.random.default_rng(seed).choice(self.n, size=n, replace=False))
+        return Dataset(
+            {k: v[idx] for k, v in self.inputs.items()},
+            None if self.labels is None else self.labels[idx],
+            self.description, self.file, self.sha256, self.generated, self.class_names,
+        )
+
+    def batches(self, batch: int) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(0, self.n, batch):
+            yield {k: v[i : i + batch] for k, v in self.inputs.items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "description": self.description,
+            "samples": self.n,
+            "file": Path(self.file).name if self.file else None,
+            "sha256": self.sha256,
+            "labelled": self.labels is not None,
+            "generated": self.generated,
+        }
+
+
+def load_data(
+    path: str | Path,
+    inputs: tuple[TensorSpec, ...],
+    *,
+    image_spec: ImageSpec | None = None,
+    data_layout: str | None = None,
+    description: str | None = None,
+) -> Dataset:
+    """Read a data file or image folder and check it against the model's inputs."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data not found: {p}")
+    if p.is_dir():
+        ds = _load_images(p, inputs, image_spec or ImageSpec())
+    elif p.suffix == ".npz":
+        ds = _load_npz(p, inputs)
+    elif p.suffix == ".npy":
+        ds = _load_npy(p, inputs)
+    else:
+        raise DataError(f"{p.name}: unsupported data file; use .npz (arrays named after the inputs, optional 'labels'), .npy, or a folder of images")
+    if data_layout:
+        ds.inputs = {k: _to_layout(v, data_layout, k) for k, v in ds.inputs.items()}
+    ds.inputs = {s.name: _check(ds.inputs[s.name], s, p.name) for s in inputs if s.name in ds.inputs}
+    n = {len(v) for v in ds.inputs.values()}
+    if len(n) > 1:
+        raise DataError(f"{p.name}: inputs have different sample counts {sorted(n)}; every array needs the same first axis")
+    if ds.labels is not None and len(ds.labels) != ds.n:
+        raise DataError(f"{p.name}: 'labels' has {len(ds.labels)} entries for {ds.n} samples")
+    if ds.n == 0:
+        raise DataError(f"{p.name} holds no samples")
+    ds.description = description or ds.description
+    ds.file = str(p)
+    if p.is_file():
+        ds.sha256 = file_sha256(p)
+    return ds
+
+
+def _load_npz(p: Path, inputs: tuple[TensorSpec, ...]) -> Dataset:
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{p.name} is not a readable .npz file: {e}") from None
+    label_key = next((k for k in LABEL_KEYS if k in arrays), None)
+    labels = arrays.pop(label_key) if label_key else None
+    names = [s.name for s in inputs]
+    if len(inputs) == 1 and names[0] not in arrays:
+        if len(arrays) != 1:
+            raise DataError(
+                f"{p.name} has arrays {', '.join(sorted(arrays))}; the model's input is {names[0]!r}. "
+                f"Name the array {names[0]!r} (labels go in 'labels')"
+            )
+        arrays = {names[0]: next(iter(arrays.values()))}
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise DataError(
+            f"{p.name} has no array for input(s) {', '.join(repr(m) for m in missing)}; it has {', '.join(sorted(arrays)) or 'none'}. "
+            "Name each array after a model input"
+        )
+    extra = sorted(set(arrays) - set(names))
+    if extra:
+        raise DataError(f"{p.name} has array(s) {', '.join(extra)} that match no model input ({', '.join(names)}) and are not 'labels'")
+    if labels is not None:
+        labels = _labels(labels, p.name)
+    return Dataset(arrays, labels, description=f"{p.name}")
+
+
+def _labels(labels: np.ndarray, where: str) -> np.ndarray:
+    if labels.ndim == 2 and labels.shape[1] > 1:  # one-hot
+        labels = labels.argmax(axis=1)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        if labels.ndim == 1 and np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)):
+            return labels.astype(np.int64)
+        raise DataError(f"{where}: 'labels' must be integer class ids (1-D) or one-hot (2-D); got {labels.dtype} {list(labels.shape)}")
+    return labels.astype(np.int64)
+
+
+def _load_npy(p: Path, inputs: tuple[TensorSpec, ...]) -> Dataset:
+    if len(inputs) != 1:
+        raise DataError(f"{p.name}: a .npy holds one array but the model has {len(inputs)} inputs; use a .npz named after them")
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{p.name} is not a readable .npy file: {e}") from None
+    return Dataset({inputs[0].name: arr}, None, description=p.name)
+
+
+def _load_images(p: Path, inputs: tuple[TensorSpec, ...], spec: ImageSpec) -> Dataset:
+    from PIL import Image
+
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise DataError(f"an image folder feeds a model with one 4-D image input; this model's inputs are {_fmt_inputs(inputs)}")
+    files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{p} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    s = inputs[0]
+    layout = spec.layout or ("NHWC" if isinstance(s.shape[3], int) and s.shape[3] in (1, 3) and s.shape[1] not in (1, 3) else "NCHW")
+    c_axis = 1 if layout == "NCHW" else 3
+    h_axis, w_axis = (2, 3) if layout == "NCHW" else (1, 2)
+    size = spec.size or (s.shape[h_axis], s.shape[w_axis])
+    if not all(isinstance(d, int) for d in size):
+        raise DataError(f"input {s.name!r} has symbolic height/width {list(s.shape)}; give the image size in the preprocessing spec (size: [H, W])")
+    channels = s.shape[c_axis] if isinstance(s.shape[c_axis], int) else (1 if spec.channels == "gray" else 3)
+    mean = np.array(spec.mean if len(spec.mean) == channels else spec.mean * channels, dtype=np.float32)[:channels]
+    std = np.array(spec.std if len(spec.std) == channels else spec.std * channels, dtype=np.float32)[:channels]
+    # class folders: <root>/<class>/<image>; labels are the sorted folder names' indices
+    classes = sorted({f.parent.name for f in files}) if all(f.parent != p for f in files) else None
+    arrays, labels = [], []
+    for f in files:
+        try:
+            img = Image.open(f)
+            img = img.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.BILINEAR)
+        except OSError as e:
+            raise DataError(f"cannot read image {f}: {e}") from None
+        a = np.asarray(img, dtype=np.float32)
+        a = a[..., None] if a.ndim == 2 else a
+        if spec.channels == "bgr" and channels == 3:
+            a = a[..., ::-1]
+        a = (a * spec.scale - mean) / std
+        arrays.append(a.transpose(2, 0, 1) if layout == "NCHW" else a)
+        if classes:
+            labels.append(classes.index(f.parent.name))
+    x = np.stack(arrays).astype(s.dtype)
+    desc = f"{len(files)} images from {p.name}/ ({layout}, {size[0]}x{size[1]}, scale {spec.scale:g}, mean {list(mean)}, std {list(std)})"
+    return Dataset({s.name: x}, np.array(labels, dtype=np.int64) if classes else None, description=desc, class_names=classes)
+
+
+def _to_layout(x: np.ndarray, layout: str, name: str) -> np.ndarray:
+    layout = layout.upper()
+    if x.ndim != 4:
+        return x
+    if layout == "NHWC":  # data is NHWC, model wants NCHW
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    if layout == "NCHW":
+        return x
+    raise DataError(f"--data-layout is {layout!r}; allowed: NCHW, NHWC")
+
+
+def _check(x: np.ndarray, s: TensorSpec, where: str) -> np.ndarray:
+    want = np.dtype(s.dtype)
+    shape = list(s.shape)
+    given = list(x.shape)
+    ok = len(given) == len(shape) and all(not isinstance(d, int) or d == g for d, g in zip(shape[1:], given[1:]))
+    if not ok:
+        hint = ""
+        if len(given) + 1 == len(shape):
+            hint = " Add the missing axis (e.g. the channel axis: x[:, None])"
+        elif len(given) == len(shape) == 4 and sorted(given[1:]) == sorted(d for d in shape[1:] if isinstance(d, int)):
+            hint = " The data looks like it is in another layout: pass --data-layout NHWC"
+        raise DataError(
+            f"Input {s.name!r} expects shape {_fmt_shape(shape)} ({s.dtype}); {where} gives {given} ({x.dtype}).{hint}"
+        )
+    if x.dtype == want:
+        return x
+    if np.issubdtype(want, np.floating) and (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        return x.astype(want)
+    if np.issubdtype(want, np.integer) and np.issubdtype(x.dtype, np.integer):
+        info = np.iinfo(want)
+        if x.size and (x.min() < info.min or x.max() > info.max):
+            raise DataError(f"Input {s.name!r} is {s.dtype}; {where} has values outside its range [{info.min}, {info.max}]")
+        return x.astype(want)
+    if want == np.bool_ and x.dtype == np.bool_:
+        return x
+    raise DataError(f"Input {s.name!r} expects {s.dtype}; {where} gives {x.dtype}, which does not convert safely. Save the array as {s.dtype}")
+
+
+def generate(inputs: tuple[TensorSpec, ...], n: int = 64, *, seed: int = 0, batch_dim: int = 1) -> Dataset:
+    """Random inputs for a model without data: N(0, 1) floats, small non-negative ints.
+
+    Used for agreement checks and drift references when the user gives no data; the manifest says so.
+    """
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for s in inputs:
+        dims = [n] + [d if isinstance(d, int) and d > 0 else batch_dim for d in s.shape[1:]]
+        if not s.shape:
+            dims = [n]
+        dt = np.dtype(s.dtype)
+        if np.issubdtype(dt, np.floating):
+            arrays[s.name] = rng.standard_normal(dims).astype(dt)
+        elif dt == np.bool_:
+            arrays[s.name] = rng.integers(0, 2, dims).astype(bool)
+        else:
+            arrays[s.name] = rng.integers(0, 10, dims).astype(dt)
+    return Dataset(arrays, None, description=f"{n} generated samples (standard normal; no data given)", generated=True)
+
+
+def _fmt_shape(shape: list) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _fmt_inputs(inputs: tuple[TensorSpec, ...]) -> str:
+    return ", ".join(f"{s.name} {_fmt_shape(list(s.shape))}" for s in inputs)

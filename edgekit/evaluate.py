@@ -1,0 +1,183 @@
+"""Evaluate a model artifact: outputs over a dataset, latency on this CPU, quality against a reference.
+
+Every artifact is run through the device agent's backends (``device_agent.runtime``), so what
+edgekit measures is what the device will run, layout conversion included.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from device_agent.manifest import TensorSpec
+from device_agent.runtime import Backend
+from edgekit.data import Dataset
+
+__all__ = ["Latency", "Quality", "compare", "is_classifier", "measure_latency", "run_dataset"]
+
+MAX_EVAL_BATCH = 32
+
+
+def _batch_size(specs: tuple[TensorSpec, ...]) -> int:
+    """How many samples one ``run`` takes: the fixed batch dim if any, else up to MAX_EVAL_BATCH."""
+    fixed = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int)}
+    if any(not s.shape for s in specs):
+        return 1
+    if fixed:
+        return min(fixed)
+    return MAX_EVAL_BATCH
+
+
+def run_dataset(backend: Backend, data: Dataset, specs: tuple[TensorSpec, ...], *, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """Outputs for every sample of ``data`` (source layout), concatenated along the sample axis.
+
+    ``specs`` is the source signature (decides batching). A fixed batch size b is honoured by
+    padding the last batch, so fixed-batch models see exactly what they were exported for.
+    """
+    b = _batch_size(specs)
+    scalar = {s.name for s in specs if not s.shape}
+    chunks: dict[str, list[np.ndarray]] = {}
+    for start in range(0, data.n, b):
+        feeds = {}
+        count = min(b, data.n - start)
+        for name, x in data.inputs.items():
+            part = x[start : start + b]
+            if name in scalar:
+                part = part[0]
+            elif len(part) < b and _fixed_batch(specs, name):
+                part = np.concatenate([part, np.repeat(part[-1:], b - len(part), axis=0)])
+            feeds[name] = part
+        out = backend.run(feeds)
+        for k, y in out.items():
+            chunks.setdefault(k, []).append(y[:count] if y.ndim and y.shape[0] >= count else y)
+        if progress:
+            progress(count)
+    return {k: np.concatenate(v) if v[0].ndim else np.stack(v) for k, v in chunks.items()}
+
+
+def _fixed_batch(specs: tuple[TensorSpec, ...], name: str) -> bool:
+    return any(s.name == name and s.shape and isinstance(s.shape[0], int) for s in specs)
+
+
+def one_sample(data: Dataset, specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    """A single request as the model takes it (batch 1, or the fixed batch)."""
+    fixed = [s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int)]
+    b = min(fixed) if fixed else 1
+    scalar = {s.name for s in specs if not s.shape}
+    return {k: (v[0] if k in scalar else v[:b]) for k, v in data.inputs.items()}
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50_ms: float
+    p95_ms: float
+    mean_ms: float
+    runs: int
+
+    def to_dict(self) -> dict:
+        return {"p50_ms": round(self.p50_ms, 4), "p95_ms": round(self.p95_ms, 4), "mean_ms": round(self.mean_ms, 4), "runs": self.runs}
+
+
+def measure_latency(
+    backend: Backend, feeds: dict[str, np.ndarray], *, runs: int = 200, warmup: int = 10, budget_s: float = 10.0, min_runs: int = 20
+) -> Latency:
+    """Wall-clock latency of ``backend.run(feeds)``: warm up, then up to ``runs`` timed calls.
+
+    Stops early once ``budget_s`` is spent (after at least ``min_runs``), so a slow model cannot
+    stall a search. GC is paused while timing so it does not land inside one call.
+    """
+    for _ in range(warmup):
+        backend.run(feeds)
+    times = []
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        deadline = time.perf_counter() + budget_s
+        for i in range(runs):
+            t0 = time.perf_counter()
+            backend.run(feeds)
+            times.append(time.perf_counter() - t0)
+            if i + 1 >= min_runs and time.perf_counter() > deadline:
+                break
+    finally:
+        if gc_was:
+            gc.enable()
+    ms = np.array(times) * 1e3
+    return Latency(float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(ms.mean()), len(ms))
+
+
+def is_classifier(outputs: tuple[TensorSpec, ...]) -> bool:
+    """A first output of shape [N, C] (C ≥ 2, float) is read as class scores."""
+    if not outputs:
+        return False
+    s = outputs[0]
+    return len(s.shape) == 2 and s.dtype.startswith("float") and (not isinstance(s.shape[1], int) or s.shape[1] >= 2)
+
+
+@dataclass(frozen=True)
+class Quality:
+    """How close a model's outputs are to a reference's; ``drop`` is in points (lower is better).
+
+    ``drop`` is the accuracy loss with labels, the top-1 disagreement (%) for classifiers without
+    labels, and ``(1 - cosine) * 100`` for other outputs: one number to hold against --max-drop.
+    """
+
+    accuracy: float | None
+    agreement: float | None
+    cosine: float
+    max_abs_error: float
+    drop: float
+
+    def to_dict(self) -> dict:
+        d = {"cosine": round(self.cosine, 6), "max_abs_error": float(f"{self.max_abs_error:.6g}"), "drop_pts": round(self.drop, 4)}
+        if self.accuracy is not None:
+            d["accuracy"] = round(self.accuracy, 4)
+        if self.agreement is not None:
+            d["agreement"] = round(self.agreement, 4)
+        return d
+
+
+def accuracy(outputs: dict[str, np.ndarray], first: str, labels: np.ndarray) -> float:
+    return float((outputs[first].argmax(axis=1) == labels).mean() * 100)
+
+
+def compare(
+    ref: dict[str, np.ndarray],
+    new: dict[str, np.ndarray],
+    *,
+    classifier: bool,
+    first_output: str,
+    labels: np.ndarray | None = None,
+    ref_accuracy: float | None = None,
+) -> Quality:
+    cos, mae = 1.0, 0.0
+    for name, r in ref.items():
+        n = new[name]
+        if not np.issubdtype(r.dtype, np.floating):
+            mae = max(mae, float(np.abs(r.astype(np.float64) - n.astype(np.float64)).max(initial=0.0)))
+            continue
+        r64, n64 = r.astype(np.float64), n.astype(np.float64)
+        if not np.all(np.isfinite(n64)):
+            return Quality(None, 0.0, 0.0, float("inf"), 100.0)
+        mae = max(mae, float(np.abs(r64 - n64).max(initial=0.0)))
+        rr = r64.reshape(len(r64), -1) if r64.ndim > 1 else r64.reshape(1, -1)
+        nn = n64.reshape(len(n64), -1) if n64.ndim > 1 else n64.reshape(1, -1)
+        denom = np.linalg.norm(rr, axis=1) * np.linalg.norm(nn, axis=1)
+        c = np.where(denom > 0, (rr * nn).sum(axis=1) / np.maximum(denom, 1e-30), 1.0)
+        cos = min(cos, float(c.mean()))
+    acc = agree = None
+    if classifier:
+        agree = float((ref[first_output].argmax(axis=1) == new[first_output].argmax(axis=1)).mean() * 100)
+    if labels is not None and classifier:
+        acc = accuracy(new, first_output, labels)
+        base = ref_accuracy if ref_accuracy is not None else accuracy(ref, first_output, labels)
+        drop = base - acc
+    elif agree is not None:
+        drop = 100.0 - agree
+    else:
+        drop = (1.0 - cos) * 100.0
+    return Quality(acc, agree, cos, mae, drop)

@@ -1,0 +1,272 @@
+"""int8 quantization candidates: each one way of turning an fp32 ONNX model into an int8 one.
+
+ORT's defaults are often *slower* than fp32 on a given CPU (S8S8 QDQ, ConvInteger), so edgekit
+builds several candidates, measures each on this machine and keeps the fastest accurate one
+(:mod:`edgekit.quantize.search`). A candidate is data; :func:`build` turns it into a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgekit.data import Dataset
+from edgekit.errors import InputError
+from edgekit.onnx_model import MIN_WEIGHT_ELEMENTS, iter_graphs
+
+__all__ = ["CalibrationMethod", "Candidate", "Kind", "build", "candidates_for", "pre_process"]
+
+
+class Kind(StrEnum):
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+    WEIGHT_ONLY = "weight_only"
+
+
+class CalibrationMethod(StrEnum):
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    kind: Kind
+    quant_format: str = "QDQ"  # QDQ | QOperator
+    activations: str = "u8"  # u8 | s8
+    per_channel: bool = True
+    op_types: tuple[str, ...] | None = None  # None: every op ORT can quantize
+    note: str = ""
+
+    def params(self) -> dict:
+        return {
+            "kind": str(self.kind),
+            "format": self.quant_format,
+            "activations": self.activations,
+            "weights": "s8",
+            "per_channel": self.per_channel,
+            "op_types": list(self.op_types) if self.op_types else "all",
+        }
+
+
+_LINEAR = ("MatMul", "Gemm")
+
+STATIC_CANDIDATES = (
+    Candidate("static-qdq-u8s8-perchannel", Kind.STATIC, "QDQ", "u8", True, note="QDQ, uint8 activations, per-channel int8 weights"),
+    Candidate("static-qdq-u8s8-pertensor", Kind.STATIC, "QDQ", "u8", False, note="QDQ, uint8 activations, per-tensor weights"),
+    Candidate("static-qop-u8s8-perchannel", Kind.STATIC, "QOperator", "u8", True, note="QLinear* operators, uint8 activations"),
+    Candidate("static-qdq-s8s8-perchannel", Kind.STATIC, "QDQ", "s8", True, note="QDQ, int8 activations (ORT's default type)"),
+)
+DYNAMIC_CANDIDATES = (
+    Candidate("dynamic", Kind.DYNAMIC, "QOperator", "u8", False, note="ORT quantize_dynamic defaults (ConvInteger/MatMulInteger)"),
+    Candidate("dynamic-linear-only", Kind.DYNAMIC, "QOperator", "u8", False, _LINEAR, note="dynamic int8 MatMul/Gemm, other weights int8-stored"),
+)
+WEIGHT_ONLY = Candidate("weight-only", Kind.WEIGHT_ONLY, "QDQ", "-", True, note="int8 weights, dequantized on load; float compute")
+
+
+def candidates_for(model: onnx.ModelProto, *, has_data: bool) -> list[Candidate]:
+    """The candidates worth trying for this model, most promising first."""
+    ops = {n.op_type for g in iter_graphs(model.graph) for n in g.node}
+    out: list[Candidate] = list(STATIC_CANDIDATES) if has_data else []
+    has_linear = bool(ops & set(_LINEAR))
+    has_conv = bool(ops & {"Conv", "ConvTranspose"})
+    if has_linear and has_conv:
+        out.append(DYNAMIC_CANDIDATES[1])
+    out.append(DYNAMIC_CANDIDATES[0])
+    out.append(WEIGHT_ONLY)
+    return out
+
+
+class _Reader:
+    """ORT CalibrationDataReader over a Dataset, in batches the model accepts."""
+
+    def __init__(self, data: Dataset, batch: int, scalar: set[str]) -> None:
+        self._it: Iterator = iter(self._batches(data, batch, scalar))
+
+    @staticmethod
+    def _batches(data: Dataset, batch: int, scalar: set[str]):
+        for start in range(0, data.n - batch + 1 if batch > 1 else data.n, batch):
+            yield {k: (v[start] if k in scalar else v[start : start + batch]) for k, v in data.inputs.items()}
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # pragma: no cover - ORT calls it for some calibrators
+        pass
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantizer logs and prints freely; keep the CLI's output ours."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            yield buf
+    finally:
+        logger.setLevel(level)
+
+
+def pre_process(model: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelProto, str]:
+    """ORT's ``quant_pre_process`` (symbolic shape inference + graph optimization).
+
+    Falls back to ONNX shape inference only, then to no pre-processing, when a model defeats
+    the symbolic shape inference (it does for some control-flow graphs); the note says which ran.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src = workdir / "pre_in.onnx"
+    dst = workdir / "pre_out.onnx"
+    onnx.save(model, src)
+    for kwargs, note in (
+        ({}, "quant_pre_process: symbolic shape inference + optimization"),
+        ({"skip_symbolic_shape": True}, "quant_pre_process without symbolic shape inference (it failed on this model)"),
+    ):
+        try:
+            with _quiet():
+                quant_pre_process(str(src), str(dst), **kwargs)
+            return onnx.load(str(dst)), note
+        except Exception:  # noqa: BLE001 - any failure here falls back to the next, plainer pass
+            continue
+    return model, "pre-processing skipped (quant_pre_process failed on this model)"
+
+
+def build(
+    model_path: Path,
+    cand: Candidate,
+    out_path: Path,
+    *,
+    calib: Dataset | None,
+    calib_batch: int,
+    scalar_inputs: set[str],
+    method: CalibrationMethod,
+    cache: Path,
+    exclude: tuple[str, ...] = (),
+) -> None:
+    """Write the quantized model for ``cand`` to ``out_path``. Calibration is cached in ``cache``."""
+    from onnxruntime.quantization import CalibrationMethod as OrtCalib
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    if cand.kind is Kind.WEIGHT_ONLY:
+        onnx.save(weight_only_int8(onnx.load(str(model_path)), exclude=exclude), out_path)
+        return
+    with _quiet():
+        if cand.kind is Kind.DYNAMIC:
+            quantize_dynamic(
+                str(model_path), str(out_path),
+                op_types_to_quantize=list(cand.op_types) if cand.op_types else None,
+                per_channel=cand.per_channel, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                extra_options={"MatMulConstBOnly": True},
+            )
+            if cand.op_types:
+                # The remaining weights (convolutions) are still fp32: store them as int8 too so the
+                # artifact is int8-sized; their compute stays float, which is what ran fastest.
+                onnx.save(weight_only_int8(onnx.load(str(out_path)), exclude=exclude), out_path)
+            return
+        if calib is None:
+            raise InputError("static quantization needs calibration data (--data)")
+        ort_method = {"minmax": OrtCalib.MinMax, "entropy": OrtCalib.Entropy, "percentile": OrtCalib.Percentile}[str(method)]
+        quantize_static(
+            str(model_path), str(out_path),
+            calibration_data_reader=_Reader(calib, calib_batch, scalar_inputs) if not cache.is_file() else None,
+            quant_format=QuantFormat.QDQ if cand.quant_format == "QDQ" else QuantFormat.QOperator,
+            per_channel=cand.per_channel,
+            activation_type=QuantType.QUInt8 if cand.activations == "u8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude),
+            calibrate_method=ort_method,
+            calibration_cache_path=str(cache),
+            extra_options={"ActivationSymmetric": cand.activations == "s8", "WeightSymmetric": True},
+        )
+
+
+def weight_only_int8(model: onnx.ModelProto, *, exclude: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """Store every fp32 weight of Conv/Gemm/MatMul as int8 + per-channel scale behind a DequantizeLinear.
+
+    onnxruntime has no weight-only int8 for Conv (``MatMulNBits`` covers MatMul only), and this
+    is a pure storage change: symmetric per-output-channel int8, dequantized to float in the graph,
+    compute unchanged. It is the candidate that is always int8-sized and as fast as fp32.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 13)
+    for g in iter_graphs(out.graph):
+        inits = {t.name: t for t in g.initializer}
+        consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in g.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        new_nodes = []
+        done: set[str] = set()
+        for node in g.node:
+            if node.name in exclude or node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2:
+                continue
+            w_name = node.input[1]
+            t = inits.get(w_name)
+            if w_name in done or t is None or t.data_type != onnx.TensorProto.FLOAT or np.prod(t.dims) < MIN_WEIGHT_ELEMENTS:
+                continue
+            # only rewrite weights read by weighted ops as their weight (not shared with other ops)
+            if any(c.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or c.input[1] != w_name for c in consumers[w_name]):
+                continue
+            w = numpy_helper.to_array(t).astype(np.float32)
+            axis = _channel_axis(node, w)
+            if opset < 13:
+                axis = None  # per-axis DequantizeLinear needs opset 13
+            q, scale = _sym_int8(w, axis)
+            g.initializer.remove(t)
+            qn, sn, zn = f"{w_name}_wq", f"{w_name}_wscale", f"{w_name}_wzp"
+            g.initializer.extend([
+                numpy_helper.from_array(q, qn),
+                numpy_helper.from_array(scale, sn),
+                numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), zn),
+            ])
+            attrs = {"axis": axis} if axis is not None else {}
+            new_nodes.append(onnx.helper.make_node("DequantizeLinear", [qn, sn, zn], [w_name], name=f"{w_name}_DequantizeLinear", **attrs))
+            done.add(w_name)
+        if new_nodes:
+            nodes = new_nodes + list(g.node)
+            del g.node[:]
+            g.node.extend(nodes)
+    return out
+
+
+def _channel_axis(node: onnx.NodeProto, w: np.ndarray) -> int | None:
+    if w.ndim < 2:
+        return None
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return w.ndim - 1  # MatMul: B is [..., K, N]; N is the output channel
+
+
+def _sym_int8(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    if axis is None:
+        amax = np.abs(w).max()
+        scale = np.array(max(float(amax), 1e-12) / 127.0, dtype=np.float32)
+        return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
+    red = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.abs(w).max(axis=red, keepdims=True)
+    scale = np.maximum(amax, 1e-12) / 127.0
+    q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+    return q, scale.reshape(-1).astype(np.float32)
+
+
+def tempdir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="edgekit.")
