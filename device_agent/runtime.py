@@ -62,7 +62,9 @@ class OrtBackend:
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: str | Path, artifact: Artifact | None = None, *, threads: int = 1) -> None:
+    def __init__(
+        self, path: str | Path, artifact: Artifact | None = None, *, threads: int = 1, session_config: dict[str, str] | None = None
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -73,6 +75,11 @@ class OrtBackend:
         if self.path.suffix == ".ort":
             # ORT-format models are already optimized for the reduced build; keep them as saved.
             opts.add_session_config_entry("session.load_model_format", "ORT")
+        # e.g. weight-only int8 artifacts ask ORT to fold their DequantizeLinear at load time
+        config = dict((artifact.extra.get("session_config") if artifact else None) or {})
+        config.update(session_config or {})
+        for key, value in config.items():
+            opts.add_session_config_entry(str(key), str(value))
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises several unrelated exception types

@@ -1,0 +1,121 @@
+"""``edgekit compress``: flags → a step list → :func:`edgekit.compress.compress` → a table (or JSON)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+__all__ = ["compress"]
+
+FORMATS = ("onnx", "ort", "tflite")
+
+
+def _formats(ctx, param, value: str) -> tuple[str, ...]:
+    items = tuple(f.strip().lower() for f in value.split(",") if f.strip())
+    bad = [f for f in items if f not in FORMATS]
+    if bad or not items:
+        raise click.BadParameter(f"{', '.join(bad) or value!r} is not a format; choose from {', '.join(FORMATS)} (comma-separated)")
+    return items
+
+
+@click.command(context_settings={"max_content_width": 110})
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--int8", "int8", is_flag=True, help="int8 quantization (static with --data, else dynamic/weight-only), fastest accurate candidate on this CPU.")
+@click.option("--fp16", "fp16", is_flag=True, help="float16 weights and compute; fp32 inputs/outputs kept.")
+@click.option("--data", type=click.Path(path_type=Path), help=".npz (arrays named after inputs, optional 'labels'), .npy, or an image folder.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output directory (default: MODEL.int8/ next to the model).")
+@click.option("--format", "formats", default="onnx,ort", show_default=True, callback=_formats, help="Artifacts to write: onnx, ort, tflite.")
+@click.option("--max-drop", type=float, default=1.0, show_default=True, help="Largest accuracy drop (points) an int8 candidate may cost; exit 3 if none meets it.")
+@click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--calib-samples", type=click.IntRange(1), default=256, show_default=True, help="Samples used for calibration.")
+@click.option("--search-time", type=click.FloatRange(1), default=180.0, show_default=True, help="Time budget (s) for trying int8 candidates.")
+@click.option("--exclude", multiple=True, metavar="NODE", help="Leave this node in float (repeatable).")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="Threads for evaluation and latency.")
+@click.option("--version", "version", help="Model version for the manifest (default: UTC date-time, e.g. 2026.11.24.081530).")
+@click.option("--name", help="Model name for the manifest (default: the file's stem).")
+@click.option("--data-desc", help="What the data is, for the model card.")
+@click.option("--data-layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False), help="Layout of 4-D arrays in --data if it differs from the model's.")
+@click.option("--preprocess", type=click.Path(exists=True, path_type=Path), help="Image preprocessing spec (YAML/JSON: size, scale, mean, std, channels, layout).")
+@click.option("--max-eval-samples", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("--allow-mismatch", is_flag=True, help="Keep artifacts whose parity check against their source fails.")
+@click.option("-f", "--force", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no table, no progress).")
+def compress(model: Path, int8: bool, fp16: bool, data, output, formats, max_drop, calibration, calib_samples, search_time,
+             exclude, threads, version, name, data_desc, data_layout, preprocess, max_eval_samples, allow_mismatch, force, as_json):
+    """Compress MODEL (.onnx) and write .onnx/.ort artifacts, a signed-ready manifest and a report.
+
+    \b
+      edgekit compress --int8 model.onnx                  # -> model.int8/
+      edgekit compress --int8 --data calib.npz -o out/ model.onnx
+      edgekit compress --fp16 model.onnx
+    """
+    from rich.console import Console
+
+    from edgekit.compress import compress as run
+    from edgekit.data import ImageSpec
+    from edgekit.pipeline import StepSpec
+    from edgekit.report import compress_report, render_compress_table
+
+    if int8 and fp16:
+        raise click.UsageError("choose one of --int8 and --fp16")
+    if not (int8 or fp16):
+        raise click.UsageError("nothing to do: pass --int8 or --fp16")
+    steps = []
+    if int8:
+        steps.append(StepSpec("int8", {"max_drop": max_drop, "calibration": calibration, "calib_samples": calib_samples,
+                                       "search_time": search_time, "exclude": list(exclude)}))
+    if fp16:
+        steps.append(StepSpec("fp16", {}))
+    console = Console(stderr=True, quiet=as_json)
+    with _Progress(console, enabled=not as_json) as progress:
+        result = run(
+            model, steps, formats=formats, data=data, output=output, force=force, name=name, version=version,
+            data_desc=data_desc, image_spec=ImageSpec.from_file(preprocess) if preprocess else None, data_layout=data_layout,
+            threads=threads, max_eval_samples=max_eval_samples, allow_mismatch=allow_mismatch,
+            say=lambda m: progress.say(m), progress=progress.update,
+        )
+    if as_json:
+        click.echo(json.dumps(compress_report(result), indent=2))
+        return
+    out = Console() if Console().is_terminal else Console(width=160)
+    render_compress_table(result, out)
+    out.print(f"wrote {result.output}/ : " + ", ".join(sorted(p.name for p in result.output.iterdir())))
+
+
+class _Progress:
+    """A rich spinner/bar on stderr for long phases; silent under --json or when not a terminal."""
+
+    def __init__(self, console, *, enabled: bool) -> None:
+        self.console = console
+        self.enabled = enabled and console.is_terminal
+        self._progress = None
+        self._task = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                                      console=self.console, transient=True)
+            self._progress.__enter__()
+            self._task = self._progress.add_task("loading", total=1.0)
+        return self
+
+    def update(self, message: str, fraction: float) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=message, completed=max(0.0, min(1.0, fraction)))
+
+    def say(self, message: str) -> None:
+        self.console.print(message, highlight=False)
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+        return False
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(compress())

@@ -1,0 +1,58 @@
+"""ONNX Runtime Mobile: the ``.ort`` flatbuffer and the operator config for a reduced build.
+
+Uses onnxruntime's own converter (``onnxruntime.tools.convert_onnx_models_to_ort``), with the
+ARM target so the saved optimizations run on a Raspberry Pi or phone as well as on x86 (it leaves
+out the x86-only NCHWc layout transformer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tempfile
+from pathlib import Path
+
+from edgekit.errors import ExportError
+from edgekit.export import ExportedArtifact
+
+__all__ = ["export_ort"]
+
+
+def export_ort(onnx_artifact: ExportedArtifact, out_dir: Path, stem: str, **_) -> list[ExportedArtifact]:
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    with tempfile.TemporaryDirectory(prefix="edgekit.ort.") as tmp:
+        src = Path(tmp) / f"{stem}.onnx"
+        shutil.copy(onnx_artifact.path, src)
+        log = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                convert_onnx_models_to_ort(src, output_dir=Path(tmp) / "out", optimization_styles=[OptimizationStyle.Fixed],
+                                           target_platform="arm")
+        except Exception as e:  # noqa: BLE001 - the converter raises whatever ORT raised
+            raise ExportError(f".ort conversion of {onnx_artifact.path.name} failed: {_line(e)}; the .onnx artifact is still valid") from None
+        ort_file = Path(tmp) / "out" / f"{stem}.ort"
+        config = Path(tmp) / "out" / f"{stem}.required_operators.config"
+        if not ort_file.is_file():
+            raise ExportError(f".ort conversion of {onnx_artifact.path.name} wrote nothing: {log.getvalue().strip()[-300:]}")
+        dst = out_dir / ort_file.name
+        shutil.copy(ort_file, dst)
+        side = []
+        if config.is_file():
+            cfg_dst = out_dir / config.name
+            # the converter names its temp path in a comment; name the artifact instead
+            lines = [ln if not ln.startswith("# - ") else f"# - {dst.name}" for ln in config.read_text().splitlines()]
+            cfg_dst.write_text("\n".join(lines) + "\n")
+            side.append(cfg_dst)
+    extra = dict(onnx_artifact.extra)
+    extra["required_operators"] = side[0].name if side else None
+    # the .ort is saved fully optimized; load-time options such as QDQ folding are already applied or not needed
+    extra.pop("session_config", None)
+    return [ExportedArtifact(dst, "ort", onnx_artifact.precision, onnx_artifact.inputs, onnx_artifact.outputs,
+                             parent=onnx_artifact.path.name, extra=extra, side_files=side)]
+
+
+def _line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:300]

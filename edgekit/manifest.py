@@ -1,0 +1,110 @@
+"""Writing the manifest (``edgekit.json``). Reading and the schema live in ``device_agent.manifest``."""
+
+from __future__ import annotations
+
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from device_agent.manifest import SCHEMA, SCHEMA_VERSION, TensorSpec, file_sha256
+from edgekit.data import Dataset
+from edgekit.evaluate import Latency
+from edgekit.profile import selftest_vectors, tolerance
+
+if TYPE_CHECKING:
+    from edgekit.compress import ArtifactResult
+
+__all__ = ["build_manifest", "tool_versions"]
+
+TOOLS = ("edgekit", "numpy", "onnx", "onnxruntime", "onnxconverter-common", "tensorflow", "tensorflow-cpu", "onnx2tf",
+         "ai-edge-litert", "torch", "onnx2torch", "torch-pruning")
+
+
+def tool_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in TOOLS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def build_manifest(
+    *,
+    src: Path,
+    name: str,
+    version: str,
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
+    classifier: bool,
+    labels: list[str] | None,
+    artifacts: list[ArtifactResult],
+    steps: list[dict],
+    dataset: Dataset,
+    source_latency: Latency,
+    source_quality: dict,
+    profile: dict,
+    vectors: list[dict[str, np.ndarray]],
+    expected: dict[str, list[dict[str, np.ndarray]]],
+    recipe: dict | None,
+    threads: int,
+) -> dict:
+    src_size = src.stat().st_size
+    metrics: dict = {
+        "threads": threads,
+        "cpu": platform.processor() or platform.machine(),
+        "source": {"size_bytes": src_size, "latency_p50_ms": round(source_latency.p50_ms, 4),
+                   "latency_p95_ms": round(source_latency.p95_ms, 4), **source_quality},
+    }
+    for r in artifacts:
+        m = {
+            "size_bytes": r.size_bytes,
+            "size_ratio": round(r.size_bytes / src_size, 4),
+            "latency_p50_ms": round(r.latency.p50_ms, 4),
+            "latency_p95_ms": round(r.latency.p95_ms, 4),
+            "latency_ratio": round(r.latency.p50_ms / source_latency.p50_ms, 4),
+            **r.quality.to_dict(),
+        }
+        if r.parity:
+            m["parity"] = {k: v for k, v in r.parity.items() if k != "ok"} | {"ok": r.parity["ok"]}
+        metrics[r.file] = m
+    precision = {r.file: r.exported.precision for r in artifacts}
+    tolerances = {art: tolerance(precision[art], outs) for art, outs in expected.items()}
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "version": version,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "source": {"file": src.name, "sha256": file_sha256(src), "size_bytes": src_size, "format": "onnx"},
+        "task": "classification" if classifier else "generic",
+        "labels": labels,
+        "signature": {"inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs]},
+        "artifacts": [
+            {
+                "file": r.file,
+                "format": r.exported.format,
+                "precision": r.exported.precision,
+                "size_bytes": r.size_bytes,
+                "sha256": r.sha256,
+                "runtime": "litert" if r.exported.format == "tflite" else "onnxruntime",
+                "inputs": [s.to_dict() for s in r.exported.inputs],
+                "outputs": [s.to_dict() for s in r.exported.outputs],
+                "extra": r.exported.extra | ({"weights": r.stats} if r.stats else {}),
+            }
+            for r in artifacts
+        ],
+        "steps": steps,
+        "recipe": recipe,
+        "tools": tool_versions(),
+        "data": dataset.describe(),
+        "metrics": metrics,
+        "drift_profile": profile,
+        "selftest": {"vectors": selftest_vectors(vectors, expected), "tolerance": tolerances},
+    }
+

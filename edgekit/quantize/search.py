@@ -1,0 +1,192 @@
+"""Measure int8 candidates on this CPU and keep the fastest one that meets the accuracy bound.
+
+Never slower, never silently worse: every candidate is built, run over the evaluation data and
+timed with the same settings as the fp32 baseline. The search is bounded in time; candidates not
+reached are listed as skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from device_agent.manifest import TensorSpec
+from device_agent.runtime import OrtBackend
+from edgekit.data import Dataset
+from edgekit.evaluate import Latency, Quality, compare, measure_latency, one_sample, run_dataset
+from edgekit.onnx_model import WeightStats, weight_stats
+from edgekit.quantize.candidates import CalibrationMethod, Candidate, Kind, build
+
+__all__ = ["CandidateResult", "SearchResult", "search"]
+
+#: latency differences below this share of the baseline are noise on a shared CPU
+NOISE = 0.05
+#: session config an artifact needs at load time, by candidate kind
+SESSION_CONFIG = {Kind.WEIGHT_ONLY: {"session.disable_quant_qdq": "1"}}
+
+
+@dataclass
+class CandidateResult:
+    candidate: Candidate
+    status: str  # ok | failed | skipped
+    reason: str = ""
+    path: Path | None = None
+    size_bytes: int = 0
+    latency: Latency | None = None
+    quality: Quality | None = None
+    stats: WeightStats | None = None
+    accepted: bool = False
+    seconds: float = 0.0
+
+    @property
+    def session_config(self) -> dict[str, str]:
+        return dict(SESSION_CONFIG.get(self.candidate.kind, {}))
+
+    def to_dict(self, baseline: Latency | None = None, baseline_size: int | None = None) -> dict:
+        d: dict = {"name": self.candidate.name, "status": self.status, **self.candidate.params()}
+        if self.reason:
+            d["reason"] = self.reason
+        if self.status == "ok":
+            d["size_bytes"] = self.size_bytes
+            if baseline_size:
+                d["size_ratio"] = round(self.size_bytes / baseline_size, 4)
+            d["latency"] = self.latency.to_dict() if self.latency else None
+            if baseline and self.latency:
+                d["latency_ratio"] = round(self.latency.p50_ms / baseline.p50_ms, 4)
+            d["quality"] = self.quality.to_dict() if self.quality else None
+            d["quantized_share"] = round(self.stats.quantized_share, 4) if self.stats else None
+            d["accepted"] = self.accepted
+            d["build_and_measure_s"] = round(self.seconds, 2)
+        return d
+
+
+@dataclass
+class SearchResult:
+    chosen: CandidateResult | None
+    results: list[CandidateResult]
+    baseline_latency: Latency
+    baseline_size: int
+    max_drop: float
+    met_bound: bool
+    slower_than_fp32: bool
+    why: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "chosen": self.chosen.candidate.name if self.chosen else None,
+            "why": self.why,
+            "met_accuracy_bound": self.met_bound,
+            "slower_than_fp32": self.slower_than_fp32,
+            "max_drop_pts": self.max_drop,
+            "baseline": {"size_bytes": self.baseline_size, "latency": self.baseline_latency.to_dict()},
+            "candidates": [r.to_dict(self.baseline_latency, self.baseline_size) for r in self.results],
+        }
+
+
+def search(
+    fp32_path: Path,
+    candidates: list[Candidate],
+    *,
+    eval_data: Dataset,
+    calib_data: Dataset | None,
+    ref_outputs: dict[str, np.ndarray],
+    ref_accuracy: float | None,
+    inputs: tuple[TensorSpec, ...],
+    classifier: bool,
+    first_output: str,
+    max_drop: float,
+    method: CalibrationMethod,
+    threads: int,
+    time_budget_s: float,
+    workdir: Path,
+    exclude: tuple[str, ...] = (),
+    latency_runs: int = 200,
+    on_progress: Callable[[str, float], None] | None = None,
+) -> SearchResult:
+    """Build, evaluate and time each candidate; choose. ``on_progress(message, fraction)`` reports."""
+    started = time.monotonic()
+    feeds = one_sample(eval_data, inputs)
+    per_run_budget = max(2.0, min(15.0, time_budget_s / (len(candidates) + 1) / 2))
+    baseline = measure_latency(OrtBackend(fp32_path, threads=threads), feeds, runs=latency_runs, budget_s=per_run_budget)
+    baseline_size = fp32_path.stat().st_size
+    scalar = {s.name for s in inputs if not s.shape}
+    fixed = [s.shape[0] for s in inputs if s.shape and isinstance(s.shape[0], int)]
+    calib_batch = min(fixed) if fixed else min(16, calib_data.n if calib_data else 1)
+    cache = workdir / f"calibration.{method}.json"
+    results: list[CandidateResult] = []
+    for i, cand in enumerate(candidates):
+        if on_progress:
+            on_progress(f"int8 candidate {cand.name}", i / len(candidates))
+        elapsed = time.monotonic() - started
+        if results and elapsed > time_budget_s:
+            results.append(CandidateResult(cand, "skipped", f"search time budget of {time_budget_s:.0f} s spent"))
+            continue
+        if cand.kind is Kind.STATIC and calib_data is None:
+            results.append(CandidateResult(cand, "skipped", "needs calibration data (--data)"))
+            continue
+        results.append(_try(cand, fp32_path, workdir, eval_data, calib_data, calib_batch, scalar, method, cache, exclude,
+                            ref_outputs, ref_accuracy, inputs, classifier, first_output, max_drop, threads, feeds,
+                            latency_runs, per_run_budget, labels=eval_data.labels))
+    if on_progress:
+        on_progress("int8 candidates measured", 1.0)
+    return _choose(results, baseline, baseline_size, max_drop)
+
+
+def _try(cand, fp32_path, workdir, eval_data, calib_data, calib_batch, scalar, method, cache, exclude, ref_outputs,
+         ref_accuracy, inputs, classifier, first_output, max_drop, threads, feeds, runs, budget, *, labels) -> CandidateResult:
+    t0 = time.monotonic()
+    out = workdir / f"{cand.name}.onnx"
+    try:
+        build(fp32_path, cand, out, calib=calib_data, calib_batch=calib_batch, scalar_inputs=scalar, method=method,
+              cache=cache, exclude=exclude)
+        backend = OrtBackend(out, threads=threads, session_config=SESSION_CONFIG.get(cand.kind))
+        outputs = run_dataset(backend, eval_data, inputs)
+    except Exception as e:  # noqa: BLE001 - a candidate ORT cannot build or run is reported, not fatal
+        return CandidateResult(cand, "failed", _line(e), seconds=time.monotonic() - t0)
+    quality = compare(ref_outputs, outputs, classifier=classifier, first_output=first_output, labels=labels,
+                      ref_accuracy=ref_accuracy)
+    latency = measure_latency(backend, feeds, runs=runs, budget_s=budget)
+    stats = weight_stats(onnx.load(str(out)))
+    accepted = bool(np.isfinite(quality.drop) and quality.drop <= max_drop + 1e-9)
+    return CandidateResult(cand, "ok", path=out, size_bytes=out.stat().st_size, latency=latency, quality=quality,
+                           stats=stats, accepted=accepted, seconds=time.monotonic() - t0)
+
+
+def _choose(results: list[CandidateResult], baseline: Latency, baseline_size: int, max_drop: float) -> SearchResult:
+    ok = [r for r in results if r.status == "ok"]
+    if not ok:
+        reasons = "; ".join(f"{r.candidate.name}: {r.reason}" for r in results)
+        return SearchResult(None, results, baseline, baseline_size, max_drop, False, False, f"no int8 candidate could be built ({reasons})")
+    accepted = [r for r in ok if r.accepted]
+    if accepted:
+        best = min(accepted, key=lambda r: (r.latency.p50_ms, r.size_bytes))
+        # between candidates within noise of each other, prefer the smaller file
+        near = [r for r in accepted if r.latency.p50_ms <= best.latency.p50_ms * (1 + NOISE / 2)]
+        best = min(near, key=lambda r: (r.size_bytes, r.latency.p50_ms))
+        ratio = best.latency.p50_ms / baseline.p50_ms
+        slower = ratio > 1 + NOISE
+        faster_rejected = [r for r in ok if not r.accepted and r.latency.p50_ms < best.latency.p50_ms]
+        why = f"fastest of {len(accepted)} candidate(s) within the {max_drop:g}-pt bound: {ratio:.2f}x fp32 latency"
+        if faster_rejected:
+            f = faster_rejected[0]
+            why += f"; {f.candidate.name} was faster but lost {f.quality.drop:.2f} pts"
+        if slower:
+            why += (f". Every accurate int8 candidate ran slower than fp32 on this CPU "
+                    f"(best {ratio:.2f}x): this CPU/model gains size, not speed, from int8 here")
+        return SearchResult(best, results, baseline, baseline_size, max_drop, True, slower, why)
+    best = min(ok, key=lambda r: (r.quality.drop, r.latency.p50_ms))
+    why = (f"no candidate met the {max_drop:g}-pt accuracy bound; kept the most accurate, {best.candidate.name}, "
+           f"which loses {best.quality.drop:.2f} pts. Try --max-drop, more/representative --data, "
+           "--calibration entropy|percentile, or --exclude the most sensitive nodes")
+    return SearchResult(best, results, baseline, baseline_size, max_drop, False, best.latency.p50_ms > baseline.p50_ms * (1 + NOISE), why)
+
+
+def _line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:300]
