@@ -5,6 +5,7 @@
     AgentError
     ├── ConfigError        agent.toml is missing, unreadable or a field does not validate
     ├── ModelError         the model directory/file cannot be loaded, or its self-test fails
+    ├── NotReady           a prediction before the model is loaded and self-tested (HTTP 503)
     ├── InvalidInput       a prediction request that does not fit the model's signature (HTTP 4xx)
     │   └── PayloadTooLarge  a request over the configured size limits (HTTP 413)
     ├── ProtocolError      an MQTT message that does not follow device_agent.protocol
@@ -16,7 +17,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AgentError", "ConfigError", "InvalidInput", "ModelError", "OutboxError", "PayloadTooLarge", "ProtocolError"]
+__all__ = ["AgentError", "ConfigError", "InvalidInput", "ModelError", "NotReady", "OutboxError", "PayloadTooLarge", "ProtocolError"]
 
 
 class AgentError(Exception):
@@ -33,6 +34,10 @@ class ConfigError(AgentError):
 
 class ModelError(AgentError):
     """The model cannot be loaded or did not pass its self-test."""
+
+
+class NotReady(AgentError):
+    """The agent cannot answer predictions (yet): no model, or its self-test failed."""
 
 
 class InvalidInput(AgentError):

@@ -15,12 +15,13 @@ from typing import Protocol
 
 import numpy as np
 
+from device_agent.errors import AgentError
 from device_agent.manifest import Artifact, TensorSpec
 
-__all__ = ["Backend", "BackendError", "OrtBackend", "open_backend", "specs_from_ort"]
+__all__ = ["Backend", "BackendError", "OrtBackend", "default_threads", "litert_available", "open_backend", "runtime_versions", "source_spec", "specs_from_ort"]
 
 
-class BackendError(RuntimeError):
+class BackendError(AgentError, RuntimeError):
     """The runtime could not load or run an artifact."""
 
 
@@ -88,8 +89,9 @@ class OrtBackend:
         native_out = specs_from_ort(self.session.get_outputs())
         self._in_perm = _perms(artifact.inputs if artifact else None, native_in)
         self._out_inv = {n: (np.argsort(p) if p is not None else None) for n, p in _perms(artifact.outputs if artifact else None, native_out).items()}
-        self.inputs = artifact.inputs if artifact else native_in
-        self.outputs = artifact.outputs if artifact else native_out
+        # callers speak the source layout, so the specs this backend reports are source-layout too
+        self.inputs = tuple(source_spec(s) for s in artifact.inputs) if artifact else native_in
+        self.outputs = tuple(source_spec(s) for s in artifact.outputs) if artifact else native_out
         self._out_names = [o.name for o in native_out]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -118,6 +120,38 @@ def open_backend(path: str | Path, artifact: Artifact | None = None, *, threads:
 
         return LiteRTBackend(p, artifact, threads=threads)
     raise BackendError(f"{p.name}: unknown model format {p.suffix!r}; expected .onnx, .ort or .tflite")
+
+
+def source_spec(spec: TensorSpec) -> TensorSpec:
+    """The source-layout view of an artifact-layout spec (undoes ``perm``: ``art.shape[i] = src.shape[perm[i]]``)."""
+    if spec.perm is None:
+        return spec
+    shape: list = [None] * len(spec.shape)
+    layout: list[str] | None = [""] * len(spec.shape) if spec.layout and len(spec.layout) == len(spec.shape) else None
+    for i, p in enumerate(spec.perm):
+        shape[p] = spec.shape[i]
+        if layout is not None:
+            layout[p] = spec.layout[i]  # type: ignore[index]
+    return TensorSpec(spec.name, spec.dtype, tuple(shape), "".join(layout) if layout else None, None)
+
+
+def runtime_versions() -> dict[str, str]:
+    """Versions of the installed runtimes, without importing the heavy ones."""
+    from importlib import metadata
+
+    out = {}
+    for dist in ("onnxruntime", "ai-edge-litert", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def litert_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ai_edge_litert") is not None
 
 
 def default_threads() -> int:

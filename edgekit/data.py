@@ -253,6 +253,8 @@ def _check(x: np.ndarray, s: TensorSpec, where: str) -> np.ndarray:
     want = np.dtype(s.dtype)
     shape = list(s.shape)
     given = list(x.shape)
+    if not shape and len(given) == 1:
+        shape = ["N"]  # a scalar input (e.g. a sample rate): one value per sample
     ok = len(given) == len(shape) and all(not isinstance(d, int) or d == g for d, g in zip(shape[1:], given[1:]))
     if not ok:
         hint = ""

@@ -47,7 +47,7 @@ def run_dataset(backend: Backend, data: Dataset, specs: tuple[TensorSpec, ...], 
         for name, x in data.inputs.items():
             part = x[start : start + b]
             if name in scalar:
-                part = part[0]
+                part = np.asarray(part[0])
             elif len(part) < b and _fixed_batch(specs, name):
                 part = np.concatenate([part, np.repeat(part[-1:], b - len(part), axis=0)])
             feeds[name] = part
@@ -68,7 +68,7 @@ def one_sample(data: Dataset, specs: tuple[TensorSpec, ...]) -> dict[str, np.nda
     fixed = [s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int)]
     b = min(fixed) if fixed else 1
     scalar = {s.name for s in specs if not s.shape}
-    return {k: (v[0] if k in scalar else v[:b]) for k, v in data.inputs.items()}
+    return {k: (np.asarray(v[0]) if k in scalar else v[:b]) for k, v in data.inputs.items()}
 
 
 @dataclass(frozen=True)
@@ -164,8 +164,10 @@ def compare(
         if not np.all(np.isfinite(n64)):
             return Quality(None, 0.0, 0.0, float("inf"), 100.0)
         mae = max(mae, float(np.abs(r64 - n64).max(initial=0.0)))
-        rr = r64.reshape(len(r64), -1) if r64.ndim > 1 else r64.reshape(1, -1)
-        nn = n64.reshape(len(n64), -1) if n64.ndim > 1 else n64.reshape(1, -1)
+        # per-sample cosine; outputs with few values per sample (regressors) compare as one vector
+        per_sample = r64.ndim > 1 and r64[0].size >= 8
+        rr = r64.reshape(len(r64), -1) if per_sample else r64.reshape(1, -1)
+        nn = n64.reshape(len(n64), -1) if per_sample else n64.reshape(1, -1)
         denom = np.linalg.norm(rr, axis=1) * np.linalg.norm(nn, axis=1)
         c = np.where(denom > 0, (rr * nn).sum(axis=1) / np.maximum(denom, 1e-30), 1.0)
         cos = min(cos, float(c.mean()))

@@ -202,9 +202,11 @@ def weight_stats(model: onnx.ModelProto) -> WeightStats:
         tensors = list(g.initializer) + [a.t for n in g.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
         producers = {o: n for n in g.node for o in n.output}
         init_types = {t.name: t.data_type for t in g.initializer}
+        # float tensors read by quantization ops are scales: metadata, not weights
+        scales = {i for n in g.node if n.op_type in QUANTIZED_OPS for i in n.input[1:]}
         for t in tensors:
             n = int(np.prod(t.dims)) if len(t.dims) else 1
-            if n < MIN_WEIGHT_ELEMENTS:
+            if n < MIN_WEIGHT_ELEMENTS or (t.name in scales and t.data_type in _FLOAT):
                 continue
             if t.data_type in _FLOAT:
                 f += n

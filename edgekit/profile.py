@@ -78,7 +78,7 @@ def selftest_inputs(data: Dataset, inputs: tuple[TensorSpec, ...], *, count: int
     for i in range(0, min(data.n, count * b), b):
         if i + b > data.n:
             break
-        vec = {k: (v[i] if k in scalar else v[i : i + b]) for k, v in data.inputs.items()}
+        vec = {k: (np.asarray(v[i]) if k in scalar else v[i : i + b]) for k, v in data.inputs.items()}
         size = sum(a.nbytes for a in vec.values())
         if out and used + size > max_bytes:
             break

@@ -44,9 +44,9 @@ def build_mlp(in_features: int = 16, hidden: int = 64, classes: int = 4, *, seed
               opset: int = 17, constant_weights: bool = False) -> onnx.ModelProto:
     """x[N, F] -> Gemm -> Relu -> Gemm -> logits[N, C]; weights as initializers or Constant nodes."""
     rng = np.random.default_rng(seed)
-    w1 = rng.standard_normal((in_features, hidden)).astype(np.float32) / np.sqrt(in_features)
-    b1 = rng.standard_normal(hidden).astype(np.float32) * 0.1
-    w2 = rng.standard_normal((hidden, classes)).astype(np.float32) / np.sqrt(hidden)
+    w1 = (rng.standard_normal((in_features, hidden)) / np.sqrt(in_features)).astype(np.float32)
+    b1 = (rng.standard_normal(hidden) * 0.1).astype(np.float32)
+    w2 = (rng.standard_normal((hidden, classes)) / np.sqrt(hidden)).astype(np.float32)
     b2 = np.zeros(classes, np.float32)
     tensors = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
     nodes = [

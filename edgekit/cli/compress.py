@@ -109,7 +109,7 @@ class _Progress:
             self._progress.update(self._task, description=message, completed=max(0.0, min(1.0, fraction)))
 
     def say(self, message: str) -> None:
-        self.console.print(message, highlight=False)
+        self.console.print(message, highlight=False, soft_wrap=True)
 
     def __exit__(self, *exc):
         if self._progress is not None:

@@ -26,6 +26,8 @@ __all__ = ["CandidateResult", "SearchResult", "search"]
 
 #: latency differences below this share of the baseline are noise on a shared CPU
 NOISE = 0.05
+#: a candidate that stores less than this share of its weights as int8 is not an int8 model
+MIN_QUANTIZED_SHARE = 0.5
 #: session config an artifact needs at load time, by candidate kind
 SESSION_CONFIG = {Kind.WEIGHT_ONLY: {"session.disable_quant_qdq": "1"}}
 
@@ -154,7 +156,11 @@ def _try(cand, fp32_path, workdir, eval_data, calib_data, calib_batch, scalar, m
     latency = measure_latency(backend, feeds, runs=runs, budget_s=budget)
     stats = weight_stats(onnx.load(str(out)))
     accepted = bool(np.isfinite(quality.drop) and quality.drop <= max_drop + 1e-9)
-    return CandidateResult(cand, "ok", path=out, size_bytes=out.stat().st_size, latency=latency, quality=quality,
+    reason = "" if accepted else f"loses {quality.drop:.2f} pts (bound {max_drop:g})"
+    if stats.quantized_share < MIN_QUANTIZED_SHARE:
+        # never pass a mostly-fp32 model off as int8
+        accepted, reason = False, f"only {stats.quantized_share:.0%} of weights int8"
+    return CandidateResult(cand, "ok", reason, path=out, size_bytes=out.stat().st_size, latency=latency, quality=quality,
                            stats=stats, accepted=accepted, seconds=time.monotonic() - t0)
 
 

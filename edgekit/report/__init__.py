@@ -94,9 +94,9 @@ def render_compress_table(result: CompressResult, console) -> None:
     for s in rep["steps"]:
         search = (s.get("result") or {}).get("search")
         if search:
-            console.print(f"int8: chose [bold]{search['chosen']}[/bold] — {search['why']}")
+            console.print(f"int8: chose [bold]{search['chosen']}[/bold] — {search['why']}", soft_wrap=True)
             tried = ", ".join(
                 f"{c['name']} {c['latency_ratio']:.2f}x/{c['quality']['drop_pts']:+.2f}pt" if c["status"] == "ok" else f"{c['name']} ({c['status']})"
                 for c in search["candidates"]
             )
-            console.print(f"      candidates (latency × fp32 / accuracy drop): {tried}", style="dim")
+            console.print(f"      candidates (latency × fp32 / accuracy drop): {tried}", style="dim", soft_wrap=True)

@@ -1,0 +1,395 @@
+"""The agent: one loaded model, its validator, telemetry, the outbox, the MQTT link and the HTTP API.
+
+Embedding (no MQTT, no HTTP)::
+
+    from device_agent.agent import Agent
+
+    with Agent.open("out/") as agent:          # loads once, runs the self-test
+        p = agent.predict({"x": batch})      # validated; p.outputs, p.top_k, p.request_id
+
+As a daemon, :meth:`Agent.from_config` wires everything from ``agent.toml`` and :meth:`start`
+starts the telemetry thread, the MQTT link and the HTTP server (``edgekit-agent run``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import platform
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device_agent import __version__
+from device_agent.config import AgentConfig
+from device_agent.errors import InvalidInput, NotReady
+from device_agent.model import LoadedModel, load_model, top_k
+from device_agent.outbox import Outbox
+from device_agent.protocol import (
+    Command,
+    CommandKind,
+    DeviceStatus,
+    JobState,
+    JobUpdate,
+    StateMessage,
+    TelemetryMessage,
+    Topics,
+    decode,
+    encode,
+)
+from device_agent.runtime import BackendError, runtime_versions
+from device_agent.telemetry import FeatureTracker, Metrics, Window, select_features
+from device_agent.validate import Validator
+
+__all__ = ["Agent", "Prediction", "hardware_summary"]
+
+log = logging.getLogger("edgekit.agent")
+
+CommandHandler = Callable[[Command], None]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer to one request. ``outputs`` are source-layout arrays."""
+
+    outputs: dict[str, np.ndarray]
+    top_k: list[list[dict[str, Any]]] | None
+    model: dict[str, Any]
+    request_id: str
+    timestamp: float
+    latency_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the HTTP response body)."""
+        return {
+            "model": self.model,
+            "request_id": self.request_id,
+            "timestamp": _dt.datetime.fromtimestamp(self.timestamp, _dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "latency_ms": round(self.latency_ms, 4),
+            "outputs": {k: v.tolist() for k, v in self.outputs.items()},
+            "top_k": self.top_k,
+        }
+
+
+class Agent:
+    """Serves one model. Thread-safe: ``predict`` may be called from many threads at once."""
+
+    def __init__(self, model: LoadedModel, *, config: AgentConfig | None = None, outbox: Outbox | None = None,
+                 telemetry: bool = True, max_batch: int = 256, max_elements: int = 16 << 20, top_k_default: int = 5,
+                 max_payload_bytes: int = 16 * 1024, max_values_per_feature: int = 4096, clock: Callable[[], float] = time.time) -> None:
+        self.model = model
+        self.config = config
+        self.outbox = outbox
+        self.clock = clock
+        self.top_k_default = top_k_default
+        self.max_payload_bytes = max_payload_bytes
+        self.validator = Validator(model.inputs, max_batch=max_batch, max_elements=max_elements)
+        self.metrics = Metrics()
+        tracker = None
+        self.features_left_out = 0
+        if telemetry and model.manifest is not None and model.manifest.features:
+            tracked, self.features_left_out = select_features(model.manifest.features, model.inputs, max_payload_bytes)
+            tracker = FeatureTracker(tracked, max_values_per_feature=max_values_per_feature)
+        self.window = Window(tracker, clock=clock)
+        self._tracked_inputs = {f.input for f in tracker.features} if tracker else set()
+        self._commands: dict[CommandKind, CommandHandler] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.link = None  # MqttLink when a broker is configured
+        self.server = None  # the HTTP server when the API is enabled
+        self.boot = outbox.next_boot() if outbox is not None else 0
+        self.started_at = clock()
+        self._ready_reason = None if model.selftest.passed else f"self-test failed: {model.selftest.detail}"
+        self.metrics.info = lambda: {"name": model.name, "version": model.version, "artifact": model.file.name, "runtime": model.backend.runtime}
+        self.metrics.gauge("edgekit_agent_ready", "1 when the model is loaded and passed its self-test.", lambda: float(self.ready))
+        self.metrics.gauge("edgekit_agent_selftest_passed", "1 when the start-up self-test passed.", lambda: float(model.selftest.passed))
+        if outbox is not None:
+            self.metrics.gauge("edgekit_agent_outbox_depth", "Messages waiting in the outbox.", lambda: outbox.depth)
+            self.metrics.gauge("edgekit_agent_outbox_bytes", "Payload bytes waiting in the outbox.", lambda: outbox.size_bytes)
+            self.metrics.gauge("edgekit_agent_outbox_dropped_total", "Messages the bounded outbox discarded (oldest first).",
+                               lambda: outbox.dropped_total)
+        self.metrics.gauge("edgekit_agent_mqtt_connected", "1 while connected to the MQTT broker.",
+                           lambda: float(bool(self.link and self.link.connected)))
+
+    # --- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, *, prefer: tuple[str, ...] | list[str] = ("ort", "onnx", "tflite"), threads: int = 0,
+             artifact: str | None = None, verify: bool = True, selftest: bool = True, **kwargs: Any) -> Agent:
+        """An in-process agent for ``path`` (model directory or file): no MQTT, no HTTP."""
+        model = load_model(path, prefer=prefer, threads=threads, artifact=artifact, verify=verify, selftest=selftest)
+        return cls(model, **kwargs)
+
+    @classmethod
+    def from_config(cls, cfg: AgentConfig) -> Agent:
+        """Load the model and open the outbox as configured; call :meth:`start` to serve."""
+        model = load_model(cfg.model.path, prefer=cfg.model.prefer, threads=cfg.model.threads, artifact=cfg.model.artifact or None,
+                           verify=cfg.model.verify_files, selftest=cfg.model.selftest)
+        outbox = None
+        if cfg.broker.enabled:
+            o = cfg.outbox
+            outbox = Outbox(cfg.outbox_path, max_messages=o.max_messages, max_bytes=o.max_bytes, max_age_s=o.max_age_s, durable=o.durable)
+        a = cfg.api
+        t = cfg.telemetry
+        return cls(model, config=cfg, outbox=outbox, telemetry=t.enabled and cfg.broker.enabled, max_batch=a.max_batch,
+                   max_elements=a.max_elements, top_k_default=a.top_k, max_payload_bytes=t.max_payload_bytes,
+                   max_values_per_feature=t.max_values_per_feature)
+
+    # --- serving ---------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready_reason is None
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        return self._ready_reason
+
+    def predict(self, inputs: Mapping[str, Any], *, top_k: int | None = None, request_id: str | None = None) -> Prediction:
+        """Validate ``inputs`` (source layout, names → arrays or nested lists), run the model.
+
+        Args:
+            inputs: one entry per model input.
+            top_k: labels to return per sample for classifiers (default from config; 0 = none).
+            request_id: caller's id for tracing (default: a new UUID).
+
+        Raises:
+            InvalidInput: the request does not fit the signature (nothing ran).
+            NotReady: the model failed its self-test.
+            BackendError: the runtime failed.
+        """
+        if self._ready_reason is not None:
+            self._count_error("not_ready")
+            raise NotReady(f"the agent is not ready: {self._ready_reason}")
+        try:
+            arrays = self.validator.coerce(inputs)
+            if self._tracked_inputs:
+                # summaries are computed later: keep our own copy of caller-owned arrays
+                self.window.observe({k: (v.copy() if v is inputs.get(k) else v) for k, v in arrays.items() if k in self._tracked_inputs})
+            self.validator.check_finite(arrays)
+        except InvalidInput as e:
+            self._count_error(e.kind)
+            raise
+        t0 = time.perf_counter()
+        try:
+            outputs = self.model.run(arrays)
+        except BackendError:
+            self._count_error("runtime")
+            raise
+        dt = time.perf_counter() - t0
+        self.window.record(dt)
+        first = next(iter(arrays.values()))
+        self.metrics.prediction(dt, int(first.shape[0]) if first.ndim else 1)
+        k = self.top_k_default if top_k is None else top_k
+        top = None
+        if k and self.model.is_classifier and self.model.outputs:
+            scores = outputs.get(self.model.outputs[0].name)
+            if scores is not None and scores.ndim in (1, 2) and np.issubdtype(scores.dtype, np.floating):
+                top = top_k(scores, k, self.model.labels)
+        return Prediction(outputs, top, {"name": self.model.name, "version": self.model.version}, request_id or uuid.uuid4().hex,
+                          self.clock(), dt * 1000.0)
+
+    def _count_error(self, kind: str) -> None:
+        self.window.record(None, error=kind)
+        self.metrics.error(kind)
+
+    # --- information -------------------------------------------------------------------------------
+
+    def model_info(self) -> dict[str, Any]:
+        """``GET /v1/model``: identity, signature (source layout), artifact, self-test, tracked features."""
+        m = self.model
+        info: dict[str, Any] = {
+            **m.summary(),
+            "task": m.task,
+            "labels": list(m.labels) if m.labels else None,
+            "inputs": [s.to_dict() for s in m.inputs],
+            "outputs": [s.to_dict() for s in m.outputs],
+            "selftest": m.selftest.to_dict(),
+            "load_seconds": round(m.load_seconds, 4),
+            "created_at": m.manifest.created_at if m.manifest else None,
+            "metrics": m.manifest.metrics.get(m.file.name) if m.manifest else None,
+            "tracked_features": [f.name for f in self.window.tracker.features] if self.window.tracker else [],
+            "limits": {"max_batch": self.validator.max_batch, "max_elements": self.validator.max_elements},
+        }
+        return info
+
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ready": self.ready, "reason": self._ready_reason, "uptime_s": round(self.clock() - self.started_at, 3),
+                               "model": self.model.summary(), "agent_version": __version__}
+        if self.outbox is not None:
+            out["outbox"] = {"depth": self.outbox.depth, "bytes": self.outbox.size_bytes, "dropped_total": self.outbox.dropped_total}
+        if self.link is not None:
+            out["mqtt"] = {"connected": self.link.connected, "last_error": self.link.last_error}
+        return out
+
+    # --- daemon --------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the telemetry thread, the MQTT link and the HTTP API (as configured)."""
+        cfg = self.config
+        if cfg is not None and cfg.broker.enabled and self.outbox is not None:
+            from device_agent.mqtt import MqttLink
+
+            self.topics = Topics(cfg.device.id, cfg.device.group, cfg.broker.topic_prefix)
+            password = cfg.broker.password_file.read_text().strip() if cfg.broker.password_file else None
+            self.link = MqttLink(cfg.broker, self.topics, self.outbox, birth=lambda: encode(self.state_message(DeviceStatus.ONLINE)),
+                                 will=lambda reason: encode(self.state_message(DeviceStatus.OFFLINE, reason)), on_message=self._on_message,
+                                 password=password)
+            if cfg.telemetry.enabled:
+                self._spawn(self._telemetry_loop, "edgekit-telemetry")
+            self.link.start()
+        if cfg is not None and cfg.api.enabled:
+            from device_agent.server import serve
+
+            self.server = serve(self, cfg.api.host, cfg.api.port, max_body_bytes=cfg.api.max_body_bytes, max_connections=cfg.api.max_connections)
+
+    def stop(self) -> None:
+        """Stop serving; publish the window in progress, the "offline" state; close the outbox."""
+        self._stop.set()
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for t in self._threads:
+            t.join(5)
+        self._threads = []
+        if self.link is not None and self.config is not None and self.config.telemetry.enabled:
+            self.publish_telemetry()  # the partial window is queued, not lost
+        if self.link is not None:
+            deadline = time.monotonic() + 2.0  # a short grace to deliver what is queued; the rest stays on disk
+            while self.link.connected and self.outbox is not None and self.outbox.depth and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self.link.stop()
+        if self.outbox is not None:
+            self.outbox.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until :meth:`stop` (or ``timeout``); True when stopped."""
+        return self._stop.wait(timeout)
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _telemetry_loop(self) -> None:
+        interval = self.config.telemetry.interval_s  # type: ignore[union-attr]
+        next_end = time.monotonic() + interval
+        while not self._stop.is_set():
+            self._stop.wait(min(0.5, max(0.0, next_end - time.monotonic())))
+            if self._stop.is_set():
+                break
+            try:
+                self.window.drain()
+                if time.monotonic() >= next_end:
+                    next_end += interval
+                    if next_end < time.monotonic():  # we fell behind (suspend, clock jump): don't burst
+                        next_end = time.monotonic() + interval
+                    self.publish_telemetry()
+            except Exception:
+                log.exception("telemetry: closing the window failed; will retry next window")
+
+    # --- messages ------------------------------------------------------------------------------------
+
+    def publish_telemetry(self) -> int | None:
+        """Close the current window and queue its telemetry message; returns its ``seq``."""
+        if self.outbox is None or self.config is None:
+            self.window.close()
+            return None
+        content = self.window.close()
+        topics = Topics(self.config.device.id, self.config.device.group, self.config.broker.topic_prefix)
+
+        def build(seq: int, dropped: int) -> bytes:
+            features = list(content["features"])
+            left_out = self.features_left_out
+            while True:
+                msg = TelemetryMessage(device=topics.device, seq=seq, boot=self.boot, ts=round(self.clock(), 3),
+                                       model={"name": self.model.name, "version": self.model.version}, features=features,
+                                       features_dropped=left_out, dropped=dropped, **{k: v for k, v in content.items() if k != "features"})
+                payload = encode(msg)
+                if len(payload) <= self.max_payload_bytes or not features:
+                    return payload
+                # over budget (long feature names, many bins): the profile's last features go first
+                cut = max(1, len(features) // 8)
+                features = features[:-cut]
+                left_out += cut
+
+        return self.outbox.append(topics.telemetry, build)
+
+    def report_job(self, job: str, state: JobState, detail: str = "") -> int | None:
+        """Queue a job state change (used by command handlers, e.g. OTA)."""
+        if self.outbox is None or self.config is None:
+            return None
+        topics = Topics(self.config.device.id, self.config.device.group, self.config.broker.topic_prefix)
+        return self.outbox.append(topics.job(job), lambda seq, dropped: encode(JobUpdate(
+            device=topics.device, seq=seq, boot=self.boot, ts=round(self.clock(), 3), job=job, state=state, detail=detail,
+            model={"name": self.model.name, "version": self.model.version}, dropped=dropped)))
+
+    def state_message(self, status: DeviceStatus, reason: str | None = None) -> StateMessage:
+        cfg = self.config
+        return StateMessage(
+            device=cfg.device.id if cfg else "local", status=status, ts=round(self.clock(), 3), boot=self.boot, agent_version=__version__,
+            group=cfg.device.group if cfg else "default",
+            model={**self.model.summary(), "ready": self.ready, "selftest": self.model.selftest.passed} if status == DeviceStatus.ONLINE else None,
+            runtime=runtime_versions(), hardware=hardware_summary() if status == DeviceStatus.ONLINE else {}, reason=reason,
+        )
+
+    def register_command(self, kind: CommandKind, handler: CommandHandler) -> None:
+        """Handle ``kind`` commands (one handler per kind). Handlers run on the MQTT thread: hand
+        long work (downloads, loading a model) to a thread of their own."""
+        if kind in self._commands:
+            raise ValueError(f"a handler for {kind} commands is already registered")
+        self._commands[kind] = handler
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            msg = decode(payload)
+        except Exception as e:
+            log.warning("MQTT: ignoring a malformed message on %s: %s", topic, e)
+            return
+        if not isinstance(msg, Command):
+            log.warning("MQTT: ignoring a %s message on the command topic %s", msg.type, topic)
+            return
+        handler = self._commands.get(msg.kind)
+        if handler is None:
+            known = ", ".join(str(k) for k in self._commands) or "none"
+            self.report_job(msg.job, JobState.REJECTED, f"this agent does not handle {msg.kind} commands; it handles: {known}")
+            return
+        handler(msg)
+
+
+def hardware_summary() -> dict[str, Any]:
+    """What the fleet needs to know about the device (no identifiers beyond the hostname)."""
+    out: dict[str, Any] = {
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "release": platform.release(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "hostname": platform.node(),
+    }
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    out["memory_mb"] = int(line.split()[1]) // 1024
+                    break
+    except OSError:
+        pass
+    try:
+        out["board"] = Path("/proc/device-tree/model").read_text().strip("\x00\n ")  # e.g. "Raspberry Pi 4 Model B Rev 1.4"
+    except OSError:
+        pass
+    return out

@@ -1,0 +1,387 @@
+"""What the agent measures: latency sketches, input feature summaries, Prometheus metrics.
+
+Two views of the same events:
+
+- :class:`Window` — one telemetry window (reset each interval): request and error counts,
+  a latency sketch (p50/p95/p99/max with ≤ 1 % relative error, bounded memory) and per-feature
+  counts over the manifest's reference bin edges. Published over MQTT.
+- :class:`Metrics` — cumulative counters and a fixed-bucket latency histogram since start, for
+  ``GET /metrics`` (Prometheus text format 0.0.4).
+
+The request path stays cheap: it records a latency and keeps a reference to the validated
+inputs; the binning runs batched, off the request path (``Window.drain``, called by the
+telemetry thread), unless too much is pending, when the caller drains (back-pressure, bounded).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from device_agent.manifest import FeatureProfile, TensorSpec
+from device_agent.protocol import FeatureWindow, LatencySummary
+
+__all__ = ["FeatureTracker", "LatencySketch", "Metrics", "Window", "select_features"]
+
+#: inputs pending summary before the request thread summarises itself (elements, all inputs)
+MAX_PENDING_ELEMENTS = 4 << 20
+_SIG = 6  # significant digits of floats in telemetry (keeps the payload small)
+
+
+def _r(x: float | None) -> float | None:
+    if x is None or not math.isfinite(x):
+        return None
+    return float(f"{x:.{_SIG}g}")
+
+
+class LatencySketch:
+    """Log-bucketed quantile sketch (DDSketch-style): relative error ≤ ``alpha``, memory bounded.
+
+    Values ≤ ``floor`` share one bucket. With alpha = 0.01 the range 1 µs … 1 h takes < 1,100 buckets.
+    """
+
+    def __init__(self, alpha: float = 0.01, floor: float = 1e-6) -> None:
+        self.alpha = alpha
+        self.gamma = (1 + alpha) / (1 - alpha)
+        self._lg = math.log(self.gamma)
+        self.floor = floor
+        self.reset()
+
+    def reset(self) -> None:
+        self.buckets: dict[int, int] = {}
+        self.count = 0
+        self.sum = 0.0
+        self.max = 0.0
+        self.min = math.inf
+
+    def add(self, x: float) -> None:
+        i = math.ceil(math.log(x) / self._lg) if x > self.floor else math.ceil(math.log(self.floor) / self._lg)
+        self.buckets[i] = self.buckets.get(i, 0) + 1
+        self.count += 1
+        self.sum += x
+        if x > self.max:
+            self.max = x
+        if x < self.min:
+            self.min = x
+
+    def quantile(self, q: float) -> float:
+        """Value at quantile ``q`` (0..1); 0.0 when empty."""
+        if not self.count:
+            return 0.0
+        rank = q * (self.count - 1)
+        seen = 0
+        for i in sorted(self.buckets):
+            seen += self.buckets[i]
+            if seen > rank:
+                value = 2 * self.gamma**i / (self.gamma + 1)
+                return min(max(value, self.min), self.max)
+        return self.max
+
+    def summary(self, scale: float = 1.0) -> LatencySummary | None:
+        if not self.count:
+            return None
+        return LatencySummary(
+            count=self.count, p50=_r(self.quantile(0.5) * scale), p95=_r(self.quantile(0.95) * scale),  # type: ignore[arg-type]
+            p99=_r(self.quantile(0.99) * scale), max=_r(self.max * scale), mean=_r(self.sum / self.count * scale),  # type: ignore[arg-type]
+        )
+
+
+def select_features(features: tuple[FeatureProfile, ...], inputs: tuple[TensorSpec, ...], max_payload_bytes: int) -> tuple[list[FeatureProfile], int]:
+    """The features to track (manifest order = priority) so that a window stays under the budget.
+
+    Returns (tracked, left out). Features of unknown inputs or out-of-range axes are left out too.
+    """
+    by_name = {s.name: s for s in inputs}
+    budget = max_payload_bytes - 1024  # envelope, latency, errors
+    used, out, left = 0, [], 0
+    for f in features:
+        spec = by_name.get(f.input)
+        if spec is None or f.axis >= max(len(spec.shape), 1) or not spec.dtype.startswith(("float", "int", "uint")):
+            left += 1
+            continue
+        if isinstance(spec.shape[f.axis] if spec.shape else None, int) and f.index >= spec.shape[f.axis]:  # type: ignore[operator]
+            left += 1
+            continue
+        # JSON size of one FeatureWindow: keys + 9 numbers + one per bin, generously
+        cost = 120 + len(f.name) + 12 * (len(f.edges) - 1) + 4 * 14
+        if used + cost > budget:
+            left += 1
+            continue
+        used += cost
+        out.append(f)
+    return out, left
+
+
+class FeatureTracker:
+    """Per-feature bin counts and moments over the reference edges, accumulated until ``take``."""
+
+    def __init__(self, features: list[FeatureProfile], *, max_values_per_feature: int = 4096) -> None:
+        self.features = features
+        self.max_values = max_values_per_feature
+        self._edges = [np.asarray(f.edges, dtype=np.float64) for f in features]
+        self._inputs = {f.input for f in features}
+        self.reset()
+
+    def reset(self) -> None:
+        k = len(self.features)
+        self.n = np.zeros(k, np.int64)
+        self.nan = np.zeros(k, np.int64)
+        self.under = np.zeros(k, np.int64)
+        self.over = np.zeros(k, np.int64)
+        self.counts = [np.zeros(len(e) - 1, np.int64) for e in self._edges]
+        self.fin = np.zeros(k, np.int64)
+        self.mean = np.zeros(k, np.float64)
+        self.m2 = np.zeros(k, np.float64)
+        self.min = np.full(k, np.inf)
+        self.max = np.full(k, -np.inf)
+        self.samples = 0
+
+    def add(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Summarise a batch (source layout, sample axis first)."""
+        first = next(iter(arrays.values()), None)
+        if first is not None and first.ndim:
+            self.samples += int(first.shape[0])
+        for j, f in enumerate(self.features):
+            x = arrays.get(f.input)
+            if x is None:
+                continue
+            if x.ndim == 0:
+                v = x.reshape(1)
+            else:
+                v = np.take(x, f.index, axis=f.axis) if x.ndim > 1 or f.axis else x
+                rows = v.shape[0] if v.ndim else 1
+                v = v.reshape(rows, -1)
+                if v.shape[1] > self.max_values:  # large images: a fixed stride per sample
+                    v = v[:, :: -(-v.shape[1] // self.max_values)]
+                v = v.reshape(-1)
+            self._add_values(j, v.astype(np.float64, copy=False))
+
+    def _add_values(self, j: int, v: np.ndarray) -> None:
+        self.n[j] += v.size
+        finite_mask = np.isfinite(v)
+        fin = v if finite_mask.all() else v[finite_mask]
+        self.nan[j] += v.size - fin.size
+        if not fin.size:
+            return
+        e = self._edges[j]
+        idx = np.searchsorted(e, fin, side="right") - 1
+        idx[fin == e[-1]] = len(e) - 2  # the last bin is closed, as in np.histogram
+        under = idx < 0
+        over = idx >= len(e) - 1
+        self.under[j] += int(under.sum())
+        self.over[j] += int(over.sum())
+        inside = idx[~(under | over)]
+        self.counts[j] += np.bincount(inside, minlength=len(e) - 1)
+        # Chan et al.'s parallel update of mean and M2 (stable for long windows)
+        n_b, mean_b = fin.size, float(fin.mean())
+        m2_b = float(((fin - mean_b) ** 2).sum())
+        n_a = int(self.fin[j])
+        n = n_a + n_b
+        delta = mean_b - self.mean[j]
+        self.mean[j] += delta * n_b / n
+        self.m2[j] += m2_b + delta * delta * n_a * n_b / n
+        self.fin[j] = n
+        self.min[j] = min(self.min[j], float(fin.min()))
+        self.max[j] = max(self.max[j], float(fin.max()))
+
+    def take(self) -> tuple[list[FeatureWindow], int]:
+        """Summaries since the last take, and the number of samples they cover; then reset."""
+        out = []
+        for j, f in enumerate(self.features):
+            has = self.fin[j] > 0
+            out.append(FeatureWindow(
+                name=f.name, n=int(self.n[j]), counts=[int(c) for c in self.counts[j]], under=int(self.under[j]),
+                over=int(self.over[j]), nan=int(self.nan[j]),
+                min=_r(float(self.min[j])) if has else None, max=_r(float(self.max[j])) if has else None,
+                mean=_r(float(self.mean[j])) if has else None, std=_r(math.sqrt(self.m2[j] / self.fin[j])) if has else None,
+            ))
+        samples = self.samples
+        self.reset()
+        return out, samples
+
+
+class Window:
+    """One telemetry window; thread-safe. ``close()`` returns the window's content and starts the next."""
+
+    def __init__(self, tracker: FeatureTracker | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self.tracker = tracker
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._pending: list[Mapping[str, np.ndarray]] = []
+        self._pending_elements = 0
+        self._drain_lock = threading.Lock()
+        self.latency = LatencySketch()
+        self.start = clock()
+        self.requests = 0
+        self.errors: dict[str, int] = {}
+
+    def record(self, latency_s: float | None, *, error: str | None = None) -> None:
+        with self._lock:
+            self.requests += 1
+            if latency_s is not None:
+                self.latency.add(latency_s)
+            if error:
+                self.errors[error] = self.errors.get(error, 0) + 1
+
+    def observe(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Queue validated inputs for feature summaries (cheap; binning happens in ``drain``)."""
+        if self.tracker is None or not self.tracker.features:
+            return
+        size = sum(a.size for a in arrays.values())
+        with self._lock:
+            self._pending.append(arrays)
+            self._pending_elements += size
+            full = self._pending_elements > MAX_PENDING_ELEMENTS
+        if full:
+            self.drain()
+
+    def drain(self) -> None:
+        """Bin everything pending (batched per input shape)."""
+        if self.tracker is None:
+            return
+        with self._drain_lock:
+            with self._lock:
+                pending, self._pending, self._pending_elements = self._pending, [], 0
+            if not pending:
+                return
+            groups: dict[tuple, list[Mapping[str, np.ndarray]]] = {}
+            for arrays in pending:
+                key = tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(arrays.items()) if v.ndim)
+                groups.setdefault(key, []).append(arrays)
+            for items in groups.values():
+                if len(items) == 1 or any(not v.ndim for v in items[0].values()):
+                    for arrays in items:
+                        self._add(arrays)
+                else:
+                    self._add({k: np.concatenate([a[k] for a in items]) for k in items[0]})
+
+    def _add(self, arrays: Mapping[str, np.ndarray]) -> None:
+        with self._lock:
+            self.tracker.add(arrays)  # type: ignore[union-attr]
+
+    def close(self) -> dict[str, Any]:
+        """Drain, snapshot and reset. Returns the fields of a TelemetryMessage (without envelope)."""
+        self.drain()
+        with self._lock:
+            end = self.clock()
+            features, samples = self.tracker.take() if self.tracker else ([], 0)
+            out = {
+                "window": {"start": round(self.start, 3), "end": round(end, 3)},
+                "requests": self.requests,
+                "errors": dict(self.errors),
+                "latency_ms": self.latency.summary(scale=1000.0),
+                "features": features,
+                "samples": samples,
+            }
+            self.start = end
+            self.requests = 0
+            self.errors = {}
+            self.latency.reset()
+        return out
+
+
+# --- Prometheus ----------------------------------------------------------------------------------
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """Cumulative counters for ``/metrics``; gauges are read from callbacks at scrape time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = time.time()
+        self.predictions = 0
+        self.samples = 0
+        self.errors: dict[str, int] = {}
+        self.http: dict[tuple[str, str, int], int] = {}
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.latency_count = 0
+        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.info: Callable[[], dict[str, str]] = dict
+
+    def prediction(self, latency_s: float, samples: int) -> None:
+        with self._lock:
+            self.predictions += 1
+            self.samples += samples
+            self.latency_sum += latency_s
+            self.latency_count += 1
+            for i, b in enumerate(LATENCY_BUCKETS):
+                if latency_s <= b:
+                    self.buckets[i] += 1
+                    break
+            else:
+                self.buckets[-1] += 1
+
+    def error(self, kind: str) -> None:
+        with self._lock:
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def http_request(self, method: str, path: str, code: int) -> None:
+        with self._lock:
+            key = (method, path, code)
+            self.http[key] = self.http.get(key, 0) + 1
+
+    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        self.gauges[name] = (help_text, read)
+
+    def render(self) -> str:
+        """Prometheus text exposition format."""
+        with self._lock:
+            lines = [
+                "# HELP edgekit_agent_predictions_total Prediction requests answered.",
+                "# TYPE edgekit_agent_predictions_total counter",
+                f"edgekit_agent_predictions_total {self.predictions}",
+                "# HELP edgekit_agent_prediction_samples_total Samples (batch rows) predicted.",
+                "# TYPE edgekit_agent_prediction_samples_total counter",
+                f"edgekit_agent_prediction_samples_total {self.samples}",
+                "# HELP edgekit_agent_errors_total Rejected or failed prediction requests by kind.",
+                "# TYPE edgekit_agent_errors_total counter",
+            ]
+            lines += [f'edgekit_agent_errors_total{{kind="{_esc(k)}"}} {v}' for k, v in sorted(self.errors.items())]
+            lines += ["# HELP edgekit_agent_http_requests_total HTTP requests by method, route and status code.",
+                      "# TYPE edgekit_agent_http_requests_total counter"]
+            lines += [f'edgekit_agent_http_requests_total{{method="{m}",path="{_esc(p)}",code="{c}"}} {v}'
+                      for (m, p, c), v in sorted(self.http.items())]
+            lines += ["# HELP edgekit_agent_inference_seconds Inference latency (runtime only).",
+                      "# TYPE edgekit_agent_inference_seconds histogram"]
+            cum = 0
+            for b, n in zip(LATENCY_BUCKETS, self.buckets):
+                cum += n
+                lines.append(f'edgekit_agent_inference_seconds_bucket{{le="{b}"}} {cum}')
+            lines.append(f'edgekit_agent_inference_seconds_bucket{{le="+Inf"}} {self.latency_count}')
+            lines.append(f"edgekit_agent_inference_seconds_sum {self.latency_sum:.9f}")
+            lines.append(f"edgekit_agent_inference_seconds_count {self.latency_count}")
+        info = self.info()
+        if info:
+            labels = ",".join(f'{k}="{_esc(str(v))}"' for k, v in info.items())
+            lines += ["# HELP edgekit_agent_model_info The model being served.", "# TYPE edgekit_agent_model_info gauge",
+                      f"edgekit_agent_model_info{{{labels}}} 1"]
+        lines += ["# HELP edgekit_agent_start_time_seconds Agent start, unix time.", "# TYPE edgekit_agent_start_time_seconds gauge",
+                  f"edgekit_agent_start_time_seconds {self.started:.3f}"]
+        for name, (help_text, read) in sorted(self.gauges.items()):
+            try:
+                value = float(read())
+            except Exception:  # a gauge must never break the scrape
+                value = math.nan
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value:g}"]
+        return "\n".join(lines) + "\n"
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"predictions": self.predictions, "samples": self.samples, "errors": dict(self.errors)}
+
+
+def _esc(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def feature_dicts(features: list[FeatureWindow]) -> list[dict[str, Any]]:
+    return [asdict(f) for f in features]

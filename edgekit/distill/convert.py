@@ -1,0 +1,236 @@
+"""ONNX ↔ PyTorch for the training steps: onnx2torch in, the TorchScript exporter out.
+
+Pruning and distillation train in PyTorch but take and return ONNX. ``to_torch`` names every op
+onnx2torch cannot convert before converting anything; ``to_onnx`` exports with the source's input
+and output names, dtypes, symbolic axes and opset, and gives nodes back their original names so
+``--exclude NODE`` / ``--keep NODE`` still mean the same node after a pruning step.
+
+torch is imported inside the functions: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import io
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import onnx
+
+from edgekit.errors import InputError, MissingExtraError
+from edgekit.onnx_model import MIN_WEIGHT_ELEMENTS, fold_constants, io_specs
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "ConversionError",
+    "example_inputs",
+    "load_factory",
+    "module_names",
+    "promote_buffers",
+    "require_torch",
+    "run_torch",
+    "to_onnx",
+    "to_torch",
+    "unsupported_ops",
+]
+
+#: opsets the TorchScript exporter writes; the source's opset is kept when it is in this range
+EXPORT_OPSETS = range(9, 21)
+DEFAULT_EXPORT_OPSET = 17
+
+
+class ConversionError(InputError):
+    """onnx2torch cannot turn the ONNX model into a PyTorch module."""
+
+
+def require_torch(what: str) -> None:
+    """Raise ``MissingExtraError`` naming ``what`` when torch, onnx2torch or torch-pruning is missing."""
+    for mod in ("torch", "onnx2torch", "torch_pruning"):
+        if importlib.util.find_spec(mod) is None:
+            raise MissingExtraError(what, "torch")
+
+
+def _opsets(model: onnx.ModelProto) -> dict[str, int]:
+    return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
+
+
+def unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """``(op_type, first node name)`` for every op onnx2torch has no converter for, in graph order."""
+    from onnx2torch.node_converters.registry import get_converter
+
+    opsets = _opsets(model)
+    seen: dict[str, str] = {}
+    for node in model.graph.node:
+        key = f"{node.domain + '.' if node.domain not in ('', 'ai.onnx') else ''}{node.op_type}"
+        if key in seen:
+            continue
+        try:
+            get_converter(node.op_type, opsets.get(node.domain or "", 1), node.domain or "")
+        except NotImplementedError:
+            seen[key] = node.name or "(unnamed)"
+    return list(seen.items())
+
+
+def to_torch(model: onnx.ModelProto, *, what: str = "this step") -> torch.nn.Module:
+    """The model as an ``fx.GraphModule`` (onnx2torch), in eval mode; ``model`` is not modified.
+
+    Raises ``ConversionError`` naming every unconvertible op, and the fix.
+    """
+    require_torch(what)
+    from onnx2torch import convert
+
+    folded, _ = fold_constants(model)  # Constant-node weights would become untrainable buffers
+    bad = unsupported_ops(folded)
+    if bad:
+        ops = ", ".join(f"{op} (node {name!r})" for op, name in bad)
+        raise ConversionError(
+            f"{what} needs the model in PyTorch, and onnx2torch cannot convert op {ops}; "
+            "pass the PyTorch model instead (a module:function factory returning the trained nn.Module)"
+        )
+    try:
+        net = convert(folded)
+    except Exception as e:  # a converter that exists but rejects this node's attributes
+        line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConversionError(
+            f"{what} needs the model in PyTorch, and onnx2torch cannot convert it: {line}; "
+            "pass the PyTorch model instead (a module:function factory returning the trained nn.Module)"
+        ) from None
+    return net.eval()
+
+
+def module_names(model: onnx.ModelProto) -> dict[str, str]:
+    """onnx2torch module name → ONNX node name (onnx2torch replaces dots and de-duplicates)."""
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    folded, _ = fold_constants(model)
+    return {uname: node.proto.name for uname, node in OnnxGraph(folded.graph).nodes.items()}
+
+
+def promote_buffers(net: torch.nn.Module) -> int:
+    """Turn onnx2torch's float weight buffers (MatMul/Add constants) into trainable parameters.
+
+    onnx2torch keeps initializers that are not a Conv/Linear weight as buffers, so fine-tuning
+    would leave them frozen. Returns how many were promoted.
+    """
+    import torch
+
+    n = 0
+    for name, buf in list(net.named_buffers(recurse=False)):
+        if buf.is_floating_point() and buf.numel() >= MIN_WEIGHT_ELEMENTS:
+            delattr(net, name)
+            net.register_parameter(name, torch.nn.Parameter(buf.detach().clone()))
+            n += 1
+    return n
+
+
+def example_inputs(model: onnx.ModelProto, data: dict[str, np.ndarray] | None = None, batch: int = 1) -> tuple[torch.Tensor, ...]:
+    """One batch in the model's input order: from ``data`` when given, else zeros (symbolic dims → ``batch``)."""
+    import torch
+
+    ins, _ = io_specs(model)
+    out = []
+    for s in ins:
+        if data is not None and s.name in data:
+            out.append(torch.from_numpy(np.ascontiguousarray(data[s.name][:batch])))
+        else:
+            shape = [d if isinstance(d, int) and d > 0 else batch for d in s.shape]
+            out.append(torch.zeros(shape, dtype=getattr(torch, np.dtype(s.dtype).name)))
+    return tuple(out)
+
+
+def run_torch(net: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Call ``net`` and always get a tuple of outputs back."""
+    y = net(*args)
+    if isinstance(y, dict):
+        return tuple(y.values())
+    return tuple(y) if isinstance(y, (tuple, list)) else (y,)
+
+
+def to_onnx(net: torch.nn.Module, like: onnx.ModelProto, *, example: tuple[torch.Tensor, ...] | None = None,
+            names: dict[str, str] | None = None) -> onnx.ModelProto:
+    """Export ``net`` to ONNX with ``like``'s signature (input/output names, symbolic axes, opset).
+
+    ``names`` (module name → node name, from :func:`module_names`) gives exported nodes back their
+    source names. The TorchScript exporter is used: it keeps weights as plain initializers and
+    exports onnx2torch's modules; the dynamo exporter does not handle ``fx.GraphModule`` from onnx2torch.
+    """
+    import torch
+
+    from edgekit.errors import ExportError
+
+    ins, outs = io_specs(like)
+    opset = next((o.version for o in like.opset_import if o.domain in ("", "ai.onnx")), DEFAULT_EXPORT_OPSET)
+    opset = opset if opset in EXPORT_OPSETS else DEFAULT_EXPORT_OPSET
+    dynamic = {s.name: {i: d for i, d in enumerate(s.shape) if not isinstance(d, int)} for s in (*ins, *outs)}
+    dynamic = {k: v for k, v in dynamic.items() if v}
+    args = example if example is not None else example_inputs(like)
+    buf = io.BytesIO()
+    was_training = net.training
+    net.eval()
+    try:
+        torch.onnx.export(net, args, buf, input_names=[s.name for s in ins], output_names=[s.name for s in outs],
+                          opset_version=opset, dynamic_axes=dynamic or None, do_constant_folding=True, dynamo=False)
+    except Exception as e:
+        line = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ExportError(f"exporting the trained model back to ONNX (opset {opset}) failed: {line}") from None
+    finally:
+        net.train(was_training)
+    out = onnx.load_from_string(buf.getvalue())
+    if names:
+        _restore_node_names(out, names)
+    out.producer_name = "edgekit"
+    return out
+
+
+def _restore_node_names(model: onnx.ModelProto, names: dict[str, str]) -> None:
+    # The exporter names a node "/<module name>/<OpType>"; when exactly one node came from a
+    # module, it gets the source node's name back.
+    by_module: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        if node.name.startswith("/") and node.name.count("/") >= 2:
+            by_module.setdefault(node.name[1:].rsplit("/", 1)[0], []).append(node)
+    taken = {n.name for n in model.graph.node}
+    for module, nodes in by_module.items():
+        src = names.get(module)
+        if src and len(nodes) == 1 and src not in taken:
+            nodes[0].name = src
+            taken.add(src)
+
+
+def load_factory(spec: str, *, what: str) -> Callable[..., Any]:
+    """Resolve ``module:function`` or ``path/to/file.py:function`` to the callable."""
+    if ":" not in spec:
+        raise InputError(f"{what} {spec!r} is not module:function; give e.g. nets.py:small_net or mypkg.models:small_net")
+    target, attr = spec.rsplit(":", 1)
+    if target.endswith(".py") or "/" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise InputError(f"{what} {spec!r}: file {path} not found")
+        mod_name = f"edgekit_user_{path.stem}"
+        loader = importlib.util.spec_from_file_location(mod_name, path)
+        if loader is None or loader.loader is None:
+            raise InputError(f"{what} {spec!r}: {path} is not a Python file")
+        module = importlib.util.module_from_spec(loader)
+        sys.modules[mod_name] = module
+        sys.path.insert(0, str(path.parent.resolve()))
+        try:
+            loader.loader.exec_module(module)
+        except Exception as e:
+            raise InputError(f"{what} {spec!r}: importing {path} failed: {type(e).__name__}: {e}") from None
+        finally:
+            sys.path.remove(str(path.parent.resolve()))
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise InputError(f"{what} {spec!r}: cannot import module {target!r} ({e}); give a .py path or an importable module") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise InputError(f"{what} {spec!r}: {target} has no function {attr!r}; it has {', '.join(public[:12]) or 'no functions'}")
+    return fn

@@ -1,0 +1,247 @@
+"""`edgekit compress`: what a user gets, on models the tests build."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from device_agent.manifest import load_manifest
+from edgekit.cli.main import cli
+from edgekit.onnx_model import weight_stats
+from tests.conftest import build_mlp
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def digits_int8(digits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "out"
+    res = run("compress", "--int8", "--data", str(digits["eval"]), "-o", str(out), str(digits["model"]))
+    assert res.exit_code == 0, res.output
+    return out, res.output
+
+
+def test_int8_static_writes_every_artifact_and_a_valid_manifest(digits_int8):
+    out, output = digits_int8
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["digits.int8.onnx", "digits.int8.ort", "digits.int8.required_operators.config", "edgekit.json", "report.json"]
+    m = load_manifest(out, verify_files=True)
+    assert m.task == "classification"
+    assert [a.format for a in m.artifacts] == ["onnx", "ort"]
+    assert all(a.precision == "int8" for a in m.artifacts)
+    assert "ai.onnx;" in (out / "digits.int8.required_operators.config").read_text()
+    # printed table: size, latency and accuracy before/after, and the chosen candidate with why
+    assert "digits.int8.onnx" in output and "accuracy" in output and "int8: chose " in output and "candidates (latency" in output
+
+
+def test_int8_static_keeps_accuracy_and_shrinks(digits_int8):
+    out, _ = digits_int8
+    m = load_manifest(out)
+    src_acc = m.metrics["source"]["accuracy"]
+    for art in ("digits.int8.onnx", "digits.int8.ort"):
+        assert src_acc - m.metrics[art]["accuracy"] <= 0.5
+        assert m.metrics[art]["parity"]["ok"] if "parity" in m.metrics[art] else True
+    assert m.metrics["digits.int8.onnx"]["size_ratio"] < 0.35
+    weights = m.artifact("digits.int8.onnx").extra["weights"]
+    assert weights["quantized_share"] > 0.95 and weights["quantized_nodes"] == weights["weighted_nodes"] == 5
+
+
+def test_int8_search_keeps_the_fastest_accepted_candidate(digits_int8):
+    out, _ = digits_int8
+    search = json.loads((out / "report.json").read_text())["steps"][0]["result"]["search"]
+    ok = [c for c in search["candidates"] if c["status"] == "ok"]
+    assert {c["name"] for c in ok} >= {"static-qdq-u8s8-perchannel", "static-qdq-s8s8-perchannel", "dynamic", "weight-only"}
+    accepted = [c for c in ok if c["accepted"]]
+    chosen = next(c for c in ok if c["name"] == search["chosen"])
+    assert chosen["accepted"]
+    fastest = min(c["latency"]["p50_ms"] for c in accepted)
+    assert chosen["latency"]["p50_ms"] <= fastest * 1.025 + 1e-4  # size tie-break band; JSON rounds to 0.1 µs
+    assert search["met_accuracy_bound"] is True
+
+
+def test_manifest_records_signature_steps_profile_and_selftests(digits_int8):
+    out, _ = digits_int8
+    m = load_manifest(out)
+    raw = m.raw
+    assert [s.to_dict()["shape"] for s in m.inputs] == [["N", 1, 8, 8]]
+    assert raw["source"]["file"] == "digits.onnx" and len(raw["source"]["sha256"]) == 64
+    assert raw["steps"][0]["name"] == "int8" and raw["steps"][0]["params"]["max_drop"] == 1.0
+    assert raw["data"]["samples"] == 540 and raw["data"]["labelled"] is True
+    assert {"onnx", "onnxruntime", "edgekit"} <= set(raw["tools"])
+    (feature,) = m.features  # one channel -> one feature
+    assert feature.input == "x" and feature.axis == 1 and sum(feature.counts) == 540 * 64
+    assert len(feature.edges) == len(feature.counts) + 1
+    for art in m.artifacts:
+        vectors = m.selftest_vectors(art.file)
+        assert len(vectors) == 3
+        sess = ort.InferenceSession(str(out / art.file), providers=["CPUExecutionProvider"])
+        tol = m.selftest_tolerance(art.file)
+        for inputs, expected in vectors:
+            got = sess.run(None, inputs)[0]
+            np.testing.assert_allclose(got, expected["logits"], atol=tol["atol"], rtol=tol["rtol"])
+
+
+def test_int8_without_data_goes_next_to_the_model_and_says_data_helps(digits, tmp_path):
+    model = tmp_path / "model.onnx"
+    shutil.copy(digits["model"], model)
+    res = run("compress", "--int8", str(model))
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "model.int8"
+    assert (out / "model.int8.onnx").is_file() and (out / "model.int8.ort").is_file()
+    assert "Calibration data (--data) gives a faster, more accurate model" in res.output
+    m = load_manifest(out, verify_files=True)
+    assert m.raw["data"]["generated"] is True
+    search = m.raw["steps"][0]["result"]["search"]
+    assert all(c["status"] == "skipped" for c in search["candidates"] if c["name"].startswith("static"))
+    assert m.metrics["model.int8.onnx"]["size_ratio"] < 0.35
+    assert m.artifact("model.int8.onnx").extra["weights"]["quantized_share"] > 0.95
+
+
+def test_fp16_keeps_float32_io_and_halves_the_file(digits, tmp_path):
+    out = tmp_path / "fp16"
+    res = run("compress", "--fp16", "--data", str(digits["eval"]), "-o", str(out), str(digits["model"]))
+    assert res.exit_code == 0, res.output
+    m = load_manifest(out, verify_files=True)
+    assert m.metrics["digits.fp16.onnx"]["size_ratio"] < 0.6
+    sess = ort.InferenceSession(str(out / "digits.fp16.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].type == "tensor(float)" and sess.get_outputs()[0].type == "tensor(float)"
+    assert m.metrics["source"]["accuracy"] - m.metrics["digits.fp16.onnx"]["accuracy"] <= 0.5
+
+
+def test_weights_in_constant_nodes_are_folded_and_quantized(tmp_path, mlp_data):
+    model = tmp_path / "const.onnx"
+    onnx.save(build_mlp(constant_weights=True), model)
+    assert not onnx.load(str(model)).graph.initializer
+    res = run("compress", "--int8", "--data", str(mlp_data), "-o", str(tmp_path / "out"), str(model))
+    assert res.exit_code == 0, res.output
+    m = load_manifest(tmp_path / "out")
+    assert m.raw["steps"][0]["result"]["constants_folded"] == 4
+    stats = weight_stats(onnx.load(str(tmp_path / "out" / "const.int8.onnx")))
+    assert stats.quantized_share > 0.9 and stats.float_params < 100
+
+
+def _if_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+
+    def branch(name: str, seed: int) -> onnx.GraphProto:
+        w = numpy_helper.from_array((np.random.default_rng(seed).standard_normal((16, 32)) / 4).astype(np.float32), f"{name}_w")
+        nodes = [helper.make_node("Constant", [], [f"{name}_w"], value=w), helper.make_node("MatMul", ["x", f"{name}_w"], [f"{name}_y"])]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["N", 32])])
+
+    w2 = numpy_helper.from_array((rng.standard_normal((32, 4)) / 4).astype(np.float32), "w2")
+    zero = numpy_helper.from_array(np.array(0, np.float32), "zero")
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["cond"]),
+        helper.make_node("If", ["cond"], ["h"], then_branch=branch("then", 1), else_branch=branch("else", 2)),
+        helper.make_node("Relu", ["h"], ["hr"]),
+        helper.make_node("MatMul", ["hr", "w2"], ["logits"]),
+    ]
+    g = helper.make_graph(nodes, "ifnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], initializer=[w2, zero])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_weights_inside_if_subgraphs_are_quantized(tmp_path, mlp_data):
+    model = tmp_path / "ifnet.onnx"
+    onnx.save(_if_model(), model)
+    res = run("compress", "--int8", "--data", str(mlp_data), "-o", str(tmp_path / "out"), str(model))
+    assert res.exit_code == 0, res.output
+    q = onnx.load(str(tmp_path / "out" / "ifnet.int8.onnx"))
+    stats = weight_stats(q)
+    assert stats.quantized_share > 0.9, stats
+    # every candidate is int8-sized: ORT's quantizers skip subgraphs, edgekit stores the rest as int8
+    search = load_manifest(tmp_path / "out").raw["steps"][0]["result"]["search"]
+    assert all(c["quantized_share"] > 0.9 for c in search["candidates"] if c["status"] == "ok")
+
+
+def test_an_already_quantized_model_is_reported_not_quantized_twice(digits_int8, tmp_path):
+    out, _ = digits_int8
+    res = run("compress", "--int8", "-o", str(tmp_path / "again"), str(out / "digits.int8.onnx"))
+    assert res.exit_code == 0, res.output
+    assert "model is already quantized" in res.output and "not quantizing it again" in res.output
+    before = onnx.load(str(out / "digits.int8.onnx"))
+    after = onnx.load(str(tmp_path / "again" / "digits.int8.int8.onnx"))
+    assert [n.op_type for n in after.graph.node].count("QuantizeLinear") == [n.op_type for n in before.graph.node].count("QuantizeLinear")
+
+
+def _embedding_model() -> onnx.ModelProto:
+    """float features + int64 token ids + a scalar float rate: only the float weights get quantized."""
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.standard_normal((50, 16)).astype(np.float32), "table")
+    w = numpy_helper.from_array((rng.standard_normal((16, 4)) / 4).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["emb"]),  # [N, 16]
+        helper.make_node("Add", ["emb", "x"], ["h"]),
+        helper.make_node("Mul", ["h", "rate"], ["hs"]),
+        helper.make_node("MatMul", ["hs", "w"], ["logits"]),
+    ]
+    g = helper.make_graph(
+        nodes, "emb",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16]),
+         helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"]),
+         helper.make_tensor_value_info("rate", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], initializer=[table, w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_int_and_scalar_inputs_pass_through_untouched(tmp_path):
+    model = tmp_path / "emb.onnx"
+    onnx.save(_embedding_model(), model)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.standard_normal((64, 16)).astype(np.float32), ids=rng.integers(0, 50, 64), rate=np.full(64, 0.5, np.float32))
+    res = run("compress", "--int8", "--data", str(data), "-o", str(tmp_path / "out"), str(model))
+    assert res.exit_code == 0, res.output
+    sess = ort.InferenceSession(str(tmp_path / "out" / "emb.int8.onnx"), providers=["CPUExecutionProvider"])
+    types = {i.name: i.type for i in sess.get_inputs()}
+    assert types == {"x": "tensor(float)", "ids": "tensor(int64)", "rate": "tensor(float)"}
+    m = load_manifest(tmp_path / "out")
+    assert m.metrics["emb.int8.onnx"]["agreement"] >= 99.0
+    assert [f.input for f in m.features].count("ids") == 0  # token ids are not binned for drift
+
+
+def test_json_output_is_the_report(digits, tmp_path):
+    res = run("compress", "--int8", "--data", str(digits["calib"]), "-o", str(tmp_path / "o"), "--json", str(digits["model"]))
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["schema"] == "edgekit.report" and rep["rows"][0]["file"] == "digits.int8.onnx"
+    assert "agreement" in rep["rows"][0]  # calib.npz has no labels
+
+
+def test_unmet_accuracy_bound_keeps_the_best_and_exits_3(tmp_path, mlp_data):
+    model = tmp_path / "reg.onnx"
+    onnx.save(build_mlp(classes=1), model)  # one output column: a regressor, judged by cosine
+    res = CliRunner().invoke(cli, ["compress", "--int8", "--max-drop", "0", "--data", str(mlp_data), "-o", str(tmp_path / "o"), str(model)])
+    assert res.exit_code == 3, res.output
+    assert "no candidate met the 0-pt accuracy bound; kept the most accurate" in res.output
+    assert (tmp_path / "o" / "reg.int8.onnx").is_file()
+    assert load_manifest(tmp_path / "o").raw["steps"][0]["result"]["search"]["met_accuracy_bound"] is False
+
+
+@pytest.mark.parametrize("args", [["--help"], ["compress", "--help"]])
+def test_help_is_fast_and_imports_no_framework(args):
+    code = (
+        "import sys\nfrom edgekit.cli.main import main\n"
+        f"sys.argv = ['edgekit'] + {args!r}\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'tensorflow', 'onnx', 'onnxruntime', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
