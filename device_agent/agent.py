@@ -30,7 +30,8 @@ import numpy as np
 from device_agent import __version__
 from device_agent.config import AgentConfig
 from device_agent.errors import InvalidInput, NotReady
-from device_agent.model import LoadedModel, load_model, top_k
+from device_agent.model import LoadedModel, load_model
+from device_agent.model import top_k as top_k_labels
 from device_agent.outbox import Outbox
 from device_agent.protocol import (
     Command,
@@ -192,7 +193,7 @@ class Agent:
         if k and self.model.is_classifier and self.model.outputs:
             scores = outputs.get(self.model.outputs[0].name)
             if scores is not None and scores.ndim in (1, 2) and np.issubdtype(scores.dtype, np.floating):
-                top = top_k(scores, k, self.model.labels)
+                top = top_k_labels(scores, k, self.model.labels)
         return Prediction(outputs, top, {"name": self.model.name, "version": self.model.version}, request_id or uuid.uuid4().hex,
                           self.clock(), dt * 1000.0)
 

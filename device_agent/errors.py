@@ -9,6 +9,7 @@
     ├── InvalidInput       a prediction request that does not fit the model's signature (HTTP 4xx)
     │   └── PayloadTooLarge  a request over the configured size limits (HTTP 413)
     ├── ProtocolError      an MQTT message that does not follow device_agent.protocol
+    ├── OtaError           an update that is refused or fails (``reason`` says why, machine-readable)
     └── OutboxError        the store-and-forward database cannot be opened or written
 
 ``runtime.BackendError`` (a runtime failed to load or run an artifact) and
@@ -17,7 +18,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AgentError", "ConfigError", "InvalidInput", "ModelError", "NotReady", "OutboxError", "PayloadTooLarge", "ProtocolError"]
+__all__ = ["AgentError", "ConfigError", "InvalidInput", "ModelError", "NotReady", "OtaError", "OutboxError", "PayloadTooLarge", "ProtocolError"]
 
 
 class AgentError(Exception):
@@ -73,3 +74,13 @@ class ProtocolError(AgentError):
 
 class OutboxError(AgentError):
     """The outbox database cannot be opened or written."""
+
+
+class OtaError(AgentError):
+    """An update step refused or failed. ``reason`` is a short code the fleet can count
+    (``bad_signature``, ``untrusted_key``, ``sha256_mismatch``, ``downgrade``, ...); the message
+    says what, which value, what is allowed and the fix."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

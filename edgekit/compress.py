@@ -33,7 +33,7 @@ from edgekit.profile import drift_profile, selftest_inputs
 
 __all__ = ["ArtifactResult", "CompressResult", "compress", "default_output"]
 
-GENERATED_SAMPLES = 64
+GENERATED_SAMPLES = 128
 #: parity between an artifact and the one it was converted from (same precision, other runtime/format)
 PARITY = {"fp32": 1e-3, "fp16": 2e-2, "int8": 5e-2, "mixed": 5e-2}
 
@@ -211,7 +211,7 @@ def _evaluate(a: ExportedArtifact, all_arts: list[ExportedArtifact], ctx: Contex
     except BackendError as e:
         raise ExportError(f"{a.path.name} was written but does not run: {e}") from None
     quality = compare(ctx.ref_outputs, outs, classifier=ctx.classifier, first_output=ctx.first_output,
-                      labels=ctx.eval_data.labels, ref_accuracy=ctx.ref_accuracy)
+                      labels=ctx.eval_data.labels, ref_accuracy=ctx.ref_accuracy, generated=ctx.eval_data.generated)
     parity = None
     if a.parent:
         parent = next(p for p in all_arts if p.path.name == a.parent)

@@ -123,7 +123,8 @@ class Quality:
     """How close a model's outputs are to a reference's; ``drop`` is in points (lower is better).
 
     ``drop`` is the accuracy loss with labels, the top-1 disagreement (%) for classifiers without
-    labels, and ``(1 - cosine) * 100`` for other outputs: one number to hold against --max-drop.
+    labels, and ``(1 - cosine) * 100`` for other outputs and for generated inputs: one number to
+    hold against --max-drop.
     """
 
     accuracy: float | None
@@ -153,7 +154,14 @@ def compare(
     first_output: str,
     labels: np.ndarray | None = None,
     ref_accuracy: float | None = None,
+    generated: bool = False,
 ) -> Quality:
+    """Quality of ``new`` against ``ref``.
+
+    On ``generated`` inputs (no user data) top-1 agreement is reported but not judged: random
+    inputs sit far from the training distribution, where logits nearly tie and a flip says little
+    about the model; the output cosine is the judge there.
+    """
     cos, mae = 1.0, 0.0
     for name, r in ref.items():
         n = new[name]
@@ -178,7 +186,7 @@ def compare(
         acc = accuracy(new, first_output, labels)
         base = ref_accuracy if ref_accuracy is not None else accuracy(ref, first_output, labels)
         drop = base - acc
-    elif agree is not None:
+    elif agree is not None and not generated:
         drop = 100.0 - agree
     else:
         drop = (1.0 - cos) * 100.0

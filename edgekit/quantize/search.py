@@ -152,7 +152,7 @@ def _try(cand, fp32_path, workdir, eval_data, calib_data, calib_batch, scalar, m
     except Exception as e:  # noqa: BLE001 - a candidate ORT cannot build or run is reported, not fatal
         return CandidateResult(cand, "failed", _line(e), seconds=time.monotonic() - t0)
     quality = compare(ref_outputs, outputs, classifier=classifier, first_output=first_output, labels=labels,
-                      ref_accuracy=ref_accuracy)
+                      ref_accuracy=ref_accuracy, generated=eval_data.generated)
     latency = measure_latency(backend, feeds, runs=runs, budget_s=budget)
     stats = weight_stats(onnx.load(str(out)))
     accepted = bool(np.isfinite(quality.drop) and quality.drop <= max_drop + 1e-9)

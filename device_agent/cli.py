@@ -1,0 +1,120 @@
+"""``edgekit-agent``: the device daemon's command line (argparse: no extra dependency on the device).
+
+::
+
+    edgekit-agent run --config /etc/edgekit/agent.toml     # serve until SIGTERM/SIGINT
+    edgekit-agent check --config /etc/edgekit/agent.toml   # validate config, load model, self-test
+    edgekit-agent example-config                           # print a commented agent.toml
+
+Exit codes: 0 ok, 1 an AgentError (one line on stderr, ``--debug`` for the traceback), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+
+from device_agent import __version__
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgekit-agent", description="edgekit device agent: serve a compressed model, report, update.")
+    p.add_argument("--version", action="version", version=f"edgekit-agent {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve the model (HTTP API, MQTT telemetry) until stopped")
+    run.add_argument("--config", "-c", required=True, help="path to agent.toml")
+    check = sub.add_parser("check", help="validate the config, load the model and run its self-test, then exit")
+    check.add_argument("--config", "-c", required=True, help="path to agent.toml")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("example-config", help="print a commented agent.toml with every field and its default")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``edgekit-agent`` script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "example-config":
+            from device_agent.config import render_toml
+
+            sys.stdout.write(render_toml({"device": {"id": "pi-07"}, "broker": {"url": "mqtt://127.0.0.1:1883"},
+                                          "model": {"path": "/var/lib/edgekit/model"}}))
+            return 0
+        if args.command == "check":
+            return _check(args.config, args.json)
+        return _run(args.config)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        from device_agent.errors import AgentError
+        from device_agent.manifest import ManifestError
+
+        if args.debug or not isinstance(e, (AgentError, ManifestError)):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _check(path: str, as_json: bool) -> int:
+    from device_agent.agent import Agent
+    from device_agent.config import load_config
+
+    cfg = load_config(path)
+    agent = Agent.from_config(cfg)
+    try:
+        info = {"config": str(path), "device": cfg.device.id, "model": agent.model.summary(), "selftest": agent.model.selftest.to_dict(),
+                "ready": agent.ready, "broker": cfg.broker.url or None}
+    finally:
+        agent.stop()
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        m = info["model"]
+        print(f"config ok: device {cfg.device.id}, broker {cfg.broker.url or '(none)'}")
+        print(f"model: {m['name']} {m['version']} — {m['artifact']} via {m['runtime']}")
+        print(f"self-test: {'passed' if info['ready'] else 'FAILED'} ({agent.model.selftest.detail})")
+    return 0 if info["ready"] else 1
+
+
+def _run(path: str) -> int:
+    from device_agent.agent import Agent
+    from device_agent.config import load_config
+
+    t0 = time.perf_counter()
+    cfg = load_config(path)
+    logging.basicConfig(level=getattr(logging, cfg.log.level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("edgekit.agent")
+    agent = Agent.from_config(cfg)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.start()
+    m = agent.model
+    where = agent.server.url if agent.server else "no HTTP API"
+    log.info("serving %s %s (%s via %s) on %s; %s in %.2f s", m.name, m.version, m.file.name, m.backend.runtime, where,
+             "ready" if agent.ready else f"NOT READY: {agent.not_ready_reason}", time.perf_counter() - t0)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        agent.stop()
+        log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""LiteRT (TensorFlow Lite) backend for ``.tflite`` artifacts, with the same interface as ``OrtBackend``.
+
+Callers speak the *source* layout; the backend transposes each input into the artifact's layout
+(``TensorSpec.perm``, e.g. NCHW → NHWC) and each output back. Models converted with int8
+inputs/outputs (``--tflite-io int8``) take and return float arrays here: inputs are quantized and
+outputs dequantized with each tensor's own scale and zero point, read from the model file.
+
+Inputs and outputs are found by the model's ``serving_default`` signature names (edgekit writes
+one; the artifact's ``extra["tflite_names"]`` maps source names to them), else by position.
+Tensors are resized only when a request's shape changes, so steady-state calls are one
+``invoke``. XNNPACK is applied by the interpreter's default delegate.
+
+Imports numpy and ai-edge-litert only (falling back to ``tflite_runtime``, then ``tensorflow.lite``
+if neither is installed): this module runs on the device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device_agent.manifest import Artifact, TensorSpec
+from device_agent.runtime import BackendError, source_spec
+
+__all__ = ["LiteRTBackend", "load_interpreter_class"]
+
+_INT_TYPES = (np.int8, np.uint8, np.int16)
+
+
+def load_interpreter_class() -> type:
+    """The LiteRT ``Interpreter`` class from the lightest package installed."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+
+        return Interpreter
+    except ImportError:
+        pass
+    try:  # pragma: no cover - only on machines with full TensorFlow and no LiteRT
+        import tensorflow as tf
+
+        return tf.lite.Interpreter
+    except ImportError:
+        raise BackendError(".tflite artifacts need the LiteRT runtime: pip install ai-edge-litert") from None
+
+
+class _Port:
+    """One input or output tensor: its interpreter index, native spec and quantization."""
+
+    __slots__ = ("name", "index", "dtype", "scale", "zero_point", "perm", "inv")
+
+    def __init__(self, name: str, detail: dict[str, Any], perm: tuple[int, ...] | None) -> None:
+        self.name = name
+        self.index = int(detail["index"])
+        self.dtype = np.dtype(detail["dtype"])
+        q = detail.get("quantization_parameters") or {}
+        scales, zps = q.get("scales"), q.get("zero_points")
+        quantized = self.dtype.type in _INT_TYPES and scales is not None and len(scales) == 1 and float(scales[0]) > 0
+        self.scale = float(scales[0]) if quantized else None
+        self.zero_point = int(zps[0]) if quantized else 0
+        self.perm = perm
+        self.inv = tuple(int(i) for i in np.argsort(perm)) if perm is not None else None
+
+
+class LiteRTBackend:
+    """The LiteRT interpreter over a ``.tflite`` file (CPU, XNNPACK)."""
+
+    runtime = "litert"
+
+    def __init__(self, path: str | Path, artifact: Artifact | None = None, *, threads: int = 1) -> None:
+        self.path = Path(path)
+        interpreter_cls = load_interpreter_class()
+        try:
+            self.interpreter = interpreter_cls(model_path=str(self.path), num_threads=max(1, threads))
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise BackendError(f"LiteRT cannot load {self.path.name}: {_first_line(e)}") from e
+        in_details, out_details = self._details()
+        names = (artifact.extra.get("tflite_names") if artifact else None) or {}
+        in_specs = {s.name: s for s in artifact.inputs} if artifact else {}
+        out_specs = {s.name: s for s in artifact.outputs} if artifact else {}
+        self._inputs = self._ports(in_details, artifact.inputs if artifact else None, names.get("inputs") or {}, "input")
+        self._outputs = self._ports(out_details, artifact.outputs if artifact else None, names.get("outputs") or {}, "output")
+        self._shapes: dict[int, tuple[int, ...]] = {p.index: tuple(int(d) for d in in_details[_key(in_details, p.index)]["shape"])
+                                                     for p in self._inputs}
+        # callers speak the source layout (and float for quantized I/O), so the specs reported are that view
+        self.inputs = tuple(self._caller_spec(p, in_specs.get(p.name), in_details) for p in self._inputs)
+        self.outputs = tuple(self._caller_spec(p, out_specs.get(p.name), out_details) for p in self._outputs)
+
+    def _details(self) -> tuple[dict[str, dict], dict[str, dict]]:
+        """Input/output tensor details keyed by signature name (or tensor name without a signature)."""
+        it = self.interpreter
+        sigs = it.get_signature_list() if hasattr(it, "get_signature_list") else {}
+        if sigs:
+            key = "serving_default" if "serving_default" in sigs else next(iter(sigs))
+            runner = it.get_signature_runner(key)
+            return runner.get_input_details(), runner.get_output_details()
+        return ({d["name"]: d for d in it.get_input_details()}, {d["name"]: d for d in it.get_output_details()})
+
+    def _ports(self, details: dict[str, dict], specs: tuple[TensorSpec, ...] | None, names: dict[str, str], kind: str) -> list[_Port]:
+        if specs is None:
+            return [_Port(n, d, None) for n, d in details.items()]
+        ports = []
+        ordered = list(details.items())
+        for i, spec in enumerate(specs):
+            native = names.get(spec.name, spec.name)
+            if native in details:
+                d = details[native]
+            elif len(ordered) == len(specs):
+                d = ordered[i][1]  # a .tflite without matching names: by position
+            else:
+                raise BackendError(f"{self.path.name} has no {kind} {spec.name!r}; it has {', '.join(details)}")
+            ports.append(_Port(spec.name, d, spec.perm))
+        return ports
+
+    def _caller_spec(self, port: _Port, spec: TensorSpec | None, details: dict[str, dict]) -> TensorSpec:
+        if spec is None:
+            d = next(d for d in details.values() if int(d["index"]) == port.index)
+            sig = d.get("shape_signature")
+            shape = tuple("N" if int(x) < 0 and i == 0 else ("?" if int(x) < 0 else int(x)) for i, x in enumerate(sig if sig is not None else d["shape"]))
+            dtype = "float32" if port.scale is not None else port.dtype.name
+            return TensorSpec(port.name, dtype, shape)
+        s = source_spec(spec)
+        if port.scale is not None:
+            s = TensorSpec(s.name, "float32", s.shape, s.layout, None)
+        return s
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        it = self.interpreter
+        try:
+            prepared = []
+            resized = False
+            for p in self._inputs:
+                if p.name not in feeds:
+                    raise BackendError(f"{self.path.name}: missing input {p.name!r}")
+                x = np.asarray(feeds[p.name])
+                if p.perm is not None:
+                    x = np.transpose(x, p.perm)
+                x = _quantize(x, p) if p.scale is not None else x.astype(p.dtype, copy=False)
+                x = np.ascontiguousarray(x)
+                if self._shapes.get(p.index) != x.shape:
+                    it.resize_tensor_input(p.index, list(x.shape), strict=False)
+                    self._shapes[p.index] = x.shape
+                    resized = True
+                prepared.append((p.index, x))
+            if resized:
+                it.allocate_tensors()
+            for index, x in prepared:
+                it.set_tensor(index, x)
+            it.invoke()
+            out = {}
+            for p in self._outputs:
+                y = it.get_tensor(p.index)
+                if p.scale is not None:
+                    y = (y.astype(np.float32) - p.zero_point) * np.float32(p.scale)
+                out[p.name] = np.transpose(y, p.inv) if p.inv is not None else y
+            return out
+        except BackendError:
+            raise
+        except (ValueError, RuntimeError) as e:
+            raise BackendError(f"LiteRT failed on {self.path.name}: {_first_line(e)}") from e
+
+
+def _quantize(x: np.ndarray, p: _Port) -> np.ndarray:
+    info = np.iinfo(p.dtype)
+    q = np.round(x.astype(np.float32) / np.float32(p.scale)) + p.zero_point
+    return np.clip(q, info.min, info.max).astype(p.dtype)
+
+
+def _key(details: dict[str, dict], index: int) -> str:
+    return next(k for k, d in details.items() if int(d["index"]) == index)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
