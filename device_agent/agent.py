@@ -14,6 +14,7 @@ starts the telemetry thread, the MQTT link and the HTTP server (``edgekit-agent 
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import logging
 import os
 import platform
@@ -21,7 +22,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,16 +56,35 @@ log = logging.getLogger("edgekit.agent")
 CommandHandler = Callable[[Command], None]
 
 
-@dataclass(frozen=True)
 class Prediction:
-    """The answer to one request. ``outputs`` are source-layout arrays."""
+    """The answer to one request. ``outputs`` are source-layout arrays.
 
-    outputs: dict[str, np.ndarray]
-    top_k: list[list[dict[str, Any]]] | None
-    model: dict[str, Any]
-    request_id: str
-    timestamp: float
-    latency_ms: float
+    ``top_k`` (classifiers: per sample, best first, ``{index, label, score}``) is computed on first
+    access, so in-process callers that only want the raw outputs don't pay for it.
+    """
+
+    __slots__ = ("_k", "_labels", "_scores", "_top", "latency_ms", "model", "outputs", "request_id", "timestamp")
+
+    def __init__(self, outputs: dict[str, np.ndarray], model: dict[str, Any], request_id: str, timestamp: float, latency_ms: float, *,
+                 scores: np.ndarray | None = None, k: int = 0, labels: tuple[str, ...] | None = None) -> None:
+        self.outputs = outputs
+        self.model = model
+        self.request_id = request_id
+        self.timestamp = timestamp
+        self.latency_ms = latency_ms
+        self._scores = scores
+        self._k = k
+        self._labels = labels
+        self._top: list[list[dict[str, Any]]] | None = None
+
+    @property
+    def top_k(self) -> list[list[dict[str, Any]]] | None:
+        if self._top is None and self._scores is not None and self._k:
+            self._top = top_k_labels(self._scores, self._k, self._labels)
+        return self._top
+
+    def __repr__(self) -> str:
+        return f"Prediction(request_id={self.request_id!r}, outputs={list(self.outputs)}, latency_ms={self.latency_ms:.3f})"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the HTTP response body)."""
@@ -77,6 +96,7 @@ class Prediction:
             "outputs": {k: v.tolist() for k, v in self.outputs.items()},
             "top_k": self.top_k,
         }
+
 
 
 class Agent:
@@ -101,6 +121,11 @@ class Agent:
         self.window = Window(tracker, clock=clock)
         self._tracked_inputs = {f.input for f in tracker.features} if tracker else set()
         self._commands: dict[CommandKind, CommandHandler] = {}
+        self._model_id = {"name": model.name, "version": model.version}
+        self._scores_name = model.outputs[0].name if model.is_classifier and model.outputs else None
+        # request ids: random per start + a counter (unique, and ~50x cheaper than uuid4 per request)
+        self._rid_prefix = uuid.uuid4().hex[:12] + "-"
+        self._rid = itertools.count(1)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.link = None  # MqttLink when a broker is configured
@@ -188,14 +213,11 @@ class Agent:
         self.window.record(dt)
         first = next(iter(arrays.values()))
         self.metrics.prediction(dt, int(first.shape[0]) if first.ndim else 1)
-        k = self.top_k_default if top_k is None else top_k
-        top = None
-        if k and self.model.is_classifier and self.model.outputs:
-            scores = outputs.get(self.model.outputs[0].name)
-            if scores is not None and scores.ndim in (1, 2) and np.issubdtype(scores.dtype, np.floating):
-                top = top_k_labels(scores, k, self.model.labels)
-        return Prediction(outputs, top, {"name": self.model.name, "version": self.model.version}, request_id or uuid.uuid4().hex,
-                          self.clock(), dt * 1000.0)
+        scores = outputs.get(self._scores_name) if self._scores_name else None
+        if scores is not None and not (scores.ndim in (1, 2) and scores.dtype.kind == "f"):
+            scores = None
+        return Prediction(outputs, self._model_id, request_id or f"{self._rid_prefix}{next(self._rid):x}", self.clock(), dt * 1000.0,
+                          scores=scores, k=self.top_k_default if top_k is None else top_k, labels=self.model.labels)
 
     def _count_error(self, kind: str) -> None:
         self.window.record(None, error=kind)

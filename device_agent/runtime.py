@@ -93,8 +93,14 @@ class OrtBackend:
         self.inputs = tuple(source_spec(s) for s in artifact.inputs) if artifact else native_in
         self.outputs = tuple(source_spec(s) for s in artifact.outputs) if artifact else native_out
         self._out_names = [o.name for o in native_out]
+        self._plain = all(p is None for p in self._in_perm.values()) and all(p is None for p in self._out_inv.values())
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._plain:  # same layout as the source: no per-call transposes (the common case)
+            try:
+                return dict(zip(self._out_names, self.session.run(self._out_names, feeds)))
+            except Exception as e:
+                raise BackendError(f"onnxruntime failed on {self.path.name}: {_first_line(e)}") from e
         native = {}
         for name, x in feeds.items():
             p = self._in_perm.get(name)

@@ -188,6 +188,8 @@ class _Handler(BaseHTTPRequestHandler):
         options: dict[str, Any] = {}
         if "top_k" in self._query:
             options["top_k"] = _int_option(self._query["top_k"][0], "top_k")
+        if ctype == "application/x-www-form-urlencoded" and body[:1] == b"{":
+            ctype = "application/json"  # `curl -d '{...}'` without -H content-type: it is JSON all the same
         if ctype == "application/json":
             try:
                 doc = json.loads(body)

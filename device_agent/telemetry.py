@@ -15,6 +15,7 @@ telemetry thread), unless too much is pending, when the caller drains (back-pres
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -313,12 +314,7 @@ class Metrics:
             self.samples += samples
             self.latency_sum += latency_s
             self.latency_count += 1
-            for i, b in enumerate(LATENCY_BUCKETS):
-                if latency_s <= b:
-                    self.buckets[i] += 1
-                    break
-            else:
-                self.buckets[-1] += 1
+            self.buckets[bisect.bisect_left(LATENCY_BUCKETS, latency_s)] += 1
 
     def error(self, kind: str) -> None:
         with self._lock:
