@@ -24,7 +24,7 @@ from device_agent.manifest import Artifact, Manifest, TensorSpec, file_sha256
 from device_agent.runtime import BackendError, OrtBackend, open_backend
 from edgekit.data import Dataset, ImageSpec, generate, load_data
 from edgekit.errors import AccuracyError, ExportError, InputError
-from edgekit.evaluate import Latency, Quality, compare, is_classifier, measure_latency, one_sample, run_dataset
+from edgekit.evaluate import Latency, Quality, compare, is_classifier, measure_latencies, one_sample, run_dataset
 from edgekit.export import ExportedArtifact, exporter
 from edgekit.manifest import build_manifest
 from edgekit.onnx_model import io_specs, load_onnx, weight_stats
@@ -44,9 +44,10 @@ class ArtifactResult:
     size_bytes: int
     sha256: str
     quality: Quality
-    latency: Latency
+    latency: Latency | None
     parity: dict | None = None
     stats: dict | None = None
+    backend: object | None = field(default=None, repr=False)  # open until the interleaved timing
 
     @property
     def file(self) -> str:
@@ -139,7 +140,13 @@ def compress(
         stem = f"{src.stem}.{tag}"
         exported = _export(current, formats, staging, stem, precision, extra, ctx)
         results = [_evaluate(a, exported, ctx, allow_mismatch) for a in exported]
-        source_latency = measure_latency(source_backend, one_sample(eval_data, inputs), budget_s=10)
+        ctx.progress("timing the artifacts against the source", 0.9)
+        feeds = one_sample(eval_data, inputs)
+        lat = measure_latencies({"source": (source_backend, feeds)} | {r.file: (r.backend, feeds) for r in results}, budget_s=20)
+        source_latency = lat["source"]
+        for r in results:
+            r.latency, r.backend = lat[r.file], None
+        _warn_slower(results, source_latency, ctx)
         source_quality = {"accuracy": round(ref_acc, 4)} if ref_acc is not None else {}
         vectors = selftest_inputs(eval_data, inputs)
         manifest_doc = build_manifest(
@@ -171,10 +178,10 @@ def compress(
 
 def _tag(steps: list[StepSpec]) -> str:
     names = [s.name for s in steps]
-    for precision in ("int8", "fp16"):
-        if precision in names:
-            return precision
-    return "fp32"
+    # model.pruned.int8.onnx, model.student.onnx: what was done, then the precision
+    parts = [t for n, t in (("distill", "student"), ("prune", "pruned")) if n in names]
+    parts += [p for p in ("int8", "fp16") if p in names][:1]
+    return ".".join(parts) or "fp32"
 
 
 def _data(data, inputs, image_spec, data_layout, data_desc) -> Dataset:
@@ -224,9 +231,23 @@ def _evaluate(a: ExportedArtifact, all_arts: list[ExportedArtifact], ctx: Contex
                 + (f", top-1 agreement {parity['agreement']:.2f}%" if parity.get("agreement") is not None else "")
                 + "; pass --allow-mismatch to keep it anyway"
             )
-    latency = measure_latency(backend, one_sample(ctx.eval_data, ctx.inputs), budget_s=10)
     stats = weight_stats(onnx.load(str(a.path))).to_dict() if a.format == "onnx" else None
-    return ArtifactResult(a, a.path.stat().st_size, file_sha256(a.path), quality, latency, parity, stats)
+    return ArtifactResult(a, a.path.stat().st_size, file_sha256(a.path), quality, None, parity, stats, backend=backend)
+
+
+def _warn_slower(results: list[ArtifactResult], source: Latency, ctx: Context) -> None:
+    """Say plainly when a compressed artifact runs slower than the fp32 source on this CPU, and why."""
+    for r in results:
+        ratio = r.latency.p50_ms / source.p50_ms
+        if r.exported.precision != "int8" or ratio <= 1.05:
+            continue
+        why = "int8 kernels for this model are slower than fp32 ones on this CPU"
+        if r.exported.format == "ort" and r.exported.extra.get("weight_only"):
+            why = ("ORT-format models are not re-optimized at load, so its weight-only int8 weights are dequantized on every run; "
+                   "calibration data (--data) gives a static int8 .ort that is fast, or deploy the .onnx")
+        msg = f"warning: {r.file} runs at {ratio:.2f}x the fp32 latency: {why}"
+        ctx.notes.append(msg)
+        ctx.say(msg)
 
 
 def _parity(a: ExportedArtifact, ref: dict[str, np.ndarray], new: dict[str, np.ndarray], ctx: Context) -> dict:

@@ -8,6 +8,7 @@
     ├── RecipeError       a recipe or step configuration that does not validate
     ├── ExportError       an exporter (.ort, .tflite, ONNX from torch/TF) failed
     ├── AccuracyError     no candidate met the accuracy bound (CLI exit 3)
+    ├── GateError         an artifact missed a recipe gate: accuracy, size or latency (CLI exit 3)
     ├── MissingExtraError an optional dependency group is not installed
     └── OtaError          signing, deployment and fleet operations
 """
@@ -19,6 +20,7 @@ __all__ = [
     "DataError",
     "EdgekitError",
     "ExportError",
+    "GateError",
     "InputError",
     "MissingExtraError",
     "OtaError",
@@ -50,6 +52,12 @@ class ExportError(EdgekitError):
 
 class AccuracyError(EdgekitError):
     """No candidate met the accuracy bound. The best one was still kept."""
+
+    exit_code = 3
+
+
+class GateError(EdgekitError):
+    """An artifact missed a recipe gate (accuracy drop, size, latency). The output was still written."""
 
     exit_code = 3
 

@@ -17,7 +17,7 @@ from device_agent.manifest import TensorSpec
 from device_agent.runtime import Backend
 from edgekit.data import Dataset
 
-__all__ = ["Latency", "Quality", "compare", "is_classifier", "measure_latency", "run_dataset"]
+__all__ = ["Latency", "Quality", "compare", "is_classifier", "measure_latencies", "measure_latency", "run_dataset"]
 
 MAX_EVAL_BATCH = 32
 
@@ -108,6 +108,40 @@ def measure_latency(
             gc.enable()
     ms = np.array(times) * 1e3
     return Latency(float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(ms.mean()), len(ms))
+
+
+def measure_latencies(
+    backends: dict[str, tuple[Backend, dict[str, np.ndarray]]], *, runs: int = 200, warmup: int = 10, budget_s: float = 30.0,
+    min_runs: int = 20,
+) -> dict[str, Latency]:
+    """Latency of several backends measured round-robin: one call each per round.
+
+    On a shared CPU, load comes and goes; interleaving makes every model see the same load, so
+    their *ratios* hold even when absolute numbers drift. Stops after ``budget_s`` (≥ ``min_runs``).
+    """
+    for backend, feeds in backends.values():
+        for _ in range(warmup):
+            backend.run(feeds)
+    times: dict[str, list[float]] = {k: [] for k in backends}
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        deadline = time.perf_counter() + budget_s
+        for i in range(runs):
+            for name, (backend, feeds) in backends.items():
+                t0 = time.perf_counter()
+                backend.run(feeds)
+                times[name].append(time.perf_counter() - t0)
+            if i + 1 >= min_runs and time.perf_counter() > deadline:
+                break
+    finally:
+        if gc_was:
+            gc.enable()
+    out = {}
+    for name, t in times.items():
+        ms = np.array(t) * 1e3
+        out[name] = Latency(float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(ms.mean()), len(ms))
+    return out
 
 
 def is_classifier(outputs: tuple[TensorSpec, ...]) -> bool:

@@ -37,6 +37,8 @@ class StepConfig(BaseModel):
 STEPS: dict[str, str] = {
     "int8": "edgekit.quantize.int8:int8",
     "fp16": "edgekit.quantize.fp16:fp16",
+    "prune": "edgekit.prune.step:prune",
+    "distill": "edgekit.distill.step:distill",
 }
 
 

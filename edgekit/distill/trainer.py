@@ -161,14 +161,14 @@ def fit(
                     opt.zero_grad(set_to_none=True)
                     outs = _outputs(student, [a[idx] for a in x])
                     loss = loss_fn(outs, [a[idx] for a in t] if t is not None else None, y[idx] if y is not None else None)
-                    if not torch.isfinite(loss):
+                    if not torch.isfinite(loss.detach()):
                         raise EdgekitError(f"{label}: the loss became {float(loss)} at epoch {epoch}; lower the learning rate (--lr)")
                     loss.backward()
                     opt.step()
                     with torch.no_grad():
                         for p, m in mask_pairs:
                             p.mul_(m)
-                    total += float(loss) * len(idx)
+                    total += loss.item() * len(idx)
                     count += len(idx)
                     progress(f"{label}: epoch {epoch}/{settings.epochs} · loss {total / count:.4f} · {_fmt(metric, best)} (best)",
                              (epoch - 1 + (i + 1) / len(batches)) / settings.epochs)

@@ -48,7 +48,8 @@ def export_ort(onnx_artifact: ExportedArtifact, out_dir: Path, stem: str, **_) -
     extra = dict(onnx_artifact.extra)
     extra["required_operators"] = side[0].name if side else None
     # the .ort is saved fully optimized; load-time options such as QDQ folding are already applied or not needed
-    extra.pop("session_config", None)
+    if extra.pop("session_config", None):
+        extra["weight_only"] = True
     return [ExportedArtifact(dst, "ort", onnx_artifact.precision, onnx_artifact.inputs, onnx_artifact.outputs,
                              parent=onnx_artifact.path.name, extra=extra, side_files=side)]
 

@@ -1,0 +1,221 @@
+"""The ``.tflite`` artifact: ONNX → onnx2tf → ``tf.lite.TFLiteConverter``, run by LiteRT on the device.
+
+Which TFLite model is written follows the ONNX artifact's precision:
+
+=========  ==============================================================================
+fp32       float32 weights and compute
+fp16       float16 weights (``supported_types=[tf.float16]``), float compute on CPU
+int8       full-integer int8, calibrated on the same data as the ONNX int8 model
+           (representative dataset); without data, dynamic-range int8 (int8 weights)
+=========  ==============================================================================
+
+TFLite quantizes the *float* model with its own calibrator (the ONNX int8 model's QDQ nodes
+are not something TFLite can import), so the exporter always converts the float model that
+preceded the quantization step. The .tflite's parity is therefore checked against that float
+model's outputs (``reference_outputs``), not against the ONNX int8 artifact.
+
+Inputs/outputs are float by default so callers never quantize; ``io="int8"`` (``--tflite-io int8``)
+makes a full-integer model take and return int8 tensors, for integer-only accelerators.
+
+onnx2tf makes image tensors channel-last: each artifact spec carries ``perm`` (source → artifact
+layout) and ``layout``; LiteRT backends transpose so every caller keeps the source layout.
+
+All TensorFlow work runs in a child process (:mod:`edgekit.tf_process`): TF's logs, aborts and
+onnx2tf's ``sys.exit`` stay there and come back as one ``ExportError`` line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from device_agent.manifest import TensorSpec
+from edgekit.errors import ExportError
+from edgekit.export import ExportedArtifact
+from edgekit.onnx_model import io_specs
+from edgekit.pipeline import Context
+from edgekit.tf_process import require, run_worker
+
+__all__ = ["TFLITE_IO", "export_tflite", "tflite_mode"]
+
+TFLITE_IO = ("float", "int8")
+#: metadata key an importer sets on an ONNX model converted from TensorFlow: the original model's path
+TF_SOURCE_KEY = "edgekit.tf_source"
+TF_SOURCE_KIND_KEY = "edgekit.tf_source_kind"
+SAMPLE_COUNT = 8
+_QUANTIZATION = {"fp32": "none", "fp16": "float16", "dynamic": "dynamic-range int8", "int8": "full-integer int8"}
+
+
+def tflite_mode(precision: str, has_calibration_data: bool) -> str:
+    """The TFLite conversion for an artifact precision: fp32, fp16, dynamic (int8 weights) or int8 (full integer)."""
+    if precision in ("fp32", "fp16"):
+        return precision
+    return "int8" if has_calibration_data else "dynamic"
+
+
+def export_tflite(
+    onnx_artifact: ExportedArtifact,
+    out_dir: Path,
+    stem: str,
+    *,
+    ctx: Context,
+    model: onnx.ModelProto,
+    float_model: onnx.ModelProto | None = None,
+    io: str = "float",
+    calib_samples: int = 256,
+    **_: Any,
+) -> list[ExportedArtifact]:
+    """Write ``<stem>.tflite`` for ``onnx_artifact`` (converted from ``float_model``) and describe it.
+
+    Raises ``MissingExtraError`` without the tflite extra and ``ExportError`` naming the op, the
+    input or TensorFlow's own message when the conversion cannot be done.
+    """
+    require(("tensorflow", "tf_keras", "onnx2tf", "onnx_graphsurgeon", "ai_edge_litert"), "TFLite export", "tflite")
+    if io not in TFLITE_IO:
+        raise ExportError(f"--tflite-io is {io!r}; allowed: {', '.join(TFLITE_IO)}")
+    precision = onnx_artifact.precision
+    source_model = _load_source(ctx)
+    if float_model is None:
+        # no float model handed over: the float model is the source itself (no float-changing step ran)
+        float_model = model if precision == "fp32" else source_model
+    mode = tflite_mode(precision, ctx.calib_data is not None)
+    if io == "int8" and mode != "int8":
+        ctx.notes.append(f"--tflite-io int8 applies to full-integer int8 models; the {_QUANTIZATION[mode]} .tflite keeps float inputs/outputs")
+        io = "float"
+    inputs, outputs = io_specs(float_model)
+    _check_static(inputs)
+    _check_ops(float_model)
+
+    work = ctx.workdir / "tflite"
+    work.mkdir(parents=True, exist_ok=True)
+    float_path = work / "float.onnx"
+    onnx.save(float_model, str(float_path))
+    tf_source = _tf_source(float_model, ctx, source_model)
+    job = {
+        "source": tf_source or {"kind": "onnx", "path": str(float_path)},
+        "out": str(out_dir / f"{stem}.tflite"),
+        "mode": mode,
+        "io": io,
+        "calib_samples": calib_samples,
+        "inputs": [_spec_doc(s) for s in inputs],
+        "outputs": [_spec_doc(s) for s in outputs],
+        "sample": str(_save(work / "sample.npz", ctx.eval_data.subset(SAMPLE_COUNT).inputs)),
+        "calib": str(_save(work / "calib.npz", ctx.calib_data.subset(calib_samples).inputs)) if mode == "int8" else None,
+    }
+    ctx.progress(f"tflite: converting to {_QUANTIZATION[mode]}", 0.1)
+    result = run_worker("edgekit.export.tflite_worker", job, work / "job", what=f"TFLite conversion of {onnx_artifact.path.name}",
+                        on_error=lambda err: _explain(err, onnx_artifact), progress=ctx.progress)
+    path = Path(job["out"])
+    quantized_io = io == "int8"
+    art_inputs = tuple(_spec(d, quantized_io) for d in result["inputs"])
+    art_outputs = tuple(_spec(d, quantized_io) for d in result["outputs"])
+    for note in result.get("notes", []):
+        ctx.notes.append(f"{path.name}: {note}")
+    extra = {
+        "tflite": {
+            "quantization": _QUANTIZATION[mode],
+            "io": io,
+            "converter": "TFLiteConverter (from the TensorFlow source)" if tf_source else "onnx2tf + TFLiteConverter",
+            "calibration_samples": min(calib_samples, ctx.calib_data.n) if mode == "int8" else 0,
+            "ops": result.get("ops", {}),
+            "versions": result.get("versions", {}),
+        },
+        "tflite_names": result["tflite_names"],
+    }
+    reference, label = _reference(float_model, source_model, ctx, float_path)
+    ctx.say(f"tflite: wrote {path.name} ({_QUANTIZATION[mode]}, {io} I/O, layout {_layouts(art_inputs)})")
+    return [ExportedArtifact(path, "tflite", precision, art_inputs, art_outputs, parent=label, extra=extra, reference_outputs=reference)]
+
+
+def _load_source(ctx: Context) -> onnx.ModelProto:
+    from edgekit.onnx_model import load_onnx
+
+    return load_onnx(ctx.source_path)
+
+
+def _check_static(inputs: tuple[TensorSpec, ...]) -> None:
+    for s in inputs:
+        dynamic = [i for i, d in enumerate(s.shape) if i > 0 and not isinstance(d, int)]
+        if dynamic:
+            example = ",".join(str(d) if isinstance(d, int) else ("1" if i == 0 else "?") for i, d in enumerate(s.shape))
+            raise ExportError(
+                f"input {s.name!r} has dynamic dims {_shape(s.shape)}; a .tflite needs fixed sizes except the batch axis. "
+                f"Pass --input-shape {s.name}:{example} with the sizes filled in"
+            )
+
+
+def onnx2tf_ops() -> set[str] | None:
+    """ONNX op types onnx2tf has a converter for (module files in ``onnx2tf/ops``), found without importing it."""
+    spec = importlib.util.find_spec("onnx2tf")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    ops_dir = Path(next(iter(spec.submodule_search_locations))) / "ops"
+    return {p.stem for p in ops_dir.glob("*.py") if not p.stem.startswith("_")} or None
+
+
+def _check_ops(model: onnx.ModelProto) -> None:
+    known = onnx2tf_ops()
+    if known is None:
+        return
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in known:
+            op = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+            raise ExportError(f"onnx2tf cannot convert op {op} (node {node.name or '(unnamed)'!r}), so no .tflite was written")
+
+
+def _explain(err: dict, onnx_artifact: ExportedArtifact) -> str:
+    kind = err.get("kind")
+    if kind in ("unsupported_op", "op_failed"):
+        node = f" (node {err['node']!r})" if err.get("node") else ""
+        return f"onnx2tf cannot convert op {err.get('op_type')}{node}: {err['message']}; no .tflite was written"
+    if kind == "unsupported_tf_ops":
+        return f"{err['message']}; no .tflite was written (edgekit builds .tflite files from builtin ops only, which LiteRT runs)"
+    return f"TFLite conversion of {onnx_artifact.path.name} failed: {err['message']}"
+
+
+def _tf_source(float_model: onnx.ModelProto, ctx: Context, source_model: onnx.ModelProto) -> dict | None:
+    """The original TensorFlow model, when the float model is exactly what an importer converted from it."""
+    meta = {p.key: p.value for p in float_model.metadata_props}
+    path, kind = meta.get(TF_SOURCE_KEY), meta.get(TF_SOURCE_KIND_KEY)
+    if not path or kind not in ("keras", "saved_model") or not Path(path).exists():
+        return None
+    if source_model.graph.SerializeToString() != float_model.graph.SerializeToString():
+        return None  # a step changed the float model (e.g. pruning): convert what was compressed
+    return {"kind": kind, "path": path}
+
+
+def _reference(float_model, source_model, ctx: Context, float_path: Path) -> tuple[dict[str, np.ndarray], str]:
+    """Outputs of the float model the .tflite came from, over the evaluation data (the parity reference)."""
+    if source_model.graph.SerializeToString() == float_model.graph.SerializeToString():
+        return ctx.ref_outputs, f"{ctx.source_path.name} (float source)"
+    from device_agent.runtime import OrtBackend
+    from edgekit.evaluate import run_dataset
+
+    outs = run_dataset(OrtBackend(float_path, threads=ctx.threads), ctx.eval_data, ctx.inputs)
+    return outs, "float model before quantization"
+
+
+def _spec_doc(s: TensorSpec) -> dict:
+    return {"name": s.name, "dtype": s.dtype, "shape": list(s.shape), "layout": s.layout}
+
+
+def _spec(d: dict, quantized_io: bool) -> TensorSpec:
+    dtype = "int8" if quantized_io and d["dtype"] == "float32" else d["dtype"]
+    return TensorSpec(d["name"], dtype, tuple(d["shape"]), d.get("layout"), tuple(d["perm"]) if d.get("perm") else None)
+
+
+def _save(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def _layouts(specs: tuple[TensorSpec, ...]) -> str:
+    return ", ".join(f"{s.name} {s.layout or _shape(s.shape)}" for s in specs)
+
+
+def _shape(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+
+from device_agent.errors import InvalidInput, PayloadTooLarge
+from device_agent.manifest import TensorSpec
+from device_agent.validate import Validator
+
+IMG = (TensorSpec("x", "float32", ("N", 1, 8, 8), "NCHW"),)
+TWO = (TensorSpec("a", "float32", ("N", 3)), TensorSpec("k", "int64", ("N", 3)))
+
+
+def err(validator, feeds) -> InvalidInput:
+    with pytest.raises(InvalidInput) as e:
+        validator(feeds)
+    return e.value
+
+
+def test_valid_array_passes_through_without_copy():
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    out = Validator(IMG)({"x": x})
+    assert out["x"] is x
+
+
+def test_json_lists_convert_safely():
+    v = Validator(TWO)
+    out = v({"a": [[1, 2, 3]], "k": [[1, 2, 3]]})
+    assert out["a"].dtype == np.float32 and out["k"].dtype == np.int64
+    assert out["a"].tolist() == [[1.0, 2.0, 3.0]]
+    # float64 from JSON narrows to float32
+    assert v({"a": [[0.1, 0.2, 0.3]], "k": [[0, 0, 0]]})["a"].dtype == np.float32
+
+
+def test_unknown_and_missing_names():
+    e = err(Validator(IMG), {"y": [[1]]})
+    assert e.kind == "unknown_input" and "unknown input 'y'; the model takes: x (float32 [N, 1, 8, 8])" in str(e)
+    e = err(Validator(TWO), {"a": [[1, 2, 3]]})
+    assert e.kind == "missing_input" and "missing input 'k' (int64 [N, 3])" in str(e)
+
+
+def test_unsafe_dtypes_are_refused_with_the_reason():
+    v = Validator(TWO)
+    e = err(v, {"a": [[1, 2, 3]], "k": [[1.5, 2, 3]]})
+    assert e.kind == "dtype" and e.input == "k" and e.expected == "int64" and e.given == "float64"
+    assert "floats are not cast to integers" in str(e)
+    e = err(v, {"a": np.ones((1, 3), np.int64) * (2**24 + 1), "k": [[1, 2, 3]]})
+    assert "not exactly representable in float32" in str(e)
+    e = err(v, {"a": [["a", "b", "c"]], "k": [[1, 2, 3]]})
+    assert e.kind == "dtype" and "non-numeric values (strings)" in str(e)
+    e = err(v, {"a": [[True, False, True]], "k": [[1, 2, 3]]})
+    assert "booleans only convert to and from bool" in str(e)
+    v16 = Validator((TensorSpec("h", "float16", ("N",)),))
+    assert "values overflow float16" in str(err(v16, {"h": [1e6]}))
+    v8 = Validator((TensorSpec("u", "uint8", ("N",)),))
+    assert "values outside uint8's range [0, 255]" in str(err(v8, {"u": [256]}))
+    assert v8({"u": [255]})["u"].dtype == np.uint8
+
+
+def test_shape_errors_say_what_to_change():
+    v = Validator(IMG)
+    e = err(v, {"x": np.zeros((1, 8, 8), np.float32)})
+    assert e.kind == "shape" and e.expected == "[N, 1, 8, 8]" and e.given == "[1, 8, 8]"
+    assert "Add the batch axis" in str(e)
+    e = err(v, {"x": np.zeros((2, 3, 8, 8), np.float32)})
+    assert "axis 1 must be 1" in str(e)
+    e = err(v, {"x": [[[[1, 2], [3]]]]})
+    assert e.kind == "shape" and "ragged" in str(e)
+    e = err(v, {"x": np.zeros((0, 1, 8, 8), np.float32)})
+    assert "empty axis 0" in str(e)
+
+
+def test_symbolic_dims_bind_across_inputs():
+    e = err(Validator(TWO), {"a": np.zeros((2, 3), np.float32), "k": np.zeros((3, 3), np.int64)})
+    assert e.kind == "shape" and "dimension 'N' is 2 for input 'a' but 3 for input 'k'" in str(e)
+
+
+def test_limits_are_413():
+    v = Validator(IMG, max_batch=4, max_elements=10_000)
+    with pytest.raises(PayloadTooLarge, match=r"batch of 5; this agent accepts at most 4 \(\[api\] max_batch\)") as e:
+        v({"x": np.zeros((5, 1, 8, 8), np.float32)})
+    assert e.value.status == 413
+    v = Validator(IMG, max_batch=1000, max_elements=100)
+    with pytest.raises(PayloadTooLarge, match="128 tensor elements; this agent accepts at most 100"):
+        v({"x": np.zeros((2, 1, 8, 8), np.float32)})
+
+
+def test_non_finite_values_are_refused_and_located():
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    x[0, 0, 2, 3] = np.nan
+    x[0, 0, 5, 5] = np.inf
+    e = err(Validator(IMG), {"x": x})
+    assert e.kind == "nonfinite" and "1 NaN and 1 infinite value(s) (first at [0, 0, 2, 3])" in str(e)
+
+
+def test_not_a_mapping():
+    e = err(Validator(IMG), [1, 2])
+    assert e.kind == "malformed" and "must be an object mapping input names" in str(e)
