@@ -43,10 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "example-config":
-            from device_agent.config import render_toml
+            from device_agent.config import example_toml
 
-            sys.stdout.write(render_toml({"device": {"id": "pi-07"}, "broker": {"url": "mqtt://127.0.0.1:1883"},
-                                          "model": {"path": "/var/lib/edgekit/model"}}))
+            sys.stdout.write(example_toml())
             return 0
         if args.command == "check":
             return _check(args.config, args.json)

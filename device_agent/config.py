@@ -13,6 +13,7 @@ top-level ``state_dir``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import typing
@@ -41,6 +42,7 @@ __all__ = [
     "TelemetryConfig",
     "load_config",
     "parse_config",
+    "example_toml",
     "render_toml",
 ]
 
@@ -267,7 +269,7 @@ def _build(cls: type, table: dict[str, Any], section: str, source: str, base: Pa
     unknown = set(table) - set(fields)
     if unknown:
         key = sorted(unknown)[0]
-        close = [k for k in fields if k.replace("_", "") == key.replace("_", "").replace("-", "")]
+        close = difflib.get_close_matches(key.replace("-", "_"), list(fields), n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"{source}: [{section}] has unknown key {key!r}{hint}; known: {', '.join(fields)}", field=f"{section}.{key}")
     values = {}
@@ -301,7 +303,7 @@ def _coerce(value: Any, hint: Any, where: str, base: Path, fieldname: str) -> An
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {_show(value)}", field=fieldname)
         return value
-    if hint is Path or (args and Path in args):
+    if hint is Path or (origin is not list and args and Path in args):
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a path string, got {_show(value)}", field=fieldname)
         return _path(value, base) if value else None
@@ -421,3 +423,16 @@ def _toml(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+#: the values of the shipped example (device_agent/deploy/agent.toml == example_toml())
+EXAMPLE_VALUES: dict[str, dict[str, Any]] = {
+    "device": {"id": "pi-07", "group": "default"},
+    "broker": {"url": "mqtt://127.0.0.1:1883"},
+    "model": {"path": "/var/lib/edgekit/model"},
+}
+
+
+def example_toml() -> str:
+    """The commented example config shipped as ``device_agent/deploy/agent.toml``."""
+    return render_toml(EXAMPLE_VALUES, state_dir="/var/lib/edgekit")

@@ -44,7 +44,9 @@ class ProbationPolicy:
 
     Probation lasts ``requests`` predictions or ``seconds``, whichever comes first. It fails at once on
     a NaN/Inf output; once ``min_requests`` were served it fails when the runtime error rate exceeds
-    ``max_error_rate`` or p95 latency exceeds ``max_latency_ratio`` × the previous model's; and when
+    ``max_error_rate`` or p95 latency exceeds ``max_latency_ratio`` × the previous model's (and the
+    difference exceeds ``latency_floor_ms``: at microseconds, cache and scheduler jitter are not a
+    regression); and when
     the agent restarted ``max_crashes`` times during probation. With ``shadow``, the candidate first
     runs beside the incumbent on ``shadow_sample`` of live inputs and is promoted only when top-1
     agreement over ``shadow_requests`` comparisons is ≥ ``shadow_min_agreement``.
@@ -55,6 +57,7 @@ class ProbationPolicy:
     min_requests: int = 20
     max_error_rate: float = 0.02
     max_latency_ratio: float = 3.0
+    latency_floor_ms: float = 0.25
     max_crashes: int = 2
     shadow: bool = False
     shadow_sample: float = 0.25
@@ -64,7 +67,7 @@ class ProbationPolicy:
 
     _BOUNDS = {
         "requests": (1, 10_000_000), "seconds": (0.0, 30 * 86400.0), "min_requests": (1, 1_000_000), "max_error_rate": (0.0, 1.0),
-        "max_latency_ratio": (1.0, 1000.0), "max_crashes": (1, 100), "shadow_sample": (0.0, 1.0), "shadow_requests": (1, 1_000_000),
+        "max_latency_ratio": (1.0, 1000.0), "latency_floor_ms": (0.0, 60_000.0), "max_crashes": (1, 100), "shadow_sample": (0.0, 1.0), "shadow_requests": (1, 1_000_000),
         "shadow_min_agreement": (0.0, 1.0), "shadow_seconds": (0.0, 30 * 86400.0),
     }
 

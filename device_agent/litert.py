@@ -16,6 +16,10 @@ if neither is installed): this module runs on the device.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +82,9 @@ class LiteRTBackend:
         self.path = Path(path)
         interpreter_cls = load_interpreter_class()
         try:
-            self.interpreter = interpreter_cls(model_path=str(self.path), num_threads=max(1, threads))
-            self.interpreter.allocate_tensors()
+            with _quiet_native_info():
+                self.interpreter = interpreter_cls(model_path=str(self.path), num_threads=max(1, threads))
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise BackendError(f"LiteRT cannot load {self.path.name}: {_first_line(e)}") from e
         in_details, out_details = self._details()
@@ -166,6 +171,32 @@ class LiteRTBackend:
             raise
         except (ValueError, RuntimeError) as e:
             raise BackendError(f"LiteRT failed on {self.path.name}: {_first_line(e)}") from e
+
+
+@contextlib.contextmanager
+def _quiet_native_info():
+    """Drop LiteRT's native "INFO: Created TensorFlow Lite XNNPACK delegate" line; pass anything else on.
+
+    The C++ runtime writes it to fd 2 on every interpreter and no setting turns it off.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            rest = [ln for ln in tmp.read().decode(errors="replace").splitlines(keepends=True) if not ln.startswith("INFO: ")]
+            if rest:
+                sys.stderr.write("".join(rest))
 
 
 def _quantize(x: np.ndarray, p: _Port) -> np.ndarray:

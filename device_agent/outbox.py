@@ -65,7 +65,7 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
             raise OutboxError(f"cannot open the outbox database {self.path}: {e}; check [outbox] path and the state directory's permissions") from e
         self._bytes = self._scalar("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM messages")
         self._count = self._scalar("SELECT COUNT(*) FROM messages")

@@ -12,6 +12,8 @@ Topics (``prefix`` defaults to ``edgekit/v1``)::
     <prefix>/group/<group>/cmd              commands to a group of devices
     <prefix>/<device>/jobs/<job>            job state changes reported by the device
     <prefix>/<device>/ota/<job>/chunk/<n>   artifact chunks, when delivered over MQTT
+    <prefix>/fleet/alerts/<scope>/<name>    fleet monitor alerts (scope: device | group)
+    <prefix>/fleet/monitor/...              fleet collectors: presence (retained) and drift queries
 
 Sequence numbers: messages that go through the device's outbox (telemetry, job states) carry
 ``seq``, one counter per device that survives restarts and never repeats. It is contiguous, so a
@@ -45,6 +47,7 @@ __all__ = [
     "CommandKind",
     "DeviceStatus",
     "FeatureWindow",
+    "FeedbackWindow",
     "JobState",
     "JobUpdate",
     "LatencySummary",
@@ -168,6 +171,32 @@ class Topics:
     def all_jobs(prefix: str = DEFAULT_PREFIX) -> str:
         return f"{prefix}/+/jobs/+"
 
+    @staticmethod
+    def all_cmds(prefix: str = DEFAULT_PREFIX) -> tuple[str, str]:
+        """Device and group command filters (the fleet monitor learns deployed manifests from them)."""
+        return f"{prefix}/+/cmd", f"{prefix}/group/+/cmd"
+
+    # fleet monitor (edgekit.monitor): alerts, collector presence, drift queries ------------------
+    @staticmethod
+    def fleet_alert(scope: str, name: str, prefix: str = DEFAULT_PREFIX) -> str:
+        """Where an alert about one device (scope "device") or group (scope "group") is published; QoS 1."""
+        return f"{prefix}/fleet/alerts/{scope}/{name}"
+
+    @staticmethod
+    def fleet_alerts(prefix: str = DEFAULT_PREFIX) -> str:
+        """Filter for every fleet alert."""
+        return f"{prefix}/fleet/alerts/#"
+
+    @staticmethod
+    def fleet_collector(collector: str, prefix: str = DEFAULT_PREFIX) -> str:
+        """Retained presence of one fleet collector ("online", Last Will "offline")."""
+        return f"{prefix}/fleet/monitor/collectors/{collector}"
+
+    @staticmethod
+    def fleet_query(prefix: str = DEFAULT_PREFIX) -> str:
+        """Drift queries to every collector; each answers on the query's ``reply`` topic."""
+        return f"{prefix}/fleet/monitor/query"
+
 
 # --- messages ---------------------------------------------------------------------------------
 
@@ -241,6 +270,21 @@ class FeatureWindow:
 
 
 @dataclass(frozen=True)
+class FeedbackWindow:
+    """Delayed ground truth joined over a window (``POST /v1/feedback``, :mod:`device_agent.feedback`).
+
+    ``accuracy`` is keyed by the model version that made the predictions (labels may arrive after
+    an update): ``{version: {"labelled": rows, "correct": rows}}``. ``rejected`` counts feedback
+    items that could not be used, by reason (unknown_id, duplicate, bad_label, malformed);
+    ``expired`` counts predictions that left the bounded log without a (complete) label.
+    """
+
+    accuracy: dict[str, dict[str, int]]
+    rejected: dict[str, int]
+    expired: int = 0
+
+
+@dataclass(frozen=True)
 class TelemetryMessage:
     """One telemetry window. Contains summaries only, never raw inputs."""
 
@@ -257,6 +301,7 @@ class TelemetryMessage:
     features_dropped: int = 0  # tracked features left out to keep the payload under TELEMETRY_MAX_BYTES
     samples: int = 0  # input samples (rows of the batch axis) summarised in the features
     dropped: int = 0  # older outbox messages discarded before this one
+    feedback: FeedbackWindow | None = None  # late ground truth joined in this window (classifiers)
 
     type = MessageType.TELEMETRY
 
@@ -272,13 +317,15 @@ class TelemetryMessage:
         try:
             features = [FeatureWindow(**f) for f in d["features"]]
             latency = LatencySummary(**lat) if lat else None
+            fb = d.get("feedback")
+            feedback = FeedbackWindow(**fb) if fb else None
         except TypeError as e:
-            raise ProtocolError(f"telemetry: malformed feature or latency entry: {e}") from None
+            raise ProtocolError(f"telemetry: malformed feature, latency or feedback entry: {e}") from None
         return cls(
             device=_str(d, "device"), seq=_int(d, "seq"), boot=_int(d, "boot"), ts=_num(d, "ts"), model=d.get("model"),
             window=dict(d["window"]), requests=_int(d, "requests"), errors={str(k): int(v) for k, v in d["errors"].items()},
             latency_ms=latency, features=features, features_dropped=int(d.get("features_dropped", 0)),
-            samples=int(d.get("samples", 0)), dropped=int(d.get("dropped", 0)),
+            samples=int(d.get("samples", 0)), dropped=int(d.get("dropped", 0)), feedback=feedback,
         )
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from device_agent.errors import OtaError
+from device_agent.faults import crashpoint
 from device_agent.manifest import MANIFEST_NAME, ManifestError, load_manifest
 
 __all__ = ["ModelStore", "Recovery", "atomic_write", "fsync_dir", "fsync_tree", "slot_name"]
@@ -54,9 +55,12 @@ def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
+        crashpoint("write.unsynced")
         f.flush()
         os.fsync(f.fileno())
+    crashpoint("write.before_rename")
     os.replace(tmp, path)
+    crashpoint("write.before_dirsync")
     fsync_dir(path.parent)
 
 
@@ -157,16 +161,25 @@ class ModelStore:
         history = [s for s in self.history if s != slot] + [slot]
         self._write_pointers(slot, self.current, history)
 
-    def revert(self) -> str:
-        """Make ``previous`` current again (the reverted slot leaves the history). Returns it."""
-        bad, prev = self.current, self.previous
-        if not prev or not (self.path(prev) / MANIFEST_NAME).is_file():
+    def revert(self, to: str | None = None) -> str:
+        """Make ``to`` (default: ``previous``) current again; the reverted slot leaves the history.
+
+        Returns the slot now current. One atomic file replace, like :meth:`activate`.
+        """
+        bad = self.current
+        target = to or self.previous
+        if not target or not self._installed(target):
             raise OtaError(f"no previous version to go back to (current {bad}); deploy a version instead", reason="no_previous")
+        if target == bad:
+            return target
         history = [s for s in self.history if s != bad]
-        i = history.index(prev) if prev in history else -1
-        before = [s for s in history[:i] if self._installed(s)] if i > 0 else []
-        self._write_pointers(prev, before[-1] if before else None, history)
-        return prev
+        if target not in history:
+            history.append(target)
+        i = history.index(target)
+        before = [s for s in history[:i] if self._installed(s)]
+        history = history[: i + 1] + [s for s in history[i + 1:]]
+        self._write_pointers(target, before[-1] if before else None, history)
+        return target
 
     # --- slots -----------------------------------------------------------------------------------
 
@@ -187,7 +200,9 @@ class ModelStore:
         if not src.is_dir():
             raise OtaError(f"job {job} has no download to install", reason="store")
         fsync_tree(src)
+        crashpoint("install.before_rename")
         os.replace(src, dst)
+        crashpoint("install.after_rename")
         fsync_dir(self.versions)
         fsync_dir(self.incoming_dir)
         return dst
@@ -235,6 +250,7 @@ class ModelStore:
         dst = self.trash / f"{p.name}.{time.time_ns()}"
         os.replace(p, dst)
         fsync_dir(p.parent)
+        crashpoint("discard.before_rmtree")
         shutil.rmtree(dst, ignore_errors=True)
 
     def _installed(self, slot: str | None) -> bool:

@@ -244,7 +244,7 @@ def check_compatible(old_in: tuple[TensorSpec, ...], old_out: tuple[TensorSpec, 
                 raise OtaError(f"the new model has no {side} {o.name!r} (it has {', '.join(by_name) or 'none'}); clients of the current model "
                                "would break. Deploy with --allow-incompatible if the clients were updated too", reason="incompatible")
             if n.dtype != o.dtype or len(n.shape) != len(o.shape) or any(
-                    isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(o.shape, n.shape)):
+                    isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(o.shape, n.shape, strict=True)):
                 raise OtaError(f"{side} {o.name!r} changes from {o.dtype}{list(o.shape)} to {n.dtype}{list(n.shape)}; clients of the "
                                "current model would break. Deploy with --allow-incompatible if the clients were updated too",
                                reason="incompatible")

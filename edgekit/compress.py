@@ -67,6 +67,7 @@ class CompressResult:
     notes: list[str] = field(default_factory=list)
     failed_bound: str | None = None
     threads: int = 1
+    eval_data: Dataset | None = field(default=None, repr=False)  # what quality was measured on (the report's per-layer error)
 
 
 def default_output(model: Path, tag: str) -> Path:
@@ -89,6 +90,7 @@ def compress(
     threads: int = 1,
     max_eval_samples: int = 2000,
     allow_mismatch: bool = False,
+    export_options: dict[str, dict] | None = None,
     recipe: dict | None = None,
     say: Callable[[str], None] = lambda m: None,
     progress: Callable[[str, float], None] = lambda m, f: None,
@@ -130,15 +132,19 @@ def compress(
                       None if dataset.generated else dataset, ref, ref_acc, threads=threads,
                       train_data=None if dataset.generated else dataset, progress=progress, say=say)
         current, precision, records, extra, failed = model, "fp32", [], {}, None
+        float_model = model  # the last float model: the TFLite exporter quantizes it with its own converter
         for spec, cfg in configs:
             outcome: StepOutcome = get_step(spec.name)(current, cfg, ctx)
             current = outcome.model
             precision = outcome.precision or precision
+            float_model = current if precision == "fp32" else float_model
             extra.update(outcome.artifact_extra)
             failed = outcome.failed_bound or failed
             records.append({"name": spec.name, "params": cfg.model_dump(mode="json"), "result": outcome.record})
         stem = f"{src.stem}.{tag}"
-        exported = _export(current, formats, staging, stem, precision, extra, ctx)
+        export_failures: list[str] = []
+        exported = _export(current, formats, staging, stem, precision, extra, ctx, float_model=float_model,
+                           options=export_options or {}, failures=export_failures)
         results = [_evaluate(a, exported, ctx, allow_mismatch) for a in exported]
         ctx.progress("timing the artifacts against the source", 0.9)
         feeds = one_sample(eval_data, inputs)
@@ -160,7 +166,7 @@ def compress(
         manifest = Manifest.from_dict(manifest_doc)
         (staging / "edgekit.json").write_text(manifest.to_json())
         result = CompressResult(out, manifest, src, src.stat().st_size, source_latency, source_quality, results, records,
-                                ctx.notes, failed, threads)
+                                ctx.notes, failed, threads, eval_data=eval_data)
         from edgekit.report import write_reports
 
         write_reports(result, staging)
@@ -171,6 +177,9 @@ def compress(
         raise
     finally:
         work.cleanup()
+    if export_failures:
+        raise ExportError(f"{'; '.join(export_failures)}. Still written to {out}: "
+                          + ", ".join(r.file for r in results))
     if failed:
         raise AccuracyError(f"{failed}. The best candidate was still written to {out}")
     return result
@@ -190,14 +199,24 @@ def _data(data, inputs, image_spec, data_layout, data_desc) -> Dataset:
     return load_data(data, inputs, image_spec=image_spec, data_layout=data_layout, description=data_desc)
 
 
-def _export(model: onnx.ModelProto, formats, staging: Path, stem: str, precision: str, extra: dict, ctx: Context) -> list[ExportedArtifact]:
+def _export(model: onnx.ModelProto, formats, staging: Path, stem: str, precision: str, extra: dict, ctx: Context, *,
+            float_model: onnx.ModelProto | None = None, options: dict[str, dict] | None = None,
+            failures: list[str] | None = None) -> list[ExportedArtifact]:
     ctx.progress("exporting", 0.0)
     onnx_art = exporter("onnx")(model, staging, stem, precision=precision, extra=extra)[0]
     arts = [onnx_art]
     for fmt in formats:
         if fmt == "onnx":
             continue
-        arts += exporter(fmt)(onnx_art, staging, stem, ctx=ctx, model=model)
+        try:
+            arts += exporter(fmt)(onnx_art, staging, stem, ctx=ctx, model=model, float_model=float_model, **(options or {}).get(fmt, {}))
+        except ExportError as e:
+            # one format that cannot be made must not cost the others: record it, write the rest, fail after
+            if failures is None or len(formats) == 1:
+                raise
+            failures.append(str(e))
+    if failures and len(arts) == 1 and "onnx" not in formats:
+        raise ExportError("; ".join(failures))
     if "onnx" not in formats:
         onnx_art.path.unlink()
         arts.remove(onnx_art)
@@ -221,8 +240,11 @@ def _evaluate(a: ExportedArtifact, all_arts: list[ExportedArtifact], ctx: Contex
                       labels=ctx.eval_data.labels, ref_accuracy=ctx.ref_accuracy, generated=ctx.eval_data.generated)
     parity = None
     if a.parent:
-        parent = next(p for p in all_arts if p.path.name == a.parent)
-        parent_outs = run_dataset(open_backend(parent.path, _artifact(parent), threads=ctx.threads), ctx.eval_data, ctx.inputs)
+        if a.reference_outputs is not None:  # converted from a model that is not an artifact (a .tflite from the float model)
+            parent_outs = a.reference_outputs
+        else:
+            parent = next(p for p in all_arts if p.path.name == a.parent)
+            parent_outs = run_dataset(open_backend(parent.path, _artifact(parent), threads=ctx.threads), ctx.eval_data, ctx.inputs)
         parity = _parity(a, parent_outs, outs, ctx)
         if not parity["ok"] and not allow_mismatch:
             raise ExportError(

@@ -158,6 +158,8 @@ class Mosquitto:
             "log_type warning",
             "log_type notice",
         ]
+        if hasattr(_os, "geteuid") and _os.geteuid() == 0:
+            lines.append("user root")  # as root it would switch to 'mosquitto', which cannot write the test's dir
         if self.password_file:
             lines += ["allow_anonymous false", f"password_file {self.password_file}"]
         else:
@@ -349,3 +351,9 @@ def mqtt_collector():
     yield collect
     for c in made:
         c.close()
+
+
+@pytest.fixture
+def tls_files(tmp_path) -> dict[str, Path]:
+    """PEM files for a TLS broker on 127.0.0.1: ca, cert/key (server), client_cert/client_key."""
+    return make_tls_files(tmp_path / "tls")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from edgekit.cli.training_options import prune_options, prune_steps
+
 __all__ = ["compress"]
 
 FORMATS = ("onnx", "ort", "tflite")
@@ -28,6 +30,12 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--data", type=click.Path(path_type=Path), help=".npz (arrays named after inputs, optional 'labels'), .npy, or an image folder.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output directory (default: MODEL.int8/ next to the model).")
 @click.option("--format", "formats", default="onnx,ort", show_default=True, callback=_formats, help="Artifacts to write: onnx, ort, tflite.")
+@click.option("--tflite-io", type=click.Choice(["float", "int8"]), default="float", show_default=True,
+              help="Input/output type of a full-integer int8 .tflite: float (callers need not quantize) or int8.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PyTorch state_dict for a FILE.py:FACTORY model (read with torch.load(weights_only=True)).")
+@click.option("--input-shape", "input_shape", multiple=True, metavar="[NAME:]1,3,224,224",
+              help="Input shape for PyTorch factories, TF models with dynamic dims, or ONNX symbolic dims (repeat per input).")
 @click.option("--max-drop", type=float, default=1.0, show_default=True, help="Largest accuracy drop (points) an int8 candidate may cost; exit 3 if none meets it.")
 @click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
 @click.option("--calib-samples", type=click.IntRange(1), default=256, show_default=True, help="Samples used for calibration.")
@@ -43,14 +51,23 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--allow-mismatch", is_flag=True, help="Keep artifacts whose parity check against their source fails.")
 @click.option("-f", "--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no table, no progress).")
+@prune_options
 def compress(model: Path, int8: bool, fp16: bool, data, output, formats, max_drop, calibration, calib_samples, search_time,
-             exclude, threads, version, name, data_desc, data_layout, preprocess, max_eval_samples, allow_mismatch, force, as_json):
-    """Compress MODEL (.onnx) and write .onnx/.ort artifacts, a signed-ready manifest and a report.
+             exclude, threads, version, name, data_desc, data_layout, preprocess, max_eval_samples, allow_mismatch, force, as_json,
+             tflite_io="float", weights=None, input_shape=(), **train):
+    """Compress MODEL and write .onnx/.ort/.tflite artifacts, a signed-ready manifest and a report.
+
+    MODEL is a .onnx file, a PyTorch FILE.py:FACTORY (with --weights, --input-shape) or .pt2,
+    a TensorFlow SavedModel directory, or a .keras file.
 
     \b
       edgekit compress --int8 model.onnx                  # -> model.int8/
       edgekit compress --int8 --data calib.npz -o out/ model.onnx
       edgekit compress --fp16 model.onnx
+      edgekit compress --int8 --data calib.npz --format onnx,ort,tflite model.onnx
+      edgekit compress --int8 --data calib.npz nets.py:build_net --weights net.pt --input-shape 1,3,224,224
+      edgekit compress --prune 0.5 --structured --data train.npz model.onnx   # channels removed, fine-tuned
+      edgekit compress --prune 0.8 --int8 --data train.npz model.onnx         # weights zeroed, then int8
     """
     from rich.console import Console
 
@@ -61,18 +78,26 @@ def compress(model: Path, int8: bool, fp16: bool, data, output, formats, max_dro
 
     if int8 and fp16:
         raise click.UsageError("choose one of --int8 and --fp16")
-    if not (int8 or fp16):
-        raise click.UsageError("nothing to do: pass --int8 or --fp16")
-    steps = []
+    steps = prune_steps(train)  # pruning runs on the float model, before int8/fp16
+    if not (int8 or fp16 or steps):
+        raise click.UsageError("nothing to do: pass --int8, --fp16 or --prune RATIO")
     if int8:
         steps.append(StepSpec("int8", {"max_drop": max_drop, "calibration": calibration, "calib_samples": calib_samples,
                                        "search_time": search_time, "exclude": list(exclude)}))
     if fp16:
         steps.append(StepSpec("fp16", {}))
+    if tflite_io != "float" and "tflite" not in formats:
+        raise click.UsageError("--tflite-io applies to the .tflite artifact; add tflite to --format")
+    from edgekit.compress import _tag, default_output
+    from edgekit.importers import imported, parse_input_shapes
+
     console = Console(stderr=True, quiet=as_json)
-    with _Progress(console, enabled=not as_json) as progress:
+    with _Progress(console, enabled=not as_json) as progress, \
+            imported(model, weights=weights, input_shapes=parse_input_shapes(input_shape), say=progress.say, progress=progress.update) as source:
+        # a PyTorch/TF model is compressed from its ONNX export (a temporary file): name the output after the original
         result = run(
-            model, steps, formats=formats, data=data, output=output, force=force, name=name, version=version,
+            source.path, steps, formats=formats, data=data, output=output or default_output(source.base, _tag(steps)),
+            force=force, name=name, version=version, export_options={"tflite": {"io": tflite_io}},
             data_desc=data_desc, image_spec=ImageSpec.from_file(preprocess) if preprocess else None, data_layout=data_layout,
             threads=threads, max_eval_samples=max_eval_samples, allow_mismatch=allow_mismatch,
             say=lambda m: progress.say(m), progress=progress.update,

@@ -17,13 +17,17 @@ __all__ = ["cli", "main"]
 
 # name -> "module:attribute". Add one line per command; the module is imported on use only.
 COMMANDS: dict[str, str] = {
+    "agent": "edgekit.cli.agent:agent",
     "compress": "edgekit.cli.compress:compress",
     "inspect": "edgekit.cli.inspect:inspect_cmd",
+    "distill": "edgekit.cli.distill:distill",
 }
 
 HELP = {
+    "agent": "Bundle the device agent, its config and a model into an installer for one device.",
     "compress": "Quantize / prune / distill a model and export .onnx, .ort (and .tflite) with a manifest.",
     "inspect": "Show a model's or an output directory's signature, weights and manifest.",
+    "distill": "Train a smaller student from a teacher model (auto:W or your own), then export it like compress.",
 }
 
 

@@ -29,6 +29,9 @@ class ExportedArtifact:
     parent: str | None = None  # the artifact it was converted from (parity reference)
     extra: dict = field(default_factory=dict)
     side_files: list[Path] = field(default_factory=list)  # e.g. the reduced-build operator config
+    #: outputs (source layout, over the evaluation data) of the model this artifact was converted from, when
+    #: that model is not itself an artifact: a .tflite is converted from the float model, not the int8 .onnx
+    reference_outputs: dict | None = None
 
 
 # format -> "module:function"; each module is imported only when its format is asked for.

@@ -90,14 +90,14 @@ def export_tflite(
     _check_static(inputs)
     _check_ops(float_model)
 
-    work = ctx.workdir / "tflite"
+    work = ctx.workdir.resolve() / "tflite"
     work.mkdir(parents=True, exist_ok=True)
     float_path = work / "float.onnx"
     onnx.save(float_model, str(float_path))
     tf_source = _tf_source(float_model, ctx, source_model)
     job = {
         "source": tf_source or {"kind": "onnx", "path": str(float_path)},
-        "out": str(out_dir / f"{stem}.tflite"),
+        "out": str((out_dir / f"{stem}.tflite").resolve()),  # the worker runs in its own directory
         "mode": mode,
         "io": io,
         "calib_samples": calib_samples,

@@ -50,7 +50,8 @@ def run(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     fn, names = _serving_function(tf, model, job, in_perms)
     report_progress(workdir, f"tflite: converting ({job['mode']})", 0.5)
     calib = _load_npz(job["calib"]) if job.get("calib") else None
-    blob, notes = _convert(tf, fn, model, job, calib, in_perms)
+    saved = _save_serving(tf, fn, model, workdir / "serving")
+    blob, notes = _convert(tf, saved, job, calib, in_perms)
     out = Path(job["out"])
     out.write_bytes(blob)
     report_progress(workdir, "tflite: checking layout", 0.9)
@@ -198,8 +199,7 @@ def _input_perms(model, inputs: list[dict], *, onnx2tf_made: bool) -> dict[str, 
 
 def _output_perms(tf, fn, job: dict, sample: dict[str, np.ndarray], in_perms: dict, names: dict) -> dict[str, tuple[int, ...] | None]:
     """Each output's perm: by shape, and where shapes cannot tell, by comparing values with the ONNX model."""
-    feeds = [_as_tf_input(sample[s["name"]][:1] if not _fixed_batch(s) else sample[s["name"]], in_perms[s["name"]])
-             for s in job["inputs"]]
+    feeds = [_as_tf_input(_one_request(sample[s["name"]], s), in_perms[s["name"]]) for s in job["inputs"]]
     tf_out = {k: np.asarray(v) for k, v in fn(*[tf.constant(x) for x in feeds]).items()}
     ref = None
     perms = {}
@@ -221,8 +221,14 @@ def _onnx_reference(job: dict, sample: dict[str, np.ndarray]) -> dict[str, np.nd
     import onnxruntime as ort
 
     sess = ort.InferenceSession(job["source"]["path"], providers=["CPUExecutionProvider"])
-    feeds = {s["name"]: (sample[s["name"]][:1] if not _fixed_batch(s) else sample[s["name"]]) for s in job["inputs"]}
+    feeds = {s["name"]: _one_request(sample[s["name"]], s) for s in job["inputs"]}
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+def _one_request(x: np.ndarray, s: dict) -> np.ndarray:
+    """Samples for one call: the fixed batch (repeating samples if there are fewer), else one."""
+    b = s["shape"][0] if _fixed_batch(s) else 1
+    return x[np.arange(b) % len(x)]
 
 
 def _fixed_batch(s: dict) -> bool:
@@ -264,7 +270,9 @@ def _serving_function(tf, model, job: dict, in_perms: dict):
     out_sig = [_sig_name(s["name"], taken) for s in job["outputs"]]
     specs = []
     for s, name, t in zip(job["inputs"], in_sig, model.inputs):
-        specs.append(tf.TensorSpec([None if d is None else int(d) for d in t.shape], t.dtype, name=name))
+        # the source's (static) sizes in the artifact's layout; only a symbolic batch axis stays dynamic
+        shape = _spec(s, in_perms[s["name"]])["shape"]
+        specs.append(tf.TensorSpec([d if isinstance(d, int) else None for d in shape], t.dtype, name=name))
 
     def call(*xs):
         ys = model(list(xs)) if len(xs) > 1 else model(xs[0])
@@ -279,14 +287,47 @@ def _serving_function(tf, model, job: dict, in_perms: dict):
     return fn, names
 
 
-def _convert(tf, fn, model, job: dict, calib: dict[str, np.ndarray] | None, in_perms: dict) -> tuple[bytes, list[str]]:
+def _save_serving(tf, fn, model, path: Path) -> str:
+    """The serving function as a SavedModel: TFLiteConverter's best-supported input, whatever holds the variables."""
+    try:
+        archive_cls = _export_archive(model)
+        if archive_cls is not None:
+            # Keras' own exporter tracks Keras variables the way TFLiteConverter can freeze them (a bare
+            # tf.Module around a Keras 3 model leaves READ_VARIABLE ops that break int8 calibration)
+            archive = archive_cls()
+            archive.track(model)
+            archive.add_endpoint("serving_default", fn)
+            archive.write_out(str(path))
+        else:
+            module = tf.Module()
+            module.weights_owner = getattr(model, "loaded", model)  # tracked, so its variables are saved
+            module.serve = fn
+            tf.saved_model.save(module, str(path), signatures={"serving_default": fn.get_concrete_function()})
+    except Exception as e:  # noqa: BLE001
+        raise WorkerError("saved_model", f"saving the TensorFlow model failed: {type(e).__name__}: {_first_line(e)}") from None
+    return str(path)
+
+
+def _export_archive(model):
+    """``ExportArchive`` of the Keras that built ``model`` (tf_keras for onnx2tf, Keras 3 for .keras files), if any."""
+    for module in ("tf_keras", "keras"):
+        try:
+            mod = __import__(module)
+        except ImportError:
+            continue
+        if isinstance(model, mod.Model):
+            return mod.export.ExportArchive
+    return None
+
+
+def _convert(tf, saved: str, job: dict, calib: dict[str, np.ndarray] | None, in_perms: dict) -> tuple[bytes, list[str]]:
     mode, io = job["mode"], job.get("io", "float")
     if mode not in MODES:
         raise WorkerError("config", f"unknown TFLite mode {mode!r}; known: {', '.join(MODES)}")
     notes: list[str] = []
 
     def converter(ops):
-        c = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], model)
+        c = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default"])
         c.target_spec.supported_ops = ops
         if mode == "fp16":
             c.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -140,7 +140,7 @@ def _unstructured(model: onnx.ModelProto, config: PruneConfig, ctx: Context) -> 
     wants_training = config.epochs is None and ctx.train_data is not None or bool(config.epochs)
     if wants_training:
         pruned, fit = _fine_tune_sparse(pruned, model, config, ctx)
-    per_layer = sparsity_by_layer(pruned, weights)
+    per_layer = sparsity_by_layer(pruned, prunable_weights(pruned))  # re-read: export renames initializers
     total = sum(v["params"] for v in per_layer.values())
     zeros = sum(v["zeros"] for v in per_layer.values())
     record = {

@@ -181,13 +181,14 @@ def _choose(results: list[CandidateResult], baseline: Latency, baseline_size: in
     accepted = [r for r in ok if r.accepted]
     if accepted:
         best = min(accepted, key=lambda r: (r.latency.p50_ms, r.size_bytes))
-        # between candidates within noise of each other, prefer the smaller file
-        near = [r for r in accepted if r.latency.p50_ms <= best.latency.p50_ms * (1 + NOISE / 2)]
+        # latency differences within the noise band are not real: prefer the smaller file among them
+        near = [r for r in accepted if r.latency.p50_ms <= best.latency.p50_ms * (1 + NOISE)]
         best = min(near, key=lambda r: (r.size_bytes, r.latency.p50_ms))
         ratio = best.latency.p50_ms / baseline.p50_ms
         slower = ratio > 1 + NOISE
         faster_rejected = [r for r in ok if not r.accepted and r.latency.p50_ms < best.latency.p50_ms]
-        why = f"fastest of {len(accepted)} candidate(s) within the {max_drop:g}-pt bound: {ratio:.2f}x fp32 latency"
+        why = (f"fastest of {len(accepted)} candidate(s) within the {max_drop:g}-pt bound (smallest within {NOISE:.0%} of the fastest): "
+               f"{ratio:.2f}x fp32 latency")
         if faster_rejected:
             f = faster_rejected[0]
             why += f"; {f.candidate.name} was faster but lost {f.quality.drop:.2f} pts"

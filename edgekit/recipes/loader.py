@@ -57,7 +57,7 @@ def parse_recipe(text: str, where: str, *, default_name: str = "recipe", path: P
         )
     for key in doc:
         if key not in TOP_LEVEL_KEYS:
-            raise RecipeError(f"unknown key {_q(key)} in {loc.at((key,), key=True)} (recipe){_near(key, TOP_LEVEL_KEYS)}. "
+            raise RecipeError(f"unknown key {_q(key)} in {loc.at((key,), key=True)} (recipe){_near(key, TOP_LEVEL_KEYS)} "
                               f"Allowed: {', '.join(TOP_LEVEL_KEYS)}")
     if "steps" not in doc:
         raise RecipeError(f"{where}:{loc.line(())}: missing 'steps', the list of steps to run, e.g.\n  steps:\n    - int8: {{max_drop: 1.0}}")
@@ -244,7 +244,7 @@ def _validate_model(cls: type[BaseModel], params: dict, path: tuple, context: st
 
 
 def _explain(err: dict, cls: type[BaseModel], params: dict, path: tuple, context: str, loc: _Locator) -> str:
-    field = ".".join(str(x) for x in err["loc"])
+    field = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in err["loc"]).lstrip(".")
     top = str(err["loc"][0]) if err["loc"] else ""
     allowed = list(cls.model_fields)
     if err["type"] == "extra_forbidden":
@@ -262,7 +262,8 @@ def _explain(err: dict, cls: type[BaseModel], params: dict, path: tuple, context
         msg = msg.removeprefix("Value error, ")
     else:
         msg = msg[0].lower() + msg[1:]
-    return f"invalid value {given!r} for {field!r} in {at} ({context}): {msg}. {_describe(cls, top)}".rstrip(". ") + ""
+    about = _describe(cls, top)
+    return f"invalid value {given!r} for {field!r} in {at} ({context}): {msg}" + (f". {about}" if about else "")
 
 
 def _choices(err: dict) -> list[str]:

@@ -112,5 +112,8 @@ def test_shipped_example_config_parses(tmp_path):
     from pathlib import Path
 
     example = Path(__file__).resolve().parents[2] / "device_agent" / "deploy" / "agent.toml"
+    from device_agent.config import example_toml
+
+    assert example.read_text() == example_toml(), "deploy/agent.toml is stale: regenerate it with `edgekit-agent example-config`"
     cfg = parse_config(tomllib.loads(example.read_text()), base_dir=tmp_path, check_files=False)
-    assert cfg.api.host == "127.0.0.1"
+    assert cfg.api.host == "127.0.0.1" and cfg.device.id == "pi-07"

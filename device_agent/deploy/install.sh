@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Install the edgekit device agent from a bundle made by `edgekit agent bundle`.
+#
+#   tar xzf pi-07.tar.gz && sudo ./install.sh
+#
+# What it does: creates a venv under --prefix, installs the agent (the edgekit wheel without its
+# workstation dependencies, plus requirements.txt: numpy, onnxruntime, paho-mqtt, cryptography),
+# writes the config (and certificates, password) to --config-dir, puts the model in
+# --state-dir/model, checks that the model loads and passes its self-test on this device, then
+# installs and enables a sandboxed systemd unit running as a dedicated user.
+# Re-running upgrades the agent; an existing agent.toml or model is kept (see --force-config).
+set -euo pipefail
+
+PREFIX=/opt/edgekit-agent
+CONFIG_DIR=/etc/edgekit
+STATE_DIR=/var/lib/edgekit
+UNIT_DIR=/etc/systemd/system
+AGENT_USER=edgekit
+PYTHON=python3
+SYSTEMD=1
+CREATE_USER=1
+CONSTRAINT=""
+OFFLINE=0
+FORCE_CONFIG=0
+CHECK=1
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+usage() {
+  cat <<USAGE
+usage: install.sh [options]
+  --prefix DIR        agent venv goes to DIR/venv             (default $PREFIX)
+  --config-dir DIR    agent.toml, certificates, secrets        (default $CONFIG_DIR)
+  --state-dir DIR     outbox, model                            (default $STATE_DIR)
+  --unit-dir DIR      where the systemd unit is written        (default $UNIT_DIR)
+  --user NAME         system user the agent runs as            (default $AGENT_USER)
+  --python PATH       Python >= 3.10 with venv                 (default $PYTHON)
+  --constraint FILE   pip constraints, e.g. 'onnxruntime==1.27.0'
+  --offline           install only from the bundle's wheels/ (no package index)
+  --force-config      overwrite an existing agent.toml (default: keep it, write agent.toml.new)
+  --no-systemd        write the unit file but do not enable/start it
+  --no-user           do not create the user or chown (containers, tests)
+  --no-check          skip 'edgekit-agent check' (model load + self-test) after installing
+USAGE
+}
+
+die() { echo "install.sh: error: $*" >&2; exit 1; }
+say() { echo "install.sh: $*"; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) PREFIX="$2"; shift 2 ;;
+    --config-dir) CONFIG_DIR="$2"; shift 2 ;;
+    --state-dir) STATE_DIR="$2"; shift 2 ;;
+    --unit-dir) UNIT_DIR="$2"; shift 2 ;;
+    --user) AGENT_USER="$2"; shift 2 ;;
+    --python) PYTHON="$2"; shift 2 ;;
+    --constraint) CONSTRAINT="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift 2 ;;
+    --offline) OFFLINE=1; shift ;;
+    --force-config) FORCE_CONFIG=1; shift ;;
+    --no-systemd) SYSTEMD=0; shift ;;
+    --no-user) CREATE_USER=0; shift ;;
+    --no-check) CHECK=0; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown option '$1'" ;;
+  esac
+done
+
+[ -f "$HERE/agent.toml" ] || die "no agent.toml next to install.sh: run it from an unpacked 'edgekit agent bundle' archive"
+ls "$HERE"/wheels/edgekit-*.whl >/dev/null 2>&1 || die "no edgekit wheel in $HERE/wheels"
+command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install python3 and python3-venv (apt-get install python3-venv)"
+"$PYTHON" - <<'PY' || die "Python >= 3.10 with the venv module is required (apt-get install python3-venv)"
+import sys, venv, ensurepip  # noqa: F401
+sys.exit(0 if sys.version_info >= (3, 10) else 1)
+PY
+if [ "$CREATE_USER" = 1 ] && [ "$(id -u)" != 0 ]; then
+  die "run as root (sudo ./install.sh), or pass --no-user with directories you can write"
+fi
+
+VENV="$PREFIX/venv"
+mkdir -p "$PREFIX" "$CONFIG_DIR" "$STATE_DIR" "$UNIT_DIR"
+
+# --- the venv and the agent ---------------------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --no-input -q install --find-links "$HERE/wheels")
+[ "$OFFLINE" = 1 ] && PIP+=(--no-index)
+[ -n "$CONSTRAINT" ] && PIP+=(-c "$CONSTRAINT")
+say "installing the agent's dependencies ($(tr '\n' ' ' < "$HERE/requirements.txt"))"
+"${PIP[@]}" -r "$HERE/requirements.txt"
+# the edgekit wheel carries the agent; its workstation dependencies (onnx, torch, ...) are not needed here
+say "installing $(basename "$(ls "$HERE"/wheels/edgekit-*.whl | tail -n 1)")"
+"${PIP[@]}" --no-deps --force-reinstall "$(ls "$HERE"/wheels/edgekit-*.whl | tail -n 1)"
+
+# --- config, secrets, model -------------------------------------------------------------------
+render() {  # fill in the install locations
+  sed -e "s|@CONFIG_DIR@|$CONFIG_DIR|g" -e "s|@STATE_DIR@|$STATE_DIR|g" -e "s|@PREFIX@|$PREFIX|g" -e "s|@USER@|$AGENT_USER|g" "$1"
+}
+if [ -f "$CONFIG_DIR/agent.toml" ] && [ "$FORCE_CONFIG" = 0 ]; then
+  render "$HERE/agent.toml" > "$CONFIG_DIR/agent.toml.new"
+  say "kept the existing $CONFIG_DIR/agent.toml; the bundle's is in agent.toml.new (use --force-config to replace)"
+else
+  render "$HERE/agent.toml" > "$CONFIG_DIR/agent.toml"
+fi
+for d in certs secrets; do
+  if [ -d "$HERE/$d" ]; then
+    mkdir -p "$CONFIG_DIR/$d"
+    cp -f "$HERE/$d"/* "$CONFIG_DIR/$d/"
+    chmod 0750 "$CONFIG_DIR/$d"
+    find "$CONFIG_DIR/$d" -type f \( -name '*.key' -o -path '*/secrets/*' \) -exec chmod 0640 {} +
+  fi
+done
+if [ -d "$HERE/model" ]; then
+  if [ -e "$STATE_DIR/model/edgekit.json" ]; then
+    say "kept the model in $STATE_DIR/model (updates go through the fleet)"
+  else
+    mkdir -p "$STATE_DIR/model.tmp"
+    cp -f "$HERE/model"/* "$STATE_DIR/model.tmp/"
+    rm -rf "$STATE_DIR/model"
+    mv "$STATE_DIR/model.tmp" "$STATE_DIR/model"
+  fi
+fi
+
+if [ "$CREATE_USER" = 1 ]; then
+  if ! id -u "$AGENT_USER" >/dev/null 2>&1; then
+    say "creating system user $AGENT_USER"
+    useradd --system --home-dir "$STATE_DIR" --no-create-home --shell /usr/sbin/nologin "$AGENT_USER"
+  fi
+  chown -R "$AGENT_USER:$AGENT_USER" "$STATE_DIR"
+  chown -R "root:$AGENT_USER" "$CONFIG_DIR"
+  chmod 0750 "$CONFIG_DIR"
+  chmod 0640 "$CONFIG_DIR/agent.toml"
+fi
+
+# --- prove it works here before enabling it ---------------------------------------------------
+if [ "$CHECK" = 1 ]; then
+  say "checking the model on this device (load + self-test)"
+  if [ "$CREATE_USER" = 1 ] && command -v runuser >/dev/null 2>&1; then
+    runuser -u "$AGENT_USER" -- "$VENV/bin/edgekit-agent" check --config "$CONFIG_DIR/agent.toml"
+  else
+    "$VENV/bin/edgekit-agent" check --config "$CONFIG_DIR/agent.toml"
+  fi
+fi
+
+# --- systemd --------------------------------------------------------------------------------------
+render "$HERE/edgekit-agent.service" > "$UNIT_DIR/edgekit-agent.service"
+if [ "$SYSTEMD" = 1 ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  systemctl daemon-reload
+  systemctl enable edgekit-agent.service
+  systemctl restart edgekit-agent.service
+  say "edgekit-agent is running: systemctl status edgekit-agent; journalctl -u edgekit-agent -f"
+else
+  say "unit written to $UNIT_DIR/edgekit-agent.service (systemd not used); run: $VENV/bin/edgekit-agent run --config $CONFIG_DIR/agent.toml"
+fi
+say "done"

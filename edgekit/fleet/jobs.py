@@ -1,0 +1,101 @@
+"""Building update jobs from an output directory: the job document, its chunks, signed commands.
+
+The device parses what this writes with :func:`device_agent.job.parse_job`; both sides compute
+the chunk plan with :func:`device_agent.job.chunk_plan`.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from device_agent.delivery import encode_chunk
+from device_agent.job import JOB_SCHEMA, JOB_VERSION, ArtifactRef, chunk_plan
+from device_agent.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, ManifestError, load_manifest
+from device_agent.protocol import Command, CommandKind
+from device_agent.verify import sign_command
+from edgekit.errors import InputError
+
+__all__ = ["Release", "new_job_id", "signed_command"]
+
+
+def new_job_id(prefix: str = "job") -> str:
+    """``<prefix>-<utc time>-<random>``: unique, sortable, valid in a topic."""
+    return f"{prefix}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class Release:
+    """A signed (or not) output directory, ready to deploy."""
+
+    dir: Path
+    manifest: Manifest
+    manifest_bytes: bytes
+    signature: str | None
+
+    @classmethod
+    def open(cls, directory: str | Path) -> Release:
+        d = Path(directory)
+        try:
+            m = load_manifest(d, verify_files=True)
+        except ManifestError as e:
+            raise InputError(f"cannot deploy {d}: {e}") from None
+        sig = d / SIGNATURE_NAME
+        return cls(d, m, (d / MANIFEST_NAME).read_bytes(), sig.read_text() if sig.is_file() else None)
+
+    @property
+    def artifacts(self) -> tuple[ArtifactRef, ...]:
+        return tuple(ArtifactRef(a.file, a.size_bytes, a.sha256) for a in self.manifest.artifacts)
+
+    @property
+    def size(self) -> int:
+        return sum(a.size for a in self.artifacts)
+
+    def job_params(self, *, method: str = "mqtt", chunk_size: int = 64 * 1024, base_url: str | None = None,
+                   probation: dict[str, Any] | None = None, allow_incompatible: bool = False, timeout_s: float = 900.0) -> dict[str, Any]:
+        """The deploy command's params (see :mod:`device_agent.job`)."""
+        arts = []
+        for a in self.artifacts:
+            entry: dict[str, Any] = {"file": a.file, "size": a.size, "sha256": a.sha256}
+            if method == "http":
+                if not base_url:
+                    raise InputError("http delivery needs --url, the base URL the artifacts are served from")
+                entry["url"] = base_url.rstrip("/") + "/" + a.file
+            arts.append(entry)
+        delivery: dict[str, Any] = {"method": method}
+        if method == "mqtt":
+            delivery["chunk_size"] = chunk_size
+        params: dict[str, Any] = {
+            "schema": JOB_SCHEMA, "job_version": JOB_VERSION,
+            "model": {"name": self.manifest.name, "version": self.manifest.version},
+            "manifest": base64.b64encode(self.manifest_bytes).decode(), "signature": self.signature,
+            "artifacts": arts, "delivery": delivery, "timeout_s": timeout_s,
+        }
+        if probation:
+            params["probation"] = probation
+        if allow_incompatible:
+            params["allow_incompatible"] = True
+        return params
+
+    def chunks(self, job: str, chunk_size: int) -> Iterator[tuple[int, bytes]]:
+        """(n, payload) for every chunk of the job, read from disk one chunk at a time."""
+        plan = chunk_plan(self.artifacts, chunk_size)
+        for n, (file, offset, size) in enumerate(plan):
+            with open(self.dir / file, "rb") as f:
+                f.seek(offset)
+                data = f.read(size)
+            yield n, encode_chunk(job=job, n=n, count=len(plan), file=file, offset=offset, data=data)
+
+
+def signed_command(kind: CommandKind, job: str, *, device: str = "", params: dict[str, Any] | None = None, key: Any = None) -> Command:
+    """A command; with ``key`` (an ed25519 private key) its params carry the ``auth`` block."""
+    ts = round(time.time(), 3)
+    p = dict(params or {})
+    if key is not None:
+        p["auth"] = sign_command(key, kind=str(kind), job=job, ts=ts, device=device, params=p)
+    return Command(kind=kind, job=job, ts=ts, params=p, device=device)

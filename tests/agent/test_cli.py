@@ -1,0 +1,131 @@
+"""``edgekit-agent`` as a process: run → ready → predict → SIGTERM; SIGKILL → Last Will; check; errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+from agent_helpers import free_port, wait_until
+
+from device_agent.config import render_toml
+
+AGENT = [sys.executable, "-c", "import sys; from device_agent.cli import main; sys.exit(main())"]
+
+
+def write_config(tmp_path, model_dir, broker=None, port=None, **sections):
+    values = {"device": {"id": "pi-07"}, "model": {"path": str(model_dir)}, "api": {"port": port or free_port()},
+              "broker": {"url": broker.url if broker else "", "reconnect_min_s": 0.05, "reconnect_max_s": 0.3}, **sections}
+    p = tmp_path / "agent.toml"
+    p.write_text(render_toml(values, state_dir=str(tmp_path / "state")))
+    return p, values["api"]["port"]
+
+
+def get(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return None, b""
+
+
+def start(config):
+    return subprocess.Popen([*AGENT, "run", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stop(proc, sig=signal.SIGTERM):
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        out, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=5)
+    return proc.returncode, err
+
+
+@pytest.mark.slow
+def test_run_serves_publishes_and_stops_cleanly_on_sigterm(tmp_path, digits_dir, digits, mosquitto, mqtt_collector):
+    states = mqtt_collector(mosquitto, ["edgekit/v1/+/state"])
+    config, port = write_config(tmp_path, digits_dir, mosquitto)
+    proc = start(config)
+    try:
+        wait_until(lambda: get(port, "/readyz")[0] == 200 or proc.poll() is not None, 20, what="the agent to be ready")
+        assert proc.poll() is None, proc.communicate()[1]
+        x = np.load(digits["eval"])["x"][:2]
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/predict", data=json.dumps({"inputs": {"x": x.tolist()}}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = json.loads(r.read())
+        assert len(body["outputs"]["logits"]) == 2 and len(body["top_k"][0]) == 5
+        states.wait_for(lambda c: any(s["status"] == "online" for s in c.payloads("pi-07/state")), 10, "the birth message")
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    assert "serving digits" in err and "ready in" in err
+    states.wait_for(lambda c: c.payloads("pi-07/state")[-1]["status"] == "offline", 10, "the offline state")
+    assert states.payloads("pi-07/state")[-1]["reason"] == "shutdown"
+
+
+@pytest.mark.slow
+def test_a_killed_agent_is_marked_offline_by_its_last_will(tmp_path, digits_dir, mosquitto, mqtt_collector):
+    states = mqtt_collector(mosquitto, ["edgekit/v1/+/state"])
+    config, port = write_config(tmp_path, digits_dir, mosquitto)
+    proc = start(config)
+    try:
+        states.wait_for(lambda c: any(s["status"] == "online" for s in c.payloads("pi-07/state")), 20, "the birth message")
+    finally:
+        stop(proc, signal.SIGKILL)
+    states.wait_for(lambda c: c.payloads("pi-07/state")[-1]["status"] == "offline", 10, "the Last Will")
+    will = states.payloads("pi-07/state")[-1]
+    assert will["reason"] == "lwt" and will["device"] == "pi-07"
+
+
+def test_check_reports_the_model_and_selftest(tmp_path, digits_dir):
+    config, _ = write_config(tmp_path, digits_dir)
+    r = subprocess.run([*AGENT, "check", "--config", str(config), "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["ready"] is True and info["selftest"]["passed"] and info["model"]["format"] == "ort"
+
+
+def test_config_errors_are_one_line_and_exit_1(tmp_path, digits_dir):
+    config, _ = write_config(tmp_path, digits_dir)
+    config.write_text(config.read_text().replace("port = ", "port = 99999 #"))
+    r = subprocess.run([*AGENT, "run", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "error:" in r.stderr and "[api] port 99999 must be between 0 and 65535" in r.stderr
+    r = subprocess.run([*AGENT, "run"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--config" in r.stderr
+
+
+def test_port_in_use_is_a_clear_error(tmp_path, digits_dir):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        config, _ = write_config(tmp_path, digits_dir, port=s.getsockname()[1])
+        r = subprocess.run([*AGENT, "run", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "cannot listen on 127.0.0.1" in r.stderr and "change [api] host/port" in r.stderr
+
+
+def test_device_agent_imports_no_heavy_framework(tmp_path, digits_dir):
+    code = f"""
+import sys
+from device_agent.agent import Agent
+import device_agent.cli, device_agent.config, device_agent.mqtt, device_agent.openapi, device_agent.outbox, device_agent.server
+import numpy as np
+a = Agent.open({str(digits_dir)!r})
+a.predict({{"x": np.zeros((1, 1, 8, 8), np.float32)}})
+heavy = {{"torch", "tensorflow", "onnx", "pydantic", "edgekit", "click", "keras", "jax", "yaml", "matplotlib", "sklearn", "scipy"}}
+print(sorted({{m.split(".")[0] for m in sys.modules}} & heavy))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": ""})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from device_agent.agent import Agent
+from device_agent.errors import ModelError
+from device_agent.manifest import load_manifest
+from device_agent.model import load_model, top_k
+from agent_helpers import nhwc_variant, two_input_model, write_model_dir
+
+
+def test_compress_output_loads_the_ort_artifact_and_passes_selftest(digits_dir):
+    m = load_model(digits_dir)
+    manifest = load_manifest(digits_dir)
+    assert m.file.suffix == ".ort" and m.artifact.format == "ort"
+    assert m.name == manifest.name and m.version == manifest.version
+    assert m.selftest.passed and m.selftest.vectors >= 1
+    assert m.inputs == manifest.inputs
+
+
+def test_format_preference_and_explicit_artifact(digits_dir):
+    onnx_art = next(a.file for a in load_manifest(digits_dir).artifacts if a.format == "onnx")
+    assert load_model(digits_dir, prefer=["onnx", "ort"]).file.name == onnx_art
+    assert load_model(digits_dir, artifact=onnx_art).file.name == onnx_art
+
+
+def test_no_usable_artifact_lists_what_the_manifest_has(digits_copy):
+    with pytest.raises(ModelError, match=r"no artifact of format tflite is usable .* the manifest lists: .*\(ort\)"):
+        load_model(digits_copy, prefer=["tflite"])
+    for f in digits_copy.glob("*.ort"):
+        f.unlink()
+    assert load_model(digits_copy).file.suffix == ".onnx"  # a missing file is skipped, not fatal
+
+
+def test_tampered_artifact_is_refused(digits_copy):
+    art = next(digits_copy.glob("*.ort"))
+    data = bytearray(art.read_bytes())
+    data[-10] ^= 0xFF
+    art.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match its sha256"):
+        load_model(digits_copy)
+
+
+def test_wrong_expected_outputs_fail_the_selftest_and_the_agent_is_not_ready(digits_copy):
+    manifest = json.loads((digits_copy / "edgekit.json").read_text())
+    for art, tol in manifest["selftest"]["tolerance"].items():
+        tol["atol"], tol["rtol"] = 1e-9, 1e-9
+    v = manifest["selftest"]["vectors"][0]
+    from device_agent.manifest import decode_tensor, encode_tensor
+
+    for art, outs in v["expected"].items():
+        for name, t in outs.items():
+            outs[name] = encode_tensor(decode_tensor(t) + 1.0)
+    (digits_copy / "edgekit.json").write_text(json.dumps(manifest))
+    m = load_model(digits_copy)
+    assert not m.selftest.passed and "vector 0: output 'logits' differs from the expected values" in m.selftest.detail
+    agent = Agent(m)
+    assert not agent.ready
+    from device_agent.errors import NotReady
+
+    with pytest.raises(NotReady, match="self-test failed"):
+        agent.predict({"x": np.zeros((1, 1, 8, 8), np.float32)})
+
+
+def test_nhwc_artifact_answers_source_layout_requests_like_the_nchw_one(digits, tmp_path):
+    nchw = onnx.load(digits["model"])
+    x = np.load(digits["eval"])["x"][:5]
+    a = write_model_dir(nchw, tmp_path / "nchw", selftest_inputs=[{"x": x[:1]}], layouts=("NCHW", "NCHW"))
+    b = write_model_dir(nhwc_variant(nchw), tmp_path / "nhwc", selftest_inputs=[{"x": x[:1]}], perm=(0, 2, 3, 1), layouts=("NCHW", "NHWC"),
+                        source_inputs=[{"name": "x", "dtype": "float32", "shape": ["N", 1, 8, 8], "layout": "NCHW"}])
+    ma, mb = load_model(a), load_model(b)
+    assert mb.selftest.passed, mb.selftest.detail
+    assert mb.backend.inputs[0].shape == ("N", 1, 8, 8) and mb.backend.inputs[0].layout == "NCHW"  # reported in the source layout
+    ya = Agent(ma).predict({"x": x}).outputs["logits"]
+    yb = Agent(mb).predict({"x": x}).outputs["logits"]
+    np.testing.assert_allclose(ya, yb, rtol=1e-5, atol=1e-5)
+
+
+def test_session_config_from_the_manifest_reaches_onnxruntime(tmp_path):
+    d = write_model_dir(two_input_model(), tmp_path / "m", extra={"session_config": {"session.not_a_real_key": "1"}})
+    # ORT ignores unknown keys but keeps them in the session options: prove they were applied
+    m = load_model(d)
+    assert m.backend.session.get_session_options().get_session_config_entry("session.not_a_real_key") == "1"
+
+
+def test_bare_onnx_file_serves_with_its_own_signature(digits):
+    m = load_model(digits["model"])
+    assert m.manifest is None and m.version == "unversioned" and m.is_classifier
+    assert m.inputs[0].shape == ("N", 1, 8, 8)
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(digits["model"].parent / "nope.onnx")
+
+
+def test_top_k_uses_softmax_for_logits_and_labels():
+    scores = np.array([[1.0, 3.0, 2.0]])
+    top = top_k(scores, 2, ("cat", "dog", "eel"))
+    assert [t["label"] for t in top[0]] == ["dog", "eel"]
+    p = np.exp([1.0, 3.0, 2.0]) / np.exp([1.0, 3.0, 2.0]).sum()
+    assert top[0][0]["score"] == pytest.approx(p[1], abs=1e-6)
+    probs = np.array([[0.2, 0.5, 0.3]])
+    assert top_k(probs, 1, None)[0][0] == {"index": 1, "label": "1", "score": 0.5}

@@ -1,0 +1,97 @@
+import json
+
+import numpy as np
+import pytest
+
+from device_agent.manifest import FeatureProfile, TensorSpec
+from device_agent.protocol import TELEMETRY_MAX_BYTES, encode
+from device_agent.telemetry import FeatureTracker, LatencySketch, Metrics, Window, select_features
+
+
+def feature(name="x[0]", edges=(0.0, 1.0, 2.0, 3.0), index=0, axis=1, input="x"):
+    return FeatureProfile(input, axis, index, name, tuple(edges), tuple([1] * (len(edges) - 1)), 0, 3, 1, 1, 0)
+
+
+def test_sketch_quantiles_within_one_percent():
+    rng = np.random.default_rng(0)
+    values = rng.lognormal(-6, 1, 20_000)
+    s = LatencySketch()
+    for v in values:
+        s.add(float(v))
+    for q in (0.5, 0.95, 0.99):
+        assert s.quantile(q) == pytest.approx(np.quantile(values, q), rel=0.02)
+    assert s.max == values.max() and s.count == 20_000
+    assert len(s.buckets) < 1100
+
+
+def test_feature_counts_for_known_inputs():
+    tr = FeatureTracker([feature(), feature("x[1]", index=1, edges=(0.0, 10.0))])
+    x = np.array([[[-1.0, 0.0, 0.5, 1.0, 2.5, 3.0, 4.0, np.nan]], [[10.0] * 8]], np.float32)  # [2, 1, 8]
+    x = np.concatenate([x, np.full((2, 1, 8), 5.0, np.float32)], axis=1)  # [2, 2, 8]: channel 1 all 5.0
+    tr.add({"x": x})
+    (f0, f1), samples = tr.take()
+    assert samples == 2
+    # channel 0: -1 under; 0, 0.5 -> bin 0; 1 -> bin 1; 2.5, 3.0 -> bin 2 (last bin closed); 4, 10 x8 over; nan
+    assert f0.counts == [2, 1, 2] and f0.under == 1 and f0.over == 9 and f0.nan == 1 and f0.n == 16
+    assert f0.min == -1.0 and f0.max == 10.0
+    finite = np.array([-1, 0, 0.5, 1, 2.5, 3, 4] + [10] * 8)
+    assert f0.mean == pytest.approx(finite.mean(), rel=1e-5) and f0.std == pytest.approx(finite.std(), rel=1e-5)
+    assert f1.counts == [16] and f1.under == f1.over == f1.nan == 0
+    (g0, _), _ = tr.take()
+    assert g0.n == 0 and g0.mean is None  # reset after take
+
+
+def test_large_inputs_are_strided_per_sample():
+    tr = FeatureTracker([feature(edges=(0.0, 1.0))], max_values_per_feature=100)
+    tr.add({"x": np.zeros((3, 1, 1000), np.float32)})
+    (f,), _ = tr.take()
+    assert f.n == 300 and f.counts == [300]
+
+
+def test_window_batches_pending_inputs_and_resets():
+    w = Window(FeatureTracker([feature()]), clock=iter([0.0, 10.0, 20.0]).__next__)
+    for i in range(5):
+        w.observe({"x": np.full((2, 1, 4), float(i % 3), np.float32)})
+        w.record(0.001 * (i + 1))
+    w.record(None, error="shape")
+    out = w.close()
+    assert out["requests"] == 6 and out["errors"] == {"shape": 1} and out["samples"] == 10
+    assert out["window"] == {"start": 0.0, "end": 10.0}
+    assert out["latency_ms"].count == 5 and out["latency_ms"].max == pytest.approx(5.0)
+    assert out["features"][0].n == 40 and sum(out["features"][0].counts) == 40
+    again = w.close()
+    assert again["requests"] == 0 and again["latency_ms"] is None and again["window"]["start"] == 10.0
+
+
+def test_feature_selection_keeps_any_model_under_the_payload_bound():
+    feats = tuple(feature(f"img[{i}]", edges=tuple(float(e) for e in range(21)), index=i) for i in range(500))
+    spec = (TensorSpec("x", "float32", ("N", 500, 4)),)
+    tracked, left = select_features(feats, spec, TELEMETRY_MAX_BYTES)
+    assert 0 < len(tracked) < 500 and left == 500 - len(tracked)
+    tr = FeatureTracker(tracked)
+    rng = np.random.default_rng(0)
+    tr.add({"x": (rng.standard_normal((8, 500, 4)) * 1e6).astype(np.float32)})  # worst case: long floats
+    windows, _ = tr.take()
+    payload = encode({"v": 1, "type": "telemetry", "device": "x" * 64, "features": [w.__dict__ for w in windows], "errors": {},
+                      "latency_ms": {"count": 1, "p50": 1.234567, "p95": 1.234567, "p99": 1.234567, "max": 1.234567, "mean": 1.234567}})
+    assert len(payload) <= TELEMETRY_MAX_BYTES
+
+
+def test_prometheus_text():
+    m = Metrics()
+    m.prediction(0.0003, 4)
+    m.prediction(20.0, 1)
+    m.error("shape")
+    m.http_request("POST", "/v1/predict", 400)
+    m.gauge("edgekit_agent_outbox_depth", "depth", lambda: 3)
+    m.info = lambda: {"name": "digits", "version": "1"}
+    text = m.render()
+    assert "edgekit_agent_predictions_total 2" in text
+    assert "edgekit_agent_prediction_samples_total 5" in text
+    assert 'edgekit_agent_errors_total{kind="shape"} 1' in text
+    assert 'edgekit_agent_http_requests_total{method="POST",path="/v1/predict",code="400"} 1' in text
+    assert 'edgekit_agent_inference_seconds_bucket{le="0.0005"} 1' in text
+    assert 'edgekit_agent_inference_seconds_bucket{le="10.0"} 1' in text
+    assert 'edgekit_agent_inference_seconds_bucket{le="+Inf"} 2' in text
+    assert 'edgekit_agent_model_info{name="digits",version="1"} 1' in text
+    assert "edgekit_agent_outbox_depth 3" in text

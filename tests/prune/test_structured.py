@@ -1,0 +1,195 @@
+"""Structured pruning: channels physically removed, outputs and --keep layers untouched, fine-tuned back."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from device_agent.manifest import load_manifest
+from edgekit.cli.main import cli
+from edgekit.compress import compress
+from edgekit.errors import RecipeError
+from edgekit.onnx_model import io_specs
+from edgekit.pipeline import StepSpec
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torch_pruning")
+pytest.importorskip("onnx2torch")
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def weight_shapes(path) -> dict[str, tuple[int, ...]]:
+    """Node name -> weight shape for Conv/Gemm nodes."""
+    m = onnx.load(str(path))
+    inits = {i.name: tuple(i.dims) for i in m.graph.initializer}
+    return {n.name: inits[n.input[1]] for n in m.graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] in inits}
+
+
+def accuracy(model_path, data_path) -> float:
+    z = np.load(data_path)
+    s = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return float((s.run(None, {"x": z["x"]})[0].argmax(1) == z["labels"]).mean() * 100)
+
+
+@pytest.fixture(scope="module")
+def structured(digits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("structured") / "out"
+    res = run("compress", "--prune", "0.5", "--structured", "--epochs", "6", "--sensitivity", "--data", str(digits["train"]),
+              "--format", "onnx", "-o", str(out), str(digits["model"]))
+    assert res.exit_code == 0, res.output
+    return out, res.output
+
+
+def test_channels_are_physically_removed(structured, digits):
+    out, output = structured
+    src, new = weight_shapes(digits["model"]), weight_shapes(out / "digits.pruned.onnx")
+    assert list(src) == list(new)  # node names survive the round trip through PyTorch
+    *hidden, last = list(src)
+    assert [new[n][0] for n in hidden] == [src[n][0] // 2 for n in hidden]  # 16,32,64,64 -> 8,16,32,32 out channels
+    assert new[last] == (src[last][0], src[last][1] // 2)  # the output layer keeps its 10 classes, loses pruned inputs
+    step = load_manifest(out).raw["steps"][0]
+    assert step["name"] == "prune" and step["params"]["method"] == "structured"
+    res = step["result"]
+    assert res["params"]["ratio"] <= 0.35
+    assert res["macs"]["after"] < 0.35 * res["macs"]["before"]
+    assert res["size"]["after"] < 0.35 * res["size"]["before"]
+    assert (out / "digits.pruned.onnx").stat().st_size < 0.35 * digits["model"].stat().st_size
+    assert "prune: structured 50%: params 40,394 → 10,346 (0.26×)" in output
+
+
+def test_output_shapes_equal_the_sources(structured, digits):
+    out, _ = structured
+    src_in, src_out = io_specs(onnx.load(str(digits["model"])))
+    new_in, new_out = io_specs(onnx.load(str(out / "digits.pruned.onnx")))
+    assert src_in == new_in and src_out == new_out
+    src = weight_shapes(digits["model"])
+    last = list(src)[-1]
+    assert weight_shapes(out / "digits.pruned.onnx")[last][0] == src[last][0] == 10  # the output layer keeps its 10 classes
+
+
+def test_fine_tuning_recovers_accuracy_on_held_out_data(structured, digits):
+    out, _ = structured
+    res = load_manifest(out).raw["steps"][0]["result"]
+    assert res["quality"]["pruned"] < res["quality"]["fine_tuned"]  # pruning hurt, fine-tuning recovered
+    ft = res["fine_tune"]
+    assert ft["metric"] == "val_accuracy" and ft["best_epoch"] >= 1 and ft["val_samples"] > 0
+    assert len(ft["history"]) == ft["epochs_run"]
+    src_acc = accuracy(digits["model"], digits["eval"])
+    assert accuracy(out / "digits.pruned.onnx", digits["eval"]) >= src_acc - 5  # 6 epochs in a test; the benchmark holds 1 pt
+
+
+def test_sensitivity_scan_reports_every_prunable_layer_most_sensitive_first(structured):
+    out, output = structured
+    sens = load_manifest(out).raw["steps"][0]["result"]["sensitivity"]
+    rows = sens["layers"]
+    assert sens["metric"] == "accuracy" and len(rows) == 4  # 3 convs + the hidden Gemm; the output Gemm is never pruned
+    assert [r["drop_pts"] for r in rows] == sorted((r["drop_pts"] for r in rows), reverse=True)
+    assert all(r["pruned_to"] == r["out_channels"] // 2 for r in rows)
+    assert "sensitivity (each layer pruned alone" in output
+
+
+def test_keep_and_per_layer_ratios(digits, tmp_path):
+    src = weight_shapes(digits["model"])
+    first, second, third = list(src)[:3]
+    out = tmp_path / "out"
+    res = run("compress", "--prune", "0.5", "--structured", "--epochs", "0", "--keep", first, "--prune-layer", f"{third}=0.25",
+              "--format", "onnx", "-o", str(out), str(digits["model"]))
+    assert res.exit_code == 0, res.output
+    new = weight_shapes(out / "digits.pruned.onnx")
+    assert new[first][0] == src[first][0]  # kept
+    assert new[second][0] == src[second][0] // 2  # global ratio
+    assert new[third][0] == src[third][0] * 3 // 4  # its own ratio
+    assert first in load_manifest(out).raw["steps"][0]["result"]["never_pruned"]
+
+
+def test_keep_with_an_unknown_name_names_the_close_ones(digits, tmp_path):
+    name = list(weight_shapes(digits["model"]))[0]
+    res = CliRunner().invoke(cli, ["compress", "--prune", "0.5", "--structured", "--keep", name + "x", "-o", str(tmp_path / "o"),
+                                   str(digits["model"])])
+    assert res.exit_code == 1
+    assert f"prune --keep: '{name}x' matches no prunable layer; did you mean '{name}'" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_step_does_not_modify_its_input(digits, tmp_path):
+    from edgekit.pipeline import get_step
+
+    model = onnx.load(str(digits["model"]))
+    before = model.SerializeToString()
+    r = compress(digits["model"], [StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 0})], formats=("onnx",),
+                 output=tmp_path / "o")
+    assert r.artifacts[0].stats["params"] < 0.35 * 40394
+    assert model.SerializeToString() == before
+    assert get_step("prune").config_cls(ratio=0.3).method == "unstructured"
+
+
+def test_prune_config_errors_name_the_field():
+    from edgekit.pipeline import validate_step
+
+    with pytest.raises(RecipeError, match=r"step 'prune': unknown field 'ration' \(did you mean 'ratio'\?\)"):
+        validate_step(StepSpec("prune", {"ration": 0.5}))
+    with pytest.raises(RecipeError, match="per-layer ratios must be in"):
+        validate_step(StepSpec("prune", {"layers": {"conv1": 1.5}}))
+
+
+class TwoHeads(torch.nn.Module):
+    """A shared trunk with a classifier head and a 3-value regression head: two outputs, two output layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                         torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                         torch.nn.Flatten())
+        self.cls = torch.nn.Linear(32, 10)
+        self.box = torch.nn.Linear(32, 3)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return self.cls(h), self.box(h)
+
+
+def test_prunes_a_pytorch_model_and_keeps_every_output_layer():
+    from edgekit.prune import prune_channels
+
+    torch.manual_seed(0)
+    net = TwoHeads().eval()
+    ex = (torch.randn(2, 1, 8, 8),)
+    res = prune_channels(net, ex, ratio=0.5, keep={"cls", "box"})
+    assert net.trunk[0].out_channels == 8 and net.trunk[1].num_features == 8 and net.trunk[3].out_channels == 16
+    assert net.cls.in_features == 16 and net.cls.out_features == 10 and net.box.out_features == 3
+    assert [tuple(y.shape) for y in net(*ex)] == [(2, 10), (2, 3)]
+    assert res.params_after < 0.5 * res.params_before and res.macs_after < 0.5 * res.macs_before
+
+
+def test_output_layers_are_found_through_weight_free_ops(tmp_path):
+    from edgekit.prune.structured import output_layer_nodes
+
+    torch.manual_seed(0)
+    p = tmp_path / "two.onnx"
+    torch.onnx.export(TwoHeads().eval(), (torch.randn(1, 1, 8, 8),), str(p), input_names=["x"], output_names=["logits", "box"],
+                      dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}, "box": {0: "N"}}, dynamo=False)
+    model = onnx.load(str(p))
+    found = output_layer_nodes(model)
+    gemms = [n.name for n in model.graph.node if n.op_type == "Gemm"]
+    assert sorted(found) == sorted(gemms)
+    out = tmp_path / "out"
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((64, 1, 8, 8)).astype(np.float32))
+    r = compress(p, [StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 2})], data=tmp_path / "d.npz",
+                 formats=("onnx",), output=out)
+    assert io_specs(onnx.load(str(out / "two.pruned.onnx"))) == io_specs(model)
+    assert r.steps[0]["result"]["fine_tune"]["metric"] == "val_agreement"  # no labels: agreement with the source
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out / "two.pruned.onnx")).graph.initializer}
+    assert sum(a.size for a in inits.values()) < 0.5 * sum(numpy_helper.to_array(i).size for i in model.graph.initializer)
+    json.dumps(r.steps)  # the record is JSON-clean
+    copy.deepcopy(r.steps)
