@@ -30,10 +30,12 @@ import numpy as np
 from device_agent import __version__
 from device_agent.config import AgentConfig
 from device_agent.errors import InvalidInput, NotReady
+from device_agent.feedback import FeedbackLog, FeedbackResult
 from device_agent.model import LoadedModel, load_model
 from device_agent.model import top_k as top_k_labels
 from device_agent.outbox import Outbox
 from device_agent.protocol import (
+    STATE_SEQ_OFFLINE,
     Command,
     CommandKind,
     DeviceStatus,
@@ -44,6 +46,8 @@ from device_agent.protocol import (
     Topics,
     decode,
     encode,
+    state_seq,
+    valid_id,
 )
 from device_agent.runtime import BackendError, runtime_versions
 from device_agent.telemetry import FeatureTracker, Metrics, Window, select_features
@@ -104,7 +108,8 @@ class Agent:
 
     def __init__(self, model: LoadedModel, *, config: AgentConfig | None = None, outbox: Outbox | None = None,
                  telemetry: bool = True, max_batch: int = 256, max_elements: int = 16 << 20, top_k_default: int = 5,
-                 max_payload_bytes: int = 16 * 1024, max_values_per_feature: int = 4096, clock: Callable[[], float] = time.time) -> None:
+                 max_payload_bytes: int = 16 * 1024, max_values_per_feature: int = 4096, clock: Callable[[], float] = time.time,
+                 feedback_max_rows: int = 100_000, feedback_retention_s: float = 86_400.0) -> None:
         self.model = model
         self.config = config
         self.outbox = outbox
@@ -121,8 +126,15 @@ class Agent:
         self.window = Window(tracker, clock=clock)
         self._tracked_inputs = {f.input for f in tracker.features} if tracker else set()
         self._commands: dict[CommandKind, CommandHandler] = {}
+        self._state_conn, self._state_n = -1, 0  # state message order (protocol.state_seq)
         self._model_id = {"name": model.name, "version": model.version}
         self._scores_name = model.outputs[0].name if model.is_classifier and model.outputs else None
+        # late ground truth (POST /v1/feedback) is joined with the top-1 of classifier predictions
+        self.feedback: FeedbackLog | None = None
+        if self._scores_name is not None:
+            width = model.outputs[0].shape[-1] if model.outputs[0].shape else None
+            self.feedback = FeedbackLog(labels=model.labels, classes=width if isinstance(width, int) else None,
+                                        max_rows=feedback_max_rows, retention_s=feedback_retention_s, clock=clock)
         # request ids: random per start + a counter (unique, and ~50x cheaper than uuid4 per request)
         self._rid_prefix = uuid.uuid4().hex[:12] + "-"
         self._rid = itertools.count(1)
@@ -130,12 +142,14 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self.link = None  # MqttLink when a broker is configured
         self.server = None  # the HTTP server when the API is enabled
+        self.updater = None  # device_agent.ota.Updater when over-the-air updates are on (attach_updater)
         self.boot = outbox.next_boot() if outbox is not None else 0
         self.started_at = clock()
         self._ready_reason = None if model.selftest.passed else f"self-test failed: {model.selftest.detail}"
-        self.metrics.info = lambda: {"name": model.name, "version": model.version, "artifact": model.file.name, "runtime": model.backend.runtime}
+        self.metrics.info = lambda: {"name": self.model.name, "version": self.model.version, "artifact": self.model.file.name,
+                                     "runtime": self.model.backend.runtime}
         self.metrics.gauge("edgekit_agent_ready", "1 when the model is loaded and passed its self-test.", lambda: float(self.ready))
-        self.metrics.gauge("edgekit_agent_selftest_passed", "1 when the start-up self-test passed.", lambda: float(model.selftest.passed))
+        self.metrics.gauge("edgekit_agent_selftest_passed", "1 when the start-up self-test passed.", lambda: float(self.model.selftest.passed))
         if outbox is not None:
             self.metrics.gauge("edgekit_agent_outbox_depth", "Messages waiting in the outbox.", lambda: outbox.depth)
             self.metrics.gauge("edgekit_agent_outbox_bytes", "Payload bytes waiting in the outbox.", lambda: outbox.size_bytes)
@@ -155,8 +169,17 @@ class Agent:
 
     @classmethod
     def from_config(cls, cfg: AgentConfig) -> Agent:
-        """Load the model and open the outbox as configured; call :meth:`start` to serve."""
-        model = load_model(cfg.model.path, prefer=cfg.model.prefer, threads=cfg.model.threads, artifact=cfg.model.artifact or None,
+        """Load the model and open the outbox as configured; call :meth:`start` to serve.
+
+        With OTA on (``[ota] enabled`` and a broker), the model comes from the model store: the
+        updater recovers from any crash first and names the version to serve."""
+        updater, path = None, cfg.model.path
+        if cfg.ota.enabled and cfg.broker.enabled:
+            from device_agent.ota import updater_from_config
+
+            updater = updater_from_config(cfg)
+            path = (updater.boot() if updater is not None else None) or cfg.model.path
+        model = load_model(path, prefer=cfg.model.prefer, threads=cfg.model.threads, artifact=cfg.model.artifact or None,
                            verify=cfg.model.verify_files, selftest=cfg.model.selftest)
         outbox = None
         if cfg.broker.enabled:
@@ -164,9 +187,13 @@ class Agent:
             outbox = Outbox(cfg.outbox_path, max_messages=o.max_messages, max_bytes=o.max_bytes, max_age_s=o.max_age_s, durable=o.durable)
         a = cfg.api
         t = cfg.telemetry
-        return cls(model, config=cfg, outbox=outbox, telemetry=t.enabled and cfg.broker.enabled, max_batch=a.max_batch,
-                   max_elements=a.max_elements, top_k_default=a.top_k, max_payload_bytes=t.max_payload_bytes,
-                   max_values_per_feature=t.max_values_per_feature)
+        agent = cls(model, config=cfg, outbox=outbox, telemetry=t.enabled and cfg.broker.enabled, max_batch=a.max_batch,
+                    max_elements=a.max_elements, top_k_default=a.top_k, max_payload_bytes=t.max_payload_bytes,
+                    max_values_per_feature=t.max_values_per_feature, feedback_max_rows=t.feedback_max_rows,
+                    feedback_retention_s=t.feedback_retention_s)
+        if updater is not None:
+            agent.attach_updater(updater)
+        return agent
 
     # --- serving ---------------------------------------------------------------------------------
 
@@ -197,27 +224,44 @@ class Agent:
         try:
             arrays = self.validator.coerce(inputs)
             if self._tracked_inputs:
-                # summaries are computed later: keep our own copy of caller-owned arrays
-                self.window.observe({k: (v.copy() if v is inputs.get(k) else v) for k, v in arrays.items() if k in self._tracked_inputs})
+                # summaries are computed later, off the request path (caller-owned arrays are copied)
+                tracked = {k: v for k, v in arrays.items() if k in self._tracked_inputs}
+                self.window.observe(tracked, owned=not any(v is inputs.get(k) for k, v in tracked.items()))
             self.validator.check_finite(arrays)
         except InvalidInput as e:
             self._count_error(e.kind)
             raise
+        model = self.model  # one read: a request finishes on the model it started on, even across an OTA swap
         t0 = time.perf_counter()
         try:
-            outputs = self.model.run(arrays)
+            outputs = model.run(arrays)
         except BackendError:
             self._count_error("runtime")
+            if self.updater is not None:
+                self.updater.observe(model, arrays, None, None, "runtime")
             raise
         dt = time.perf_counter() - t0
+        if self.updater is not None:
+            self.updater.observe(model, arrays, outputs, dt)
         self.window.record(dt)
         first = next(iter(arrays.values()))
         self.metrics.prediction(dt, int(first.shape[0]) if first.ndim else 1)
         scores = outputs.get(self._scores_name) if self._scores_name else None
         if scores is not None and not (scores.ndim in (1, 2) and scores.dtype.kind == "f"):
             scores = None
-        return Prediction(outputs, self._model_id, request_id or f"{self._rid_prefix}{next(self._rid):x}", self.clock(), dt * 1000.0,
-                          scores=scores, k=self.top_k_default if top_k is None else top_k, labels=self.model.labels)
+        rid = request_id or f"{self._rid_prefix}{next(self._rid):x}"
+        mid = self._model_id if self._model_id["version"] == model.version else {"name": model.name, "version": model.version}
+        if scores is not None and self.feedback is not None:
+            self.feedback.record(rid, mid["version"], scores)
+        return Prediction(outputs, mid, rid, self.clock(), dt * 1000.0,
+                          scores=scores, k=self.top_k_default if top_k is None else top_k, labels=model.labels)
+
+    def submit_feedback(self, items: list[Any]) -> list[FeedbackResult]:
+        """Join late ground truth with earlier predictions (see :mod:`device_agent.feedback`); never raises on bad items."""
+        if self.feedback is None:
+            return [FeedbackResult("bad_label", item.get("request_id") if isinstance(item, dict) else None,
+                                   "this model is not a classifier: feedback labels cannot be joined") for item in items]
+        return self.feedback.submit_many(items)
 
     def _count_error(self, kind: str) -> None:
         self.window.record(None, error=kind)
@@ -250,6 +294,8 @@ class Agent:
             out["outbox"] = {"depth": self.outbox.depth, "bytes": self.outbox.size_bytes, "dropped_total": self.outbox.dropped_total}
         if self.link is not None:
             out["mqtt"] = {"connected": self.link.connected, "last_error": self.link.last_error}
+        if self.updater is not None:
+            out["ota"] = self.updater.status()
         return out
 
     # --- daemon --------------------------------------------------------------------------------------
@@ -262,12 +308,17 @@ class Agent:
 
             self.topics = Topics(cfg.device.id, cfg.device.group, cfg.broker.topic_prefix)
             password = cfg.broker.password_file.read_text().strip() if cfg.broker.password_file else None
-            self.link = MqttLink(cfg.broker, self.topics, self.outbox, birth=lambda: encode(self.state_message(DeviceStatus.ONLINE)),
-                                 will=lambda reason: encode(self.state_message(DeviceStatus.OFFLINE, reason)), on_message=self._on_message,
+            self.link = MqttLink(cfg.broker, self.topics, self.outbox, birth=self._birth_payload,
+                                 will=self._will_payload, on_message=self._on_message,
                                  password=password)
             if cfg.telemetry.enabled:
                 self._spawn(self._telemetry_loop, "edgekit-telemetry")
+            if self.updater is not None:
+                self.updater.attach(get_model=lambda: self.model, swap=self.swap_model, report=self._report_ota, transport=self.link,
+                                    chunk_filter=self.topics.ota_chunks)
             self.link.start()
+            if self.updater is not None:
+                self.updater.start()
         if cfg is not None and cfg.api.enabled:
             from device_agent.server import serve
 
@@ -276,6 +327,8 @@ class Agent:
     def stop(self) -> None:
         """Stop serving; publish the window in progress, the "offline" state; close the outbox."""
         self._stop.set()
+        if self.updater is not None:
+            self.updater.stop()  # marks a clean shutdown: a restart on probation is not counted as a crash
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -332,7 +385,9 @@ class Agent:
             self.window.close()
             return None
         content = self.window.close()
+        feedback = self.feedback.take() if self.feedback is not None else None
         topics = Topics(self.config.device.id, self.config.device.group, self.config.broker.topic_prefix)
+        depth = self.outbox.depth
 
         def build(seq: int, dropped: int) -> bytes:
             features = list(content["features"])
@@ -340,7 +395,8 @@ class Agent:
             while True:
                 msg = TelemetryMessage(device=topics.device, seq=seq, boot=self.boot, ts=round(self.clock(), 3),
                                        model={"name": self.model.name, "version": self.model.version}, features=features,
-                                       features_dropped=left_out, dropped=dropped, **{k: v for k, v in content.items() if k != "features"})
+                                       features_dropped=left_out, dropped=dropped, feedback=feedback, outbox=depth,
+                                       **{k: v for k, v in content.items() if k != "features"})
                 payload = encode(msg)
                 if len(payload) <= self.max_payload_bytes or not features:
                     return payload
@@ -351,22 +407,69 @@ class Agent:
 
         return self.outbox.append(topics.telemetry, build)
 
-    def report_job(self, job: str, state: JobState, detail: str = "") -> int | None:
-        """Queue a job state change (used by command handlers, e.g. OTA)."""
+    def report_job(self, job: str, state: JobState, detail: str = "", *, reason: str = "", ota_state: str = "",
+                   model: dict[str, Any] | None = None) -> int | None:
+        """Queue a job state change (used by command handlers, e.g. OTA). Retained per job topic, so
+        ``edgekit fleet jobs`` sees the latest state of every job without a fleet-side daemon."""
         if self.outbox is None or self.config is None:
             return None
         topics = Topics(self.config.device.id, self.config.device.group, self.config.broker.topic_prefix)
+        model = model or {"name": self.model.name, "version": self.model.version}
         return self.outbox.append(topics.job(job), lambda seq, dropped: encode(JobUpdate(
             device=topics.device, seq=seq, boot=self.boot, ts=round(self.clock(), 3), job=job, state=state, detail=detail,
-            model={"name": self.model.name, "version": self.model.version}, dropped=dropped)))
+            model=model, dropped=dropped, reason=reason, ota_state=ota_state)), retain=True)
 
-    def state_message(self, status: DeviceStatus, reason: str | None = None) -> StateMessage:
+    def _report_ota(self, r: Any) -> None:
+        self.report_job(r.job, r.state, r.detail, reason=r.reason, ota_state=r.ota_state, model=r.model)
+        if self.link is not None:
+            self.link.publish_state()  # the served version may have changed: refresh the retained state
+
+    def attach_updater(self, updater: Any) -> None:
+        """Take update commands (deploy, rollback, cancel) with ``updater`` (from_config does this)."""
+        self.updater = updater
+        for kind in (CommandKind.DEPLOY, CommandKind.ROLLBACK, CommandKind.CANCEL):
+            self.register_command(kind, updater.handle)
+
+    def swap_model(self, new: LoadedModel) -> LoadedModel:
+        """Serve ``new`` from the next request on (one reference store); requests already running
+        finish on the old model. Returns the old model (the OTA updater keeps it for a fast rollback)."""
+        old = self.model
+        if tuple(new.inputs) != tuple(old.inputs):  # an update allowed to change the signature
+            self.validator = Validator(new.inputs, max_batch=self.validator.max_batch, max_elements=self.validator.max_elements)
+        if self.link is not None and self.config is not None and self.config.telemetry.enabled:
+            self.publish_telemetry()  # close the window on the old model: a telemetry window never mixes two versions
+            tracker = self.window.tracker
+            if tracker is not None and new.manifest is not None and new.manifest.features \
+                    and tuple(new.manifest.features) != tuple(old.manifest.features if old.manifest else ()):
+                tracked, self.features_left_out = select_features(new.manifest.features, new.inputs, self.max_payload_bytes)
+                tracker = FeatureTracker(tracked, max_values_per_feature=tracker.max_values)
+                self.window = Window(tracker, clock=self.clock)  # the new model's reference profile
+                self._tracked_inputs = {f.input for f in tracker.features}
+        self._model_id = {"name": new.name, "version": new.version}
+        self.model = new
+        self._ready_reason = None if new.selftest.passed else f"self-test failed: {new.selftest.detail}"
+        log.info("serving %s %s (was %s)", new.name, new.version, old.version)
+        return old
+
+    def _birth_payload(self) -> bytes:
+        conn = self.link.connects if self.link is not None else 0
+        if conn != self._state_conn:
+            self._state_conn, self._state_n = conn, 0
+        self._state_n += 1
+        return encode(self.state_message(DeviceStatus.ONLINE, seq=state_seq(conn, self._state_n)))
+
+    def _will_payload(self, reason: str) -> bytes:
+        # the Last Will is registered before connecting: it belongs to the connection about to be made
+        conn = (self.link.connects if self.link is not None else 0) + (1 if reason == "lwt" else 0)
+        return encode(self.state_message(DeviceStatus.OFFLINE, reason, seq=state_seq(conn, STATE_SEQ_OFFLINE)))
+
+    def state_message(self, status: DeviceStatus, reason: str | None = None, *, seq: int = 0) -> StateMessage:
         cfg = self.config
         return StateMessage(
             device=cfg.device.id if cfg else "local", status=status, ts=round(self.clock(), 3), boot=self.boot, agent_version=__version__,
             group=cfg.device.group if cfg else "default",
             model={**self.model.summary(), "ready": self.ready, "selftest": self.model.selftest.passed} if status == DeviceStatus.ONLINE else None,
-            runtime=runtime_versions(), hardware=hardware_summary() if status == DeviceStatus.ONLINE else {}, reason=reason,
+            runtime=runtime_versions(), hardware=hardware_summary() if status == DeviceStatus.ONLINE else {}, reason=reason, seq=seq,
         )
 
     def register_command(self, kind: CommandKind, handler: CommandHandler) -> None:
@@ -377,10 +480,15 @@ class Agent:
         self._commands[kind] = handler
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if "/ota/" in topic:  # artifact chunks: binary, not protocol messages
+            if self.updater is not None and payload:
+                self.updater.on_chunk(topic, payload)
+            return
         try:
             msg = decode(payload)
         except Exception as e:
             log.warning("MQTT: ignoring a malformed message on %s: %s", topic, e)
+            self._reject_undecodable(payload, e)
             return
         if not isinstance(msg, Command):
             log.warning("MQTT: ignoring a %s message on the command topic %s", msg.type, topic)
@@ -391,6 +499,19 @@ class Agent:
             self.report_job(msg.job, JobState.REJECTED, f"this agent does not handle {msg.kind} commands; it handles: {known}")
             return
         handler(msg)
+
+    def _reject_undecodable(self, payload: bytes, error: Exception) -> None:
+        """A command we cannot parse but whose job id we can read is answered REJECTED, so the
+        fleet is not left waiting (unknown protocol version, missing fields, ...)."""
+        import json
+
+        try:
+            d = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return
+        job = d.get("job") if isinstance(d, dict) else None
+        if isinstance(job, str) and valid_id(job) and d.get("type") in (None, "command"):
+            self.report_job(job, JobState.REJECTED, f"the command could not be read: {error}", reason="bad_command")
 
 
 def hardware_summary() -> dict[str, Any]:

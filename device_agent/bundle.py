@@ -56,6 +56,7 @@ class BundleSpec:
     key_file: Path | None = None
     username: str = ""
     password_file: Path | None = None
+    trusted_keys: list[Path] = field(default_factory=list)  # ed25519 public keys that sign model updates
     wheels: list[Path] = field(default_factory=list)
     with_deps: bool = False
     platform: str = "manylinux2014_aarch64"
@@ -105,6 +106,8 @@ def _config_values(spec: BundleSpec) -> dict[str, dict[str, Any]]:
         "broker": broker,
         "model": {"path": "@STATE_DIR@/model"},
     }
+    if spec.trusted_keys:
+        values["security"] = {"trusted_keys": [f"@CONFIG_DIR@/keys/{_key_name(i, k)}" for i, k in enumerate(spec.trusted_keys)]}
     for section, table in spec.settings.items():
         values.setdefault(section, {}).update(table)
     return values
@@ -125,7 +128,8 @@ def build_bundle(spec: BundleSpec, output: str | Path) -> dict[str, Any]:
         raise ConfigError("--ca/--cert/--key need an mqtts:// broker URL", field="broker.url")
     if (spec.cert_file is None) != (spec.key_file is None):
         raise ConfigError("--cert and --key go together", field="broker.cert_file")
-    for what, p in (("--ca", spec.ca_file), ("--cert", spec.cert_file), ("--key", spec.key_file), ("--password-file", spec.password_file)):
+    checks = [("--ca", spec.ca_file), ("--cert", spec.cert_file), ("--key", spec.key_file), ("--password-file", spec.password_file)]
+    for what, p in checks + [("--trusted-key", k) for k in spec.trusted_keys]:
         if p is not None and not Path(p).is_file():
             raise BundleError(f"{what} {p}: no such file")
     try:
@@ -168,6 +172,8 @@ def build_bundle(spec: BundleSpec, output: str | Path) -> dict[str, Any]:
             files["certs/client.pem"] = (Path(spec.cert_file), 0o644)
         if spec.key_file:
             files["certs/client.key"] = (Path(spec.key_file), 0o600)
+        for i, k in enumerate(spec.trusted_keys):
+            files[f"keys/{_key_name(i, k)}"] = (Path(k), 0o644)
         if spec.password_file:
             files["secrets/broker-password"] = (Path(spec.password_file).read_bytes().strip() + b"\n", 0o600)
         summary = {
@@ -191,6 +197,10 @@ def build_bundle(spec: BundleSpec, output: str | Path) -> dict[str, Any]:
     summary["size_bytes"] = out.stat().st_size
     summary["files"] = sorted(files)
     return summary
+
+
+def _key_name(i: int, path: Path) -> str:
+    return f"{i:02d}-{Path(path).name}"
 
 
 def _download_deps(requirements: list[str], dest: Path, platform: str, python_version: str) -> None:

@@ -6,7 +6,7 @@ Unknown keys are errors too (a typo must not silently fall back to a default). R
 are relative to the config file's directory. Each field's ``doc`` is its description; the example
 config (``deploy/agent.toml``) and :func:`render_toml` are generated from the same table.
 
-Sections: ``[device] [broker] [model] [api] [telemetry] [outbox] [security] [log]`` plus the
+Sections: ``[device] [broker] [model] [api] [telemetry] [outbox] [security] [ota] [log]`` plus the
 top-level ``state_dir``.
 """
 
@@ -37,6 +37,7 @@ __all__ = [
     "DeviceConfig",
     "LogConfig",
     "ModelConfig",
+    "OtaConfig",
     "OutboxConfig",
     "SecurityConfig",
     "TelemetryConfig",
@@ -175,6 +176,8 @@ class TelemetryConfig:
     interval_s: float = _f(60.0, "Window length in seconds.", _range(0.05, 86400))
     max_payload_bytes: int = _f(16 * 1024, "Upper bound of one telemetry message.", _range(1024, 256 * 1024))
     max_values_per_feature: int = _f(4096, "Values per feature per request that are binned; larger inputs are strided.", _range(1))
+    feedback_max_rows: int = _f(100_000, "Classifier predictions (batch rows) remembered for POST /v1/feedback (oldest forgotten first).", _range(1, 100_000_000))
+    feedback_retention_s: float = _f(86400.0, "How long a prediction can still receive its late ground truth (POST /v1/feedback).", _range(1))
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,24 @@ class OutboxConfig:
 @dataclass(frozen=True)
 class SecurityConfig:
     trusted_keys: list[Path] = _f([], "ed25519 public keys (PEM) whose signatures are accepted for model updates.")
+    allow_unsigned: bool = _f(False, "Accept unsigned model updates and commands (testing only: anyone on the broker could replace the model).")
+
+
+@dataclass(frozen=True)
+class OtaConfig:
+    enabled: bool = _f(True, "Accept model updates (deploy, rollback, cancel commands over MQTT).")
+    store_dir: Path | None = _f(None, "Model store (one directory per version); default: <state_dir>/models.")
+    keep_versions: int = _f(3, "Versions kept on disk (current and previous always are).", _range(2, 100))
+    queue_size: int = _f(4, "Update jobs queued behind the running one; more are refused.", _range(0, 100))
+    max_update_bytes: int = _f(512 << 20, "Largest update (all artifacts together) accepted.", _range(1024))
+    probation_requests: int = _f(200, "Requests a new model serves on probation before it is committed (a job may override).", _range(1))
+    probation_seconds: float = _f(300.0, "...or seconds on probation, whichever comes first.", _range(0))
+    probation_min_requests: int = _f(20, "Requests before the error-rate and latency checks apply.", _range(1))
+    max_error_rate: float = _f(0.02, "Roll back when the runtime error rate on probation exceeds this.", _range(0, 1))
+    max_latency_ratio: float = _f(3.0, "Roll back when p95 latency exceeds this x the previous model's.", _range(1))
+    latency_floor_ms: float = _f(0.25, "...and exceeds it by more than this (sub-ms jitter is not a regression).", _range(0))
+    max_crashes: int = _f(2, "Roll back after this many agent restarts while on probation.", _range(1, 100))
+    download_ca_file: Path | None = _f(None, "CA bundle for https:// artifact URLs (default: the system's CAs).")
 
 
 @dataclass(frozen=True)
@@ -205,6 +226,7 @@ class AgentConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    ota: OtaConfig = field(default_factory=OtaConfig)
     log: LogConfig = field(default_factory=LogConfig)
     state_dir: Path = Path("state")
     source: str = "agent.toml"
@@ -212,6 +234,10 @@ class AgentConfig:
     @property
     def outbox_path(self) -> Path:
         return self.outbox.path or self.state_dir / "outbox.sqlite"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.ota.store_dir or self.state_dir / "models"
 
 
 _SECTIONS: dict[str, type] = {
@@ -222,6 +248,7 @@ _SECTIONS: dict[str, type] = {
     "telemetry": TelemetryConfig,
     "outbox": OutboxConfig,
     "security": SecurityConfig,
+    "ota": OtaConfig,
     "log": LogConfig,
 }
 
@@ -368,7 +395,7 @@ def _check_public_key(path: Path) -> str | None:
     try:
         key = load_pem_public_key(data)
     except ValueError:
-        return "is not a PEM public key (create one with `edgekit fleet keygen`)"
+        return "is not a PEM public key (create one with `edgekit keys generate`)"
     if not isinstance(key, Ed25519PublicKey):
         return f"is a {type(key).__name__}; only ed25519 keys are accepted"
     return None

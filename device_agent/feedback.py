@@ -105,6 +105,7 @@ class FeedbackLog:
         self._lock = threading.Lock()
         self._reset_window()
         self.totals: dict[str, int] = {ACCEPTED: 0, "labelled": 0, "correct": 0, "expired": 0, **dict.fromkeys(REASONS, 0)}
+        self._cumulative: dict[str, list[int]] = {}
 
     def _reset_window(self) -> None:
         self._accuracy: dict[str, list[int]] = {}
@@ -193,12 +194,13 @@ class FeedbackLog:
             if any(entry.labelled >> r & 1 for r in rows):
                 return self._reject("duplicate", rid, f"request {rid!r} was labelled before; the first label stands", locked=True)
             correct = 0
-            for r, cls in zip(rows, classes):
+            for r, cls in zip(rows, classes, strict=True):
                 entry.labelled |= 1 << r
                 correct += int(entry.predicted[r] == cls)
-            acc = self._accuracy.setdefault(entry.version, [0, 0])
-            acc[0] += len(rows)
-            acc[1] += correct
+            for table in (self._accuracy, self._cumulative):
+                acc = table.setdefault(entry.version, [0, 0])
+                acc[0] += len(rows)
+                acc[1] += correct
             self.totals[ACCEPTED] += 1
             self.totals["labelled"] += len(rows)
             self.totals["correct"] += correct
@@ -239,6 +241,12 @@ class FeedbackLog:
     def _count(self, reason: str) -> None:
         self._rejected[reason] = self._rejected.get(reason, 0) + 1
         self.totals[reason] += 1
+
+    def accuracy(self, version: str) -> tuple[int, int]:
+        """(labelled rows, correct rows) joined so far for predictions of ``version`` (e.g. for probation)."""
+        with self._lock:
+            labelled, correct = self._cumulative.get(version, (0, 0))
+        return labelled, correct
 
     # --- telemetry ---------------------------------------------------------------------------------
 

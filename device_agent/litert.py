@@ -20,6 +20,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ class LiteRTBackend:
 
     def __init__(self, path: str | Path, artifact: Artifact | None = None, *, threads: int = 1) -> None:
         self.path = Path(path)
+        self._lock = threading.Lock()  # a LiteRT interpreter is not thread-safe; ORT sessions are, callers may assume so
         interpreter_cls = load_interpreter_class()
         try:
             with _quiet_native_info():
@@ -138,6 +140,10 @@ class LiteRTBackend:
         return s
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self._run(feeds)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         it = self.interpreter
         try:
             prepared = []
@@ -179,13 +185,13 @@ def _quiet_native_info():
 
     The C++ runtime writes it to fd 2 on every interpreter and no setting turns it off.
     """
+    fd = 2  # the native runtime writes to the process's fd 2, whatever sys.stderr is
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
+        sys.stderr.flush()
+        saved = os.dup(fd)
+    except OSError:
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(fd)
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), fd)
         try:

@@ -223,7 +223,7 @@ def top_k(scores: np.ndarray, k: int, labels: tuple[str, ...] | None) -> list[li
     k = min(k, s.shape[1])
     idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     out = []
-    for row, ids in zip(probs, idx):
+    for row, ids in zip(probs, idx, strict=True):
         out.append([
             {"index": int(i), "label": labels[i] if labels and i < len(labels) else str(int(i)), "score": round(float(row[i]), 6)}
             for i in ids

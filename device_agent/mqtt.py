@@ -80,6 +80,12 @@ class MqttLink:
         self._transport = False
         self._connack_deadline = 0.0
         self._next_expire = 0.0
+        # extra subscriptions (OTA chunk topics of a running job) and a pending state refresh; changed
+        # from other threads, applied on the link thread, re-applied after every reconnect
+        self._extra: set[str] = set()
+        self._sub_ops: list[tuple[bool, str]] = []
+        self._ops_lock = threading.Lock()
+        self._state_dirty = False
         self.client = self._make_client(password)
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -87,6 +93,33 @@ class MqttLink:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="edgekit-mqtt", daemon=True)
         self._thread.start()
+
+    def subscribe(self, topic_filter: str) -> None:
+        """Subscribe (QoS 1) now and after every reconnect; retained messages on it are replayed."""
+        with self._ops_lock:
+            self._extra.add(topic_filter)
+            self._sub_ops.append((True, topic_filter))
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        with self._ops_lock:
+            self._extra.discard(topic_filter)
+            self._sub_ops.append((False, topic_filter))
+
+    def publish_state(self) -> None:
+        """Publish the retained birth state again (e.g. after the served model changed)."""
+        self._state_dirty = True
+
+    def _apply_ops(self) -> None:
+        with self._ops_lock:
+            ops, self._sub_ops = self._sub_ops, []
+        for sub, topic in ops:
+            if sub:
+                self.client.subscribe(topic, qos=QOS)
+            else:
+                self.client.unsubscribe(topic)
+        if self._state_dirty:
+            self._state_dirty = False
+            self.client.publish(self.topics.state, self._birth(), qos=QOS, retain=True)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish the "offline" state (retained), disconnect cleanly, stop the thread."""
@@ -142,6 +175,7 @@ class MqttLink:
                 continue
             delays = backoff_delays(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self._rng)  # reset after a success
             self._flush_acks()
+            self._apply_ops()
             self._pump()
             self._expire()
         self._shutdown()
@@ -237,8 +271,12 @@ class MqttLink:
         self.connects += 1
         self.last_error = None
         log.info("MQTT: connected to %s:%s as %s", self.cfg.host, self.cfg.port, self.topics.device)
-        for topic in self.topics.subscriptions():
+        with self._ops_lock:
+            extra = sorted(self._extra)
+            self._sub_ops = []
+        for topic in (*self.topics.subscriptions(), *extra):
             client.subscribe(topic, qos=QOS)
+        self._state_dirty = False
         client.publish(self.topics.state, self._birth(), qos=QOS, retain=True)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:

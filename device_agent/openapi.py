@@ -18,7 +18,7 @@ __all__ = ["ERROR_KINDS", "openapi"]
 
 ERROR_KINDS = (
     "unknown_input", "missing_input", "dtype", "shape", "nonfinite", "too_large", "malformed", "content_type", "length_required",
-    "not_found", "method_not_allowed", "not_ready", "runtime", "busy", "internal",
+    "not_found", "method_not_allowed", "not_ready", "runtime", "busy", "internal", "unknown_id", "duplicate", "bad_label",
 )
 
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -62,6 +62,25 @@ def _schemas(agent: Agent) -> dict[str, Any]:
                 "top_k": {"type": ["array", "null"], "items": {"type": "array", "items": {"$ref": "#/components/schemas/TopK"}},
                           "description": "Per sample, best first; null for models that are not classifiers."},
             },
+        },
+        "FeedbackItem": {
+            "type": "object", "required": ["request_id", "label"], "additionalProperties": False,
+            "properties": {"request_id": {"type": "string", "maxLength": 128, "description": "The request_id of an earlier prediction."},
+                           "label": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}, {"type": "array"}],
+                                     "description": "True class index or name; a list with one per row for a batched prediction."},
+                           "index": {"type": "integer", "minimum": 0, "description": "The row of a batched prediction this label is for."}},
+        },
+        "FeedbackBatch": {"type": "object", "required": ["items"], "additionalProperties": False,
+                          "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/FeedbackItem"}}}},
+        "FeedbackResult": {
+            "type": "object", "required": ["outcome", "request_id", "message"],
+            "properties": {"outcome": {"type": "string", "enum": ["accepted", "unknown_id", "duplicate", "bad_label", "malformed"]},
+                           "request_id": _NULLABLE_STR, "message": {"type": "string"}, "rows": {"type": "integer"}, "correct": {"type": "integer"}},
+        },
+        "FeedbackBatchResult": {
+            "type": "object", "required": ["accepted", "rejected", "results"],
+            "properties": {"accepted": {"type": "integer"}, "rejected": {"type": "integer"},
+                           "results": {"type": "array", "items": {"$ref": "#/components/schemas/FeedbackResult"}}},
         },
         "Error": {
             "type": "object", "required": ["error", "request_id"],
@@ -138,6 +157,21 @@ def openapi(agent: Agent) -> dict[str, Any]:
                     "415": _err("Unsupported Content-Type."),
                     "500": _err("The runtime failed."),
                     "503": _err("Not ready (self-test failed) or too many connections."),
+                },
+            }},
+            "/v1/feedback": {"post": {
+                "summary": "Late ground truth for earlier classifier predictions; joined by request_id, reported as windowed accuracy in telemetry.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": [
+                    {"$ref": "#/components/schemas/FeedbackItem"}, {"$ref": "#/components/schemas/FeedbackBatch"}]}}}},
+                "responses": {
+                    "200": {"description": "One item joined (FeedbackResult), or a batch processed (a result per item, rejected ones counted).",
+                            "content": {"application/json": {"schema": {"anyOf": [{"$ref": "#/components/schemas/FeedbackResult"},
+                                                                                 {"$ref": "#/components/schemas/FeedbackBatchResult"}]}}}},
+                    "400": _err("A label of the wrong type or range (bad_label), or a body that is not feedback (malformed)."),
+                    "404": _err("No prediction with that request_id (never made here, or past the retention): unknown_id."),
+                    "409": _err("That prediction was labelled before; the first label stands: duplicate."),
+                    "411": _err("No Content-Length."),
+                    "413": _err("Body over the configured limit."),
                 },
             }},
             "/v1/model": {"get": {"summary": "Model identity, signature and self-test.",

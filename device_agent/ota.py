@@ -52,7 +52,8 @@ from device_agent.protocol import Command, CommandKind, JobState, valid_id
 from device_agent.store import ModelStore, atomic_write, slot_name
 from device_agent.verify import TrustedKeys, check_compatible, check_file, check_version, verify_command, verify_manifest
 
-__all__ = ["TRANSITIONS", "Event", "JobReport", "OtaSettings", "OtaState", "ServingModel", "Transport", "Updater", "job_state"]
+__all__ = ["TRANSITIONS", "Event", "JobReport", "OtaSettings", "OtaState", "ServingModel", "Transport", "Updater", "job_state",
+           "updater_from_config"]
 
 log = logging.getLogger("edgekit.agent.ota")
 
@@ -193,8 +194,9 @@ class Updater:
         transport: subscribes chunk topics; ``chunk_filter(job)`` names them.
     """
 
-    def __init__(self, store: ModelStore, state_file: str | Path, *, trusted: TrustedKeys, get_model: Callable[[], Any],
-                 swap: Callable[[Any], Any], loader: Callable[[Path], Any], report: Callable[[JobReport], None],
+    def __init__(self, store: ModelStore, state_file: str | Path, *, trusted: TrustedKeys, loader: Callable[[Path], Any],
+                 get_model: Callable[[], Any] = lambda: None, swap: Callable[[Any], Any] = lambda m: None,
+                 report: Callable[[JobReport], None] = lambda r: None,
                  settings: OtaSettings | None = None, transport: Transport | None = None,
                  chunk_filter: Callable[[str], str] | None = None, clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -221,11 +223,20 @@ class Updater:
         self._shadow: Shadow | None = None
         self._cancel: str | None = None  # reason to abort the active job ("canceled" / "rollback")
         self.live = LatencyWindow(512)  # the served model's recent latencies: the probation baseline
+        self.last_verdict: Any = None
+        self.last_rollback_s: float | None = None  # failed probation check → previous model served
         self._actions: dict[OtaState, Callable[[], None]] = {
             S.IDLE: self._idle, S.DOWNLOADING: self._downloading, S.VERIFYING: self._verifying, S.STAGED: self._staged,
             S.SHADOW: self._shadowing, S.PROBATION: self._on_probation, S.COMMITTED: self._committed, S.REJECTED: self._rejected,
             S.ROLLED_BACK: self._rolled_back,
         }
+
+    def attach(self, *, get_model: Callable[[], Any], swap: Callable[[Any], Any], report: Callable[[JobReport], None],
+               transport: Transport | None = None, chunk_filter: Callable[[str], str] | None = None) -> None:
+        """Connect the serving seam once the served model is loaded (after :meth:`boot`)."""
+        self.get_model, self._swap, self.report = get_model, swap, report
+        if transport is not None:
+            self.transport, self.chunk_filter = transport, chunk_filter
 
     # --- persistence ---------------------------------------------------------------------------
 
@@ -300,7 +311,11 @@ class Updater:
                 self._move(E.FAIL, reason="crash_loop", target=rec.get("from_slot"),
                            detail=f"the agent restarted {crashes} times while the update was on probation (bound {policy.max_crashes})")
             elif self.store.current != rec.get("to_slot"):
-                self.store.activate(rec["to_slot"])  # the pointer flip of the swap was lost
+                if (self.store.path(rec["to_slot"]) / MANIFEST_NAME).is_file():
+                    self.store.activate(rec["to_slot"])  # the pointer flip of the swap was lost
+                else:  # the new version vanished from disk (not something an update does): go back
+                    self._move(E.FAIL, reason="store", target=rec.get("from_slot"),
+                               detail=f"version {rec['to_slot']} is no longer installed; serving {self.store.current}")
         if self.state == S.ROLLED_BACK:
             self._ensure_current(self._rec.get("target"))
         self._persist({**self._rec, "clean_shutdown": False})
@@ -339,6 +354,14 @@ class Updater:
 
     def _fail_active(self, reason: str, detail: str) -> None:
         st = self.state
+        if st in FINAL:  # the job's outcome stands; move on rather than retry a failing clean-up forever
+            log.error("OTA: clean-up after %s failed (%s: %s); continuing", st, reason, detail)
+            try:
+                self._finish()
+            except Exception:
+                log.exception("OTA: cannot leave %s", st)
+                self._stop.wait(5.0)
+            return
         if st == S.PROBATION:
             self._move(E.FAIL, reason=reason, detail=detail, target=self._rec.get("from_slot"))
         elif (st, E.REJECT) in TRANSITIONS:
@@ -411,8 +434,12 @@ class Updater:
         rec = self._rec
         if cmd.kind == CommandKind.DEPLOY:
             parse_job(cmd.job, cmd.params, defaults=self.settings.probation, limits=self.settings.limits)
-            running = (rec.get("job") or {}).get("id") if self.state != S.IDLE else (rec["queue"][0]["id"] if rec["queue"] else None)
-            waiting = len(rec["queue"]) - (1 if self.state == S.IDLE and rec["queue"] else 0)
+            # the running job: taken from the queue already (rec["job"]), or about to be (the queue's head while IDLE)
+            if rec.get("job"):
+                running, waiting = rec["job"]["id"], len(rec["queue"])
+            else:
+                running = rec["queue"][0]["id"] if rec["queue"] else None
+                waiting = max(0, len(rec["queue"]) - 1)
             if running is not None and waiting >= self.settings.queue_size:
                 raise OtaError(f"job {running} is running and {waiting} job(s) are queued (the bound, [ota] queue_size = "
                                f"{self.settings.queue_size}); resend after they finish", reason="busy")
@@ -539,11 +566,28 @@ class Updater:
             r.finish()
         else:
             for art in job.artifacts:
-                if not (d / art.file).is_file():
-                    http_download(art, d, deadline_s=max(0.0, self._rec["started"] + job.timeout_s - self.clock()),
-                                  should_stop=lambda: self._stop.is_set() or self._cancel is not None, ca_file=self.settings.ca_file)
+                self._http(job, art, d)
         crashpoint("download.done")
         self._move(E.DOWNLOADED, detail="verifying sha256, size and signature")
+
+    def _http(self, job: DeployJob, art: Any, d: Path) -> None:
+        """One artifact over HTTP(S); network failures are retried with backoff until the job's deadline."""
+        delay = 0.5
+        while not (d / art.file).is_file():
+            left = self._rec["started"] + job.timeout_s - self.clock()
+            try:
+                http_download(art, d, deadline_s=max(0.0, left), should_stop=lambda: self._stop.is_set() or self._cancel is not None,
+                              ca_file=self.settings.ca_file)
+            except OtaError as e:
+                if e.reason != "download_failed":
+                    raise
+                left = self._rec["started"] + job.timeout_s - self.clock()
+                if left <= delay:
+                    raise OtaError(f"{e} — still failing when the job's {job.timeout_s:g} s ran out", reason="timeout") from None
+                log.warning("OTA: %s; retrying in %.1f s", e, delay)
+                if self._wait(threading.Event(), delay) is False and self._cancel:
+                    raise OtaError(f"the download was abandoned ({self._cancel})", reason="canceled") from None
+                delay = min(delay * 2, 30.0)
 
     def _verifying(self) -> None:
         job = self._deploy_job(self._rec["job"])
@@ -650,6 +694,7 @@ class Updater:
             self._move(E.FAIL, reason=reason, target=rec.get("from_slot"), detail=f"rolled back during probation: {self._cancel} requested")
             return
         v = pr.verdict
+        self.last_verdict = v
         if v is None or v.passed:
             self._move(E.PASS, reason="passed", detail=f"committed {job.version}: " + (v.detail if v else "probation time up"))
         else:
@@ -682,6 +727,9 @@ class Updater:
 
     def _rolled_back(self) -> None:
         target = self._rec.get("target")
+        if target and not (self.store.path(target) / MANIFEST_NAME).is_file():
+            log.error("OTA: cannot roll back: version %s is no longer installed; still serving %s", target, self.store.current)
+            target = None
         self._ensure_current(target)
         crashpoint("rollback.reverted")
         served = self.get_model()
@@ -689,6 +737,11 @@ class Updater:
             model = self._incumbent if self._incumbent is not None and getattr(self._incumbent, "path", None) == self.store.path(target) \
                 else self.loader(self.store.path(target))
             self._swap(model)
+            v = self.last_verdict
+            if v is not None and not v.passed:
+                self.last_rollback_s = time.monotonic() - v.at
+                log.warning("OTA: rolled back to %s %.1f ms after the failed probation check (%s)", target, self.last_rollback_s * 1e3,
+                            v.reason)
         self._clear_models()
         self._finish()
 
@@ -782,3 +835,35 @@ def _bench(old: Any, new: Any, runs: int = 15) -> float | None:
     except Exception:
         return None
     return float(np.percentile(list(times), 95))
+
+
+def updater_from_config(cfg: Any) -> Updater | None:
+    """The store and updater an agent.toml asks for; None when OTA is off or the model is a bare file.
+
+    On first start the configured model directory is copied into the store as its first version.
+    """
+    from device_agent.model import load_model
+    from device_agent.verify import load_trusted_keys
+
+    o = cfg.ota
+    if not o.enabled:
+        return None
+    Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
+    store = ModelStore(cfg.store_dir, keep=o.keep_versions)
+    if store.current is None:
+        if not (Path(cfg.model.path) / MANIFEST_NAME).is_file():
+            log.warning("OTA: off — [model] path %s is not a model directory with a manifest (edgekit compress output)", cfg.model.path)
+            return None
+        store.adopt(cfg.model.path)
+    trusted = load_trusted_keys(cfg.security.trusted_keys, allow_unsigned=cfg.security.allow_unsigned)
+    policy = ProbationPolicy(requests=o.probation_requests, seconds=o.probation_seconds, min_requests=o.probation_min_requests,
+                             max_error_rate=o.max_error_rate, max_latency_ratio=o.max_latency_ratio, latency_floor_ms=o.latency_floor_ms,
+                             max_crashes=o.max_crashes)
+    settings = OtaSettings(probation=policy, limits=Limits(max_update_bytes=o.max_update_bytes), keep_versions=o.keep_versions,
+                           queue_size=o.queue_size, ca_file=str(o.download_ca_file) if o.download_ca_file else None)
+    m = cfg.model
+
+    def loader(path: Path) -> Any:
+        return load_model(path, prefer=m.prefer, threads=m.threads, artifact=m.artifact or None, verify=True, selftest=True)
+
+    return Updater(store, cfg.state_dir / "ota.json", trusted=trusted, loader=loader, settings=settings)

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ class Verdict:
     passed: bool
     reason: str  # "passed" | "nan_outputs" | "error_rate" | "latency" | "shadow_disagreement" | ...
     detail: str
+    at: float = field(default_factory=time.monotonic)  # when it was decided (to time the rollback that follows)
 
 
 class LatencyWindow:

@@ -13,6 +13,7 @@ Topics (``prefix`` defaults to ``edgekit/v1``)::
     <prefix>/<device>/jobs/<job>            job state changes reported by the device
     <prefix>/<device>/ota/<job>/chunk/<n>   artifact chunks, when delivered over MQTT
     <prefix>/fleet/alerts/<scope>/<name>    fleet monitor alerts (scope: device | group)
+    <prefix>/fleet/drift/<device>           retained drift summary per device (fleet status column)
     <prefix>/fleet/monitor/...              fleet collectors: presence (retained) and drift queries
 
 Sequence numbers: messages that go through the device's outbox (telemetry, job states) carry
@@ -20,8 +21,9 @@ Sequence numbers: messages that go through the device's outbox (telemetry, job s
 gap is a loss the fleet can see; a repeat (a QoS 1 redelivery, or a resend after the agent died
 before the broker's PUBACK reached it) has the same ``seq`` and is dropped by the consumer.
 ``dropped`` on a message counts the older messages the bounded outbox discarded before it.
-State messages are retained "latest wins" values: they carry ``boot`` (a per-device start
-counter) and ``ts`` instead of a ``seq``.
+State messages are retained "latest wins" values with their own order: ``boot`` (a persistent
+per-device start counter) and ``seq`` (:func:`state_seq`), so a late Last Will never overrides a
+newer birth.
 
 Fleet consumers that need to scale out subscribe with shared subscriptions, e.g.
 ``$share/ingest/edgekit/v1/+/telemetry`` (:func:`shared`).
@@ -42,6 +44,7 @@ __all__ = [
     "DEFAULT_PREFIX",
     "PROTOCOL_VERSION",
     "QOS",
+    "STATE_SEQ_OFFLINE",
     "TELEMETRY_MAX_BYTES",
     "Command",
     "CommandKind",
@@ -58,6 +61,7 @@ __all__ = [
     "decode",
     "encode",
     "shared",
+    "state_seq",
     "valid_id",
 ]
 
@@ -101,6 +105,18 @@ class JobState(_StrEnum):
     REJECTED = "REJECTED"
     TIMED_OUT = "TIMED_OUT"
     CANCELED = "CANCELED"
+
+
+#: State messages are ordered by ``(boot, seq)`` with ``seq = connection << 20 | n``: births of one
+#: MQTT connection count n = 1, 2, …; its "offline" (clean shutdown or Last Will) has n = this value,
+#: so it supersedes that connection's births and is superseded by the next connection's. A Last Will
+#: the broker delivers late (after the device already reconnected) therefore sorts before the new birth.
+STATE_SEQ_OFFLINE = (1 << 20) - 1
+
+
+def state_seq(connection: int, n: int) -> int:
+    """The ``seq`` of a state message: ``n``-th birth of ``connection`` (or STATE_SEQ_OFFLINE)."""
+    return (connection << 20) | min(n, STATE_SEQ_OFFLINE)
 
 
 def valid_id(value: str) -> bool:
@@ -188,6 +204,11 @@ class Topics:
         return f"{prefix}/fleet/alerts/#"
 
     @staticmethod
+    def fleet_drift(device: str, prefix: str = DEFAULT_PREFIX) -> str:
+        """Retained drift summary of one device (the ``fleet status`` drift column), kept by the collectors."""
+        return f"{prefix}/fleet/drift/{device}"
+
+    @staticmethod
     def fleet_collector(collector: str, prefix: str = DEFAULT_PREFIX) -> str:
         """Retained presence of one fleet collector ("online", Last Will "offline")."""
         return f"{prefix}/fleet/monitor/collectors/{collector}"
@@ -215,6 +236,7 @@ class StateMessage:
     runtime: dict[str, str] = field(default_factory=dict)  # {onnxruntime: "1.27.0", ...}
     hardware: dict[str, Any] = field(default_factory=dict)  # {machine, system, cpus, memory_mb, python}
     reason: str | None = None  # why offline: "shutdown" | "lwt"
+    seq: int = 0  # order within a boot; see STATE_SEQ_OFFLINE
 
     type = MessageType.STATE
 
@@ -231,7 +253,7 @@ class StateMessage:
             device=_str(d, "device"), status=DeviceStatus(_choice(d, "status", DeviceStatus)), ts=_num(d, "ts"),
             boot=_int(d, "boot"), agent_version=_str(d, "agent_version"), group=d.get("group", "default"),
             model=d.get("model"), runtime=dict(d.get("runtime") or {}), hardware=dict(d.get("hardware") or {}),
-            reason=d.get("reason"),
+            reason=d.get("reason"), seq=int(d.get("seq", 0)),
         )
 
 
@@ -302,6 +324,7 @@ class TelemetryMessage:
     samples: int = 0  # input samples (rows of the batch axis) summarised in the features
     dropped: int = 0  # older outbox messages discarded before this one
     feedback: FeedbackWindow | None = None  # late ground truth joined in this window (classifiers)
+    outbox: int | None = None  # messages waiting in the device's outbox when this one was queued (fleet status)
 
     type = MessageType.TELEMETRY
 
@@ -326,6 +349,7 @@ class TelemetryMessage:
             window=dict(d["window"]), requests=_int(d, "requests"), errors={str(k): int(v) for k, v in d["errors"].items()},
             latency_ms=latency, features=features, features_dropped=int(d.get("features_dropped", 0)),
             samples=int(d.get("samples", 0)), dropped=int(d.get("dropped", 0)), feedback=feedback,
+            outbox=int(d["outbox"]) if isinstance(d.get("outbox"), int) else None,
         )
 
 
@@ -372,6 +396,8 @@ class JobUpdate:
     detail: str = ""
     model: dict[str, Any] | None = None
     dropped: int = 0
+    reason: str = ""  # machine-readable cause of a final state (OTA: "nan_outputs", "bad_signature", ...)
+    ota_state: str = ""  # the device's OTA state machine state (device_agent.ota.OtaState)
 
     type = MessageType.JOB
 
@@ -387,7 +413,7 @@ class JobUpdate:
         return cls(
             device=_str(d, "device"), seq=_int(d, "seq"), boot=_int(d, "boot"), ts=_num(d, "ts"), job=_str(d, "job"),
             state=JobState(_choice(d, "state", JobState)), detail=str(d.get("detail", "")), model=d.get("model"),
-            dropped=int(d.get("dropped", 0)),
+            dropped=int(d.get("dropped", 0)), reason=str(d.get("reason", "")), ota_state=str(d.get("ota_state", "")),
         )
 
 

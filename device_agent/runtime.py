@@ -98,7 +98,7 @@ class OrtBackend:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._plain:  # same layout as the source: no per-call transposes (the common case)
             try:
-                return dict(zip(self._out_names, self.session.run(self._out_names, feeds)))
+                return dict(zip(self._out_names, self.session.run(self._out_names, feeds), strict=True))
             except Exception as e:
                 raise BackendError(f"onnxruntime failed on {self.path.name}: {_first_line(e)}") from e
         native = {}
@@ -110,7 +110,7 @@ class OrtBackend:
         except Exception as e:
             raise BackendError(f"onnxruntime failed on {self.path.name}: {_first_line(e)}") from e
         out = {}
-        for name, y in zip(self._out_names, res):
+        for name, y in zip(self._out_names, res, strict=True):
             inv = self._out_inv.get(name)
             out[name] = np.transpose(y, inv) if inv is not None else y
         return out

@@ -6,6 +6,9 @@ Routes (the OpenAPI document at ``GET /openapi.json`` describes exactly these)::
                           or a raw body: application/x-npy (single-input models, or ?input=NAME)
                           or application/x-npz (one array per input name).
                           Answers JSON, or .npz outputs with "Accept: application/x-npz".
+    POST /v1/feedback     late ground truth: {"request_id", "label", "index"?} or {"items": [...]} (classifiers;
+                          see device_agent.feedback). One item: 200, or 404 unknown_id / 409 duplicate /
+                          400 bad_label / malformed. Batch: 200 with a result per item.
     GET  /v1/model        model identity, signature, artifact, self-test
     GET  /healthz         the process is alive (always 200 while it serves)
     GET  /readyz          200 when the model is loaded and passed its self-test, else 503
@@ -27,7 +30,6 @@ import socket
 import threading
 import time
 import uuid
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -44,7 +46,7 @@ __all__ = ["ApiServer", "serve"]
 
 log = logging.getLogger("edgekit.agent.http")
 
-ROUTES = {("POST", "/v1/predict"), ("GET", "/v1/model"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/openapi.json")}
+ROUTES = {("POST", "/v1/predict"), ("POST", "/v1/feedback"), ("GET", "/v1/model"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/openapi.json")}
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
 IDLE_TIMEOUT_S = 30
@@ -83,6 +85,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: no TCP handshake per prediction
+    disable_nagle_algorithm = True  # headers and body are two writes: without this, delayed ACKs add ~40 ms
     server_version = "edgekit-agent"
     timeout = IDLE_TIMEOUT_S
     server: _Server
@@ -119,6 +122,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(404, "not_found", f"no route {method} {path}; routes: {routes}")
             if path == "/v1/predict":
                 return self._predict(agent)
+            if path == "/v1/feedback":
+                return self._feedback(agent)
             if path == "/v1/model":
                 return self._json(200, agent.model_info())
             if path == "/healthz":
@@ -159,6 +164,42 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, buf.getvalue(), NPZ, headers={"X-Model-Name": prediction.model["name"],
                                                                   "X-Model-Version": prediction.model["version"]})
         return self._json(200, prediction.to_dict())
+
+    def _feedback(self, agent: Agent) -> None:
+        from device_agent.feedback import MAX_ITEMS, FeedbackResult
+
+        try:
+            body = self._read_body()
+        except InvalidInput as e:
+            code = {"length_required": 411, "content_type": 415}.get(e.kind, e.status)
+            return self._error(code, e.kind, str(e), detail=e.to_dict())
+        try:
+            doc = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            doc = None
+            problem = f"the body is not valid JSON: {e}"
+        else:
+            problem = None
+        if isinstance(doc, dict) and "items" in doc:
+            items = doc["items"]
+            if set(doc) != {"items"} or not isinstance(items, list):
+                problem = 'a batch is {"items": [{"request_id": ..., "label": ...}, ...]} and nothing else'
+            elif len(items) > MAX_ITEMS:
+                problem = f"{len(items)} feedback items in one request; at most {MAX_ITEMS}: split the batch"
+            else:
+                results = agent.submit_feedback(items)
+                accepted = sum(r.accepted for r in results)
+                return self._json(200, {"accepted": accepted, "rejected": len(results) - accepted, "results": [r.to_dict() for r in results]})
+        elif isinstance(doc, dict):
+            result = agent.submit_feedback([doc])[0]
+            if result.accepted:
+                return self._json(200, result.to_dict())
+            code = {"unknown_id": 404, "duplicate": 409}.get(result.outcome, 400)
+            return self._error(code, result.outcome, result.message, detail={"given": result.request_id})
+        elif problem is None:
+            problem = f'the body must be a JSON object {{"request_id", "label"}} or {{"items": [...]}}, got {type(doc).__name__}'
+        counted: FeedbackResult = agent.feedback.reject_request(problem) if agent.feedback is not None else FeedbackResult("malformed", None, problem)
+        return self._error(400, "malformed", counted.message)
 
     def _read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():

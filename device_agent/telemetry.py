@@ -32,6 +32,8 @@ __all__ = ["FeatureTracker", "LatencySketch", "Metrics", "Window", "select_featu
 
 #: inputs pending summary before the request thread summarises itself (elements, all inputs)
 MAX_PENDING_ELEMENTS = 4 << 20
+#: requests with more elements than this are reduced to per-feature samples on arrival
+LARGE_INPUT_ELEMENTS = 16 << 10
 _SIG = 6  # significant digits of floats in telemetry (keeps the payload small)
 
 
@@ -163,6 +165,29 @@ class FeatureTracker:
                 v = v.reshape(-1)
             self._add_values(j, v.astype(np.float64, copy=False))
 
+    def extract(self, arrays: Mapping[str, np.ndarray]) -> list[np.ndarray | None]:
+        """Per feature, the (strided) values of one request, copied: small enough to keep for later."""
+        out: list[np.ndarray | None] = []
+        for f in self.features:
+            x = arrays.get(f.input)
+            if x is None or x.ndim < 2:
+                out.append(None if x is None else x.reshape(-1).copy())
+                continue
+            v = x[(slice(None),) * f.axis + (f.index,)]  # basic indexing: a view, no copy of the tensor
+            v = v.reshape(v.shape[0], -1)
+            if v.shape[1] > self.max_values:
+                v = v[:, :: -(-v.shape[1] // self.max_values)]
+            out.append(np.array(v, copy=True).reshape(-1))
+        return out
+
+    def add_extracted(self, batches: list[list[np.ndarray | None]], samples: int) -> None:
+        """Add what :meth:`extract` returned for several requests."""
+        self.samples += samples
+        for j in range(len(self.features)):
+            parts = [b[j] for b in batches if b[j] is not None]
+            if parts:
+                self._add_values(j, np.concatenate(parts).astype(np.float64, copy=False))
+
     def _add_values(self, j: int, v: np.ndarray) -> None:
         self.n[j] += v.size
         finite_mask = np.isfinite(v)
@@ -215,6 +240,8 @@ class Window:
         self.clock = clock
         self._lock = threading.Lock()
         self._pending: list[Mapping[str, np.ndarray]] = []
+        self._extracted: list[list[np.ndarray | None]] = []  # large inputs: per-feature samples taken at once
+        self._extracted_samples = 0
         self._pending_elements = 0
         self._drain_lock = threading.Lock()
         self.latency = LatencySketch()
@@ -230,15 +257,32 @@ class Window:
             if error:
                 self.errors[error] = self.errors.get(error, 0) + 1
 
-    def observe(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """Queue validated inputs for feature summaries (cheap; binning happens in ``drain``)."""
-        if self.tracker is None or not self.tracker.features:
+    def observe(self, arrays: Mapping[str, np.ndarray], *, owned: bool = True) -> None:
+        """Queue validated inputs for feature summaries (cheap; binning happens in ``drain``).
+
+        Small inputs are kept whole (copied when ``owned`` is False: the caller may reuse its array);
+        large ones (images) are reduced right away to each feature's strided samples, so neither
+        the request nor the queue holds a copy of the tensor.
+        """
+        tracker = self.tracker
+        if tracker is None or not tracker.features:
             return
         size = sum(a.size for a in arrays.values())
-        with self._lock:
-            self._pending.append(arrays)
-            self._pending_elements += size
-            full = self._pending_elements > MAX_PENDING_ELEMENTS
+        if size > LARGE_INPUT_ELEMENTS:
+            first = next(iter(arrays.values()))
+            values = tracker.extract(arrays)
+            with self._lock:
+                self._extracted.append(values)
+                self._extracted_samples += int(first.shape[0]) if first.ndim else 1
+                self._pending_elements += sum(v.size for v in values if v is not None)
+                full = self._pending_elements > MAX_PENDING_ELEMENTS
+        else:
+            if not owned:
+                arrays = {k: v.copy() for k, v in arrays.items()}
+            with self._lock:
+                self._pending.append(arrays)
+                self._pending_elements += size
+                full = self._pending_elements > MAX_PENDING_ELEMENTS
         if full:
             self.drain()
 
@@ -249,6 +293,11 @@ class Window:
         with self._drain_lock:
             with self._lock:
                 pending, self._pending, self._pending_elements = self._pending, [], 0
+                extracted, self._extracted = self._extracted, []
+                extracted_samples, self._extracted_samples = self._extracted_samples, 0
+            if extracted:
+                with self._lock:
+                    self.tracker.add_extracted(extracted, extracted_samples)
             if not pending:
                 return
             groups: dict[tuple, list[Mapping[str, np.ndarray]]] = {}
@@ -349,7 +398,7 @@ class Metrics:
             lines += ["# HELP edgekit_agent_inference_seconds Inference latency (runtime only).",
                       "# TYPE edgekit_agent_inference_seconds histogram"]
             cum = 0
-            for b, n in zip(LATENCY_BUCKETS, self.buckets):
+            for b, n in zip(LATENCY_BUCKETS, self.buckets, strict=False):
                 cum += n
                 lines.append(f'edgekit_agent_inference_seconds_bucket{{le="{b}"}} {cum}')
             lines.append(f'edgekit_agent_inference_seconds_bucket{{le="+Inf"}} {self.latency_count}')

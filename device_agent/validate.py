@@ -46,6 +46,14 @@ class Validator:
         self._float = {s.name for s in specs if np.issubdtype(np.dtype(s.dtype), np.floating)}
         # the batch axis: a leading symbolic dim; limited by max_batch
         self._batch_symbols = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], str)}
+        # fast path for the common case (one input, symbolic batch, fixed other dims): an ndarray of the
+        # right dtype and shape is accepted with a few comparisons; anything else takes the full path
+        self._fast = None
+        if len(specs) == 1 and specs[0].shape and isinstance(specs[0].shape[0], str) and all(
+                isinstance(d, int) and d >= 0 for d in specs[0].shape[1:]):
+            s = specs[0]
+            self._fast = (s.name, np.dtype(s.dtype), len(s.shape), tuple(s.shape[1:]))
+        self._single_float = specs[0].name if len(specs) == 1 and specs[0].name in self._float else None
 
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         arrays = self.coerce(feeds)
@@ -57,6 +65,12 @@ class Validator:
 
     def coerce(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Names, dtypes, shapes and limits; returns arrays ready for the backend (source layout)."""
+        fast = self._fast
+        if fast is not None and type(feeds) is dict and len(feeds) == 1:
+            x = feeds.get(fast[0])
+            if type(x) is np.ndarray and x.dtype == fast[1] and x.ndim == fast[2] and x.shape[1:] == fast[3] \
+                    and 0 < x.shape[0] <= self.max_batch and x.size <= self.max_elements:
+                return {fast[0]: x}
         if not isinstance(feeds, Mapping):
             raise InvalidInput(
                 f"inputs must be an object mapping input names to tensors, got {type(feeds).__name__}; the model takes: {self.signature_text()}",
@@ -93,6 +107,9 @@ class Validator:
         return out
 
     def check_finite(self, arrays: Mapping[str, np.ndarray]) -> None:
+        name = self._single_float
+        if name is not None and np.isfinite(arrays[name]).all():
+            return
         for name, x in arrays.items():
             if name not in self._float or np.isfinite(x).all():
                 continue
@@ -175,7 +192,7 @@ class Validator:
                 f"input {spec.name!r} expects shape {format_shape(want)} ({spec.dtype}); the request gives {format_shape(list(x.shape))}.{hint}",
                 kind="shape", input=spec.name, expected=format_shape(want), given=format_shape(list(x.shape)),
             )
-        for axis, (d, n) in enumerate(zip(want, x.shape)):
+        for axis, (d, n) in enumerate(zip(want, x.shape, strict=True)):
             if isinstance(d, int) and d >= 0:
                 if n != d:
                     raise InvalidInput(
@@ -206,4 +223,4 @@ class Validator:
 
 
 def _dims_match(shape: tuple[int, ...], want: tuple[Any, ...]) -> bool:
-    return len(shape) == len(want) and all(not isinstance(d, int) or d == n for d, n in zip(want, shape))
+    return len(shape) == len(want) and all(not isinstance(d, int) or d == n for d, n in zip(want, shape, strict=True))

@@ -260,7 +260,8 @@ def _check(x: np.ndarray, s: TensorSpec, where: str) -> np.ndarray:
         hint = ""
         if len(given) + 1 == len(shape):
             hint = " Add the missing axis (e.g. the channel axis: x[:, None])"
-        elif len(given) == len(shape) == 4 and sorted(given[1:]) == sorted(d for d in shape[1:] if isinstance(d, int)):
+        elif (len(given) == len(shape) == 4 and shape[1] in (1, 3, 4) and given[3] == shape[1]
+              and sorted(given[1:]) == sorted(d for d in shape[1:] if isinstance(d, int))):
             hint = " The data looks like it is in another layout: pass --data-layout NHWC"
         raise DataError(
             f"Input {s.name!r} expects shape {_fmt_shape(shape)} ({s.dtype}); {where} gives {given} ({x.dtype}).{hint}"

@@ -19,8 +19,9 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgekit.errors import EdgekitError, ExportError, MissingExtraError
 

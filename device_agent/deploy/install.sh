@@ -103,7 +103,7 @@ if [ -f "$CONFIG_DIR/agent.toml" ] && [ "$FORCE_CONFIG" = 0 ]; then
 else
   render "$HERE/agent.toml" > "$CONFIG_DIR/agent.toml"
 fi
-for d in certs secrets; do
+for d in certs secrets keys; do
   if [ -d "$HERE/$d" ]; then
     mkdir -p "$CONFIG_DIR/$d"
     cp -f "$HERE/$d"/* "$CONFIG_DIR/$d/"

@@ -44,6 +44,8 @@ def _setting(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 @click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path), help="Client private key (mutual TLS).")
 @click.option("--username", default="", help="MQTT username.")
 @click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the MQTT password.")
+@click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="ed25519 public key (PEM, from `edgekit keys`) whose signatures the device accepts for updates. Repeatable.")
 @click.option("--wheel", "wheels", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Wheels to ship (default: build edgekit's from this checkout). Repeatable.")
 @click.option("--with-deps", is_flag=True, help="Also ship the dependency wheels for the target (offline install).")
@@ -54,7 +56,7 @@ def _setting(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Archive to write (default: DEVICE_ID.tar.gz).")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundle summary as JSON.")
 def bundle(device_id: str, model_dir: Path, broker: str, group: str, ca_file: Path | None, cert_file: Path | None, key_file: Path | None,
-           username: str, password_file: Path | None, wheels: tuple[Path, ...], with_deps: bool, platform: str, python_version: str,
+           username: str, password_file: Path | None, trusted_keys: tuple[Path, ...], wheels: tuple[Path, ...], with_deps: bool, platform: str, python_version: str,
            settings: dict, output: Path | None, as_json: bool) -> None:
     """Pack the agent, its config, the model and a systemd install script for one device.
 
@@ -68,7 +70,7 @@ def bundle(device_id: str, model_dir: Path, broker: str, group: str, ca_file: Pa
     from edgekit.errors import InputError
 
     spec = BundleSpec(device_id=device_id, model_dir=model_dir, broker_url=broker, group=group, ca_file=ca_file, cert_file=cert_file,
-                      key_file=key_file, username=username, password_file=password_file, wheels=list(wheels), with_deps=with_deps,
+                      key_file=key_file, username=username, password_file=password_file, trusted_keys=list(trusted_keys), wheels=list(wheels), with_deps=with_deps,
                       platform=platform, python_version=python_version, settings=settings)
     try:
         summary = build_bundle(spec, output or Path(f"{device_id}.tar.gz"))

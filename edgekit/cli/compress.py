@@ -51,10 +51,11 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--allow-mismatch", is_flag=True, help="Keep artifacts whose parity check against their source fails.")
 @click.option("-f", "--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no table, no progress).")
+@click.option("--recipe", metavar="NAME|FILE.yaml", help="Run a recipe (edgekit recipes): its steps, formats and gates; flags given with it override its values.")
 @prune_options
 def compress(model: Path, int8: bool, fp16: bool, data, output, formats, max_drop, calibration, calib_samples, search_time,
              exclude, threads, version, name, data_desc, data_layout, preprocess, max_eval_samples, allow_mismatch, force, as_json,
-             tflite_io="float", weights=None, input_shape=(), **train):
+             tflite_io="float", weights=None, input_shape=(), recipe=None, **train):
     """Compress MODEL and write .onnx/.ort/.tflite artifacts, a signed-ready manifest and a report.
 
     MODEL is a .onnx file, a PyTorch FILE.py:FACTORY (with --weights, --input-shape) or .pt2,
@@ -68,6 +69,7 @@ def compress(model: Path, int8: bool, fp16: bool, data, output, formats, max_dro
       edgekit compress --int8 --data calib.npz nets.py:build_net --weights net.pt --input-shape 1,3,224,224
       edgekit compress --prune 0.5 --structured --data train.npz model.onnx   # channels removed, fine-tuned
       edgekit compress --prune 0.8 --int8 --data train.npz model.onnx         # weights zeroed, then int8
+      edgekit compress --recipe int8-mobile --data calib.npz model.onnx        # a shipped recipe (edgekit recipes)
     """
     from rich.console import Console
 
@@ -78,9 +80,16 @@ def compress(model: Path, int8: bool, fp16: bool, data, output, formats, max_dro
 
     if int8 and fp16:
         raise click.UsageError("choose one of --int8 and --fp16")
-    steps = prune_steps(train)  # pruning runs on the float model, before int8/fp16
+    plan = None
+    if recipe is not None:  # the recipe's steps and formats, with the flags given here overriding its values
+        from edgekit.cli.recipes import recipe_plan
+
+        plan = recipe_plan(click.get_current_context(), recipe, data)
+        steps, formats = plan.steps, plan.formats
+    else:
+        steps = prune_steps(train)  # pruning runs on the float model, before int8/fp16
     if not (int8 or fp16 or steps):
-        raise click.UsageError("nothing to do: pass --int8, --fp16 or --prune RATIO")
+        raise click.UsageError("nothing to do: pass --int8, --fp16, --prune RATIO or --recipe NAME (see edgekit recipes)")
     if int8:
         steps.append(StepSpec("int8", {"max_drop": max_drop, "calibration": calibration, "calib_samples": calib_samples,
                                        "search_time": search_time, "exclude": list(exclude)}))
@@ -88,6 +97,10 @@ def compress(model: Path, int8: bool, fp16: bool, data, output, formats, max_dro
         steps.append(StepSpec("fp16", {}))
     if tflite_io != "float" and "tflite" not in formats:
         raise click.UsageError("--tflite-io applies to the .tflite artifact; add tflite to --format")
+    if "tflite" in formats:  # fail before the slow steps, not after them
+        from edgekit.export.tflite import check_available
+
+        check_available()
     from edgekit.compress import _tag, default_output
     from edgekit.importers import imported, parse_input_shapes
 
@@ -97,17 +110,21 @@ def compress(model: Path, int8: bool, fp16: bool, data, output, formats, max_dro
         # a PyTorch/TF model is compressed from its ONNX export (a temporary file): name the output after the original
         result = run(
             source.path, steps, formats=formats, data=data, output=output or default_output(source.base, _tag(steps)),
-            force=force, name=name, version=version, export_options={"tflite": {"io": tflite_io}},
+            force=force, name=name, version=version, export_options={"tflite": {"io": tflite_io, "calib_samples": calib_samples}},
             data_desc=data_desc, image_spec=ImageSpec.from_file(preprocess) if preprocess else None, data_layout=data_layout,
             threads=threads, max_eval_samples=max_eval_samples, allow_mismatch=allow_mismatch,
-            say=lambda m: progress.say(m), progress=progress.update,
+            recipe=plan.document if plan else None, say=lambda m: progress.say(m), progress=progress.update,
         )
     if as_json:
         click.echo(json.dumps(compress_report(result), indent=2))
+        if plan:
+            plan.check_gates(result)
         return
     out = Console() if Console().is_terminal else Console(width=160)
     render_compress_table(result, out)
     out.print(f"wrote {result.output}/ : " + ", ".join(sorted(p.name for p in result.output.iterdir())))
+    if plan:
+        plan.check_gates(result)  # exit 3 after the output is written and shown
 
 
 class _Progress:

@@ -18,7 +18,9 @@ __all__ = ["distill"]
 
 
 @click.command(context_settings={"max_content_width": 110})
-@click.option("--teacher", required=True, type=click.Path(path_type=Path), help="The trained model to learn from (.onnx; run in ONNX Runtime).")
+@click.option("--teacher", required=True, metavar="MODEL.onnx|MODULE:FUNCTION",
+              help="The trained model to learn from: an .onnx file (run in ONNX Runtime), or a factory returning the trained "
+                   "torch.nn.Module (exported to ONNX next to the output first).")
 @click.option("--student", default="auto:0.5", show_default=True, metavar="auto:W|MODULE:FUNCTION",
               help="auto:W: the teacher with every prunable layer's width × W (0<W<1). MODULE:FUNCTION or file.py:function: "
                    "a factory returning a torch.nn.Module with the teacher's inputs and output shapes.")
@@ -40,7 +42,7 @@ __all__ = ["distill"]
 @click.option("--max-eval-samples", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no table, no progress).")
-def distill(teacher: Path, student: str, data: Path, keep, round_to, int8: bool, fp16: bool, max_drop: float, output, formats,
+def distill(teacher: str, student: str, data: Path, keep, round_to, int8: bool, fp16: bool, max_drop: float, output, formats,
             threads: int, name, version, data_layout, max_eval_samples: int, force: bool, as_json: bool, **train) -> None:
     """Train a smaller STUDENT to mimic TEACHER on --data, then export, check and report it like compress.
 
@@ -48,6 +50,7 @@ def distill(teacher: Path, student: str, data: Path, keep, round_to, int8: bool,
       edgekit distill --teacher model.onnx --student auto:0.5 --data train.npz
       edgekit distill --teacher model.onnx --student nets.py:small_net --data train.npz --epochs 20
       edgekit distill --teacher model.onnx --data train.npz --int8 --format onnx,ort,tflite
+      edgekit distill --teacher nets.py:big_net --student nets.py:small_net --data train.npz
     """
     from rich.console import Console
 
@@ -61,6 +64,7 @@ def distill(teacher: Path, student: str, data: Path, keep, round_to, int8: bool,
     if round_to is not None:
         params["round_to"] = round_to
     steps = [StepSpec("distill", params)]
+    source = _teacher_file(teacher, data, output, force)
     if int8:
         steps.append(StepSpec("int8", {"max_drop": max_drop}))
     if fp16:
@@ -68,7 +72,7 @@ def distill(teacher: Path, student: str, data: Path, keep, round_to, int8: bool,
     console = Console(stderr=True, quiet=as_json)
     with _Progress(console, enabled=not as_json) as progress:
         result = run(
-            teacher, steps, formats=formats, data=data, output=output, force=force, name=name, version=version,
+            source, steps, formats=formats, data=data, output=output, force=force, name=name, version=version,
             data_layout=data_layout, threads=threads, max_eval_samples=max_eval_samples,
             say=lambda m: progress.say(m), progress=progress.update,
         )
@@ -78,3 +82,18 @@ def distill(teacher: Path, student: str, data: Path, keep, round_to, int8: bool,
     out = Console() if Console().is_terminal else Console(width=160)
     render_compress_table(result, out)
     out.print(f"wrote {result.output}/ : " + ", ".join(sorted(p.name for p in result.output.iterdir())))
+
+
+def _teacher_file(teacher: str, data: Path, output: Path | None, force: bool) -> Path:
+    """The teacher as an .onnx path: the file given, or a PyTorch factory's model exported beside the output."""
+    from edgekit.distill.teacher import export_torch_teacher, is_factory_spec
+    from edgekit.errors import InputError
+
+    if not is_factory_spec(teacher):
+        return Path(teacher)
+    dest = (output.parent if output else Path.cwd()) / f"{teacher.rsplit(':', 1)[1]}.teacher.onnx"
+    if dest.exists() and not force:
+        raise InputError(f"{dest} exists; the PyTorch teacher is exported there: pass --force to replace it, or -o elsewhere")
+    export_torch_teacher(teacher, data, dest)
+    click.echo(f"exported the PyTorch teacher {teacher} to {dest}", err=True)
+    return dest

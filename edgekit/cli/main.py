@@ -19,14 +19,24 @@ __all__ = ["cli", "main"]
 COMMANDS: dict[str, str] = {
     "agent": "edgekit.cli.agent:agent",
     "compress": "edgekit.cli.compress:compress",
+    "fleet": "edgekit.cli.fleet:fleet",
+    "keys": "edgekit.cli.keys:keys",
+    "sign": "edgekit.cli.sign:sign",
     "inspect": "edgekit.cli.inspect:inspect_cmd",
+    "report": "edgekit.cli.report:report",
+    "recipes": "edgekit.cli.recipes:recipes",
     "distill": "edgekit.cli.distill:distill",
 }
 
 HELP = {
     "agent": "Bundle the device agent, its config and a model into an installer for one device.",
     "compress": "Quantize / prune / distill a model and export .onnx, .ort (and .tflite) with a manifest.",
+    "fleet": "Deploy signed models to devices in waves; status, rollback, jobs, cancel.",
+    "keys": "Generate the ed25519 key pair that signs model updates.",
+    "sign": "Sign an output directory's manifest (covers every artifact by sha256).",
     "inspect": "Show a model's or an output directory's signature, weights and manifest.",
+    "report": "Compare models and artifacts: size, gzip, weights, latency, accuracy; table, JSON or HTML with plots.",
+    "recipes": "List, show and check YAML recipes (compress --recipe NAME_OR_FILE).",
     "distill": "Train a smaller student from a teacher model (auto:W or your own), then export it like compress.",
 }
 

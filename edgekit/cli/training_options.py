@@ -6,7 +6,8 @@ the training flags the same way.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -25,7 +26,7 @@ def _apply(f: Callable, options: list[Callable]) -> Callable:
 def training_options(f: Callable) -> Callable:
     """--epochs, --lr, --batch-size, --temperature, --alpha, --val-split, --patience, --seed, --checkpoint-dir."""
     return _apply(f, [
-        click.option("--epochs", type=click.IntRange(0), help="Training epochs (default: 10 for pruning recovery, 30 for distillation; 0: no training)."),
+        click.option("--epochs", type=click.IntRange(0), help="Training epochs (default with --data: 30 for --structured and distill, 10 for unstructured; 0: no training)."),
         click.option("--lr", type=click.FloatRange(0, 1, min_open=True), default=1e-3, show_default=True, help="Adam learning rate (cosine-annealed)."),
         click.option("--batch-size", type=click.IntRange(2), default=64, show_default=True),
         click.option("--temperature", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True, help="Distillation temperature T."),
@@ -33,7 +34,7 @@ def training_options(f: Callable) -> Callable:
                      help="Weight of the teacher's soft targets; 1-alpha on the labels when the data has them."),
         click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
                      help="Share of --data held out to pick the best epoch and stop early."),
-        click.option("--patience", type=click.IntRange(1), help="Stop after this many epochs without a better validation score (default 3, distill 5)."),
+        click.option("--patience", type=click.IntRange(1), help="Stop after this many epochs without a better validation score (default 5)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same data: same model."),
         click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Where the best checkpoint is kept while training (default: MODEL.<step>.ckpt/ next to the model)."),
     ])

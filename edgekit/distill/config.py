@@ -6,7 +6,7 @@ from pydantic import Field
 
 from edgekit.pipeline import StepConfig
 
-__all__ = ["DISTILL_EPOCHS", "PRUNE_EPOCHS", "DistillConfig", "TrainingConfig", "training_settings"]
+__all__ = ["DISTILL_EPOCHS", "PRUNE_EPOCHS", "STRUCTURED_EPOCHS", "DistillConfig", "TrainingConfig", "training_settings"]
 
 
 class TrainingConfig(StepConfig):
@@ -18,7 +18,7 @@ class TrainingConfig(StepConfig):
     temperature: float = Field(4.0, gt=0, description="Distillation temperature T: the teacher's logits are softened by T.")
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the teacher's soft targets; 1 - alpha goes to hard labels when the data has them.")
     val_split: float = Field(0.1, ge=0, lt=1, description="Share of the training data held out to pick the best epoch and stop early.")
-    patience: int = Field(3, ge=1, description="Stop after this many epochs without a better validation score.")
+    patience: int = Field(5, ge=1, description="Stop after this many epochs without a better validation score.")
     seed: int = Field(0, description="Seed for the split, the shuffling and the initialisation: same seed, same model.")
     checkpoint_dir: str | None = Field(None, description="Where the best checkpoint is kept while training (default: next to the model).")
 
@@ -29,11 +29,11 @@ class DistillConfig(TrainingConfig):
     student: str = Field("auto:0.5", description="auto:W (the teacher with every prunable layer's width × W) or module:function / file.py:function.")
     keep: tuple[str, ...] = Field((), description="For auto:W, layers (node names or globs) whose width is kept.")
     round_to: int | None = Field(None, ge=1, description="For auto:W, round kept channel counts to a multiple of this (e.g. 8 for SIMD).")
-    patience: int = Field(5, ge=1, description="Stop after this many epochs without a better validation score.")
 
 
 #: epochs when the config leaves them unset and training data is given
-PRUNE_EPOCHS = 10
+PRUNE_EPOCHS = 10  # unstructured: the masks keep most of the function; a short recovery is enough
+STRUCTURED_EPOCHS = 30  # structured: a quarter of the parameters remain; recovery needs longer (early stopping bounds it)
 DISTILL_EPOCHS = 30
 
 

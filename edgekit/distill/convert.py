@@ -10,12 +10,14 @@ torch is imported inside the functions: importing this module stays cheap.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import io
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -51,8 +53,10 @@ class ConversionError(InputError):
 def require_torch(what: str) -> None:
     """Raise ``MissingExtraError`` naming ``what`` when torch, onnx2torch or torch-pruning is missing."""
     for mod in ("torch", "onnx2torch", "torch_pruning"):
-        if importlib.util.find_spec(mod) is None:
-            raise MissingExtraError(what, "torch")
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            raise MissingExtraError(what, "torch") from None
 
 
 def _opsets(model: onnx.ModelProto) -> dict[str, int]:
@@ -84,7 +88,7 @@ def to_torch(model: onnx.ModelProto, *, what: str = "this step") -> torch.nn.Mod
     require_torch(what)
     from onnx2torch import convert
 
-    folded, _ = fold_constants(model)  # Constant-node weights would become untrainable buffers
+    folded = _prepared(model)
     bad = unsupported_ops(folded)
     if bad:
         ops = ", ".join(f"{op} (node {name!r})" for op, name in bad)
@@ -107,8 +111,33 @@ def module_names(model: onnx.ModelProto) -> dict[str, str]:
     """onnx2torch module name → ONNX node name (onnx2torch replaces dots and de-duplicates)."""
     from onnx2torch.onnx_graph import OnnxGraph
 
-    folded, _ = fold_constants(model)
-    return {uname: node.proto.name for uname, node in OnnxGraph(folded.graph).nodes.items()}
+    return {uname: node.proto.name for uname, node in OnnxGraph(_prepared(model).graph).nodes.items()}
+
+
+def _prepared(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy onnx2torch converts well: Constant-node weights and Identity-of-initializer aliases become initializers.
+
+    Constant-node weights would become untrainable buffers. torch.onnx deduplicates equal
+    tensors (e.g. two zero biases) into one initializer plus Identity nodes, and onnx2torch
+    needs a Conv's weight and bias to be initializers themselves.
+    """
+    out, _ = fold_constants(model)
+    g = out.graph
+    inits = {i.name: i for i in g.initializer}
+    outputs = {o.name for o in g.output}
+    keep = []
+    for node in g.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            alias = copy.deepcopy(inits[node.input[0]])
+            alias.name = node.output[0]
+            g.initializer.append(alias)
+            inits[alias.name] = alias
+            continue
+        keep.append(node)
+    if len(keep) != len(g.node):
+        del g.node[:]
+        g.node.extend(keep)
+    return out
 
 
 def promote_buffers(net: torch.nn.Module) -> int:
@@ -183,6 +212,7 @@ def to_onnx(net: torch.nn.Module, like: onnx.ModelProto, *, example: tuple[torch
     out = onnx.load_from_string(buf.getvalue())
     if names:
         _restore_node_names(out, names)
+        _restore_initializer_names(out, like)
     out.producer_name = "edgekit"
     return out
 
@@ -200,6 +230,35 @@ def _restore_node_names(model: onnx.ModelProto, names: dict[str, str]) -> None:
         if src and len(nodes) == 1 and src not in taken:
             nodes[0].name = src
             taken.add(src)
+
+
+def _restore_initializer_names(model: onnx.ModelProto, like: onnx.ModelProto) -> None:
+    # A weight gets the name it had in the source when its node kept the source's name: the
+    # pruned model reads like the source with fewer channels (and names stay short).
+    src, _ = fold_constants(like)
+    src_inits = {i.name for i in src.graph.initializer}
+    src_nodes = {n.name: n for n in src.graph.node if n.name}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            uses[i] = uses.get(i, 0) + 1
+    inits = {i.name: i for i in model.graph.initializer}
+    taken = set(inits) | {v for n in model.graph.node for v in n.output} | {v.name for v in (*model.graph.input, *model.graph.output)}
+    rename: dict[str, str] = {}
+    for node in model.graph.node:
+        old = src_nodes.get(node.name)
+        if old is None or old.op_type != node.op_type:
+            continue
+        for new_in, old_in in zip(node.input, old.input, strict=False):
+            if new_in in inits and old_in in src_inits and uses.get(new_in) == 1 and old_in not in taken and new_in not in rename:
+                rename[new_in] = old_in
+                taken.add(old_in)
+    for old_name, new_name in rename.items():
+        inits[old_name].name = new_name
+    for node in model.graph.node:
+        for k, i in enumerate(node.input):
+            if i in rename:
+                node.input[k] = rename[i]
 
 
 def load_factory(spec: str, *, what: str) -> Callable[..., Any]:

@@ -50,7 +50,11 @@ def distill(model: onnx.ModelProto, config: DistillConfig, ctx: Context) -> Step
         "fine_tune": fit.to_dict() if fit else None,
         "soft_targets": "teacher (onnxruntime)", "hard_labels": ctx.train_data.labels is not None,
     })
-    ctx.say(f"distill: student {config.student}: params {before:,} → {after:,} ({after / max(before, 1):.2f}×)")
+    sz = record["size"]
+    record["summary"] = (f"student {config.student}: params {before:,} → {after:,} ({after / max(before, 1):.2f}×), "
+                         f"file {sz['before']:,} → {sz['after']:,} bytes ({sz['after'] / max(sz['before'], 1):.2f}×); "
+                         f"{metric} on the given data: {record['quality']['student']:.2f}")
+    ctx.say(f"distill: {record['summary']}")
     return StepOutcome(out, "fp32", record, tag="student")
 
 

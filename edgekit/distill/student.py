@@ -75,12 +75,12 @@ def check_outputs(tm: TorchModel, teacher: onnx.ModelProto, ctx: Context, spec: 
         with torch.no_grad():
             got = run_torch(tm.net.eval(), args)
     except Exception as e:
-        shapes = ", ".join(f"{s.name} {list(a.shape)} {a.dtype}" for s, a in zip(ctx.inputs, args))
+        shapes = ", ".join(f"{s.name} {list(a.shape)} {a.dtype}" for s, a in zip(ctx.inputs, args, strict=False))
         raise InputError(f"student {spec!r} fails on the teacher's inputs ({shapes}): {type(e).__name__}: "
                          f"{(str(e).splitlines() or [''])[0][:200]}. It must take the teacher's inputs in order") from None
     want = [(s.name, tuple(ctx.ref_outputs[s.name].shape[1:])) for s in ctx.outputs]
     have = [tuple(y.shape[1:]) for y in got]
-    if len(have) != len(want) or any(h != w for h, (_, w) in zip(have, want)):
+    if len(have) != len(want) or any(h != w for h, (_, w) in zip(have, want, strict=False)):
         fmt = lambda shapes: ", ".join(f"[N, {', '.join(map(str, s))}]" for s in shapes)  # noqa: E731
         raise InputError(
             f"student {spec!r} outputs {fmt(have)}, the teacher outputs {fmt([w for _, w in want])} "

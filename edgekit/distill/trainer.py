@@ -4,8 +4,9 @@ Loss (Hinton et al. 2015), for a classifier's first output::
 
     alpha * T² * KL(softmax(teacher / T) || softmax(student / T))  +  (1 - alpha) * CE(student, labels)
 
-Only the soft term without labels, only the hard term without a teacher. Other models (regressors,
-detectors) are fitted to the teacher's outputs with MSE. A seeded validation split decides the best
+Only the soft term without labels, only the hard term without a teacher. A classifier's further
+outputs, and every output of other models (regressors, detectors), are fitted to the teacher's
+values with MSE. A seeded validation split decides the best
 epoch (accuracy with labels, top-1 agreement with the teacher without, MSE otherwise); the epoch-0
 model competes too, so fine-tuning never returns something worse than it started from. Training
 stops after ``patience`` epochs without progress. The best weights are saved to the checkpoint
@@ -16,9 +17,10 @@ directory on every improvement; Ctrl-C restores them, writes ``best.onnx`` and r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -107,6 +109,7 @@ def fit(
 
     ``teacher`` holds the teacher's outputs for the same samples (soft targets); ``labels`` are
     integer classes. ``masks`` (parameter name → 0/1 tensor) keep pruned weights at zero.
+    ``on_interrupt`` saves the restored best model on Ctrl-C and returns where (e.g. an .onnx path).
     """
     import torch
 
@@ -115,98 +118,127 @@ def fit(
             "training needs a teacher or labels: the data has no 'labels' array and there is no teacher model. "
             "Add labels to the data (.npz 'labels', or class sub-folders) or pass --teacher"
         )
-    n = len(inputs[0])
-    tr, va = split(n, settings.val_split, settings.seed)
-    metric = "val_accuracy" if classifier and labels is not None else "val_agreement" if classifier else "val_mse"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = checkpoint_dir / "best.pt"
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, settings.threads))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
-        g = torch.Generator().manual_seed(settings.seed)
-        x = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs]
-        y = torch.from_numpy(labels) if labels is not None else None
-        t = [torch.from_numpy(np.ascontiguousarray(a)).float() for a in teacher] if teacher is not None else None
-        loss_fn = _Loss(classifier, settings.temperature, settings.alpha if t is not None and y is not None else (1.0 if t is not None else 0.0))
-        params = [p for p in student.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.epochs))
-        named = dict(student.named_parameters())
-        mask_pairs = [(named[k], m) for k, m in (masks or {}).items()]
-
-        def evaluate() -> tuple[float, float]:
-            student.eval()
-            with torch.no_grad():
-                outs = _forward_batches(student, x, va, settings.batch_size)
-                tv = [a[va] for a in t] if t is not None else None
-                yv = y[va] if y is not None else None
-                loss = float(loss_fn(outs, tv, yv))
-                return _score(metric, outs, tv, yv), loss
-
-        best, best_loss = evaluate()
-        result = FitResult(metric, _shown(metric, best), _shown(metric, best), 0, 0, False, len(tr), len(va))
-        torch.save(student.state_dict(), ckpt)
-        stale = 0
-        progress(f"{label}: epoch 0/{settings.epochs} · {_fmt(metric, best)}", 0.0)
-        try:
-            for epoch in range(1, settings.epochs + 1):
-                student.train()
-                order = torch.from_numpy(tr)[torch.randperm(len(tr), generator=g)]
-                batches = order.split(settings.batch_size)
-                if len(batches) > 1 and len(batches[-1]) == 1:
-                    batches = batches[:-1]  # BatchNorm cannot train on a batch of one
-                total, count = 0.0, 0
-                for i, idx in enumerate(batches):
-                    opt.zero_grad(set_to_none=True)
-                    outs = _outputs(student, [a[idx] for a in x])
-                    loss = loss_fn(outs, [a[idx] for a in t] if t is not None else None, y[idx] if y is not None else None)
-                    if not torch.isfinite(loss.detach()):
-                        raise EdgekitError(f"{label}: the loss became {float(loss)} at epoch {epoch}; lower the learning rate (--lr)")
-                    loss.backward()
-                    opt.step()
-                    with torch.no_grad():
-                        for p, m in mask_pairs:
-                            p.mul_(m)
-                    total += loss.item() * len(idx)
-                    count += len(idx)
-                    progress(f"{label}: epoch {epoch}/{settings.epochs} · loss {total / count:.4f} · {_fmt(metric, best)} (best)",
-                             (epoch - 1 + (i + 1) / len(batches)) / settings.epochs)
-                sched.step()
-                score, val_loss = evaluate()
-                improved = score > best + 1e-9 or (abs(score - best) <= 1e-9 and val_loss < best_loss - 1e-9)
-                result.history.append({"epoch": epoch, "loss": round(total / max(count, 1), 6), "val_loss": round(val_loss, 6),
-                                       metric: round(_shown(metric, score), 4)})
-                result.epochs_run = epoch
-                progress(f"{label}: epoch {epoch}/{settings.epochs} · loss {total / max(count, 1):.4f} · {_fmt(metric, score)}",
-                         epoch / settings.epochs)
-                if improved:
-                    best, best_loss, stale = score, val_loss, 0
-                    result.best, result.best_epoch = _shown(metric, best), epoch
-                    torch.save(student.state_dict(), ckpt)
-                else:
-                    stale += 1
-                    if stale >= settings.patience:
-                        result.stopped_early = epoch < settings.epochs
-                        break
-        except KeyboardInterrupt:
-            student.load_state_dict(torch.load(ckpt, weights_only=True))
-            student.eval()
-            where = None
+    try:
+        with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's RNG
+            torch.manual_seed(settings.seed)
+            run = _Run(student, inputs, labels, teacher, settings, classifier, checkpoint_dir / "best.pt", masks, progress, label)
             try:
-                where = on_interrupt(student)
-            except Exception:  # noqa: BLE001 - the .pt checkpoint is still there; say that
-                where = None
-            kept = f"{where} (weights also in {ckpt})" if where else str(ckpt)
-            raise TrainingInterrupted(
-                f"{label} interrupted at epoch {result.epochs_run + 1}/{settings.epochs}; the best checkpoint "
-                f"(epoch {result.best_epoch}, {_fmt(metric, best)}) is kept at {kept}", where or ckpt,
-            ) from None
-        finally:
-            torch.set_num_threads(old_threads)
-        student.load_state_dict(torch.load(ckpt, weights_only=True))
-        student.eval()
-    return result
+                run.train()
+            except KeyboardInterrupt:
+                raise run.interrupted(on_interrupt) from None
+            run.restore_best()
+            return run.result
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+class _Run:
+    """One training run's state: data as tensors, optimizer, the best score so far and its checkpoint."""
+
+    def __init__(self, student, inputs, labels, teacher, settings: TrainSettings, classifier: bool, ckpt: Path, masks, progress,
+                 label: str) -> None:
+        import torch
+
+        self.net, self.s, self.ckpt, self.progress, self.label = student, settings, ckpt, progress, label
+        self.tr, self.va = split(len(inputs[0]), settings.val_split, settings.seed)
+        self.metric = "val_accuracy" if classifier and labels is not None else "val_agreement" if classifier else "val_mse"
+        self.x = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs]
+        self.y = torch.from_numpy(labels) if labels is not None else None
+        self.t = [torch.from_numpy(np.ascontiguousarray(a)).float() for a in teacher] if teacher is not None else None
+        alpha = settings.alpha if (self.t is not None and self.y is not None) else (1.0 if self.t is not None else 0.0)
+        self.loss_fn = _Loss(classifier, settings.temperature, alpha)
+        self.opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=settings.lr, weight_decay=settings.weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, settings.epochs))
+        named = dict(student.named_parameters())
+        self.masks = [(named[k], m) for k, m in (masks or {}).items()]
+        self.g = torch.Generator().manual_seed(settings.seed)
+        self.best, self.best_loss = self.evaluate()  # the starting model competes too
+        self.result = FitResult(self.metric, _shown(self.metric, self.best), _shown(self.metric, self.best), 0, 0, False,
+                                len(self.tr), len(self.va))
+        torch.save(student.state_dict(), ckpt)
+
+    def _targets(self, idx):
+        return ([a[idx] for a in self.t] if self.t is not None else None), (self.y[idx] if self.y is not None else None)
+
+    def evaluate(self) -> tuple[float, float]:
+        import torch
+
+        self.net.eval()
+        with torch.no_grad():
+            outs = _forward_batches(self.net, self.x, self.va, self.s.batch_size)
+            t, y = self._targets(torch.from_numpy(self.va))
+            return _score(self.metric, outs, t, y), float(self.loss_fn(outs, t, y))
+
+    def train(self) -> None:
+        import torch
+
+        stale = 0
+        self.progress(f"{self.label}: epoch 0/{self.s.epochs} · {_fmt(self.metric, self.best)}", 0.0)
+        for epoch in range(1, self.s.epochs + 1):
+            loss = self._epoch(epoch)
+            self.sched.step()
+            score, val_loss = self.evaluate()
+            self.result.history.append({"epoch": epoch, "loss": round(loss, 6), "val_loss": round(val_loss, 6),
+                                        self.metric: round(_shown(self.metric, score), 4)})
+            self.result.epochs_run = epoch
+            self.progress(f"{self.label}: epoch {epoch}/{self.s.epochs} · loss {loss:.4f} · {_fmt(self.metric, score)}", epoch / self.s.epochs)
+            # equal scores (e.g. 100% accuracy) are told apart by the validation loss
+            if score > self.best + 1e-9 or (abs(score - self.best) <= 1e-9 and val_loss < self.best_loss - 1e-9):
+                self.best, self.best_loss, stale = score, val_loss, 0
+                self.result.best, self.result.best_epoch = _shown(self.metric, score), epoch
+                torch.save(self.net.state_dict(), self.ckpt)
+            else:
+                stale += 1
+                if stale >= self.s.patience:
+                    self.result.stopped_early = epoch < self.s.epochs
+                    return
+
+    def _epoch(self, epoch: int) -> float:
+        import torch
+
+        self.net.train()
+        order = torch.from_numpy(self.tr)[torch.randperm(len(self.tr), generator=self.g)]
+        batches = order.split(self.s.batch_size)
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            batches = batches[:-1]  # BatchNorm cannot train on a batch of one
+        total, count = 0.0, 0
+        for i, idx in enumerate(batches):
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.loss_fn(_outputs(self.net, [a[idx] for a in self.x]), *self._targets(idx))
+            if not torch.isfinite(loss.detach()):
+                raise EdgekitError(f"{self.label}: the loss became {float(loss)} at epoch {epoch}; lower the learning rate (--lr)")
+            loss.backward()
+            self.opt.step()
+            with torch.no_grad():
+                for p, m in self.masks:
+                    p.mul_(m)
+            total += loss.item() * len(idx)
+            count += len(idx)
+            self.progress(f"{self.label}: epoch {epoch}/{self.s.epochs} · loss {total / count:.4f} · {_fmt(self.metric, self.best)} (best)",
+                          (epoch - 1 + (i + 1) / len(batches)) / self.s.epochs)
+        return total / max(count, 1)
+
+    def restore_best(self) -> None:
+        import torch
+
+        self.net.load_state_dict(torch.load(self.ckpt, weights_only=True))
+        self.net.eval()
+
+    def interrupted(self, on_interrupt: Callable) -> TrainingInterrupted:
+        """Ctrl-C: the best weights back in the model, saved by ``on_interrupt``; the error that says where."""
+        self.restore_best()
+        try:
+            where = on_interrupt(self.net)
+        except Exception:  # noqa: BLE001 - the .pt checkpoint is still there; say that instead
+            where = None
+        kept = f"{where} (weights also in {self.ckpt})" if where else str(self.ckpt)
+        return TrainingInterrupted(
+            f"{self.label} interrupted at epoch {self.result.epochs_run + 1}/{self.s.epochs}; the best checkpoint "
+            f"(epoch {self.result.best_epoch}, {_fmt(self.metric, self.best)}) is kept at {kept}", where or self.ckpt,
+        )
 
 
 def _outputs(net: torch.nn.Module, args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -233,7 +265,7 @@ class _Loss:
         import torch.nn.functional as F
 
         if not self.classifier:
-            return sum(F.mse_loss(o.float(), t) for o, t in zip(outs, teacher)) / len(outs)
+            return sum(F.mse_loss(o.float(), t) for o, t in zip(outs, teacher, strict=False)) / len(outs)
         z = outs[0]
         loss = 0.0
         if teacher is not None and self.alpha > 0:
@@ -242,6 +274,9 @@ class _Loss:
             loss = loss + self.alpha * soft * t * t
         if labels is not None and self.alpha < 1:
             loss = loss + (1 - self.alpha) * F.cross_entropy(z, labels)
+        if teacher is not None and len(outs) > 1:
+            # further heads (boxes, embeddings, auxiliary logits) follow the teacher's values
+            loss = loss + sum(F.mse_loss(o.float(), t) for o, t in zip(outs[1:], teacher[1:], strict=True)) / (len(outs) - 1)
         return loss
 
 
@@ -251,7 +286,7 @@ def _score(metric: str, outs, teacher, labels) -> float:
         return float((outs[0].argmax(1) == labels).float().mean() * 100)
     if metric == "val_agreement":
         return float((outs[0].argmax(1) == teacher[0].argmax(1)).float().mean() * 100)
-    mse = sum(float(((o.float() - t) ** 2).mean()) for o, t in zip(outs, teacher)) / len(outs)
+    mse = sum(float(((o.float() - t) ** 2).mean()) for o, t in zip(outs, teacher, strict=False)) / len(outs)
     return -mse if math.isfinite(mse) else -math.inf
 
 

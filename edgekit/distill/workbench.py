@@ -4,11 +4,12 @@ scoring on the evaluation data, checkpoints that survive Ctrl-C, and the way bac
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -66,7 +67,7 @@ def load_torch(model: onnx.ModelProto, ctx: Context, *, what: str, factory: str 
     with torch.no_grad():
         got = [y.numpy() for y in run_torch(net, args)]
     ref = [ctx.ref_outputs[s.name][: len(args[0])] for s in ctx.outputs]
-    if len(got) != len(ref) or any(g.shape != r.shape or not np.allclose(g, r, rtol=1e-3, atol=1e-3) for g, r in zip(got, ref)):
+    if len(got) != len(ref) or any(g.shape != r.shape or not np.allclose(g, r, rtol=1e-3, atol=1e-3) for g, r in zip(got, ref, strict=False)):
         raise InputError(f"--torch-model {factory!r} does not compute what {ctx.source_path.name} computes on the data "
                          "(different outputs); give the factory that returns the same trained model")
     return TorchModel(net, model, {})
@@ -152,7 +153,11 @@ def train(tm: TorchModel, teacher: onnx.ModelProto | None, ctx: Context, config:
         masks=masks, progress=ctx.progress, label=step,
     )
     if not config.checkpoint_dir:
-        shutil.rmtree(ckpt, ignore_errors=True)  # only kept when training did not finish
+        # only kept when training did not finish; remove what this run wrote, and the directory if that empties it
+        for f in ("best.pt", "best.onnx"):
+            (ckpt / f).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            ckpt.rmdir()
     ctx.say(f"{step}: {result.epochs_run} epoch(s), best epoch {result.best_epoch}: {result.metric} "
             f"{result.initial:.4g} → {result.best:.4g}" + (" (stopped early)" if result.stopped_early else ""))
     return result

@@ -36,11 +36,12 @@ import onnx
 from device_agent.manifest import TensorSpec
 from edgekit.errors import ExportError
 from edgekit.export import ExportedArtifact
+from edgekit.export.tflite_prep import explicit_maxpool_padding
 from edgekit.onnx_model import io_specs
 from edgekit.pipeline import Context
 from edgekit.tf_process import require, run_worker
 
-__all__ = ["TFLITE_IO", "export_tflite", "tflite_mode"]
+__all__ = ["TFLITE_IO", "check_available", "export_tflite", "onnx2tf_ops", "tflite_mode"]
 
 TFLITE_IO = ("float", "int8")
 #: metadata key an importer sets on an ONNX model converted from TensorFlow: the original model's path
@@ -48,6 +49,11 @@ TF_SOURCE_KEY = "edgekit.tf_source"
 TF_SOURCE_KIND_KEY = "edgekit.tf_source_kind"
 SAMPLE_COUNT = 8
 _QUANTIZATION = {"fp32": "none", "fp16": "float16", "dynamic": "dynamic-range int8", "int8": "full-integer int8"}
+
+
+def check_available() -> None:
+    """Raise ``MissingExtraError`` (pip install 'edgekit[tflite]') unless the TFLite toolchain is installed."""
+    require(("tensorflow", "tf_keras", "onnx2tf", "onnx_graphsurgeon", "ai_edge_litert"), "TFLite export", "tflite")
 
 
 def tflite_mode(precision: str, has_calibration_data: bool) -> str:
@@ -74,7 +80,7 @@ def export_tflite(
     Raises ``MissingExtraError`` without the tflite extra and ``ExportError`` naming the op, the
     input or TensorFlow's own message when the conversion cannot be done.
     """
-    require(("tensorflow", "tf_keras", "onnx2tf", "onnx_graphsurgeon", "ai_edge_litert"), "TFLite export", "tflite")
+    check_available()
     if io not in TFLITE_IO:
         raise ExportError(f"--tflite-io is {io!r}; allowed: {', '.join(TFLITE_IO)}")
     precision = onnx_artifact.precision
@@ -84,7 +90,9 @@ def export_tflite(
         float_model = model if precision == "fp32" else source_model
     mode = tflite_mode(precision, ctx.calib_data is not None)
     if io == "int8" and mode != "int8":
-        ctx.notes.append(f"--tflite-io int8 applies to full-integer int8 models; the {_QUANTIZATION[mode]} .tflite keeps float inputs/outputs")
+        note = f"--tflite-io int8 applies to full-integer int8 models (--int8 with --data); the {_QUANTIZATION[mode]} .tflite keeps float inputs/outputs"
+        ctx.notes.append(note)
+        ctx.say(f"tflite: {note}")
         io = "float"
     inputs, outputs = io_specs(float_model)
     _check_static(inputs)
@@ -95,8 +103,15 @@ def export_tflite(
     float_path = work / "float.onnx"
     onnx.save(float_model, str(float_path))
     tf_source = _tf_source(float_model, ctx, source_model)
+    convert_path, rewrites = float_path, {}
+    if mode == "int8" and not tf_source:
+        prepared, n = explicit_maxpool_padding(float_model)
+        if n:
+            convert_path = work / "float.prepared.onnx"
+            onnx.save(prepared, str(convert_path))
+            rewrites["maxpool_padding_made_explicit"] = n
     job = {
-        "source": tf_source or {"kind": "onnx", "path": str(float_path)},
+        "source": tf_source or {"kind": "onnx", "path": str(convert_path)},
         "out": str((out_dir / f"{stem}.tflite").resolve()),  # the worker runs in its own directory
         "mode": mode,
         "io": io,
@@ -122,6 +137,7 @@ def export_tflite(
             "converter": "TFLiteConverter (from the TensorFlow source)" if tf_source else "onnx2tf + TFLiteConverter",
             "calibration_samples": min(calib_samples, ctx.calib_data.n) if mode == "int8" else 0,
             "ops": result.get("ops", {}),
+            "onnx_rewrites": rewrites,
             "versions": result.get("versions", {}),
         },
         "tflite_names": result["tflite_names"],

@@ -51,7 +51,8 @@ def run(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     report_progress(workdir, f"tflite: converting ({job['mode']})", 0.5)
     calib = _load_npz(job["calib"]) if job.get("calib") else None
     saved = _save_serving(tf, fn, model, workdir / "serving")
-    blob, notes = _convert(tf, saved, job, calib, in_perms)
+    blob, notes = _convert(tf, saved, job, calib, in_perms, names["inputs"])
+    _smoke_check(blob)
     out = Path(job["out"])
     out.write_bytes(blob)
     report_progress(workdir, "tflite: checking layout", 0.9)
@@ -153,7 +154,8 @@ class _SavedModelCallable:
         self.out_keys = sorted(self.fn.structured_outputs)
 
     def __call__(self, xs):
-        res = self.fn(**dict(zip(self.in_keys, xs)))
+        xs = xs if isinstance(xs, (list, tuple)) else [xs]
+        res = self.fn(**dict(zip(self.in_keys, xs, strict=False)))
         return [res[k] for k in self.out_keys]
 
 
@@ -188,7 +190,7 @@ def _input_perms(model, inputs: list[dict], *, onnx2tf_made: bool) -> dict[str, 
     if len(shapes) != len(inputs):
         raise WorkerError("signature", f"the TensorFlow model has {len(shapes)} inputs; the source has {len(inputs)}")
     perms = {}
-    for s, shape in zip(inputs, shapes):
+    for s, shape in zip(inputs, shapes, strict=False):
         fit = [p for p in _candidates(len(s["shape"])) if _fits(s["shape"], shape, p)]
         if not fit:
             raise WorkerError("signature", f"input {s['name']!r}: TensorFlow shape {shape} does not match the source {s['shape']} in any layout")
@@ -222,7 +224,7 @@ def _onnx_reference(job: dict, sample: dict[str, np.ndarray]) -> dict[str, np.nd
 
     sess = ort.InferenceSession(job["source"]["path"], providers=["CPUExecutionProvider"])
     feeds = {s["name"]: _one_request(sample[s["name"]], s) for s in job["inputs"]}
-    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=False))
 
 
 def _one_request(x: np.ndarray, s: dict) -> np.ndarray:
@@ -269,7 +271,7 @@ def _serving_function(tf, model, job: dict, in_perms: dict):
     in_sig = [_sig_name(s["name"], taken) for s in job["inputs"]]
     out_sig = [_sig_name(s["name"], taken) for s in job["outputs"]]
     specs = []
-    for s, name, t in zip(job["inputs"], in_sig, model.inputs):
+    for s, name, t in zip(job["inputs"], in_sig, model.inputs, strict=False):
         # the source's (static) sizes in the artifact's layout; only a symbolic batch axis stays dynamic
         shape = _spec(s, in_perms[s["name"]])["shape"]
         specs.append(tf.TensorSpec([d if isinstance(d, int) else None for d in shape], t.dtype, name=name))
@@ -279,11 +281,11 @@ def _serving_function(tf, model, job: dict, in_perms: dict):
         ys = list(ys.values()) if isinstance(ys, dict) else (list(ys) if isinstance(ys, (list, tuple)) else [ys])
         if len(ys) != len(out_sig):
             raise WorkerError("signature", f"the TensorFlow model returns {len(ys)} outputs; the source has {len(out_sig)}")
-        return dict(zip(out_sig, ys))
+        return dict(zip(out_sig, ys, strict=False))
 
     fn = tf.function(call, input_signature=specs)
-    names = {"inputs": dict(zip([s["name"] for s in job["inputs"]], in_sig)),
-             "outputs": dict(zip([s["name"] for s in job["outputs"]], out_sig))}
+    names = {"inputs": dict(zip([s["name"] for s in job["inputs"]], in_sig, strict=False)),
+             "outputs": dict(zip([s["name"] for s in job["outputs"]], out_sig, strict=False))}
     return fn, names
 
 
@@ -320,7 +322,8 @@ def _export_archive(model):
     return None
 
 
-def _convert(tf, saved: str, job: dict, calib: dict[str, np.ndarray] | None, in_perms: dict) -> tuple[bytes, list[str]]:
+def _convert(tf, saved: str, job: dict, calib: dict[str, np.ndarray] | None, in_perms: dict,
+             sig_names: dict[str, str]) -> tuple[bytes, list[str]]:
     mode, io = job["mode"], job.get("io", "float")
     if mode not in MODES:
         raise WorkerError("config", f"unknown TFLite mode {mode!r}; known: {', '.join(MODES)}")
@@ -336,7 +339,7 @@ def _convert(tf, saved: str, job: dict, calib: dict[str, np.ndarray] | None, in_
             c.optimizations = [tf.lite.Optimize.DEFAULT]
         elif mode == "int8":
             c.optimizations = [tf.lite.Optimize.DEFAULT]
-            c.representative_dataset = _representative(job, calib, in_perms)
+            c.representative_dataset = _representative(job, calib, in_perms, sig_names)
             if io == "int8":
                 c.inference_input_type = tf.int8
                 c.inference_output_type = tf.int8
@@ -369,22 +372,46 @@ def _run_converter(c) -> bytes:
         raise WorkerError("converter", f"TFLiteConverter failed: {_first_line(e)}") from None
 
 
-def _representative(job: dict, calib: dict[str, np.ndarray] | None, in_perms: dict):
+def _representative(job: dict, calib: dict[str, np.ndarray] | None, in_perms: dict, sig_names: dict[str, str]):
     if not calib:
         raise WorkerError("config", "full-integer int8 needs calibration data")
     n = min(len(next(iter(calib.values()))), int(job.get("calib_samples") or 256))
 
     def gen():
+        # keyed by signature input name: a list would be matched to inputs in an order TF chooses
         for i in range(n):
-            sample = []
+            sample = {}
             for s in job["inputs"]:
                 x = calib[s["name"]]
                 b = s["shape"][0] if _fixed_batch(s) else 1
-                part = x[i : i + b] if i + b <= len(x) else np.concatenate([x[i:], x[: b - (len(x) - i)]])
-                sample.append(_as_tf_input(part, in_perms[s["name"]]).astype(np.float32))
+                part = x[np.arange(i, i + b) % len(x)]
+                sample[sig_names[s["name"]]] = _as_tf_input(part, in_perms[s["name"]]).astype(s["dtype"])
             yield sample
 
     return gen
+
+
+def _smoke_check(blob: bytes) -> None:
+    """Load and run the .tflite here, with LiteRT's default (XNNPACK) delegate as on the device.
+
+    A model the runtime rejects, or that aborts it, fails in this child process with a clear message
+    instead of in edgekit's (or the device agent's) own process.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=blob)
+    for t in it.get_tensor_details():
+        scales = np.asarray((t.get("quantization_parameters") or {}).get("scales", []), dtype=np.float64)
+        if scales.size and (not np.all(np.isfinite(scales)) or scales.max() > 1e10):
+            raise WorkerError("quantization", f"int8 calibration gave tensor {t['name']!r} a degenerate scale ({scales.max():.3g}); "
+                              "its calibration range is not finite (often a padding or masking constant such as -inf)")
+    try:
+        it.allocate_tensors()
+        for d in it.get_input_details():
+            it.set_tensor(d["index"], np.zeros(d["shape"], dtype=d["dtype"]))
+        it.invoke()
+    except (RuntimeError, ValueError) as e:
+        raise WorkerError("runtime", f"LiteRT cannot run the converted model: {_first_line(e)}") from None
 
 
 # ---------------------------------------------------------------- facts

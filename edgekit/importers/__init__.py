@@ -17,9 +17,9 @@ from __future__ import annotations
 import contextlib
 import re
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from edgekit.errors import InputError
 

@@ -35,7 +35,7 @@ def fix_input_shapes(src: Path, out: Path, shapes: dict[str | None, tuple[int, .
         dims = vi.type.tensor_type.shape.dim
         if len(dims) != len(want):
             raise InputError(f"--input-shape for {vi.name!r} has {len(want)} dims; the model's input is {list(by_name[vi.name].shape)}")
-        for i, (d, w) in enumerate(zip(dims, want)):
+        for i, (d, w) in enumerate(zip(dims, want, strict=False)):
             if d.HasField("dim_value") and d.dim_value != w:
                 raise InputError(f"--input-shape for {vi.name!r}: axis {i} is fixed to {d.dim_value} in the model, not {w}")
             if i == 0 and not d.HasField("dim_value") and w == 1:

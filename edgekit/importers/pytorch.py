@@ -103,8 +103,13 @@ def load_weights(net, path: Path) -> None:
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
         state = {k[len("module."):]: v for k, v in state.items()}
     missing, unexpected = _key_diff(net, state)
-    if missing or unexpected:
+    own = net.state_dict()
+    wrong = [f"{k} is {list(v.shape)} in the file, {list(own[k].shape)} in the module" for k, v in state.items()
+             if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
         parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatch(es): {'; '.join(wrong[:2])}")
         if missing:
             parts.append(f"missing {len(missing)} key(s) such as {', '.join(missing[:3])}")
         if unexpected:
@@ -165,17 +170,29 @@ def export_factory(spec: str, out: Path, *, weights: Path | None, input_shapes: 
                               dynamic_shapes=None, verbose=False)
         except Exception:  # noqa: BLE001
             raise ExportError(f"torch.onnx.export could not export {spec}: {type(first).__name__}: {_line(first)}") from None
-    _check(out, dict(zip(names, example)), refs, spec)
+    _check(out, dict(zip(names, example, strict=False)), refs, spec)
     return out
 
 
 def export_pt2(path: Path, out: Path, *, say=lambda m: None) -> Path:
     """Export a ``torch.export`` ExportedProgram (``.pt2``) to ONNX and check it with ORT."""
+    import logging
+    import zipfile
+
     torch = _torch()
+    if not path.is_file():
+        raise InputError(f"model file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path.name} is not a torch.export program (torch.export.load failed: not a .pt2 archive); save one with torch.export.save")
+    log = logging.getLogger("torch.export")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # torch logs a full traceback before raising; the error below says it in one line
     try:
         ep = torch.export.load(str(path))
     except Exception as e:  # noqa: BLE001
         raise InputError(f"{path.name} is not a torch.export program (torch.export.load failed: {_line(e)}); save one with torch.export.save") from None
+    finally:
+        log.setLevel(level)
     example = getattr(ep, "example_inputs", None)
     args = tuple(example[0]) if example else ()
     if not args:
@@ -191,7 +208,7 @@ def export_pt2(path: Path, out: Path, *, say=lambda m: None) -> Path:
 
     model = onnx.load(str(out))
     names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    _check(out, dict(zip(names, args)), refs, path.name)
+    _check(out, dict(zip(names, args, strict=False)), refs, path.name)
     return out
 
 
@@ -212,7 +229,7 @@ def _check(path: Path, feeds: dict, refs: list, what: str) -> None:
         outs = sess.run(None, {k: v.detach().cpu().numpy() for k, v in feeds.items()})
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"the ONNX export of {what} does not run in onnxruntime: {_line(e)}") from None
-    for i, (r, y) in enumerate(zip(refs, outs)):
+    for i, (r, y) in enumerate(zip(refs, outs, strict=False)):
         r = r.detach().cpu().numpy()
         err = float(np.abs(r.astype(np.float64) - y.astype(np.float64)).max(initial=0.0))
         scale = max(1.0, float(np.abs(r).max(initial=0.0)))

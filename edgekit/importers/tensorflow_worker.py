@@ -34,13 +34,12 @@ def run(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         bad = [j for j, d in enumerate(shape) if d is None and j > 0]
         if bad:
             raise WorkerError("dynamic", f"input {name!r} has dynamic dims {_fmt(shape)}; pass --input-shape {name}:"
-                              + ",".join("1" if d is None else str(d) for d in shape) + " with the sizes filled in", input=name)
+                              + ",".join(("1" if j == 0 else "?") if d is None else str(d) for j, d in enumerate(shape)) + " with the sizes filled in", input=name)
         specs.append(tf.TensorSpec([None] + shape[1:] if shape else shape, spec.dtype, name=_safe(name, i)))
     fn = tf.function(lambda *xs: call(list(xs)), input_signature=specs)
     report_progress(workdir, "TensorFlow → ONNX (tf2onnx)", 0.3)
     import onnx
     import tf2onnx
-
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     try:
@@ -90,7 +89,7 @@ def _load(tf, job: dict):
     out_keys = sorted(sig.structured_outputs)
 
     def call(xs, _keep=loaded):  # the loaded object owns the variables: keep it alive while the signature is used
-        res = sig(**dict(zip(in_specs.keys(), xs)))
+        res = sig(**dict(zip(in_specs.keys(), xs, strict=False)))
         return [res[k] for k in out_keys]
 
     return list(in_specs.items()), call
@@ -105,8 +104,8 @@ def _check(tf, fn, specs, path: str) -> None:
     xs = [rng.standard_normal([d or 1 for d in s.shape]).astype(s.dtype.as_numpy_dtype) for s in specs]
     refs = [np.asarray(y) for y in fn(*[tf.constant(x) for x in xs])]
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    outs = sess.run(None, dict(zip([i.name for i in sess.get_inputs()], xs)))
-    for i, (r, y) in enumerate(zip(refs, outs)):
+    outs = sess.run(None, dict(zip([i.name for i in sess.get_inputs()], xs, strict=False)))
+    for i, (r, y) in enumerate(zip(refs, outs, strict=False)):
         err = float(np.abs(r.astype(np.float64) - y.astype(np.float64)).max(initial=0.0))
         scale = max(1.0, float(np.abs(r).max(initial=0.0)))
         if err > 1e-3 * scale:
@@ -124,9 +123,9 @@ def _as_list(y) -> list:
 def _rename_io(model, inputs: list[str], outputs: list[str]) -> None:
     """Give graph inputs/outputs clean names (tf2onnx appends ``:0`` and names outputs ``Identity:0``)."""
     mapping = {}
-    for vi, new in zip(model.graph.input, inputs):
+    for vi, new in zip(model.graph.input, inputs, strict=False):
         mapping[vi.name] = new
-    for vi, new in zip(model.graph.output, outputs):
+    for vi, new in zip(model.graph.output, outputs, strict=False):
         mapping[vi.name] = new
     for vi in list(model.graph.input) + list(model.graph.output):
         vi.name = mapping.get(vi.name, vi.name)

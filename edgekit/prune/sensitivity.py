@@ -7,7 +7,8 @@ per-layer ratio in a recipe). The scan copies the model per layer; the input is 
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from edgekit.prune.structured import Importance, layer_widths, prunable_layers, prune_channels
 

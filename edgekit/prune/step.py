@@ -13,7 +13,7 @@ from enum import Enum
 import onnx
 from pydantic import Field, field_validator
 
-from edgekit.distill.config import PRUNE_EPOCHS, TrainingConfig
+from edgekit.distill.config import PRUNE_EPOCHS, STRUCTURED_EPOCHS, TrainingConfig
 from edgekit.errors import EdgekitError, RecipeError
 from edgekit.onnx_model import io_specs, weight_stats
 from edgekit.pipeline import Context, StepOutcome, step
@@ -82,9 +82,8 @@ def _structured(model: onnx.ModelProto, config: PruneConfig, ctx: Context) -> St
     display = tm.display()
     layers = {display[m]: m for m in prunable_layers(tm.net)}  # shown name -> module name
     outputs = {m for d, m in layers.items() if d in set(output_layer_nodes(model))}
-    if not outputs and not config.torch_model:
-        raise EdgekitError("structured pruning found no weighted layer producing the model's outputs; spare it with --keep NAME")
-    if config.torch_model and not outputs:  # a user's module: its last prunable layer produces the output
+    if config.torch_model and not outputs and layers:
+        # a user's module has no ONNX node names: take its last prunable layer (the shape check after pruning guards the rest)
         outputs = {list(layers.values())[-1]}
     keep = set(resolve_layers(config.keep, layers, what="prune --keep").values()) | outputs
     ratios = {layers_m: config.layers[pat] for pat in config.layers
@@ -104,7 +103,7 @@ def _structured(model: onnx.ModelProto, config: PruneConfig, ctx: Context) -> St
     ctx.say(f"prune: structured {config.ratio:.0%}: params {res.params_before:,} → {res.params_after:,} "
             f"({res.params_after / max(res.params_before, 1):.2f}×), MACs {res.macs_before:,} → {res.macs_after:,}; "
             f"{metric} {before:.2f} → {after_prune:.2f} before fine-tuning")
-    fit = train(tm, model, ctx, config, step="prune", default_epochs=PRUNE_EPOCHS, use_teacher=config.distill)
+    fit = train(tm, model, ctx, config, step="prune", default_epochs=STRUCTURED_EPOCHS, use_teacher=config.distill)
     out = tm.export()
     _check_signature(model, out)
     final = score(tm.net)
@@ -114,6 +113,13 @@ def _structured(model: onnx.ModelProto, config: PruneConfig, ctx: Context) -> St
     record["quality"] = {"metric": metric, "source": round(before, 4), "pruned": round(after_prune, 4), "fine_tuned": round(final, 4)}
     record["fine_tune"] = fit.to_dict() if fit else None
     record["size"] = {"before": model.ByteSize(), "after": out.ByteSize(), "gzip_before": gzip_size(model), "gzip_after": gzip_size(out)}
+    sz = record["size"]
+    record["summary"] = (
+        f"channels removed: params {res.params_before:,} → {res.params_after:,} ({res.params_after / max(res.params_before, 1):.2f}×), "
+        f"MACs {res.macs_before:,} → {res.macs_after:,} ({res.macs_after / max(res.macs_before, 1):.2f}×), "
+        f"file {sz['before']:,} → {sz['after']:,} bytes ({sz['after'] / max(sz['before'], 1):.2f}×); {metric} on the given data: "
+        f"source {before:.2f}, pruned {after_prune:.2f}, fine-tuned {final:.2f}"
+    )
     if fit is None:
         ctx.say("prune: no fine-tuning (no --data, or --epochs 0): structured pruning without recovery usually costs accuracy")
     return StepOutcome(out, "fp32", record, tag="pruned")
@@ -138,6 +144,9 @@ def _unstructured(model: onnx.ModelProto, config: PruneConfig, ctx: Context) -> 
     pruned = apply_masks(src, {targets[n]: m for n, m in masks.items()})
     fit = None
     wants_training = config.epochs is None and ctx.train_data is not None or bool(config.epochs)
+    if wants_training and config.epochs is None and not _has_torch():
+        ctx.say("prune: fine-tuning skipped: it needs the torch extra (pip install 'edgekit[torch]'); the zeros are applied as they are")
+        wants_training = False
     if wants_training:
         pruned, fit = _fine_tune_sparse(pruned, model, config, ctx)
     per_layer = sparsity_by_layer(pruned, prunable_weights(pruned))  # re-read: export renames initializers
@@ -153,9 +162,10 @@ def _unstructured(model: onnx.ModelProto, config: PruneConfig, ctx: Context) -> 
         "note": "zeros are stored and computed: raw size and latency are unchanged; the gain is compressed size (gzip, int8 + gzip)",
     }
     s = record["size"]
-    ctx.say(f"prune: unstructured {config.ratio:.0%}: {zeros:,}/{total:,} weights zero ({record['sparsity']:.1%}); "
-            f"raw size {s['before']:,} → {s['after']:,} bytes (unchanged: zeros are stored), gzip {s['gzip_before']:,} → {s['gzip_after']:,} bytes. "
-            "Not a speed-up: ONNX Runtime multiplies the zeros too")
+    record["summary"] = (f"{zeros:,}/{total:,} weights zero ({record['sparsity']:.1%}); raw size {s['before']:,} → {s['after']:,} bytes "
+                         f"(unchanged: zeros are stored), gzip {s['gzip_before']:,} → {s['gzip_after']:,} bytes. "
+                         "Not a speed-up: ONNX Runtime multiplies the zeros too")
+    ctx.say(f"prune: unstructured {config.ratio:.0%}: {record['summary']}")
     if not wants_training and ctx.train_data is None:
         ctx.say("prune: no fine-tuning (no --data): give training data to recover accuracy")
     return StepOutcome(pruned, "fp32", record, tag="pruned")
@@ -165,9 +175,13 @@ def _fine_tune_sparse(pruned: onnx.ModelProto, teacher: onnx.ModelProto, config:
     """Fine-tune with every zero kept at zero; returns the new ONNX model and the fit result."""
     import torch
 
+    from edgekit.distill.convert import ConversionError
     from edgekit.distill.workbench import load_torch, train
 
-    tm = load_torch(pruned, ctx, what="fine-tuning after pruning", factory=None)
+    try:
+        tm = load_torch(pruned, ctx, what="fine-tuning after unstructured pruning", factory=None)
+    except ConversionError as e:
+        raise ConversionError(f"{e}; or pass --epochs 0 to prune without fine-tuning (no torch needed)") from None
     if config.torch_model:
         ctx.say("prune: --torch-model is used by structured pruning only; unstructured fine-tuning converts the ONNX model")
     masks = {n: (p != 0).to(p.dtype) for n, p in tm.net.named_parameters() if p.dim() >= 2 and bool((p == 0).any())}
@@ -179,6 +193,17 @@ def _fine_tune_sparse(pruned: onnx.ModelProto, teacher: onnx.ModelProto, config:
     out = tm.export()
     _check_signature(teacher, out)
     return out, fit
+
+
+def _has_torch() -> bool:
+    from edgekit.distill.convert import require_torch
+    from edgekit.errors import MissingExtraError
+
+    try:
+        require_torch("fine-tuning")
+    except MissingExtraError:
+        return False
+    return True
 
 
 def _check_signature(src: onnx.ModelProto, new: onnx.ModelProto) -> None:

@@ -182,6 +182,8 @@ def prune_channels(
     pruner = tp.pruner.MetaPruner(
         net, inputs, importance=_importance(importance), pruning_ratio=ratio, pruning_ratio_dict=ratio_dict or None,
         global_pruning=global_pruning, ignored_layers=ignored, round_to=round_to,
+        # a global ranking may empty a layer whose weights are all small; no layer loses more than 90%
+        max_pruning_ratio=0.9 if global_pruning else 1.0,
     )
     pruner.step()
     try:

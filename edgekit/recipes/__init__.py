@@ -66,12 +66,11 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     """A shipped recipe by name (``int8-mobile``) or a recipe file by path (``./my.yaml``)."""
     text = str(name_or_path)
     p = Path(text)
-    looks_like_path = p.suffix in (".yaml", ".yml") or "/" in text or "\\" in text or p.exists()
-    if looks_like_path:
-        return read_recipe_file(p)
     shipped = shipped_recipes()
-    if text in shipped:
-        return read_recipe_file(shipped[text], label=f"{text}.yaml")
+    if text in shipped and not isinstance(name_or_path, Path):  # a shipped name wins over a same-named file or folder
+        return read_recipe_file(shipped[text], label=f"{text}.yaml", source=f"edgekit/recipes/{text}.yaml (shipped)")
+    if p.suffix in (".yaml", ".yml") or "/" in text or "\\" in text or p.exists():
+        return read_recipe_file(p)
     near = difflib.get_close_matches(text, list(shipped), n=1, cutoff=0.5)
     hint = f"; did you mean {near[0]!r}?" if near else "."
     raise RecipeError(f"no shipped recipe named {text!r}{hint} Shipped: {', '.join(shipped)}. Or pass a path to a recipe .yaml file")

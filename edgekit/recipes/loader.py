@@ -29,8 +29,8 @@ __all__ = ["parse_recipe", "read_recipe_file"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def read_recipe_file(path: str | Path, *, label: str | None = None) -> Recipe:
-    """Load and validate the recipe at ``path``. ``label`` is how messages name the file."""
+def read_recipe_file(path: str | Path, *, label: str | None = None, source: str | None = None) -> Recipe:
+    """Load and validate the recipe at ``path``. ``label`` is how messages name the file, ``source`` how manifests do."""
     p = Path(path)
     where = label or str(path)
     if not p.exists():
@@ -41,10 +41,10 @@ def read_recipe_file(path: str | Path, *, label: str | None = None) -> Recipe:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"cannot read recipe {where}: {e}") from None
-    return parse_recipe(text, where, default_name=p.stem, path=p)
+    return parse_recipe(text, where, default_name=p.stem, path=p, source=source)
 
 
-def parse_recipe(text: str, where: str, *, default_name: str = "recipe", path: Path | None = None) -> Recipe:
+def parse_recipe(text: str, where: str, *, default_name: str = "recipe", path: Path | None = None, source: str | None = None) -> Recipe:
     """Validate recipe ``text``; ``where`` names it in messages (a file name)."""
     node, doc = _compose(text, where)
     loc = _Locator(where, node)
@@ -53,7 +53,7 @@ def parse_recipe(text: str, where: str, *, default_name: str = "recipe", path: P
     if not isinstance(doc, dict):
         raise RecipeError(
             f"{where}:{loc.line(())}: a recipe is a mapping with 'steps' (and optionally {', '.join(k for k in TOP_LEVEL_KEYS if k != 'steps')}); "
-            f"got a {_kind(doc)}"
+            f"got {_kind(doc)}"
         )
     for key in doc:
         if key not in TOP_LEVEL_KEYS:
@@ -61,9 +61,10 @@ def parse_recipe(text: str, where: str, *, default_name: str = "recipe", path: P
                               f"Allowed: {', '.join(TOP_LEVEL_KEYS)}")
     if "steps" not in doc:
         raise RecipeError(f"{where}:{loc.line(())}: missing 'steps', the list of steps to run, e.g.\n  steps:\n    - int8: {{max_drop: 1.0}}")
-    name = _string(doc, "name", loc) or default_name
-    if not _NAME.match(name):
+    name = _string(doc, "name", loc)
+    if name is not None and not _NAME.match(name):
         raise RecipeError(f"invalid name {name!r} in {loc.at(('name',))} (recipe): use letters, digits, '.', '_' and '-'")
+    name = name or re.sub(r"[^A-Za-z0-9._-]+", "-", default_name).strip("-.") or "recipe"
     steps = _steps(doc["steps"], loc)
     export = _export(doc.get("export"), loc)
     data = _section(DataNeeds, doc.get("data"), "data", loc)
@@ -75,7 +76,7 @@ def parse_recipe(text: str, where: str, *, default_name: str = "recipe", path: P
         export=export,
         data=data,
         gates=gates,
-        source=str(path) if path else where,
+        source=source or (str(path) if path else where),
         sha256=hashlib.sha256(text.encode()).hexdigest(),
     )
 

@@ -1,102 +1,83 @@
-"""Comparison reports: one data structure (:func:`compress_report`), rendered as a terminal table and JSON.
+"""Comparison reports: one data structure, three renderings (terminal table, JSON, self-contained HTML).
 
-``report.json`` schema (``edgekit.report`` v1): ``{schema, schema_version, model, version, threads,
-baseline: Row, rows: [Row], steps, notes}`` where a Row has ``file, format, precision, size_bytes,
-size_ratio, latency_p50_ms, latency_p95_ms, latency_ratio`` and, when known, ``accuracy``,
-``agreement``, ``cosine``, ``max_abs_error``, ``quantized_share``, ``params``, ``sparsity``.
+Build the structure from a ``compress`` result (:func:`compress_report`) or by measuring any
+models on the same data and CPU (:func:`compare_report`); render it with :func:`render_table`
+(rich), ``json.dumps`` (``report.json``) or :func:`render_html` (``report.html``: inline CSS and
+SVG plots, no scripts, fonts or URLs, works offline).
+
+``report.json`` (``edgekit.report`` v1; every key in :mod:`edgekit.report.schema`, which
+``edgekit report --schema`` prints as JSON Schema)::
+
+    {schema, schema_version, kind, model, version, output, threads, runtime, data, quality_metric,
+     baseline: Row, rows: [Row], layers: {file: LayerBlock}, steps, recipe, gates, notes,
+     accuracy_bound_failed}
+
+    Row: file role format precision size_bytes gzip_bytes size_ratio gzip_ratio params sparsity
+         quantized_share quantized_nodes weighted_nodes latency_p50_ms latency_p95_ms latency_ratio
+         accuracy agreement cosine max_abs_error drop_pts parity        (all present; null = unknown)
+
+Module map: ``build`` (the structure), ``files`` (what a file is: format, precision, sizes,
+weights), ``layers`` (per-layer int8 error), ``table`` / ``html`` / ``plots`` (renderings).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from edgekit.report.build import compare_report, compress_report
+from edgekit.report.schema import REPORT_SCHEMA, REPORT_VERSION, json_schema
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from edgekit.compress import CompressResult
 
-__all__ = ["compress_report", "render_compress_table", "write_reports"]
+__all__ = [
+    "REPORT_SCHEMA",
+    "REPORT_VERSION",
+    "compare_report",
+    "compress_report",
+    "json_schema",
+    "render_compress_table",
+    "render_html",
+    "render_table",
+    "to_json",
+    "write_reports",
+]
 
-REPORT_SCHEMA = "edgekit.report"
-REPORT_VERSION = 1
+
+def to_json(report: dict[str, Any]) -> str:
+    """The report as JSON text: keys in schema order, 2-space indent, trailing newline."""
+    return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
 
 
-def compress_report(result: CompressResult) -> dict:
-    m = result.manifest.metrics
-    src = m["source"]
-    rows = []
-    for a in result.artifacts:
-        am = m[a.file]
-        row = {
-            "file": a.file, "format": a.exported.format, "precision": a.exported.precision,
-            "size_bytes": a.size_bytes, "size_ratio": am["size_ratio"],
-            "latency_p50_ms": am["latency_p50_ms"], "latency_p95_ms": am["latency_p95_ms"], "latency_ratio": am["latency_ratio"],
-        }
-        for k in ("accuracy", "agreement", "cosine", "max_abs_error", "drop_pts"):
-            if k in am:
-                row[k] = am[k]
-        if a.stats:
-            row.update({"params": a.stats["params"], "quantized_share": a.stats["quantized_share"], "sparsity": a.stats["sparsity"],
-                        "quantized_nodes": a.stats["quantized_nodes"], "weighted_nodes": a.stats["weighted_nodes"]})
-        if a.parity:
-            row["parity"] = a.parity
-        rows.append(row)
-    return {
-        "schema": REPORT_SCHEMA,
-        "schema_version": REPORT_VERSION,
-        "model": result.manifest.name,
-        "version": result.manifest.version,
-        "output": str(result.output),
-        "threads": result.threads,
-        "data": result.manifest.raw.get("data"),
-        "baseline": {"file": result.source.name, "format": "onnx", "precision": "fp32", "size_bytes": result.source_size,
-                     "latency_p50_ms": src["latency_p50_ms"], "latency_p95_ms": src["latency_p95_ms"],
-                     **({"accuracy": src["accuracy"]} if "accuracy" in src else {})},
-        "rows": rows,
-        "steps": result.steps,
-        "notes": result.notes,
-        "accuracy_bound_failed": result.failed_bound,
-    }
+def render_html(report: dict[str, Any]) -> str:
+    """The self-contained HTML page (matplotlib is imported here, not before)."""
+    from edgekit.report.html import render_html as _render
+
+    return _render(report)
+
+
+def render_table(report: dict[str, Any], console: Console) -> None:
+    """The terminal rendering: comparison table, worst int8 layers, gates, notes."""
+    from edgekit.report.table import render_table as _render
+
+    _render(report, console)
 
 
 def write_reports(result: CompressResult, out_dir: Path) -> None:
-    (out_dir / "report.json").write_text(json.dumps(compress_report(result), indent=2) + "\n")
+    """Write ``report.json`` and ``report.html`` for a compress result into ``out_dir``."""
+    rep = compress_report(result)
+    (out_dir / "report.json").write_text(to_json(rep), encoding="utf-8")
+    (out_dir / "report.html").write_text(render_html(rep), encoding="utf-8")
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
-
-
-def render_compress_table(result: CompressResult, console) -> None:
-    """The short table ``edgekit compress`` prints: size, latency and quality before/after."""
-    from rich.table import Table
+def render_compress_table(result: CompressResult, console: Console) -> None:
+    """What ``edgekit compress`` prints: the comparison table, then the int8 search and the worst layers."""
+    from edgekit.report.table import render_search
 
     rep = compress_report(result)
-    base = rep["baseline"]
-    quality_label = "accuracy" if "accuracy" in base else "agreement"
-    t = Table(title=f"{rep['model']} {rep['version']}  (latency: batch 1, {rep['threads']} thread(s), this CPU)", title_justify="left")
-    for col in ("artifact", "precision", "size", "size ×", "p50 ms", "p50 ×", quality_label, "quantized"):
-        t.add_column(col, justify="left" if col in ("artifact", "precision") else "right")
-    base_q = f"{base['accuracy']:.2f}%" if "accuracy" in base else "—"
-    t.add_row(base["file"], "fp32", _mb(base["size_bytes"]), "1.00", f"{base['latency_p50_ms']:.3f}", "1.00", base_q, "—")
-    for r in rep["rows"]:
-        if quality_label == "accuracy":
-            q = f"{r['accuracy']:.2f}%" if "accuracy" in r else "—"
-        elif "agreement" in r:
-            q = f"{r['agreement']:.2f}%"
-        else:
-            q = f"cos {r.get('cosine', 0):.4f}"
-        quant = (f"{r['quantized_nodes']}/{r['weighted_nodes']} nodes · {r['quantized_share']:.0%} weights"
-                 if "quantized_nodes" in r and r["precision"] == "int8" else "—")
-        t.add_row(r["file"], r["precision"], _mb(r["size_bytes"]), f"{r['size_ratio']:.2f}", f"{r['latency_p50_ms']:.3f}",
-                  f"{r['latency_ratio']:.2f}", q, quant)
-    console.print(t)
-    for s in rep["steps"]:
-        search = (s.get("result") or {}).get("search")
-        if search:
-            console.print(f"int8: chose [bold]{search['chosen']}[/bold] — {search['why']}", soft_wrap=True)
-            tried = ", ".join(
-                f"{c['name']} {c['latency_ratio']:.2f}x/{c['quality']['drop_pts']:+.2f}pt" if c["status"] == "ok" else f"{c['name']} ({c['status']})"
-                for c in search["candidates"]
-            )
-            console.print(f"      candidates (latency × fp32 / accuracy drop): {tried}", style="dim", soft_wrap=True)
+    render_table(rep, console)
+    render_search(rep, console)

@@ -11,7 +11,7 @@ import numpy as np
 
 from device_agent.manifest import TensorSpec
 from device_agent.runtime import BackendError, open_backend
-from edgekit.errors import InputError
+from edgekit.errors import DataError, InputError
 from edgekit.report.files import Entry, expand, gzip_size, onnx_facts, tflite_weight_stats
 from edgekit.report.schema import REPORT_SCHEMA, REPORT_VERSION, ROW_KEYS
 
@@ -94,24 +94,30 @@ def compare_report(
     base, base_backend = entries[0], backends[0]
     inputs, outputs = base_backend.inputs, base_backend.outputs
     if data is not None:
-        dataset = load_data(data, inputs, data_layout=data_layout)
+        try:
+            dataset = load_data(data, inputs, data_layout=data_layout)
+        except DataError as ex:
+            if base.format == "tflite" and base.artifact is None and len(entries) > 1:
+                raise DataError(f"{ex}. Or put the model whose layout the data has first (e.g. the source .onnx): "
+                                "the other models are fed in their own layout") from None
+            raise
     else:
         dataset = generate(inputs, GENERATED_SAMPLES)
         notes.append(f"no --data: {GENERATED_SAMPLES} generated inputs; quality is agreement with {base.file}, not accuracy")
     dataset = dataset.subset(max_eval_samples)
     classifier = is_classifier(outputs)
     first = outputs[0].name
-    aligned = [base_backend] + [_Aligned(b, inputs, outputs, e.file) for e, b in zip(entries[1:], backends[1:])]
-    results = [run_dataset(b, dataset, inputs) for b in aligned]
+    aligned = [base_backend] + [_Aligned(b, inputs, outputs, e.file) for e, b in zip(entries[1:], backends[1:], strict=True)]
+    results = [_run(b, dataset, inputs, e.file, run_dataset) for e, b in zip(entries, aligned, strict=True)]
     ref = results[0]
     labels = dataset.labels if classifier else None
     ref_acc = float((ref[first].argmax(1) == labels).mean() * 100) if labels is not None else None
     feeds = one_sample(dataset, inputs)
-    lat = measure_latencies({e.file: (b, feeds) for e, b in zip(entries, aligned)}, budget_s=latency_budget_s)
+    lat = measure_latencies({e.file: (b, feeds) for e, b in zip(entries, aligned, strict=True)}, budget_s=latency_budget_s)
     rows = []
     base_size, base_gz = entries[0].path.stat().st_size, gzip_size(entries[0].path)
     base_p50 = lat[base.file].p50_ms
-    for i, (e, outs) in enumerate(zip(entries, results)):
+    for i, (e, outs) in enumerate(zip(entries, results, strict=True)):
         row = _row(e.file, "baseline" if i == 0 else "artifact", e.format, e.precision)
         size, gz = e.path.stat().st_size, gzip_size(e.path)
         q = compare(ref, outs, classifier=classifier, first_output=first, labels=labels, ref_accuracy=ref_acc,
@@ -225,13 +231,21 @@ def _compress_layers(result: CompressResult, notes: list[str]) -> dict[str, Any]
         if data is None:
             notes.append(f"per-layer error of {a.file} needs the evaluation data; not computed")
             continue
+        # the reference is the float model the int8 step quantized: the source, or the pruned / distilled model
+        reference = result.float_model if result.float_model is not None else result.source
+        ref_name = result.source.name if reference is result.source or not _changed(result) else "the float model before int8"
         try:
-            errs = layer_errors(result.source, _artifact_path(result, a), data, result.manifest.inputs, threads=result.threads)
+            errs = layer_errors(reference, _artifact_path(result, a), data, result.manifest.inputs, threads=result.threads)
         except Exception as e:  # noqa: BLE001 - a diagnostic must never fail the compression it describes
             notes.append(f"per-layer error of {a.file} could not be computed: {type(e).__name__}: {str(e)[:200]}")
             continue
-        out[a.file] = _layer_block(result.source.name, min(data.n, MAX_SAMPLES), data.generated, errs)
+        out[a.file] = _layer_block(ref_name, min(data.n, MAX_SAMPLES), data.generated, errs)
     return out
+
+
+def _changed(result: CompressResult) -> bool:
+    """Whether a step before quantization changed the float model (pruning, distillation)."""
+    return any(s["name"] not in ("int8", "fp16") for s in result.steps)
 
 
 def _compare_layers(entries: list[Entry], data: Dataset, inputs: tuple[TensorSpec, ...], threads: int, notes: list[str]) -> dict:
@@ -246,6 +260,12 @@ def _compare_layers(entries: list[Entry], data: Dataset, inputs: tuple[TensorSpe
         notes.append(f"per-layer error needs a float .onnx baseline; {base.file} is {base.precision} {base.format}")
         return out
     for e in candidates:
+        changed = [s["name"] for s in (e.manifest.raw.get("steps") or []) if s["name"] not in ("int8", "fp16")] if e.manifest else []
+        if changed:
+            # its float model was changed before int8 (pruned, distilled): the baseline is not what int8 quantized
+            notes.append(f"per-layer error of {e.file} is not measured against {base.file}: {', '.join(changed)} changed the model "
+                         "before int8; the report.json written by compress has it against the model int8 quantized")
+            continue
         try:
             errs = layer_errors(base.path, e.path, data, inputs, threads=threads)
         except Exception as ex:  # noqa: BLE001 - diagnostics are best effort
@@ -262,6 +282,13 @@ def _layer_block(reference: str, samples: int, generated: bool, errs) -> dict:
     return {"reference": reference, "samples": samples, "generated_data": bool(generated), "layers": [e.to_dict() for e in errs]}
 
 
+def _run(backend, dataset, inputs, file: str, run_dataset) -> dict[str, np.ndarray]:
+    try:
+        return run_dataset(backend, dataset, inputs)
+    except BackendError as ex:
+        raise InputError(f"{file} failed on the data: {ex}") from None
+
+
 def _open(e: Entry, threads: int):
     try:
         return open_backend(e.path, e.artifact, threads=threads)
@@ -274,7 +301,7 @@ class _Aligned:
 
     A file from an edgekit output directory already speaks the source layout (its manifest says
     how); a loose file may not: a .tflite from elsewhere is usually NHWC where the baseline .onnx is
-    NCHW. A 4-D input whose shape matches the baseline's transposed to NHWC is transposed.
+    NCHW (or the other way round). A 4-D input whose shape matches the baseline's transposed is transposed.
     """
 
     def __init__(self, backend, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], file: str) -> None:
@@ -285,10 +312,15 @@ class _Aligned:
             raise InputError(f"{file} has {len(mine_in)} input(s) and {len(mine_out)} output(s); the baseline has "
                              f"{len(inputs)} and {len(outputs)}: they are not the same model")
         self._in = {}
-        for base, mine in zip(inputs, _by_name_or_position(inputs, mine_in)):
-            self._in[base.name] = (mine.name, _nhwc_perm(base, mine))
+        for base, mine in zip(inputs, _by_name_or_position(inputs, mine_in), strict=True):
+            perm = _nhwc_perm(base, mine)
+            shape = [base.shape[i] for i in perm] if perm else list(base.shape)
+            if len(shape) != len(mine.shape) or not _fits(shape, list(mine.shape)):
+                raise InputError(f"{file} expects input {mine.name!r} as {_dims(mine.shape)}; the baseline takes {_dims(base.shape)}: "
+                                 "they are not the same model")
+            self._in[base.name] = (mine.name, perm)
         self._out = {}
-        for base, mine in zip(outputs, _by_name_or_position(outputs, mine_out)):
+        for base, mine in zip(outputs, _by_name_or_position(outputs, mine_out), strict=True):
             perm = _nhwc_perm(base, mine)
             self._out[mine.name] = (base.name, tuple(int(i) for i in np.argsort(perm)) if perm else None)
 
@@ -304,6 +336,10 @@ class _Aligned:
         return out
 
 
+def _dims(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
 def _by_name_or_position(base: tuple[TensorSpec, ...], mine: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
     names = {s.name: s for s in mine}
     if all(b.name in names for b in base):
@@ -317,9 +353,11 @@ def _nhwc_perm(base: TensorSpec, mine: TensorSpec) -> tuple[int, ...] | None:
     b, m = list(base.shape), list(mine.shape)
     if _fits(b, m):
         return None
-    nhwc = [b[0], b[2], b[3], b[1]]
-    return (0, 2, 3, 1) if _fits(nhwc, m) else None
+    for perm in ((0, 2, 3, 1), (0, 3, 1, 2)):  # NCHW baseline → NHWC model, and the other way round
+        if _fits([b[i] for i in perm], m):
+            return perm
+    return None
 
 
 def _fits(a: list, b: list) -> bool:
-    return all(not isinstance(x, int) or not isinstance(y, int) or x == y for x, y in zip(a, b))
+    return all(not isinstance(x, int) or not isinstance(y, int) or x == y for x, y in zip(a, b, strict=True))

@@ -122,7 +122,9 @@ def _match(fm: onnx.ModelProto, qm: onnx.ModelProto) -> tuple[dict[str, tuple[st
         if qdq is None and f"{t}_quantized" not in scales and (t in q_out or t in q_inputs):
             node = q_out.get(t)
             if node is not None and node.op_type in _QDQ:
-                continue
+                node = _before_qdq(node, q_out)  # a graph output: compute node → Q → DQ named as the output
+                if node is None:
+                    continue
             pairs[t] = (t, t)
             if node is not None:
                 producer[t] = node
@@ -153,6 +155,17 @@ def _after_qdq(t: str, consumers: dict[str, list[onnx.NodeProto]]) -> str | None
                 if dq.op_type == "DequantizeLinear":
                     return dq.output[0]
     return None
+
+
+def _before_qdq(dq: onnx.NodeProto, q_out: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
+    """The compute node behind a DequantizeLinear(QuantizeLinear(x)) pair, if that is what ``dq`` ends."""
+    if dq.op_type != "DequantizeLinear":
+        return None
+    q = q_out.get(dq.input[0])
+    if q is None or q.op_type != "QuantizeLinear":
+        return None
+    src = q_out.get(q.input[0])
+    return src if src is not None and src.op_type not in _QDQ else None
 
 
 def _qop_scales(qm: onnx.ModelProto) -> dict[str, tuple[str, str]]:
@@ -218,8 +231,8 @@ def _accumulate(f_sess, q_sess, pairs: dict[str, tuple[str, str]], data: Dataset
         if fixed and start + batch > data.n:
             break
         feeds = {k: (np.asarray(v[start]) if k in scalar else v[start : start + batch]) for k, v in data.inputs.items()}
-        fr = dict(zip(f_outs, f_sess.run(f_outs, feeds)))
-        qr = dict(zip(q_outs, q_sess.run(q_outs, {k: v for k, v in feeds.items() if k in q_feeds_names})))
+        fr = dict(zip(f_outs, f_sess.run(f_outs, feeds), strict=True))
+        qr = dict(zip(q_outs, q_sess.run(q_outs, {k: v for k, v in feeds.items() if k in q_feeds_names}), strict=True))
         for t, (fname, qname) in pairs.items():
             f = fr.get(fname, feeds.get(fname))
             q = qr.get(qname, feeds.get(qname))

@@ -63,17 +63,28 @@ def pareto_svg(report: dict[str, Any]) -> str | None:
     pts = [(r["size_bytes"], _quality(r, metric), r) for r in rows if _quality(r, metric) is not None]
     if len(pts) < 2:
         return None
+    from matplotlib.ticker import FuncFormatter
+
     fig, ax = _figure(7.2, 4.2)
-    for size, q, r in pts:
+    # labels of nearby points take turns above and below, so equal-accuracy artifacts stay readable
+    offsets = [(6, 7), (6, -13), (6, 19), (6, -25)]
+    for i, (size, q, r) in enumerate(sorted(pts, key=lambda p: p[0])):
         base = r["role"] == "baseline"
         ax.scatter([size / 1e3], [q], s=70 if base else 55, marker="s" if base else "o", color=_BASE if base else _ART, zorder=3)
-        ax.annotate(r["file"], (size / 1e3, q), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.annotate(r["file"], (size / 1e3, q), textcoords="offset points", xytext=offsets[i % len(offsets)], fontsize=8)
     front = _frontier([(s, q) for s, q, _ in pts])
-    ax.step([s / 1e3 for s, _ in front], [q for _, q in front], where="post", color=_FRONT, lw=1.5, zorder=2,
-            label="Pareto frontier (smaller and better)")
     sizes = [s for s, _, _ in pts]
-    if max(sizes) / max(1, min(sizes)) > 3:
+    xs = [s / 1e3 for s, _ in front] + [max(sizes) / 1e3]
+    ys = [q for _, q in front] + [front[-1][1]]
+    ax.step(xs, ys, where="post", color=_FRONT, lw=1.5, zorder=2, label="Pareto frontier (nothing smaller is better)")
+    if max(sizes) / max(1, min(sizes)) > 10:
+        from matplotlib.ticker import LogLocator
+
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlim(min(sizes) / 1e3 * 0.85, max(sizes) / 1e3 * 1.25)
     qs = [q for _, q, _ in pts]
     span = max(qs) - min(qs)
     pad = max(span * 0.25, 0.5 if metric != "cosine" else 0.0005)
@@ -108,24 +119,24 @@ def latency_svg(report: dict[str, Any]) -> str | None:
     p95 = [r["latency_p95_ms"] or r["latency_p50_ms"] for r in rows][::-1]
     colors = [_BASE if r["role"] == "baseline" else (_WORSE if (r.get("latency_ratio") or 0) > 1.05 else _ART) for r in rows][::-1]
     ax.barh(names, p50, color=colors, height=0.6, zorder=2)
-    ax.errorbar(p95, names, xerr=[[max(0.0, b - a) for a, b in zip(p50, p95)], [0] * len(p95)], fmt="none", ecolor="#111827",
+    ax.errorbar(p95, names, xerr=[[max(0.0, b - a) for a, b in zip(p50, p95, strict=True)], [0] * len(p95)], fmt="none", ecolor="#111827",
                 capsize=3, lw=1, zorder=3)
     if base:
         ax.axvline(base, color=_BASE, ls="--", lw=1, zorder=1)
-    for y, (v, r) in enumerate(zip(p50, rows[::-1])):
-        ratio = f"  {r['latency_ratio']:.2f}x" if r.get("latency_ratio") is not None and r["role"] != "baseline" else ""
-        ax.text(v, y, f" {v:.3g} ms{ratio}", va="center", fontsize=8)
+    for y, (v, hi, r) in enumerate(zip(p50, p95, rows[::-1], strict=True)):
+        ratio = f"  ({r['latency_ratio']:.2f}x)" if r.get("latency_ratio") is not None and r["role"] != "baseline" else ""
+        ax.text(max(v, hi), y, f"  {v:.3g} ms{ratio}", va="center", fontsize=8)
     threads = report.get("threads", 1)
     ax.set_xlabel(f"latency, ms (bar p50, whisker to p95; batch 1, {threads} thread{'s' if threads != 1 else ''})")
     ax.set_title("Latency on this CPU", loc="left", fontsize=11)
-    ax.set_xlim(0, max(p95) * 1.35)
+    ax.set_xlim(0, max(p95) * 1.5)
     ax.grid(True, axis="x", alpha=0.3)
     return _svg(fig, "latency", "Latency on this CPU")
 
 
 def layers_svg(file: str, block: dict[str, Any], *, top: int = 15, index: int = 0) -> str | None:
     """The layers adding the most relative error (bars) and the cumulative error there (dots)."""
-    layers = block["layers"][:top]
+    layers = [e for e in block["layers"][:top] if e["added_rel_error"] > 0]
     if not layers:
         return None
     fig, ax = _figure(7.2, 0.38 * len(layers) + 1.4)

@@ -70,7 +70,7 @@ def write_model_dir(model: onnx.ModelProto, out: Path, *, name: str = "model", v
             feeds = {k: (np.ascontiguousarray(np.transpose(v, perm)) if perm else v) for k, v in vec.items()}
             res = sess.run(None, feeds)
             vectors.append({"inputs": {k: encode_tensor(v) for k, v in vec.items()},
-                            "expected": {file: {o.name: encode_tensor(y) for o, y in zip(sess.get_outputs(), res)}}})
+                            "expected": {file: {o.name: encode_tensor(y) for o, y in zip(sess.get_outputs(), res, strict=True)}}})
         doc["selftest"] = {"vectors": vectors, "tolerance": {file: tolerance or {"atol": 1e-5, "rtol": 1e-4}}}
     (out / "edgekit.json").write_text(json.dumps(doc, indent=2))
     return out

@@ -84,6 +84,9 @@ def test_a_killed_agent_is_marked_offline_by_its_last_will(tmp_path, digits_dir,
     states.wait_for(lambda c: c.payloads("pi-07/state")[-1]["status"] == "offline", 10, "the Last Will")
     will = states.payloads("pi-07/state")[-1]
     assert will["reason"] == "lwt" and will["device"] == "pi-07"
+    birth = [s for s in states.payloads("pi-07/state") if s["status"] == "online"][-1]
+    # (boot, seq) orders them: the will ends the connection the birth started
+    assert (will["boot"], will["seq"]) > (birth["boot"], birth["seq"]) and will["seq"] >> 20 == birth["seq"] >> 20
 
 
 def test_check_reports_the_model_and_selftest(tmp_path, digits_dir):

@@ -1,7 +1,7 @@
 import textwrap
-import tomllib
 
 import pytest
+import tomllib
 
 from device_agent.config import load_config, parse_config, render_toml
 from device_agent.errors import ConfigError

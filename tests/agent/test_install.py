@@ -5,12 +5,12 @@ import signal
 import subprocess
 import sys
 import tarfile
-import tomllib
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 from agent_helpers import free_port, wait_until
 from click.testing import CliRunner
 
@@ -50,10 +50,15 @@ def bundle(tmp_path, digits_dir, wheel, *args):
 
 
 def test_bundle_contents_config_and_permissions(tmp_path, digits_dir, agent_wheel, tls_files):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "release.pub").write_bytes(ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     r, out = bundle(tmp_path, digits_dir, agent_wheel, "--broker", "mqtts://broker.lan:8883", "--group", "lab", "--ca", str(tls_files["ca"]),
                     "--cert", str(tls_files["client_cert"]), "--key", str(tls_files["client_key"]), "--username", "pi-07",
-                    "--password-file", str(tmp_path / "pw"), "--set", "telemetry.interval_s=30", "--set", "api.port=8471")
+                    "--password-file", str(tmp_path / "pw"), "--trusted-key", str(tmp_path / "release.pub"), "--set", "telemetry.interval_s=30", "--set", "api.port=8471")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output)
     with tarfile.open(out) as tar:
@@ -62,13 +67,14 @@ def test_bundle_contents_config_and_permissions(tmp_path, digits_dir, agent_whee
         config = tar.extractfile("agent.toml").read().decode()
         reqs = tar.extractfile("requirements.txt").read().decode().split()
     assert {"install.sh", "edgekit-agent.service", "agent.toml", "requirements.txt", "BUNDLE.json", "model/edgekit.json",
-            "certs/ca.pem", "certs/client.pem", "certs/client.key", "secrets/broker-password", f"wheels/{agent_wheel.name}"} <= names
+            "certs/ca.pem", "certs/client.pem", "certs/client.key", "secrets/broker-password", "keys/00-release.pub", f"wheels/{agent_wheel.name}"} <= names
     assert any(n.endswith(".ort") for n in names) and any(n.endswith(".onnx") for n in names)
     assert members["install.sh"].mode == 0o755 and members["certs/client.key"].mode == 0o600 and members["secrets/broker-password"].mode == 0o600
     doc = tomllib.loads(config)
     assert doc["device"] == {"id": "pi-07", "group": "lab"} and doc["broker"]["url"] == "mqtts://broker.lan:8883"
     assert doc["broker"]["ca_file"] == "@CONFIG_DIR@/certs/ca.pem" and doc["model"]["path"] == "@STATE_DIR@/model"
     assert doc["telemetry"]["interval_s"] == 30 and doc["api"]["port"] == 8471
+    assert doc["security"]["trusted_keys"] == ["@CONFIG_DIR@/keys/00-release.pub"]
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     from packaging.requirements import Requirement
 
@@ -105,8 +111,14 @@ def test_bundle_refuses_a_tampered_model(tmp_path, digits_copy, agent_wheel):
 
 @pytest.mark.slow
 def test_install_script_makes_a_working_agent(tmp_path, digits_dir, digits, agent_wheel, wheelhouse, mosquitto, mqtt_collector):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = tmp_path / "release.pub"
+    key.write_bytes(ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.PEM,
+                                                                                 serialization.PublicFormat.SubjectPublicKeyInfo))
     port = free_port()
-    r, out = bundle(tmp_path, digits_dir, agent_wheel, "--broker", mosquitto.url, "--set", f"api.port={port}",
+    r, out = bundle(tmp_path, digits_dir, agent_wheel, "--broker", mosquitto.url, "--set", f"api.port={port}", "--trusted-key", str(key),
                     "--set", "telemetry.interval_s=0.5", "--set", "broker.reconnect_min_s=0.1")
     assert r.exit_code == 0, r.output
     b = tmp_path / "bundle"
@@ -126,6 +138,8 @@ def test_install_script_makes_a_working_agent(tmp_path, digits_dir, digits, agen
     doc = tomllib.loads(config.read_text())
     assert doc["model"]["path"] == f"{dirs['state']}/model" and doc["state_dir"] == str(dirs["state"])
     assert (dirs["state"] / "model" / "edgekit.json").is_file()
+    assert doc["security"]["trusted_keys"] == [f"{dirs['config']}/keys/00-release.pub"]
+    assert (dirs["config"] / "keys" / "00-release.pub").read_bytes() == key.read_bytes()
     unit = (dirs["unit"] / "edgekit-agent.service").read_text()
     assert f"ExecStart={venv}/bin/edgekit-agent run --config {config}" in unit
     for line in ("Restart=always", "User=edgekit", "ProtectSystem=strict", f"ReadWritePaths={dirs['state']}", "NoNewPrivileges=yes"):

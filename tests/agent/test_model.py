@@ -3,12 +3,12 @@ import json
 import numpy as np
 import onnx
 import pytest
+from agent_helpers import nhwc_variant, two_input_model, write_model_dir
 
 from device_agent.agent import Agent
 from device_agent.errors import ModelError
 from device_agent.manifest import load_manifest
 from device_agent.model import load_model, top_k
-from agent_helpers import nhwc_variant, two_input_model, write_model_dir
 
 
 def test_compress_output_loads_the_ort_artifact_and_passes_selftest(digits_dir):
@@ -45,12 +45,12 @@ def test_tampered_artifact_is_refused(digits_copy):
 
 def test_wrong_expected_outputs_fail_the_selftest_and_the_agent_is_not_ready(digits_copy):
     manifest = json.loads((digits_copy / "edgekit.json").read_text())
-    for art, tol in manifest["selftest"]["tolerance"].items():
+    for tol in manifest["selftest"]["tolerance"].values():
         tol["atol"], tol["rtol"] = 1e-9, 1e-9
     v = manifest["selftest"]["vectors"][0]
     from device_agent.manifest import decode_tensor, encode_tensor
 
-    for art, outs in v["expected"].items():
+    for outs in v["expected"].values():
         for name, t in outs.items():
             outs[name] = encode_tensor(decode_tensor(t) + 1.0)
     (digits_copy / "edgekit.json").write_text(json.dumps(manifest))

@@ -1,6 +1,5 @@
 """The agent against a real Mosquitto: birth/LWT, telemetry content, outages, restarts, TLS, commands."""
 
-import json
 import shutil
 import subprocess
 import threading
@@ -8,12 +7,13 @@ import time
 
 import numpy as np
 import pytest
+from agent_helpers import wait_until
 
 from device_agent.agent import Agent
 from device_agent.config import parse_config
+from device_agent.errors import InvalidInput
 from device_agent.manifest import load_manifest
 from device_agent.protocol import Command, CommandKind, JobState, Topics, encode
-from agent_helpers import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def test_telemetry_counts_and_histograms_for_known_inputs(tmp_path, mosquitto, m
         bad = x[:1].copy()
         bad[0, 0, 0, :3] = np.nan
         for feeds in ({"x": bad}, {"x": x[0]}):
-            with pytest.raises(Exception):
+            with pytest.raises(InvalidInput):
                 agent.predict(feeds)
         seq = agent.publish_telemetry()
         c.wait_for(lambda c: c.payloads("pi-07/telemetry"), 10, "a telemetry message")
@@ -199,10 +199,15 @@ def test_mutual_tls_with_password(tmp_path, mosquitto_factory, tls_files, digits
 
 
 def test_commands_without_a_handler_are_rejected_and_handlers_are_called(tmp_path, mosquitto, mqtt_collector, digits_dir):
+    import dataclasses
+
     import paho.mqtt.publish as publish
 
+    from device_agent.config import OtaConfig
+
     c = mqtt_collector(mosquitto, ["edgekit/v1/+/jobs/+"])
-    agent = started(make_config(tmp_path, mosquitto, digits_dir))
+    # OTA off: this test is about commands no handler takes (with OTA on, the updater takes deploy/rollback/cancel)
+    agent = started(dataclasses.replace(make_config(tmp_path, mosquitto, digits_dir), ota=OtaConfig(enabled=False)))
     seen = []
     agent.register_command(CommandKind.CANCEL, seen.append)
     try:

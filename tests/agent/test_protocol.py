@@ -86,3 +86,14 @@ def test_state_command_and_job_round_trip():
 def test_decode_rejects_with_a_precise_message(payload, message):
     with pytest.raises(ProtocolError, match=message.replace("(", r"\(").replace(")", r"\)")):
         decode(payload)
+
+
+def test_state_order_puts_a_late_last_will_before_the_next_birth():
+    from device_agent.protocol import STATE_SEQ_OFFLINE, state_seq
+
+    birth1, birth1b = state_seq(1, 1), state_seq(1, 2)  # a re-published birth on the same connection
+    will1 = state_seq(1, STATE_SEQ_OFFLINE)
+    birth2 = state_seq(2, 1)
+    assert birth1 < birth1b < will1 < birth2
+    s = StateMessage("pi-07", DeviceStatus.OFFLINE, 1.0, 3, "0.1.0", reason="lwt", seq=will1)
+    assert decode(encode(s)).seq == will1

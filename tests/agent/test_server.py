@@ -248,3 +248,29 @@ def test_connections_are_bounded(api, samples):
             return False
 
     wait_until(served, 10, what="a free connection slot")
+
+
+def test_concurrent_clients_get_their_own_answers(api, samples):
+    """Several keep-alive clients at once (the server is bounded at 4 connections): every request is
+    answered with the outputs for its own input, and every prediction is counted once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    agent, server = api
+    expected = agent.predict({"x": samples}).outputs["logits"]
+    before = agent.metrics.snapshot()["predictions"]
+
+    def client(i):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            for j in range(20):
+                k = (i + j) % len(samples)
+                status, body, _ = post_json(server, {"inputs": {"x": samples[k:k + 1].tolist()}, "request_id": f"c{i}-{j}"}, conn)
+                assert status == 200 and body["request_id"] == f"c{i}-{j}"
+                np.testing.assert_allclose(body["outputs"]["logits"][0], expected[k], rtol=1e-5, atol=1e-5)
+        finally:
+            conn.close()
+        return 20
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sum(pool.map(client, range(4))) == 80
+    assert agent.metrics.snapshot()["predictions"] == before + 80

@@ -1,4 +1,3 @@
-import json
 
 import numpy as np
 import pytest
@@ -95,3 +94,21 @@ def test_prometheus_text():
     assert 'edgekit_agent_inference_seconds_bucket{le="+Inf"} 2' in text
     assert 'edgekit_agent_model_info{name="digits",version="1"} 1' in text
     assert "edgekit_agent_outbox_depth 3" in text
+
+
+def test_large_inputs_are_sampled_on_arrival_with_the_same_result():
+    """Images are reduced to per-feature strided samples in observe(): same counts as binning the tensor."""
+    rng = np.random.default_rng(3)
+    feats = [feature(f"x[{c}]", edges=(-1.0, 0.0, 1.0), index=c) for c in range(3)]
+    x = rng.standard_normal((2, 3, 128, 128)).astype(np.float32)
+    direct = FeatureTracker(feats, max_values_per_feature=1000)
+    direct.add({"x": x})
+    expected, _ = direct.take()
+    w = Window(FeatureTracker(feats, max_values_per_feature=1000))
+    w.observe({"x": x}, owned=False)
+    x[:] = 99.0  # the caller reuses its buffer: the queued samples must not change
+    got = w.close()
+    assert got["samples"] == 2
+    for a, b in zip(got["features"], expected, strict=True):
+        assert (a.counts, a.under, a.over, a.n) == (b.counts, b.under, b.over, b.n)
+        assert a.mean == pytest.approx(b.mean)

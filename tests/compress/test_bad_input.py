@@ -139,7 +139,7 @@ def test_an_existing_output_directory_is_refused_unless_force(mlp_model, mlp_dat
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["compress", "MODEL"], "nothing to do: pass --int8, --fp16 or --prune RATIO"),
+        (["compress", "MODEL"], "nothing to do: pass --int8, --fp16, --prune RATIO or --recipe NAME"),
         (["compress", "--int8", "--fp16", "MODEL"], "choose one of --int8 and --fp16"),
         (["compress", "--int8", "--format", "onnx,pdf", "MODEL"], "'pdf' is not a format; choose from onnx, ort, tflite"),
         (["compress", "--int8", "--calibration", "magic", "MODEL"], "'magic' is not one of 'minmax', 'entropy', 'percentile'"),

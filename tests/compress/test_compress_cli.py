@@ -35,7 +35,8 @@ def digits_int8(digits, tmp_path_factory):
 def test_int8_static_writes_every_artifact_and_a_valid_manifest(digits_int8):
     out, output = digits_int8
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["digits.int8.onnx", "digits.int8.ort", "digits.int8.required_operators.config", "edgekit.json", "report.json"]
+    assert names == ["digits.int8.onnx", "digits.int8.ort", "digits.int8.required_operators.config", "edgekit.json", "report.html",
+                     "report.json"]
     m = load_manifest(out, verify_files=True)
     assert m.task == "classification"
     assert [a.format for a in m.artifacts] == ["onnx", "ort"]
@@ -247,3 +248,13 @@ def test_help_is_fast_and_imports_no_framework(args):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_ort_only_keeps_the_onnx_as_parity_reference_but_does_not_ship_it(mlp_model, mlp_data, tmp_path):
+    out = tmp_path / "o"
+    res = run("compress", "--int8", "--data", str(mlp_data), "--format", "ort", "-o", str(out), str(mlp_model))
+    assert res.exit_code == 0, res.output
+    m = load_manifest(out, verify_files=True)
+    assert [a.file for a in m.artifacts] == ["mlp.int8.ort"]
+    assert not (out / "mlp.int8.onnx").exists()
+    assert m.metrics["mlp.int8.ort"]["parity"]["against"] == "mlp.int8.onnx" and m.metrics["mlp.int8.ort"]["parity"]["ok"]

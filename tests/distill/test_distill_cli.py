@@ -32,6 +32,14 @@ def seven_classes():
 
 def not_a_module():
     return 42
+
+
+def teacher():
+    from edgekit.examples.digits import DigitsNet
+
+    net = DigitsNet()
+    net.load_state_dict(torch.load(__file__.replace("nets.py", "digits.pt")))
+    return net.eval()
 """
 
 
@@ -64,7 +72,8 @@ def auto_student(digits, tmp_path_factory):
 
 def test_auto_student_is_thinner_and_goes_through_int8_manifest_and_report(auto_student, digits):
     out, output = auto_student
-    assert sorted(p.name for p in out.iterdir()) == ["digits.student.int8.onnx", "edgekit.json", "report.json"]
+    files = {p.name for p in out.iterdir()}
+    assert {"digits.student.int8.onnx", "edgekit.json", "report.json"} <= files and not files & {"digits.student.onnx", "digits.onnx"}
     m = load_manifest(out, verify_files=True)
     assert [s["name"] for s in m.raw["steps"]] == ["distill", "int8"]
     rec = m.raw["steps"][0]["result"]
@@ -77,7 +86,7 @@ def test_auto_student_is_thinner_and_goes_through_int8_manifest_and_report(auto_
     assert report["baseline"]["file"] == "digits.onnx"
     assert report["rows"][0]["size_ratio"] < 0.15
     assert m.metrics["source"]["accuracy"] - m.metrics["digits.student.int8.onnx"]["accuracy"] <= 3
-    assert "distill: student auto:0.5: params 40,394 → 10,346 (0.26×)" in output and "digits.student.int8.onnx" in output
+    assert "distill: student auto:0.5: params 40,394 → 10,346 (0.26×), file 164,034 → " in output and "digits.student.int8.onnx" in output
     assert io_specs(onnx.load(str(out / "digits.student.int8.onnx"))) == io_specs(onnx.load(str(digits["model"])))
     assert not (digits["model"].parent / "digits.distill.ckpt").exists()  # checkpoints are removed once training finished
 
@@ -97,6 +106,24 @@ def test_factory_student_learns_from_unlabelled_data(digits, nets, unlabelled, t
     assert report["rows"][0]["agreement"] > 80
 
 
+def test_pytorch_teacher_is_exported_then_distilled(digits, nets, tmp_path):
+    import shutil
+
+    shutil.copy(digits["weights"], tmp_path / "digits.pt")
+    out = tmp_path / "out" / "student"
+    res = run("distill", "--teacher", f"{nets}:teacher", "--student", f"{nets}:small_net", "--data", str(digits["train"]),
+              "--epochs", "3", "--lr", "0.01", "--format", "onnx", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    exported = tmp_path / "out" / "teacher.teacher.onnx"
+    assert f"exported the PyTorch teacher {nets}:teacher to {exported}" in res.output
+    m = load_manifest(out)
+    assert m.raw["source"]["file"] == "teacher.teacher.onnx"  # the manifest's source is the exported teacher, by hash
+    assert m.metrics["source"]["accuracy"] > 95  # the exported teacher is the trained digits CNN
+    assert io_specs(onnx.load(str(out / "teacher.teacher.student.onnx")))[0][0].name == "x"  # named after the data's array
+    res = run("distill", "--teacher", f"{nets}:teacher", "--data", str(digits["train"]), "-o", str(out))
+    assert res.exit_code == 1 and "teacher.teacher.onnx exists; the PyTorch teacher is exported there: pass --force" in res.output
+
+
 def test_same_seed_gives_the_same_student(digits, tmp_path):
     def weights(seed: int, name: str):
         out = tmp_path / name
@@ -106,8 +133,8 @@ def test_same_seed_gives_the_same_student(digits, tmp_path):
         return [numpy_helper.to_array(i) for i in onnx.load(str(out / "digits.student.onnx")).graph.initializer]
 
     a, b, c = weights(7, "a"), weights(7, "b"), weights(8, "c")
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
 
 
 def test_student_output_shape_mismatch_fails_before_training(digits, nets, tmp_path):
@@ -142,11 +169,14 @@ def test_distill_needs_teacher_and_data(digits):
     assert res.exit_code == 2 and "--data" in res.output
 
 
-def test_distill_is_listed_in_help_without_importing_torch():
+def test_help_and_step_configs_do_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys; from edgekit.cli.main import main; sys.argv=['edgekit','--help']\ntry: main()\nexcept SystemExit: pass\n" \
-           "print('torch' in sys.modules)"
+    code = ("import sys; from edgekit.cli.main import main; sys.argv=['edgekit','--help']\ntry: main()\nexcept SystemExit: pass\n"
+            "from edgekit.pipeline import StepSpec, validate_step\n"
+            "validate_step(StepSpec('prune', {'ratio': 0.5, 'method': 'structured', 'layers': {'conv*': 0.3}}))\n"
+            "validate_step(StepSpec('distill', {'student': 'auto:0.25', 'epochs': 3}))\n"
+            "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "distill" in done.stdout and done.stdout.strip().endswith("False")

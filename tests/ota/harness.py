@@ -131,5 +131,15 @@ class Device:
     def stop(self) -> None:
         self.updater.stop()
 
+    def crash(self) -> None:
+        """Stop the updater thread the way a crash would: nothing persisted, no clean-shutdown mark."""
+        u = self.updater
+        u._stop.set()
+        u._wake.set()
+        if u._thread is not None:
+            u._thread.join(5)
+        u._thread = None
+        u.stop = lambda *a, **k: None  # the fixture's teardown must not mark this run clean
+
 
 __all__ = ["FINAL", "Device", "FakeBroker", "wait_until"]

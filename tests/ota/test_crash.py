@@ -19,7 +19,7 @@ POINTS = [
     ("move.IDLE.start", "v2"), ("moved.DOWNLOADING", "v2"), ("chunk.written:1", "v2"), ("chunk.written:2", "v2"),
     ("download.done", "v2"), ("moved.VERIFYING", "v2"), ("verify.done", "v2"), ("install.before_rename", "v2"),
     ("install.after_rename", "v2"), ("moved.STAGED", "v2"), ("move.STAGED.swap", "v2"), ("moved.PROBATION", "v2"),
-    ("swap.activated", "v2"), ("move.PROBATION.pass", "v2"), ("moved.COMMITTED", "v2"), ("discard.before_rmtree", "v2"),
+    ("swap.activated", "v2"), ("move.PROBATION.pass", "v2"), ("moved.COMMITTED", "v2"), ("discard.before_rmtree", "nan"),
     ("move.COMMITTED.done", "v2"), ("write.unsynced:3", "v2"), ("write.before_rename:5", "v2"), ("write.before_dirsync:7", "v2"),
     ("write.before_rename:9", "v2"), ("move.PROBATION.fail", "nan"), ("moved.ROLLED_BACK", "nan"), ("rollback.reverted", "nan"),
     ("move.ROLLED_BACK.done", "nan"), ("write.before_rename:8", "nan"),
@@ -46,7 +46,7 @@ def crash_and_resume(args):
 def test_kill_9_at_every_point_then_restart_serves_a_valid_model(tmp_path, releases, keys):
     assert len({p for p, _ in POINTS}) >= 20
     jobs = [(p, r, tmp_path / f"dev{i}", releases, keys) for i, (p, r) in enumerate(POINTS)]
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
+    with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(crash_and_resume, jobs))
     for point, release, first, second in results:
         where = f"crash point {point} ({release}): first rc {first.returncode} {first.stderr[-800:]}\nsecond: {second.stderr[-1500:]}"

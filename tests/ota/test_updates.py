@@ -14,7 +14,7 @@ import pytest
 from device_agent.delivery import decode_chunk, encode_chunk
 from device_agent.job import Limits, ProbationPolicy
 from device_agent.ota import OtaSettings, OtaState
-from device_agent.protocol import Command, CommandKind, JobState
+from device_agent.protocol import CommandKind, JobState
 from device_agent.verify import load_trusted_keys
 from edgekit.fleet.jobs import Release
 from edgekit.signing import load_private_key
@@ -415,7 +415,7 @@ def test_manual_rollback_must_be_signed_by_a_trusted_key(device, releases, keys,
 
 
 def test_manual_rollback_during_probation_reverts_the_update(device, releases, keys):
-    dev = device(settings=OtaSettings(probation=ProbationPolicy(requests=10_000, seconds=600, min_requests=10)))
+    dev = device(settings=OtaSettings(probation=ProbationPolicy(requests=10_000, seconds=600, min_requests=10, latency_floor_ms=50.0)))
     dev.deploy(releases["v2"], "j1")
     assert wait_until(lambda: dev.updater.state == OtaState.PROBATION)
     dev.command(CommandKind.ROLLBACK, "rb1", key=load_private_key(keys["good"].private))

@@ -7,8 +7,8 @@ import textwrap
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.cli.main import cli
 from tests.conftest import build_mlp
@@ -127,7 +127,7 @@ def test_prune_alone_is_a_valid_command(mlp_model):
 
 def test_nothing_to_do_mentions_prune(mlp_model):
     res = run("compress", str(mlp_model))
-    assert res.exit_code == 2 and "pass --int8, --fp16 or --prune RATIO" in res.output
+    assert res.exit_code == 2 and "nothing to do: pass --int8, --fp16, --prune RATIO" in res.output
 
 
 def test_training_without_data_says_to_pass_data(tmp_path):
@@ -144,3 +144,35 @@ def test_an_int8_model_is_not_pruned(digits, tmp_path):
     res = run("compress", "--prune", "0.5", "-o", str(tmp_path / "o"), str(out / "digits.int8.onnx"))
     assert res.exit_code == 1
     assert "prune the float model, then quantize (--prune ... --int8)" in res.output
+
+
+def test_unlabelled_data_without_a_teacher_says_which_is_needed(digits, tmp_path):
+    from edgekit.compress import compress
+    from edgekit.errors import InputError
+    from edgekit.pipeline import StepSpec
+
+    np.savez(tmp_path / "unlabelled.npz", x=np.load(digits["train"])["x"][:200])
+    with pytest.raises(InputError, match="training needs a teacher or labels: the data has no 'labels' array and there is no teacher"):
+        compress(digits["model"], [StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 2, "distill": False})],
+                 data=tmp_path / "unlabelled.npz", formats=("onnx",), output=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unstructured_fine_tuning_of_an_unconvertible_model_offers_epochs_0(shrink_model, tmp_path):
+    res = run("compress", "--prune", "0.5", "--epochs", "2", "--data", str(tmp_path / "d.npz"), "-o", str(tmp_path / "o"), str(shrink_model))
+    assert res.exit_code == 1
+    assert "onnx2torch cannot convert op Shrink (node 'shrink')" in res.output
+    assert "or pass --epochs 0 to prune without fine-tuning (no torch needed)" in res.output
+    assert run("compress", "--prune", "0.5", "--epochs", "0", "--format", "onnx", "-o", str(tmp_path / "o"), str(shrink_model)).exit_code == 0
+
+
+def test_without_the_torch_extra_structured_pruning_says_how_to_get_it(mlp_model):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from edgekit.cli.main import main\n"
+            f"main(['compress', '--prune', '0.5', '--structured', {str(mlp_model)!r}])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == "error: structured pruning needs the torch extra: pip install 'edgekit[torch]'"

@@ -112,6 +112,18 @@ def test_keep_and_per_layer_ratios(digits, tmp_path):
     assert first in load_manifest(out).raw["steps"][0]["result"]["never_pruned"]
 
 
+def test_global_ranking_and_round_to(digits, tmp_path):
+    r = compress(digits["model"], [StepSpec("prune", {"ratio": 0.3, "method": "structured", "epochs": 0, "round_to": 8})],
+                 formats=("onnx",), output=tmp_path / "a")
+    widths = [v["after"] for v in r.steps[0]["result"]["out_channels"].values()]
+    assert all(w % 8 == 0 for w in widths[:-1]) and widths[-1] == 10  # the output layer is not rounded: it is kept
+    g = compress(digits["model"], [StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 0, "scope": "global"})],
+                 formats=("onnx",), output=tmp_path / "g")
+    res = g.steps[0]["result"]["out_channels"]
+    kept = [v["after"] / v["before"] for k, v in res.items() if k != "/classifier/classifier.3/Gemm"]
+    assert len(set(kept)) > 1 and min(kept) >= 0.1  # uneven widths, no layer emptied
+
+
 def test_keep_with_an_unknown_name_names_the_close_ones(digits, tmp_path):
     name = list(weight_shapes(digits["model"]))[0]
     res = CliRunner().invoke(cli, ["compress", "--prune", "0.5", "--structured", "--keep", name + "x", "-o", str(tmp_path / "o"),
@@ -189,7 +201,52 @@ def test_output_layers_are_found_through_weight_free_ops(tmp_path):
                  formats=("onnx",), output=out)
     assert io_specs(onnx.load(str(out / "two.pruned.onnx"))) == io_specs(model)
     assert r.steps[0]["result"]["fine_tune"]["metric"] == "val_agreement"  # no labels: agreement with the source
+    # both heads were trained towards the source: the box head stays close to the source's values
+    x = np.load(tmp_path / "d.npz")["x"]
+    src = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    new = ort.InferenceSession(str(out / "two.pruned.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert np.abs(new[1] - src[1]).mean() < np.abs(src[1]).mean()
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out / "two.pruned.onnx")).graph.initializer}
     assert sum(a.size for a in inits.values()) < 0.5 * sum(numpy_helper.to_array(i).size for i in model.graph.initializer)
     json.dumps(r.steps)  # the record is JSON-clean
     copy.deepcopy(r.steps)
+
+
+def test_a_recipe_gives_per_layer_ratios_and_its_errors_name_the_field(digits, tmp_path):
+    from edgekit.recipes import compress_with_recipe, parse_recipe
+
+    text = """
+name: prune-custom
+description: spare the first conv, prune the last conv hard
+steps:
+  - prune:
+      method: structured
+      ratio: 0.5
+      epochs: 0
+      keep: ["/features/features.0/*"]
+      layers: {"/features/features.7/Conv": 0.75}
+export: [onnx]
+"""
+    r = compress_with_recipe(digits["model"], parse_recipe(text, "custom.yaml"), output=tmp_path / "o")
+    new = weight_shapes(tmp_path / "o" / "digits.pruned.onnx")
+    assert new["/features/features.0/Conv"][0] == 16 and new["/features/features.3/Conv"][0] == 16
+    assert new["/features/features.7/Conv"][0] == 16  # 64 * (1 - 0.75)
+    assert r.steps[0]["params"]["layers"] == {"/features/features.7/Conv": 0.75}
+    with pytest.raises(RecipeError, match="importance"):
+        parse_recipe(text.replace("epochs: 0", "importance: magic"), "custom.yaml")
+
+
+def test_models_with_shared_initializers_convert(tmp_path):
+    """torch.onnx writes equal tensors once plus Identity nodes (e.g. zero biases); onnx2torch needs them as initializers."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 64, 4)).eval()
+    with torch.no_grad():
+        for m in (net[2], net[4]):
+            m.bias.zero_()
+    p = tmp_path / "shared.onnx"
+    torch.onnx.export(net, (torch.randn(1, 1, 8, 8),), str(p), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, dynamo=False)
+    assert "Identity" in {n.op_type for n in onnx.load(str(p)).graph.node}
+    r = compress(p, [StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 0})], formats=("onnx",), output=tmp_path / "o")
+    assert [v["after"] for v in r.steps[0]["result"]["out_channels"].values()] == [4, 4, 4, 4]

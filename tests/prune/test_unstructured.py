@@ -69,11 +69,15 @@ def test_unstructured_pruning_without_training_runs_without_torch(tmp_path):
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any torch import now fails
         "from edgekit.compress import compress; from edgekit.pipeline import StepSpec\n"
-        f"r = compress({str(p)!r}, [StepSpec('prune', {{'ratio': 0.5}}), StepSpec('int8', {{'max_drop': 100}})], formats=('onnx',))\n"
+        "import numpy as np; np.savez('DATA', x=np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))\n"
+        f"r = compress({str(p)!r}, [StepSpec('prune', {{'ratio': 0.5}}), StepSpec('int8', {{'max_drop': 100}})], data='DATA',"
+        " formats=('onnx',), say=print)\n"
         "print(r.steps[0]['result']['sparsity'])\n"
     )
+    code = code.replace("DATA", str(tmp_path / "d.npz"))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    assert "prune: fine-tuning skipped: it needs the torch extra (pip install 'edgekit[torch]')" in done.stdout
     assert float(done.stdout.strip().splitlines()[-1]) == pytest.approx(0.5 * 16 * 64 / (16 * 64 + 64 * 4), abs=0.002)
     assert (tmp_path / "mlp.pruned.int8" / "mlp.pruned.int8.onnx").is_file()
 

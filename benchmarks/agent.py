@@ -1,0 +1,343 @@
+"""Device agent overhead, side by side on the digits CNN and a MobileNetV2-architecture model.
+
+    python benchmarks/agent.py                 # builds (and caches) both int8 models, then measures
+    python benchmarks/agent.py --json out.json --runs 2000
+
+For each model (the `edgekit compress --int8` .ort artifact, batch 1, same thread count):
+
+- raw ``InferenceSession.run`` on the artifact
+- agent in-process ``Agent.predict`` (validation, telemetry on: feature summaries + latency sketch,
+  windows published to a local Mosquitto when one is installed, else queued in the outbox)
+- agent HTTP ``POST /v1/predict`` over loopback (keep-alive; JSON for digits, .npy for both)
+- telemetry cost: in-process throughput with telemetry on vs off
+- ``edgekit-agent run`` as a process: start-up to ready (/readyz 200) and RSS after serving
+
+Targets (issue 6): in-process overhead ≤ 5 % or ≤ 20 µs over raw; HTTP p50 added ≤ 1 ms; agent RSS
+with MobileNetV2 int8 ≤ 150 MB; start-up to ready ≤ 2 s; telemetry ≤ 2 % of throughput.
+Measurements interleave the variants in blocks so that CPU frequency and noise hit all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+def _compress(model: Path, calib: Path, out: Path) -> Path:
+    if not (out / "edgekit.json").is_file():
+        cmd = [sys.executable, "-c", "import sys; from edgekit.cli.main import main; main(sys.argv[1:])", "compress", "--int8", "--data", str(calib),
+               "-o", str(out), "--search-time", "60", str(model)]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, timeout=1800)
+    return out
+
+
+def digits_model(work: Path) -> tuple[Path, np.ndarray]:
+    d = work / "digits"
+    if not (d / "digits.onnx").is_file():
+        from edgekit.examples.digits import train_digits
+
+        train_digits(d)
+    x = np.load(d / "eval.npz")["x"][:1]
+    return _compress(d / "digits.onnx", d / "calib.npz", d / "int8"), x
+
+
+def mobilenet_model(work: Path) -> tuple[Path, np.ndarray]:
+    d = work / "mobilenetv2"
+    d.mkdir(parents=True, exist_ok=True)
+    onnx_path = d / "mobilenetv2.onnx"
+    rng = np.random.default_rng(0)
+    if not onnx_path.is_file():
+        import torch
+        import torchvision
+
+        net = torchvision.models.mobilenet_v2(weights=None).eval()  # the architecture; no weights are downloaded
+        torch.onnx.export(net, torch.zeros(1, 3, 224, 224), str(onnx_path), input_names=["x"], output_names=["logits"], opset_version=17,
+                          dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
+        np.savez(d / "calib.npz", x=rng.standard_normal((32, 3, 224, 224)).astype(np.float32))
+    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    return _compress(onnx_path, d / "calib.npz", d / "int8"), x
+
+
+# --- measurement -------------------------------------------------------------------------------------
+
+def interleaved(fns: dict[str, callable], runs: int, block: int = 50) -> dict[str, list[float]]:
+    """Per-call seconds for each function, run in alternating blocks."""
+    for f in fns.values():  # warm-up
+        for _ in range(min(50, runs)):
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    done = 0
+    while done < runs:
+        n = min(block, runs - done)
+        for name, f in fns.items():
+            for _ in range(n):
+                t0 = time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - t0)
+        done += n
+    return times
+
+
+def throughput(fns: dict[str, callable], seconds: float, rounds: int = 6) -> dict[str, float]:
+    """Calls per second, alternating rounds of ``seconds / rounds`` each; median over rounds."""
+    per: dict[str, list[float]] = {k: [] for k in fns}
+    slot = seconds / rounds / len(fns)
+    for _ in range(rounds):
+        for name, f in fns.items():
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < slot:
+                f()
+                n += 1
+            per[name].append(n / (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in per.items()}
+
+
+def p50(v: list[float]) -> float:
+    return statistics.median(v)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_broker(work: Path) -> tuple[subprocess.Popen | None, str]:
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if exe is None:
+        return None, ""
+    port = free_port()
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n" + ("user root\n" if os.geteuid() == 0 else ""))
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"mqtt://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    return None, ""
+
+
+def bench_model(name: str, model_dir: Path, x: np.ndarray, broker: str, work: Path, runs: int, threads: int) -> dict:
+    import onnxruntime as ort
+
+    from device_agent.agent import Agent
+    from device_agent.config import parse_config
+
+    state = work / f"state-{name}"
+    shutil.rmtree(state, ignore_errors=True)
+    cfg = parse_config({
+        "state_dir": str(state), "device": {"id": f"bench-{name}"}, "broker": {"url": broker},
+        "model": {"path": str(model_dir), "threads": threads}, "api": {"port": 0}, "telemetry": {"interval_s": 1.0},
+    }, base_dir=work)
+    agent = Agent.from_config(cfg)
+    agent.start()
+    quiet = Agent.open(model_dir, threads=threads, telemetry=False)
+    artifact = agent.model.file
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    if artifact.suffix == ".ort":
+        opts.add_session_config_entry("session.load_model_format", "ORT")
+    sess = ort.InferenceSession(str(artifact), sess_options=opts, providers=["CPUExecutionProvider"])
+    feeds = {"x": x}
+    conn = http.client.HTTPConnection("127.0.0.1", agent.server.port, timeout=30)
+    buf = io.BytesIO()
+    np.save(buf, x)
+    npy = buf.getvalue()
+    body_json = json.dumps({"inputs": {"x": x.tolist()}}).encode()
+
+    def http_post(body: bytes, ctype: str) -> None:
+        conn.request("POST", "/v1/predict", body=body, headers={"Content-Type": ctype})
+        r = conn.getresponse()
+        r.read()
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}")
+
+    fns = {
+        "raw": lambda: sess.run(None, feeds),
+        "agent": lambda: agent.predict(feeds),
+        "http_npy": lambda: http_post(npy, "application/x-npy"),
+    }
+    if x.size <= 4096:
+        fns["http_json"] = lambda: http_post(body_json, "application/json")
+    times = interleaved(fns, runs)
+    tput = throughput({"telemetry_on": lambda: agent.predict(feeds), "telemetry_off": lambda: quiet.predict(feeds)},
+                      seconds=max(3.0, min(12.0, runs * p50(times["raw"]) * 4)))
+    conn.close()
+    agent.stop()
+    raw, inproc = p50(times["raw"]), p50(times["agent"])
+    out = {
+        "artifact": artifact.name, "threads": threads, "runs": runs,
+        "raw_p50_ms": raw * 1e3, "agent_p50_ms": inproc * 1e3, "agent_overhead_us": (inproc - raw) * 1e6,
+        "agent_overhead_pct": (inproc / raw - 1) * 100, "http_npy_p50_ms": p50(times["http_npy"]) * 1e3,
+        "http_npy_added_ms": (p50(times["http_npy"]) - inproc) * 1e3,
+        "telemetry_on_per_s": tput["telemetry_on"], "telemetry_off_per_s": tput["telemetry_off"],
+        "telemetry_cost_pct": (1 - tput["telemetry_on"] / tput["telemetry_off"]) * 100,
+        "outbox_delivered": agent.outbox.depth == 0 if agent.outbox else None,
+    }
+    if "http_json" in times:
+        out["http_json_p50_ms"] = p50(times["http_json"]) * 1e3
+        out["http_json_added_ms"] = (p50(times["http_json"]) - inproc) * 1e3
+    return out
+
+
+def bench_process(name: str, model_dir: Path, x: np.ndarray, broker: str, work: Path, threads: int) -> dict:
+    """`edgekit-agent run` as a process: start-up to ready, and RSS after 200 HTTP predictions."""
+    port = free_port()
+    state = work / f"proc-{name}"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    from device_agent.config import render_toml
+
+    config = state / "agent.toml"
+    config.write_text(render_toml({"device": {"id": f"bench-{name}"}, "broker": {"url": broker}, "api": {"port": port},
+                                   "model": {"path": str(model_dir), "threads": threads}, "telemetry": {"interval_s": 1.0}},
+                                  state_dir=str(state)))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from device_agent.cli import main; sys.exit(main())", "run", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ready_s = None
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).status == 200:
+                    ready_s = time.perf_counter() - t0
+                    break
+            except OSError:
+                time.sleep(0.005)
+        if ready_s is None:
+            raise RuntimeError(f"the agent did not become ready: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else 'timeout'}")
+        buf = io.BytesIO()
+        np.save(buf, x)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for _ in range(200):
+            conn.request("POST", "/v1/predict", body=buf.getvalue(), headers={"Content-Type": "application/x-npy"})
+            conn.getresponse().read()
+        conn.close()
+        time.sleep(1.2)  # one telemetry window
+        rss_kb = next(int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+        hwm_kb = next(int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return {"startup_to_ready_s": ready_s, "rss_mb": rss_kb / 1024, "peak_rss_mb": hwm_kb / 1024}
+
+
+# --- report --------------------------------------------------------------------------------------------
+
+ROWS = [
+    ("artifact", "artifact", "{}", None),
+    ("raw InferenceSession.run p50", "raw_p50_ms", "{:.3f} ms", None),
+    ("agent in-process p50", "agent_p50_ms", "{:.3f} ms", None),
+    ("  in-process overhead", "agent_overhead_us", "{:+.1f} µs", "≤ 5 % or ≤ 20 µs"),
+    ("  in-process overhead (ratio)", "agent_overhead_pct", "{:+.1f} %", None),
+    ("agent HTTP .npy p50", "http_npy_p50_ms", "{:.3f} ms", None),
+    ("  HTTP added (.npy) p50", "http_npy_added_ms", "{:+.3f} ms", "≤ 1 ms"),
+    ("agent HTTP JSON p50", "http_json_p50_ms", "{:.3f} ms", None),
+    ("  HTTP added (JSON) p50", "http_json_added_ms", "{:+.3f} ms", "≤ 1 ms"),
+    ("throughput, telemetry off", "telemetry_off_per_s", "{:,.0f} /s", None),
+    ("throughput, telemetry on", "telemetry_on_per_s", "{:,.0f} /s", None),
+    ("  telemetry cost", "telemetry_cost_pct", "{:+.2f} %", "≤ 2 %"),
+    ("start-up to ready (process)", "startup_to_ready_s", "{:.2f} s", "≤ 2 s"),
+    ("agent RSS after serving", "rss_mb", "{:.0f} MB", "≤ 150 MB (MobileNetV2)"),
+    ("agent peak RSS", "peak_rss_mb", "{:.0f} MB", None),
+]
+
+
+def verdicts(r: dict, name: str) -> dict[str, bool]:
+    v = {
+        "agent_overhead_us": r["agent_overhead_us"] <= 20 or r["agent_overhead_pct"] <= 5,
+        "http_npy_added_ms": r["http_npy_added_ms"] <= 1.0,
+        "telemetry_cost_pct": r["telemetry_cost_pct"] <= 2.0,
+        "startup_to_ready_s": r["startup_to_ready_s"] <= 2.0,
+    }
+    if "http_json_added_ms" in r:
+        v["http_json_added_ms"] = r["http_json_added_ms"] <= 1.0
+    if name == "mobilenetv2":
+        v["rss_mb"] = r["rss_mb"] <= 150
+    return v
+
+
+def render(results: dict[str, dict]) -> str:
+    names = list(results)
+    width = 24
+    lines = [f"{'':34}" + "".join(f"{n:>{width}}" for n in names) + "   target", "-" * (34 + width * len(names) + 28)]
+    checks = {n: verdicts(results[n], n) for n in names}
+    for label, key, fmt, target in ROWS:
+        cells = []
+        for n in names:
+            v = results[n].get(key)
+            text = "—" if v is None else fmt.format(v)
+            ok = checks[n].get(key)
+            cells.append(f"{text + ('' if ok is None else (' ✓' if ok else ' ✗')):>{width}}")
+        lines.append(f"{label:34}" + "".join(cells) + (f"   {target}" if target else ""))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "edgekit-bench-agent", help="model cache (reused between runs)")
+    ap.add_argument("--runs", type=int, default=1000, help="calls per variant for latency")
+    ap.add_argument("--threads", type=int, default=0, help="inference threads (0: min(4, cpus))")
+    ap.add_argument("--models", default="digits,mobilenetv2")
+    ap.add_argument("--json", type=Path, help="also write the results as JSON")
+    args = ap.parse_args(argv)
+    from device_agent.runtime import default_threads
+
+    threads = args.threads or default_threads()
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    broker_proc, broker = start_broker(work)
+    results: dict[str, dict] = {}
+    try:
+        builders = {"digits": digits_model, "mobilenetv2": mobilenet_model}
+        for name in args.models.split(","):
+            model_dir, x = builders[name](work)
+            mobilenet = name == "mobilenetv2"
+            r = bench_model(name, model_dir, x, broker, work, max(200, args.runs // 5) if mobilenet else args.runs, threads)
+            r.update(bench_process(name, model_dir, x, broker, work, threads))
+            results[name] = r
+    finally:
+        if broker_proc is not None:
+            broker_proc.terminate()
+            broker_proc.wait(10)
+    import onnxruntime
+
+    print(f"edgekit agent benchmark — onnxruntime {onnxruntime.__version__}, {threads} thread(s), {os.cpu_count()} CPU(s), batch 1, "
+          f"telemetry {'to Mosquitto' if broker else 'to the outbox (no broker)'}")
+    print(render(results))
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "verdicts": {n: verdicts(r, n) for n, r in results.items()}}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,475 @@
+"""Over-the-air updates under stress: crash safety, zero-downtime swaps, fast rollback, fleet rollouts.
+
+    python benchmarks/ota.py                       # everything (≈ 4-6 min on 2 cores)
+    python benchmarks/ota.py --kills 200 --devices 200 --json ota.json
+    python benchmarks/ota.py --only load           # one part: kills | load | fleet
+
+1. **Random kill -9** (issue 7: ≥ 200 points): device processes update through a pool of signed
+   releases (every 4th gives NaN and must be rolled back) and are SIGKILLed at uniformly random
+   moments — during boot recovery, downloads, verification, swaps, probation, rollbacks, GC. Every
+   restart must come up serving an installed, verified model with a consistent store.
+2. **Load through an update and a rollback** (≥ 200 req/s over HTTP to a real agent, updates
+   delivered through a real Mosquitto by ``edgekit.fleet``): failed requests (target 0), swap pause
+   (``Agent.swap_model`` duration, p99 < 5 ms, also measured over 2000 swaps under load), rollback
+   time from the failed probation check to the old model serving (< 2 s), and as the client saw it.
+3. **Fleet simulation** (≥ 200 simulated agents on one Mosquitto): a 4-wave rollout to all
+   completes; then with 30 % of the canaries broken, the rollout aborts after wave 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+# --- fixtures --------------------------------------------------------------------------------------
+
+def make_pool(root: Path, n: int, key) -> list[Path]:
+    """Signed releases 1.0.1 .. 1.0.n of the 16→4 MLP; every 4th gives NaN on live inputs."""
+    from edgekit.signing import sign_dir
+    from tests.ota.models import make_model_dir, mlp, nan_mlp
+
+    out = []
+    base = make_model_dir(root / "v1.0.0", mlp(0), version="1.0.0")
+    sign_dir(base, key)
+    out.append(base)
+    for i in range(1, n + 1):
+        broken = i % 4 == 0
+        d = make_model_dir(root / f"v1.0.{i}", nan_mlp(i) if broken else mlp(i), version=f"1.0.{i}", vectors=0 if broken else 2)
+        sign_dir(d, key)
+        out.append(d)
+    return out
+
+
+def percentile(xs, q):
+    return float(np.percentile(np.asarray(xs, float), q)) if len(xs) else float("nan")
+
+
+# --- 1. random kill -9 ----------------------------------------------------------------------------
+
+def device_process(root: str, pool_dir: str, pub: str, final: str = "") -> None:
+    """The device side of part 1 (run as a subprocess): boot, say how it came up, keep updating."""
+    from device_agent.job import ProbationPolicy
+    from device_agent.manifest import version_key
+    from device_agent.ota import OtaSettings, OtaState
+    from device_agent.protocol import Command, CommandKind
+    from device_agent.verify import load_trusted_keys
+    from edgekit.fleet.jobs import Release
+    from tests.ota.harness import Device, FakeBroker
+
+    pool = sorted(Path(pool_dir).iterdir(), key=lambda p: version_key(p.name[1:]))
+    by_job = {f"job-{p.name[1:]}": p for p in pool}
+
+    class LazyChunks(dict):  # "retained" chunks of every release, read only when a job subscribes
+        def get(self, job, default=None):
+            return list(Release.open(by_job[job]).chunks(job, 1024)) if job in by_job else default
+
+    broker = FakeBroker()
+    broker.chunks = LazyChunks()
+    settings = OtaSettings(probation=ProbationPolicy(requests=25, seconds=30, min_requests=10, max_latency_ratio=1000.0, latency_floor_ms=50.0))
+
+    def say(**kw):
+        sys.stdout.write(json.dumps(kw) + "\n")
+        sys.stdout.flush()
+
+    dev = Device(Path(root), pool[0], trusted=load_trusted_keys([pub]), settings=settings, broker=broker)
+    x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
+    out = dev.predict(x)
+    say(event="boot", version=dev.version, state=str(dev.updater.state), problems=dev.store.check(), answered=out is not None,
+        current=dev.store.current)
+    reported = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        dev.predict(x)
+        for r in dev.reports[reported:]:
+            say(event="report", ota_state=r.ota_state, state=str(r.state))
+        reported = len(dev.reports)
+        u = dev.updater
+        if u.state == OtaState.IDLE and not u._rec["queue"] and not u._rec.get("job"):
+            if final:  # the check run: finish what was interrupted, start nothing new
+                say(event="settled", version=dev.version, problems=dev.store.check())
+                break
+            seen = u._rec.get("seen", {})
+            nxt = next((p for p in pool if version_key(p.name[1:]) > version_key(dev.version) and f"job-{p.name[1:]}" not in seen), None)
+            if nxt is None:
+                say(event="exhausted", version=dev.version)
+                break
+            job = f"job-{nxt.name[1:]}"
+            dev.updater.handle(Command(kind=CommandKind.DEPLOY, job=job, ts=1.0, params=Release.open(nxt).job_params(chunk_size=1024)))
+        time.sleep(0.001)
+    dev.stop()
+
+
+def bench_kills(work: Path, pool: Path, pub: Path, kills: int, workers: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    lock = threading.Lock()
+    stats = {"kills": 0, "boots": 0, "bad_boots": [], "killed_in": {}, "versions_served": set(), "jobs_finished": 0}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("EDGEKIT_CRASHPOINT", None)
+    per_root = 10
+
+    def one_root(index: int, n: int) -> None:
+        root = work / f"dev{index}"
+        for k in range(n + 1):  # n kills, then one clean run to check the last restart
+            proc = subprocess.Popen([sys.executable, __file__, "_device", str(root), str(pool), str(pub), "final" if k == n else ""],
+                                    stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+            last = "booting"
+            lines: list[dict] = []
+            killer = None
+            with lock:
+                during_boot = rng.random() < 0.1  # 1 in 10 during start-up recovery, the rest while updating
+                delay = rng.uniform(0.0, 0.8) if during_boot else rng.uniform(0.0, 1.5)
+            if k < n and during_boot:
+                killer = threading.Timer(delay, proc.kill)
+                killer.start()
+            for line in proc.stdout:  # type: ignore[union-attr]
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                lines.append(msg)
+                if msg["event"] == "report":
+                    last = msg["ota_state"]
+                elif msg["event"] == "boot":
+                    last = "IDLE"
+                    if k < n and killer is None:
+                        killer = threading.Timer(delay, proc.kill)
+                        killer.start()
+            proc.wait(90)
+            if killer is not None:
+                killer.cancel()
+            boot = next((m for m in lines if m["event"] == "boot"), None)
+            settled = next((m for m in lines if m["event"] == "settled"), None)
+            with lock:
+                if boot is not None:
+                    stats["boots"] += 1
+                    stats["versions_served"].add(boot["version"])
+                    if boot["problems"] or not boot["answered"] or boot["current"] != boot["version"]:
+                        stats["bad_boots"].append(boot)
+                if k == n and (settled is None or settled["problems"]):
+                    stats["bad_boots"].append({"final": settled, "root": str(root)})
+                stats["jobs_finished"] += sum(1 for m in lines if m["event"] == "report" and m["state"] != "IN_PROGRESS")
+                if k < n and proc.returncode == -9:
+                    stats["kills"] += 1
+                    stats["killed_in"][last] = stats["killed_in"].get(last, 0) + 1
+
+    roots = [(i, min(per_root, kills - i * per_root)) for i in range((kills + per_root - 1) // per_root)]
+    t0 = time.perf_counter()
+    sem = threading.Semaphore(workers)
+
+    def run(args):
+        with sem:
+            one_root(*args)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in roots]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats["seconds"] = round(time.perf_counter() - t0, 1)
+    stats["versions_served"] = len(stats["versions_served"])
+    return stats
+
+
+# --- 2. load through an update and a rollback ---------------------------------------------------------
+
+class HttpLoad:
+    """Clients on keep-alive connections at ≈ ``rate`` requests/s in total; every response recorded."""
+
+    def __init__(self, port: int, rate: float, clients: int = 4) -> None:
+        self.port, self.rate, self.clients = port, rate, clients
+        self.records: list[tuple[float, float, int, str]] = []  # (start, latency s, status, version)
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+        x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
+        self.body = json.dumps({"inputs": {"x": x.tolist()}}).encode()
+
+    def __enter__(self) -> HttpLoad:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+
+    def _run(self, i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        period = self.clients / self.rate
+        nxt = time.perf_counter() + i * period / self.clients
+        local = []
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", "/v1/predict", self.body, {"content-type": "application/json"})
+                resp = conn.getresponse()
+                data = resp.read()
+                version = json.loads(data)["model"]["version"] if resp.status == 200 else "-"
+                local.append((t0, time.perf_counter() - t0, resp.status, version))
+            except Exception as e:  # a failed request is the finding
+                self.errors.append(f"{type(e).__name__}: {e}")
+                local.append((t0, time.perf_counter() - t0, 0, "-"))
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            nxt += period
+            delay = nxt - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                nxt = time.perf_counter()
+        conn.close()
+        self.records.extend(local)
+
+
+def bench_load(work: Path, releases: dict, keys, rate: float) -> dict:
+    from device_agent.agent import Agent
+    from device_agent.config import parse_config
+    from edgekit.fleet.client import FleetClient
+    from edgekit.fleet.jobs import Release
+    from edgekit.fleet.rollout import RolloutPolicy, deploy
+    from tests.conftest import Mosquitto
+
+    broker = Mosquitto(work / "mosquitto").start()
+    cfg = parse_config({
+        "state_dir": str(work / "state"), "device": {"id": "bench-1", "group": "bench"},
+        "broker": {"url": broker.url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3},
+        "model": {"path": str(releases["v1"]), "threads": 1}, "api": {"enabled": True, "port": 0, "max_connections": 64},
+        "telemetry": {"interval_s": 5.0}, "security": {"trusted_keys": [str(keys.public)]},
+        "ota": {"probation_requests": 300, "probation_seconds": 20, "probation_min_requests": 30},
+    }, base_dir=work)
+    agent = Agent.from_config(cfg)
+    swaps: list[tuple[float, float]] = []  # (start, duration)
+    real_swap = agent.swap_model
+
+    def timed_swap(new):
+        t0 = time.perf_counter()
+        old = real_swap(new)
+        swaps.append((t0, time.perf_counter() - t0))
+        return old
+
+    agent.swap_model = timed_swap  # the updater is attached in start(): it takes this one
+    agent.start()
+    port = agent.server.port
+    out: dict = {"rate_target": rate}
+    policy = RolloutPolicy(device_timeout_s=60, chunk_size=16384)
+    try:
+        with HttpLoad(port, rate) as load, FleetClient(broker.url) as fc:
+            time.sleep(1.0)
+            r_up = deploy(fc, Release.open(releases["v2"]), devices=["bench-1"], policy=policy)
+            time.sleep(0.5)
+            r_nan = deploy(fc, Release.open(releases["nan"]), devices=["bench-1"], policy=policy)
+            rollback_internal = agent.updater.last_rollback_s
+            time.sleep(0.5)
+            r_slow = deploy(fc, Release.open(releases["slow"]), devices=["bench-1"], policy=policy)
+            rollback_latency = agent.updater.last_rollback_s
+            time.sleep(0.5)
+            # 2000 swaps between two loaded models under the same load: the swap pause distribution
+            a, b = agent.model, agent.updater.loader(agent.updater.store.path(agent.updater.store.previous))
+            many = []
+            for _ in range(2000):
+                t0 = time.perf_counter()
+                agent.swap_model(b)
+                many.append(time.perf_counter() - t0)
+                a, b = b, a
+                time.sleep(0.0005)
+            if agent.model is not a:
+                agent.swap_model(a)
+            time.sleep(0.5)
+        recs = sorted(load.records)
+        dur = recs[-1][0] - recs[0][0] if recs else 1.0
+        failed = [r for r in recs if r[2] != 200]
+        lat = [r[1] for r in recs]
+        # requests in flight while a swap ran (the 5 OTA swaps and the 2000 under load)
+        import bisect
+
+        starts = [s for s, _ in swaps]
+        ends = [s + d for s, d in swaps]
+
+        def overlaps(r) -> bool:
+            i = bisect.bisect_right(starts, r[0] + r[1])  # swaps that started before the request ended
+            return i > 0 and ends[i - 1] >= r[0]
+
+        during = [r[1] for r in recs if overlaps(r)]
+        # client-visible rollback: first answer from the NaN version → first answer from 1.1.0 after it
+        first_bad = next((r[0] + r[1] for r in recs if r[3] == "1.5.0"), None)
+        back = next((r[0] + r[1] for r in recs if first_bad is not None and r[0] + r[1] > first_bad and r[3] == "1.1.0"), None)
+        out.update({
+            "requests": len(recs), "rate_achieved": round(len(recs) / dur, 1), "failed": len(failed), "errors": load.errors[:5],
+            "outcomes": [r_up.outcomes["bench-1"]["state"], f"{r_nan.outcomes['bench-1']['state']}:{r_nan.outcomes['bench-1']['reason']}",
+                         f"{r_slow.outcomes['bench-1']['state']}:{r_slow.outcomes['bench-1']['reason']}"],
+            "versions_seen": sorted({r[3] for r in recs}),
+            "ota_swaps_ms": [round(d * 1e3, 4) for _, d in swaps[:5]], "requests_during_swaps": len(during),
+            "swap_p99_ms": round(percentile([d for d in many], 99) * 1e3, 4), "swap_max_ms": round(max(many) * 1e3, 4),
+            "latency_p50_ms": round(percentile(lat, 50) * 1e3, 3), "latency_p99_ms": round(percentile(lat, 99) * 1e3, 3),
+            "latency_p99_during_swaps_ms": round(percentile(during, 99) * 1e3, 3) if during else None,
+            "rollback_nan_s": round(rollback_internal, 4) if rollback_internal is not None else None,
+            "rollback_latency_s": round(rollback_latency, 4) if rollback_latency is not None else None,
+            "rollback_client_s": round(back - first_bad, 4) if first_bad and back else None,
+        })
+    finally:
+        agent.stop()
+        broker.stop()
+    return out
+
+
+# --- 3. fleet simulation ------------------------------------------------------------------------------
+
+def bench_fleet(work: Path, releases: dict, trusted, n: int) -> dict:
+    import math
+
+    from device_agent.job import ProbationPolicy
+    from device_agent.ota import OtaSettings
+    from edgekit.fleet.client import FleetClient
+    from edgekit.fleet.jobs import Release
+    from edgekit.fleet.rollout import RolloutPolicy, deploy
+    from tests.conftest import Mosquitto
+    from tests.fleet.sim import SimDevice, Traffic
+
+    broker = Mosquitto(work / "mosquitto-fleet", extra_conf="max_connections -1\n").start()
+    settings = OtaSettings(probation=ProbationPolicy(requests=10, seconds=5, min_requests=5, max_latency_ratio=1000.0, latency_floor_ms=50.0))
+    t0 = time.perf_counter()
+    devs = [SimDevice(f"sim-{i:03d}", work / "fleet" / f"sim-{i:03d}", releases["v1"], broker_port=broker.port, trusted=trusted,
+                      group="sim", settings=settings) for i in range(n)]
+    for d in devs:
+        d.connected.wait(30)
+    out: dict = {"devices": n, "start_s": round(time.perf_counter() - t0, 1)}
+    try:
+        with Traffic(devs, rate=3000.0), FleetClient(broker.url) as fc:
+            t1 = time.perf_counter()
+            r = deploy(fc, Release.open(releases["v2"]), group="sim",
+                       policy=RolloutPolicy(waves=("1", "10%", "50%", "100%"), max_failures="5%", min_devices=1, device_timeout_s=120,
+                                            chunk_size=16384))
+            out["rollout"] = {"waves": [len(w) for w in r.waves], "succeeded": r.succeeded, "failed": r.failed, "aborted": r.aborted,
+                              "seconds": round(time.perf_counter() - t1, 1)}
+            # second rollout: 30 % of the canaries (wave 1) get a broken model
+            wave1 = math.ceil(n * 0.10)
+            names = sorted(d.topics.device for d in devs)
+            broken = set(names[:wave1][:: max(1, round(1 / 0.3))][: math.ceil(0.3 * wave1)])
+            for d in devs:
+                d.faulty = d.topics.device in broken
+            t2 = time.perf_counter()
+            r2 = deploy(fc, Release.open(releases["v3"]), group="sim",
+                        policy=RolloutPolicy(waves=("10%", "50%", "100%"), max_failures="20%", min_devices=5, device_timeout_s=120,
+                                             chunk_size=16384))
+            untouched = sum(1 for d in devs if d.serving.get().version == "1.1.0" and d.topics.device not in r2.outcomes)
+            out["broken_canaries"] = {"broken": len(broken), "wave1": wave1, "aborted": r2.aborted, "finished": len(r2.outcomes),
+                                      "failed": r2.failed, "untouched_devices": untouched, "seconds": round(time.perf_counter() - t2, 1)}
+    finally:
+        for d in devs:
+            d.stop()
+        broker.stop()
+    return out
+
+
+# --- main ---------------------------------------------------------------------------------------------
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_device":
+        device_process(*sys.argv[2:6])
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kills", type=int, default=200)
+    ap.add_argument("--workers", type=int, default=max(2, min(4, os.cpu_count() or 2)))
+    ap.add_argument("--rate", type=float, default=300.0, help="HTTP requests/s during part 2")
+    ap.add_argument("--devices", type=int, default=200)
+    ap.add_argument("--only", choices=["kills", "load", "fleet"])
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--json", type=Path, help="Also write the figures here.")
+    args = ap.parse_args()
+
+    from device_agent.verify import load_trusted_keys
+    from edgekit.signing import generate_keys, sign_dir
+    from tests.ota.models import make_model_dir, mlp, nan_mlp, slow_mlp
+
+    work = Path(tempfile.mkdtemp(prefix="edgekit-ota-bench-"))
+    kp = generate_keys(work / "keys")
+    releases = {
+        "v1": make_model_dir(work / "rel" / "v1", mlp(0), version="1.0.0"),
+        "v2": make_model_dir(work / "rel" / "v2", mlp(1), version="1.1.0"),
+        "v3": make_model_dir(work / "rel" / "v3", mlp(2), version="1.2.0"),
+        "nan": make_model_dir(work / "rel" / "nan", nan_mlp(3), version="1.5.0", vectors=0),
+        "slow": make_model_dir(work / "rel" / "slow", slow_mlp(1, tile=32), version="1.6.0"),
+    }
+    for d in releases.values():
+        sign_dir(d, kp.private)
+    results: dict = {}
+    if args.only in (None, "kills"):
+        pool = work / "pool"
+        make_pool(pool, 80, kp.private)
+        print(f"[1/3] kill -9 at {args.kills} random moments ({args.workers} device processes at a time)...", flush=True)
+        results["kills"] = bench_kills(work / "kills", pool, kp.public, args.kills, args.workers, args.seed)
+    if args.only in (None, "load"):
+        print(f"[2/3] {args.rate:.0f} req/s over HTTP through an update, two rollbacks and 2000 swaps...", flush=True)
+        results["load"] = bench_load(work / "load", releases, kp, args.rate)
+    if args.only in (None, "fleet"):
+        print(f"[3/3] fleet of {args.devices} simulated agents on one Mosquitto...", flush=True)
+        results["fleet"] = bench_fleet(work / "fleet", releases, load_trusted_keys([kp.public]), args.devices)
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+
+
+def report(r: dict) -> None:
+    rows = []
+    if "kills" in r:
+        k = r["kills"]
+        rows += [("kill -9 at random moments", "≥ 200", k["kills"], k["kills"] >= 200),
+                 ("restarts serving a valid model, store consistent", "all", f"{k['boots'] - len(k['bad_boots'])}/{k['boots']}",
+                  not k["bad_boots"]),
+                 ("  where the kills landed (last reported state)", "", ", ".join(f"{s} {n}" for s, n in sorted(k["killed_in"].items())), None),
+                 ("  jobs finished / versions served / wall time", "", f"{k['jobs_finished']} / {k['versions_served']} / {k['seconds']} s", None)]
+    if "load" in r:
+        ld = r["load"]
+        rows += [("HTTP load during update + rollbacks", "≥ 200 req/s", f"{ld['rate_achieved']} req/s "
+                  f"({ld['requests']} requests)", ld["rate_achieved"] >= 200),
+                 ("failed requests", "0", ld["failed"], ld["failed"] == 0),
+                 ("job outcomes (v2 / NaN model / 30x slower model)", "ok / FAILED / FAILED", " / ".join(ld["outcomes"]),
+                  ld["outcomes"][0] == "SUCCEEDED" and all(o.startswith("FAILED") for o in ld["outcomes"][1:])),
+                 ("swap pause p99 (2000 swaps under load)", "< 5 ms", f"{ld['swap_p99_ms']} ms (max {ld['swap_max_ms']} ms)",
+                  ld["swap_p99_ms"] < 5),
+                 ("  OTA swaps (v2 in, NaN in, NaN out, slow in, slow out)", "", ", ".join(f"{x} ms" for x in ld["ota_swaps_ms"]), None),
+                 ("request p50 / p99 overall; p99 in flight during a swap", "",
+                  f"{ld['latency_p50_ms']} / {ld['latency_p99_ms']} ms; {ld['latency_p99_during_swaps_ms']} ms "
+                  f"({ld['requests_during_swaps']} requests)", None),
+                 ("rollback after failed probation check (NaN)", "< 2 s", f"{ld['rollback_nan_s']} s",
+                  ld["rollback_nan_s"] is not None and ld["rollback_nan_s"] < 2),
+                 ("rollback after failed probation check (latency)", "< 2 s", f"{ld['rollback_latency_s']} s",
+                  ld["rollback_latency_s"] is not None and ld["rollback_latency_s"] < 2),
+                 ("  client: first NaN-model answer → old model again", "", f"{ld['rollback_client_s']} s", None)]
+    if "fleet" in r:
+        f = r["fleet"]
+        ro, bc = f["rollout"], f["broken_canaries"]
+        rows += [(f"4-wave rollout to {f['devices']} simulated agents", "completes",
+                  f"waves {ro['waves']}: {ro['succeeded']} ok, {ro['failed']} failed in {ro['seconds']} s",
+                  ro["succeeded"] == f["devices"] and ro["aborted"] is None),
+                 ("30% broken canaries", "abort after wave 1",
+                  f"{bc['broken']}/{bc['wave1']} broken → {'aborted after wave 1' if bc['aborted'] and 'wave 1' in bc['aborted'] else 'NOT aborted'}, "
+                  f"{bc['untouched_devices']} devices untouched ({bc['seconds']} s)", bool(bc["aborted"]) and "wave 1:" in bc["aborted"])]
+    w = max(len(x[0]) for x in rows)
+    w2 = max(len(str(x[1])) for x in rows)
+    print()
+    print(f"{'measure'.ljust(w)}  {'target'.ljust(w2)}  measured")
+    for name, target, got, ok in rows:
+        mark = "" if ok is None else ("  ✓" if ok else "  ✗")
+        print(f"{name.ljust(w)}  {str(target).ljust(w2)}  {got}{mark}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""TFLite export benchmark: .tflite (fp32 / fp16 / full-integer int8) beside the ONNX Runtime artifacts.
+
+Models: the digits CNN (trained on scikit-learn's digits, accuracy measured), and the ResNet-18 and
+MobileNetV2 architectures from torchvision with random weights (no download; agreement with the
+source only) at batch 1 — the fixed-batch RGB case that makes onnx2tf reach for the internet.
+
+For each model: ``edgekit.compress`` writes fp32, fp16 and int8 artifacts; then every artifact's
+latency is measured here the same way (p50 of single-sample calls, XNNPACK for LiteRT, 1 and 2
+threads). The table prints size and latency ratios against the fp32 artifact of the same runtime,
+so a quantized model that runs *slower* than its float version shows as a ratio above 1.00 and is
+flagged. Targets (from issue 3) are checked at the end.
+
+    python benchmarks/tflite_export.py [--models digits,resnet18,mobilenet_v2] [--out DIR] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TARGETS = {
+    "int8_tflite_size_vs_fp32_tflite": 0.27,
+    "digits_accuracy_drop_pts": 0.5,
+    "resnet18_int8_litert_latency_vs_fp32": 0.32,
+}
+
+
+def build_digits(work: Path) -> tuple[Path, Path, Path]:
+    from edgekit.examples.digits import train_digits
+
+    paths = train_digits(work / "digits")
+    return paths["model"], paths["calib"], paths["eval"]
+
+
+def build_torchvision(name: str, work: Path) -> tuple[Path, Path, Path]:
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, name)(weights=None).eval()
+    path = work / f"{name}.onnx"
+    torch.onnx.export(net, torch.randn(1, 3, 224, 224), str(path), input_names=["image"], output_names=["logits"],
+                      opset_version=17, dynamo=False)
+    rng = np.random.default_rng(0)
+    mean = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
+    std = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
+    calib = work / f"{name}.calib.npz"
+    np.savez(calib, image=((rng.random((32, 3, 224, 224), dtype=np.float32) - mean) / std).astype(np.float32))
+    return path, calib, calib
+
+
+def compress_all(model: Path, calib: Path, eval_data: Path, out: Path, *, eval_samples: int) -> dict[str, dict]:
+    """fp32, fp16 and int8 output directories for ``model``; returns {precision: {file: Path}}."""
+    from edgekit.compress import compress
+    from edgekit.pipeline import StepSpec
+
+    runs = {
+        "fp32": ([], ("onnx", "tflite")),
+        "fp16": ([StepSpec("fp16")], ("tflite",)),
+        "int8": ([StepSpec("int8", {"max_drop": 100.0, "search_time": 60.0})], ("onnx", "ort", "tflite")),
+    }
+    found: dict[str, dict] = {}
+    for precision, (steps, formats) in runs.items():
+        t0 = time.perf_counter()
+        result = compress(model, steps, formats=formats, data=eval_data if precision != "int8" else calib,
+                          output=out / f"{model.stem}.{precision}", force=True, max_eval_samples=eval_samples)
+        found[precision] = {"dir": result.output, "seconds": time.perf_counter() - t0,
+                            "artifacts": {r.file: r for r in result.artifacts}, "source_accuracy": result.source_quality.get("accuracy"),
+                            "manifest": result.manifest}
+        print(f"  {model.stem} {precision}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return found
+
+
+def measure(path: Path, artifact, feeds: dict[str, np.ndarray], threads: int) -> float:
+    from device_agent.runtime import open_backend
+    from edgekit.evaluate import measure_latency
+
+    backend = open_backend(path, artifact, threads=threads)
+    return measure_latency(backend, feeds, runs=300, warmup=20, budget_s=8.0).p50_ms
+
+
+def bench_model(name: str, model: Path, calib: Path, eval_data: Path, out: Path) -> list[dict]:
+    from device_agent.manifest import load_manifest
+    from edgekit.evaluate import one_sample
+    from edgekit.onnx_model import io_specs, load_onnx
+
+    ins, _ = io_specs(load_onnx(model))
+    with np.load(eval_data) as z:
+        data = {k: z[k] for k in z.files if k != "labels"}
+    from edgekit.data import Dataset
+
+    feeds = one_sample(Dataset(data), ins)
+    found = compress_all(model, calib, eval_data, out, eval_samples=540 if name == "digits" else 32)
+    rows = []
+    src_size = model.stat().st_size
+    for precision, info in found.items():
+        manifest = load_manifest(info["dir"])
+        for art in manifest.artifacts:
+            m = manifest.metrics[art.file]
+            path = info["dir"] / art.file
+            row = {
+                "model": name, "artifact": art.file, "runtime": art.runtime, "format": art.format, "precision": precision,
+                "quantization": (art.extra.get("tflite") or {}).get("quantization"),
+                "size_bytes": art.size_bytes, "size_vs_source": art.size_bytes / src_size,
+                "p50_ms_1t": measure(path, art, feeds, 1), "p50_ms_2t": measure(path, art, feeds, 2),
+                "accuracy": m.get("accuracy"), "agreement": m.get("agreement"), "drop_pts": m.get("drop_pts"),
+                "parity_ok": (m.get("parity") or {}).get("ok"),
+                "source_accuracy": info["source_accuracy"],
+            }
+            rows.append(row)
+    # ratios against the fp32 artifact of the same format (LiteRT int8 vs LiteRT fp32; ORT int8 vs ORT fp32)
+    for r in rows:
+        base = next((b for b in rows if b["format"] == r["format"] and b["precision"] == "fp32"), None)
+        if base is None and r["format"] == "ort":
+            base = next((b for b in rows if b["format"] == "onnx" and b["precision"] == "fp32"), None)
+        r["size_vs_fp32"] = r["size_bytes"] / base["size_bytes"] if base else None
+        r["latency_vs_fp32_1t"] = r["p50_ms_1t"] / base["p50_ms_1t"] if base else None
+        r["latency_vs_fp32_2t"] = r["p50_ms_2t"] / base["p50_ms_2t"] if base else None
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    head = f"{'model':<13} {'artifact':<28} {'runtime':<11} {'quantization':<19} {'size':>9} {'size×fp32':>9} " \
+           f"{'p50 1t ms':>9} {'×fp32':>6} {'p50 2t ms':>9} {'×fp32':>6} {'acc/agree':>9} {'drop':>6}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        quality = r["accuracy"] if r["accuracy"] is not None else r["agreement"]
+        flag = "  << int8 SLOWER than fp32" if r["precision"] == "int8" and (r["latency_vs_fp32_1t"] or 0) > 1.0 else ""
+        print(f"{r['model']:<13} {r['artifact']:<28} {r['runtime']:<11} {(r['quantization'] or r['precision']):<19} "
+              f"{r['size_bytes'] / 1e6:>7.2f}MB {_x(r['size_vs_fp32']):>9} {r['p50_ms_1t']:>9.3f} {_x(r['latency_vs_fp32_1t']):>6} "
+              f"{r['p50_ms_2t']:>9.3f} {_x(r['latency_vs_fp32_2t']):>6} {_pct(quality):>9} {_pts(r['drop_pts']):>6}{flag}")
+
+
+def check_targets(rows: list[dict]) -> list[tuple[str, float | None, float, bool]]:
+    out = []
+    for r in rows:
+        if r["format"] == "tflite" and r["precision"] == "int8" and r["quantization"] == "full-integer int8":
+            v = r["size_vs_fp32"]
+            out.append((f"{r['model']}: full-int8 .tflite size × fp32 .tflite", v, TARGETS["int8_tflite_size_vs_fp32_tflite"],
+                        v is not None and v <= TARGETS["int8_tflite_size_vs_fp32_tflite"]))
+    for r in rows:
+        if r["model"] == "digits" and r["format"] == "tflite" and r["accuracy"] is not None and r["source_accuracy"] is not None:
+            drop = r["source_accuracy"] - r["accuracy"]
+            out.append((f"digits: {r['artifact']} accuracy drop (pts)", drop, TARGETS["digits_accuracy_drop_pts"],
+                        drop <= TARGETS["digits_accuracy_drop_pts"]))
+        if r["model"] == "resnet18" and r["format"] == "tflite" and r["precision"] == "int8":
+            v = r["latency_vs_fp32_1t"]
+            out.append(("resnet18: int8 LiteRT latency × fp32 (1 thread)", v, TARGETS["resnet18_int8_litert_latency_vs_fp32"],
+                        v is not None and v <= TARGETS["resnet18_int8_litert_latency_vs_fp32"]))
+    return out
+
+
+def _x(v) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{v:.2f}%"
+
+
+def _pts(v) -> str:
+    return "—" if v is None else f"{v:+.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="digits,resnet18,mobilenet_v2")
+    ap.add_argument("--out", type=Path, default=None, help="keep the output directories here (default: a temp dir)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    args = ap.parse_args(argv)
+    import platform
+
+    print(f"edgekit TFLite export benchmark — {platform.machine()}, {platform.processor() or platform.platform()}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="edgekit.bench.") as tmp:
+        work = Path(tmp)
+        out = args.out or work / "out"
+        out.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+            print(f"{name}: building and compressing", file=sys.stderr)
+            model, calib, eval_data = build_digits(work) if name == "digits" else build_torchvision(name, work)
+            rows += bench_model(name, model, calib, eval_data, out)
+        print()
+        print_table(rows)
+        print()
+        results = check_targets(rows)
+        for label, value, target, ok in results:
+            print(f"{'PASS' if ok else 'MISS'}  {label}: {_x(value) if value is not None else '—'} (target ≤ {target})")
+        if args.json:
+            args.json.write_text(json.dumps({"rows": rows, "targets": [dict(zip(("label", "value", "target", "ok"), t, strict=False)) for t in results]},
+                                            indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""ONNX rewrites that make onnx2tf's TensorFlow graph quantize well. Each returns a new model and a count.
+
+``explicit_maxpool_padding``: onnx2tf pads a MaxPool that has ``pads`` with the dtype's minimum
+(-3.4e38) in a separate PadV2. TFLite's int8 calibrator then sees -3.4e38 in that tensor's range,
+and because PadV2 shares its input's quantization, the producing conv gets a scale of ~1e36: the
+int8 model computes garbage (and XNNPACK refuses it). We pad in ONNX instead, with a value that
+never changes a max: 0 when the input cannot be negative (after Relu, Clip(min >= 0), Sigmoid, ...),
+else the edge values (always inside the window, since ONNX requires pads < kernel). Both are exact.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+__all__ = ["explicit_maxpool_padding"]
+
+#: ops whose output is never negative
+_NON_NEGATIVE = {"Relu", "Sigmoid", "Softmax", "Abs", "Exp", "Softplus", "HardSigmoid"}
+
+
+def explicit_maxpool_padding(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Replace ``MaxPool(pads=p)`` with ``Pad(p) → MaxPool(pads=0)``, padding with 0 or edge values."""
+    if not any(o.domain in ("", "ai.onnx") and o.version >= 11 for o in model.opset_import):
+        return model, 0  # Pad takes its pads as an input from opset 11; leave older models as they are
+    out = copy.deepcopy(model)
+    g = out.graph
+    producers = {o: n for n in g.node for o in n.output}
+    inits = {t.name: t for t in g.initializer}
+    nodes, count = [], 0
+    for node in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        pads = list(attrs.get("pads") or [])
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        if node.op_type != "MaxPool" or node.domain not in ("", "ai.onnx") or not any(pads) or auto_pad not in ("NOTSET", ""):
+            nodes.append(node)
+            continue
+        spatial = len(pads) // 2
+        onnx_pads = [0, 0] + pads[:spatial] + [0, 0] + pads[spatial:]
+        pads_name = _unique(f"{node.name or node.output[0]}_pads", g)
+        g.initializer.append(numpy_helper.from_array(np.array(onnx_pads, dtype=np.int64), pads_name))
+        padded = _unique(f"{node.output[0]}_padded", g)
+        zero = _non_negative(node.input[0], producers, inits)
+        pad = helper.make_node("Pad", [node.input[0], pads_name], [padded], name=_unique(f"{node.name or 'maxpool'}_pad", g),
+                               mode="constant" if zero else "edge")
+        pool = copy.deepcopy(node)
+        pool.input[0] = padded
+        del pool.attribute[:]
+        pool.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items() if k not in ("pads", "auto_pad"))
+        nodes += [pad, pool]
+        count += 1
+    if count:
+        del g.node[:]
+        g.node.extend(nodes)
+    return out, count
+
+
+def _non_negative(name: str, producers: dict, inits: dict) -> bool:
+    node = producers.get(name)
+    if node is None:
+        return False
+    if node.op_type in _NON_NEGATIVE:
+        return True
+    if node.op_type == "Clip":
+        low = node.input[1] if len(node.input) > 1 and node.input[1] else None
+        if low is None:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            return attrs.get("min") is not None and float(attrs["min"]) >= 0
+        return low in inits and float(numpy_helper.to_array(inits[low]).min()) >= 0
+    return False
+
+
+def _unique(base: str, g: onnx.GraphProto) -> str:
+    taken = {o for n in g.node for o in n.output} | {t.name for t in g.initializer} | {n.name for n in g.node}
+    taken |= {i.name for i in g.input} | {o.name for o in g.output}
+    name, i = base, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    return name

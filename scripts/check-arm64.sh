@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# make check-arm64 — prove the Raspberry Pi path on an emulated arm64 Debian (opt-in: minutes).
+#
+# In the arm64 root built by ../shared/tools/arm64-root.sh (Debian bookworm, Python 3.11, qemu-user):
+# the bundle from `edgekit agent bundle` installs with install.sh (base dependencies only, from the
+# package index, onnxruntime pinned to a version the emulator runs), the agent starts, passes its
+# self-test, answers a prediction over HTTP and publishes telemetry to a Mosquitto on this machine.
+#
+#   bash scripts/check-arm64.sh                 # ARM64_ROOT=/tmp/arm64root ORT_VERSION=1.27.0
+#   KEEP=1 bash scripts/check-arm64.sh          # leave the agent's files in the root for a look
+#
+# Needs root (debootstrap, chroot) and network access to the package index. Exit 0 = all passed.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+R=${ARM64_ROOT:-/tmp/arm64root}
+ORT_VERSION=${ORT_VERSION:-1.27.0}   # qemu 7.2 cannot run onnxruntime >= 1.28 (real Pis can)
+PY=${PY:-$REPO/.venv/bin/python}
+TOOLS=${TOOLS:-$REPO/../shared/tools}
+WORK=$(mktemp -d /tmp/edgekit-arm64-check.XXXXXX)
+DEVICE=arm64-check
+BROKER_PID=""
+
+say() { echo "check-arm64: $*"; }
+fail() { echo "check-arm64: FAILED: $*" >&2; exit 1; }
+
+cleanup() {
+  stop_chroot_agent
+  [ -n "$BROKER_PID" ] && kill "$BROKER_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+stop_chroot_agent() {
+  # the agent runs under qemu inside the root: stop exactly the process we started (its pid file)
+  if [ -f "$R/run-edgekit-agent.pid" ]; then
+    kill "$(cat "$R/run-edgekit-agent.pid")" 2>/dev/null || true
+    rm -f "$R/run-edgekit-agent.pid"
+  fi
+}
+trap cleanup EXIT
+
+[ "$(id -u)" = 0 ] || fail "run as root (debootstrap and chroot need it)"
+[ -x "$PY" ] || fail "no $PY: run 'make install' first"
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || fail "mosquitto is not installed: make mosquitto"
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+
+say "1/6 the arm64 root ($R)"
+bash "$TOOLS/arm64-root.sh" "$R" | sed 's/^/  /'
+[ "$(chroot "$R" uname -m)" = aarch64 ] || fail "the root does not run aarch64 code"
+
+say "2/6 a model: the digits CNN, edgekit compress --int8"
+"$PY" -m edgekit.examples.digits "$WORK/digits" >/dev/null
+"$PY" -c "import sys; from edgekit.cli.main import main; main(sys.argv[1:])" compress --int8 --data "$WORK/digits/calib.npz" \
+  -o "$WORK/model" "$WORK/digits/digits.onnx" >/dev/null
+
+say "3/6 a Mosquitto on 127.0.0.1 and the device bundle"
+read -r MQTT_PORT API_PORT < <("$PY" -c "
+import socket
+ports = []
+for _ in range(2):
+    s = socket.socket(); s.bind(('127.0.0.1', 0)); ports.append(s.getsockname()[1]); s.close()
+print(*ports)")
+printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n' "$MQTT_PORT" > "$WORK/mosquitto.conf"
+"$MOSQUITTO" -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
+BROKER_PID=$!
+"$PY" -c "import sys; from edgekit.cli.main import main; main(sys.argv[1:])" agent bundle --device-id "$DEVICE" \
+  --broker "mqtt://127.0.0.1:$MQTT_PORT" --model "$WORK/model" --set "api.port=$API_PORT" --set telemetry.interval_s=2 \
+  --set model.threads=1 -o "$WORK/bundle.tar.gz"
+
+say "4/6 install.sh inside the arm64 root (pip from the package index; onnxruntime==$ORT_VERSION)"
+rm -rf "$R/root/edgekit-bundle" "$R/opt/edgekit-agent" "$R/etc/edgekit" "$R/var/lib/edgekit"
+mkdir -p "$R/root/edgekit-bundle"
+tar xzf "$WORK/bundle.tar.gz" -C "$R/root/edgekit-bundle"
+echo "onnxruntime==$ORT_VERSION" > "$R/root/edgekit-bundle/constraints.txt"
+T0=$(date +%s)
+chroot "$R" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+  bash /root/edgekit-bundle/install.sh --no-systemd --constraint /root/edgekit-bundle/constraints.txt 2>&1 | sed 's/^/  /'
+say "   installed in $(( $(date +%s) - T0 )) s"
+chroot "$R" /opt/edgekit-agent/venv/bin/python -c "
+import importlib.util as u, platform, onnxruntime
+heavy = [m for m in ('onnx', 'torch', 'tensorflow', 'pydantic') if u.find_spec(m)]
+assert not heavy, heavy
+print('  ', platform.machine(), 'onnxruntime', onnxruntime.__version__, '- no onnx/torch/tensorflow/pydantic')"
+
+say "5/6 start the agent (as user edgekit, inside the root)"
+chroot "$R" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/var/lib/edgekit bash -c \
+  'runuser -u edgekit -- /opt/edgekit-agent/venv/bin/edgekit-agent run --config /etc/edgekit/agent.toml >/var/lib/edgekit/agent.log 2>&1 & echo $! > /run-edgekit-agent.pid'
+T0=$(date +%s)
+
+say "6/6 ready, a prediction over HTTP, telemetry on the broker"
+"$PY" - "$API_PORT" "$MQTT_PORT" "$DEVICE" "$WORK/digits/eval.npz" <<'PY' || { cat "$R/var/lib/edgekit/agent.log" >&2 || true; fail "the agent did not serve"; }
+import json, sys, time, urllib.request
+import numpy as np
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+api, mqtt_port, device, eval_npz = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+got = []
+c = paho.Client(CallbackAPIVersion.VERSION2, client_id="arm64-check-sub")
+c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"edgekit/v1/{device}/#", qos=1)
+c.on_message = lambda cl, u, m: got.append((m.topic, json.loads(m.payload)))
+c.connect("127.0.0.1", mqtt_port)
+c.loop_start()
+t0 = time.monotonic()
+deadline = t0 + 600  # emulation is 10-30x slower than a Pi
+while time.monotonic() < deadline:
+    try:
+        if urllib.request.urlopen(f"http://127.0.0.1:{api}/readyz", timeout=5).status == 200:
+            break
+    except OSError:
+        time.sleep(1)
+else:
+    sys.exit("not ready within 600 s")
+print(f"   ready {time.monotonic() - t0:.0f} s after the check started polling")
+x = np.load(eval_npz)["x"][:2]
+req = urllib.request.Request(f"http://127.0.0.1:{api}/v1/predict", data=json.dumps({"inputs": {"x": x.tolist()}}).encode(),
+                             headers={"Content-Type": "application/json"})
+body = json.loads(urllib.request.urlopen(req, timeout=120).read())
+assert len(body["outputs"]["logits"]) == 2, body
+print(f"   prediction: top-1 {[t[0]['label'] for t in body['top_k']]} in {body['latency_ms']:.1f} ms (runtime)")
+info = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{api}/v1/model", timeout=30).read())
+print(f"   model {info['name']} {info['version']} via {info['runtime']} ({info['artifact']}), self-test {info['selftest']['detail']}")
+deadline = time.monotonic() + 300
+while time.monotonic() < deadline:
+    tel = [p for t, p in got if t.endswith("/telemetry") and p.get("requests", 0) >= 1]
+    if tel:
+        break
+    time.sleep(1)
+else:
+    sys.exit(f"no telemetry with the prediction within 300 s; got topics {sorted({t for t, _ in got})}")
+state = [p for t, p in got if t.endswith("/state")]
+print(f"   telemetry seq {tel[0]['seq']}: {tel[0]['requests']} request(s), latency p50 {tel[0]['latency_ms']['p50']} ms; "
+      f"state {state[-1]['status'] if state else '?'} on {state[-1]['hardware'].get('machine') if state else '?'}")
+c.loop_stop()
+PY
+stop_chroot_agent
+[ "${KEEP:-0}" = 1 ] || rm -rf "$R/root/edgekit-bundle"
+say "PASSED: the bundle installs, the agent serves and reports on aarch64 (onnxruntime $ORT_VERSION)"
