@@ -5,7 +5,7 @@
 
 For each model (the `edgekit compress --int8` .ort artifact, batch 1, same thread count):
 
-- raw ``InferenceSession.run`` on the artifact
+- raw ``InferenceSession.run`` on the artifact (the very session the agent loaded: same threads)
 - agent in-process ``Agent.predict`` (validation, telemetry on: feature summaries + latency sketch,
   windows published to a local Mosquitto when one is installed, else queued in the outbox)
 - agent HTTP ``POST /v1/predict`` over loopback (keep-alive; JSON for digits, .npy for both)
@@ -155,14 +155,12 @@ def bench_model(name: str, model_dir: Path, x: np.ndarray, broker: str, work: Pa
     }, base_dir=work)
     agent = Agent.from_config(cfg)
     agent.start()
-    quiet = Agent.open(model_dir, threads=threads, telemetry=False)
+    # One InferenceSession for every variant: a second session's idle worker threads would spin and
+    # steal the CPU from the one being measured (2 cores here), which skews any comparison.
+    quiet = Agent(agent.model, telemetry=False)  # same model and session, no telemetry
     artifact = agent.model.file
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    if artifact.suffix == ".ort":
-        opts.add_session_config_entry("session.load_model_format", "ORT")
-    sess = ort.InferenceSession(str(artifact), sess_options=opts, providers=["CPUExecutionProvider"])
+    sess = agent.model.backend.session
+    assert isinstance(sess, ort.InferenceSession) and sess.get_session_options().intra_op_num_threads == threads
     feeds = {"x": x}
     conn = http.client.HTTPConnection("127.0.0.1", agent.server.port, timeout=30)
     buf = io.BytesIO()

@@ -23,7 +23,9 @@ Crash loops: every boot that finds PROBATION without a clean shutdown counts one
 
 Job states reported to the fleet (``JobState``): QUEUED, IN_PROGRESS, then SUCCEEDED (committed, or a
 manual rollback done), REJECTED (refused before serving), FAILED (rolled back after serving),
-TIMED_OUT, CANCELED — each with a machine-readable ``reason`` and a sentence in ``detail``.
+TIMED_OUT, CANCELED — each with a machine-readable ``reason`` and a sentence in ``detail``. A final
+state is reported once its action is done (a ROLLED_BACK job is reported after the old model serves
+again), so a fleet that sees FAILED knows the device is back on its previous version.
 """
 
 from __future__ import annotations
@@ -274,8 +276,8 @@ class Updater:
             self._persist(rec)
             crashpoint(f"moved.{dst}")
         log.info("OTA: %s --%s--> %s %s", src, event, dst, changes.get("detail", ""))
-        if dst != S.IDLE:
-            self._report_state()
+        if dst in ACTIVE:
+            self._report_state()  # final states are reported by _finish, once their action (revert, swap, clean-up) is done
         return dst
 
     def _report_state(self, detail: str | None = None) -> None:
@@ -770,6 +772,7 @@ class Updater:
                                                      "reason": rec.get("reason", ""), "detail": rec.get("detail", ""),
                                                      "ts": round(self.clock(), 3)}]
             self._persist({**rec, "history": hist})
+            self._report_state()  # after a crash before DONE this runs again: the fleet may see the final state twice
             self._move(E.DONE)
 
     def _clear_models(self) -> None:

@@ -163,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
             np.savez(buf, **prediction.outputs)
             return self._send(200, buf.getvalue(), NPZ, headers={"X-Model-Name": prediction.model["name"],
                                                                   "X-Model-Version": prediction.model["version"]})
-        return self._json(200, prediction.to_dict())
+        return self._send(200, prediction.to_json(), "application/json")
 
     def _feedback(self, agent: Agent) -> None:
         from device_agent.feedback import MAX_ITEMS, FeedbackResult

@@ -124,7 +124,7 @@ def select_features(features: tuple[FeatureProfile, ...], inputs: tuple[TensorSp
 class FeatureTracker:
     """Per-feature bin counts and moments over the reference edges, accumulated until ``take``."""
 
-    def __init__(self, features: list[FeatureProfile], *, max_values_per_feature: int = 4096) -> None:
+    def __init__(self, features: list[FeatureProfile], *, max_values_per_feature: int = 1024) -> None:
         self.features = features
         self.max_values = max_values_per_feature
         self._edges = [np.asarray(f.edges, dtype=np.float64) for f in features]

@@ -108,10 +108,10 @@ class Validator:
 
     def check_finite(self, arrays: Mapping[str, np.ndarray]) -> None:
         name = self._single_float
-        if name is not None and np.isfinite(arrays[name]).all():
+        if name is not None and _all_finite(arrays[name]):
             return
         for name, x in arrays.items():
-            if name not in self._float or np.isfinite(x).all():
+            if name not in self._float or _all_finite(x):
                 continue
             nan = int(np.isnan(x).sum())
             inf = int(x.size - nan - np.isfinite(x).sum())
@@ -220,6 +220,16 @@ class Validator:
                         "Split the request.",
                         kind="too_large", input=spec.name, expected=f"≤ {self.max_batch}", given=str(n),
                     )
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    """True when no NaN/inf. One sum first (NaN and inf propagate; no temporary bool array, cheap
+    for any size); only when the sum is not finite — a NaN, an inf, or an overflow of large values —
+    look at every element."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(x, axis=None)):
+            return True
+    return bool(np.isfinite(x).all())
 
 
 def _dims_match(shape: tuple[int, ...], want: tuple[Any, ...]) -> bool:

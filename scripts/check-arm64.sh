@@ -48,9 +48,9 @@ bash "$TOOLS/arm64-root.sh" "$R" | sed 's/^/  /'
 [ "$(chroot "$R" uname -m)" = aarch64 ] || fail "the root does not run aarch64 code"
 
 say "2/6 a model: the digits CNN, edgekit compress --int8"
-"$PY" -m edgekit.examples.digits "$WORK/digits" >/dev/null
+"$PY" -m edgekit.examples.digits "$WORK/digits" >/dev/null 2>&1
 "$PY" -c "import sys; from edgekit.cli.main import main; main(sys.argv[1:])" compress --int8 --data "$WORK/digits/calib.npz" \
-  -o "$WORK/model" "$WORK/digits/digits.onnx" >/dev/null
+  -o "$WORK/model" "$WORK/digits/digits.onnx" >/dev/null 2>&1 || fail "edgekit compress failed"
 
 say "3/6 a Mosquitto on 127.0.0.1 and the device bundle"
 read -r MQTT_PORT API_PORT < <("$PY" -c "
@@ -82,13 +82,13 @@ assert not heavy, heavy
 print('  ', platform.machine(), 'onnxruntime', onnxruntime.__version__, '- no onnx/torch/tensorflow/pydantic')"
 
 say "5/6 start the agent (as user edgekit, inside the root)"
-chroot "$R" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/var/lib/edgekit bash -c \
+chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/var/lib/edgekit LANG=C.UTF-8 bash -c \
   'runuser -u edgekit -- /opt/edgekit-agent/venv/bin/edgekit-agent run --config /etc/edgekit/agent.toml >/var/lib/edgekit/agent.log 2>&1 & echo $! > /run-edgekit-agent.pid'
 T0=$(date +%s)
 
 say "6/6 ready, a prediction over HTTP, telemetry on the broker"
-"$PY" - "$API_PORT" "$MQTT_PORT" "$DEVICE" "$WORK/digits/eval.npz" <<'PY' || { cat "$R/var/lib/edgekit/agent.log" >&2 || true; fail "the agent did not serve"; }
-import json, sys, time, urllib.request
+"$PY" - "$API_PORT" "$MQTT_PORT" "$DEVICE" "$WORK/digits/eval.npz" "$R/run-edgekit-agent.pid" <<'PY' || { cat "$R/var/lib/edgekit/agent.log" >&2 || true; fail "the agent did not serve"; }
+import json, os, sys, time, urllib.request
 import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -102,12 +102,17 @@ c.connect("127.0.0.1", mqtt_port)
 c.loop_start()
 t0 = time.monotonic()
 deadline = t0 + 600  # emulation is 10-30x slower than a Pi
+pid = int(open(sys.argv[5]).read())
 while time.monotonic() < deadline:
     try:
         if urllib.request.urlopen(f"http://127.0.0.1:{api}/readyz", timeout=5).status == 200:
             break
     except OSError:
         time.sleep(1)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit("the agent exited before it was ready")
 else:
     sys.exit("not ready within 600 s")
 print(f"   ready {time.monotonic() - t0:.0f} s after the check started polling")

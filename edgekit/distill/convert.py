@@ -149,11 +149,12 @@ def promote_buffers(net: torch.nn.Module) -> int:
     import torch
 
     n = 0
-    for name, buf in list(net.named_buffers(recurse=False)):
-        if buf.is_floating_point() and buf.numel() >= MIN_WEIGHT_ELEMENTS:
-            delattr(net, name)
-            net.register_parameter(name, torch.nn.Parameter(buf.detach().clone()))
-            n += 1
+    for module in net.modules():  # onnx2torch keeps them in an "initializers" container module
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if name.startswith("onnx_initializer") and buf.is_floating_point() and buf.numel() >= MIN_WEIGHT_ELEMENTS:
+                delattr(module, name)
+                module.register_parameter(name, torch.nn.Parameter(buf.detach().clone()))
+                n += 1
     return n
 
 

@@ -52,6 +52,9 @@ def build_student(spec: str, teacher: onnx.ModelProto, ctx: Context, *, keep=(),
         outputs = {m for d, m in layers.items() if d in set(output_layer_nodes(teacher))}
         kept = set(resolve_layers(keep, layers, what="distill --keep").values()) | outputs
         res = prune_channels(tm.net, example(teacher, ctx.eval_data), ratio=1 - w, keep=frozenset(kept), round_to=round_to)
+        if res.params_after == res.params_before:
+            raise InputError(f"student {spec!r}: the teacher has no Conv or Linear (Gemm) layer whose width can shrink "
+                             "(MatMul weights are not structurally prunable); give your own student as module:function")
         return tm, {"student": spec, "kind": "auto", "width": w, **res.to_dict(),
                     "out_channels": {display.get(k, k): v for k, v in res.to_dict()["out_channels"].items()},
                     "never_pruned": sorted(display.get(m, m) for m in kept)}

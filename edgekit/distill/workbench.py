@@ -16,7 +16,7 @@ import onnx
 
 from edgekit.data import Dataset
 from edgekit.distill.config import TrainingConfig, training_settings
-from edgekit.distill.convert import load_factory, module_names, run_torch, to_onnx, to_torch
+from edgekit.distill.convert import load_factory, module_names, promote_buffers, run_torch, to_onnx, to_torch
 from edgekit.errors import InputError
 from edgekit.pipeline import Context
 
@@ -117,10 +117,14 @@ def score_fn(ctx: Context) -> tuple[str, Callable[[torch.nn.Module], float]]:
 
 
 def checkpoint_dir(ctx: Context, config: TrainingConfig, step: str) -> Path:
-    """Where the best checkpoint lives while training: ``--checkpoint-dir``, else next to the model."""
+    """Where the best checkpoint lives while training: ``--checkpoint-dir``, else next to the model (or here, for a converted one)."""
     if config.checkpoint_dir:
         return Path(config.checkpoint_dir)
-    d = ctx.source_path.parent / f"{ctx.source_path.stem}.{step}.ckpt"
+    parent = ctx.source_path.parent
+    if parent.name.startswith("edgekit."):
+        # a model edgekit converted (PyTorch / TensorFlow input) lives in a temp dir removed at exit: keep it here instead
+        parent = Path.cwd()
+    d = parent / f"{ctx.source_path.stem}.{step}.ckpt"
     try:
         d.mkdir(parents=True, exist_ok=True)
         return d
@@ -139,6 +143,7 @@ def train(tm: TorchModel, teacher: onnx.ModelProto | None, ctx: Context, config:
         return None
     if data is None:
         raise InputError(f"{step}: training for {settings.epochs} epoch(s) needs data: pass --data train.npz (labels optional)")
+    promote_buffers(tm.net)  # MatMul / Add weights onnx2torch keeps as buffers train too
     targets = teacher_outputs(teacher, data, ctx) if (teacher is not None and use_teacher) else None
     ckpt = checkpoint_dir(ctx, config, step)
 

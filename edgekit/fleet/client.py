@@ -200,9 +200,9 @@ class FleetClient:
 
     # --- sending -----------------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False, timeout: float = 30.0) -> Any:
-        info = self.client.publish(topic, payload, qos=QOS, retain=retain)
-        return info
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> Any:
+        """QoS 1 publish; returns paho's MQTTMessageInfo (see :meth:`flush`)."""
+        return self.client.publish(topic, payload, qos=QOS, retain=retain)
 
     def flush(self, infos: Iterable[Any], timeout: float = 60.0) -> None:
         """Wait until the broker acknowledged every publish in ``infos``."""

@@ -28,6 +28,9 @@ from edgekit.fleet.jobs import Release, new_job_id, signed_command
 
 __all__ = ["Gate", "RolloutPolicy", "RolloutResult", "check_metrics", "deploy", "parse_share", "plan_waves", "rollback", "Journal"]
 
+#: retained chunks held by the broker at once (largest wave × release size) before we ask for HTTP delivery
+MQTT_RETAINED_BUDGET = 512 << 20
+
 FINAL = (JobState.SUCCEEDED, JobState.FAILED, JobState.REJECTED, JobState.TIMED_OUT, JobState.CANCELED)
 FAILURES = (JobState.FAILED, JobState.REJECTED, JobState.TIMED_OUT, JobState.CANCELED)
 
@@ -195,11 +198,18 @@ def deploy(fleet: FleetClient, release: Release, *, devices: list[str] | None = 
     if not online:
         raise OtaError(f"every target device is offline ({', '.join(offline)}); nothing was sent")
     if gate is not None:
-        _gate(release, views, online, gate, baseline, journal)
+        note = _gate(release, views, online, gate, baseline, journal)
+        if note:
+            progress(note)
     if journal is not None:
         journal.save_manifest(release.manifest, release.manifest_bytes)
     job = job or new_job_id("deploy")
     waves = plan_waves(online, list(policy.waves))
+    peak = release.size * max(len(w) for w in waves)
+    if policy.method == "mqtt" and peak > MQTT_RETAINED_BUDGET:
+        raise OtaError(f"MQTT delivery would keep {peak / 2**20:,.0f} MiB of retained chunks on the broker at once "
+                       f"({release.size / 2**20:,.1f} MiB × {max(len(w) for w in waves)} devices in the largest wave; "
+                       f"bound {MQTT_RETAINED_BUDGET >> 20} MiB): use --delivery http --url BASE_URL, or smaller waves")
     result = RolloutResult(job, {"name": release.manifest.name, "version": release.manifest.version}, waves, skipped=list(offline))
     params = release.job_params(method=policy.method, chunk_size=policy.chunk_size, base_url=policy.base_url, probation=policy.probation,
                                 allow_incompatible=policy.allow_incompatible, timeout_s=policy.device_timeout_s)
@@ -225,21 +235,26 @@ def deploy(fleet: FleetClient, release: Release, *, devices: list[str] | None = 
 
 
 def _gate(release: Release, views: dict[str, DeviceView], online: list[str], gate: Gate, baseline: Manifest | None,
-          journal: Journal | None) -> None:
+          journal: Journal | None) -> str | None:
+    """Raise when the release is worse than the served version; return a note when it cannot tell."""
     if baseline is None:
         served = Counter((views[d].model_name, views[d].version) for d in online if views[d].version)
-        if not served or journal is None:
-            return
+        if not served:
+            return None
         (name, version), _ = served.most_common(1)[0]
-        baseline = journal.manifest(name or "", version or "")
-        if baseline is None or baseline.name != release.manifest.name:
-            return
+        baseline = journal.manifest(name or "", version or "") if journal is not None else None
+        if baseline is None:
+            return (f"metric gate: no manifest recorded for the served {name} {version} (it was not shipped from this state dir); "
+                    "pass --baseline DIR to compare")
+        if baseline.name != release.manifest.name:
+            return None  # a different model replaces this one: nothing comparable
     if baseline.version == release.manifest.version:
-        return
+        return None
     problems = check_metrics(release.manifest, baseline, gate)
     if problems:
         raise OtaError(f"refusing to deploy {release.manifest.name} {release.manifest.version}: its metrics are worse than "
                        f"{baseline.version}'s: {'; '.join(problems)}. Validate before replacing production, or pass --force")
+    return None
 
 
 def _run_wave(fleet: FleetClient, release: Release, job: str, params: dict[str, Any], wave: list[str], index: int,

@@ -51,6 +51,8 @@ class PruneConfig(TrainingConfig):
     importance: Importance = Field(Importance.L2, description="Channel ranking for structured pruning: l2, l1 or fpgm.")
     round_to: int | None = Field(None, ge=1, description="Structured: keep channel counts a multiple of this (e.g. 8 for SIMD kernels).")
     sensitivity: bool = Field(False, description="Before pruning, prune each layer alone (no fine-tuning) and report the accuracy cost.")
+    iterations: int = Field(1, ge=1, le=20, description="Structured: reach the ratio in this many prune → fine-tune rounds "
+                                                      "(gradual pruning keeps more accuracy at high ratios; the epochs are shared out).")
     torch_model: str | None = Field(None, description="module:function returning the same model in PyTorch, when onnx2torch cannot convert it.")
     distill: bool = Field(True, description="Fine-tune with the unpruned model's soft targets (plus labels when given); false: labels only.")
 
@@ -74,11 +76,46 @@ def prune(model: onnx.ModelProto, config: PruneConfig, ctx: Context) -> StepOutc
 
 
 def _structured(model: onnx.ModelProto, config: PruneConfig, ctx: Context) -> StepOutcome:
-    from edgekit.distill.workbench import example, load_torch, score_fn, train
-    from edgekit.prune.sensitivity import sensitivity_scan
-    from edgekit.prune.structured import prunable_layers, prune_channels
+    from edgekit.distill.workbench import example, load_torch, score_fn
 
     tm = load_torch(model, ctx, what="structured pruning", factory=config.torch_model)
+    display = tm.display()
+    keep, ratios = _structured_targets(model, config, tm)
+    ex = example(model, ctx.eval_data)
+    metric, score = score_fn(ctx)
+    record: dict = {"method": "structured", "never_pruned": sorted(display.get(m, m) for m in keep)}
+    if config.sensitivity:
+        record["sensitivity"] = _sensitivity(tm, ex, config, ctx, keep, ratios, metric, score)
+    before = score(tm.net)
+    res, rounds, fit = _prune_rounds(tm, ex, model, config, ctx, keep, ratios, metric, score)
+    out = tm.export()
+    _check_signature(model, out)
+    final = score(tm.net)
+    record.update(res.to_dict())
+    record["out_channels"] = {display.get(k, k): v for k, v in record["out_channels"].items()}
+    record["never_pruned"] = sorted(display.get(m, m) for m in keep)
+    record["quality"] = {"metric": metric, "source": round(before, 4), "pruned": round(rounds[-1]["pruned"], 4),
+                         "fine_tuned": round(final, 4)}
+    record["fine_tune"] = fit.to_dict() if fit else None
+    if config.iterations > 1:
+        record["rounds"] = rounds
+    record["size"] = {"before": model.ByteSize(), "after": out.ByteSize(), "gzip_before": gzip_size(model), "gzip_after": gzip_size(out)}
+    sz = record["size"]
+    record["summary"] = (
+        f"channels removed: params {res.params_before:,} → {res.params_after:,} ({res.params_after / max(res.params_before, 1):.2f}×), "
+        f"MACs {res.macs_before:,} → {res.macs_after:,} ({res.macs_after / max(res.macs_before, 1):.2f}×), "
+        f"file {sz['before']:,} → {sz['after']:,} bytes ({sz['after'] / max(sz['before'], 1):.2f}×); {metric} on the given data: "
+        f"source {before:.2f}, pruned {rounds[-1]['pruned']:.2f}, fine-tuned {final:.2f}"
+    )
+    if fit is None:
+        ctx.say("prune: no fine-tuning (no --data, or --epochs 0): structured pruning without recovery usually costs accuracy")
+    return StepOutcome(out, "fp32", record, tag="pruned")
+
+
+def _structured_targets(model: onnx.ModelProto, config: PruneConfig, tm) -> tuple[set[str], dict[str, float]]:
+    """Module names never pruned (output layers + --keep) and per-layer ratios by module name."""
+    from edgekit.prune.structured import prunable_layers
+
     display = tm.display()
     layers = {display[m]: m for m in prunable_layers(tm.net)}  # shown name -> module name
     outputs = {m for d, m in layers.items() if d in set(output_layer_nodes(model))}
@@ -86,43 +123,48 @@ def _structured(model: onnx.ModelProto, config: PruneConfig, ctx: Context) -> St
         # a user's module has no ONNX node names: take its last prunable layer (the shape check after pruning guards the rest)
         outputs = {list(layers.values())[-1]}
     keep = set(resolve_layers(config.keep, layers, what="prune --keep").values()) | outputs
-    ratios = {layers_m: config.layers[pat] for pat in config.layers
-              for layers_m in resolve_layers([pat], layers, what="prune layers").values()}
-    ex = example(model, ctx.eval_data)
-    record: dict = {"method": "structured", "never_pruned": sorted(display.get(m, m) for m in keep)}
-    metric, score = score_fn(ctx)
-    if config.sensitivity:
-        rows = sensitivity_scan(tm.net, ex, ratio=max([config.ratio, *ratios.values()]), score=score, keep=frozenset(keep),
-                                importance=config.importance, display=display, progress=ctx.progress)
-        record["sensitivity"] = {"metric": metric, "ratio": max([config.ratio, *ratios.values()]), "layers": rows}
-        _say_sensitivity(ctx, rows, metric)
-    before = score(tm.net)
-    res = prune_channels(tm.net, ex, ratio=config.ratio, layer_ratios=ratios, keep=frozenset(keep), importance=config.importance,
-                         global_pruning=config.scope == Scope.GLOBAL, round_to=config.round_to)
-    after_prune = score(tm.net)
-    ctx.say(f"prune: structured {config.ratio:.0%}: params {res.params_before:,} → {res.params_after:,} "
-            f"({res.params_after / max(res.params_before, 1):.2f}×), MACs {res.macs_before:,} → {res.macs_after:,}; "
-            f"{metric} {before:.2f} → {after_prune:.2f} before fine-tuning")
-    fit = train(tm, model, ctx, config, step="prune", default_epochs=STRUCTURED_EPOCHS, use_teacher=config.distill)
-    out = tm.export()
-    _check_signature(model, out)
-    final = score(tm.net)
-    record.update(res.to_dict())
-    record["out_channels"] = {display.get(k, k): v for k, v in record["out_channels"].items()}
-    record["never_pruned"] = sorted(display.get(m, m) for m in keep)
-    record["quality"] = {"metric": metric, "source": round(before, 4), "pruned": round(after_prune, 4), "fine_tuned": round(final, 4)}
-    record["fine_tune"] = fit.to_dict() if fit else None
-    record["size"] = {"before": model.ByteSize(), "after": out.ByteSize(), "gzip_before": gzip_size(model), "gzip_after": gzip_size(out)}
-    sz = record["size"]
-    record["summary"] = (
-        f"channels removed: params {res.params_before:,} → {res.params_after:,} ({res.params_after / max(res.params_before, 1):.2f}×), "
-        f"MACs {res.macs_before:,} → {res.macs_after:,} ({res.macs_after / max(res.macs_before, 1):.2f}×), "
-        f"file {sz['before']:,} → {sz['after']:,} bytes ({sz['after'] / max(sz['before'], 1):.2f}×); {metric} on the given data: "
-        f"source {before:.2f}, pruned {after_prune:.2f}, fine-tuned {final:.2f}"
-    )
-    if fit is None:
-        ctx.say("prune: no fine-tuning (no --data, or --epochs 0): structured pruning without recovery usually costs accuracy")
-    return StepOutcome(out, "fp32", record, tag="pruned")
+    ratios = {m: config.layers[pat] for pat in config.layers for m in resolve_layers([pat], layers, what="prune layers").values()}
+    return keep, ratios
+
+
+def _sensitivity(tm, ex, config: PruneConfig, ctx: Context, keep, ratios, metric: str, score) -> dict:
+    from edgekit.prune.sensitivity import sensitivity_scan
+
+    ratio = max([config.ratio, *ratios.values()])
+    rows = sensitivity_scan(tm.net, ex, ratio=ratio, score=score, keep=frozenset(keep), importance=config.importance,
+                            display=tm.display(), progress=ctx.progress)
+    _say_sensitivity(ctx, rows, metric)
+    return {"metric": metric, "ratio": ratio, "layers": rows, "suggested_keep": sensitive_layers(rows)}
+
+
+def _prune_rounds(tm, ex, model: onnx.ModelProto, config: PruneConfig, ctx: Context, keep, ratios, metric: str, score):
+    """Prune in ``config.iterations`` rounds, fine-tuning after each; the epochs are shared out between rounds."""
+    from edgekit.distill.workbench import train
+    from edgekit.prune.structured import ChannelPruner
+
+    pruner = ChannelPruner(tm.net, ex, ratio=config.ratio, layer_ratios=ratios, keep=frozenset(keep), importance=config.importance,
+                           global_pruning=config.scope == Scope.GLOBAL, round_to=config.round_to, steps=config.iterations)
+    total = config.epochs if config.epochs is not None else (STRUCTURED_EPOCHS if ctx.train_data is not None else 0)
+    k = config.iterations
+    rounds, fit, res = [], None, None
+    for i in range(k):
+        res = pruner.step()
+        if res.params_after == res.params_before:
+            raise EdgekitError(
+                "structured pruning found no channels it can remove: torch-pruning prunes Conv and Linear (Gemm) layers, and this "
+                "model's weights are elsewhere (MatMul) or all kept. Prune without --structured (zeroed weights), or --keep fewer layers"
+            )
+        pruned = score(tm.net)
+        where = f" round {i + 1}/{k}" if k > 1 else ""
+        ctx.say(f"prune: structured {config.ratio:.0%}{where}: params {res.params_before:,} → {res.params_after:,} "
+                f"({res.params_after / max(res.params_before, 1):.2f}×), MACs {res.macs_before:,} → {res.macs_after:,}; "
+                f"{metric} {pruned:.2f} before fine-tuning")
+        epochs = total // k + (1 if i < total % k else 0)
+        fit = train(tm, model, ctx, config.model_copy(update={"epochs": epochs}), step="prune", default_epochs=0,
+                    use_teacher=config.distill) if epochs else None
+        rounds.append({"round": i + 1, "params": res.params_after, "macs": res.macs_after, "pruned": round(pruned, 4),
+                       "fine_tuned": round(score(tm.net), 4), "epochs": fit.epochs_run if fit else 0})
+    return res, rounds, fit
 
 
 def _unstructured(model: onnx.ModelProto, config: PruneConfig, ctx: Context) -> StepOutcome:
@@ -175,7 +217,7 @@ def _fine_tune_sparse(pruned: onnx.ModelProto, teacher: onnx.ModelProto, config:
     """Fine-tune with every zero kept at zero; returns the new ONNX model and the fit result."""
     import torch
 
-    from edgekit.distill.convert import ConversionError
+    from edgekit.distill.convert import ConversionError, promote_buffers
     from edgekit.distill.workbench import load_torch, train
 
     try:
@@ -184,6 +226,7 @@ def _fine_tune_sparse(pruned: onnx.ModelProto, teacher: onnx.ModelProto, config:
         raise ConversionError(f"{e}; or pass --epochs 0 to prune without fine-tuning (no torch needed)") from None
     if config.torch_model:
         ctx.say("prune: --torch-model is used by structured pruning only; unstructured fine-tuning converts the ONNX model")
+    promote_buffers(tm.net)  # MatMul weights are buffers in onnx2torch: make them trainable (and masked) too
     masks = {n: (p != 0).to(p.dtype) for n, p in tm.net.named_parameters() if p.dim() >= 2 and bool((p == 0).any())}
     fit = train(tm, teacher, ctx, config, step="prune", default_epochs=PRUNE_EPOCHS, masks=masks, use_teacher=config.distill)
     with torch.no_grad():
@@ -221,3 +264,18 @@ def _say_sensitivity(ctx: Context, rows: list[dict], metric: str) -> None:
     ctx.say(f"sensitivity (each layer pruned alone, no fine-tuning; {metric} drop in points, most sensitive first):")
     for r in rows:
         ctx.say(f"  {r['layer']:<40} {r['out_channels']:>5} → {r['pruned_to']:<5} params −{r['params_saved']:.1%}  drop {r['drop_pts']:+.2f}")
+    spare = sensitive_layers(rows)
+    if spare:
+        ctx.say("  to spare the most sensitive: " + " ".join(f"--keep {r}" for r in spare) + " (fine-tuning recovers much of the rest)")
+
+
+def sensitive_layers(rows: list[dict]) -> list[str]:
+    """The most sensitive cluster: the layers above the largest relative gap in cost (each over 1 point alone).
+
+    ``rows`` are sorted most sensitive first, as :func:`sensitivity_scan` returns them.
+    """
+    drops = [r["drop_pts"] for r in rows if r["drop_pts"] > 1.0] + [1.0]  # 1 point: the floor of "sensitive"
+    if len(drops) < 2:
+        return []
+    gaps = [drops[i] / drops[i + 1] for i in range(len(drops) - 1)]
+    return [r["layer"] for r in rows[: gaps.index(max(gaps)) + 1]]

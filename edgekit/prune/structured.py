@@ -25,7 +25,7 @@ from edgekit.onnx_model import MIN_WEIGHT_ELEMENTS, WEIGHTED_OPS
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Importance", "PruneResult", "count_macs_params", "layer_widths", "output_layer_nodes", "prunable_layers",
+__all__ = ["ChannelPruner", "Importance", "PruneResult", "count_macs_params", "layer_widths", "output_layer_nodes", "prunable_layers",
            "prune_channels", "resolve_layers"]
 
 
@@ -143,6 +143,61 @@ def _importance(kind: Importance):
     return tp.importance.GroupMagnitudeImportance(p=1 if kind == Importance.L1 else 2)
 
 
+class ChannelPruner:
+    """Removes channels from ``net`` in ``steps`` equal rounds (torch-pruning's iterative schedule), in place.
+
+    Gradual pruning — a round, some fine-tuning, the next round — keeps more accuracy at high
+    ratios than one cut: each round ranks channels on the weights the last fine-tuning left.
+    After every round the model must still run and give outputs of the original shapes.
+    """
+
+    def __init__(self, net: torch.nn.Module, example: tuple, *, ratio: float, layer_ratios: dict[str, float] | None = None,
+                 keep: set[str] | frozenset[str] = frozenset(), importance: Importance = Importance.L2,
+                 global_pruning: bool = False, round_to: int | None = None, steps: int = 1) -> None:
+        import torch
+        import torch_pruning as tp
+
+        from edgekit.distill.convert import run_torch
+
+        self.net, self.example, self.keep, self.steps, self.done = net, example, sorted(keep), steps, 0
+        modules = dict(net.named_modules())
+        self.widths_before = layer_widths(net)
+        with torch.no_grad():
+            self.shapes = [tuple(y.shape) for y in run_torch(net.eval(), example)]
+        self.macs0, self.params0 = count_macs_params(net, example)
+        self._pruner = tp.pruner.MetaPruner(
+            net, example if len(example) > 1 else example[0], importance=_importance(importance), pruning_ratio=ratio,
+            pruning_ratio_dict={modules[k]: float(r) for k, r in (layer_ratios or {}).items() if k in modules} or None,
+            global_pruning=global_pruning, ignored_layers=[modules[k] for k in self.keep if k in modules], round_to=round_to,
+            iterative_steps=steps,
+            # a global ranking may empty a layer whose weights are all small; no layer loses more than 90%
+            max_pruning_ratio=0.9 if global_pruning else 1.0,
+        )
+
+    def step(self) -> PruneResult:
+        """One round; returns the widths, MACs and parameters so far (against the model before round 1)."""
+        import torch
+
+        from edgekit.distill.convert import run_torch
+
+        self._pruner.step()
+        self.done += 1
+        try:
+            with torch.no_grad():
+                shapes = [tuple(y.shape) for y in run_torch(self.net.eval(), self.example)]
+        except Exception as e:
+            line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise EdgekitError(
+                f"structured pruning left a model that does not run ({line}): an op after a pruned layer has a fixed "
+                "channel count. Spare that layer with --keep NAME, or prune without --structured"
+            ) from None
+        if shapes != self.shapes:
+            raise EdgekitError(f"structured pruning changed the output shapes {self.shapes} -> {shapes}; "
+                               "pass the layer that produces the output with --keep NAME")
+        macs, params = count_macs_params(self.net, self.example)
+        return PruneResult(self.widths_before, layer_widths(self.net), self.macs0, macs, self.params0, params, self.keep)
+
+
 def prune_channels(
     net: torch.nn.Module,
     example: tuple,
@@ -154,7 +209,7 @@ def prune_channels(
     global_pruning: bool = False,
     round_to: int | None = None,
 ) -> PruneResult:
-    """Remove ``ratio`` of the output channels of every prunable layer of ``net``, in place.
+    """Remove ``ratio`` of the output channels of every prunable layer of ``net``, in place, in one cut.
 
     Args:
         net: the model; modified in place (callers copy first).
@@ -166,37 +221,5 @@ def prune_channels(
         global_pruning: rank channels across layers (uneven widths) instead of per layer.
         round_to: keep channel counts a multiple of this.
     """
-    import torch
-    import torch_pruning as tp
-
-    from edgekit.distill.convert import run_torch
-
-    modules = dict(net.named_modules())
-    widths_before = layer_widths(net)
-    with torch.no_grad():
-        before_shapes = [tuple(y.shape) for y in run_torch(net.eval(), example)]
-    macs0, params0 = count_macs_params(net, example)
-    ignored = [modules[k] for k in sorted(keep) if k in modules]
-    ratio_dict = {modules[k]: float(r) for k, r in (layer_ratios or {}).items() if k in modules}
-    inputs = example if len(example) > 1 else example[0]
-    pruner = tp.pruner.MetaPruner(
-        net, inputs, importance=_importance(importance), pruning_ratio=ratio, pruning_ratio_dict=ratio_dict or None,
-        global_pruning=global_pruning, ignored_layers=ignored, round_to=round_to,
-        # a global ranking may empty a layer whose weights are all small; no layer loses more than 90%
-        max_pruning_ratio=0.9 if global_pruning else 1.0,
-    )
-    pruner.step()
-    try:
-        with torch.no_grad():
-            after_shapes = [tuple(y.shape) for y in run_torch(net.eval(), example)]
-    except Exception as e:
-        line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise EdgekitError(
-            f"structured pruning left a model that does not run ({line}): an op after a pruned layer has a fixed "
-            "channel count. Spare that layer with --keep NAME, or prune without --structured"
-        ) from None
-    if after_shapes != before_shapes:
-        raise EdgekitError(f"structured pruning changed the output shapes {before_shapes} -> {after_shapes}; "
-                           "pass the layer that produces the output with --keep NAME")
-    macs1, params1 = count_macs_params(net, example)
-    return PruneResult(widths_before, layer_widths(net), macs0, macs1, params0, params1, sorted(keep))
+    return ChannelPruner(net, example, ratio=ratio, layer_ratios=layer_ratios, keep=keep, importance=importance,
+                         global_pruning=global_pruning, round_to=round_to).step()

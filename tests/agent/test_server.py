@@ -274,3 +274,18 @@ def test_concurrent_clients_get_their_own_answers(api, samples):
     with ThreadPoolExecutor(4) as pool:
         assert sum(pool.map(client, range(4))) == 80
     assert agent.metrics.snapshot()["predictions"] == before + 80
+
+
+def test_json_tensors_round_trip_exactly():
+    from device_agent.agent import Prediction, tensor_json
+
+    rng = np.random.default_rng(0)
+    for a in (rng.standard_normal((2, 3, 4)).astype(np.float32), rng.standard_normal(5), np.arange(6, dtype=np.int64).reshape(3, 2),
+              np.float32(1.5), np.array([[True, False]]), np.zeros((0, 3), np.float32)):
+        back = np.array(json.loads(tensor_json(np.asarray(a))), dtype=np.asarray(a).dtype)
+        assert back.shape == np.shape(a) and np.array_equal(back, a)
+    assert json.loads(tensor_json(np.array([1.0, np.nan, np.inf], np.float32))) == [1.0, None, None]
+    p = Prediction({"y": np.ones((1, 2), np.float32)}, {"name": "m", "version": "1"}, 'id"x', 0.0, 1.25,
+                   scores=np.array([[0.0, 1.0]], np.float32), k=1, labels=("a", "b"))
+    doc = json.loads(p.to_json())
+    assert doc == {**p.to_dict(), "outputs": {"y": [[1.0, 1.0]]}} and doc["top_k"][0][0]["label"] == "b"

@@ -94,3 +94,11 @@ def test_non_finite_values_are_refused_and_located():
 def test_not_a_mapping():
     e = err(Validator(IMG), [1, 2])
     assert e.kind == "malformed" and "must be an object mapping input names" in str(e)
+
+
+def test_huge_finite_values_are_not_mistaken_for_overflow():
+    # the quick check sums the tensor; a sum that overflows must not reject finite inputs
+    x = np.full((2, 1, 8, 8), 3e38, np.float32)
+    assert Validator(IMG)({"x": x})["x"] is x
+    x[1, 0, 7, 7] = -np.inf
+    assert err(Validator(IMG), {"x": x}).kind == "nonfinite"

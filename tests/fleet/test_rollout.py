@@ -53,7 +53,8 @@ def test_rollout_in_waves_updates_every_device(sim_fleet, mosquitto, releases, t
         assert r.aborted is None and r.succeeded == 6 and r.failed == 0
         assert [len(w) for w in r.waves] == [1, 2, 3]
         assert {o["wave"] for o in r.outcomes.values()} == {1, 2, 3}
-        assert lines[0] == "wave 1/3: 1 device(s)"
+        assert lines[0].startswith("metric gate: no manifest recorded for the served mlp 1.0.0") and "--baseline DIR" in lines[0]
+        assert lines[1] == "wave 1/3: 1 device(s)"
         fc.settle(1.0)
         rows = status_rows(fc.snapshot(), group="cams")
     assert [(x["device"], x["online"], x["version"], x["job_state"]) for x in rows] == [(d.topics.device, True, "1.1.0", "SUCCEEDED") for d in devs]
@@ -117,3 +118,36 @@ def test_signed_rollback_of_a_group(sim_fleet, mosquitto, releases, keys):
         bad = rollback(fc, key=load_private_key(keys["other"].private), devices=["pi-00"], timeout_s=20)
     assert (bad["pi-00"]["state"], bad["pi-00"]["reason"]) == ("REJECTED", "untrusted_key")
     assert [d.serving.get().version for d in devs] == ["1.0.0"] * 3
+
+
+def test_mqtt_delivery_that_would_flood_the_broker_is_refused(sim_fleet, mosquitto, releases, monkeypatch):
+    import edgekit.fleet.rollout as rollout
+
+    sim_fleet(3)
+    monkeypatch.setattr(rollout, "MQTT_RETAINED_BUDGET", 10_000)  # the release is ~6 kB: 3 devices at once exceed 10 kB
+    with FleetClient(mosquitto.url) as fc:
+        with pytest.raises(OtaError, match=r"retained chunks on the broker at once .* use --delivery http"):
+            deploy(fc, Release.open(releases["v2"]), group="cams", policy=RolloutPolicy(**FAST))
+        assert all(v.version == "1.0.0" and not v.jobs for v in fc.snapshot().values())
+
+
+def test_rollout_with_http_delivery(sim_fleet, mosquitto, releases, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    www = tmp_path / "www"
+    shutil.copytree(releases["v2"], www / "v2")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        devs = sim_fleet(3)
+        with FleetClient(mosquitto.url) as fc:
+            r = deploy(fc, Release.open(releases["v2"]), group="cams",
+                       policy=RolloutPolicy(method="http", base_url=f"http://127.0.0.1:{srv.server_address[1]}/v2", device_timeout_s=30))
+        assert r.succeeded == 3
+        assert all(d.serving.get().version == "1.1.0" for d in devs)
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -60,7 +60,7 @@ class Device:
     """One simulated device. ``predict`` goes through the served model and reports to the updater."""
 
     def __init__(self, root: Path, initial: Path | None, *, trusted: TrustedKeys, settings: OtaSettings | None = None,
-                 broker: FakeBroker | None = None) -> None:
+                 broker: FakeBroker | None = None, start: bool = True) -> None:
         self.root = Path(root)
         self.store = ModelStore(self.root / "models", keep=3)
         if self.store.current is None and initial is not None:
@@ -75,7 +75,8 @@ class Device:
                                chunk_filter=lambda job: f"edgekit/v1/dev/ota/{job}/chunk/+")
         path = self.updater.boot()
         self.serving.model = load_model(path, threads=1) if path else None
-        self.updater.start()
+        if start:
+            self.updater.start()
         self.failed_requests = 0
 
     # --- serving --------------------------------------------------------------------------------

@@ -80,6 +80,9 @@ def test_agent_is_updated_rolled_back_and_restarts_on_the_committed_version(tmp_
             ("pi-07", True, "1.1.0", "FAILED", "nan_outputs")
         assert row["requests"] > 0 and row["p95_ms"] > 0 and isinstance(row["outbox"], int)
         assert agent.model.version == "1.1.0"
+        ota = agent.health()["ota"]  # GET /healthz
+        assert (ota["state"], ota["current"], ota["previous"]) == ("IDLE", "1.1.0", "1.0.0")
+        assert [h["state"] for h in ota["history"]] == ["COMMITTED", "ROLLED_BACK"]
         assert "edgekit_agent_model_info" in agent.metrics.render() and 'version="1.1.0"' in agent.metrics.render()
     finally:
         load.stop()

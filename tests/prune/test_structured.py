@@ -96,6 +96,10 @@ def test_sensitivity_scan_reports_every_prunable_layer_most_sensitive_first(stru
     assert [r["drop_pts"] for r in rows] == sorted((r["drop_pts"] for r in rows), reverse=True)
     assert all(r["pruned_to"] == r["out_channels"] // 2 for r in rows)
     assert "sensitivity (each layer pruned alone" in output
+    # the digits CNN's first two convs cost tens of points alone, the rest one or none: those two are the ones to spare
+    assert sens["suggested_keep"] == ["/features/features.0/Conv", "/features/features.3/Conv"]
+    assert [r["layer"] for r in rows[:2]] == sens["suggested_keep"]
+    assert "to spare the most sensitive: --keep " in output
 
 
 def test_keep_and_per_layer_ratios(digits, tmp_path):
@@ -250,3 +254,29 @@ def test_models_with_shared_initializers_convert(tmp_path):
     assert "Identity" in {n.op_type for n in onnx.load(str(p)).graph.node}
     r = compress(p, [StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 0})], formats=("onnx",), output=tmp_path / "o")
     assert [v["after"] for v in r.steps[0]["result"]["out_channels"].values()] == [4, 4, 4, 4]
+
+
+@pytest.mark.parametrize("drops, spare", [
+    ((28, 10.3, 1.7, 0), 2), ((26, 17.6, 1.4, 0), 2), ((0.5, 0.2), 0), ((3, 0), 1), ((5, 4.5, 4, 3.9), 4),
+])
+def test_suggested_keep_is_the_cluster_above_the_largest_gap(drops, spare):
+    from edgekit.prune.step import sensitive_layers
+
+    rows = [{"layer": f"l{i}", "drop_pts": d} for i, d in enumerate(drops)]
+    assert sensitive_layers(rows) == [f"l{i}" for i in range(spare)]
+
+
+def test_gradual_pruning_reaches_the_ratio_in_rounds_with_fine_tuning_between(digits, tmp_path):
+    out = tmp_path / "o"
+    res = run("compress", "--prune", "0.5", "--structured", "--prune-iterations", "3", "--epochs", "3", "--data", str(digits["train"]),
+              "--format", "onnx", "-o", str(out), str(digits["model"]))
+    assert res.exit_code == 0, res.output
+    rec = load_manifest(out).raw["steps"][0]["result"]
+    rounds = rec["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3] and [r["epochs"] for r in rounds] == [1, 1, 1]
+    assert rounds[0]["params"] > rounds[1]["params"] > rounds[2]["params"] == rec["params"]["after"]
+    assert all(r["fine_tuned"] >= r["pruned"] for r in rounds)  # each round's fine-tuning keeps at least what pruning left
+    src, new = weight_shapes(digits["model"]), weight_shapes(out / "digits.pruned.onnx")
+    *hidden, _ = list(src)
+    assert [new[n][0] for n in hidden] == [src[n][0] // 2 for n in hidden]  # the same widths as one cut
+    assert "prune: structured 50% round 2/3: params 40,394 → " in res.output

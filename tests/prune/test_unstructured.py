@@ -113,3 +113,42 @@ def test_fine_tuning_keeps_every_pruned_weight_at_zero(digits, tmp_path):
     for node, init in layers.items():
         expected = 0.0 if node == out_layer else 0.7
         assert (inits[init] == 0).mean() == pytest.approx(expected, abs=0.002), node
+
+
+def _matmul_model(rng) -> onnx.ModelProto:
+    from onnx import TensorProto, helper
+
+    w1 = (rng.standard_normal((16, 64)) / 4).astype(np.float32)
+    w2 = (rng.standard_normal((64, 4)) / 8).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (np.zeros(64, np.float32), "b1"), (w2, "w2"))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"), helper.make_node("Add", ["h", "b1"], ["hb"], name="add1"),
+             helper.make_node("Relu", ["hb"], ["hr"], name="relu"), helper.make_node("MatMul", ["hr", "w2"], ["logits"], name="mm2")]
+    g = helper.make_graph(nodes, "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_matmul_weights_are_fine_tuned_with_their_zeros_kept(tmp_path):
+    pytest.importorskip("onnx2torch")
+    from edgekit.errors import EdgekitError
+
+    rng = np.random.default_rng(0)
+    src = _matmul_model(rng)
+    onnx.save(src, tmp_path / "mm.onnx")
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((400, 16)).astype(np.float32))
+    compress(tmp_path / "mm.onnx", [StepSpec("prune", {"ratio": 0.6, "epochs": 3})], data=tmp_path / "d.npz", formats=("onnx",),
+             output=tmp_path / "o")
+    w = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "o" / "mm.pruned.onnx")).graph.initializer}
+    assert sorted(w) == ["b1", "w1", "w2"]  # the source's names survive the round trip
+    before = numpy_helper.to_array(src.graph.initializer[0])
+    kept = w["w1"] != 0
+    assert (~kept).mean() == pytest.approx(0.6, abs=0.002)  # zeros stayed zeros through training
+    assert not np.allclose(w["w1"][kept], before[kept])  # MatMul weights (onnx2torch buffers) were trained
+    with pytest.raises(EdgekitError, match="structured pruning found no channels it can remove"):
+        compress(tmp_path / "mm.onnx", [StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 0})], formats=("onnx",),
+                 output=tmp_path / "s")
+    with pytest.raises(EdgekitError, match="student 'auto:0.5': the teacher has no Conv or Linear"):
+        compress(tmp_path / "mm.onnx", [StepSpec("distill", {"epochs": 1})], data=tmp_path / "d.npz", formats=("onnx",),
+                 output=tmp_path / "d")
