@@ -81,6 +81,7 @@ def compress(
     *,
     formats: tuple[str, ...] = ("onnx", "ort"),
     data: str | Path | None = None,
+    eval_data: str | Path | None = None,
     output: str | Path | None = None,
     force: bool = False,
     name: str | None = None,
@@ -118,7 +119,8 @@ def compress(
 
     say(f"model: {src.name} ({src.stat().st_size:,} bytes), inputs {_sig(inputs)}, outputs {_sig(outputs)}")
     dataset = _data(data, inputs, image_spec, data_layout, data_desc)
-    eval_data = dataset.subset(max_eval_samples)
+    # held-out evaluation data when given; otherwise a subset of --data (calibration/training data)
+    eval_data = (_data(eval_data, inputs, image_spec, data_layout, None) if eval_data is not None else dataset).subset(max_eval_samples)
     classifier = is_classifier(outputs)
     ref = run_dataset(source_backend, eval_data, inputs)
     ref_acc = None

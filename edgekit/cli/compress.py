@@ -28,6 +28,7 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--int8", "int8", is_flag=True, help="int8 quantization (static with --data, else dynamic/weight-only), fastest accurate candidate on this CPU.")
 @click.option("--fp16", "fp16", is_flag=True, help="float16 weights and compute; fp32 inputs/outputs kept.")
 @click.option("--data", type=click.Path(path_type=Path), help=".npz (arrays named after inputs, optional 'labels'), .npy, or an image folder.")
+@click.option("--eval-data", type=click.Path(path_type=Path), help="Held-out data for accuracy and agreement (default: --data).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output directory (default: MODEL.int8/ next to the model).")
 @click.option("--format", "formats", default="onnx,ort", show_default=True, callback=_formats, help="Artifacts to write: onnx, ort, tflite.")
 @click.option("--tflite-io", type=click.Choice(["float", "int8"]), default="float", show_default=True,
@@ -53,7 +54,7 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no table, no progress).")
 @click.option("--recipe", metavar="NAME|FILE.yaml", help="Run a recipe (edgekit recipes): its steps, formats and gates; flags given with it override its values.")
 @prune_options
-def compress(model: Path, int8: bool, fp16: bool, data, output, formats, max_drop, calibration, calib_samples, search_time,
+def compress(model: Path, int8: bool, fp16: bool, data, eval_data, output, formats, max_drop, calibration, calib_samples, search_time,
              exclude, threads, version, name, data_desc, data_layout, preprocess, max_eval_samples, allow_mismatch, force, as_json,
              tflite_io="float", weights=None, input_shape=(), recipe=None, **train):
     """Compress MODEL and write .onnx/.ort/.tflite artifacts, a signed-ready manifest and a report.
@@ -109,7 +110,7 @@ def compress(model: Path, int8: bool, fp16: bool, data, output, formats, max_dro
             imported(model, weights=weights, input_shapes=parse_input_shapes(input_shape), say=progress.say, progress=progress.update) as source:
         # a PyTorch/TF model is compressed from its ONNX export (a temporary file): name the output after the original
         result = run(
-            source.path, steps, formats=formats, data=data, output=output or default_output(source.base, _tag(steps)),
+            source.path, steps, formats=formats, data=data, eval_data=eval_data, output=output or default_output(source.base, _tag(steps)),
             force=force, name=name, version=version, export_options={"tflite": {"io": tflite_io, "calib_samples": calib_samples}},
             data_desc=data_desc, image_spec=ImageSpec.from_file(preprocess) if preprocess else None, data_layout=data_layout,
             threads=threads, max_eval_samples=max_eval_samples, allow_mismatch=allow_mismatch,

@@ -258,3 +258,13 @@ def test_ort_only_keeps_the_onnx_as_parity_reference_but_does_not_ship_it(mlp_mo
     assert [a.file for a in m.artifacts] == ["mlp.int8.ort"]
     assert not (out / "mlp.int8.onnx").exists()
     assert m.metrics["mlp.int8.ort"]["parity"]["against"] == "mlp.int8.onnx" and m.metrics["mlp.int8.ort"]["parity"]["ok"]
+
+
+def test_eval_data_is_held_out_from_calibration(digits, tmp_path):
+    out = tmp_path / "o"
+    res = run("compress", "--int8", "--data", str(digits["calib"]), "--eval-data", str(digits["eval"]), "-o", str(out), str(digits["model"]))
+    assert res.exit_code == 0, res.output
+    m = load_manifest(out)
+    # calibrated on the unlabelled calib set, scored with the labelled held-out set
+    assert m.raw["data"]["samples"] == 256 and "accuracy" in m.metrics["digits.int8.onnx"]
+    assert m.metrics["source"]["accuracy"] > 95
