@@ -179,7 +179,8 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self.link = None  # MqttLink when a broker is configured
         self.server = None  # the HTTP server when the API is enabled
-        self.updater = None  # device_agent.ota.Updater when over-the-air updates are on (attach_updater)
+        self.updater = None  # device_agent.updater.Updater when over-the-air updates are on (attach_updater)
+        self._retired: collections.deque = collections.deque()  # (window, model) of models an update swapped out
         self.boot = outbox.next_boot() if outbox is not None else 0
         self.started_at = clock()
         self._ready_reason = None if model.selftest.passed else f"self-test failed: {model.selftest.detail}"
@@ -212,7 +213,7 @@ class Agent:
         updater recovers from any crash first and names the version to serve."""
         updater, path = None, cfg.model.path
         if cfg.ota.enabled and cfg.broker.enabled:
-            from device_agent.ota import updater_from_config
+            from device_agent.updater import updater_from_config
 
             updater = updater_from_config(cfg)
             path = (updater.boot() if updater is not None else None) or cfg.model.path
@@ -397,6 +398,9 @@ class Agent:
             t.join(5)
         self._threads = []
         if self.link is not None and self.config is not None and self.config.telemetry.enabled:
+            while self._retired:
+                window, model = self._retired.popleft()
+                self.publish_telemetry(window=window, model=model)
             self.publish_telemetry()  # the partial window is queued, not lost
         if self.link is not None:
             deadline = time.monotonic() + 2.0  # a short grace to deliver what is queued; the rest stays on disk
@@ -429,6 +433,9 @@ class Agent:
             if self._stop.is_set():
                 break
             try:
+                while self._retired:  # windows of models swapped out by an update
+                    window, model = self._retired.popleft()
+                    self.publish_telemetry(window=window, model=model)
                 self.window.drain()
                 self._flush_feedback()
                 if time.monotonic() >= next_end:
@@ -441,12 +448,15 @@ class Agent:
 
     # --- messages ------------------------------------------------------------------------------------
 
-    def publish_telemetry(self) -> int | None:
-        """Close the current window and queue its telemetry message; returns its ``seq``."""
+    def publish_telemetry(self, *, window: Window | None = None, model: LoadedModel | None = None) -> int | None:
+        """Close the current window (or a retired ``window`` of ``model``) and queue its telemetry
+        message; returns its ``seq``."""
+        window = window or self.window
+        model = model or self.model
         if self.outbox is None or self.config is None:
-            self.window.close()
+            window.close()
             return None
-        content = self.window.close()
+        content = window.close()
         feedback = self.feedback.take() if self.feedback is not None else None
         topics = Topics(self.config.device.id, self.config.device.group, self.config.broker.topic_prefix)
         depth = self.outbox.depth
@@ -456,7 +466,7 @@ class Agent:
             left_out = self.features_left_out
             while True:
                 msg = TelemetryMessage(device=topics.device, seq=seq, boot=self.boot, ts=round(self.clock(), 3),
-                                       model={"name": self.model.name, "version": self.model.version}, features=features,
+                                       model={"name": model.name, "version": model.version}, features=features,
                                        features_dropped=left_out, dropped=dropped, feedback=feedback, outbox=depth,
                                        **{k: v for k, v in content.items() if k != "features"})
                 payload = encode(msg)
@@ -499,14 +509,18 @@ class Agent:
         if tuple(new.inputs) != tuple(old.inputs):  # an update allowed to change the signature
             self.validator = Validator(new.inputs, max_batch=self.validator.max_batch, max_elements=self.validator.max_elements)
         if self.link is not None and self.config is not None and self.config.telemetry.enabled:
-            self.publish_telemetry()  # close the window on the old model: a telemetry window never mixes two versions
+            # A telemetry window never mixes two versions: the old model's window is retired here (O(1)) and
+            # published by the telemetry thread, so the swap itself does no encoding or disk I/O.
             tracker = self.window.tracker
-            if tracker is not None and new.manifest is not None and new.manifest.features \
-                    and tuple(new.manifest.features) != tuple(old.manifest.features if old.manifest else ()):
-                tracked, self.features_left_out = select_features(new.manifest.features, new.inputs, self.max_payload_bytes)
-                tracker = FeatureTracker(tracked, max_values_per_feature=tracker.max_values)
-                self.window = Window(tracker, clock=self.clock)  # the new model's reference profile
-                self._tracked_inputs = {f.input for f in tracker.features}
+            if tracker is not None:
+                features = tracker.features
+                if new.manifest is not None and new.manifest.features \
+                        and tuple(new.manifest.features) != tuple(old.manifest.features if old.manifest else ()):
+                    features, self.features_left_out = select_features(new.manifest.features, new.inputs, self.max_payload_bytes)
+                tracker = FeatureTracker(features, max_values_per_feature=tracker.max_values)  # the new model's reference profile
+            self._retired.append((self.window, old))
+            self.window = Window(tracker, clock=self.clock)
+            self._tracked_inputs = {f.input for f in tracker.features} if tracker else set()
         self._model_id = {"name": new.name, "version": new.version}
         self.model = new
         self._ready_reason = None if new.selftest.passed else f"self-test failed: {new.selftest.detail}"

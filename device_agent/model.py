@@ -221,7 +221,12 @@ def top_k(scores: np.ndarray, k: int, labels: tuple[str, ...] | None) -> list[li
         e = np.exp(s - s.max(axis=1, keepdims=True))
         probs = e / e.sum(axis=1, keepdims=True)
     k = min(k, s.shape[1])
-    idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    if k < s.shape[1] // 8:  # many classes (ImageNet): partition first, sort only the k best
+        part = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(probs, part, axis=1), axis=1, kind="stable")
+        idx = np.take_along_axis(part, order, axis=1)
+    else:
+        idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     out = []
     for row, ids in zip(probs, idx, strict=True):
         out.append([

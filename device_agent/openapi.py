@@ -113,7 +113,7 @@ def _schemas(agent: Agent) -> dict[str, Any]:
                    "properties": {"status": {"type": "string", "enum": ["ok"]}, "ready": {"type": "boolean"}, "reason": _NULLABLE_STR,
                                   "uptime_s": {"type": "number"}, "model": {"type": "object"}, "agent_version": {"type": "string"},
                                   "outbox": {"type": "object"}, "mqtt": {"type": "object"},
-                                  "ota": {"type": "object", "description": "Update state (device_agent.ota.Updater.status) when OTA is on.",
+                                  "ota": {"type": "object", "description": "Update state (device_agent.updater.Updater.status) when OTA is on.",
                                           "properties": {"state": {"type": "string"}, "job": _NULLABLE_STR, "reason": {"type": "string"},
                                                          "detail": {"type": "string"}, "queue": {"type": "array", "items": {"type": "string"}},
                                                          "current": _NULLABLE_STR, "previous": _NULLABLE_STR,

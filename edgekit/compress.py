@@ -283,7 +283,7 @@ def _parity(a: ExportedArtifact, ref: dict[str, np.ndarray], new: dict[str, np.n
         scale = max(1.0, float(np.abs(r).max(initial=0.0)))
         if worst is None or err / scale > worst_err / worst_scale:
             worst, worst_err, worst_scale = k, err, scale
-    allowed = PARITY.get(a.precision, 5e-2) * worst_scale
+    allowed = max(PARITY.get(a.precision, 5e-2) * worst_scale, a.parity_tolerance or 0.0)
     agreement = None
     ok = worst_err <= allowed
     if ctx.classifier:

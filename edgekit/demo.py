@@ -1,32 +1,181 @@
-"""``make demo``: the whole story on one machine, each stage one clear line saying what happened and where.
+"""``make demo``: the whole story on one machine, each stage one line saying what happened and where.
 
-    python -m edgekit.demo [--out demo-out]
+    python -m edgekit.demo [--out demo-out] [--broker mqtt://host:1883]
 
-Stages: train a small CNN on scikit-learn's digits → compress it to int8 (.onnx + .ort, with the
-measured candidate search) → print the comparison table and the manifest summary.
+1. train a small CNN on scikit-learn's digits;
+2. compress it to int8 (.onnx, .ort and, with the tflite extra, .tflite) with the report;
+3. start an MQTT broker (embedded amqtt unless --broker) and a device agent serving v1;
+4. send predictions through the agent's HTTP API;
+5. sign and deploy v2; it serves its probation and is committed;
+6. deploy a broken v3 (as accurate, 40x slower): refused by the fleet's metric gate, then forced;
+   the device rolls it back on its own during probation;
+7. shift the inputs and watch the fleet collector raise a drift alert;
+8. print fleet status.
+
+Every command the demo runs is a command a user runs; its files stay under --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+DEVICE = "demo-pi"
+GROUP = "demo"
 
 
 def stage(n: int, text: str) -> None:
     print(f"[{n}] {text}", flush=True)
 
 
+def cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run an edgekit command as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"demo: `edgekit {' '.join(args)}` failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+class Device:
+    """An ``edgekit-agent run`` process and its local API."""
+
+    def __init__(self, root: Path, model: Path, broker: str, trusted_key: Path) -> None:
+        self.root = root
+        self.port = _free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        self.config = root / "agent.toml"
+        self.config.write_text(
+            f'state_dir = "{root / "state"}"\n\n'
+            f'[device]\nid = "{DEVICE}"\ngroup = "{GROUP}"\n\n'
+            f'[broker]\nurl = "{broker}"\n\n'
+            f'[model]\npath = "{model}"\nthreads = 1\n\n'
+            f'[api]\nport = {self.port}\n\n'
+            f'[telemetry]\ninterval_s = 2.0\n\n'
+            f'[security]\ntrusted_keys = ["{trusted_key}"]\n\n'
+            f'[ota]\nprobation_requests = 60\nprobation_seconds = 120.0\nprobation_min_requests = 20\n'
+        )
+        self.log = open(root / "agent.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "device_agent.cli", "run", "--config", str(self.config)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"demo: the agent exited ({self.proc.returncode}); see {self.root / 'agent.log'}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return self.model()
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"demo: the agent was not ready within {timeout:.0f} s; see {self.root / 'agent.log'}")
+
+    def model(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/v1/model", timeout=5) as r:
+            return json.loads(r.read())
+
+    def predict(self, x: np.ndarray) -> dict:
+        body = json.dumps({"inputs": {"x": x.tolist()}}).encode()
+        req = urllib.request.Request(f"{self.url}/v1/predict", body, {"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def model_version(resp: dict) -> str:
+    model = resp.get("model")
+    return model.get("version") if isinstance(model, dict) else resp.get("version", "?")
+
+
+def serve_while(device: Device, x: np.ndarray, proc: subprocess.Popen, timeout: float) -> tuple[int, dict[str, int]]:
+    """Keep sending predictions (the traffic probation judges) until ``proc`` ends; count answers by version."""
+    deadline = time.monotonic() + timeout
+    sent, versions, i = 0, {}, 0
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            v = model_version(device.predict(x[i % len(x)][None]))
+            versions[v] = versions.get(v, 0) + 1
+            sent += 1
+        except OSError:
+            versions["error"] = versions.get("error", 0) + 1
+        i += 1
+        time.sleep(0.01)
+    if proc.poll() is None:
+        proc.kill()
+        raise SystemExit(f"demo: the deployment did not finish within {timeout:.0f} s")
+    return sent, versions
+
+
+def slow_variant(src: Path, dst: Path, width: int = 2048, depth: int = 6) -> None:
+    """The same digits model plus a heavy branch multiplied by zero: identical outputs, ~40x the compute."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(src))
+    g = m.graph
+    rng = np.random.default_rng(0)
+    out = g.output[0].name
+    g.node[-1].output[0] = "logits_core"
+    nodes = [helper.make_node("Reshape", [g.input[0].name, "slow_shape"], ["slow_flat"])]
+    inits = [numpy_helper.from_array(np.array([-1, 64], np.int64), "slow_shape"),
+             numpy_helper.from_array((rng.standard_normal((64, width)) * 0.01).astype(np.float32), "slow_w0"),
+             numpy_helper.from_array(np.zeros((1,), np.float32), "slow_zero")]
+    prev = "slow_flat"
+    nodes.append(helper.make_node("MatMul", [prev, "slow_w0"], ["slow_h0"]))
+    prev = "slow_h0"
+    for i in range(1, depth):
+        inits.append(numpy_helper.from_array((rng.standard_normal((width, width)) * 0.01).astype(np.float32), f"slow_w{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"slow_w{i}"], [f"slow_h{i}"]))
+        prev = f"slow_h{i}"
+    nodes += [
+        helper.make_node("ReduceSum", [prev], ["slow_sum"], keepdims=1),
+        helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nil"]),
+        helper.make_node("Add", ["logits_core", "slow_nil"], [out]),
+    ]
+    g.node.extend(nodes)
+    g.initializer.extend(inits)
+    del g.value_info[:]
+    onnx.checker.check_model(m)
+    onnx.save(m, str(dst))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="edgekit end-to-end demo")
     ap.add_argument("--out", default="demo-out", type=Path)
+    ap.add_argument("--broker", help="Use this MQTT broker (default: start an embedded one).")
     args = ap.parse_args(argv)
-    out: Path = args.out
+    out: Path = args.out.resolve()
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -35,35 +184,133 @@ def main(argv: list[str] | None = None) -> int:
     from edgekit.examples.digits import train_digits
 
     paths = train_digits(out / "model")
-    stage(1, f"trained a digits CNN on scikit-learn's bundled digits -> {paths['model']} (+ calib/eval data beside it)")
+    with np.load(paths["eval"]) as z:
+        x_eval, y_eval = z["x"], z["labels"]
+    stage(1, f"trained a digits CNN on scikit-learn's bundled digits -> {paths['model']} (train/calib/eval .npz beside it)")
 
-    from rich.console import Console
+    formats = "onnx,ort,tflite" if _has_tflite() else "onnx,ort"
+    v1 = out / "v1"
+    cli("compress", "--int8", "--data", str(paths["calib"]), "--eval-data", str(paths["eval"]), "--format", formats,
+        "--version", "1.0.0", "--data-desc", "scikit-learn digits", "-o", str(v1), str(paths["model"]))
+    rep = json.loads((v1 / "report.json").read_text())
+    rows = "; ".join(f"{r['file']} {r['size_ratio']:.2f}x size, {r['latency_ratio']:.2f}x p50, "
+                     f"{r['accuracy']:.1f}% acc" for r in rep["rows"] if r.get("role", "artifact") == "artifact")
+    stage(2, f"compressed v1 to int8 ({rows}) -> {v1}/ (report.html, report.json, edgekit.json)")
 
-    from device_agent.manifest import load_manifest
-    from edgekit.compress import compress
-    from edgekit.pipeline import StepSpec
-    from edgekit.report import render_compress_table
+    keys = out / "keys"
+    cli("keys", "generate", "-o", str(keys))
+    cli("sign", str(v1), "--key", str(keys / "edgekit.key"))
 
-    formats = ("onnx", "ort", "tflite") if _has_tflite() else ("onnx", "ort")
-    result = compress(paths["model"], [StepSpec("int8", {"search_time": 120})], data=paths["eval"], output=out / "v1",
-                      formats=formats, version="1.0.0", data_desc="scikit-learn digits, 30% held-out split with labels")
-    arts = ", ".join(a.file for a in result.artifacts)
-    stage(2, f"compressed to int8 ({arts}) with manifest and report -> {result.output}/")
-    render_compress_table(result, Console(width=150))
-    m = load_manifest(result.output, verify_files=True)
-    stage(3, f"manifest {result.output / 'edgekit.json'}: {m.name} {m.version}, {len(m.artifacts)} artifacts verified by sha256, "
-             f"{len(m.features)} drift feature(s), {len(m.raw['selftest']['vectors'])} self-test vectors")
-    stage(4, f"done in {time.monotonic() - t0:.0f} s; everything is under {out}/")
+    import logging
+
+    for name in ("amqtt", "transitions", "edgekit.monitor"):  # the demo's stage lines say what happened
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    broker = None
+    url = args.broker
+    if not url:
+        from edgekit.broker import EmbeddedBroker
+
+        broker = EmbeddedBroker().start()
+        url = broker.url
+    from edgekit.monitor.collector import Collector
+
+    collector = Collector(url, out / "fleet.sqlite", share=None if broker else "edgekit-demo")
+    collector.register(v1)
+    collector.start()
+    device = Device(out / "device", v1, url, keys / "edgekit.pub")
+    fleet_dir = out / "fleet-state"
+    try:
+        info = device.wait_ready()
+        stage(3, f"MQTT broker at {url} ({'embedded amqtt' if broker else 'given'}); agent '{DEVICE}' serves "
+                 f"{info.get('name')} {info.get('version')} ({info.get('artifact', {}).get('file', '?') if isinstance(info.get('artifact'), dict) else info.get('artifact')}) "
+                 f"on {device.url}; config {device.config}")
+
+        correct = sum(int(np.argmax(device.predict(x_eval[i][None])["outputs"]["logits"][0]) == y_eval[i]) for i in range(200))
+        stage(4, f"sent 200 predictions over HTTP: {correct / 2:.1f}% correct; telemetry every 2 s over MQTT")
+
+        v2 = out / "v2"
+        cli("compress", "--int8", "--data", str(paths["calib"]), "--eval-data", str(paths["eval"]), "--format", "onnx,ort",
+            "--version", "2.0.0", "--calibration", "percentile", "-o", str(v2), str(paths["model"]))
+        cli("sign", str(v2), "--key", str(keys / "edgekit.key"))
+        deploy = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "fleet", "deploy", str(v2), "--broker", url, "--device", DEVICE,
+                                   "--state-dir", str(fleet_dir), "--timeout", "150", "--key", str(keys / "edgekit.key"), "--json"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sent, versions = serve_while(device, x_eval, deploy, 170)
+        result = _json(deploy.communicate()[0])
+        now = model_version(device.predict(x_eval[:1]))
+        stage(5, f"signed and deployed v2: {_outcome(result)}; {sent} requests during the rollout answered by {versions}; now serving {now}")
+
+        slow = out / "model" / "digits_v3.onnx"
+        slow_variant(paths["model"], slow)
+        v3 = out / "v3"
+        cli("compress", "--int8", "--data", str(paths["calib"]), "--eval-data", str(paths["eval"]), "--format", "onnx,ort",
+            "--version", "3.0.0", "--name", "digits", "-o", str(v3), str(slow))
+        cli("sign", str(v3), "--key", str(keys / "edgekit.key"))
+        gate = cli("fleet", "deploy", str(v3), "--broker", url, "--device", DEVICE, "--state-dir", str(fleet_dir), check=False)
+        refused = (gate.stderr or gate.stdout).strip().splitlines()[-1] if gate.returncode else "accepted (unexpected)"
+        refused = refused.removeprefix("error: ")
+        deploy = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "fleet", "deploy", str(v3), "--broker", url, "--device", DEVICE,
+                                   "--state-dir", str(fleet_dir), "--timeout", "150", "--force", "--key", str(keys / "edgekit.key"), "--json"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sent, versions = serve_while(device, x_eval, deploy, 170)
+        result = _json(deploy.communicate()[0])
+        now = model_version(device.predict(x_eval[:1]))
+        stage(6, f"broken v3 (same accuracy, far slower): the fleet's metric gate said \"{refused[:220]}\"; forced past it, the device "
+                 f"{_outcome(result)}; {sent} requests answered by {versions}, none failed; now serving {now}")
+
+        shifted = (1.0 - x_eval).astype(np.float32)  # inverted images: a camera swapped to negative, say
+        alerts_before = len(collector.alerts)
+        deadline = time.monotonic() + 60
+        n = 0
+        while time.monotonic() < deadline and len(collector.alerts) == alerts_before:
+            for i in range(100):
+                device.predict(shifted[(n + i) % len(shifted)][None])
+            n += 100
+            time.sleep(0.5)
+        new = collector.alerts[alerts_before:]
+        if new:
+            a = new[-1]
+            stage(7, f"shifted the inputs (inverted digits, {n} requests): drift alert on MQTT — {_alert_line(a)}")
+        else:
+            stage(7, f"shifted the inputs ({n} requests) but no drift alert arrived within 60 s (see {out / 'fleet.sqlite'})")
+
+        status = cli("fleet", "status", "--broker", url, "--state-dir", str(fleet_dir), "--db", str(out / "fleet.sqlite"), check=False)
+        if status.returncode != 0:
+            status = cli("fleet", "status", "--broker", url, "--state-dir", str(fleet_dir), check=False)
+        stage(8, "fleet status:")
+        print(status.stdout.rstrip() or status.stderr.rstrip())
+    finally:
+        device.stop()
+        collector.stop()
+        if broker:
+            broker.stop()
+    stage(9, f"done in {time.monotonic() - t0:.0f} s; everything is under {out}/ (agent log: {device.root / 'agent.log'})")
     return 0
+
+
+def _json(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return {"raw": (text or "").strip()[-300:]}
+
+
+def _outcome(result: dict) -> str:
+    d = (result.get("outcomes") or {}).get(DEVICE)
+    if isinstance(d, dict):
+        detail = d.get("detail") or d.get("reason") or ""
+        return f"job {d.get('state')}" + (f" ({detail})" if detail else "")
+    return result.get("aborted") or result.get("raw") or json.dumps(result)[:200]
+
+
+def _alert_line(a: dict) -> str:
+    return str(a.get("message") or json.dumps(a)[:300])
 
 
 def _has_tflite() -> bool:
     import importlib.util
 
-    from edgekit.export import EXPORTERS
-
-    return "tflite" in EXPORTERS and importlib.util.find_spec("edgekit.export.tflite") is not None and \
-        importlib.util.find_spec("tensorflow") is not None
+    return importlib.util.find_spec("tensorflow") is not None and importlib.util.find_spec("onnx2tf") is not None
 
 
 if __name__ == "__main__":

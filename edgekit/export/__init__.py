@@ -32,6 +32,9 @@ class ExportedArtifact:
     #: outputs (source layout, over the evaluation data) of the model this artifact was converted from, when
     #: that model is not itself an artifact: a .tflite is converted from the float model, not the int8 .onnx
     reference_outputs: dict | None = None
+    #: a wider absolute parity tolerance, when the exporter knows one is due (an int8 .tflite checked against the
+    #: float model may differ from it as much as the accepted int8 .onnx does)
+    parity_tolerance: float | None = None
 
 
 # format -> "module:function"; each module is imported only when its format is asked for.

@@ -113,6 +113,7 @@ class Collector:
         store: a :class:`FleetStore`, or the path of the SQLite file (``":memory:"`` works).
         config: monitor thresholds and windows.
         share: the shared-subscription group; collectors with the same share split the telemetry.
+            None subscribes plainly (one collector only; for brokers without shared subscriptions).
         prefix: the fleet's topic prefix.
         collector_id: MQTT client id. Given, the broker keeps this collector's session (and queues its
             share of the telemetry) while it restarts; default: a random id and a clean session.
@@ -122,11 +123,11 @@ class Collector:
             become references.
     """
 
-    def __init__(self, broker: str, store: FleetStore | str | Path, *, config: MonitorConfig | None = None, share: str = "edgekit-monitor",
+    def __init__(self, broker: str, store: FleetStore | str | Path, *, config: MonitorConfig | None = None, share: str | None = "edgekit-monitor",
                  prefix: str = DEFAULT_PREFIX, collector_id: str | None = None, username: str | None = None, password: str | None = None,
                  ca_file: str | Path | None = None, cert_file: str | Path | None = None, key_file: str | Path | None = None,
                  on_alert: Callable[[dict[str, Any]], None] | None = None, trusted_keys: list[str | Path] | None = None) -> None:
-        if not valid_id(share):
+        if share is not None and not valid_id(share):
             raise InputError(f"share group {share!r} is not usable in a topic: use 1-64 of A-Z a-z 0-9 _ . -")
         self._stable_id = collector_id is not None
         self.id = collector_id or f"watch-{uuid.uuid4().hex[:8]}"
@@ -164,7 +165,9 @@ class Collector:
 
     @property
     def topics(self) -> dict[str, tuple[str, ...]]:
-        return {"shared": (shared(self.share, Topics.all_telemetry(self.prefix)),),
+        # share=None: a plain subscription, for brokers without MQTT 5 shared subscriptions (amqtt)
+        telemetry = Topics.all_telemetry(self.prefix) if self.share is None else shared(self.share, Topics.all_telemetry(self.prefix))
+        return {"shared": (telemetry,),
                 "own": (Topics.all_states(self.prefix), *Topics.all_cmds(self.prefix), Topics.fleet_query(self.prefix))}
 
     def start(self) -> Collector:

@@ -101,3 +101,10 @@ def test_top_k_uses_softmax_for_logits_and_labels():
     assert top[0][0]["score"] == pytest.approx(p[1], abs=1e-6)
     probs = np.array([[0.2, 0.5, 0.3]])
     assert top_k(probs, 1, None)[0][0] == {"index": 1, "label": "1", "score": 0.5}
+
+
+def test_top_k_with_many_classes_matches_a_full_sort():
+    scores = np.random.default_rng(0).standard_normal((3, 1000))
+    got = top_k(scores, 5, None)
+    for row, t in zip(scores, got, strict=True):
+        assert [d["index"] for d in t] == np.argsort(-row)[:5].tolist()

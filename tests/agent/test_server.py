@@ -290,3 +290,22 @@ def test_json_tensors_round_trip_exactly():
                    scores=np.array([[0.0, 1.0]], np.float32), k=1, labels=("a", "b"))
     doc = json.loads(p.to_json())
     assert doc == {**p.to_dict(), "outputs": {"y": [[1.0, 1.0]]}} and doc["top_k"][0][0]["label"] == "b"
+
+
+def test_npy_bodies_are_parsed_without_copies_and_checked(api, samples):
+    from device_agent.errors import InvalidInput
+    from device_agent.server import _load_npy
+
+    for a in (samples[:2], np.asfortranarray(samples[0, 0]), np.arange(5, dtype=np.int64)):
+        buf = io.BytesIO()
+        np.save(buf, a)
+        got = _load_npy(buf.getvalue())
+        assert got.dtype == a.dtype and np.array_equal(got, a)
+    buf = io.BytesIO()
+    np.save(buf, samples[:2])
+    with pytest.raises(InvalidInput, match="data bytes for shape"):
+        _load_npy(buf.getvalue()[:-4])
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InvalidInput, match="object arrays are not accepted"):
+        _load_npy(buf.getvalue())

@@ -112,3 +112,19 @@ def test_large_inputs_are_sampled_on_arrival_with_the_same_result():
     for a, b in zip(got["features"], expected, strict=True):
         assert (a.counts, a.under, a.over, a.n) == (b.counts, b.under, b.over, b.n)
         assert a.mean == pytest.approx(b.mean)
+
+
+@pytest.mark.parametrize("bins", [3, 10, 100])
+def test_binning_matches_numpy_histogram(bins):
+    rng = np.random.default_rng(bins)
+    ref = rng.standard_normal(5000)
+    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)))
+    live = np.concatenate([rng.standard_normal(20000) * 1.5, edges, [np.nan, np.inf, -np.inf]]).astype(np.float32)
+    tr = FeatureTracker([feature(edges=tuple(edges), axis=1)])
+    tr.add({"x": live.reshape(-1, 1)})
+    (f,), _ = tr.take()
+    fin = live[np.isfinite(live)].astype(np.float64)
+    counts, _ = np.histogram(fin[(fin >= edges[0]) & (fin <= edges[-1])], bins=edges)
+    assert f.counts == counts.tolist()
+    assert f.under == int((fin < edges[0]).sum()) and f.over == int((fin > edges[-1]).sum()) and f.nan == 3
+    assert f.n == live.size and sum(f.counts) + f.under + f.over + f.nan == f.n

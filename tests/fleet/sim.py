@@ -1,6 +1,6 @@
 """Lightweight simulated devices for fleet tests and benchmarks/ota.py.
 
-Each :class:`SimDevice` is the real update path — :class:`device_agent.ota.Updater`, a
+Each :class:`SimDevice` is the real update path — :class:`device_agent.updater.Updater`, a
 :class:`device_agent.store.ModelStore`, signature and sha256 checks, chunk assembly, probation —
 on its own paho client (retained birth state, Last Will, QoS 1, retained job updates), without
 the HTTP server or telemetry. What is shared to keep hundreds of them in one process: the ONNX
@@ -23,9 +23,10 @@ from device_agent import __version__
 from device_agent.errors import AgentError
 from device_agent.manifest import load_manifest
 from device_agent.model import load_model
-from device_agent.ota import JobReport, OtaSettings, ServingModel, Updater
+from device_agent.ota import JobReport, OtaSettings, ServingModel
 from device_agent.protocol import QOS, Command, DeviceStatus, JobUpdate, StateMessage, Topics, decode, encode
 from device_agent.store import ModelStore
+from device_agent.updater import Updater
 from device_agent.verify import TrustedKeys
 
 _CACHE: dict[str, object] = {}

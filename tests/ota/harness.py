@@ -15,9 +15,10 @@ import numpy as np
 
 from device_agent.errors import AgentError
 from device_agent.model import load_model
-from device_agent.ota import FINAL, JobReport, OtaSettings, OtaState, ServingModel, Updater
+from device_agent.ota import FINAL, JobReport, OtaSettings, OtaState, ServingModel
 from device_agent.protocol import Command, CommandKind, JobState
 from device_agent.store import ModelStore
+from device_agent.updater import Updater
 from device_agent.verify import TrustedKeys
 from edgekit.fleet.jobs import Release, signed_command
 

@@ -58,7 +58,8 @@ class Load:
         self._t.join(5)
 
 
-def test_agent_is_updated_rolled_back_and_restarts_on_the_committed_version(tmp_path, mosquitto, releases, keys):
+def test_agent_is_updated_rolled_back_and_restarts_on_the_committed_version(tmp_path, mosquitto, releases, keys, mqtt_collector):
+    telemetry = mqtt_collector(mosquitto, ["edgekit/v1/+/telemetry"])
     cfg = config(tmp_path, mosquitto, releases["v1"], keys["good"].public)
     agent = Agent.from_config(cfg)
     agent.start()
@@ -89,6 +90,11 @@ def test_agent_is_updated_rolled_back_and_restarts_on_the_committed_version(tmp_
         agent.stop()
     assert load.failed == 0 and load.done > 0
     assert load.versions <= {"1.0.0", "1.1.0", "1.5.0"}
+    # every swap closed the old model's telemetry window: each window is one version's, none is lost
+    telemetry.wait_for(lambda c: len(c.payloads("telemetry")) >= 3, 10, "the telemetry windows")
+    windows = [(m["model"]["version"], m["requests"]) for m in telemetry.payloads("telemetry")]
+    assert {v for v, _ in windows} >= {"1.0.0", "1.1.0"}
+    assert sum(n for _, n in windows) >= load.done
 
     again = Agent.from_config(cfg)  # a restart serves what was committed, from the store
     try:

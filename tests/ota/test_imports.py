@@ -11,9 +11,10 @@ def test_ota_modules_import_no_heavy_framework(tmp_path, releases, keys):
     code = f"""
 import sys
 from pathlib import Path
-import device_agent.ota, device_agent.store, device_agent.verify, device_agent.job, device_agent.delivery, device_agent.probation
+import device_agent.ota, device_agent.updater, device_agent.store, device_agent.verify, device_agent.job, device_agent.delivery, device_agent.probation
 from device_agent.model import load_model
-from device_agent.ota import ServingModel, Updater
+from device_agent.ota import ServingModel
+from device_agent.updater import Updater
 from device_agent.store import ModelStore
 from device_agent.verify import load_trusted_keys, verify_manifest
 d = Path({str(releases["v2"])!r})

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from device_agent.job import ProbationPolicy
-from device_agent.ota import ACTIVE, FINAL, TRANSITIONS, Event, OtaState, Updater, job_state
+from device_agent.ota import ACTIVE, FINAL, TRANSITIONS, Event, OtaState, job_state
 from device_agent.probation import Probation, Shadow
 from device_agent.protocol import JobState
 from device_agent.store import ModelStore
+from device_agent.updater import Updater
 from device_agent.verify import TrustedKeys
 from tests.ota.harness import wait_until
 

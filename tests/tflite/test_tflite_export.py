@@ -78,6 +78,8 @@ def test_int8_tflite_keeps_accuracy_and_passes_parity(digits_int8):
     assert metrics["parity"]["ok"] is True
     assert metrics["parity"]["against"] == "digits.onnx (float source)"
     assert metrics["parity"]["agreement"] >= 99.0
+    # held to the float model, with room for as much int8 error as the accepted int8 .onnx has
+    assert metrics["parity"]["allowed"] >= 1.5 * m.metrics["digits.int8.onnx"]["max_abs_error"] * (1 - 1e-5)
     assert metrics["size_ratio"] < 0.35
 
 
