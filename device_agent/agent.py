@@ -263,7 +263,7 @@ class Agent:
             arrays = self.validator.coerce(inputs)
             if self._tracked_inputs:
                 # summaries are computed later, off the request path (caller-owned arrays are copied)
-                tracked = {k: v for k, v in arrays.items() if k in self._tracked_inputs}
+                tracked = arrays if self._tracked_inputs.issuperset(arrays) else {k: v for k, v in arrays.items() if k in self._tracked_inputs}
                 self.window.observe(tracked, owned=not any(v is inputs.get(k) for k, v in tracked.items()))
             self.validator.check_finite(arrays)
         except InvalidInput as e:

@@ -251,7 +251,10 @@ class Window:
         self.tracker = tracker
         self.clock = clock
         self._lock = threading.Lock()
-        self._pending: list[Mapping[str, np.ndarray]] = []
+        # small inputs wait here per input name (plain lists of arrays: no per-request dict that the
+        # garbage collector would have to walk), request i being index i of every list
+        self._pending: dict[str, list[np.ndarray]] = {}
+        self._pending_count = 0
         self._extracted: list[list[np.ndarray | None]] = []  # large inputs: per-feature samples taken at once
         self._extracted_samples = 0
         self._pending_elements = 0
@@ -289,10 +292,17 @@ class Window:
                 self._pending_elements += sum(v.size for v in values if v is not None)
                 full = self._pending_elements > MAX_PENDING_ELEMENTS
         else:
-            if not owned:
-                arrays = {k: v.copy() for k, v in arrays.items()}
             with self._lock:
-                self._pending.append(arrays)
+                pending = self._pending
+                for k, v in arrays.items():
+                    lst = pending.get(k)
+                    if lst is None:
+                        lst = pending[k] = [None] * self._pending_count  # an input first seen now
+                    lst.append(v if owned else v.copy())
+                self._pending_count += 1
+                for lst in pending.values():
+                    if len(lst) < self._pending_count:  # an input absent from this request
+                        lst.append(None)
                 self._pending_elements += size
                 full = self._pending_elements > MAX_PENDING_ELEMENTS
         if full:
@@ -309,30 +319,19 @@ class Window:
     def _drain_locked(self) -> None:
         tracker = self.tracker
         with self._lock:
-            pending, self._pending, self._pending_elements = self._pending, [], 0
+            pending, count = self._pending, self._pending_count
+            self._pending, self._pending_count, self._pending_elements = {}, 0, 0
             extracted, self._extracted = self._extracted, []
             extracted_samples, self._extracted_samples = self._extracted_samples, 0
         if extracted:
             tracker.add_extracted(extracted, extracted_samples)
-        if not pending:
+        if not count:
             return
         try:  # the usual case: every request has the same non-batch shape, so one concatenate per input
-            batch = {k: np.concatenate([a[k] for a in pending]) for k in pending[0]}
-        except ValueError:  # differing shapes (symbolic dims) or scalars: group them
-            groups: dict[tuple, list[Mapping[str, np.ndarray]]] = {}
-            for arrays in pending:
-                key = tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(arrays.items()) if v.ndim)
-                groups.setdefault(key, []).append(arrays)
-            for items in groups.values():
-                if len(items) == 1 or any(not v.ndim for v in items[0].values()):
-                    for arrays in items:
-                        tracker.add(arrays)
-                else:
-                    tracker.add({k: np.concatenate([a[k] for a in items]) for k in items[0]})
-            return
-        if any(len(v) != len(pending) * len(pending[0][k]) for k, v in batch.items()):
-            for arrays in pending:  # rank-0 inputs concatenated into something else: one by one
-                tracker.add(arrays)
+            batch = {k: np.concatenate(lst) for k, lst in pending.items()}
+        except (ValueError, TypeError):  # differing shapes (symbolic dims), scalars or absent inputs: one by one
+            for i in range(count):
+                tracker.add({k: lst[i] for k, lst in pending.items() if lst[i] is not None})
             return
         tracker.add(batch)
 

@@ -1,4 +1,4 @@
-"""Helpers for the agent tests (imported as ``agent_helpers``: pytest puts this folder on sys.path).
+"""Helpers for the agent tests (``from tests.agent.agent_helpers import ...``).
 
 - ``write_model_dir``: a manifest written by hand around any ONNX model (for layouts, tampering,
   several inputs), using the same manifest helpers as edgekit.

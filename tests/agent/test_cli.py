@@ -9,9 +9,9 @@ import urllib.request
 
 import numpy as np
 import pytest
-from agent_helpers import free_port, wait_until
 
 from device_agent.config import render_toml
+from tests.agent.agent_helpers import free_port, wait_until
 
 AGENT = [sys.executable, "-c", "import sys; from device_agent.cli import main; sys.exit(main())"]
 

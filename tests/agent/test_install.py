@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomllib
-from agent_helpers import free_port, wait_until
 from click.testing import CliRunner
 
 from edgekit.cli.main import cli
+from tests.agent.agent_helpers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 

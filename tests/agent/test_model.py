@@ -3,12 +3,12 @@ import json
 import numpy as np
 import onnx
 import pytest
-from agent_helpers import nhwc_variant, two_input_model, write_model_dir
 
 from device_agent.agent import Agent
 from device_agent.errors import ModelError
 from device_agent.manifest import load_manifest
 from device_agent.model import load_model, top_k
+from tests.agent.agent_helpers import nhwc_variant, two_input_model, write_model_dir
 
 
 def test_compress_output_loads_the_ort_artifact_and_passes_selftest(digits_dir):

@@ -7,13 +7,13 @@ import time
 
 import numpy as np
 import pytest
-from agent_helpers import wait_until
 
 from device_agent.agent import Agent
 from device_agent.config import parse_config
 from device_agent.errors import InvalidInput
 from device_agent.manifest import load_manifest
 from device_agent.protocol import Command, CommandKind, JobState, Topics, encode
+from tests.agent.agent_helpers import wait_until
 
 pytestmark = pytest.mark.slow
 

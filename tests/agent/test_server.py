@@ -239,7 +239,7 @@ def test_connections_are_bounded(api, samples):
     finally:
         for s in held:
             s.close()
-    from agent_helpers import wait_until
+    from tests.agent.agent_helpers import wait_until
 
     def served():
         try:
