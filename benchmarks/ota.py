@@ -470,7 +470,7 @@ def report(r: dict) -> None:
                   f"{ld['p99_swapping_ms']} ms ({ld['requests_swapping']}) / {ld['p99_not_swapping_ms']} ms ({ld['requests_not_swapping']})",
                   None),
                  ("  OTA swaps (v2 in, NaN in, NaN out, slow in, slow out)", "", ", ".join(f"{x} ms" for x in ld["ota_swaps_ms"]), None),
-                 ("request p50 / p99 overall (HTTP, loopback, 2 threads per request path)", "",
+                 ("request p50 / p99 overall (HTTP over loopback, 4 keep-alive clients)", "",
                   f"{ld['latency_p50_ms']} / {ld['latency_p99_ms']} ms", None),
                  ("rollback after failed probation check (NaN)", "< 2 s", f"{ld['rollback_nan_s']} s",
                   ld["rollback_nan_s"] is not None and ld["rollback_nan_s"] < 2),

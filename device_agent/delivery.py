@@ -178,6 +178,9 @@ def http_download(art: ArtifactRef, directory: Path, *, deadline_s: float, shoul
         try:
             resp = urllib.request.urlopen(req, timeout=min(30.0, max(1.0, deadline_s)), context=ctx)
         except (urllib.error.URLError, OSError, ValueError) as e:
+            if isinstance(getattr(e, "reason", e), ssl.SSLCertVerificationError):  # not transient: do not retry
+                raise OtaError(f"{art.url} presented a certificate this device does not trust ({getattr(e, 'reason', e)}); "
+                               "set [ota] download_ca_file to the CA that signed it", reason="tls_untrusted") from None
             raise OtaError(f"cannot download {art.file} from {art.url}: {e}", reason="download_failed") from None
         with resp:
             if have and resp.status != 206:  # the server ignored Range: start over

@@ -187,9 +187,10 @@ def _check_ops(model: onnx.ModelProto) -> None:
 
 def _explain(err: dict, onnx_artifact: ExportedArtifact) -> str:
     kind = err.get("kind")
-    if kind in ("unsupported_op", "op_failed"):
-        node = f" (node {err['node']!r})" if err.get("node") else ""
-        return f"onnx2tf cannot convert op {err.get('op_type')}{node}: {err['message']}; no .tflite was written"
+    if kind == "unsupported_op":
+        return f"onnx2tf cannot convert op {err.get('op_type')}, so no .tflite was written"
+    if kind in ("op_failed", "quantization", "runtime"):
+        return f"{err['message']}; no .tflite was written"
     if kind == "unsupported_tf_ops":
         return f"{err['message']}; no .tflite was written (edgekit builds .tflite files from builtin ops only, which LiteRT runs)"
     return f"TFLite conversion of {onnx_artifact.path.name} failed: {err['message']}"

@@ -125,3 +125,41 @@ def test_http_server_unreachable_is_retried_until_the_job_times_out(device, rele
     assert (r.state, r.reason) == (JobState.TIMED_OUT, "timeout")
     assert "cannot download mlp.onnx" in r.detail and "ran out" in r.detail
     serves(dev, "1.0.0")
+
+
+def _https_server(root, tls):
+    import ssl
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(tls["cert"]), str(tls["key"]))
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+@pytest.mark.parametrize("trust_ca", [True, False])
+def test_https_delivery_checks_the_server_certificate(device, releases, tmp_path, settings, trust_ca):
+    import dataclasses
+    import shutil
+
+    from tests.conftest import make_tls_files
+
+    tls = make_tls_files(tmp_path / "tls")
+    www = tmp_path / "www"
+    shutil.copytree(releases["v2"], www / "v2")
+    srv = _https_server(www, tls)
+    try:
+        dev = device(settings=dataclasses.replace(settings, ca_file=str(tls["ca"]) if trust_ca else None))
+        dev.deploy(releases["v2"], "j1", method="http", base_url=f"https://127.0.0.1:{srv.server_address[1]}/v2", timeout_s=2.0)
+        r = dev.wait_final("j1")
+        if trust_ca:
+            assert r.state == JobState.SUCCEEDED
+            serves(dev, "1.1.0")
+        else:  # a server the device cannot authenticate gets nothing installed (and is not retried)
+            assert (r.state, r.reason) == (JobState.REJECTED, "tls_untrusted")
+            assert "does not trust" in r.detail and "download_ca_file" in r.detail
+            serves(dev, "1.0.0")
+    finally:
+        srv.shutdown()
+        srv.server_close()

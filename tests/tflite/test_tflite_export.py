@@ -454,3 +454,19 @@ def test_maxpool_padding_is_made_explicit_exactly(after):
     want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     got = ort.InferenceSession(rewritten.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_array_equal(got, want)
+
+
+def test_onnx2tf_failures_are_read_from_its_log(tmp_path):
+    """onnx2tf logs the failing node (with colour codes) and then raises or exits: the message names the op and node."""
+    from edgekit.export.tflite_worker import _onnx2tf_failure
+
+    (tmp_path / "worker.log").write_text(
+        "\x1b[31mERROR:\x1b[0m The trace log is below.\n"
+        "\x1b[31mERROR:\x1b[0m onnx_op_type: Resize onnx_op_name: /up/Resize\n"
+        "\x1b[31mERROR:\x1b[0m Read this and deal with it.\n")
+    err = _onnx2tf_failure(tmp_path, ValueError("Dimensions must be equal"))
+    assert (err.kind, err.details) == ("op_failed", {"op_type": "Resize", "node": "/up/Resize"})
+    assert str(err) == "onnx2tf could not convert node '/up/Resize' (Resize): Dimensions must be equal"
+    (tmp_path / "worker.log").write_text("\x1b[31mERROR:\x1b[0m FooBar OP is not yet implemented.\n")
+    err = _onnx2tf_failure(tmp_path)
+    assert (err.kind, err.details, str(err)) == ("unsupported_op", {"op_type": "FooBar"}, "onnx2tf has no converter for op FooBar")
