@@ -36,6 +36,8 @@ __all__ = ["ArtifactResult", "CompressResult", "compress", "default_output"]
 GENERATED_SAMPLES = 128
 #: parity between an artifact and the one it was converted from (same precision, other runtime/format)
 PARITY = {"fp32": 1e-3, "fp16": 2e-2, "int8": 5e-2, "mixed": 5e-2}
+#: ...and the least cosine similarity of its outputs with that artifact's, whatever their scale
+PARITY_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98, "mixed": 0.98}
 
 
 @dataclass
@@ -255,6 +257,7 @@ def _evaluate(a: ExportedArtifact, all_arts: list[ExportedArtifact], ctx: Contex
                 f"{a.path.name} does not match {a.parent}: output {parity['worst_output']!r} max abs error "
                 f"{parity['max_abs_error']:.4g} (allowed {parity['allowed']:.4g})"
                 + (f", top-1 agreement {parity['agreement']:.2f}%" if parity.get("agreement") is not None else "")
+                + f", cosine {parity['cosine']:.4f}"
                 + "; pass --allow-mismatch to keep it anyway"
             )
     stats = weight_stats(onnx.load(str(a.path))).to_dict() if a.format == "onnx" else None
@@ -289,8 +292,19 @@ def _parity(a: ExportedArtifact, ref: dict[str, np.ndarray], new: dict[str, np.n
     if ctx.classifier:
         agreement = float((ref[ctx.first_output].argmax(1) == new[ctx.first_output].argmax(1)).mean() * 100)
         ok = ok or agreement >= 99.0  # int8 kernels may differ a little per layout/fusion; decisions must not
+    # the error bound scales with max(1, |output|): tiny outputs would pass anything, the direction must hold too
+    cosine = min((_cosine(r, new[k]) for k, r in ref.items() if np.issubdtype(r.dtype, np.floating)), default=1.0)
+    ok = ok and cosine >= PARITY_COSINE.get(a.precision, 0.98)
     return {"against": a.parent, "worst_output": worst, "max_abs_error": worst_err, "allowed": allowed,
-            "agreement": agreement, "ok": bool(ok)}
+            "agreement": agreement, "cosine": round(cosine, 6), "ok": bool(ok)}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    x, y = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    denom = np.linalg.norm(x) * np.linalg.norm(y)
+    if denom == 0:
+        return 1.0 if not x.any() and not y.any() else 0.0
+    return float(x @ y / denom)
 
 
 def _move_into_place(staging: Path, out: Path) -> None:

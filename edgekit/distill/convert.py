@@ -14,7 +14,6 @@ import copy
 import importlib
 import importlib.util
 import io
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -271,19 +270,12 @@ def load_factory(spec: str, *, what: str) -> Callable[..., Any]:
         path = Path(target)
         if not path.is_file():
             raise InputError(f"{what} {spec!r}: file {path} not found")
-        mod_name = f"edgekit_user_{path.stem}"
-        loader = importlib.util.spec_from_file_location(mod_name, path)
-        if loader is None or loader.loader is None:
-            raise InputError(f"{what} {spec!r}: {path} is not a Python file")
-        module = importlib.util.module_from_spec(loader)
-        sys.modules[mod_name] = module
-        sys.path.insert(0, str(path.parent.resolve()))
+        from edgekit.importers.userfile import import_user_file
+
         try:
-            loader.loader.exec_module(module)
-        except Exception as e:
+            module = import_user_file(path)
+        except Exception as e:  # noqa: BLE001 - the user's file may raise anything on import
             raise InputError(f"{what} {spec!r}: importing {path} failed: {type(e).__name__}: {e}") from None
-        finally:
-            sys.path.remove(str(path.parent.resolve()))
     else:
         try:
             module = importlib.import_module(target)

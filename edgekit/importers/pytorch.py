@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +58,12 @@ def load_factory(spec: str):
 
 
 def _import_file(path: Path, spec: str):
-    name = f"edgekit_user_model_{abs(hash(str(path.resolve())))}"
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise InputError(f"cannot load {path} as Python (from {spec!r})")
-    mod = importlib.util.module_from_spec(module_spec)
-    sys.path.insert(0, str(path.resolve().parent))  # so the file can import its neighbours
+    from edgekit.importers.userfile import import_user_file
+
     try:
-        module_spec.loader.exec_module(mod)
-    except Exception as e:  # noqa: BLE001
+        return import_user_file(path)
+    except Exception as e:  # noqa: BLE001 - the user's file may raise anything on import
         raise InputError(f"importing {path} failed: {type(e).__name__}: {_line(e)}") from None
-    finally:
-        sys.path.remove(str(path.resolve().parent))
-    return mod
 
 
 def build_module(spec: str):

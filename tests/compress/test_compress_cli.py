@@ -268,3 +268,19 @@ def test_eval_data_is_held_out_from_calibration(digits, tmp_path):
     # calibrated on the unlabelled calib set, scored with the labelled held-out set
     assert m.raw["data"]["samples"] == 256 and "accuracy" in m.metrics["digits.int8.onnx"]
     assert m.metrics["source"]["accuracy"] > 95
+
+
+def test_parity_fails_tiny_outputs_that_point_elsewhere():
+    from types import SimpleNamespace
+
+    from edgekit.compress import _parity
+
+    rng = np.random.default_rng(0)
+    ref = {"y": (rng.standard_normal((20, 10)) * 1e-9).astype(np.float32)}
+    art = SimpleNamespace(parent="m.onnx", precision="int8", parity_tolerance=None)
+    ctx = SimpleNamespace(classifier=False, first_output="y")
+    same = _parity(art, ref, {"y": ref["y"] * 1.001}, ctx)
+    other = _parity(art, ref, {"y": (rng.standard_normal((20, 10)) * 1e-9).astype(np.float32)}, ctx)
+    assert same["ok"] and same["cosine"] > 0.999
+    # the absolute error is far below the bound, yet the outputs are unrelated: parity must fail
+    assert other["max_abs_error"] < other["allowed"] and other["cosine"] < 0.5 and not other["ok"]

@@ -13,6 +13,7 @@ from device_agent.manifest import load_manifest
 from device_agent.runtime import OrtBackend
 from edgekit.cli.main import cli
 from edgekit.errors import InputError
+from edgekit.importers.userfile import import_user_file
 from edgekit.importers import detect_kind, parse_input_shapes
 
 HAS_TF = all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "tf2onnx", "keras", "onnx2tf"))
@@ -113,7 +114,7 @@ def nets(tmp_path, monkeypatch):
 def test_factory_output_is_named_after_the_factory_in_the_working_directory(nets):
     import torch
 
-    torch.save(__import__("nets").build_net().state_dict(), nets / "net.pt")
+    torch.save(import_user_file(nets / "nets.py").build_net().state_dict(), nets / "net.pt")
     res = run("compress", "--fp16", "nets.py:build_net", "--weights", "net.pt", "--input-shape", "1,3,16,16")
     assert_clean(res, 0)
     m = load_manifest(nets / "build_net.fp16", verify_files=True)
@@ -142,7 +143,7 @@ def test_factory_errors_are_one_clear_line(nets, spec, extra, message):
 def test_weights_that_do_not_fit_name_the_keys(nets):
     import torch
 
-    torch.save(__import__("nets").other_net().state_dict(), nets / "other.pt")
+    torch.save(import_user_file(nets / "nets.py").other_net().state_dict(), nets / "other.pt")
     res = run("compress", "--int8", "nets.py:build_net", "--weights", "other.pt", "--input-shape", "1,3,16,16")
     assert_clean(res, 1, "error: other.pt does not fit the module: 2 shape mismatch(es): 0.weight is [2, 4] in the file, [8, 3, 3, 3] "
                  "in the module; 0.bias is [2] in the file, [8] in the module; missing 2 key(s) such as 4.bias, 4.weight. "
@@ -152,7 +153,7 @@ def test_weights_that_do_not_fit_name_the_keys(nets):
 def test_a_pickled_module_is_refused_not_unpickled(nets):
     import torch
 
-    torch.save(__import__("nets").build_net(), nets / "whole.pt")  # a pickled nn.Module, not a state_dict
+    torch.save(import_user_file(nets / "nets.py").build_net(), nets / "whole.pt")  # a pickled nn.Module, not a state_dict
     res = run("compress", "--int8", "nets.py:build_net", "--weights", "whole.pt", "--input-shape", "1,3,16,16")
     assert_clean(res, 1, "error: whole.pt cannot be read as plain weights", "torch.load(weights_only=True) and never unpickles arbitrary objects",
                  "torch.save(model.state_dict(), path)")
@@ -161,7 +162,7 @@ def test_a_pickled_module_is_refused_not_unpickled(nets):
 def test_checkpoint_dicts_and_dataparallel_prefixes_are_accepted(nets):
     import torch
 
-    state = __import__("nets").build_net().state_dict()
+    state = import_user_file(nets / "nets.py").build_net().state_dict()
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}}, nets / "ckpt.pt")
     res = run("compress", "--fp16", "-o", "out", "nets.py:build_net", "--weights", "ckpt.pt", "--input-shape", "1,3,16,16")
     assert_clean(res, 0)
