@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +16,9 @@ import onnx
 from onnx import TensorProto, helper
 
 from device_agent.manifest import SCHEMA, SCHEMA_VERSION, TensorSpec, encode_tensor, file_sha256
+from tests.conftest import wait_until  # noqa: F401 - re-exported for the agent tests
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def _spec(v: onnx.ValueInfoProto, layout: str | None = None, perm=None) -> dict:
