@@ -268,7 +268,8 @@ def _warn_slower(results: list[ArtifactResult], source: Latency, ctx: Context) -
     """Say plainly when a compressed artifact runs slower than the fp32 source on this CPU, and why."""
     for r in results:
         ratio = r.latency.p50_ms / source.p50_ms
-        if r.exported.precision != "int8" or ratio <= 1.05:
+        # below 5% or 5 µs per inference a difference is timing noise on a shared CPU, not a regression
+        if r.exported.precision != "int8" or ratio <= 1.05 or r.latency.p50_ms - source.p50_ms < 0.005:
             continue
         why = "int8 kernels for this model are slower than fp32 ones on this CPU"
         if r.exported.format == "ort" and r.exported.extra.get("weight_only"):

@@ -108,7 +108,8 @@ def test_compress_page_shows_steps_gates_recipe_and_int8_search(digits, tmp_path
     html = (out / "report.html").read_text()
     rep = json.loads((out / "report.json").read_text())
     page = parse(html)
-    assert page.sections == ["summary", "comparison", "plots", "layers", "gates", "steps", "recipe"]
+    # a "notes" section joins when the run had something to say (e.g. an artifact slower than fp32 on a busy CPU)
+    assert [s for s in page.sections if s != "notes"] == ["summary", "comparison", "plots", "layers", "gates", "steps", "recipe"]
     assert "all gates passed" in html and "static-qdq-u8s8-perchannel" in html and "chosen" in html
     assert rep["steps"][0]["result"]["search"]["chosen"] in html
     assert "max_accuracy_drop: 2.0" in html  # the resolved recipe, ready to save as a file
