@@ -47,13 +47,8 @@ def load_interpreter_class() -> type:
 
         return Interpreter
     except ImportError:
-        pass
-    try:  # pragma: no cover - only on machines with full TensorFlow and no LiteRT
-        import tensorflow as tf
-
-        return tf.lite.Interpreter
-    except ImportError:
-        raise BackendError(".tflite artifacts need the LiteRT runtime: pip install ai-edge-litert") from None
+        # never TensorFlow: the agent must stay installable on a Pi without it
+        raise BackendError(".tflite artifacts need the LiteRT runtime: pip install ai-edge-litert (or tflite-runtime)") from None
 
 
 class _Port:
