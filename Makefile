@@ -34,8 +34,13 @@ demo: install
 lint: install
 	$(BIN)/ruff check edgekit device_agent tests benchmarks
 
+# Performance targets live here, printed as ratios measured in one run (not in timed unit tests).
 bench: install
 	$(BIN)/python benchmarks/compress_int8.py
+	$(BIN)/python benchmarks/tflite_export.py
+	$(BIN)/python benchmarks/prune_distill.py
+	$(BIN)/python benchmarks/agent.py
+	$(BIN)/python benchmarks/ota.py
 
 check-arm64:
 	bash scripts/check-arm64.sh
