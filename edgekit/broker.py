@@ -13,7 +13,6 @@ import asyncio
 import logging
 import socket
 import threading
-import time
 
 from edgekit.errors import EdgekitError, MissingExtraError
 
@@ -50,9 +49,9 @@ class EmbeddedBroker:
             logging.getLogger(name).setLevel(logging.ERROR)
         self._thread = threading.Thread(target=self._run, name="edgekit-broker", daemon=True)
         self._thread.start()
+        # Broker.start() returns once its listener is bound, so ready means accepting connections
         if not self._ready.wait(self._timeout) or self._error:
             raise EdgekitError(f"the embedded MQTT broker did not start on 127.0.0.1:{self.port}: {self._error or 'timed out'}")
-        self._wait_listening()
         return self
 
     def _run(self) -> None:
@@ -74,16 +73,6 @@ class EmbeddedBroker:
             return
         self._ready.set()
         self._loop.run_forever()
-
-    def _wait_listening(self) -> None:
-        deadline = time.monotonic() + self._timeout
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise EdgekitError(f"the embedded MQTT broker is not accepting connections on 127.0.0.1:{self.port}")
 
     def stop(self) -> None:
         if self._loop is None or self._broker is None:
