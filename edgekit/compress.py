@@ -135,7 +135,8 @@ def compress(
     try:
         ctx = Context(src, Path(work.name), inputs, outputs, classifier, eval_data,
                       None if dataset.generated else dataset, ref, ref_acc, threads=threads,
-                      train_data=None if dataset.generated else dataset, progress=progress, say=say)
+                      train_data=None if dataset.generated else dataset, progress=progress, say=say,
+                      formats=tuple(formats))
         current, precision, records, extra, failed = model, "fp32", [], {}, None
         float_model = model  # the last float model: the TFLite exporter quantizes it with its own converter
         for spec, cfg in configs:

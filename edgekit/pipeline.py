@@ -68,6 +68,8 @@ class Context:
     progress: Callable[[str, float], None] = lambda msg, frac: None
     say: Callable[[str], None] = lambda msg: None
     notes: list[str] = field(default_factory=list)
+    #: the artifact formats the run will write: a step choosing between models judges them as they will ship
+    formats: tuple[str, ...] = ("onnx", "ort")
 
     @property
     def first_output(self) -> str:

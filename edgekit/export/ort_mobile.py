@@ -15,37 +15,45 @@ from pathlib import Path
 
 from edgekit.errors import ExportError
 from edgekit.export import ExportedArtifact
+from edgekit.export.compact import NAMES_KEY
 
-__all__ = ["export_ort"]
+__all__ = ["convert_to_ort", "export_ort"]
 
 
-def export_ort(onnx_artifact: ExportedArtifact, out_dir: Path, stem: str, **_) -> list[ExportedArtifact]:
+def convert_to_ort(onnx_path: Path, out_dir: Path, stem: str) -> tuple[Path, Path | None]:
+    """Convert one .onnx file to ``out_dir/<stem>.ort``; returns it and the operator config, if written."""
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     with tempfile.TemporaryDirectory(prefix="edgekit.ort.") as tmp:
         src = Path(tmp) / f"{stem}.onnx"
-        shutil.copy(onnx_artifact.path, src)
+        shutil.copy(onnx_path, src)
         log = io.StringIO()
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 convert_onnx_models_to_ort(src, output_dir=Path(tmp) / "out", optimization_styles=[OptimizationStyle.Fixed],
                                            target_platform="arm")
         except Exception as e:  # noqa: BLE001 - the converter raises whatever ORT raised
-            raise ExportError(f".ort conversion of {onnx_artifact.path.name} failed: {_line(e)}; the .onnx artifact is still valid") from None
+            raise ExportError(f".ort conversion of {onnx_path.name} failed: {_line(e)}; the .onnx artifact is still valid") from None
         ort_file = Path(tmp) / "out" / f"{stem}.ort"
         config = Path(tmp) / "out" / f"{stem}.required_operators.config"
         if not ort_file.is_file():
-            raise ExportError(f".ort conversion of {onnx_artifact.path.name} wrote nothing: {log.getvalue().strip()[-300:]}")
+            raise ExportError(f".ort conversion of {onnx_path.name} wrote nothing: {log.getvalue().strip()[-300:]}")
         dst = out_dir / ort_file.name
         shutil.copy(ort_file, dst)
-        side = []
-        if config.is_file():
-            cfg_dst = out_dir / config.name
-            # the converter names its temp path in a comment; name the artifact instead
-            lines = [ln if not ln.startswith("# - ") else f"# - {dst.name}" for ln in config.read_text().splitlines()]
-            cfg_dst.write_text("\n".join(lines) + "\n")
-            side.append(cfg_dst)
+        if not config.is_file():
+            return dst, None
+        cfg_dst = out_dir / config.name
+        # the converter names its temp path in a comment; name the artifact instead
+        lines = [ln if not ln.startswith("# - ") else f"# - {dst.name}" for ln in config.read_text().splitlines()]
+        cfg_dst.write_text("\n".join(lines) + "\n")
+        return dst, cfg_dst
+
+
+def export_ort(onnx_artifact: ExportedArtifact, out_dir: Path, stem: str, **_) -> list[ExportedArtifact]:
+    dst, config = convert_to_ort(onnx_artifact.path, out_dir, stem)
+    side = [config] if config is not None else []
     extra = dict(onnx_artifact.extra)
+    extra.pop(NAMES_KEY, None)  # same names as its parent .onnx, whose record keeps the mapping
     extra["required_operators"] = side[0].name if side else None
     # the .ort is saved fully optimized; load-time options such as QDQ folding are already applied or not needed
     if extra.pop("session_config", None):

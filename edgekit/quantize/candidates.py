@@ -237,14 +237,11 @@ def weight_only_int8(model: onnx.ModelProto, *, exclude: tuple[str, ...] = ()) -
                 axis = None  # per-axis DequantizeLinear needs opset 13
             q, scale = _sym_int8(w, axis)
             g.initializer.remove(t)
-            qn, sn, zn = f"{w_name}_wq", f"{w_name}_wscale", f"{w_name}_wzp"
-            g.initializer.extend([
-                numpy_helper.from_array(q, qn),
-                numpy_helper.from_array(scale, sn),
-                numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), zn),
-            ])
+            qn, sn = f"{w_name}_wq", f"{w_name}_wscale"
+            g.initializer.extend([numpy_helper.from_array(q, qn), numpy_helper.from_array(scale, sn)])
             attrs = {"axis": axis} if axis is not None else {}
-            new_nodes.append(onnx.helper.make_node("DequantizeLinear", [qn, sn, zn], [w_name], name=f"{w_name}_DequantizeLinear", **attrs))
+            # symmetric: no zero point (optional in DequantizeLinear, 0 by default for an int8 input)
+            new_nodes.append(onnx.helper.make_node("DequantizeLinear", [qn, sn], [w_name], name=f"{w_name}_DequantizeLinear", **attrs))
             done.add(w_name)
         if new_nodes:
             nodes = new_nodes + list(g.node)

@@ -54,6 +54,7 @@ def int8(model: onnx.ModelProto, config: Int8Config, ctx: Context) -> StepOutcom
         ref_outputs=ctx.ref_outputs, ref_accuracy=ctx.ref_accuracy, inputs=ctx.inputs, classifier=ctx.classifier,
         first_output=ctx.first_output, max_drop=config.max_drop, method=config.calibration, threads=ctx.threads,
         time_budget_s=config.search_time, workdir=work, exclude=config.exclude, on_progress=ctx.progress,
+        ort="ort" in ctx.formats,
     )
     record = {
         "constants_folded": n_folded,

@@ -1,16 +1,20 @@
 """Measure int8 candidates on this CPU and keep the fastest one that meets the accuracy bound.
 
 Never slower, never silently worse: every candidate is built, run over the evaluation data and
-timed with the same settings as the fp32 baseline. The search is bounded in time; candidates not
-reached are listed as skipped, with the reason.
+timed with the same settings as the fp32 baseline. When the run ships an ``.ort`` too, each
+candidate's ``.ort`` is converted and timed as well, and a candidate is judged by the slower of
+the two: an ``.ort`` is not re-optimized at load, so a weight-only model that is as fast as fp32
+as ``.onnx`` (its weights are folded to float at load) dequantizes on every run as ``.ort``.
+The search is bounded in time; candidates not reached are listed as skipped, with the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -19,6 +23,7 @@ from device_agent.manifest import TensorSpec
 from device_agent.runtime import OrtBackend
 from edgekit.data import Dataset
 from edgekit.evaluate import Latency, Quality, compare, measure_latencies, one_sample, run_dataset
+from edgekit.export.compact import compact
 from edgekit.onnx_model import WeightStats, weight_stats
 from edgekit.quantize.candidates import CalibrationMethod, Candidate, Kind, build
 
@@ -45,6 +50,13 @@ class CandidateResult:
     accepted: bool = False
     seconds: float = 0.0
     backend: OrtBackend | None = field(default=None, repr=False)  # kept until the interleaved timing
+    ort_backend: OrtBackend | None = field(default=None, repr=False)
+    ort_latency: Latency | None = None
+
+    @property
+    def p50_ms(self) -> float:
+        """The latency the candidate is judged by: the slower of its .onnx and (when shipped) .ort."""
+        return max(self.latency.p50_ms, self.ort_latency.p50_ms if self.ort_latency else 0.0)
 
     @property
     def session_config(self) -> dict[str, str]:
@@ -61,6 +73,10 @@ class CandidateResult:
             d["latency"] = self.latency.to_dict() if self.latency else None
             if baseline and self.latency:
                 d["latency_ratio"] = round(self.latency.p50_ms / baseline.p50_ms, 4)
+            if self.ort_latency:
+                d["ort_latency"] = self.ort_latency.to_dict()
+                if baseline:
+                    d["ort_latency_ratio"] = round(self.ort_latency.p50_ms / baseline.p50_ms, 4)
             d["quality"] = self.quality.to_dict() if self.quality else None
             d["quantized_share"] = round(self.stats.quantized_share, 4) if self.stats else None
             d["accepted"] = self.accepted
@@ -111,8 +127,12 @@ def search(
     exclude: tuple[str, ...] = (),
     latency_runs: int = 200,
     on_progress: Callable[[str, float], None] | None = None,
+    ort: bool = False,
 ) -> SearchResult:
-    """Build, evaluate and time each candidate; choose. ``on_progress(message, fraction)`` reports."""
+    """Build, evaluate and time each candidate; choose. ``on_progress(message, fraction)`` reports.
+
+    ``ort``: the run ships an .ort too; time each candidate's .ort and judge by the slower of the two.
+    """
     started = time.monotonic()
     feeds = one_sample(eval_data, inputs)
     baseline_size = fp32_path.stat().st_size
@@ -133,25 +153,27 @@ def search(
             continue
         results.append(_try(cand, fp32_path, workdir, eval_data, calib_data, calib_batch, scalar, method, cache, exclude,
                             ref_outputs, ref_accuracy, inputs, classifier, first_output, max_drop, threads,
-                            labels=eval_data.labels))
+                            labels=eval_data.labels, ort=ort))
     if on_progress:
         on_progress("timing int8 candidates against fp32", 0.9)
     # every built candidate and the fp32 baseline, timed round-robin so they share the same CPU load
     ok = [r for r in results if r.status == "ok"]
     timed = {"fp32": (OrtBackend(fp32_path, threads=threads), feeds)}
     timed.update({r.candidate.name: (r.backend, feeds) for r in ok})
+    timed.update({f"{r.candidate.name}.ort": (r.ort_backend, feeds) for r in ok if r.ort_backend is not None})
     remaining = max(5.0, time_budget_s - (time.monotonic() - started))
     lat = measure_latencies(timed, runs=latency_runs, budget_s=min(60.0, remaining))
     for r in ok:
         r.latency = lat[r.candidate.name]
-        r.backend = None
+        r.ort_latency = lat.get(f"{r.candidate.name}.ort")
+        r.backend = r.ort_backend = None
     if on_progress:
         on_progress("int8 candidates measured", 1.0)
     return _choose(results, lat["fp32"], baseline_size, max_drop)
 
 
 def _try(cand, fp32_path, workdir, eval_data, calib_data, calib_batch, scalar, method, cache, exclude, ref_outputs,
-         ref_accuracy, inputs, classifier, first_output, max_drop, threads, *, labels) -> CandidateResult:
+         ref_accuracy, inputs, classifier, first_output, max_drop, threads, *, labels, ort) -> CandidateResult:
     t0 = time.monotonic()
     out = workdir / f"{cand.name}.onnx"
     try:
@@ -163,14 +185,29 @@ def _try(cand, fp32_path, workdir, eval_data, calib_data, calib_batch, scalar, m
         return CandidateResult(cand, "failed", _line(e), seconds=time.monotonic() - t0)
     quality = compare(ref_outputs, outputs, classifier=classifier, first_output=first_output, labels=labels,
                       ref_accuracy=ref_accuracy, generated=eval_data.generated)
-    stats = weight_stats(onnx.load(str(out)))
+    model = onnx.load(str(out))
+    stats = weight_stats(model)
+    # the artifact is stored compactly (edgekit.export.compact): compare candidates by the size they will have
+    size = compact(model)[0].ByteSize()
+    ort_backend = None
+    if ort:
+        with contextlib.suppress(Exception):  # a failing .ort conversion is the exporter's to report; judge the .onnx
+            ort_backend = OrtBackend(_ort_of(out, workdir), threads=threads)
     accepted = bool(np.isfinite(quality.drop) and quality.drop <= max_drop + 1e-9)
     reason = "" if accepted else f"loses {quality.drop:.2f} pts (bound {max_drop:g})"
     if stats.quantized_share < MIN_QUANTIZED_SHARE:
         # never pass a mostly-fp32 model off as int8
         accepted, reason = False, f"only {stats.quantized_share:.0%} of weights int8"
-    return CandidateResult(cand, "ok", reason, path=out, size_bytes=out.stat().st_size, quality=quality,
-                           stats=stats, accepted=accepted, seconds=time.monotonic() - t0, backend=backend)
+    return CandidateResult(cand, "ok", reason, path=out, size_bytes=size, quality=quality, stats=stats, accepted=accepted,
+                           seconds=time.monotonic() - t0, backend=backend, ort_backend=ort_backend)
+
+
+def _ort_of(onnx_path: Path, workdir: Path) -> Path:
+    from edgekit.export.ort_mobile import convert_to_ort
+
+    out_dir = workdir / "ort"
+    out_dir.mkdir(exist_ok=True)
+    return convert_to_ort(onnx_path, out_dir, onnx_path.stem)[0]
 
 
 def _choose(results: list[CandidateResult], baseline: Latency, baseline_size: int, max_drop: float) -> SearchResult:
@@ -180,15 +217,15 @@ def _choose(results: list[CandidateResult], baseline: Latency, baseline_size: in
         return SearchResult(None, results, baseline, baseline_size, max_drop, False, False, f"no int8 candidate could be built ({reasons})")
     accepted = [r for r in ok if r.accepted]
     if accepted:
-        best = min(accepted, key=lambda r: (r.latency.p50_ms, r.size_bytes))
+        best = min(accepted, key=lambda r: (r.p50_ms, r.size_bytes))
         # latency differences within the noise band are not real: prefer the smaller file among them
-        near = [r for r in accepted if r.latency.p50_ms <= best.latency.p50_ms * (1 + NOISE)]
-        best = min(near, key=lambda r: (r.size_bytes, r.latency.p50_ms))
-        ratio = best.latency.p50_ms / baseline.p50_ms
+        near = [r for r in accepted if r.p50_ms <= best.p50_ms * (1 + NOISE)]
+        best = min(near, key=lambda r: (r.size_bytes, r.p50_ms))
+        ratio = best.p50_ms / baseline.p50_ms
         slower = ratio > 1 + NOISE
-        faster_rejected = [r for r in ok if not r.accepted and r.latency.p50_ms < best.latency.p50_ms]
+        faster_rejected = [r for r in ok if not r.accepted and r.p50_ms < best.p50_ms]
         why = (f"fastest of {len(accepted)} candidate(s) within the {max_drop:g}-pt bound (smallest within {NOISE:.0%} of the fastest): "
-               f"{ratio:.2f}x fp32 latency")
+               f"{ratio:.2f}x fp32 latency{' (the slower of its .onnx and .ort)' if best.ort_latency else ''}")
         if faster_rejected:
             f = faster_rejected[0]
             why += f"; {f.candidate.name} was faster but lost {f.quality.drop:.2f} pts"
@@ -196,11 +233,11 @@ def _choose(results: list[CandidateResult], baseline: Latency, baseline_size: in
             why += (f". Every accurate int8 candidate ran slower than fp32 on this CPU "
                     f"(best {ratio:.2f}x): this CPU/model gains size, not speed, from int8 here")
         return SearchResult(best, results, baseline, baseline_size, max_drop, True, slower, why)
-    best = min(ok, key=lambda r: (r.quality.drop, r.latency.p50_ms))
+    best = min(ok, key=lambda r: (r.quality.drop, r.p50_ms))
     why = (f"no candidate met the {max_drop:g}-pt accuracy bound; kept the most accurate, {best.candidate.name}, "
            f"which loses {best.quality.drop:.2f} pts. Try --max-drop, more/representative --data, "
            "--calibration entropy|percentile, or --exclude the most sensitive nodes")
-    return SearchResult(best, results, baseline, baseline_size, max_drop, False, best.latency.p50_ms > baseline.p50_ms * (1 + NOISE), why)
+    return SearchResult(best, results, baseline, baseline_size, max_drop, False, best.p50_ms > baseline.p50_ms * (1 + NOISE), why)
 
 
 def _line(e: BaseException) -> str:

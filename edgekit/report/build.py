@@ -12,6 +12,7 @@ import numpy as np
 from device_agent.manifest import TensorSpec
 from device_agent.runtime import BackendError, open_backend
 from edgekit.errors import DataError, InputError
+from edgekit.export.compact import NAMES_KEY, restore_names
 from edgekit.report.files import Entry, expand, gzip_size, onnx_facts, tflite_weight_stats
 from edgekit.report.schema import REPORT_SCHEMA, REPORT_VERSION, ROW_KEYS
 
@@ -235,7 +236,8 @@ def _compress_layers(result: CompressResult, notes: list[str]) -> dict[str, Any]
         reference = result.float_model if result.float_model is not None else result.source
         ref_name = result.source.name if reference is result.source or not _changed(result) else "the float model before int8"
         try:
-            errs = layer_errors(reference, _artifact_path(result, a), data, result.manifest.inputs, threads=result.threads)
+            errs = layer_errors(reference, _artifact_path(result, a), data, result.manifest.inputs, threads=result.threads,
+                                names=a.exported.extra.get(NAMES_KEY))
         except Exception as e:  # noqa: BLE001 - a diagnostic must never fail the compression it describes
             notes.append(f"per-layer error of {a.file} could not be computed: {type(e).__name__}: {str(e)[:200]}")
             continue
@@ -267,7 +269,7 @@ def _compare_layers(entries: list[Entry], data: Dataset, inputs: tuple[TensorSpe
                          "before int8; the report.json written by compress has it against the model int8 quantized")
             continue
         try:
-            errs = layer_errors(base.path, e.path, data, inputs, threads=threads)
+            errs = layer_errors(_named(base), e.path, data, inputs, threads=threads, names=_tensor_names(e.artifact))
         except Exception as ex:  # noqa: BLE001 - diagnostics are best effort
             notes.append(f"per-layer error of {e.file} could not be computed: {type(ex).__name__}: {str(ex)[:200]}")
             continue
@@ -276,6 +278,21 @@ def _compare_layers(entries: list[Entry], data: Dataset, inputs: tuple[TensorSpe
             continue
         out[e.file] = _layer_block(base.file, min(data.n, MAX_SAMPLES), data.generated, errs)
     return out
+
+
+def _tensor_names(artifact) -> dict[str, str]:
+    """short → original tensor names of a compactly stored artifact (edgekit.export.compact), from its manifest record."""
+    return dict((artifact.extra or {}).get(NAMES_KEY) or {}) if artifact is not None else {}
+
+
+def _named(e: Entry):
+    """The entry's model with the exporter's tensor names, so two edgekit artifacts match each other by name."""
+    names = _tensor_names(e.artifact)
+    if not names:
+        return e.path
+    import onnx
+
+    return restore_names(onnx.load(str(e.path)), names)
 
 
 def _layer_block(reference: str, samples: int, generated: bool, errs) -> dict:

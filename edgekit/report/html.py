@@ -235,17 +235,19 @@ def _search(search: dict[str, Any]) -> str:
             continue
         q = c.get("quality") or {}
         lat = c.get("latency_ratio")
+        ort = c.get("ort_latency_ratio")
         trs.append(
             f'<tr class="{"baseline" if chosen else ""}"><td class="text">{escape(c["name"])}{" ✔ chosen" if chosen else ""}</td>'
             f'<td class="text">{"accepted" if c.get("accepted") else escape(c.get("reason") or "rejected")}</td>'
             f'<td>{fmt.size(c.get("size_bytes"))}</td>'
             f'<td class="{"bad" if lat and lat > fmt.SLOWER else ""}">{_num(lat, ".2f")}{"×" if lat is not None else ""}</td>'
+            f'<td class="{"bad" if ort and ort > fmt.SLOWER else ""}">{_num(ort, ".2f")}{"×" if ort is not None else ""}</td>'
             f'<td>{_num(q.get("drop_pts"), "+.2f")}</td>'
             f'<td>{_num(c.get("quantized_share"), ".0%")}</td></tr>'
         )
     return (f"<p>int8 chose <b>{escape(str(search.get('chosen')))}</b>: {escape(search.get('why', ''))}</p>"
             '<div class="scroll"><table><thead><tr><th class="text">candidate</th><th class="text">verdict</th><th>size</th>'
-            "<th>latency × fp32</th><th>drop (pts)</th><th>int8 weights</th></tr></thead>"
+            "<th>latency × fp32</th><th>.ort latency × fp32</th><th>drop (pts)</th><th>int8 weights</th></tr></thead>"
             f'<tbody>{"".join(trs)}</tbody></table></div>')
 
 

@@ -27,6 +27,7 @@ from onnx import helper
 
 from device_agent.manifest import TensorSpec
 from edgekit.data import Dataset
+from edgekit.export.compact import restore_names
 
 __all__ = ["LayerError", "layer_errors"]
 
@@ -73,14 +74,17 @@ def layer_errors(
     *,
     max_samples: int = MAX_SAMPLES,
     threads: int = 1,
+    names: dict[str, str] | None = None,
 ) -> list[LayerError]:
     """Layers of ``quant_model`` ranked by the error they add (worst first), measured on ``data``.
 
     ``data`` is in the float model's layout (both models are ONNX with the same signature).
     Returns [] when no tensor can be matched (e.g. a model rewritten beyond recognition).
+    ``names``: short → original tensor names of a compactly stored ``quant_model`` (the manifest's
+    ``artifact.extra["tensor_names"]``), restored before matching.
     """
     fm = _load(float_model)
-    qm = _load(quant_model)
+    qm = restore_names(_load(quant_model), names or {})
     pairs, extra_nodes, q_producer = _match(fm, qm)
     if not pairs:
         return []

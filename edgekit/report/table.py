@@ -85,8 +85,14 @@ def render_search(report: dict[str, Any], console: Console) -> None:
         if not search:
             continue
         console.print(f"int8: chose [bold]{search['chosen']}[/bold] — {search['why']}", soft_wrap=True)
-        tried = ", ".join(
-            f"{c['name']} {c['latency_ratio']:.2f}x/{c['quality']['drop_pts']:+.2f}pt" if c["status"] == "ok" else f"{c['name']} ({c['status']})"
-            for c in search["candidates"]
-        )
-        console.print(f"      candidates (latency × fp32 / accuracy drop): {tried}", style="dim", soft_wrap=True)
+        with_ort = any(c.get("ort_latency_ratio") is not None for c in search["candidates"])
+        tried = ", ".join(_candidate(c) for c in search["candidates"])
+        what = "latency × fp32 .onnx/.ort" if with_ort else "latency × fp32"
+        console.print(f"      candidates ({what} / accuracy drop): {tried}", style="dim", soft_wrap=True)
+
+
+def _candidate(c: dict[str, Any]) -> str:
+    if c["status"] != "ok":
+        return f"{c['name']} ({c['status']})"
+    ort = f"/{c['ort_latency_ratio']:.2f}x" if c.get("ort_latency_ratio") is not None else ""
+    return f"{c['name']} {c['latency_ratio']:.2f}x{ort}/{c['quality']['drop_pts']:+.2f}pt"

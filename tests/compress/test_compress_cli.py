@@ -66,9 +66,15 @@ def test_int8_search_keeps_the_fastest_accepted_candidate(digits_int8):
     accepted = [c for c in ok if c["accepted"]]
     chosen = next(c for c in ok if c["name"] == search["chosen"])
     assert chosen["accepted"]
-    fastest = min(c["latency"]["p50_ms"] for c in accepted)
-    assert chosen["latency"]["p50_ms"] <= fastest * 1.05 + 1e-4  # size tie-break band; JSON rounds to 0.1 µs
-    near = [c for c in accepted if c["latency"]["p50_ms"] <= fastest * 1.05 - 1e-4]
+    # the run ships an .ort too: every candidate's .ort was timed, and a candidate is judged by the slower of the two
+    assert all(c["ort_latency"]["p50_ms"] > 0 for c in ok)
+
+    def judged(c):
+        return max(c["latency"]["p50_ms"], c["ort_latency"]["p50_ms"])
+
+    fastest = min(judged(c) for c in accepted)
+    assert judged(chosen) <= fastest * 1.05 + 1e-4  # size tie-break band; JSON rounds to 0.1 µs
+    near = [c for c in accepted if judged(c) <= fastest * 1.05 - 1e-4]
     assert chosen["size_bytes"] <= min(c["size_bytes"] for c in near)
     assert search["met_accuracy_bound"] is True
 
