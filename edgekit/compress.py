@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -275,7 +275,8 @@ def _warn_slower(results: list[ArtifactResult], source: Latency, ctx: Context) -
         why = "int8 kernels for this model are slower than fp32 ones on this CPU"
         if r.exported.format == "ort" and r.exported.extra.get("weight_only"):
             why = ("ORT-format models are not re-optimized at load, so its weight-only int8 weights are dequantized on every run; "
-                   "calibration data (--data) gives a static int8 .ort that is fast, or deploy the .onnx")
+                   + ("calibration data (--data) gives a static int8 .ort that is fast, or deploy the .onnx" if ctx.calib_data is None
+                      else "no static int8 candidate was faster as .ort on this CPU; deploy the .onnx"))
         msg = f"warning: {r.file} runs at {ratio:.2f}x the fp32 latency: {why}"
         ctx.notes.append(msg)
         ctx.say(msg)

@@ -7,9 +7,10 @@ are checked against the model's inputs before anything runs.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -255,7 +256,7 @@ def _check(x: np.ndarray, s: TensorSpec, where: str) -> np.ndarray:
     given = list(x.shape)
     if not shape and len(given) == 1:
         shape = ["N"]  # a scalar input (e.g. a sample rate): one value per sample
-    ok = len(given) == len(shape) and all(not isinstance(d, int) or d == g for d, g in zip(shape[1:], given[1:]))
+    ok = len(given) == len(shape) and all(not isinstance(d, int) or d == g for d, g in zip(shape[1:], given[1:], strict=True))
     if not ok:
         hint = ""
         if len(given) + 1 == len(shape):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,12 +29,18 @@ def convert_to_ort(onnx_path: Path, out_dir: Path, stem: str) -> tuple[Path, Pat
         src = Path(tmp) / f"{stem}.onnx"
         shutil.copy(onnx_path, src)
         log = io.StringIO()
+        # the converter logs an INFO line per model through its own logging handler: not edgekit's output
+        ort_log = logging.getLogger("ort_format_model.utils")
+        level = ort_log.level
+        ort_log.setLevel(logging.WARNING)
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 convert_onnx_models_to_ort(src, output_dir=Path(tmp) / "out", optimization_styles=[OptimizationStyle.Fixed],
                                            target_platform="arm")
         except Exception as e:  # noqa: BLE001 - the converter raises whatever ORT raised
             raise ExportError(f".ort conversion of {onnx_path.name} failed: {_line(e)}; the .onnx artifact is still valid") from None
+        finally:
+            ort_log.setLevel(level)
         ort_file = Path(tmp) / "out" / f"{stem}.ort"
         config = Path(tmp) / "out" / f"{stem}.required_operators.config"
         if not ort_file.is_file():
