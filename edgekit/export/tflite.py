@@ -20,6 +20,12 @@ makes a full-integer model take and return int8 tensors, for integer-only accele
 onnx2tf makes image tensors channel-last: each artifact spec carries ``perm`` (source → artifact
 layout) and ``layout``; LiteRT backends transpose so every caller keeps the source layout.
 
+The converter's file is then stripped of what the LiteRT interpreter never reads (intermediate
+tensor names, the description, calibration min/max; see :mod:`edgekit.export.tflite_strip`), the
+same for every precision, and shipped only if it computes bit-identical outputs. ``strip=False``
+(``export_options={"tflite": {"strip": False}}``) keeps the names, e.g. to read the graph in Netron.
+``extra["tflite"]["stripped"]`` records the converter's size beside the shipped one.
+
 All TensorFlow work runs in a child process (:mod:`edgekit.tf_process`): TF's logs, aborts and
 onnx2tf's ``sys.exit`` stay there and come back as one ``ExportError`` line.
 """
@@ -73,6 +79,7 @@ def export_tflite(
     float_model: onnx.ModelProto | None = None,
     io: str = "float",
     calib_samples: int = 256,
+    strip: bool = True,
     **_: Any,
 ) -> list[ExportedArtifact]:
     """Write ``<stem>.tflite`` for ``onnx_artifact`` (converted from ``float_model``) and describe it.
@@ -116,6 +123,7 @@ def export_tflite(
         "mode": mode,
         "io": io,
         "calib_samples": calib_samples,
+        "strip": bool(strip),
         "inputs": [_spec_doc(s) for s in inputs],
         "outputs": [_spec_doc(s) for s in outputs],
         "sample": str(_save(work / "sample.npz", ctx.eval_data.subset(SAMPLE_COUNT).inputs)),
@@ -137,6 +145,7 @@ def export_tflite(
             "converter": "TFLiteConverter (from the TensorFlow source)" if tf_source else "onnx2tf + TFLiteConverter",
             "calibration_samples": min(calib_samples, ctx.calib_data.n) if mode == "int8" else 0,
             "ops": result.get("ops", {}),
+            "stripped": result.get("stripped", {}),
             "onnx_rewrites": rewrites,
             "versions": result.get("versions", {}),
         },

@@ -10,8 +10,10 @@ Job (``job.json``, written by :mod:`edgekit.export.tflite`)::
     calib       .npz of source-layout arrays named after the inputs (int8), or null
     sample      .npz of a few source-layout samples: onnx2tf's shape-estimation data, layout check
 
+    strip       true (default) | false            drop what LiteRT does not read (tensor names, ...)
+
 Result: the artifact-layout signature (``perm`` per tensor), the signature names inside the
-.tflite, the quantization each I/O tensor got, the op histogram and notes.
+.tflite, the quantization each I/O tensor got, the op histogram, what stripping removed and notes.
 
 ONNX → TF goes through onnx2tf, which returns a Keras model (NHWC inside). onnx2tf fetches sample
 images from GitHub when every input is a fixed-batch 3-channel image; :func:`_offline_onnx2tf`
@@ -52,7 +54,8 @@ def run(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     calib = _load_npz(job["calib"]) if job.get("calib") else None
     saved = _save_serving(tf, fn, model, workdir / "serving")
     blob, notes = _convert(tf, saved, job, calib, in_perms, names["inputs"])
-    _smoke_check(blob)
+    _smoke_check(blob)  # on the converter's file: its errors name tensors, which stripping drops
+    blob, stripped = _strip(blob, _signature_feeds(job, sample, in_perms, names["inputs"]), job, notes)
     out = Path(job["out"])
     out.write_bytes(blob)
     report_progress(workdir, "tflite: checking layout", 0.9)
@@ -62,6 +65,7 @@ def run(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "outputs": [_spec(s, out_perms[s["name"]]) for s in job["outputs"]],
         "tflite_names": names,
         "ops": _op_histogram(blob),
+        "stripped": stripped,
         "notes": notes,
         "versions": _versions(),
     }
@@ -412,6 +416,56 @@ def _smoke_check(blob: bytes) -> None:
         it.invoke()
     except (RuntimeError, ValueError) as e:
         raise WorkerError("runtime", f"LiteRT cannot run the converted model: {_first_line(e)}") from None
+
+
+# ---------------------------------------------------------------- stripping
+
+
+def _strip(blob: bytes, feeds: dict[str, np.ndarray], job: dict, notes: list[str]) -> tuple[bytes, dict[str, Any]]:
+    """The .tflite without what LiteRT does not read (:mod:`edgekit.export.tflite_strip`), proven to compute the same.
+
+    A stripped model whose outputs differ in any bit from the converter's is not shipped: the
+    converter's file is, with a note.
+    """
+    if not job.get("strip", True):
+        return blob, {"converter_bytes": len(blob), "bytes": len(blob), "removed": {}}
+    from edgekit.export.tflite_strip import strip_tflite
+
+    stripped, facts = strip_tflite(blob)
+    if stripped is blob:
+        return blob, facts
+    before, after = _signature_outputs(blob, feeds), _signature_outputs(stripped, feeds)
+    differ = sorted(k for k in before if before[k].tobytes() != after.get(k, np.empty(0)).tobytes())
+    if differ or before.keys() != after.keys():
+        notes.append(f"kept the converter's .tflite unstripped: output(s) {', '.join(differ) or 'names'} changed when "
+                     "tensor names were dropped")
+        return blob, {"converter_bytes": len(blob), "bytes": len(blob), "removed": {}}
+    return stripped, facts
+
+
+def _signature_feeds(job: dict, sample: dict[str, np.ndarray], in_perms: dict, sig_names: dict[str, str]) -> dict[str, np.ndarray]:
+    """One request of real samples in the artifact's layout, keyed by signature name (float; quantized per model)."""
+    return {sig_names[s["name"]]: _as_tf_input(_one_request(sample[s["name"]], s), in_perms[s["name"]]).astype(s["dtype"])
+            for s in job["inputs"]}
+
+
+def _signature_outputs(blob: bytes, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=blob, num_threads=1)
+    runner = it.get_signature_runner("serving_default")
+    details = runner.get_input_details()
+    return runner(**{k: _as_input(x, details[k]) for k, x in feeds.items()})
+
+
+def _as_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """``x`` as the input takes it: quantized with the tensor's own scale for int8 I/O models."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return x.astype(dtype)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
 
 
 # ---------------------------------------------------------------- facts
