@@ -10,6 +10,13 @@ threads). The table prints size and latency ratios against the fp32 artifact of 
 so a quantized model that runs *slower* than its float version shows as a ratio above 1.00 and is
 flagged. Targets (from issue 3) are checked at the end.
 
+Every .tflite edgekit writes is stripped of what LiteRT does not read (intermediate tensor names,
+description, min/max), fp32 as much as int8, so the size ratio compares like with like; the ratio of
+the files as TFLiteConverter wrote them is printed beside it. A byte breakdown of each full-int8
+.tflite shows what the ratio is made of: int8 weights alone are 0.25x fp32; int32 biases, the
+per-channel quantization parameters (float32 scale + int64 zero point per channel, which the
+interpreter requires) and the graph come on top.
+
     python benchmarks/tflite_export.py [--models digits,resnet18,mobilenet_v2] [--out DIR] [--json FILE]
 """
 
@@ -17,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -130,6 +139,8 @@ def bench_model(name: str, model: Path, eval_data: Path, out: Path) -> list[dict
                 "p50_ms_1t": measure(path, art, feeds, 1), "p50_ms_2t": measure(path, art, feeds, 2),
                 "accuracy": m.get("accuracy"), "agreement": m.get("agreement"), "drop_pts": m.get("drop_pts"),
                 "parity_ok": (m.get("parity") or {}).get("ok"),
+                "converter_bytes": ((art.extra.get("tflite") or {}).get("stripped") or {}).get("converter_bytes", art.size_bytes),
+                "path": str(path),
                 "source_accuracy": info["source_accuracy"],
             }
             rows.append(row)
@@ -139,6 +150,7 @@ def bench_model(name: str, model: Path, eval_data: Path, out: Path) -> list[dict
         if base is None and r["format"] == "ort":
             base = next((b for b in rows if b["format"] == "onnx" and b["precision"] == "fp32"), None)
         r["size_vs_fp32"] = r["size_bytes"] / base["size_bytes"] if base else None
+        r["converter_size_vs_fp32"] = r["converter_bytes"] / base["converter_bytes"] if base else None
         r["latency_vs_fp32_1t"] = r["p50_ms_1t"] / base["p50_ms_1t"] if base else None
         r["latency_vs_fp32_2t"] = r["p50_ms_2t"] / base["p50_ms_2t"] if base else None
     return rows
@@ -164,6 +176,7 @@ def check_targets(rows: list[dict]) -> list[tuple[str, float | None, float, bool
             v = r["size_vs_fp32"]
             out.append((f"{r['model']}: full-int8 .tflite size × fp32 .tflite", v, TARGETS["int8_tflite_size_vs_fp32_tflite"],
                         v is not None and v <= TARGETS["int8_tflite_size_vs_fp32_tflite"]))
+            out.append((f"{r['model']}: (same, both as TFLiteConverter wrote them, unstripped)", r["converter_size_vs_fp32"], None, None))
     for r in rows:
         if r["model"] == "digits" and r["format"] == "tflite" and r["precision"] == "int8" and r["accuracy"] is not None:
             drop = r["source_accuracy"] - r["accuracy"]
@@ -176,8 +189,47 @@ def check_targets(rows: list[dict]) -> list[tuple[str, float | None, float, bool
     return out
 
 
+def size_breakdowns(rows: list[dict]) -> dict[str, dict]:
+    """Byte breakdown of each fp32 and full-int8 .tflite, read in a child process (the TFLite schema reader is TF's)."""
+    paths = {r["path"]: r for r in rows if r["format"] == "tflite" and r["precision"] in ("fp32", "int8")}
+    code = ("import json, sys; from edgekit.export.tflite_strip import size_breakdown; "
+            "print(json.dumps({p: size_breakdown(open(p, 'rb').read()) for p in sys.argv[1:]}))")
+    res = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if res.returncode != 0:
+        print(f"(no size breakdown: {res.stderr.strip().splitlines()[-1:] or res.returncode})", file=sys.stderr)
+        return {}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def print_breakdown(rows: list[dict], sizes: dict[str, dict]) -> None:
+    """What a full-int8 .tflite is made of, each part as a fraction of the fp32 .tflite (the target is on the sum)."""
+    head = f"{'full-int8 .tflite':<13} {'fp32 bytes':>11} {'int8 bytes':>11} {'int8 w':>7} {'int32 b':>7} {'quant':>7} " \
+           f"{'graph':>7} {'= ×fp32':>7} {'quant entries':>13} {'×fp32 w/o quant':>15}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if not (r["format"] == "tflite" and r["precision"] == "int8" and r["quantization"] == "full-integer int8"):
+            continue
+        base = next(b for b in rows if b["model"] == r["model"] and b["format"] == "tflite" and b["precision"] == "fp32")
+        q, f = sizes.get(r["path"]), sizes.get(base["path"])
+        if not q or not f:
+            continue
+        fp32 = f["total"]
+        graph = q["total"] - q.get("const_int8", 0) - q.get("const_int32", 0) - q["quant_bytes"]
+        print(f"{r['model']:<13} {fp32:>11,} {q['total']:>11,} {q.get('const_int8', 0) / fp32:>7.4f} {q.get('const_int32', 0) / fp32:>7.4f} "
+              f"{q['quant_bytes'] / fp32:>7.4f} {graph / fp32:>7.4f} {q['total'] / fp32:>7.4f} {q['quant_entries']:>13,} "
+              f"{(q['total'] - q['quant_bytes']) / fp32:>15.4f}")
+    print("quant = 12 bytes (float32 scale + int64 zero point) per quantized tensor, per channel for weights and their int32 biases;")
+    print("graph = tensors, shapes, ops, signature, metadata (names already stripped).")
+
+
 def _x(v) -> str:
     return "—" if v is None else f"{v:.2f}"
+
+
+def _x3(v) -> str:
+    return "—" if v is None else f"{v:.3f}"
 
 
 def _pct(v) -> str:
@@ -209,9 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print_table(rows)
         print()
+        print_breakdown(rows, size_breakdowns(rows))
+        print()
         results = check_targets(rows)
         for label, value, target, ok in results:
-            print(f"{'PASS' if ok else 'MISS'}  {label}: {_x(value) if value is not None else '—'} (target ≤ {target})")
+            if target is None:
+                print(f"      {label}: {_x3(value)}")
+                continue
+            print(f"{'PASS' if ok else 'MISS'}  {label}: {_x3(value)} (target ≤ {target})")
         if args.json:
             args.json.write_text(json.dumps({"rows": rows, "targets": [dict(zip(("label", "value", "target", "ok"), t, strict=False)) for t in results]},
                                             indent=2, default=str))

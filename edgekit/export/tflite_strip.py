@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MAX_BYTES", "strip_tflite"]
+__all__ = ["MAX_BYTES", "size_breakdown", "strip_tflite"]
 
 #: past 2 GB TFLiteConverter writes buffers outside the flatbuffer, which the Python writer cannot reproduce
 MAX_BYTES = 2**31 - 1
@@ -80,3 +80,36 @@ def _drop_min_max(model) -> int:
 
 def _indices(xs) -> list[int]:
     return [] if xs is None else [int(i) for i in xs]
+
+
+def size_breakdown(blob: bytes) -> dict[str, int]:
+    """Where a .tflite's bytes go: constant data by element type, quantization parameters, and the rest (the graph).
+
+    ``quant_entries`` counts (scale, zero point) pairs: one per tensor, or one per channel for
+    per-channel weights and their int32 biases. The schema stores each as float32 + int64 and the
+    interpreter requires both arrays (of equal length), so 12 bytes an entry are the format's own cost.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(blob))
+    type_names = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    sizes = [0 if b.data is None else len(b.data) for b in model.buffers]
+    out: dict[str, int] = {"total": len(blob), "quant_entries": 0, "quant_bytes": 0, "names": 0}
+    counted: set[int] = set()
+    for subgraph in model.subgraphs or []:
+        for t in subgraph.tensors or []:
+            out["names"] += len(t.name or b"")
+            if sizes[t.buffer] and t.buffer not in counted:
+                counted.add(t.buffer)
+                key = f"const_{type_names.get(t.type, t.type)}"
+                out[key] = out.get(key, 0) + sizes[t.buffer]
+            q = t.quantization
+            n = 0 if q is None or q.scale is None else len(q.scale)
+            out["quant_entries"] += n
+            out["quant_bytes"] += 4 * n + 8 * (0 if q is None or q.zeroPoint is None else len(q.zeroPoint))
+            out["quant_bytes"] += 4 * sum(0 if v is None else len(v) for v in ((q.min, q.max) if q is not None else ()))
+    data = sum(sizes[i] for i in counted)
+    out["other_buffers"] = sum(sizes) - data  # metadata and the like
+    out["graph"] = len(blob) - sum(sizes) - out["quant_bytes"]  # tables, shapes, ops, names, signature: the flatbuffer itself
+    return out

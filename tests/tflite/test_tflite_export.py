@@ -203,6 +203,8 @@ def test_fp32_tflite_matches_onnx_and_restores_nchw_outputs(image_fp32):
     result, model = image_fp32
     art = next(r for r in result.artifacts if r.exported.format == "tflite")
     assert art.exported.precision == "fp32" and art.exported.extra["tflite"]["quantization"] == "none"
+    stripped = art.exported.extra["tflite"]["stripped"]  # fp32 is stripped as int8 is: size ratios compare like with like
+    assert stripped["removed"]["tensor_names"] > 0 and stripped["bytes"] < stripped["converter_bytes"]
     specs = {s.name: s for s in art.exported.outputs}
     assert specs["features"].perm == (0, 2, 3, 1) and specs["features"].layout == "NHWC"
     assert list(specs["features"].shape) == ["N", 8, 8, 8] and specs["logits"].perm is None
