@@ -204,7 +204,7 @@ def size_breakdowns(rows: list[dict]) -> dict[str, dict]:
 
 def print_breakdown(rows: list[dict], sizes: dict[str, dict]) -> None:
     """What a full-int8 .tflite is made of, each part as a fraction of the fp32 .tflite (the target is on the sum)."""
-    head = f"{'full-int8 .tflite':<13} {'fp32 bytes':>11} {'int8 bytes':>11} {'int8 w':>7} {'int32 b':>7} {'quant':>7} " \
+    head = f"{'full-int8 .tflite':<17} {'fp32 bytes':>11} {'int8 bytes':>11} {'int8 w':>7} {'int32 b':>7} {'quant':>7} " \
            f"{'graph':>7} {'= ×fp32':>7} {'quant entries':>13} {'×fp32 w/o quant':>15}"
     print(head)
     print("-" * len(head))
@@ -217,7 +217,7 @@ def print_breakdown(rows: list[dict], sizes: dict[str, dict]) -> None:
             continue
         fp32 = f["total"]
         graph = q["total"] - q.get("const_int8", 0) - q.get("const_int32", 0) - q["quant_bytes"]
-        print(f"{r['model']:<13} {fp32:>11,} {q['total']:>11,} {q.get('const_int8', 0) / fp32:>7.4f} {q.get('const_int32', 0) / fp32:>7.4f} "
+        print(f"{r['model']:<17} {fp32:>11,} {q['total']:>11,} {q.get('const_int8', 0) / fp32:>7.4f} {q.get('const_int32', 0) / fp32:>7.4f} "
               f"{q['quant_bytes'] / fp32:>7.4f} {graph / fp32:>7.4f} {q['total'] / fp32:>7.4f} {q['quant_entries']:>13,} "
               f"{(q['total'] - q['quant_bytes']) / fp32:>15.4f}")
     print("quant = 12 bytes (float32 scale + int64 zero point) per quantized tensor, per channel for weights and their int32 biases;")
