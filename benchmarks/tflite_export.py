@@ -17,7 +17,7 @@ the files as TFLiteConverter wrote them is printed beside it. A byte breakdown o
 per-channel quantization parameters (float32 scale + int64 zero point per channel, which the
 interpreter requires) and the graph come on top.
 
-    python benchmarks/tflite_export.py [--models digits,resnet18,mobilenet_v2] [--out DIR] [--json FILE]
+    python benchmarks/tflite_export.py [--models digits,resnet18,mobilenet_v2] [--out DIR] [--json FILE] [--per-tensor]
 """
 
 from __future__ import annotations
@@ -82,21 +82,27 @@ def _recalibrate_batchnorm(net, batches: int = 8) -> None:
     net.eval()
 
 
-def compress_all(model: Path, eval_data: Path, out: Path, *, eval_samples: int) -> dict[str, dict]:
-    """fp32, fp16 and int8 output directories for ``model``; returns {precision: {file: Path}}."""
+def compress_all(model: Path, eval_data: Path, out: Path, *, eval_samples: int, per_tensor: bool = False) -> dict[str, dict]:
+    """fp32, fp16 and int8 output directories for ``model``; returns {precision: {file: Path}}.
+
+    ``per_tensor`` adds "int8-pt": the opt-in full-int8 .tflite with one weight scale per tensor.
+    """
     from edgekit.compress import compress
     from edgekit.pipeline import StepSpec
 
+    int8 = StepSpec("int8", {"max_drop": 100.0, "search_time": 60.0})
     runs = {
-        "fp32": ([], ("onnx", "tflite")),
-        "fp16": ([StepSpec("fp16")], ("tflite",)),
-        "int8": ([StepSpec("int8", {"max_drop": 100.0, "search_time": 60.0})], ("onnx", "ort", "tflite")),
+        "fp32": ([], ("onnx", "tflite"), {}),
+        "fp16": ([StepSpec("fp16")], ("tflite",), {}),
+        "int8": ([int8], ("onnx", "ort", "tflite"), {}),
     }
+    if per_tensor:
+        runs["int8-pt"] = ([int8], ("tflite",), {"tflite": {"per_channel": False}})
     found: dict[str, dict] = {}
-    for precision, (steps, formats) in runs.items():
+    for precision, (steps, formats, options) in runs.items():
         t0 = time.perf_counter()
         # one labelled file for every run, so accuracy (digits) is measured on the same samples; int8 calibrates on it
-        result = compress(model, steps, formats=formats, data=eval_data,
+        result = compress(model, steps, formats=formats, data=eval_data, export_options=options,
                           output=out / f"{model.stem}.{precision}", force=True, max_eval_samples=eval_samples)
         found[precision] = {"dir": result.output, "seconds": time.perf_counter() - t0,
                             "artifacts": {r.file: r for r in result.artifacts}, "source_accuracy": result.source_quality.get("accuracy"),
@@ -113,7 +119,7 @@ def measure(path: Path, artifact, feeds: dict[str, np.ndarray], threads: int) ->
     return measure_latency(backend, feeds, runs=300, warmup=20, budget_s=8.0).p50_ms
 
 
-def bench_model(name: str, model: Path, eval_data: Path, out: Path) -> list[dict]:
+def bench_model(name: str, model: Path, eval_data: Path, out: Path, *, per_tensor: bool = False) -> list[dict]:
     from device_agent.manifest import load_manifest
     from edgekit.evaluate import one_sample
     from edgekit.onnx_model import io_specs, load_onnx
@@ -124,7 +130,7 @@ def bench_model(name: str, model: Path, eval_data: Path, out: Path) -> list[dict
     from edgekit.data import Dataset
 
     feeds = one_sample(Dataset(data), ins)
-    found = compress_all(model, eval_data, out, eval_samples=540 if name == "digits" else 32)
+    found = compress_all(model, eval_data, out, eval_samples=540 if name == "digits" else 32, per_tensor=per_tensor)
     rows = []
     src_size = model.stat().st_size
     for precision, info in found.items():
@@ -134,7 +140,7 @@ def bench_model(name: str, model: Path, eval_data: Path, out: Path) -> list[dict
             path = info["dir"] / art.file
             row = {
                 "model": name, "artifact": art.file, "runtime": art.runtime, "format": art.format, "precision": precision,
-                "quantization": (art.extra.get("tflite") or {}).get("quantization"),
+                "quantization": _quantization(art.extra.get("tflite") or {}),
                 "size_bytes": art.size_bytes, "size_vs_source": art.size_bytes / src_size,
                 "p50_ms_1t": measure(path, art, feeds, 1), "p50_ms_2t": measure(path, art, feeds, 2),
                 "accuracy": m.get("accuracy"), "agreement": m.get("agreement"), "drop_pts": m.get("drop_pts"),
@@ -157,14 +163,14 @@ def bench_model(name: str, model: Path, eval_data: Path, out: Path) -> list[dict
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'model':<13} {'artifact':<28} {'runtime':<11} {'quantization':<19} {'size':>9} {'size×fp32':>9} " \
+    head = f"{'model':<13} {'artifact':<28} {'runtime':<11} {'quantization':<20} {'size':>9} {'size×fp32':>9} " \
            f"{'p50 1t ms':>9} {'×fp32':>6} {'p50 2t ms':>9} {'×fp32':>6} {'acc/agree':>9} {'drop':>6}"
     print(head)
     print("-" * len(head))
     for r in rows:
         quality = r["accuracy"] if r["accuracy"] is not None else r["agreement"]
         flag = "  << int8 SLOWER than fp32" if r["precision"] == "int8" and (r["latency_vs_fp32_1t"] or 0) > 1.0 else ""
-        print(f"{r['model']:<13} {r['artifact']:<28} {r['runtime']:<11} {(r['quantization'] or r['precision']):<19} "
+        print(f"{r['model']:<13} {r['artifact']:<28} {r['runtime']:<11} {(r['quantization'] or r['precision']):<20} "
               f"{r['size_bytes'] / 1e6:>7.2f}MB {_x(r['size_vs_fp32']):>9} {r['p50_ms_1t']:>9.3f} {_x(r['latency_vs_fp32_1t']):>6} "
               f"{r['p50_ms_2t']:>9.3f} {_x(r['latency_vs_fp32_2t']):>6} {_pct(quality):>9} {_pts(r['drop_pts']):>6}{flag}")
 
@@ -177,6 +183,9 @@ def check_targets(rows: list[dict]) -> list[tuple[str, float | None, float, bool
             out.append((f"{r['model']}: full-int8 .tflite size × fp32 .tflite", v, TARGETS["int8_tflite_size_vs_fp32_tflite"],
                         v is not None and v <= TARGETS["int8_tflite_size_vs_fp32_tflite"]))
             out.append((f"{r['model']}: (same, both as TFLiteConverter wrote them, unstripped)", r["converter_size_vs_fp32"], None, None))
+        if r["format"] == "tflite" and r["precision"] == "int8-pt":
+            out.append((f"{r['model']}: opt-in per-tensor full-int8 .tflite size × fp32 .tflite (not the shipped default)",
+                         r["size_vs_fp32"], None, None))
     for r in rows:
         if r["model"] == "digits" and r["format"] == "tflite" and r["precision"] == "int8" and r["accuracy"] is not None:
             drop = r["source_accuracy"] - r["accuracy"]
@@ -189,9 +198,14 @@ def check_targets(rows: list[dict]) -> list[tuple[str, float | None, float, bool
     return out
 
 
+def _quantization(tflite: dict) -> str | None:
+    q = tflite.get("quantization")
+    return "full-int8 per-tensor" if q and tflite.get("weights") == "per-tensor" else q
+
+
 def size_breakdowns(rows: list[dict]) -> dict[str, dict]:
     """Byte breakdown of each fp32 and full-int8 .tflite, read in a child process (the TFLite schema reader is TF's)."""
-    paths = {r["path"]: r for r in rows if r["format"] == "tflite" and r["precision"] in ("fp32", "int8")}
+    paths = {r["path"]: r for r in rows if r["format"] == "tflite" and r["precision"] in ("fp32", "int8", "int8-pt")}
     code = ("import json, sys; from edgekit.export.tflite_strip import size_breakdown; "
             "print(json.dumps({p: size_breakdown(open(p, 'rb').read()) for p in sys.argv[1:]}))")
     res = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=600,
@@ -204,12 +218,12 @@ def size_breakdowns(rows: list[dict]) -> dict[str, dict]:
 
 def print_breakdown(rows: list[dict], sizes: dict[str, dict]) -> None:
     """What a full-int8 .tflite is made of, each part as a fraction of the fp32 .tflite (the target is on the sum)."""
-    head = f"{'full-int8 .tflite':<17} {'fp32 bytes':>11} {'int8 bytes':>11} {'int8 w':>7} {'int32 b':>7} {'quant':>7} " \
+    head = f"{'full-int8 .tflite':<24} {'fp32 bytes':>11} {'int8 bytes':>11} {'int8 w':>7} {'int32 b':>7} {'quant':>7} " \
            f"{'graph':>7} {'= ×fp32':>7} {'quant entries':>13} {'×fp32 w/o quant':>15}"
     print(head)
     print("-" * len(head))
     for r in rows:
-        if not (r["format"] == "tflite" and r["precision"] == "int8" and r["quantization"] == "full-integer int8"):
+        if not (r["format"] == "tflite" and r["precision"].startswith("int8") and r["quantization"].startswith("full-")):
             continue
         base = next(b for b in rows if b["model"] == r["model"] and b["format"] == "tflite" and b["precision"] == "fp32")
         q, f = sizes.get(r["path"]), sizes.get(base["path"])
@@ -217,7 +231,8 @@ def print_breakdown(rows: list[dict], sizes: dict[str, dict]) -> None:
             continue
         fp32 = f["total"]
         graph = q["total"] - q.get("const_int8", 0) - q.get("const_int32", 0) - q["quant_bytes"]
-        print(f"{r['model']:<17} {fp32:>11,} {q['total']:>11,} {q.get('const_int8', 0) / fp32:>7.4f} {q.get('const_int32', 0) / fp32:>7.4f} "
+        label = r["model"] + (" per-tensor" if r["precision"] == "int8-pt" else "")
+        print(f"{label:<24} {fp32:>11,} {q['total']:>11,} {q.get('const_int8', 0) / fp32:>7.4f} {q.get('const_int32', 0) / fp32:>7.4f} "
               f"{q['quant_bytes'] / fp32:>7.4f} {graph / fp32:>7.4f} {q['total'] / fp32:>7.4f} {q['quant_entries']:>13,} "
               f"{(q['total'] - q['quant_bytes']) / fp32:>15.4f}")
     print("quant = 12 bytes (float32 scale + int64 zero point) per quantized tensor, per channel for weights and their int32 biases;")
@@ -245,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="digits,resnet18,mobilenet_v2")
     ap.add_argument("--out", type=Path, default=None, help="keep the output directories here (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    ap.add_argument("--per-tensor", action="store_true", help="also measure the opt-in per-tensor full-int8 .tflite")
     args = ap.parse_args(argv)
     import platform
 
@@ -257,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             print(f"{name}: building and compressing", file=sys.stderr)
             model, eval_data = build_digits(work) if name == "digits" else build_torchvision(name, work)
-            rows += bench_model(name, model, eval_data, out)
+            rows += bench_model(name, model, eval_data, out, per_tensor=args.per_tensor)
         print()
         print_table(rows)
         print()
