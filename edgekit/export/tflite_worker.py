@@ -9,8 +9,8 @@ Job (``job.json``, written by :mod:`edgekit.export.tflite`)::
     inputs, outputs   the source signature [{name, dtype, shape}] (source layout, ONNX names)
     calib       .npz of source-layout arrays named after the inputs (int8), or null
     sample      .npz of a few source-layout samples: onnx2tf's shape-estimation data, layout check
-
     strip       true (default) | false            drop what LiteRT does not read (tensor names, ...)
+    per_channel true (default) | false            int8: one weight scale per channel, or per tensor (opt-in)
 
 Result: the artifact-layout signature (``perm`` per tensor), the signature names inside the
 .tflite, the quantization each I/O tensor got, the op histogram, what stripping removed and notes.
@@ -463,9 +463,9 @@ def _signature_outputs(blob: bytes, feeds: dict[str, np.ndarray]) -> dict[str, n
 def _as_input(x: np.ndarray, detail: dict) -> np.ndarray:
     """``x`` as the input takes it: quantized with the tensor's own scale for int8 I/O models."""
     dtype = np.dtype(detail["dtype"])
-    if dtype.kind == "f":
-        return x.astype(dtype)
     scale, zero = detail["quantization"]
+    if dtype.kind == "f" or not scale:  # float, or an integer input that is not quantized (ids, indices)
+        return x.astype(dtype)
     info = np.iinfo(dtype)
     return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
 
