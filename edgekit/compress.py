@@ -137,7 +137,7 @@ def compress(
                       None if dataset.generated else dataset, ref, ref_acc, threads=threads,
                       train_data=None if dataset.generated else dataset, progress=progress, say=say,
                       formats=tuple(formats))
-        current, precision, records, extra, failed = model, "fp32", [], {}, None
+        current, precision, records, extra, failed, format_models = model, "fp32", [], {}, None, {}
         float_model = model  # the last float model: the TFLite exporter quantizes it with its own converter
         for spec, cfg in configs:
             outcome: StepOutcome = get_step(spec.name)(current, cfg, ctx)
@@ -145,12 +145,13 @@ def compress(
             precision = outcome.precision or precision
             float_model = current if precision == "fp32" else float_model
             extra.update(outcome.artifact_extra)
+            format_models = outcome.format_models  # a later step changes the model: earlier alternatives are stale
             failed = outcome.failed_bound or failed
             records.append({"name": spec.name, "params": cfg.model_dump(mode="json"), "result": outcome.record})
         stem = f"{src.stem}.{tag}"
         export_failures: list[str] = []
         exported = _export(current, formats, staging, stem, precision, extra, ctx, float_model=float_model,
-                           options=export_options or {}, failures=export_failures)
+                           options=export_options or {}, failures=export_failures, format_models=format_models)
         results = [_evaluate(a, exported, ctx, allow_mismatch) for a in exported]
         if "onnx" not in formats:
             # the .onnx was needed as the parity reference of the other formats; it was not asked for
@@ -211,7 +212,7 @@ def _data(data, inputs, image_spec, data_layout, data_desc) -> Dataset:
 
 def _export(model: onnx.ModelProto, formats, staging: Path, stem: str, precision: str, extra: dict, ctx: Context, *,
             float_model: onnx.ModelProto | None = None, options: dict[str, dict] | None = None,
-            failures: list[str] | None = None) -> list[ExportedArtifact]:
+            failures: list[str] | None = None, format_models: dict | None = None) -> list[ExportedArtifact]:
     ctx.progress("exporting", 0.0)
     onnx_art = exporter("onnx")(model, staging, stem, precision=precision, extra=extra)[0]
     arts = [onnx_art]
@@ -219,6 +220,9 @@ def _export(model: onnx.ModelProto, formats, staging: Path, stem: str, precision
         if fmt == "onnx":
             continue
         try:
+            if fmt in (format_models or {}):
+                arts += _export_alternative(fmt, *format_models[fmt], staging, stem, precision, extra, ctx)
+                continue
             arts += exporter(fmt)(onnx_art, staging, stem, ctx=ctx, model=model, float_model=float_model, **(options or {}).get(fmt, {}))
         except ExportError as e:
             # one format that cannot be made must not cost the others: record it, write the rest, fail after
@@ -228,6 +232,28 @@ def _export(model: onnx.ModelProto, formats, staging: Path, stem: str, precision
     if failures and len(arts) == 1 and "onnx" not in formats:
         raise ExportError("; ".join(failures))
     return arts
+
+
+def _export_alternative(fmt: str, model: onnx.ModelProto, alt_extra: dict, staging: Path, stem: str, precision: str, extra: dict,
+                        ctx: Context) -> list[ExportedArtifact]:
+    """Export ``fmt`` from another model than the .onnx artifact's (not shipped as .onnx itself).
+
+    Parity is checked against that model, the one the artifact was converted from.
+    """
+    side = staging / f".{fmt}-source"
+    side.mkdir()
+    try:
+        extra = {k: v for k, v in extra.items() if k not in ("session_config", "candidate")} | alt_extra
+        src_art = exporter("onnx")(model, side, stem, precision=precision, extra=extra)[0]
+        reference = run_dataset(open_backend(src_art.path, _artifact(src_art), threads=ctx.threads), ctx.eval_data, ctx.inputs)
+        arts = exporter(fmt)(src_art, staging, stem, ctx=ctx, model=model)
+        for a in arts:
+            a.parent = f"the {alt_extra.get('candidate', 'int8')} model it was converted from"
+            a.reference_outputs = reference
+            a.extra["weights"] = weight_stats(model).to_dict()
+        return arts
+    finally:
+        shutil.rmtree(side, ignore_errors=True)
 
 
 def _artifact(r: ArtifactResult | ExportedArtifact) -> Artifact:
@@ -261,7 +287,8 @@ def _evaluate(a: ExportedArtifact, all_arts: list[ExportedArtifact], ctx: Contex
                 + f", cosine {parity['cosine']:.4f}"
                 + "; pass --allow-mismatch to keep it anyway"
             )
-    stats = weight_stats(onnx.load(str(a.path))).to_dict() if a.format == "onnx" else None
+    # an artifact converted from a model not shipped as .onnx carries that model's weight facts
+    stats = weight_stats(onnx.load(str(a.path))).to_dict() if a.format == "onnx" else a.extra.get("weights")
     return ArtifactResult(a, a.path.stat().st_size, file_sha256(a.path), quality, None, parity, stats, backend=backend)
 
 

@@ -91,6 +91,9 @@ class StepOutcome:
     artifact_extra: dict[str, Any] = field(default_factory=dict)  # e.g. session_config for the runtime
     tag: str | None = None  # file name tag, e.g. "int8" -> model.int8.onnx
     failed_bound: str | None = None  # set when an accuracy bound was not met (exit 3 after writing)
+    #: another model for one export format, with that artifact's extra: the int8 search may find a different
+    #: candidate fastest as .ort than as .onnx (an .ort is not re-optimized at load), and each ships the best
+    format_models: dict[str, tuple[onnx.ModelProto, dict[str, Any]]] = field(default_factory=dict)
 
 
 def step(name: str, config_cls: type[StepConfig]) -> Callable:

@@ -66,13 +66,21 @@ def int8(model: onnx.ModelProto, config: Int8Config, ctx: Context) -> StepOutcom
     if result.chosen is None:
         raise EdgekitError(f"int8 quantization failed: {result.why}")
     chosen = result.chosen
+    if result.chosen_ort is not None and "onnx" not in ctx.formats:
+        chosen = result.chosen_ort  # the .onnx is only the .ort's parity reference here: quantize for the .ort
     quantized = onnx.load(str(chosen.path))
     after = weight_stats(quantized)
     record["weights"] = {"before": stats.to_dict(), "after": after.to_dict()}
     if after.float_params and after.quantized_share < 0.9:
         left = after.float_params
         ctx.say(f"warning: {left:,} weight values stay fp32 ({1 - after.quantized_share:.0%} of weights): they are in ops ORT does not quantize")
+    format_models = {}
+    alt = result.chosen_ort
+    if alt is not None and alt is not chosen:
+        alt_extra = {"candidate": alt.candidate.name} | ({"session_config": alt.session_config} if alt.session_config else {})
+        format_models["ort"] = (onnx.load(str(alt.path)), alt_extra)
     return StepOutcome(
-        quantized, "int8", record, artifact_extra={"session_config": chosen.session_config} if chosen.session_config else {},
-        tag="int8", failed_bound=None if result.met_bound else result.why,
+        quantized, "int8", record,
+        artifact_extra={"candidate": chosen.candidate.name} | ({"session_config": chosen.session_config} if chosen.session_config else {}),
+        tag="int8", failed_bound=None if result.met_bound else result.why, format_models=format_models,
     )

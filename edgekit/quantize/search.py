@@ -2,9 +2,10 @@
 
 Never slower, never silently worse: every candidate is built, run over the evaluation data and
 timed with the same settings as the fp32 baseline. When the run ships an ``.ort`` too, each
-candidate's ``.ort`` is converted and timed as well, and a candidate is judged by the slower of
-the two: an ``.ort`` is not re-optimized at load, so a weight-only model that is as fast as fp32
-as ``.onnx`` (its weights are folded to float at load) dequantizes on every run as ``.ort``.
+candidate's ``.ort`` is converted and timed as well, and the ``.ort`` gets the candidate that is
+fastest *as .ort*: an ``.ort`` is not re-optimized at load, so a weight-only model that is as fast
+as fp32 as ``.onnx`` (its weights are folded to float at load) dequantizes on every run as
+``.ort``, where a static QOperator model may win. Each artifact is the best int8 for its form.
 The search is bounded in time; candidates not reached are listed as skipped, with the reason.
 """
 
@@ -52,11 +53,7 @@ class CandidateResult:
     backend: OrtBackend | None = field(default=None, repr=False)  # kept until the interleaved timing
     ort_backend: OrtBackend | None = field(default=None, repr=False)
     ort_latency: Latency | None = None
-
-    @property
-    def p50_ms(self) -> float:
-        """The latency the candidate is judged by: the slower of its .onnx and (when shipped) .ort."""
-        return max(self.latency.p50_ms, self.ort_latency.p50_ms if self.ort_latency else 0.0)
+    ort_size_bytes: int = 0
 
     @property
     def session_config(self) -> dict[str, str]:
@@ -74,6 +71,7 @@ class CandidateResult:
             if baseline and self.latency:
                 d["latency_ratio"] = round(self.latency.p50_ms / baseline.p50_ms, 4)
             if self.ort_latency:
+                d["ort_size_bytes"] = self.ort_size_bytes
                 d["ort_latency"] = self.ort_latency.to_dict()
                 if baseline:
                     d["ort_latency_ratio"] = round(self.ort_latency.p50_ms / baseline.p50_ms, 4)
@@ -95,11 +93,19 @@ class SearchResult:
     slower_than_fp32: bool
     why: str
     notes: list[str] = field(default_factory=list)
+    #: the candidate the .ort is converted from (None: the .ort is not shipped, or no candidate made one)
+    chosen_ort: CandidateResult | None = None
+    why_ort: str = ""
+    ort_slower_than_fp32: bool = False
 
     def to_dict(self) -> dict:
+        ort = {}
+        if self.chosen_ort is not None:
+            ort = {"chosen_ort": self.chosen_ort.candidate.name, "why_ort": self.why_ort, "ort_slower_than_fp32": self.ort_slower_than_fp32}
         return {
             "chosen": self.chosen.candidate.name if self.chosen else None,
             "why": self.why,
+            **ort,
             "met_accuracy_bound": self.met_bound,
             "slower_than_fp32": self.slower_than_fp32,
             "max_drop_pts": self.max_drop,
@@ -169,7 +175,12 @@ def search(
         r.backend = r.ort_backend = None
     if on_progress:
         on_progress("int8 candidates measured", 1.0)
-    return _choose(results, lat["fp32"], baseline_size, max_drop)
+    result = _choose(results, lat["fp32"], baseline_size, max_drop)
+    as_ort = [r for r in results if r.status == "ok" and r.ort_latency is not None]
+    if as_ort and result.chosen is not None:
+        ort = _choose(as_ort, lat["fp32"], baseline_size, max_drop, form=_AS_ORT)
+        result.chosen_ort, result.why_ort, result.ort_slower_than_fp32 = ort.chosen, ort.why, ort.slower_than_fp32
+    return result
 
 
 def _try(cand, fp32_path, workdir, eval_data, calib_data, calib_batch, scalar, method, cache, exclude, ref_outputs,
@@ -189,17 +200,18 @@ def _try(cand, fp32_path, workdir, eval_data, calib_data, calib_batch, scalar, m
     stats = weight_stats(model)
     # the artifact is stored compactly (edgekit.export.compact): compare candidates by the size they will have
     size = compact(model)[0].ByteSize()
-    ort_backend = None
+    ort_backend, ort_size = None, 0
     if ort:
         with contextlib.suppress(Exception):  # a failing .ort conversion is the exporter's to report; judge the .onnx
-            ort_backend = OrtBackend(_ort_of(out, workdir), threads=threads)
+            ort_path = _ort_of(out, workdir)
+            ort_backend, ort_size = OrtBackend(ort_path, threads=threads), ort_path.stat().st_size
     accepted = bool(np.isfinite(quality.drop) and quality.drop <= max_drop + 1e-9)
     reason = "" if accepted else f"loses {quality.drop:.2f} pts (bound {max_drop:g})"
     if stats.quantized_share < MIN_QUANTIZED_SHARE:
         # never pass a mostly-fp32 model off as int8
         accepted, reason = False, f"only {stats.quantized_share:.0%} of weights int8"
     return CandidateResult(cand, "ok", reason, path=out, size_bytes=size, quality=quality, stats=stats, accepted=accepted,
-                           seconds=time.monotonic() - t0, backend=backend, ort_backend=ort_backend)
+                           seconds=time.monotonic() - t0, backend=backend, ort_backend=ort_backend, ort_size_bytes=ort_size)
 
 
 def _ort_of(onnx_path: Path, workdir: Path) -> Path:
@@ -210,34 +222,49 @@ def _ort_of(onnx_path: Path, workdir: Path) -> Path:
     return convert_to_ort(onnx_path, out_dir, onnx_path.stem)[0]
 
 
-def _choose(results: list[CandidateResult], baseline: Latency, baseline_size: int, max_drop: float) -> SearchResult:
+@dataclass(frozen=True)
+class _Form:
+    """How candidates are judged for one artifact form: its latency and its size."""
+
+    label: str
+    latency: Callable[[CandidateResult], float]
+    size: Callable[[CandidateResult], int]
+
+
+_AS_ONNX = _Form("", lambda r: r.latency.p50_ms, lambda r: r.size_bytes)
+_AS_ORT = _Form(" as .ort", lambda r: r.ort_latency.p50_ms, lambda r: r.ort_size_bytes)
+
+
+def _choose(results: list[CandidateResult], baseline: Latency, baseline_size: int, max_drop: float,
+            form: _Form = _AS_ONNX) -> SearchResult:
     ok = [r for r in results if r.status == "ok"]
     if not ok:
         reasons = "; ".join(f"{r.candidate.name}: {r.reason}" for r in results)
         return SearchResult(None, results, baseline, baseline_size, max_drop, False, False, f"no int8 candidate could be built ({reasons})")
+    lat, size = form.latency, form.size
     accepted = [r for r in ok if r.accepted]
     if accepted:
-        best = min(accepted, key=lambda r: (r.p50_ms, r.size_bytes))
+        best = min(accepted, key=lambda r: (lat(r), size(r)))
         # latency differences within the noise band are not real: prefer the smaller file among them
-        near = [r for r in accepted if r.p50_ms <= best.p50_ms * (1 + NOISE)]
-        best = min(near, key=lambda r: (r.size_bytes, r.p50_ms))
-        ratio = best.p50_ms / baseline.p50_ms
+        near = [r for r in accepted if lat(r) <= lat(best) * (1 + NOISE)]
+        best = min(near, key=lambda r: (size(r), lat(r)))
+        ratio = lat(best) / baseline.p50_ms
         slower = ratio > 1 + NOISE
-        faster_rejected = [r for r in ok if not r.accepted and r.p50_ms < best.p50_ms]
-        why = (f"fastest of {len(accepted)} candidate(s) within the {max_drop:g}-pt bound (smallest within {NOISE:.0%} of the fastest): "
-               f"{ratio:.2f}x fp32 latency{' (the slower of its .onnx and .ort)' if best.ort_latency else ''}")
+        faster_rejected = [r for r in ok if not r.accepted and lat(r) < lat(best)]
+        why = (f"fastest{form.label} of {len(accepted)} candidate(s) within the {max_drop:g}-pt bound (smallest within {NOISE:.0%} "
+               f"of the fastest): {ratio:.2f}x fp32 latency")
         if faster_rejected:
             f = faster_rejected[0]
             why += f"; {f.candidate.name} was faster but lost {f.quality.drop:.2f} pts"
         if slower:
-            why += (f". Every accurate int8 candidate ran slower than fp32 on this CPU "
+            why += (f". Every accurate int8 candidate ran slower{form.label} than fp32 on this CPU "
                     f"(best {ratio:.2f}x): this CPU/model gains size, not speed, from int8 here")
         return SearchResult(best, results, baseline, baseline_size, max_drop, True, slower, why)
-    best = min(ok, key=lambda r: (r.quality.drop, r.p50_ms))
+    best = min(ok, key=lambda r: (r.quality.drop, lat(r)))
     why = (f"no candidate met the {max_drop:g}-pt accuracy bound; kept the most accurate, {best.candidate.name}, "
            f"which loses {best.quality.drop:.2f} pts. Try --max-drop, more/representative --data, "
            "--calibration entropy|percentile, or --exclude the most sensitive nodes")
-    return SearchResult(best, results, baseline, baseline_size, max_drop, False, best.p50_ms > baseline.p50_ms * (1 + NOISE), why)
+    return SearchResult(best, results, baseline, baseline_size, max_drop, False, lat(best) > baseline.p50_ms * (1 + NOISE), why)
 
 
 def _line(e: BaseException) -> str:

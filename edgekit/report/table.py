@@ -85,6 +85,8 @@ def render_search(report: dict[str, Any], console: Console) -> None:
         if not search:
             continue
         console.print(f"int8: chose [bold]{search['chosen']}[/bold] — {search['why']}", soft_wrap=True)
+        if search.get("chosen_ort") and search["chosen_ort"] != search["chosen"]:
+            console.print(f"      .ort: chose [bold]{search['chosen_ort']}[/bold] — {search['why_ort']}", soft_wrap=True)
         with_ort = any(c.get("ort_latency_ratio") is not None for c in search["candidates"])
         tried = ", ".join(_candidate(c) for c in search["candidates"])
         what = "latency × fp32 .onnx/.ort" if with_ort else "latency × fp32"

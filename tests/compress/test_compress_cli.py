@@ -58,25 +58,41 @@ def test_int8_static_keeps_accuracy_and_shrinks(digits_int8):
     assert weights["quantized_share"] > 0.95 and weights["quantized_nodes"] == weights["weighted_nodes"] == 5
 
 
-def test_int8_search_keeps_the_fastest_accepted_candidate(digits_int8):
+def _fastest_then_smallest(candidates: list[dict], latency, size) -> set[str]:
+    """Names the search may choose: fastest accepted, ties within the 5% noise band go to the smallest file."""
+    fastest = min(latency(c) for c in candidates)
+    band = [c for c in candidates if latency(c) <= fastest * 1.05 + 1e-4]  # JSON rounds latencies to 0.1 µs
+    strict = [c for c in candidates if latency(c) <= fastest * 1.05 - 1e-4]
+    smallest = min(size(c) for c in strict)
+    return {c["name"] for c in band if size(c) <= smallest}
+
+
+def test_int8_search_keeps_the_fastest_accepted_candidate_for_each_artifact(digits_int8):
     out, _ = digits_int8
     search = json.loads((out / "report.json").read_text())["steps"][0]["result"]["search"]
     ok = [c for c in search["candidates"] if c["status"] == "ok"]
     assert {c["name"] for c in ok} >= {"static-qdq-u8s8-perchannel", "static-qdq-s8s8-perchannel", "dynamic", "weight-only"}
     accepted = [c for c in ok if c["accepted"]]
-    chosen = next(c for c in ok if c["name"] == search["chosen"])
-    assert chosen["accepted"]
-    # the run ships an .ort too: every candidate's .ort was timed, and a candidate is judged by the slower of the two
-    assert all(c["ort_latency"]["p50_ms"] > 0 for c in ok)
-
-    def judged(c):
-        return max(c["latency"]["p50_ms"], c["ort_latency"]["p50_ms"])
-
-    fastest = min(judged(c) for c in accepted)
-    assert judged(chosen) <= fastest * 1.05 + 1e-4  # size tie-break band; JSON rounds to 0.1 µs
-    near = [c for c in accepted if judged(c) <= fastest * 1.05 - 1e-4]
-    assert chosen["size_bytes"] <= min(c["size_bytes"] for c in near)
     assert search["met_accuracy_bound"] is True
+    # the .onnx: fastest as .onnx
+    assert search["chosen"] in _fastest_then_smallest(accepted, lambda c: c["latency"]["p50_ms"], lambda c: c["size_bytes"])
+    # the run ships an .ort too: every candidate's .ort was converted and timed, and the .ort gets the fastest as .ort
+    assert all(c["ort_latency"]["p50_ms"] > 0 and c["ort_size_bytes"] > 0 for c in ok)
+    assert search["chosen_ort"] in _fastest_then_smallest(accepted, lambda c: c["ort_latency"]["p50_ms"], lambda c: c["ort_size_bytes"])
+    m = load_manifest(out)
+    assert m.artifact("digits.int8.onnx").extra["candidate"] == search["chosen"]
+    assert m.artifact("digits.int8.ort").extra["candidate"] == search["chosen_ort"]
+    ort_parity = m.metrics["digits.int8.ort"]["parity"]
+    assert ort_parity["ok"] and ort_parity["agreement"] == 100.0
+
+
+def test_weight_only_is_never_the_ort_when_a_static_candidate_is_accepted(digits_int8):
+    """A weight-only .ort dequantizes its weights on every run (ORT-format models are not re-optimized at load)."""
+    out, _ = digits_int8
+    search = json.loads((out / "report.json").read_text())["steps"][0]["result"]["search"]
+    wo = next(c for c in search["candidates"] if c["name"] == "weight-only")
+    assert wo["ort_latency"]["p50_ms"] > wo["latency"]["p50_ms"] * 1.3  # measured, the reason for a per-format choice
+    assert search["chosen_ort"] != "weight-only"
 
 
 def test_manifest_records_signature_steps_profile_and_selftests(digits_int8):
