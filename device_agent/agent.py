@@ -261,27 +261,28 @@ class Agent:
             raise NotReady(f"the agent is not ready: {self._ready_reason}")
         try:
             arrays = self.validator.coerce(inputs)
-            if self._tracked_inputs:
-                # summaries are computed later, off the request path (caller-owned arrays are copied)
-                tracked = arrays if self._tracked_inputs.issuperset(arrays) else {k: v for k, v in arrays.items() if k in self._tracked_inputs}
-                self.window.observe(tracked, owned=not any(v is inputs.get(k) for k, v in tracked.items()))
-            self.validator.check_finite(arrays)
         except InvalidInput as e:
             self._count_error(e.kind)
+            raise
+        tracked = arrays if self._tracked_inputs else None  # the window ignores untracked inputs
+        try:
+            self.validator.check_finite(arrays)
+        except InvalidInput as e:
+            self._count_error(e.kind, inputs=tracked)  # rejected NaN inputs count in the features' "nan" too
             raise
         model = self.model  # one read: a request finishes on the model it started on, even across an OTA swap
         t0 = time.perf_counter()
         try:
             outputs = model.run(arrays)
         except BackendError:
-            self._count_error("runtime")
+            self._count_error("runtime", inputs=tracked)
             if self.updater is not None:
                 self.updater.observe(model, arrays, None, None, "runtime")
             raise
         dt = time.perf_counter() - t0
         if self.updater is not None:
             self.updater.observe(model, arrays, outputs, dt)
-        self.window.record(dt)
+        self.window.record(dt, inputs=tracked)  # one lock for the request count, latency and features
         first = next(iter(arrays.values()))
         self.metrics.prediction(dt, int(first.shape[0]) if first.ndim else 1)
         scores = outputs.get(self._scores_name) if self._scores_name else None
@@ -325,8 +326,8 @@ class Agent:
                                    "this model is not a classifier: feedback labels cannot be joined") for item in items]
         return self.feedback.submit_many(items)
 
-    def _count_error(self, kind: str) -> None:
-        self.window.record(None, error=kind)
+    def _count_error(self, kind: str, *, inputs: Mapping[str, np.ndarray] | None = None) -> None:
+        self.window.record(None, error=kind, inputs=inputs)
         self.metrics.error(kind)
 
     # --- information -------------------------------------------------------------------------------

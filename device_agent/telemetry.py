@@ -8,14 +8,16 @@ Two views of the same events:
 - :class:`Metrics` — cumulative counters and a fixed-bucket latency histogram since start, for
   ``GET /metrics`` (Prometheus text format 0.0.4).
 
-The request path stays cheap: it records a latency and keeps a reference to the validated
-inputs; the binning runs batched, off the request path (``Window.drain``, called by the
-telemetry thread), unless too much is pending, when the caller drains (back-pressure, bounded).
+The request path stays cheap: it appends the latency to a list and copies the tracked input
+values into a preallocated block (one slice assignment); whole blocks are binned at once — one
+vectorised comparison per bin edge over thousands of values — when a block fills or the window
+closes. The summaries are exact: the same counts and moments as binning every request alone.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import threading
 import time
@@ -30,10 +32,14 @@ from device_agent.protocol import FeatureWindow, LatencySummary
 
 __all__ = ["FeatureTracker", "LatencySketch", "Metrics", "Window", "select_features"]
 
-#: inputs pending summary before the request thread summarises itself (elements, all inputs)
-MAX_PENDING_ELEMENTS = 4 << 20
-#: requests with more elements than this are reduced to per-feature samples on arrival
-LARGE_INPUT_ELEMENTS = 16 << 10
+#: values in a feature block (samples × tracked values per sample); a full block is binned at once
+BLOCK_VALUES = 1 << 18
+#: samples in a block at most
+BLOCK_ROWS = 4096
+#: values of requests outside the block's layout pending before the request thread bins them
+MAX_PENDING_VALUES = 4 << 20
+#: latencies buffered before they are folded into the sketch, vectorised
+LATENCY_BATCH = 1024
 _SIG = 6  # significant digits of floats in telemetry (keeps the payload small)
 
 
@@ -72,6 +78,21 @@ class LatencySketch:
             self.max = x
         if x < self.min:
             self.min = x
+
+    def add_many(self, values: list[float] | np.ndarray) -> None:
+        """``add`` for many values at once (vectorised: the request path only appends to a list)."""
+        x = np.asarray(values, dtype=np.float64)
+        if not x.size:
+            return
+        idx = np.ceil(np.log(np.maximum(x, self.floor)) / self._lg).astype(np.int64)
+        keys, counts = np.unique(idx, return_counts=True)
+        buckets = self.buckets
+        for i, c in zip(keys.tolist(), counts.tolist(), strict=True):
+            buckets[i] = buckets.get(i, 0) + c
+        self.count += x.size
+        self.sum += float(x.sum())
+        self.max = max(self.max, float(x.max()))
+        self.min = min(self.min, float(x.min()))
 
     def quantile(self, q: float) -> float:
         """Value at quantile ``q`` (0..1); 0.0 when empty."""
@@ -121,14 +142,122 @@ def select_features(features: tuple[FeatureProfile, ...], inputs: tuple[TensorSp
     return out, left
 
 
+class _Part:
+    """What one input contributes to a block row: per sample, the tracked features' values gathered
+    from the flattened sample into consecutive columns, feature after feature.
+
+    ``select`` is None when the features cover the whole sample in order (a copy of the sample),
+    a slice when the gather is an arithmetic progression (strided channels: basic indexing, a view),
+    else an index array."""
+
+    __slots__ = ("columns", "dtype", "features", "name", "sample_shape", "select", "size", "spans")
+
+    def __init__(self, name: str, sample_shape: tuple[int, ...], dtype: np.dtype, features: list[tuple[int, FeatureProfile]],
+                 max_values: int) -> None:
+        self.name = name
+        self.sample_shape = sample_shape
+        self.dtype = dtype
+        self.size = math.prod(sample_shape)
+        base = np.arange(self.size).reshape(sample_shape)
+        sels: list[np.ndarray] = []
+        self.features: list[int] = []
+        for j, f in features:
+            if f.axis == 0 or not sample_shape:  # the profile's "whole tensor is one feature" (1-D and scalar inputs)
+                sel = base.reshape(-1)
+            elif f.axis - 1 < len(sample_shape) and f.index < sample_shape[f.axis - 1]:
+                sel = base[(slice(None),) * (f.axis - 1) + (f.index,)].reshape(-1)
+            else:  # the index lies beyond this request's (symbolic) dim: nothing to bin
+                continue
+            if sel.size > max_values:  # large images: a fixed stride per sample
+                sel = sel[:: -(-sel.size // max_values)]
+            if sel.size:
+                sels.append(sel)
+                self.features.append(j)
+        bounds = np.cumsum([0] + [s.size for s in sels])
+        self.spans = [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+        gather = np.concatenate(sels) if sels else np.zeros(0, np.intp)
+        self.columns = int(gather.size)
+        self.select: slice | np.ndarray | None = None
+        if not np.array_equal(gather, np.arange(self.size)):
+            self.select = _as_slice(gather)
+
+    def gather(self, x: np.ndarray) -> np.ndarray:
+        """The (samples, columns) values of ``x`` (a view when it can be)."""
+        flat = x.reshape(x.shape[0] if x.ndim else 1, self.size)
+        return flat if self.select is None else flat[:, self.select]
+
+
+def _as_slice(idx: np.ndarray) -> slice | np.ndarray:
+    if idx.size == 1:
+        return slice(int(idx[0]), int(idx[0]) + 1)
+    step = int(idx[1] - idx[0])
+    if step > 0 and bool((np.diff(idx) == step).all()):
+        return slice(int(idx[0]), int(idx[-1]) + 1, step)
+    return idx
+
+
+class _Layout:
+    """Where the tracked features sit in a block, for one set of per-sample shapes and dtypes."""
+
+    __slots__ = ("key", "parts")
+
+    def __init__(self, key: tuple, parts: list[_Part]) -> None:
+        self.key = key
+        self.parts = parts
+
+    def rows(self, xs: list[np.ndarray]) -> int | None:
+        """Samples in the request when all its tracked inputs agree (else None)."""
+        rows = {x.shape[0] if x.ndim else 1 for x in xs}
+        return rows.pop() if len(rows) == 1 else None
+
+
+class _Block:
+    """A preallocated buffer of feature values, one row per sample, binned when full.
+
+    ``fast`` is set for the common case (one tracked input whose features cover its samples whole):
+    a one-sample request is then copied with one assignment to a premade row view (``slots``),
+    about half the cost of a slice assignment."""
+
+    __slots__ = ("bufs", "cap", "dtype", "fast", "layout", "name", "one", "rows", "slots")
+
+    def __init__(self, layout: _Layout, *, single_input: bool) -> None:
+        self.layout = layout
+        cols = sum(p.columns for p in layout.parts)
+        self.cap = max(1, min(BLOCK_ROWS, BLOCK_VALUES // max(cols, 1)))
+        self.bufs = [np.empty((self.cap, p.columns), p.dtype) for p in layout.parts]
+        self.rows = 0
+        part = layout.parts[0]
+        self.fast = single_input and len(layout.parts) == 1 and part.select is None
+        self.name, self.dtype, self.one = part.name, part.dtype, (1, *part.sample_shape)
+        self.slots = [row.reshape(self.one) for row in np.split(self.bufs[0], self.cap)] if self.fast else []
+
+    def put(self, xs: list[np.ndarray], start: int, count: int) -> None:
+        """Copy samples ``start:start+count`` of the request into the next rows."""
+        r = self.rows
+        for buf, part, x in zip(self.bufs, self.layout.parts, xs, strict=True):
+            buf[r:r + count] = part.gather(x)[start:start + count]
+        self.rows = r + count
+
+
 class FeatureTracker:
-    """Per-feature bin counts and moments over the reference edges, accumulated until ``take``."""
+    """Per-feature bin counts and moments over the reference edges, accumulated until ``take``.
+
+    Values arrive in blocks (:class:`Window` fills them) or whole batches (:meth:`add`); either
+    way each feature is binned with one vectorised pass per edge over many samples at once."""
 
     def __init__(self, features: list[FeatureProfile], *, max_values_per_feature: int = 1024) -> None:
         self.features = features
         self.max_values = max_values_per_feature
         self._edges = [np.asarray(f.edges, dtype=np.float64) for f in features]
-        self._inputs = {f.input for f in features}
+        # float32 values are compared with float32 thresholds (half the memory traffic: ~25 % of the
+        # binning time): for a float32 v, v >= e exactly when v >= (the least float32 >= e), and
+        # v > e exactly when v > (the greatest float32 <= e), so the counts are the float64 ones
+        self._ge32 = [_f32_bound(e[:-1], up=True) for e in self._edges]
+        self._gt32 = [_f32_bound(e[-1:], up=False)[0] for e in self._edges]
+        self._inputs = list(dict.fromkeys(f.input for f in features))
+        self._layouts: dict[tuple, _Layout] = {}
+        self._mask = np.empty(0, bool)
+        self._dev = np.empty(0, np.float64)
         self.reset()
 
     def reset(self) -> None:
@@ -145,88 +274,105 @@ class FeatureTracker:
         self.max = np.full(k, -np.inf)
         self.samples = 0
 
+    @property
+    def single_input(self) -> bool:
+        return len(self._inputs) == 1
+
+    def layout(self, arrays: Mapping[str, np.ndarray]) -> _Layout | None:
+        """The block layout of a request's tracked inputs (cached per shapes and dtypes); None when
+        no tracked feature can be read from them."""
+        xs = [(name, arrays[name]) for name in self._inputs if name in arrays]
+        key = tuple((name, x.ndim, x.shape[1:], x.dtype) for name, x in xs)
+        lay = self._layouts.get(key)
+        if lay is None:
+            parts = []
+            for name, x in xs:
+                feats = [(j, f) for j, f in enumerate(self.features) if f.input == name]
+                part = _Part(name, tuple(x.shape[1:]), x.dtype, feats, self.max_values)
+                if part.columns:
+                    parts.append(part)
+            if len(self._layouts) >= 64:  # symbolic dims that vary per request: keep the cache bounded
+                self._layouts.clear()
+            lay = self._layouts[key] = _Layout(key, parts)
+        return lay if lay.parts else None
+
     def add(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Summarise a batch (source layout, sample axis first)."""
-        first = next(iter(arrays.values()), None)
-        if first is not None and first.ndim:
-            self.samples += int(first.shape[0])
-        for j, f in enumerate(self.features):
-            x = arrays.get(f.input)
-            if x is None:
-                continue
-            if x.ndim == 0:
-                v = x.reshape(1)
-            else:
-                v = np.take(x, f.index, axis=f.axis) if x.ndim > 1 or f.axis else x
-                rows = v.shape[0] if v.ndim else 1
-                v = v.reshape(rows, -1)
-                if v.shape[1] > self.max_values:  # large images: a fixed stride per sample
-                    v = v[:, :: -(-v.shape[1] // self.max_values)]
-                v = v.reshape(-1)
-            self._add_values(j, v.astype(np.float64, copy=False))
+        lay = self.layout(arrays)
+        if lay is not None:
+            values = [p.gather(arrays[p.name]) for p in lay.parts]
+            self.add_block(lay, values, values[0].shape[0])
 
-    def extract(self, arrays: Mapping[str, np.ndarray]) -> list[np.ndarray | None]:
-        """Per feature, the (strided) values of one request, copied: small enough to keep for later."""
-        out: list[np.ndarray | None] = []
-        for f in self.features:
-            x = arrays.get(f.input)
-            if x is None or x.ndim < 2:
-                out.append(None if x is None else x.reshape(-1).copy())
-                continue
-            v = x[(slice(None),) * f.axis + (f.index,)]  # basic indexing: a view, no copy of the tensor
-            v = v.reshape(v.shape[0], -1)
-            if v.shape[1] > self.max_values:
-                v = v[:, :: -(-v.shape[1] // self.max_values)]
-            out.append(np.array(v, copy=True).reshape(-1))
-        return out
-
-    def add_extracted(self, batches: list[list[np.ndarray | None]], samples: int) -> None:
-        """Add what :meth:`extract` returned for several requests."""
+    def add_block(self, layout: _Layout, values: list[np.ndarray], samples: int) -> None:
+        """Add (samples, columns) values per part of ``layout`` (a filled block or gathered requests)."""
         self.samples += samples
-        for j in range(len(self.features)):
-            parts = [b[j] for b in batches if b[j] is not None]
-            if parts:
-                self._add_values(j, np.concatenate(parts).astype(np.float64, copy=False))
+        for part, v in zip(layout.parts, values, strict=True):
+            if v.dtype != np.float32 and v.dtype != np.float64:
+                v = v.astype(np.float64)  # ints (exact below 2**53), float16, byte-swapped floats
+            step = max(1, BLOCK_VALUES // part.columns)  # bounds the scratch memory for a large backlog
+            for j, (a, b) in zip(part.features, part.spans, strict=True):
+                for r in range(0, v.shape[0], step):
+                    self._add_values(j, v[r:r + step, a:b])
+
+    def _scratch(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        # reused, never reallocated per block: a fresh ~1 MB temporary costs more in page faults
+        # than the binning itself
+        size = math.prod(shape)
+        if self._mask.size < size:
+            self._mask = np.empty(size, bool)
+            self._dev = np.empty(size, np.float64)
+        return self._mask[:size].reshape(shape), self._dev[:size].reshape(shape)
 
     def _add_values(self, j: int, v: np.ndarray) -> None:
-        self.n[j] += v.size
+        """Fold feature ``j``'s values (float32 or float64, any shape) into the summary."""
+        n = v.size
+        self.n[j] += n
+        mask, dev = self._scratch(v.shape)
+        np.copyto(dev, v)  # float64: the sums and deviations are computed in float64
+        x = dev
         with np.errstate(over="ignore", invalid="ignore"):
-            total = v.sum()
-        fin = v if np.isfinite(total) else v[np.isfinite(v)]  # one pass when there is nothing to remove
-        self.nan[j] += v.size - fin.size
-        if not fin.size:
+            total = float(x.sum())
+        if not math.isfinite(total):  # NaN/inf (or an overflow) present: keep the finite values only
+            ok = np.isfinite(v)
+            v, x = v[ok], x[ok]
+            mask = mask[ok]
+            with np.errstate(over="ignore", invalid="ignore"):
+                total = float(x.sum())
+        self.nan[j] += n - v.size
+        if not v.size:
             return
         e = self._edges[j]
+        f32 = v.dtype == np.float32
         # bins are [e[i], e[i+1]) except the last, which is closed (as in np.histogram); below e[0] is
         # the underflow, above e[-1] the overflow
-        over = int(np.count_nonzero(fin > e[-1]))
+        over = int(np.count_nonzero(np.greater(v, self._gt32[j] if f32 else e[-1], out=mask)))
         if len(e) <= 64:
             # few edges (the profile's ~10 quantile bins): one vectorised comparison per edge is ~10x
             # faster than a binary search per value
-            ge = np.fromiter((np.count_nonzero(fin >= t) for t in e[:-1]), np.int64, len(e) - 1)
-            inside = np.append(ge, over)  # ge[i] = values ≥ e[i]; the last bin ends at "> e[-1]"
+            ge = [int(np.count_nonzero(np.greater_equal(v, t, out=mask))) for t in (self._ge32[j] if f32 else e[:-1])]
+            inside = np.array([*ge, over], np.int64)  # ge[i] = values ≥ e[i]; the last bin ends at "> e[-1]"
             self.counts[j] += inside[:-1] - inside[1:]
-            self.under[j] += fin.size - int(ge[0])
+            self.under[j] += v.size - ge[0]
         else:
-            slots = np.bincount(np.searchsorted(e, fin, side="right"), minlength=len(e) + 1)
-            on_last = int(np.count_nonzero(fin == e[-1]))
-            slots[-2] += on_last
+            slots = np.bincount(np.searchsorted(e, x.reshape(-1), side="right"), minlength=len(e) + 1)
+            slots[-2] += int(np.count_nonzero(x == e[-1]))
             self.counts[j] += slots[1:-1]
             self.under[j] += int(slots[0])
         self.over[j] += over
+        lo, hi = float(v.min()), float(v.max())
         # Chan et al.'s parallel update of mean and M2 (stable for long windows)
-        n_b = fin.size
-        mean_b = float(fin.sum()) / n_b if fin is not v else float(total) / n_b
-        d = fin - mean_b
-        m2_b = float(np.square(d, out=d).sum())  # not np.dot: BLAS would wake its own threads next to ORT's
+        n_b = v.size
+        mean_b = total / n_b
+        x -= mean_b  # in place: x is scratch (or the finite values' copy)
+        m2_b = float(np.square(x, out=x).sum())  # not np.dot: BLAS would wake its own threads next to ORT's
         n_a = int(self.fin[j])
-        n = n_a + n_b
-        delta = mean_b - self.mean[j]
-        self.mean[j] += delta * n_b / n
-        self.m2[j] += m2_b + delta * delta * n_a * n_b / n
-        self.fin[j] = n
-        self.min[j] = min(self.min[j], float(fin.min()))
-        self.max[j] = max(self.max[j], float(fin.max()))
+        n_ab = n_a + n_b
+        delta = mean_b - float(self.mean[j])
+        self.mean[j] += delta * n_b / n_ab
+        self.m2[j] += m2_b + delta * delta * n_a * n_b / n_ab
+        self.fin[j] = n_ab
+        self.min[j] = min(float(self.min[j]), lo)
+        self.max[j] = max(float(self.max[j]), hi)
 
     def take(self) -> tuple[list[FeatureWindow], int]:
         """Summaries since the last take, and the number of samples they cover; then reset."""
@@ -244,117 +390,159 @@ class FeatureTracker:
         return out, samples
 
 
+def _f32_bound(edges: np.ndarray, *, up: bool) -> list[np.float32]:
+    """Per edge, the least float32 ≥ it (``up``) or the greatest float32 ≤ it."""
+    with np.errstate(over="ignore"):
+        b = edges.astype(np.float32)
+    wrong = b.astype(np.float64) < edges if up else b.astype(np.float64) > edges
+    b[wrong] = np.nextafter(b[wrong], np.float32(np.inf if up else -np.inf))
+    return list(b)
+
+
 class Window:
-    """One telemetry window; thread-safe. ``close()`` returns the window's content and starts the next."""
+    """One telemetry window; thread-safe. ``close()`` returns the window's content and starts the next.
+
+    Request path: :meth:`observe` copies the tracked values into the current block (one slice
+    assignment in the common case) and :meth:`record` appends the latency to a list. A full block
+    is binned by the request that filled it, outside the request lock; a partial block is binned
+    when the window closes, so every window covers exactly the requests observed in it.
+    """
 
     def __init__(self, tracker: FeatureTracker | None = None, *, clock: Callable[[], float] = time.time) -> None:
         self.tracker = tracker
         self.clock = clock
-        self._lock = threading.Lock()
-        # small inputs wait here per input name (plain lists of arrays: no per-request dict that the
-        # garbage collector would have to walk), request i being index i of every list
-        self._pending: dict[str, list[np.ndarray]] = {}
-        self._pending_count = 0
-        self._extracted: list[list[np.ndarray | None]] = []  # large inputs: per-feature samples taken at once
-        self._extracted_samples = 0
-        self._pending_elements = 0
-        self._drain_lock = threading.Lock()
+        self._lock = threading.Lock()  # the request path: counters, latencies, the block
+        self._drain_lock = threading.Lock()  # the binning: tracker state, one thread at a time
+        self._block: _Block | None = None  # where requests of the block's layout go
+        self._spare: _Block | None = None  # a binned block, reused (no new buffer per block)
+        self._full: list[_Block] = []
+        # requests of another layout (symbolic dims, absent inputs): gathered per request, binned in drain
+        self._odd: list[tuple[_Layout, list[np.ndarray], int]] = []
+        self._odd_values = 0
+        self._latencies: list[float] = []
         self.latency = LatencySketch()
         self.start = clock()
         self.requests = 0
         self.errors: dict[str, int] = {}
 
-    def record(self, latency_s: float | None, *, error: str | None = None) -> None:
+    def record(self, latency_s: float | None, *, error: str | None = None, inputs: Mapping[str, np.ndarray] | None = None) -> None:
+        """Count a request: its latency (None when it failed), its error kind, and — when ``inputs``
+        are given — their tracked features (as :meth:`observe`, in the same critical section)."""
         with self._lock:
             self.requests += 1
             if latency_s is not None:
-                self.latency.add(latency_s)
+                lat = self._latencies
+                lat.append(latency_s)
+                if len(lat) >= LATENCY_BATCH:
+                    self.latency.add_many(lat)
+                    lat.clear()
             if error:
                 self.errors[error] = self.errors.get(error, 0) + 1
+            if inputs is None:
+                return
+            block = self._block
+            if block is not None and block.fast:  # the hot path: one sample of the block's shape
+                x = inputs.get(block.name)
+                if x is not None and x.dtype is block.dtype and x.shape == block.one and block.rows + 1 < block.cap:
+                    block.slots[block.rows][...] = x
+                    block.rows += 1
+                    return
+        self._observe(inputs)
 
-    def observe(self, arrays: Mapping[str, np.ndarray], *, owned: bool = True) -> None:
-        """Queue validated inputs for feature summaries (cheap; binning happens in ``drain``).
+    def observe(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Copy the tracked features of validated inputs (source layout, sample axis first) for
+        this window's summaries. The values are copied (the caller may reuse its arrays);
+        untracked inputs are ignored."""
+        self._observe(arrays)
 
-        Small inputs are kept whole (copied when ``owned`` is False: the caller may reuse its array);
-        large ones (images) are reduced right away to each feature's strided samples, so neither
-        the request nor the queue holds a copy of the tensor.
-        """
+    def _observe(self, arrays: Mapping[str, np.ndarray]) -> None:
         tracker = self.tracker
         if tracker is None or not tracker.features:
             return
-        size = sum(a.size for a in arrays.values())
-        if size > LARGE_INPUT_ELEMENTS:
-            first = next(iter(arrays.values()))
-            values = tracker.extract(arrays)
-            with self._lock:
-                self._extracted.append(values)
-                self._extracted_samples += int(first.shape[0]) if first.ndim else 1
-                self._pending_elements += sum(v.size for v in values if v is not None)
-                full = self._pending_elements > MAX_PENDING_ELEMENTS
-        else:
-            with self._lock:
-                pending = self._pending
-                for k, v in arrays.items():
-                    lst = pending.get(k)
-                    if lst is None:
-                        lst = pending[k] = [None] * self._pending_count  # an input first seen now
-                    lst.append(v if owned else v.copy())
-                self._pending_count += 1
-                for lst in pending.values():
-                    if len(lst) < self._pending_count:  # an input absent from this request
-                        lst.append(None)
-                self._pending_elements += size
-                full = self._pending_elements > MAX_PENDING_ELEMENTS
-        if full:
+        layout = tracker.layout(arrays)
+        if layout is None:
+            return
+        xs = [arrays[p.name] for p in layout.parts]
+        rows = layout.rows(xs)
+        with self._lock:
+            block = self._block
+            if block is None and rows is not None:
+                block = self._block = self._new_block(layout)
+            if block is not None and rows is not None and block.layout.key == layout.key:
+                done = 0
+                while done < rows:  # a batch larger than the room left spills into the next block
+                    count = min(rows - done, block.cap - block.rows)
+                    block.put(xs, done, count)
+                    done += count
+                    if block.rows == block.cap:
+                        self._full.append(block)
+                        block = self._block = self._new_block(layout)
+                pending = bool(self._full)
+            else:
+                values = [np.array(p.gather(x)) for p, x in zip(layout.parts, xs, strict=True)]  # copies
+                self._odd.append((layout, values, values[0].shape[0]))
+                self._odd_values += sum(v.size for v in values)
+                pending = self._odd_values > MAX_PENDING_VALUES
+        if pending:
             self.drain()
 
+    def _new_block(self, layout: _Layout) -> _Block:
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.layout.key == layout.key:
+            spare.rows = 0
+            return spare
+        return _Block(layout, single_input=self.tracker is not None and self.tracker.single_input)
+
     def drain(self) -> None:
-        """Bin everything pending. Runs off the request path; the request lock is held only to
-        swap the queue, never while binning (tracker state is guarded by the drain lock)."""
+        """Bin the full blocks and the odd requests waiting (the current block keeps filling)."""
         if self.tracker is None:
             return
         with self._drain_lock:
-            self._drain_locked()
+            with self._lock:
+                full, self._full = self._full, []
+                odd, self._odd, self._odd_values = self._odd, [], 0
+            self._bin(full, odd)
 
-    def _drain_locked(self) -> None:
+    def _bin(self, blocks: list[_Block], odd: list[tuple[_Layout, list[np.ndarray], int]]) -> None:
         tracker = self.tracker
-        with self._lock:
-            pending, count = self._pending, self._pending_count
-            self._pending, self._pending_count, self._pending_elements = {}, 0, 0
-            extracted, self._extracted = self._extracted, []
-            extracted_samples, self._extracted_samples = self._extracted_samples, 0
-        if extracted:
-            tracker.add_extracted(extracted, extracted_samples)
-        if not count:
-            return
-        try:  # the usual case: every request has the same non-batch shape, so one concatenate per input
-            batch = {k: np.concatenate(lst) for k, lst in pending.items()}
-        except (ValueError, TypeError):  # differing shapes (symbolic dims), scalars or absent inputs: one by one
-            for i in range(count):
-                tracker.add({k: lst[i] for k, lst in pending.items() if lst[i] is not None})
-            return
-        tracker.add(batch)
+        for b in blocks:
+            tracker.add_block(b.layout, [buf[:b.rows] for buf in b.bufs], b.rows)
+            with self._lock:
+                self._spare = b
+        groups: dict[tuple, list[tuple[_Layout, list[np.ndarray], int]]] = {}
+        for item in odd:
+            groups.setdefault(item[0].key, []).append(item)
+        for items in groups.values():
+            values = [np.concatenate([it[1][p] for it in items]) for p in range(len(items[0][0].parts))]
+            tracker.add_block(items[0][0], values, sum(it[2] for it in items))
 
     def close(self) -> dict[str, Any]:
-        """Drain, snapshot and reset. Returns the fields of a TelemetryMessage (without envelope)."""
+        """Snapshot and reset; bins what is pending. Returns the fields of a TelemetryMessage (without envelope)."""
         with self._drain_lock:
-            if self.tracker is not None:
-                self._drain_locked()
-            features, samples = self.tracker.take() if self.tracker else ([], 0)
-            with self._lock:
+            with self._lock:  # one critical section: the counters and the features cover the same requests
                 end = self.clock()
+                full, self._full = self._full, []
+                block = self._block
+                if block is not None and block.rows:
+                    full.append(block)
+                    self._block = self._new_block(block.layout)
+                odd, self._odd, self._odd_values = self._odd, [], 0
+                if self._latencies:
+                    self.latency.add_many(self._latencies)
+                    self._latencies.clear()
                 out = {
                     "window": {"start": round(self.start, 3), "end": round(end, 3)},
                     "requests": self.requests,
                     "errors": dict(self.errors),
                     "latency_ms": self.latency.summary(scale=1000.0),
-                    "features": features,
-                    "samples": samples,
                 }
                 self.start = end
                 self.requests = 0
                 self.errors = {}
                 self.latency.reset()
+            if self.tracker is not None:
+                self._bin(full, odd)
+            out["features"], out["samples"] = self.tracker.take() if self.tracker else ([], 0)
         return out
 
 

@@ -19,8 +19,6 @@ from device_agent.manifest import SCHEMA, SCHEMA_VERSION, TensorSpec, encode_ten
 from tests.conftest import wait_until  # noqa: F401 - re-exported for the agent tests
 
 
-
-
 def _spec(v: onnx.ValueInfoProto, layout: str | None = None, perm=None) -> dict:
     tt = v.type.tensor_type
     shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]

@@ -1,7 +1,9 @@
+import threading
 
 import numpy as np
 import pytest
 
+from device_agent import telemetry
 from device_agent.manifest import FeatureProfile, TensorSpec
 from device_agent.protocol import TELEMETRY_MAX_BYTES, encode
 from device_agent.telemetry import FeatureTracker, LatencySketch, Metrics, Window, select_features
@@ -105,7 +107,7 @@ def test_large_inputs_are_sampled_on_arrival_with_the_same_result():
     direct.add({"x": x})
     expected, _ = direct.take()
     w = Window(FeatureTracker(feats, max_values_per_feature=1000))
-    w.observe({"x": x}, owned=False)
+    w.observe({"x": x})
     x[:] = 99.0  # the caller reuses its buffer: the queued samples must not change
     got = w.close()
     assert got["samples"] == 2
@@ -128,3 +130,108 @@ def test_binning_matches_numpy_histogram(bins):
     assert f.counts == counts.tolist()
     assert f.under == int((fin < edges[0]).sum()) and f.over == int((fin > edges[-1]).sum()) and f.nan == 3
     assert f.n == live.size and sum(f.counts) + f.under + f.over + f.nan == f.n
+
+
+def _same(a, b):
+    """Feature windows equal field by field (exact: same counts, same rounded moments)."""
+    assert [w.__dict__ for w in a] == [w.__dict__ for w in b]
+
+
+def test_partial_block_is_flushed_into_the_window_that_closes(monkeypatch):
+    monkeypatch.setattr(telemetry, "BLOCK_ROWS", 8)  # 8 samples per block: 20 samples = 2 full blocks + 4
+    w = Window(FeatureTracker([feature()]), clock=iter([0.0, 10.0, 20.0]).__next__)
+    x = np.arange(20 * 8, dtype=np.float32).reshape(20, 1, 8) / 40  # 0, 0.025, ..., 3.975
+    for i in range(20):
+        w.record(0.001, inputs={"x": x[i:i + 1]})
+    assert w._block.rows == 4  # the partial block: not binned yet
+    out = w.close()
+    (f,) = out["features"]
+    assert out["samples"] == 20 and out["requests"] == 20 and f.n == 160
+    assert f.counts == [40, 40, 41] and f.under == 0 and f.over == 39  # 3.0 is in the last (closed) bin
+    assert f.min == 0.0 and f.max == 3.975 and f.mean == pytest.approx(x.mean(dtype=np.float64))
+    again = w.close()
+    assert again["samples"] == 0 and again["features"][0].n == 0  # nothing carried over into the next window
+
+
+def test_batched_and_single_requests_give_identical_summaries(monkeypatch):
+    monkeypatch.setattr(telemetry, "BLOCK_ROWS", 16)  # batches straddle block boundaries
+    rng = np.random.default_rng(7)
+    feats = [feature(), feature("x[1]", index=1, edges=(-1.0, 0.0, 0.5, 2.0))]
+    x = (rng.standard_normal((101, 2, 8)) * 2).astype(np.float32)
+    x[5, 0, 3] = np.nan
+    x[60, 1, 0] = -np.inf
+    single, batched = Window(FeatureTracker(feats)), Window(FeatureTracker(feats))
+    for i in range(101):
+        single.record(0.001, inputs={"x": x[i:i + 1]})
+    for a, b in [(0, 7), (7, 40), (40, 41), (41, 101)]:
+        batched.record(0.001, inputs={"x": x[a:b]})
+    s, b = single.close(), batched.close()
+    assert s["samples"] == b["samples"] == 101
+    _same(s["features"], b["features"])
+    f0 = s["features"][0]
+    assert f0.n == 808 and f0.nan == 1 and s["features"][1].nan == 1
+    fin = x[:, 0][np.isfinite(x[:, 0])].astype(np.float64)
+    assert f0.mean == pytest.approx(fin.mean(), rel=1e-5) and f0.std == pytest.approx(fin.std(), rel=1e-5)  # 6 digits sent
+
+
+def test_requests_of_another_shape_are_summarised_too():
+    """Symbolic dims: requests unlike the block's first one are gathered alone, binned at close."""
+    feats = [feature(edges=(0.0, 1.0, 2.0)), feature("x[2]", index=2, edges=(0.0, 1.0, 2.0))]
+    w = Window(FeatureTracker(feats))
+    a = np.full((2, 3, 4), 0.5, np.float32)
+    b = np.full((1, 2, 6), 1.5, np.float32)  # no channel 2: x[2] has nothing to bin in it
+    w.record(0.001, inputs={"x": a})
+    w.record(0.001, inputs={"x": b})
+    w.record(0.001, inputs={"x": a})
+    out = w.close()
+    f0, f2 = out["features"]
+    assert out["samples"] == 5
+    assert f0.n == 2 * 4 * 2 + 6 and f0.counts == [16, 6]
+    assert f2.n == 16 and f2.counts == [16, 0]
+
+
+def test_concurrent_requests_are_all_counted(monkeypatch):
+    monkeypatch.setattr(telemetry, "BLOCK_ROWS", 32)  # many hand-overs of full blocks while others append
+    w = Window(FeatureTracker([feature(edges=(0.0, 1.0, 2.0, 3.0, 4.0))]))
+    x = [np.full((1, 1, 4), float(k), np.float32) + 0.5 for k in range(4)]  # thread k: bin k
+
+    def work(k: int) -> None:
+        for _ in range(500):
+            w.record(1e-4, inputs={"x": x[k]})
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out = w.close()
+    assert out["requests"] == 2000 and out["samples"] == 2000 and out["latency_ms"].count == 2000
+    assert out["features"][0].counts == [2000] * 4 and out["features"][0].n == 8000
+
+
+def test_float32_values_next_to_an_edge_fall_in_the_float64_bin():
+    """float32 inputs are compared with rounded float32 thresholds; the counts must not change."""
+    e = (0.1, 0.2, 0.3)  # none is a float32
+    tr = FeatureTracker([feature(edges=e)])
+    vals = []
+    for edge in e:
+        c = np.float32(edge)
+        vals += [np.nextafter(c, np.float32(-1)), c, np.nextafter(c, np.float32(1))]
+    live = np.array(vals, np.float32)
+    tr.add({"x": live.reshape(-1, 1)})
+    (f,), _ = tr.take()
+    v = live.astype(np.float64)
+    counts, _ = np.histogram(v[(v >= e[0]) & (v <= e[-1])], bins=e)
+    assert f.counts == counts.tolist() and f.under == int((v < e[0]).sum()) and f.over == int((v > e[-1]).sum())
+
+
+def test_sketch_add_many_matches_add():
+    rng = np.random.default_rng(1)
+    values = rng.lognormal(-8, 2, 5000)
+    one, many = LatencySketch(), LatencySketch()
+    for v in values:
+        one.add(float(v))
+    many.add_many(values[:1234])
+    many.add_many(values[1234:])
+    assert many.buckets == one.buckets and many.count == one.count and many.max == one.max and many.min == one.min
+    assert many.sum == pytest.approx(one.sum, rel=1e-12)
