@@ -11,11 +11,12 @@ so a quantized model that runs *slower* than its float version shows as a ratio 
 flagged. Targets (from issue 3) are checked at the end.
 
 Every .tflite edgekit writes is stripped of what LiteRT does not read (intermediate tensor names,
-description, min/max), fp32 as much as int8, so the size ratio compares like with like; the ratio of
-the files as TFLiteConverter wrote them is printed beside it. A byte breakdown of each full-int8
-.tflite shows what the ratio is made of: int8 weights alone are 0.25x fp32; int32 biases, the
-per-channel quantization parameters (float32 scale + int64 zero point per channel, which the
-interpreter requires) and the graph come on top.
+description, min/max) and stores each repeated vector once (the per-channel all-zero zero points),
+fp32 as much as int8, so the size ratio compares like with like; the ratio of the files as
+TFLiteConverter wrote them is printed beside it. A byte breakdown of each full-int8 .tflite shows
+what the ratio is made of: int8 weights alone are 0.25x fp32; int32 biases, the per-channel
+quantization parameters (float32 scales and int64 zero points, which the interpreter requires) and
+the graph come on top. ``--per-tensor`` also measures the opt-in per-tensor full-int8 .tflite.
 
     python benchmarks/tflite_export.py [--models digits,resnet18,mobilenet_v2] [--out DIR] [--json FILE] [--per-tensor]
 """
@@ -235,8 +236,8 @@ def print_breakdown(rows: list[dict], sizes: dict[str, dict]) -> None:
         print(f"{label:<24} {fp32:>11,} {q['total']:>11,} {q.get('const_int8', 0) / fp32:>7.4f} {q.get('const_int32', 0) / fp32:>7.4f} "
               f"{q['quant_bytes'] / fp32:>7.4f} {graph / fp32:>7.4f} {q['total'] / fp32:>7.4f} {q['quant_entries']:>13,} "
               f"{(q['total'] - q['quant_bytes']) / fp32:>15.4f}")
-    print("quant = 12 bytes (float32 scale + int64 zero point) per quantized tensor, per channel for weights and their int32 biases;")
-    print("graph = tensors, shapes, ops, signature, metadata (names already stripped).")
+    print("quant = float32 scales + int64 zero points (one per tensor; per channel for weights and their int32 biases),")
+    print("        each distinct vector stored once; graph = tensors, shapes, ops, signature, metadata (names stripped).")
 
 
 def _x(v) -> str:

@@ -52,6 +52,8 @@ def test_stripped_int8_tflite_is_smaller_and_says_by_how_much(int8_pair):
     assert facts["converter_bytes"] == kept.stat().st_size  # the file as TFLiteConverter wrote it
     assert facts["bytes"] == stripped.stat().st_size
     assert facts["removed"]["description"] > 0 and facts["removed"]["tensor_names"] > 10
+    # per-channel zero points: the same all-zero int64 vector for a weight and its bias, written once
+    assert facts["removed"]["shared_vector_bytes"] >= 8 * 64
     assert load_manifest(int8_pair[False]).artifact(ART).extra["tflite"]["stripped"]["removed"] == {}
 
 
