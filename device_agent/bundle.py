@@ -36,7 +36,7 @@ __all__ = ["BundleError", "BundleSpec", "agent_requirements", "build_bundle", "f
 
 DEPLOY = Path(__file__).resolve().parent / "deploy"
 #: what the device installs besides the edgekit wheel (kept in sync with pyproject's "agent" extra by a test)
-FALLBACK_REQUIREMENTS = ("numpy>=1.24", "onnxruntime>=1.17", "paho-mqtt>=2.0,<3", "cryptography>=41")
+FALLBACK_REQUIREMENTS = ("numpy>=1.24", "onnxruntime>=1.17", "paho-mqtt>=2.0,<3", "cryptography>=41", "orjson>=3.9")
 
 
 class BundleError(AgentError):

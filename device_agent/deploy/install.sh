@@ -4,7 +4,7 @@
 #   tar xzf pi-07.tar.gz && sudo ./install.sh
 #
 # What it does: creates a venv under --prefix, installs the agent (the edgekit wheel without its
-# workstation dependencies, plus requirements.txt: numpy, onnxruntime, paho-mqtt, cryptography),
+# workstation dependencies, plus requirements.txt: numpy, onnxruntime, paho-mqtt, cryptography, orjson),
 # writes the config (and certificates, password) to --config-dir, puts the model in
 # --state-dir/model, checks that the model loads and passes its self-test on this device, then
 # installs and enables a sandboxed systemd unit running as a dedicated user.

@@ -309,3 +309,36 @@ def test_npy_bodies_are_parsed_without_copies_and_checked(api, samples):
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InvalidInput, match="object arrays are not accepted"):
         _load_npy(buf.getvalue())
+
+
+@pytest.mark.parametrize("accelerated", [True, False], ids=["orjson", "stdlib"])
+def test_json_answers_round_trip_float32_with_and_without_orjson(monkeypatch, accelerated):
+    import device_agent.agent as agent_module
+    from device_agent.agent import Prediction
+
+    if accelerated and agent_module._orjson is None:
+        pytest.skip("orjson is not installed")
+    if not accelerated:
+        monkeypatch.setattr(agent_module, "_orjson", None)
+    rng = np.random.default_rng(5)
+    logits = (rng.standard_normal((2, 1000)) * 3).astype(np.float32)
+    logits[0, :6] = [1e-45, 3.4028235e38, -0.0, 0.1, 1e16, -1.1754944e-38]  # subnormal, max, -0, non-representable, huge, min normal
+    labels = tuple(f"class {i} — ü" for i in range(1000))
+    p = Prediction({"logits": logits, "ids": np.arange(4, dtype=np.int64)}, {"name": "m", "version": "1"}, "r-1", 1.5e9, 3.14159,
+                   scores=logits, k=3, labels=labels)
+    body = p.to_json()
+    doc = json.loads(body)
+    back = np.array(doc["outputs"]["logits"], np.float64).astype(np.float32)
+    assert np.array_equal(back, logits)
+    if accelerated:  # orjson keeps the sign of zero too ("-0.0"); "%.9g" writes "-0", which JSON readers take for 0
+        assert np.array_equal(np.signbit(back), np.signbit(logits))
+    assert doc["outputs"]["ids"] == [0, 1, 2, 3]
+    assert doc["top_k"] == p.top_k and doc["top_k"][0][0]["label"].endswith("ü")
+    assert {k: doc[k] for k in ("model", "request_id", "timestamp", "latency_ms")} == \
+        {"model": {"name": "m", "version": "1"}, "request_id": "r-1", "timestamp": "2017-07-14T02:40:00.000Z", "latency_ms": 3.1416}
+    nan = Prediction({"y": np.array([[1.0, np.nan, -np.inf]], np.float32)}, {"name": "m", "version": "1"}, "r-2", 0.0, 1.0)
+    assert json.loads(nan.to_json())["outputs"]["y"] == [[1.0, None, None]]  # NaN/inf are not JSON: null
+    if accelerated:  # what orjson does not take (a 0-d tensor, a transposed view) goes the stdlib way, same values
+        odd = Prediction({"s": np.float32(2.5) * np.ones((), np.float32), "t": logits[:, :3].T}, {"name": "m", "version": "1"}, "r-3", 0.0, 1.0)
+        got = json.loads(odd.to_json())["outputs"]
+        assert got["s"] == 2.5 and np.array_equal(np.array(got["t"], np.float32), logits[:, :3].T)
