@@ -35,7 +35,9 @@ NOISE = 0.05
 #: a candidate that stores less than this share of its weights as int8 is not an int8 model
 MIN_QUANTIZED_SHARE = 0.5
 #: session config an artifact needs at load time, by candidate kind
-SESSION_CONFIG = {Kind.WEIGHT_ONLY: {"session.disable_quant_qdq": "1"}}
+#: (weight-only int8 is folded back to float at load; so are the conv weights a dynamic candidate stores weight-only:
+#: without this, onnxruntime keeps their DequantizeLinear nodes and runs them on every inference)
+SESSION_CONFIG = {Kind.WEIGHT_ONLY: {"session.disable_quant_qdq": "1"}, Kind.DYNAMIC: {"session.disable_quant_qdq": "1"}}
 
 
 @dataclass
