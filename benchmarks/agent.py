@@ -82,6 +82,10 @@ def mobilenet_model(work: Path) -> tuple[Path, np.ndarray]:
 
 # --- measurement -------------------------------------------------------------------------------------
 
+#: seconds of calls per variant for the telemetry cost
+TELEMETRY_SECONDS = 4.0
+
+
 def interleaved(fns: dict[str, callable], runs: int, block: int = 50) -> dict[str, list[float]]:
     """Per-call seconds for each function, run in alternating blocks."""
     for f in fns.values():  # warm-up
@@ -146,6 +150,9 @@ def bench_model(name: str, model_dir: Path, x: np.ndarray, broker: str, work: Pa
     # One InferenceSession for every variant: a second session's idle worker threads would spin and
     # steal the CPU from the one being measured (2 cores here), which skews any comparison.
     quiet = Agent(agent.model, telemetry=False)  # same model and session, no telemetry
+    # ...and the same OTA updater (its per-request latency bookkeeping is OTA's cost, not telemetry's):
+    # the two then differ by telemetry alone
+    quiet.updater = agent.updater
     artifact = agent.model.file
     sess = agent.model.backend.session
     assert isinstance(sess, ort.InferenceSession) and sess.get_session_options().intra_op_num_threads == threads
@@ -173,15 +180,18 @@ def bench_model(name: str, model_dir: Path, x: np.ndarray, broker: str, work: Pa
     if x.size <= 4096:
         fns["http_json"] = lambda: http_post(body_json, "application/json")
     times = interleaved(fns, runs)
-    # telemetry's cost, as throughput: mean time per call (not p50) so that the background binning,
-    # the telemetry thread and the MQTT link count, measured in the same interleaved blocks
-    extra = interleaved({"telemetry_on": lambda: agent.predict(feeds), "telemetry_off": lambda: quiet.predict(feeds)}, runs * 2, block=100)
+    # telemetry's cost, as throughput: mean time per call (not p50) so that the binning, the telemetry
+    # thread and the MQTT link count, measured in the same interleaved blocks, over several telemetry
+    # windows (≥ TELEMETRY_SECONDS per variant: a window is published every second, and a short run
+    # would leave the result to whichever variant the publish and the neighbours' noise happened to hit)
+    calls = max(runs * 2, int(TELEMETRY_SECONDS / max(p50(times["agent"]), 1e-6)))
+    extra = interleaved({"telemetry_on": lambda: agent.predict(feeds), "telemetry_off": lambda: quiet.predict(feeds)}, calls, block=100)
     tput = {k: 1.0 / statistics.fmean(v) for k, v in extra.items()}
     conn.close()
     agent.stop()
     raw, inproc = p50(times["raw"]), p50(times["agent"])
     out = {
-        "artifact": artifact.name, "threads": threads, "runs": runs,
+        "artifact": artifact.name, "threads": threads, "runs": runs, "telemetry_calls": calls,
         "raw_p50_ms": raw * 1e3, "agent_p50_ms": inproc * 1e3, "agent_overhead_us": (inproc - raw) * 1e6,
         "agent_overhead_pct": (inproc / raw - 1) * 100, "http_npy_p50_ms": p50(times["http_npy"]) * 1e3,
         "http_npy_added_ms": (p50(times["http_npy"]) - inproc) * 1e3,

@@ -32,8 +32,10 @@ from device_agent.protocol import FeatureWindow, LatencySummary
 
 __all__ = ["FeatureTracker", "LatencySketch", "Metrics", "Window", "select_features"]
 
-#: values in a feature block (samples × tracked values per sample); a full block is binned at once
-BLOCK_VALUES = 1 << 18
+#: values in a feature block (samples × tracked values per sample); a full block is binned at once.
+#: 64 Ki values: the block, its float64 scratch and the comparison mask stay within a core's L2
+#: cache, so binning does not evict the model's weights
+BLOCK_VALUES = 1 << 16
 #: samples in a block at most
 BLOCK_ROWS = 4096
 #: values of requests outside the block's layout pending before the request thread bins them
