@@ -106,14 +106,17 @@ def test_large_inputs_are_sampled_on_arrival_with_the_same_result():
     direct = FeatureTracker(feats, max_values_per_feature=1000)
     direct.add({"x": x})
     expected, _ = direct.take()
-    w = Window(FeatureTracker(feats, max_values_per_feature=1000))
+    w, one_by_one = Window(FeatureTracker(feats, max_values_per_feature=1000)), Window(FeatureTracker(feats, max_values_per_feature=1000))
+    for i in range(2):  # the request path's one-sample copy of the strided values
+        one_by_one.record(0.001, inputs={"x": x[i:i + 1].copy()})
     w.observe({"x": x})
     x[:] = 99.0  # the caller reuses its buffer: the queued samples must not change
     got = w.close()
     assert got["samples"] == 2
     for a, b in zip(got["features"], expected, strict=True):
-        assert (a.counts, a.under, a.over, a.n) == (b.counts, b.under, b.over, b.n)
+        assert (a.counts, a.under, a.over, a.n) == (b.counts, b.under, b.over, b.n) and a.n == 2 * len(range(0, 128 * 128, 17))  # stride 17
         assert a.mean == pytest.approx(b.mean)
+    _same(one_by_one.close()["features"], got["features"])
 
 
 @pytest.mark.parametrize("bins", [3, 10, 100])
