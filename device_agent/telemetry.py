@@ -8,8 +8,8 @@ Two views of the same events:
 - :class:`Metrics` — cumulative counters and a fixed-bucket latency histogram since start, for
   ``GET /metrics`` (Prometheus text format 0.0.4).
 
-The request path stays cheap: it appends the latency to a list and copies the tracked input
-values into a preallocated block (one slice assignment); whole blocks are binned at once — one
+The request path stays cheap: it appends the latency to a list and a copy of the tracked input
+values (their bytes) to the current block; whole blocks are binned at once — one
 vectorised comparison per bin edge over thousands of values — when a block fills or the window
 closes. The summaries are exact: the same counts and moments as binning every request alone.
 """
@@ -214,13 +214,14 @@ class _Layout:
 
 
 class _Block:
-    """A preallocated buffer of feature values, one row per sample, binned when full.
+    """Up to ``cap`` samples' feature values, binned at once when full.
 
-    ``fast`` is set for the common case, one tracked input: a one-sample request is then one
-    assignment — to a premade row view (``slots``, half the cost of a slice assignment) when the
-    features cover the sample whole, else of the sample's strided values to the next row."""
+    Per part, the bytes of each request's (samples, columns) values, joined when the block is
+    binned: ``x.tobytes()`` and a list append take ~70 ns for a small sample, 2.5x less than
+    assigning into a preallocated array (numpy's indexing costs more than copying 256 bytes).
+    ``fast`` (one tracked input): a one-sample request is appended without building a layout."""
 
-    __slots__ = ("bufs", "cap", "dtype", "fast", "layout", "name", "one", "rows", "select", "slots")
+    __slots__ = ("cap", "chunks", "dtype", "fast", "layout", "name", "one", "rows", "select")
 
     def __init__(self, layout: _Layout, *, single_input: bool) -> None:
         self.layout = layout
@@ -228,19 +229,21 @@ class _Block:
         widest = max(b - a for p in layout.parts for a, b in p.spans)
         # a feature's values in a block (the binning scratch) stay ≤ BLOCK_VALUES, the block itself ≤ 4x that
         self.cap = max(1, min(BLOCK_ROWS, BLOCK_VALUES // widest, 4 * BLOCK_VALUES // cols))
-        self.bufs = [np.empty((self.cap, p.columns), p.dtype) for p in layout.parts]
+        self.chunks: list[list[bytes]] = [[] for _ in layout.parts]
         self.rows = 0
         part = layout.parts[0]
         self.fast = single_input and len(layout.parts) == 1
         self.name, self.dtype, self.one, self.select = part.name, part.dtype, (1, *part.sample_shape), part.select
-        self.slots = [row.reshape(self.one) for row in np.split(self.bufs[0], self.cap)] if self.fast and self.select is None else []
 
     def put(self, xs: list[np.ndarray], start: int, count: int) -> None:
-        """Copy samples ``start:start+count`` of the request into the next rows."""
-        r = self.rows
-        for buf, part, x in zip(self.bufs, self.layout.parts, xs, strict=True):
-            buf[r:r + count] = part.gather(x)[start:start + count]
-        self.rows = r + count
+        """Copy samples ``start:start+count`` of the request."""
+        for chunks, part, x in zip(self.chunks, self.layout.parts, xs, strict=True):
+            chunks.append(part.gather(x)[start:start + count].tobytes())
+        self.rows += count
+
+    def values(self) -> list[np.ndarray]:
+        """Per part, the (rows, columns) values (read-only: over the joined bytes)."""
+        return [np.frombuffer(b"".join(c), p.dtype).reshape(self.rows, p.columns) for c, p in zip(self.chunks, self.layout.parts, strict=True)]
 
 
 class FeatureTracker:
@@ -421,7 +424,6 @@ class Window:
         self._lock = threading.Lock()  # the request path: counters, latencies, the block
         self._drain_lock = threading.Lock()  # the binning: tracker state, one thread at a time
         self._block: _Block | None = None  # where requests of the block's layout go
-        self._spare: _Block | None = None  # a binned block, reused (no new buffer per block)
         self._full: list[_Block] = []
         # requests of another layout (symbolic dims, absent inputs): gathered per request, binned in drain
         self._odd: list[tuple[_Layout, list[np.ndarray], int]] = []
@@ -450,11 +452,8 @@ class Window:
             block = self._block
             if block is not None and block.fast:  # the hot path: one sample of the block's shape
                 x = inputs.get(block.name)
-                if x is not None and x.dtype is block.dtype and x.shape == block.one and block.rows + 1 < block.cap:
-                    if block.select is None:
-                        block.slots[block.rows][...] = x
-                    else:
-                        block.bufs[0][block.rows] = x.reshape(-1)[block.select]
+                if x is not None and x.shape == block.one and x.dtype is block.dtype and block.rows + 1 < block.cap:
+                    block.chunks[0].append(x.tobytes() if block.select is None else x.reshape(-1)[block.select].tobytes())
                     block.rows += 1
                     return
         self._observe(inputs)
@@ -497,10 +496,6 @@ class Window:
             self.drain()
 
     def _new_block(self, layout: _Layout) -> _Block:
-        spare, self._spare = self._spare, None
-        if spare is not None and spare.layout.key == layout.key:
-            spare.rows = 0
-            return spare
         return _Block(layout, single_input=self.tracker is not None and self.tracker.single_input)
 
     def drain(self) -> None:
@@ -516,9 +511,7 @@ class Window:
     def _bin(self, blocks: list[_Block], odd: list[tuple[_Layout, list[np.ndarray], int]]) -> None:
         tracker = self.tracker
         for b in blocks:
-            tracker.add_block(b.layout, [buf[:b.rows] for buf in b.bufs], b.rows)
-            with self._lock:
-                self._spare = b
+            tracker.add_block(b.layout, b.values(), b.rows)
         groups: dict[tuple, list[tuple[_Layout, list[np.ndarray], int]]] = {}
         for item in odd:
             groups.setdefault(item[0].key, []).append(item)
