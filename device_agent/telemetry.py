@@ -412,10 +412,11 @@ def _f32_bound(edges: np.ndarray, *, up: bool) -> list[np.float32]:
 class Window:
     """One telemetry window; thread-safe. ``close()`` returns the window's content and starts the next.
 
-    Request path: :meth:`observe` copies the tracked values into the current block (one slice
-    assignment in the common case) and :meth:`record` appends the latency to a list. A full block
-    is binned by the request that filled it, outside the request lock; a partial block is binned
-    when the window closes, so every window covers exactly the requests observed in it.
+    Request path: :meth:`record` counts the request, appends its latency to a list and, given the
+    inputs, a copy of their tracked values to the current block (``x.tobytes()`` in the common
+    case), all under one lock. A full block is binned by the request that filled it, outside the
+    request lock; a partial block when the window closes. Block boundaries depend on the samples
+    alone, so a window's summaries are the same however its requests were batched.
     """
 
     def __init__(self, tracker: FeatureTracker | None = None, *, clock: Callable[[], float] = time.time) -> None:
