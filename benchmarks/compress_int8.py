@@ -95,6 +95,7 @@ def bench(name: str, m: dict, runs: int, work: Path) -> list[dict]:
     variants: dict[str, tuple[Path, dict | None]] = {"fp32": (src, None)}
     # the fp32 model as .ort, converted the same way: what an .ort artifact compares with like for like (the ARM-target
     # .ort leaves out x86-only layout optimizations, so on this CPU it can be slower than the .onnx it came from)
+    (work / f"{name}-fp32ort").mkdir(exist_ok=True)
     variants["fp32 .ort"] = (convert_to_ort(src, work / f"{name}-fp32ort", name)[0], None)
     for tag, data in (("edgekit --int8 --data", m["calib"]), ("edgekit --int8 (no data)", None)):
         out = work / f"{name}-{'static' if data else 'nodata'}"
