@@ -33,6 +33,9 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--format", "formats", default="onnx,ort", show_default=True, callback=_formats, help="Artifacts to write: onnx, ort, tflite.")
 @click.option("--tflite-io", type=click.Choice(["float", "int8"]), default="float", show_default=True,
               help="Input/output type of a full-integer int8 .tflite: float (callers need not quantize) or int8.")
+@click.option("--tflite-weights", type=click.Choice(["per-channel", "per-tensor"]), default="per-channel", show_default=True,
+              help="Scales of a full-integer int8 .tflite's weights: per output channel, or one per tensor (smaller; "
+                   "check the accuracy, depthwise convolutions often lose a lot).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="PyTorch state_dict for a FILE.py:FACTORY model (read with torch.load(weights_only=True)).")
 @click.option("--input-shape", "input_shape", multiple=True, metavar="[NAME:]1,3,224,224",
@@ -56,7 +59,7 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @prune_options
 def compress(model: Path, int8: bool, fp16: bool, data, eval_data, output, formats, max_drop, calibration, calib_samples, search_time,
              exclude, threads, version, name, data_desc, data_layout, preprocess, max_eval_samples, allow_mismatch, force, as_json,
-             tflite_io="float", weights=None, input_shape=(), recipe=None, **train):
+             tflite_io="float", tflite_weights="per-channel", weights=None, input_shape=(), recipe=None, **train):
     """Compress MODEL and write .onnx/.ort/.tflite artifacts, a signed-ready manifest and a report.
 
     MODEL is a .onnx file, a PyTorch FILE.py:FACTORY (with --weights, --input-shape) or .pt2,
@@ -98,6 +101,8 @@ def compress(model: Path, int8: bool, fp16: bool, data, eval_data, output, forma
         steps.append(StepSpec("fp16", {}))
     if tflite_io != "float" and "tflite" not in formats:
         raise click.UsageError("--tflite-io applies to the .tflite artifact; add tflite to --format")
+    if tflite_weights != "per-channel" and "tflite" not in formats:
+        raise click.UsageError("--tflite-weights applies to the .tflite artifact; add tflite to --format")
     if "tflite" in formats:  # fail before the slow steps, not after them
         from edgekit.export.tflite import check_available
 
@@ -111,7 +116,8 @@ def compress(model: Path, int8: bool, fp16: bool, data, eval_data, output, forma
         # a PyTorch/TF model is compressed from its ONNX export (a temporary file): name the output after the original
         result = run(
             source.path, steps, formats=formats, data=data, eval_data=eval_data, output=output or default_output(source.base, _tag(steps)),
-            force=force, name=name, version=version, export_options={"tflite": {"io": tflite_io, "calib_samples": calib_samples}},
+            force=force, name=name, version=version, export_options={"tflite": {"io": tflite_io, "calib_samples": calib_samples,
+                                                                "per_channel": tflite_weights == "per-channel"}},
             data_desc=data_desc, image_spec=ImageSpec.from_file(preprocess) if preprocess else None, data_layout=data_layout,
             threads=threads, max_eval_samples=max_eval_samples, allow_mismatch=allow_mismatch,
             recipe=plan.document if plan else None, say=lambda m: progress.say(m), progress=progress.update,

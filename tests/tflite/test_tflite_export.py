@@ -330,6 +330,11 @@ def test_tflite_io_without_tflite_format_is_a_usage_error(digits):
     assert res.exit_code == 2 and "--tflite-io applies to the .tflite artifact; add tflite to --format" in res.output
 
 
+def test_tflite_weights_without_tflite_format_is_a_usage_error(digits):
+    res = run("compress", "--int8", "--tflite-weights", "per-tensor", str(digits["model"]))
+    assert res.exit_code == 2 and "--tflite-weights applies to the .tflite artifact; add tflite to --format" in res.output
+
+
 @pytest.mark.parametrize(("body", "fragment"), [
     ("import os; os.abort()", "crashed inside TensorFlow (SIGABRT)"),
     ("import sys; print('E onnx2tf: something broke'); sys.exit(1)", "failed (exit 1): E onnx2tf: something broke"),

@@ -140,13 +140,19 @@ def test_a_stripped_model_that_computes_differently_is_not_shipped(monkeypatch):
 
 
 def test_per_tensor_weights_are_an_opt_in_that_saves_the_per_channel_parameters(int8_pair, digits, tmp_path):
-    result = compress(digits["model"], [StepSpec("int8", {"max_drop": 100.0})], formats=("tflite",), data=digits["eval"],
-                      output=tmp_path / "pt", export_options={"tflite": {"per_channel": False}})
-    m = load_manifest(result.output)
+    from click.testing import CliRunner
+
+    from edgekit.cli.main import cli
+
+    out = tmp_path / "pt"
+    res = CliRunner().invoke(cli, ["compress", "--int8", "--data", str(digits["eval"]), "--format", "tflite", "--tflite-weights",
+                                   "per-tensor", "--max-drop", "100", "-o", str(out), str(digits["model"])], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    m = load_manifest(out)
     art, default = m.artifact(ART), load_manifest(int8_pair[True]).artifact(ART)
     assert (art.extra["tflite"]["weights"], default.extra["tflite"]["weights"]) == ("per-tensor", "per-channel")
     assert art.size_bytes < default.size_bytes
-    widest = max(len(d["quantization_parameters"]["scales"]) for d in _interpreter(result.output / ART).get_tensor_details())
+    widest = max(len(d["quantization_parameters"]["scales"]) for d in _interpreter(out / ART).get_tensor_details())
     assert widest == 1  # one scale per tensor; the default has one per output channel
     assert max(len(d["quantization_parameters"]["scales"]) for d in _interpreter(int8_pair[True] / ART).get_tensor_details()) > 1
     assert m.metrics[ART]["parity"]["ok"] is True
