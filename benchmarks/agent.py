@@ -10,7 +10,7 @@ For each model (the `edgekit compress --int8` .ort artifact, batch 1, same threa
   windows published to a local Mosquitto when one is installed, else queued in the outbox)
 - agent HTTP ``POST /v1/predict`` over loopback (keep-alive): JSON in/out (digits), .npy in with a
   JSON answer, and .npy in with an .npz answer (``Accept: application/x-npz``, the binary path)
-- telemetry cost: in-process throughput with telemetry on vs off
+- telemetry cost: in-process throughput with telemetry on vs off (same agent otherwise, median of 5 segments)
 - ``edgekit-agent run`` as a process: start-up to ready (/readyz 200) and RSS after serving
 
 Targets (issue 6): in-process overhead ≤ 5 % or ≤ 20 µs over raw; HTTP p50 added ≤ 1 ms; agent RSS
