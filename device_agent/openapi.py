@@ -46,7 +46,7 @@ def _schemas(agent: Agent) -> dict[str, Any]:
                            "required": [s.name for s in inputs], "additionalProperties": False,
                            "properties": {s.name: _tensor_schema() for s in inputs}},
                 "top_k": {"type": "integer", "minimum": 0, "maximum": 1000, "description": "Labels per sample for classifiers (0: none)."},
-                "request_id": {"type": "string", "maxLength": 128},
+                "request_id": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[\\x21-\\x7e]+$"},
             },
         },
         "TopK": {"type": "object", "required": ["index", "label", "score"],

@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -50,6 +51,8 @@ ROUTES = {("POST", "/v1/predict"), ("POST", "/v1/feedback"), ("GET", "/v1/model"
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
 IDLE_TIMEOUT_S = 30
+#: a request id a caller may choose: it is echoed in the X-Request-Id header and telemetry
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 class _Server(ThreadingHTTPServer):
@@ -109,7 +112,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = url.path.rstrip("/") or "/"
         self._query = parse_qs(url.query)
         self._route = path if any(p == path for _, p in ROUTES) else "other"
-        self._request_id = self.headers.get("X-Request-Id") or uuid.uuid4().hex
+        given = self.headers.get("X-Request-Id") or ""
+        # echoed in a response header: only a well-formed id is (CR/LF in it would split the response)
+        self._request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         agent = self.server.agent
         try:
             if (method, path) not in ROUTES:
@@ -248,8 +253,9 @@ class _Handler(BaseHTTPRequestHandler):
             if "top_k" in doc:
                 options["top_k"] = _int_option(doc["top_k"], "top_k")
             if "request_id" in doc:
-                if not isinstance(doc["request_id"], str) or len(doc["request_id"]) > 128:
-                    raise InvalidInput("request_id must be a string of at most 128 characters", kind="malformed")
+                if not isinstance(doc["request_id"], str) or not _REQUEST_ID.fullmatch(doc["request_id"]):
+                    raise InvalidInput("request_id must be 1 to 128 visible ASCII characters (no spaces or control characters)",
+                                       kind="malformed")
                 options["request_id"] = doc["request_id"]
             return doc["inputs"], options
         if ctype in (NPY, "application/octet-stream"):

@@ -126,6 +126,9 @@ BAD = [
     ("no inputs key", {"x": [1]}, 400, "malformed", 'must be an object with "inputs"'),
     ("unknown key", {"inputs": {}, "topk": 3}, 400, "malformed", "unknown key(s) in the body: topk"),
     ("bad top_k", {"inputs": {}, "top_k": -1}, 400, "malformed", "top_k must be an integer between 0 and 1000"),
+    ("request_id with CR/LF", {"inputs": {}, "request_id": "a\r\nSet-Cookie: x=1"}, 400, "malformed",
+     "request_id must be 1 to 128 visible ASCII characters"),
+    ("request_id too long", {"inputs": {}, "request_id": "r" * 129}, 400, "malformed", "request_id must be 1 to 128"),
 ]
 
 
@@ -139,7 +142,8 @@ def test_bad_requests_get_4xx_with_the_message_and_the_server_keeps_serving(api,
         np.savez(buf, x=np.zeros((65, 1, 8, 8), np.float32))
         got, err, _ = request(server, "POST", "/v1/predict", buf.getvalue(), {"Content-Type": "application/x-npz"}, conn)
     else:
-        got, err, _ = request(server, "POST", "/v1/predict", body, {"Content-Type": "application/json"}, conn)
+        got, err, r = request(server, "POST", "/v1/predict", body, {"Content-Type": "application/json"}, conn)
+        assert r.getheader("Set-Cookie") is None  # a caller's request_id never reaches a response header unchecked
     assert got == status, err
     assert err["error"]["kind"] == kind and message in err["error"]["message"]
     before = agent.metrics.snapshot()["predictions"]
