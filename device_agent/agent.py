@@ -331,13 +331,14 @@ class Agent:
 
     def _flush_feedback(self) -> None:
         pending, fb = self._feedback_pending, self._feedback
+        items = []
         while pending:
             try:
-                rid, version, scores = pending.popleft()
+                items.append(pending.popleft())
             except IndexError:  # another thread took the last one
-                return
-            if fb is not None:
-                fb.record(rid, version, scores)
+                break
+        if items and fb is not None:
+            fb.record_many(items)
 
     def submit_feedback(self, items: list[Any]) -> list[FeedbackResult]:
         """Join late ground truth with earlier predictions (see :mod:`device_agent.feedback`); never raises on bad items."""

@@ -38,6 +38,22 @@ def test_join_counts_correct_rows_per_model_version():
     assert log.accuracy("1.0") == (4, 3) and log.accuracy("3.0") == (0, 0)  # running totals survive the window
 
 
+def test_record_many_joins_exactly_like_one_record_per_prediction():
+    """The agent hands a whole interval's predictions over at once: mixed widths, batches, 1-D scores, a reused id."""
+    items = [("a", "1", scores_for([2])), ("b", "1", scores_for([0, 1, 3])), ("c", "1", scores_for([1], 6)),
+             ("d", "2", np.array([0.1, 0.7, 0.2], np.float32)), ("e", "2", scores_for([])), ("a", "2", scores_for([3]))]
+    one, many = FeedbackLog(), FeedbackLog()
+    for rid, version, scores in items:
+        one.record(rid, version, scores)
+    many.record_many(items)
+    assert one.size == many.size == 6  # a: 1 (the newer), b: 3, c: 1, d: 1; e has no rows
+    for item in ({"request_id": "a", "label": 3}, {"request_id": "b", "label": [0, 1, 2]}, {"request_id": "c", "label": 1},
+                 {"request_id": "d", "label": 1}):
+        assert one.submit(item).correct == many.submit(item).correct
+    a, b = one.take(), many.take()
+    assert a.accuracy == b.accuracy == {"1": {"labelled": 4, "correct": 3}, "2": {"labelled": 2, "correct": 2}}
+
+
 def test_unknown_duplicate_and_wrong_type_labels_are_counted_never_raised():
     log = FeedbackLog(labels=("cat", "dog"), classes=2)
     log.record("a", "1.0", scores_for([1], 2))
