@@ -9,8 +9,8 @@ a ``value_info`` entry per intermediate tensor. On a small model that is 10% of 
 :func:`compact` is a pure serialization change, like ``strip`` on a binary with the debug symbols
 kept in a separate file:
 
-- internal tensor names (activations and initializers, never graph inputs/outputs) become short
-  ids; the mapping back to the original names is returned, and edgekit keeps it in the manifest
+- in quantized artifacts, internal tensor names (activations and initializers, never graph
+  inputs/outputs) become short ids; the mapping back to the original names is returned, and edgekit keeps it in the manifest
   (``artifact.extra["tensor_names"]``) so per-layer reports still speak the exporter's names;
 - node names stay: they carry the layer's identity (``/features/features.0/Conv``), they are what
   ``--exclude`` takes and what error messages from the runtime name;
@@ -33,8 +33,13 @@ NAMES_KEY = "tensor_names"
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
-def compact(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """A compactly stored copy of ``model`` and the short → original mapping of renamed tensors."""
+def compact(model: onnx.ModelProto, *, rename: bool = True) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A compactly stored copy of ``model`` and the short → original mapping of renamed tensors.
+
+    ``rename=False`` keeps every tensor name (edgekit does so for float artifacts: their names are the
+    user's, e.g. a pruned model's weights keep their PyTorch names; in an int8 model most names are the
+    quantizer's, and they are a tenth of the file).
+    """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for g in iter_graphs(out.graph):
@@ -42,7 +47,7 @@ def compact(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
         for n in g.node:
             n.doc_string = ""
     _drop_unused_opsets(out)
-    mapping = _rename_internal(out.graph)
+    mapping = _rename_internal(out.graph) if rename else {}
     return out, mapping
 
 

@@ -15,7 +15,7 @@ __all__ = ["export_onnx"]
 
 def export_onnx(model: onnx.ModelProto, out_dir: Path, stem: str, *, precision: str, extra: dict | None = None, **_) -> list[ExportedArtifact]:
     path = out_dir / f"{stem}.onnx"
-    small, names = compact(model)
+    small, names = compact(model, rename=precision == "int8")
     onnx.save(small, str(path))
     ins, outs = io_specs(small)
     extra = dict(extra or {})

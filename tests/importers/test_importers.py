@@ -13,8 +13,8 @@ from device_agent.manifest import load_manifest
 from device_agent.runtime import OrtBackend
 from edgekit.cli.main import cli
 from edgekit.errors import InputError
-from edgekit.importers.userfile import import_user_file
 from edgekit.importers import detect_kind, parse_input_shapes
+from edgekit.importers.userfile import import_user_file
 
 HAS_TF = all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "tf2onnx", "keras", "onnx2tf"))
 needs_tf = pytest.mark.skipif(not HAS_TF, reason="needs the tflite extra")
