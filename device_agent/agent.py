@@ -164,7 +164,7 @@ class Agent:
 
     def __init__(self, model: LoadedModel, *, config: AgentConfig | None = None, outbox: Outbox | None = None,
                  telemetry: bool = True, max_batch: int = 256, max_elements: int = 16 << 20, top_k_default: int = 5,
-                 max_payload_bytes: int = 16 * 1024, max_values_per_feature: int = 1024, clock: Callable[[], float] = time.time,
+                 max_payload_bytes: int = 16 * 1024, max_values_per_feature: int = 256, clock: Callable[[], float] = time.time,
                  feedback_max_rows: int = 100_000, feedback_retention_s: float = 86_400.0) -> None:
         self.model = model
         self.config = config

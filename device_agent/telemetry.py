@@ -171,7 +171,7 @@ class _Part:
             else:  # the index lies beyond this request's (symbolic) dim: nothing to bin
                 continue
             if sel.size > max_values:  # large images: a fixed stride per sample
-                sel = sel[:: -(-sel.size // max_values)]
+                sel = sel[:: _stride(sel.size, max_values, sample_shape[-1])]
             if sel.size:
                 sels.append(sel)
                 self.features.append(j)
@@ -187,6 +187,16 @@ class _Part:
         """The (samples, columns) values of ``x`` (a view when it can be)."""
         flat = x.reshape(x.shape[0] if x.ndim else 1, self.size)
         return flat if self.select is None else flat[:, self.select]
+
+
+def _stride(size: int, max_values: int, row: int) -> int:
+    """A stride that keeps between half of and ``max_values`` of ``size`` values and is coprime with the
+    row length: a stride sharing a factor with the image width would sample the same few columns of
+    every row (stride 196 on a 224-wide image visits 8 of its 224 columns; 197 or 343 visit all)."""
+    lo = -(-size // max_values)
+    coprime = [step for step in range(lo, 2 * lo + 1) if row <= 1 or math.gcd(step, row) == 1]
+    # one that divides the plane keeps consecutive channels one arithmetic progression: a slice, not an index array
+    return next((step for step in coprime if size % step == 0), coprime[0] if coprime else lo)
 
 
 def _as_slice(idx: np.ndarray) -> slice | np.ndarray:
@@ -252,7 +262,7 @@ class FeatureTracker:
     Values arrive in blocks (:class:`Window` fills them) or whole batches (:meth:`add`); either
     way each feature is binned with one vectorised pass per edge over many samples at once."""
 
-    def __init__(self, features: list[FeatureProfile], *, max_values_per_feature: int = 1024) -> None:
+    def __init__(self, features: list[FeatureProfile], *, max_values_per_feature: int = 256) -> None:
         self.features = features
         self.max_values = max_values_per_feature
         self._edges = [np.asarray(f.edges, dtype=np.float64) for f in features]

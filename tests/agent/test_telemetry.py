@@ -1,3 +1,4 @@
+import math
 import threading
 
 import numpy as np
@@ -46,7 +47,25 @@ def test_large_inputs_are_strided_per_sample():
     tr = FeatureTracker([feature(edges=(0.0, 1.0))], max_values_per_feature=100)
     tr.add({"x": np.zeros((3, 1, 1000), np.float32)})
     (f,), _ = tr.take()
-    assert f.n == 300 and f.counts == [300]
+    per_sample = f.n // 3
+    assert f.n == 3 * per_sample and 50 <= per_sample <= 100 and f.counts == [f.n]  # at most the limit, at least half of it
+
+
+def test_image_striding_visits_every_column_of_a_row():
+    """A stride sharing a factor with the width would sample the same few columns of every row."""
+    from device_agent.telemetry import _stride
+
+    for width in (224, 256, 160, 7):
+        step = _stride(width * width, 256, width)
+        assert width * width // step <= 256 and math.gcd(step, width) == 1
+        assert len({(k * step) % width for k in range(-(-width * width // step))}) == min(width, -(-width * width // step))
+    # the left half of a 224x224 channel is 0, the right half 1: the sample must see both halves equally
+    tr = FeatureTracker([feature(edges=(0.0, 0.5, 1.0))], max_values_per_feature=256)
+    img = np.zeros((1, 1, 224, 224), np.float32)
+    img[..., 112:] = 1.0
+    tr.add({"x": img})
+    (f,), _ = tr.take()
+    assert abs(f.counts[0] - f.counts[1]) <= 0.1 * f.n
 
 
 def test_window_batches_pending_inputs_and_resets():
