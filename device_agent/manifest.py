@@ -9,7 +9,8 @@ Schema version 1, top-level keys::
     schema_version    1
     name, version     model name and version (version compares with :func:`version_key`)
     created_at        ISO-8601 UTC
-    source            {file, sha256, size_bytes, format}
+    source            {file, sha256, size_bytes, format, origin?}  -- the ONNX compressed; origin: the PyTorch /
+                      TensorFlow model it was exported from {kind, file, sha256?, weights?}
     task              "classification" | "generic"
     labels            optional list of class names (classification)
     signature         {inputs: [TensorSpec], outputs: [TensorSpec]}  -- the source layout

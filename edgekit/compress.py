@@ -96,6 +96,7 @@ def compress(
     allow_mismatch: bool = False,
     export_options: dict[str, dict] | None = None,
     recipe: dict | None = None,
+    origin: dict | None = None,
     say: Callable[[str], None] = lambda m: None,
     progress: Callable[[str, float], None] = lambda m, f: None,
 ) -> CompressResult:
@@ -172,7 +173,7 @@ def compress(
             source_latency=source_latency, source_quality=source_quality,
             profile=drift_profile(dataset, inputs), vectors=vectors,
             expected={r.file: [open_backend(r.exported.path, _artifact(r), threads=threads).run(v) for v in vectors] for r in results},
-            recipe=recipe, threads=threads,
+            recipe=recipe, threads=threads, origin=origin,
         )
         manifest = Manifest.from_dict(manifest_doc)
         (staging / "edgekit.json").write_text(manifest.to_json())

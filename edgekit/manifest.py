@@ -53,6 +53,7 @@ def build_manifest(
     expected: dict[str, list[dict[str, np.ndarray]]],
     recipe: dict | None,
     threads: int,
+    origin: dict | None = None,
 ) -> dict:
     src_size = src.stat().st_size
     metrics: dict = {
@@ -81,7 +82,9 @@ def build_manifest(
         "name": name,
         "version": version,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "source": {"file": src.name, "sha256": file_sha256(src), "size_bytes": src_size, "format": "onnx"},
+        # the ONNX model compressed; ``origin``: what it was exported from (a PyTorch or TensorFlow model)
+        "source": {"file": src.name, "sha256": file_sha256(src), "size_bytes": src_size, "format": "onnx"}
+                  | ({"origin": origin} if origin else {}),
         "task": "classification" if classifier else "generic",
         "labels": labels,
         "signature": {"inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs]},

@@ -120,7 +120,8 @@ def compress(model: Path, int8: bool, fp16: bool, data, eval_data, output, forma
                                                                 "per_channel": tflite_weights == "per-channel"}},
             data_desc=data_desc, image_spec=ImageSpec.from_file(preprocess) if preprocess else None, data_layout=data_layout,
             threads=threads, max_eval_samples=max_eval_samples, allow_mismatch=allow_mismatch,
-            recipe=plan.document if plan else None, say=lambda m: progress.say(m), progress=progress.update,
+            recipe=plan.document if plan else None, origin=source.describe(weights), say=lambda m: progress.say(m),
+            progress=progress.update,
         )
     if as_json:
         click.echo(json.dumps(compress_report(result), indent=2))

@@ -41,6 +41,20 @@ class ImportedModel:
     def converted(self) -> bool:
         return self.kind != "onnx" or self.path != Path(self.origin)
 
+    def describe(self, weights: Path | None = None) -> dict | None:
+        """For the manifest's ``source.origin``: the model the compressed ONNX was exported from (None: it is the input)."""
+        if not self.converted:
+            return None
+        from device_agent.manifest import file_sha256
+
+        p = Path(self.origin)
+        d: dict = {"kind": self.kind, "file": p.name if p.exists() else self.origin}
+        if p.is_file():
+            d["sha256"] = file_sha256(p)
+        if weights is not None:
+            d["weights"] = {"file": weights.name, "sha256": file_sha256(weights)}
+        return d
+
 
 def detect_kind(model: str) -> str:
     """What ``model`` (a CLI argument) is: a file by suffix, a SavedModel directory, or a ``module:factory``."""

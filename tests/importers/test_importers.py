@@ -75,6 +75,10 @@ def test_digits_factory_with_weights_compresses_like_its_onnx_export(digits, tmp
     assert_clean(res, 0, "exporting edgekit.examples.digits:DigitsNet to ONNX")
     m = load_manifest(out, verify_files=True)
     assert m.name == "DigitsNet"
+    # the model card names what the ONNX was exported from, weights included
+    origin = m.raw["source"]["origin"]
+    assert origin["kind"] == "torch_factory" and origin["file"] == "edgekit.examples.digits:DigitsNet"
+    assert origin["weights"]["file"] == "digits.pt" and len(origin["weights"]["sha256"]) == 64
     assert [list(s.shape) for s in m.inputs] == [["N", 1, 8, 8]]
     # the trained weights were loaded: the source reaches the accuracy of the reference digits.onnx
     ev = np.load(digits["eval"])
@@ -187,6 +191,10 @@ def test_pt2_program_compresses(tmp_path):
     assert_clean(res, 0, "exporting net.pt2 to ONNX")
     m = load_manifest(tmp_path / "net.int8", verify_files=True)
     assert [list(s.shape) for s in m.inputs] == [[2, 1, 8, 8]]
+    import hashlib
+
+    assert m.raw["source"]["origin"] == {"kind": "pt2", "file": "net.pt2",
+                                         "sha256": hashlib.sha256((tmp_path / "net.pt2").read_bytes()).hexdigest()}
     assert m.metrics["net.int8.onnx"]["agreement"] >= 90
 
 
@@ -227,6 +235,7 @@ def test_keras_file_gets_onnx_and_a_tflite_straight_from_tensorflow(keras_int8):
     assert_clean(res, 0, "converting km.keras to ONNX (tf2onnx)")
     m = load_manifest(out, verify_files=True)
     assert [list(s.shape) for s in m.inputs] == [["N", 12, 12, 3]] and m.inputs[0].name == "image"
+    assert m.raw["source"]["origin"]["kind"] == "keras" and m.raw["source"]["origin"]["file"] == "km.keras"
     art = m.artifact("km.int8.tflite")
     assert art.extra["tflite"]["converter"] == "TFLiteConverter (from the TensorFlow source)"
     assert art.extra["tflite"]["quantization"] == "full-integer int8"
