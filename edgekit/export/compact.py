@@ -26,7 +26,7 @@ import onnx
 
 from edgekit.onnx_model import iter_graphs
 
-__all__ = ["NAMES_KEY", "compact", "restore_names"]
+__all__ = ["NAMES_KEY", "compact", "rename_tensors", "restore_names"]
 
 #: where the short → original tensor name mapping lives in a manifest artifact's ``extra``
 NAMES_KEY = "tensor_names"
@@ -57,7 +57,7 @@ def restore_names(model: onnx.ModelProto, mapping: dict[str, str]) -> onnx.Model
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    _apply(out.graph, mapping)
+    rename_tensors(out.graph, mapping)
     return out
 
 
@@ -92,7 +92,7 @@ def _rename_internal(graph: onnx.GraphProto) -> dict[str, str]:
             counter += 1
         if len(short) < len(name):
             forward[name] = short
-    _apply(graph, forward)
+    rename_tensors(graph, forward)
     return {short: name for name, short in forward.items()}
 
 
@@ -100,7 +100,8 @@ def _names_in(g: onnx.GraphProto) -> set[str]:
     return {i for n in g.node for i in n.input} | {o for n in g.node for o in n.output} | {v.name for v in g.output}
 
 
-def _apply(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
+def rename_tensors(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
+    """Rename tensors in place: initializers and node inputs/outputs of ``graph`` (not its subgraphs)."""
     for t in graph.initializer:
         t.name = mapping.get(t.name, t.name)
     for n in graph.node:

@@ -132,13 +132,9 @@ def _rename_io(model, inputs: list[str], outputs: list[str]) -> None:
         dims = vi.type.tensor_type.shape.dim
         if dims and dims[0].dim_param.startswith("unk__"):
             dims[0].dim_param = "N"  # tf2onnx names unknown dims unk__<n>; the batch axis reads better as N
-    for node in model.graph.node:
-        for i, n in enumerate(node.input):
-            if n in mapping:
-                node.input[i] = mapping[n]
-        for i, n in enumerate(node.output):
-            if n in mapping:
-                node.output[i] = mapping[n]
+    from edgekit.export.compact import rename_tensors
+
+    rename_tensors(model.graph, mapping)
 
 
 def _safe(name: str, i: int) -> str:
