@@ -12,7 +12,7 @@ import numpy as np
 from device_agent.manifest import TensorSpec
 from device_agent.runtime import BackendError, open_backend
 from edgekit.errors import DataError, InputError
-from edgekit.export.compact import NAMES_KEY, restore_names
+from edgekit.export.compact import NAMES_KEY
 from edgekit.report.files import Entry, expand, gzip_size, onnx_facts, tflite_weight_stats
 from edgekit.report.schema import REPORT_SCHEMA, REPORT_VERSION, ROW_KEYS
 
@@ -269,7 +269,7 @@ def _compare_layers(entries: list[Entry], data: Dataset, inputs: tuple[TensorSpe
                          "before int8; the report.json written by compress has it against the model int8 quantized")
             continue
         try:
-            errs = layer_errors(_named(base), e.path, data, inputs, threads=threads, names=_tensor_names(e.artifact))
+            errs = layer_errors(base.path, e.path, data, inputs, threads=threads, names=_tensor_names(e.artifact))
         except Exception as ex:  # noqa: BLE001 - diagnostics are best effort
             notes.append(f"per-layer error of {e.file} could not be computed: {type(ex).__name__}: {str(ex)[:200]}")
             continue
@@ -283,16 +283,6 @@ def _compare_layers(entries: list[Entry], data: Dataset, inputs: tuple[TensorSpe
 def _tensor_names(artifact) -> dict[str, str]:
     """short → original tensor names of a compactly stored artifact (edgekit.export.compact), from its manifest record."""
     return dict((artifact.extra or {}).get(NAMES_KEY) or {}) if artifact is not None else {}
-
-
-def _named(e: Entry):
-    """The entry's model with the exporter's tensor names, so two edgekit artifacts match each other by name."""
-    names = _tensor_names(e.artifact)
-    if not names:
-        return e.path
-    import onnx
-
-    return restore_names(onnx.load(str(e.path)), names)
 
 
 def _layer_block(reference: str, samples: int, generated: bool, errs) -> dict:
