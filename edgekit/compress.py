@@ -24,7 +24,7 @@ from device_agent.manifest import Artifact, Manifest, TensorSpec, file_sha256
 from device_agent.runtime import BackendError, OrtBackend, open_backend
 from edgekit.data import Dataset, ImageSpec, generate, load_data
 from edgekit.errors import AccuracyError, ExportError, InputError
-from edgekit.evaluate import Latency, Quality, compare, is_classifier, measure_latencies, one_sample, run_dataset
+from edgekit.evaluate import Latency, Quality, compare, is_classifier, measure_latencies, one_sample, parity, run_dataset
 from edgekit.export import ExportedArtifact, exporter
 from edgekit.manifest import build_manifest
 from edgekit.onnx_model import io_specs, load_onnx, weight_stats
@@ -34,10 +34,6 @@ from edgekit.profile import drift_profile, selftest_inputs
 __all__ = ["ArtifactResult", "CompressResult", "compress", "default_output"]
 
 GENERATED_SAMPLES = 128
-#: parity between an artifact and the one it was converted from (same precision, other runtime/format)
-PARITY = {"fp32": 1e-3, "fp16": 2e-2, "int8": 5e-2, "mixed": 5e-2}
-#: ...and the least cosine similarity of its outputs with that artifact's, whatever their scale
-PARITY_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98, "mixed": 0.98}
 
 
 @dataclass
@@ -311,31 +307,8 @@ def _warn_slower(results: list[ArtifactResult], source: Latency, ctx: Context) -
 
 
 def _parity(a: ExportedArtifact, ref: dict[str, np.ndarray], new: dict[str, np.ndarray], ctx: Context) -> dict:
-    worst, worst_err, worst_scale = None, 0.0, 1.0
-    for k, r in ref.items():
-        err = float(np.abs(r.astype(np.float64) - new[k].astype(np.float64)).max(initial=0.0))
-        scale = max(1.0, float(np.abs(r).max(initial=0.0)))
-        if worst is None or err / scale > worst_err / worst_scale:
-            worst, worst_err, worst_scale = k, err, scale
-    allowed = max(PARITY.get(a.precision, 5e-2) * worst_scale, a.parity_tolerance or 0.0)
-    agreement = None
-    ok = worst_err <= allowed
-    if ctx.classifier:
-        agreement = float((ref[ctx.first_output].argmax(1) == new[ctx.first_output].argmax(1)).mean() * 100)
-        ok = ok or agreement >= 99.0  # int8 kernels may differ a little per layout/fusion; decisions must not
-    # the error bound scales with max(1, |output|): tiny outputs would pass anything, the direction must hold too
-    cosine = min((_cosine(r, new[k]) for k, r in ref.items() if np.issubdtype(r.dtype, np.floating)), default=1.0)
-    ok = ok and cosine >= PARITY_COSINE.get(a.precision, 0.98)
-    return {"against": a.parent, "worst_output": worst, "max_abs_error": worst_err, "allowed": allowed,
-            "agreement": agreement, "cosine": round(cosine, 6), "ok": bool(ok)}
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    x, y = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    denom = np.linalg.norm(x) * np.linalg.norm(y)
-    if denom == 0:
-        return 1.0 if not x.any() and not y.any() else 0.0
-    return float(x @ y / denom)
+    p = parity(ref, new, a.precision, tolerance=a.parity_tolerance, classifier=ctx.classifier, first_output=ctx.first_output)
+    return {"against": a.parent, **p}
 
 
 def _move_into_place(staging: Path, out: Path) -> None:

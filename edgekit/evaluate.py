@@ -17,7 +17,8 @@ from device_agent.manifest import TensorSpec
 from device_agent.runtime import Backend
 from edgekit.data import Dataset
 
-__all__ = ["Latency", "Quality", "compare", "is_classifier", "measure_latencies", "measure_latency", "run_dataset"]
+__all__ = ["PARITY", "PARITY_COSINE", "Latency", "Quality", "compare", "is_classifier", "measure_latencies", "measure_latency", "parity",
+           "run_dataset"]
 
 MAX_EVAL_BATCH = 32
 
@@ -210,8 +211,10 @@ def compare(
         per_sample = r64.ndim > 1 and r64[0].size >= 8
         rr = r64.reshape(len(r64), -1) if per_sample else r64.reshape(1, -1)
         nn = n64.reshape(len(n64), -1) if per_sample else n64.reshape(1, -1)
-        denom = np.linalg.norm(rr, axis=1) * np.linalg.norm(nn, axis=1)
-        c = np.where(denom > 0, (rr * nn).sum(axis=1) / np.maximum(denom, 1e-30), 1.0)
+        r_norm, n_norm = np.linalg.norm(rr, axis=1), np.linalg.norm(nn, axis=1)
+        denom = r_norm * n_norm
+        # a zero vector has no direction: it matches only another zero vector (a model that collapsed to zeros is not perfect)
+        c = np.where(denom > 0, (rr * nn).sum(axis=1) / np.maximum(denom, 1e-30), np.where((r_norm == 0) & (n_norm == 0), 1.0, 0.0))
         cos = min(cos, float(c.mean()))
     acc = agree = None
     if classifier:
@@ -225,3 +228,47 @@ def compare(
     else:
         drop = (1.0 - cos) * 100.0
     return Quality(acc, agree, cos, mae, drop)
+
+
+#: parity between an artifact and the model it was converted from (same precision, other runtime/format):
+#: largest absolute error, relative to max(1, |output|)...
+PARITY = {"fp32": 1e-3, "fp16": 2e-2, "int8": 5e-2, "mixed": 5e-2}
+#: ...and the least cosine similarity of its outputs with that model's, whatever their scale
+PARITY_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98, "mixed": 0.98}
+
+
+def parity(ref: dict[str, np.ndarray], new: dict[str, np.ndarray], precision: str, *, tolerance: float | None = None,
+           classifier: bool = False, first_output: str | None = None) -> dict:
+    """Whether ``new`` computes what ``ref`` does, for an artifact of ``precision`` converted from ``ref``'s model.
+
+    The worst output's max abs error must be within ``PARITY[precision]`` × max(1, |output|), or within
+    ``tolerance`` when the exporter knows a wider one is due (an int8 .tflite, calibrated by another
+    quantizer, checked against the float model); a classifier whose top-1 decisions agree on ≥ 99 % of
+    samples passes that test too (int8 kernels differ a little per layout and fusion, decisions must
+    not). In every case the outputs' cosine similarity must reach ``PARITY_COSINE[precision]``: a
+    bound that scales with |output| would let tiny outputs pass anything.
+    """
+    worst, worst_err, worst_scale = None, 0.0, 1.0
+    for k, r in ref.items():
+        err = float(np.abs(r.astype(np.float64) - new[k].astype(np.float64)).max(initial=0.0))
+        scale = max(1.0, float(np.abs(r).max(initial=0.0)))
+        if worst is None or err / scale > worst_err / worst_scale:
+            worst, worst_err, worst_scale = k, err, scale
+    allowed = max(PARITY.get(precision, 5e-2) * worst_scale, tolerance or 0.0)
+    agreement = None
+    ok = worst_err <= allowed
+    if classifier and first_output is not None:
+        agreement = float((ref[first_output].argmax(1) == new[first_output].argmax(1)).mean() * 100)
+        ok = ok or agreement >= 99.0
+    cosine = min((_cosine(r, new[k]) for k, r in ref.items() if np.issubdtype(r.dtype, np.floating)), default=1.0)
+    ok = ok and cosine >= PARITY_COSINE.get(precision, 0.98)
+    return {"worst_output": worst, "max_abs_error": worst_err, "allowed": allowed, "agreement": agreement,
+            "cosine": round(cosine, 6), "ok": bool(ok)}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    x, y = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    denom = np.linalg.norm(x) * np.linalg.norm(y)
+    if denom == 0:
+        return 1.0 if not x.any() and not y.any() else 0.0
+    return float(x @ y / denom)

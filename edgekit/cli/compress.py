@@ -13,6 +13,8 @@ from edgekit.cli.training_options import prune_options, prune_steps
 __all__ = ["compress"]
 
 FORMATS = ("onnx", "ort", "tflite")
+#: --tflite-weights -> the exporter's per_channel (None: measure both, keep the smaller if as accurate and fast)
+_PER_CHANNEL = {"auto": None, "per-channel": True, "per-tensor": False}
 
 
 def _formats(ctx, param, value: str) -> tuple[str, ...]:
@@ -33,9 +35,9 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--format", "formats", default="onnx,ort", show_default=True, callback=_formats, help="Artifacts to write: onnx, ort, tflite.")
 @click.option("--tflite-io", type=click.Choice(["float", "int8"]), default="float", show_default=True,
               help="Input/output type of a full-integer int8 .tflite: float (callers need not quantize) or int8.")
-@click.option("--tflite-weights", type=click.Choice(["per-channel", "per-tensor"]), default="per-channel", show_default=True,
-              help="Scales of a full-integer int8 .tflite's weights: per output channel, or one per tensor (smaller; "
-                   "check the accuracy, depthwise convolutions often lose a lot).")
+@click.option("--tflite-weights", type=click.Choice(["auto", "per-channel", "per-tensor"]), default="auto", show_default=True,
+              help="Scales of a full-integer int8 .tflite's weights: auto converts both and ships per-tensor (smaller) "
+                   "only if it is as accurate and as fast on the evaluation data; per-channel or per-tensor forces one.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="PyTorch state_dict for a FILE.py:FACTORY model (read with torch.load(weights_only=True)).")
 @click.option("--input-shape", "input_shape", multiple=True, metavar="[NAME:]1,3,224,224",
@@ -59,7 +61,7 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @prune_options
 def compress(model: Path, int8: bool, fp16: bool, data, eval_data, output, formats, max_drop, calibration, calib_samples, search_time,
              exclude, threads, version, name, data_desc, data_layout, preprocess, max_eval_samples, allow_mismatch, force, as_json,
-             tflite_io="float", tflite_weights="per-channel", weights=None, input_shape=(), recipe=None, **train):
+             tflite_io="float", tflite_weights="auto", weights=None, input_shape=(), recipe=None, **train):
     """Compress MODEL and write .onnx/.ort/.tflite artifacts, a signed-ready manifest and a report.
 
     MODEL is a .onnx file, a PyTorch FILE.py:FACTORY (with --weights, --input-shape) or .pt2,
@@ -101,7 +103,7 @@ def compress(model: Path, int8: bool, fp16: bool, data, eval_data, output, forma
         steps.append(StepSpec("fp16", {}))
     if tflite_io != "float" and "tflite" not in formats:
         raise click.UsageError("--tflite-io applies to the .tflite artifact; add tflite to --format")
-    if tflite_weights != "per-channel" and "tflite" not in formats:
+    if tflite_weights != "auto" and "tflite" not in formats:
         raise click.UsageError("--tflite-weights applies to the .tflite artifact; add tflite to --format")
     if "tflite" in formats:  # fail before the slow steps, not after them
         from edgekit.export.tflite import check_available
@@ -117,7 +119,7 @@ def compress(model: Path, int8: bool, fp16: bool, data, eval_data, output, forma
         result = run(
             source.path, steps, formats=formats, data=data, eval_data=eval_data, output=output or default_output(source.base, _tag(steps)),
             force=force, name=name, version=version, export_options={"tflite": {"io": tflite_io, "calib_samples": calib_samples,
-                                                                "per_channel": tflite_weights == "per-channel"}},
+                                                                "per_channel": _PER_CHANNEL[tflite_weights]}},
             data_desc=data_desc, image_spec=ImageSpec.from_file(preprocess) if preprocess else None, data_layout=data_layout,
             threads=threads, max_eval_samples=max_eval_samples, allow_mismatch=allow_mismatch,
             recipe=plan.document if plan else None, origin=source.describe(weights), say=lambda m: progress.say(m),

@@ -26,11 +26,13 @@ same for every precision, and shipped only if it computes bit-identical outputs.
 (``export_options={"tflite": {"strip": False}}``) keeps the names, e.g. to read the graph in Netron.
 ``extra["tflite"]["stripped"]`` records the converter's size beside the shipped one.
 
-Full-integer weights are quantized per channel (per output channel; TFLite's default). ``per_channel=False``
-(``export_options={"tflite": {"per_channel": False}}``) is an opt-in for one scale per weight tensor: it
-saves the float32 scale (and zero point) each channel of a weight and of its int32 bias carries, 1.3 %
-of the fp32 size on MobileNetV2 (0.266x -> 0.253x), but costs accuracy where channel ranges differ
-(trained depthwise convolutions most); the artifact's parity and accuracy checks still apply.
+Full-integer weights get per-channel scales (TFLiteConverter's default) or one scale per weight tensor,
+whichever is smaller while as accurate and as fast on the evaluation data: both are converted and
+measured (:mod:`edgekit.export.tflite_weights`). Per-tensor saves the float32 scale and int64 zero point
+each channel of a weight and of its int32 bias carries (0.285x -> 0.270x the fp32 size on the digits
+CNN, 1.3 % of it on MobileNetV2) and costs accuracy where channel ranges differ (trained depthwise
+convolutions most). ``per_channel=True``/``False`` (``--tflite-weights per-channel|per-tensor``,
+``export_options={"tflite": {"per_channel": False}}``) skips the choice.
 
 All TensorFlow work runs in a child process (:mod:`edgekit.tf_process`): TF's logs, aborts and
 onnx2tf's ``sys.exit`` stay there and come back as one ``ExportError`` line.
@@ -86,10 +88,14 @@ def export_tflite(
     io: str = "float",
     calib_samples: int = 256,
     strip: bool = True,
-    per_channel: bool = True,
+    per_channel: bool | None = None,
     **_: Any,
 ) -> list[ExportedArtifact]:
     """Write ``<stem>.tflite`` for ``onnx_artifact`` (converted from ``float_model``) and describe it.
+
+    ``per_channel`` (full-integer int8 only): True/False forces per-channel/per-tensor weight scales;
+    None converts both and ships the smaller one if it is as accurate and as fast
+    (:mod:`edgekit.export.tflite_weights`).
 
     Raises ``MissingExtraError`` without the tflite extra and ``ExportError`` naming the op, the
     input or TensorFlow's own message when the conversion cannot be done.
@@ -131,7 +137,9 @@ def export_tflite(
         "io": io,
         "calib_samples": calib_samples,
         "strip": bool(strip),
-        "per_channel": bool(per_channel),
+        "per_channel": per_channel is not False,
+        "alternatives": [{"per_channel": False, "out": str(work / f"{stem}.per-tensor.tflite")}]
+        if mode == "int8" and per_channel is None else [],
         "inputs": [_spec_doc(s) for s in inputs],
         "outputs": [_spec_doc(s) for s in outputs],
         "sample": str(_save(work / "sample.npz", ctx.eval_data.subset(SAMPLE_COUNT).inputs)),
@@ -144,13 +152,11 @@ def export_tflite(
     quantized_io = io == "int8"
     art_inputs = tuple(_spec(d, quantized_io) for d in result["inputs"])
     art_outputs = tuple(_spec(d, quantized_io) for d in result["outputs"])
-    for note in result.get("notes", []):
-        ctx.notes.append(f"{path.name}: {note}")
     extra = {
         "tflite": {
             "quantization": _QUANTIZATION[mode],
             "io": io,
-            "weights": ("per-channel" if per_channel else "per-tensor") if mode == "int8" else None,
+            "weights": ("per-tensor" if per_channel is False else "per-channel") if mode == "int8" else None,
             "converter": "TFLiteConverter (from the TensorFlow source)" if tf_source else "onnx2tf + TFLiteConverter",
             "calibration_samples": min(calib_samples, ctx.calib_data.n) if mode == "int8" else 0,
             "ops": result.get("ops", {}),
@@ -162,9 +168,40 @@ def export_tflite(
     }
     reference, label = _reference(float_model, source_model, ctx, float_path)
     tolerance = _int8_tolerance(onnx_artifact, reference, ctx) if mode in ("int8", "dynamic") else None
-    ctx.say(f"tflite: wrote {path.name} ({_QUANTIZATION[mode]}, {io} I/O, layout {_layouts(art_inputs)})")
+    notes = result.get("notes", [])
+    if result.get("alternatives"):
+        notes = _choose_weights(path, result, extra, reference, tolerance, precision, art_inputs, art_outputs, ctx)
+    for note in notes:
+        ctx.notes.append(f"{path.name}: {note}")
+    weights = f", {extra['tflite']['weights']} weights" if mode == "int8" else ""
+    ctx.say(f"tflite: wrote {path.name} ({_QUANTIZATION[mode]}{weights}, {io} I/O, layout {_layouts(art_inputs)})")
     return [ExportedArtifact(path, "tflite", precision, art_inputs, art_outputs, parent=label, extra=extra,
                            reference_outputs=reference, parity_tolerance=tolerance)]
+
+
+def _choose_weights(path: Path, result: dict, extra: dict, reference: dict[str, np.ndarray], tolerance: float | None,
+                    precision: str, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], ctx: Context) -> list[str]:
+    """Keep the per-channel .tflite at ``path`` or move the per-tensor one there; record both. Returns its notes."""
+    from edgekit.export.tflite_weights import WeightsCandidate, choose, measure
+
+    cands = [WeightsCandidate("per-channel", path, path.stat().st_size, result)]
+    for alt in result["alternatives"]:
+        name = "per-tensor" if alt.get("per_channel") is False else "per-channel"
+        if alt.get("error"):
+            cands.append(WeightsCandidate(name, None, error=alt["error"]))
+        else:
+            alt_path = Path(alt["out"])
+            cands.append(WeightsCandidate(name, alt_path, alt_path.stat().st_size, alt))
+    ctx.progress("tflite: per-channel or per-tensor weights", 0.8)
+    measure(cands, ctx, reference, tolerance, precision, inputs, outputs, extra)
+    best, why = choose(cands, n_eval=ctx.eval_data.n)
+    if best.path != path:
+        best.path.replace(path)
+        extra["tflite"].update(ops=best.facts.get("ops", {}), stripped=best.facts.get("stripped", {}))
+    extra["tflite"]["weights"] = best.weights
+    extra["tflite"]["weights_choice"] = {"chosen": best.weights, "why": why, "candidates": [c.to_dict() for c in cands]}
+    ctx.say(f"tflite: weights {why}")
+    return list(best.facts.get("notes", []))
 
 
 def _load_source(ctx: Context) -> onnx.ModelProto:

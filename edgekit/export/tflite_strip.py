@@ -10,6 +10,7 @@ model description                  dropped   "MLIR Converted."; informational
 names of intermediate tensors      dropped   the converter's fused-op names
 quantization ``min``/``max``       dropped   calibration ranges; kernels read scale/zero point
 repeated numeric vectors           shared    written once, every table points at that copy
+empty buffers of activations       shared    buffer 0, the schema's sentinel for "no data"
 names of subgraph I/O tensors      kept      ``get_input_details()`` and a bare .tflite's ports
 signature defs                     kept      LiteRT (and the device agent) find I/O by them
 metadata (min_runtime_version,     kept      read by the runtime and delegates
@@ -54,7 +55,7 @@ def strip_tflite(blob: bytes) -> tuple[bytes, dict[str, Any]]:
     # TF's maintained reader of the TFLite schema (object API); it byte-swaps on big-endian hosts
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(blob))
     removed = {"description": _drop_description(model), "tensor_names": _drop_inner_names(model),
-               "min_max": _drop_min_max(model)}
+               "min_max": _drop_min_max(model), "empty_buffers": _share_empty_buffers(model)}
     out, shared = _write(model, flatbuffer_utils)
     removed["shared_vector_bytes"] = shared
     return out, {"converter_bytes": len(blob), "bytes": len(out), "removed": removed}
@@ -110,6 +111,38 @@ def _drop_inner_names(model) -> int:
                 tensor.name = None
                 count += 1
     return count
+
+
+def _share_empty_buffers(model) -> int:
+    """Point every tensor without constant data at buffer 0 and drop the empty buffers it had; returns how many.
+
+    The converter gives each activation tensor a buffer of its own, empty. The schema reserves
+    buffer 0 as the empty sentinel "so that tensors without a buffer can provide 0 as their buffer";
+    the interpreter reads a tensor as constant only when its buffer holds data.
+    """
+    buffers = model.buffers or []
+    if not buffers or not _empty(buffers[0]):
+        return 0  # not a file this rewrite understands: leave it as written
+    refs = [t for sg in model.subgraphs or [] for t in sg.tensors or []]
+    for t in refs:
+        if _empty(buffers[t.buffer]):
+            t.buffer = 0
+    used = {0, *(t.buffer for t in refs), *(m.buffer for m in model.metadata or []), *(int(i) for i in model.metadataBuffer or [])}
+    keep = [i for i in range(len(buffers)) if i in used or not _empty(buffers[i])]
+    new_index = {old: new for new, old in enumerate(keep)}
+    model.buffers = [buffers[i] for i in keep]
+    for t in refs:
+        t.buffer = new_index[t.buffer]
+    for m in model.metadata or []:
+        m.buffer = new_index[m.buffer]
+    if model.metadataBuffer is not None:
+        model.metadataBuffer = [new_index[int(i)] for i in model.metadataBuffer]
+    return len(buffers) - len(keep)
+
+
+def _empty(buffer) -> bool:
+    """No data in the flatbuffer and none outside it (``offset``/``size`` address data appended after a 2 GB model)."""
+    return (buffer.data is None or len(buffer.data) == 0) and not getattr(buffer, "offset", 0)
 
 
 def _drop_min_max(model) -> int:

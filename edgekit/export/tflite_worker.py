@@ -10,7 +10,9 @@ Job (``job.json``, written by :mod:`edgekit.export.tflite`)::
     calib       .npz of source-layout arrays named after the inputs (int8), or null
     sample      .npz of a few source-layout samples: onnx2tf's shape-estimation data, layout check
     strip       true (default) | false            drop what LiteRT does not read (tensor names, ...)
-    per_channel true (default) | false            int8: one weight scale per channel, or per tensor (opt-in)
+    per_channel true (default) | false            int8: one weight scale per channel, or per tensor
+    alternatives [{"out": path, option: value}]   the same model converted again with other options
+                                                  (e.g. per_channel false), for the caller to choose from
 
 Result: the artifact-layout signature (``perm`` per tensor), the signature names inside the
 .tflite, the quantization each I/O tensor got, the op histogram, what stripping removed and notes.
@@ -55,9 +57,15 @@ def run(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     saved = _save_serving(tf, fn, model, workdir / "serving")
     blob, notes = _convert(tf, saved, job, calib, in_perms, names["inputs"])
     _smoke_check(blob)  # on the converter's file: its errors name tensors, which stripping drops
-    blob, stripped = _strip(blob, _signature_feeds(job, sample, in_perms, names["inputs"]), job, notes)
+    feeds = _signature_feeds(job, sample, in_perms, names["inputs"])
+    blob, stripped = _strip(blob, feeds, job, notes)
     out = Path(job["out"])
     out.write_bytes(blob)
+    alternatives = []
+    for i, alt in enumerate(job.get("alternatives") or []):
+        report_progress(workdir, f"tflite: converting the alternative ({', '.join(f'{k}={v}' for k, v in alt.items() if k != 'out')})",
+                        0.6 + 0.2 * i / len(job["alternatives"]))
+        alternatives.append(_alternative(tf, saved, job, alt, calib, in_perms, names["inputs"], feeds))
     report_progress(workdir, "tflite: checking layout", 0.9)
     out_perms = _output_perms(tf, fn, job, sample, in_perms, names)
     return {
@@ -67,8 +75,27 @@ def run(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "ops": _op_histogram(blob),
         "stripped": stripped,
         "notes": notes,
+        "alternatives": alternatives,
         "versions": _versions(),
     }
+
+
+def _alternative(tf, saved: str, job: dict, alt: dict, calib, in_perms: dict, sig_names: dict, feeds: dict) -> dict[str, Any]:
+    """Convert the same SavedModel again with ``alt``'s options (e.g. ``per_channel: false``) to ``alt["out"]``.
+
+    Same graph, same signature and layout as the main .tflite: only the quantization differs. A
+    conversion that fails is reported (``error``), not fatal: the main .tflite stands.
+    """
+    options = {k: v for k, v in alt.items() if k != "out"}
+    notes: list[str] = []
+    try:
+        blob, notes = _convert(tf, saved, {**job, **options}, calib, in_perms, sig_names)
+        _smoke_check(blob)
+        blob, stripped = _strip(blob, feeds, job, notes)
+    except WorkerError as e:
+        return {**options, "error": str(e)}
+    Path(alt["out"]).write_bytes(blob)
+    return {**options, "out": alt["out"], "ops": _op_histogram(blob), "stripped": stripped, "notes": notes}
 
 
 # ---------------------------------------------------------------- ONNX → Keras (onnx2tf), offline
@@ -344,7 +371,7 @@ def _convert(tf, saved: str, job: dict, calib: dict[str, np.ndarray] | None, in_
         elif mode == "int8":
             c.optimizations = [tf.lite.Optimize.DEFAULT]
             c.representative_dataset = _representative(job, calib, in_perms, sig_names)
-            # opt-in only: one scale per weight tensor saves 12 bytes a channel but loses accuracy (depthwise convs most)
+            # one scale per weight tensor saves 24 bytes a channel (weight + bias) but may lose accuracy (depthwise convs most)
             c._experimental_disable_per_channel = not job.get("per_channel", True)  # noqa: SLF001 - TF's only switch for it
             if io == "int8":
                 c.inference_input_type = tf.int8

@@ -24,12 +24,12 @@ ART = "digits.int8.tflite"
 
 @pytest.fixture(scope="module")
 def int8_pair(digits, tmp_path_factory):
-    """{True: output dir of the stripped int8 .tflite, False: the converter's own file}."""
+    """{True: output dir of the stripped int8 .tflite, False: the converter's own file}; both per-channel."""
     tmp = tmp_path_factory.mktemp("tfl-strip")
     out = {}
     for strip in (True, False):
         result = compress(digits["model"], [StepSpec("int8", {"max_drop": 100.0})], formats=("tflite",), data=digits["eval"],
-                          output=tmp / f"strip-{strip}", export_options={"tflite": {"strip": strip}})
+                          output=tmp / f"strip-{strip}", export_options={"tflite": {"strip": strip, "per_channel": True}})
         out[strip] = result.output
     return out
 
@@ -54,6 +54,8 @@ def test_stripped_int8_tflite_is_smaller_and_says_by_how_much(int8_pair):
     assert facts["removed"]["description"] > 0 and facts["removed"]["tensor_names"] > 10
     # per-channel zero points: the same all-zero int64 vector for a weight and its bias, written once
     assert facts["removed"]["shared_vector_bytes"] >= 8 * 64
+    # activations' empty buffers: all point at buffer 0, the schema's "no data" sentinel
+    assert facts["removed"]["empty_buffers"] >= 10
     assert load_manifest(int8_pair[False]).artifact(ART).extra["tflite"]["stripped"]["removed"] == {}
 
 
@@ -139,7 +141,7 @@ def test_a_stripped_model_that_computes_differently_is_not_shipped(monkeypatch):
     assert notes == ["kept the converter's .tflite unstripped: output(s) logits changed when tensor names were dropped"]
 
 
-def test_per_tensor_weights_are_an_opt_in_that_saves_the_per_channel_parameters(int8_pair, digits, tmp_path):
+def test_per_tensor_weights_can_be_forced_and_save_the_per_channel_parameters(int8_pair, digits, tmp_path):
     from click.testing import CliRunner
 
     from edgekit.cli.main import cli

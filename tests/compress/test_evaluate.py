@@ -1,0 +1,30 @@
+"""Quality and parity measures on outputs given here: what counts as close, and what does not."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgekit.evaluate import compare, parity
+
+
+def test_an_output_collapsed_to_zeros_is_not_a_perfect_match():
+    rng = np.random.default_rng(0)
+    ref = {"y": rng.standard_normal((16, 4, 8, 8)).astype(np.float32)}
+    q = compare(ref, {"y": np.zeros_like(ref["y"])}, classifier=False, first_output="y")
+    assert q.cosine == 0.0 and q.drop == 100.0
+    # zeros against zeros are the same output
+    zeros = {"y": np.zeros((4, 16), np.float32)}
+    assert compare(zeros, {"y": np.zeros((4, 16), np.float32)}, classifier=False, first_output="y").drop == 0.0
+    assert not parity(ref, {"y": np.zeros_like(ref["y"])}, "int8")["ok"]
+
+
+def test_parity_passes_small_errors_and_classifiers_whose_decisions_agree():
+    rng = np.random.default_rng(1)
+    ref = {"logits": rng.standard_normal((200, 10)).astype(np.float32) * 5}
+    near = {"logits": ref["logits"] + 0.01}
+    assert parity(ref, near, "int8")["ok"]
+    noisy = {"logits": ref["logits"] + rng.standard_normal((200, 10)).astype(np.float32) * 0.4}  # beyond 5e-2 x |output|
+    p = parity(ref, noisy, "int8", classifier=True, first_output="logits")
+    assert p["max_abs_error"] > p["allowed"]
+    assert p["ok"] == (p["agreement"] >= 99.0)
+    assert parity(ref, noisy, "int8", tolerance=2.0)["ok"]  # an exporter's wider bound
