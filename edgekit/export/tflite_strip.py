@@ -11,6 +11,8 @@ names of intermediate tensors      dropped   the converter's fused-op names
 quantization ``min``/``max``       dropped   calibration ranges; kernels read scale/zero point
 repeated numeric vectors           shared    written once, every table points at that copy
 empty buffers of activations       shared    buffer 0, the schema's sentinel for "no data"
+identity RESHAPE ops               dropped   same shape, signature and quantization in and out
+                                             (onnx2tf's Gemm leaves one after each dense layer)
 names of subgraph I/O tensors      kept      ``get_input_details()`` and a bare .tflite's ports
 signature defs                     kept      LiteRT (and the device agent) find I/O by them
 metadata (min_runtime_version,     kept      read by the runtime and delegates
@@ -55,7 +57,9 @@ def strip_tflite(blob: bytes) -> tuple[bytes, dict[str, Any]]:
     # TF's maintained reader of the TFLite schema (object API); it byte-swaps on big-endian hosts
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(blob))
     removed = {"description": _drop_description(model), "tensor_names": _drop_inner_names(model),
-               "min_max": _drop_min_max(model), "empty_buffers": _share_empty_buffers(model)}
+               "min_max": _drop_min_max(model), "identity_reshapes": _drop_identity_reshapes(model)}
+    removed["unused_tensors"] = _drop_unused_tensors(model)
+    removed["empty_buffers"] = _share_empty_buffers(model)
     out, shared = _write(model, flatbuffer_utils)
     removed["shared_vector_bytes"] = shared
     return out, {"converter_bytes": len(blob), "bytes": len(out), "removed": removed}
@@ -113,8 +117,100 @@ def _drop_inner_names(model) -> int:
     return count
 
 
+def _drop_identity_reshapes(model) -> int:
+    """Remove RESHAPE ops that give back their input unchanged, for any batch size; returns how many.
+
+    Identity means: same element type, shape, shape signature and quantization in and out, and a
+    target shape equal to that signature (a -1 batch stays -1). Consumers then read the input
+    directly. A reshape whose output is a subgraph output stays (the output's name is the port).
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes or []]
+    count = 0
+    for subgraph in model.subgraphs or []:
+        tensors = subgraph.tensors or []
+        ports = {*_indices(subgraph.inputs), *_indices(subgraph.outputs)}
+        keep_ops = []
+        for op in subgraph.operators or []:
+            ins, outs = _indices(op.inputs), _indices(op.outputs)
+            if (codes[op.opcodeIndex] == schema.BuiltinOperator.RESHAPE and len(outs) == 1 and ins and outs[0] not in ports
+                    and _identity_reshape(model, tensors, ins, outs[0])):
+                src, dst = ins[0], outs[0]
+                for other in subgraph.operators:
+                    if other.inputs is not None:
+                        other.inputs = np.asarray([src if int(i) == dst else int(i) for i in other.inputs], dtype=np.int32)
+                count += 1
+                continue
+            keep_ops.append(op)
+        subgraph.operators = keep_ops
+    return count
+
+
+def _identity_reshape(model, tensors, ins: list[int], out: int) -> bool:
+    a, b = tensors[ins[0]], tensors[out]
+    if a.type != b.type or not _same(a.shape, b.shape) or not _same(_signature(a), _signature(b)) or not _same_quant(a, b):
+        return False
+    if len(ins) < 2 or ins[1] < 0:
+        return True  # the target shape is the output's, already equal
+    data = model.buffers[tensors[ins[1]].buffer].data
+    if data is None or not len(data):
+        return False  # a shape computed at run time
+    target = np.frombuffer(bytes(data), dtype=np.int64 if tensors[ins[1]].type == 4 else np.int32)
+    return _same(target, _signature(a))
+
+
+def _signature(t) -> list[int]:
+    return [int(d) for d in (t.shapeSignature if t.shapeSignature is not None else t.shape if t.shape is not None else [])]
+
+
+def _same(x, y) -> bool:
+    return [int(v) for v in (x if x is not None else [])] == [int(v) for v in (y if y is not None else [])]
+
+
+def _same_quant(a, b) -> bool:
+    return _quant_key(a.quantization) == _quant_key(b.quantization)
+
+
+def _quant_key(q) -> tuple | None:
+    if q is None:
+        return None
+    return (*(None if v is None else np.asarray(v).tobytes() for v in (q.scale, q.zeroPoint)), q.quantizedDimension)
+
+
+def _drop_unused_tensors(model) -> int:
+    """Remove tensors no op, subgraph port or signature refers to, renumbering the references; returns how many."""
+    signed = {(sig.subgraphIndex, t.tensorIndex) for sig in model.signatureDefs or [] for t in (sig.inputs or []) + (sig.outputs or [])}
+    dropped = 0
+    for g, subgraph in enumerate(model.subgraphs or []):
+        tensors = subgraph.tensors or []
+        used = {*_indices(subgraph.inputs), *_indices(subgraph.outputs), *(i for sg, i in signed if sg == g)}
+        for op in subgraph.operators or []:
+            used |= {*_indices(op.inputs), *_indices(op.outputs), *_indices(op.intermediates)}
+        used.discard(-1)  # an omitted optional input
+        if len(used) == len(tensors):
+            continue
+        order = sorted(used)
+        new = {old: i for i, old in enumerate(order)} | {-1: -1}
+        subgraph.tensors = [tensors[i] for i in order]
+
+        subgraph.inputs, subgraph.outputs = _remap(subgraph.inputs, new), _remap(subgraph.outputs, new)
+        for op in subgraph.operators or []:
+            op.inputs, op.outputs, op.intermediates = _remap(op.inputs, new), _remap(op.outputs, new), _remap(op.intermediates, new)
+        for sig in model.signatureDefs or []:
+            if sig.subgraphIndex == g:
+                for t in (sig.inputs or []) + (sig.outputs or []):
+                    t.tensorIndex = new[t.tensorIndex]
+        dropped += len(tensors) - len(order)
+    return dropped
+
+
+def _remap(xs, new: dict[int, int]):
+    return None if xs is None else np.asarray([new[int(i)] for i in xs], dtype=np.int32)
+
+
 def _share_empty_buffers(model) -> int:
-    """Point every tensor without constant data at buffer 0 and drop the empty buffers it had; returns how many.
+    """Point every tensor without constant data at buffer 0, drop the buffers nothing reads; returns how many.
 
     The converter gives each activation tensor a buffer of its own, empty. The schema reserves
     buffer 0 as the empty sentinel "so that tensors without a buffer can provide 0 as their buffer";
@@ -128,7 +224,7 @@ def _share_empty_buffers(model) -> int:
         if _empty(buffers[t.buffer]):
             t.buffer = 0
     used = {0, *(t.buffer for t in refs), *(m.buffer for m in model.metadata or []), *(int(i) for i in model.metadataBuffer or [])}
-    keep = [i for i in range(len(buffers)) if i in used or not _empty(buffers[i])]
+    keep = [i for i in range(len(buffers)) if i in used]  # constant data no tensor reads any more goes too
     new_index = {old: new for new, old in enumerate(keep)}
     model.buffers = [buffers[i] for i in keep]
     for t in refs:

@@ -56,6 +56,11 @@ def test_stripped_int8_tflite_is_smaller_and_says_by_how_much(int8_pair):
     assert facts["removed"]["shared_vector_bytes"] >= 8 * 64
     # activations' empty buffers: all point at buffer 0, the schema's "no data" sentinel
     assert facts["removed"]["empty_buffers"] >= 10
+    # the [N, 64] -> [N, 64] RESHAPE after the first dense layer goes, with its output and its shape constant;
+    # the flatten before it ([N, 64, 2, 2] -> [N, 256]) stays
+    assert facts["removed"]["identity_reshapes"] == 1 and facts["removed"]["unused_tensors"] == 2
+    ops = (load_manifest(int8_pair[True]).artifact(ART).extra["tflite"]["ops"], load_manifest(int8_pair[False]).artifact(ART).extra["tflite"]["ops"])
+    assert (ops[0]["RESHAPE"], ops[1]["RESHAPE"]) == (1, 2)
     assert load_manifest(int8_pair[False]).artifact(ART).extra["tflite"]["stripped"]["removed"] == {}
 
 
@@ -65,7 +70,7 @@ def test_stripping_keeps_io_names_and_the_signature_and_drops_the_rest(int8_pair
     new_in, new_out, new_all = _names(new)
     old_in, old_out, old_all = _names(old)
     assert (new_in, new_out) == (old_in, old_out) == (["serving_default_x:0"], ["PartitionedCall:0"])
-    assert len(new_all) == len(old_all)
+    assert len(new_all) == len(old_all) - 2  # the identity RESHAPE's output and its shape constant
     inner = [n for n in new_all if n not in (*new_in, *new_out)]
     assert inner and all(n == "" for n in inner)
     assert any(";" in n for n in old_all)  # the converter's fused-op names, which were the bytes removed
