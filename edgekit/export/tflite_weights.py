@@ -100,6 +100,13 @@ def choose(cands: list[WeightsCandidate], *, n_eval: int) -> tuple[WeightsCandid
     if default.error or default.quality is None:
         return default, f"{default.weights} (the others could not be measured)"
     tie = max(MIN_TIE_PTS, 100.0 / max(n_eval, 1))
+    if default.parity is not None and not default.parity["ok"]:
+        # the default would fail the artifact's check: a candidate that passes it is better, whatever its size
+        passing = [c for c in cands[1:] if not c.error and c.quality is not None and c.parity is not None and c.parity["ok"]]
+        if passing:
+            best = min(passing, key=lambda c: (c.quality.drop, c.size_bytes))
+            return best, (f"{best.weights}: {default.weights} fails parity with the float model ({_parity_text(default.parity)}); "
+                          f"{best.weights} passes it")
     reasons, eligible = [], []
     for c in cands[1:]:
         why = _rejected(c, default, tie)
@@ -123,9 +130,7 @@ def _rejected(c: WeightsCandidate, default: WeightsCandidate, tie: float) -> str
     if c.quality is None or c.latency is None or default.latency is None:
         return "was not measured"
     if c.parity is not None and not c.parity["ok"]:
-        p = c.parity
-        return (f"fails parity with the float model (max abs error {p['max_abs_error']:.4g}, allowed {p['allowed']:.4g}, "
-                f"cosine {p['cosine']:.4f}" + (f", top-1 agreement {p['agreement']:.2f}%" if p.get("agreement") is not None else "") + ")")
+        return f"fails parity with the float model ({_parity_text(c.parity)})"
     if not np.isfinite(c.quality.drop) or c.quality.drop > default.quality.drop + tie:
         return (f"loses {c.quality.drop:.2f} pts against {default.quality.drop:.2f} "
                 f"(more than one evaluation sample, {tie:.2f} pts)")
@@ -151,3 +156,8 @@ def _rms(ref: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> float:
 
 def _ratio(a: float | None, b: float | None) -> str:
     return "n/a" if a is None or not b else f"{a / b:.2f}x"
+
+
+def _parity_text(p: dict[str, Any]) -> str:
+    return (f"max abs error {p['max_abs_error']:.4g}, allowed {p['allowed']:.4g}, cosine {p['cosine']:.4f}"
+            + (f", top-1 agreement {p['agreement']:.2f}%" if p.get("agreement") is not None else ""))

@@ -60,6 +60,14 @@ def test_each_reason_to_keep_per_channel_is_said(pt, fragment):
     assert fragment in why
 
 
+def test_when_per_channel_fails_parity_a_per_tensor_that_passes_ships_even_if_less_accurate():
+    pc, pt = _cand("per-channel", 46_920, parity_ok=False), _cand("per-tensor", 44_480, drop=2.0, rms=0.2)
+    best, why = choose([pc, pt], n_eval=540)
+    assert best is pt
+    assert why.startswith("per-tensor: per-channel fails parity with the float model (max abs error 0.5, allowed 0.2")
+    assert why.endswith("; per-tensor passes it")
+
+
 def test_digits_ships_per_tensor_and_the_manifest_shows_both_candidates(digits, tmp_path):
     out = compress(digits["model"], [StepSpec("int8", {})], formats=("tflite",), data=digits["eval"], output=tmp_path / "auto").output
     art = load_manifest(out, verify_files=True).artifact(ART)
