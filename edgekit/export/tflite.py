@@ -50,7 +50,7 @@ import onnx
 from device_agent.manifest import TensorSpec
 from edgekit.errors import ExportError
 from edgekit.export import ExportedArtifact
-from edgekit.export.tflite_prep import explicit_maxpool_padding
+from edgekit.export.tflite_prep import explicit_maxpool_padding, space_to_depth_stem
 from edgekit.onnx_model import io_specs
 from edgekit.pipeline import Context
 from edgekit.tf_process import require, run_worker
@@ -125,11 +125,14 @@ def export_tflite(
     tf_source = _tf_source(float_model, ctx, source_model)
     convert_path, rewrites = float_path, {}
     if mode == "int8" and not tf_source:
-        prepared, n = explicit_maxpool_padding(float_model)
-        if n:
+        prepared = float_model
+        for key, rewrite in (("maxpool_padding_made_explicit", explicit_maxpool_padding), ("space_to_depth_stem", space_to_depth_stem)):
+            prepared, n = rewrite(prepared)
+            if n:
+                rewrites[key] = n
+        if rewrites:
             convert_path = work / "float.prepared.onnx"
             onnx.save(prepared, str(convert_path))
-            rewrites["maxpool_padding_made_explicit"] = n
     job = {
         "source": tf_source or {"kind": "onnx", "path": str(convert_path)},
         "out": str((out_dir / f"{stem}.tflite").resolve()),  # the worker runs in its own directory
