@@ -5,8 +5,10 @@
 # the bundle from `edgekit agent bundle` installs with install.sh (base dependencies only, from the
 # package index, onnxruntime pinned to a version the emulator runs), the agent starts, passes its
 # self-test, answers a prediction over HTTP and publishes telemetry to a Mosquitto on this machine.
+# Then the agent's LiteRT backend runs edgekit's .tflite files (stripped; full-int8 and fp16) there and
+# must give the outputs it gives here.
 #
-#   bash scripts/check-arm64.sh                 # ARM64_ROOT=/tmp/arm64root ORT_VERSION=1.27.0
+#   bash scripts/check-arm64.sh                 # ARM64_ROOT=/tmp/arm64root ORT_VERSION=1.27.0 LITERT_VERSION=1.4.0
 #   KEEP=1 bash scripts/check-arm64.sh          # leave the agent's files in the root for a look
 #
 # Needs root (debootstrap, chroot) and network access to the package index. Exit 0 = all passed.
@@ -15,6 +17,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 R=${ARM64_ROOT:-/tmp/arm64root}
 ORT_VERSION=${ORT_VERSION:-1.27.0}   # qemu 7.2 cannot run onnxruntime >= 1.28 (real Pis can)
+LITERT_VERSION=${LITERT_VERSION:-1.4.0}  # ...nor ai-edge-litert 2.x (segfaults loading any model; 1.4.0 runs)
 PY=${PY:-$REPO/.venv/bin/python}
 TOOLS=${TOOLS:-$REPO/../shared/tools}
 WORK=$(mktemp -d /tmp/edgekit-arm64-check.XXXXXX)
@@ -43,16 +46,16 @@ trap cleanup EXIT
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || fail "mosquitto is not installed: make mosquitto"
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
-say "1/6 the arm64 root ($R)"
+say "1/7 the arm64 root ($R)"
 bash "$TOOLS/arm64-root.sh" "$R" | sed 's/^/  /'
 [ "$(chroot "$R" uname -m)" = aarch64 ] || fail "the root does not run aarch64 code"
 
-say "2/6 a model: the digits CNN, edgekit compress --int8"
+say "2/7 a model: the digits CNN, edgekit compress --int8"
 "$PY" -m edgekit.examples.digits "$WORK/digits" >/dev/null 2>&1
 "$PY" -c "import sys; from edgekit.cli.main import main; main(sys.argv[1:])" compress --int8 --data "$WORK/digits/calib.npz" \
   -o "$WORK/model" "$WORK/digits/digits.onnx" >/dev/null 2>&1 || fail "edgekit compress failed"
 
-say "3/6 a Mosquitto on 127.0.0.1 and the device bundle"
+say "3/7 a Mosquitto on 127.0.0.1 and the device bundle"
 read -r MQTT_PORT API_PORT < <("$PY" -c "
 import socket
 ports = []
@@ -66,7 +69,7 @@ BROKER_PID=$!
   --broker "mqtt://127.0.0.1:$MQTT_PORT" --model "$WORK/model" --set "api.port=$API_PORT" --set telemetry.interval_s=2 \
   --set model.threads=1 -o "$WORK/bundle.tar.gz"
 
-say "4/6 install.sh inside the arm64 root (pip from the package index; onnxruntime==$ORT_VERSION)"
+say "4/7 install.sh inside the arm64 root (pip from the package index; onnxruntime==$ORT_VERSION)"
 rm -rf "$R/root/edgekit-bundle" "$R/opt/edgekit-agent" "$R/etc/edgekit" "$R/var/lib/edgekit"
 mkdir -p "$R/root/edgekit-bundle"
 tar xzf "$WORK/bundle.tar.gz" -C "$R/root/edgekit-bundle"
@@ -81,12 +84,12 @@ heavy = [m for m in ('onnx', 'torch', 'tensorflow', 'pydantic') if u.find_spec(m
 assert not heavy, heavy
 print('  ', platform.machine(), 'onnxruntime', onnxruntime.__version__, '- no onnx/torch/tensorflow/pydantic')"
 
-say "5/6 start the agent (as user edgekit, inside the root)"
+say "5/7 start the agent (as user edgekit, inside the root)"
 chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/var/lib/edgekit LANG=C.UTF-8 bash -c \
   'runuser -u edgekit -- /opt/edgekit-agent/venv/bin/edgekit-agent run --config /etc/edgekit/agent.toml >/var/lib/edgekit/agent.log 2>&1 & echo $! > /run-edgekit-agent.pid'
 T0=$(date +%s)
 
-say "6/6 ready, a prediction over HTTP, telemetry on the broker"
+say "6/7 ready, a prediction over HTTP, telemetry on the broker"
 "$PY" - "$API_PORT" "$MQTT_PORT" "$DEVICE" "$WORK/digits/eval.npz" "$R/run-edgekit-agent.pid" <<'PY' || { cat "$R/var/lib/edgekit/agent.log" >&2 || true; fail "the agent did not serve"; }
 import json, os, sys, time, urllib.request
 import numpy as np
@@ -138,5 +141,43 @@ print(f"   telemetry seq {tel[0]['seq']}: {tel[0]['requests']} request(s), laten
 c.loop_stop()
 PY
 stop_chroot_agent
-[ "${KEEP:-0}" = 1 ] || rm -rf "$R/root/edgekit-bundle"
-say "PASSED: the bundle installs, the agent serves and reports on aarch64 (onnxruntime $ORT_VERSION)"
+
+say "7/7 .tflite artifacts under the agent's LiteRT backend (ai-edge-litert==$LITERT_VERSION)"
+EDGEKIT=(-c "import sys; from edgekit.cli.main import main; main(sys.argv[1:])")
+"$PY" "${EDGEKIT[@]}" compress --int8 --data "$WORK/digits/calib.npz" --format tflite -o "$WORK/tflite-int8" \
+  "$WORK/digits/digits.onnx" >/dev/null 2>&1 || fail "edgekit compress --int8 --format tflite failed"
+"$PY" "${EDGEKIT[@]}" compress --fp16 --format tflite -o "$WORK/tflite-fp16" \
+  "$WORK/digits/digits.onnx" >/dev/null 2>&1 || fail "edgekit compress --fp16 --format tflite failed"
+CHECK='
+import sys
+import numpy as np
+from device_agent.manifest import load_manifest
+from device_agent.runtime import open_backend
+x = np.load(sys.argv[2])["x"][:16]
+out = {}
+for d in sys.argv[3:]:
+    m = load_manifest(d, verify_files=True)
+    art = next(a for a in m.artifacts if a.format == "tflite")
+    out[art.file] = open_backend(f"{d}/{art.file}", art, threads=1).run({"x": x})["logits"]
+np.savez(sys.argv[1], **out)
+'
+"$PY" -c "$CHECK" "$WORK/expected.npz" "$WORK/digits/eval.npz" "$WORK/tflite-int8" "$WORK/tflite-fp16"
+rm -rf "$R/root/tflite-check" && mkdir -p "$R/root/tflite-check"
+cp -r "$WORK/tflite-int8" "$WORK/tflite-fp16" "$WORK/digits/eval.npz" "$WORK/expected.npz" "$R/root/tflite-check/"
+chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+  /opt/edgekit-agent/venv/bin/pip install -q "ai-edge-litert==$LITERT_VERSION" 2>&1 | grep -v "/opt/wheels" | sed 's/^/  /' || true
+chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 /opt/edgekit-agent/venv/bin/python -c "$CHECK" \
+  /root/tflite-check/got.npz /root/tflite-check/eval.npz /root/tflite-check/tflite-int8 /root/tflite-check/tflite-fp16 \
+  || fail "the agent's LiteRT backend cannot run the .tflite files on aarch64"
+"$PY" - "$WORK/expected.npz" "$R/root/tflite-check/got.npz" <<'PY' || fail "the .tflite outputs on aarch64 differ from this machine's"
+import sys
+import numpy as np
+want, got = np.load(sys.argv[1]), np.load(sys.argv[2])
+for k in want.files:
+    err = float(np.abs(want[k] - got[k]).max())
+    same = bool((want[k].argmax(1) == got[k].argmax(1)).all())
+    print(f"   {k}: max abs difference from x86 {err:.3g}, top-1 {'identical' if same else 'DIFFERENT'}")
+    assert same and err <= 1e-3 * max(1.0, float(np.abs(want[k]).max())), k
+PY
+[ "${KEEP:-0}" = 1 ] || rm -rf "$R/root/edgekit-bundle" "$R/root/tflite-check"
+say "PASSED: the bundle installs, the agent serves and reports on aarch64 (onnxruntime $ORT_VERSION), and runs the .tflite files (ai-edge-litert $LITERT_VERSION)"
