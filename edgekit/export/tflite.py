@@ -50,8 +50,9 @@ import onnx
 from device_agent.manifest import TensorSpec
 from edgekit.errors import ExportError
 from edgekit.export import ExportedArtifact
-from edgekit.export.tflite_prep import explicit_maxpool_padding, space_to_depth_stem
+from edgekit.export.tflite_prep import explicit_maxpool_padding
 from edgekit.onnx_model import io_specs
+from edgekit.onnx_rewrites import space_to_depth_stem
 from edgekit.pipeline import Context
 from edgekit.tf_process import require, run_worker
 

@@ -99,6 +99,8 @@ class SearchResult:
     chosen_ort: CandidateResult | None = None
     why_ort: str = ""
     ort_slower_than_fp32: bool = False
+    #: exact graph rewrites the static candidates were quantized with (edgekit.onnx_rewrites)
+    static_rewrites: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         ort = {}
@@ -111,6 +113,7 @@ class SearchResult:
             "met_accuracy_bound": self.met_bound,
             "slower_than_fp32": self.slower_than_fp32,
             "max_drop_pts": self.max_drop,
+            **({"static_rewrites": self.static_rewrites} if self.static_rewrites else {}),
             "baseline": {"size_bytes": self.baseline_size, "latency": self.baseline_latency.to_dict()},
             "candidates": [r.to_dict(self.baseline_latency, self.baseline_size) for r in self.results],
         }
@@ -148,6 +151,7 @@ def search(
     fixed = [s.shape[0] for s in inputs if s.shape and isinstance(s.shape[0], int)]
     calib_batch = min(fixed) if fixed else min(16, calib_data.n if calib_data else 1)
     cache = workdir / f"calibration.{method}.json"
+    static_path, rewrites = _static_source(fp32_path, workdir, exclude) if calib_data is not None else (fp32_path, {})
     results: list[CandidateResult] = []
     for i, cand in enumerate(candidates):
         if on_progress:
@@ -159,7 +163,7 @@ def search(
         if cand.kind is Kind.STATIC and calib_data is None:
             results.append(CandidateResult(cand, "skipped", "needs calibration data (--data)"))
             continue
-        results.append(_try(cand, fp32_path, workdir, eval_data, calib_data, calib_batch, scalar, method, cache, exclude,
+        results.append(_try(cand, static_path if cand.kind is Kind.STATIC else fp32_path, workdir, eval_data, calib_data, calib_batch, scalar, method, cache, exclude,
                             ref_outputs, ref_accuracy, inputs, classifier, first_output, max_drop, threads,
                             labels=eval_data.labels, ort=ort))
     if on_progress:
@@ -182,7 +186,27 @@ def search(
     if as_ort and result.chosen is not None:
         ort = _choose(as_ort, lat["fp32"], baseline_size, max_drop, form=_AS_ORT)
         result.chosen_ort, result.why_ort, result.ort_slower_than_fp32 = ort.chosen, ort.why, ort.slower_than_fp32
+    result.static_rewrites = rewrites
     return result
+
+
+def _static_source(fp32_path: Path, workdir: Path, exclude: tuple[str, ...]) -> tuple[Path, dict[str, int]]:
+    """The float model static candidates quantize: with its image stem rewritten for int8 kernels, if it has one.
+
+    ``space_to_depth_stem`` is exact, and measured faster in int8 only (ORT QDQ: ResNet-18 0.93x,
+    MobileNetV2 0.90x); dynamic and weight-only candidates run their convs in float, so they keep the
+    original graph. Models stored with external data (over 2 GB) are left as they are.
+    """
+    from edgekit.onnx_rewrites import space_to_depth_stem
+
+    if fp32_path.stat().st_size > 2**31 - 2**26:
+        return fp32_path, {}
+    rewritten, n = space_to_depth_stem(onnx.load(str(fp32_path)), skip=tuple(exclude))
+    if not n:
+        return fp32_path, {}
+    out = workdir / f"{fp32_path.stem}.static-source.onnx"
+    onnx.save(rewritten, str(out))
+    return out, {"space_to_depth_stem": n}
 
 
 def _try(cand, fp32_path, workdir, eval_data, calib_data, calib_batch, scalar, method, cache, exclude, ref_outputs,
