@@ -7,7 +7,7 @@
 3. start an MQTT broker (embedded amqtt unless --broker) and a device agent serving v1;
 4. send predictions through the agent's HTTP API;
 5. sign and deploy v2; it serves its probation and is committed;
-6. deploy a broken v3 (as accurate, 40x slower): refused by the fleet's metric gate, then forced;
+6. deploy a broken v3 (as accurate, ~200x the compute): refused by the fleet's metric gate, then forced;
    the device rolls it back on its own during probation;
 7. shift the inputs and watch the fleet collector raise a drift alert;
 8. print fleet status.
@@ -137,8 +137,13 @@ def serve_while(device: Device, x: np.ndarray, proc: subprocess.Popen, timeout: 
     return sent, versions
 
 
-def slow_variant(src: Path, dst: Path, width: int = 2048, depth: int = 6) -> None:
-    """The same digits model plus a heavy branch multiplied by zero: identical outputs, ~40x the compute."""
+def slow_variant(src: Path, dst: Path, width: int = 2048, depth: int = 32) -> None:
+    """The same digits model plus a heavy branch multiplied by zero: identical outputs, ~200x the compute.
+
+    The branch's square layers share one weight matrix, so the file stays small while each request
+    costs milliseconds: far beyond the probation's latency bound (3x the previous model's p95) even
+    when that baseline was measured on a busy machine.
+    """
     import onnx
     from onnx import helper, numpy_helper
 
@@ -154,9 +159,9 @@ def slow_variant(src: Path, dst: Path, width: int = 2048, depth: int = 6) -> Non
     prev = "slow_flat"
     nodes.append(helper.make_node("MatMul", [prev, "slow_w0"], ["slow_h0"]))
     prev = "slow_h0"
+    inits.append(numpy_helper.from_array((rng.standard_normal((width, width)) * 0.01).astype(np.float32), "slow_w"))
     for i in range(1, depth):
-        inits.append(numpy_helper.from_array((rng.standard_normal((width, width)) * 0.01).astype(np.float32), f"slow_w{i}"))
-        nodes.append(helper.make_node("MatMul", [prev, f"slow_w{i}"], [f"slow_h{i}"]))
+        nodes.append(helper.make_node("MatMul", [prev, "slow_w"], [f"slow_h{i}"]))
         prev = f"slow_h{i}"
     nodes += [
         helper.make_node("ReduceSum", [prev], ["slow_sum"], keepdims=1),
