@@ -37,6 +37,10 @@ def space_to_depth_stem(model: onnx.ModelProto, *, skip: tuple[str, ...] = ()) -
     """
     if not any(o.domain in ("", "ai.onnx") and o.version >= 13 for o in model.opset_import):
         return model, 0  # SpaceToDepth and Conv as in opset 13
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    if not any(n.op_type == "Conv" and n.name not in skip and len(n.input) > 1 and len(dims.get(n.input[1], [])) == 4
+               and dims[n.input[1]][1] <= S2D_MAX_CHANNELS for n in model.graph.node):
+        return model, 0  # no conv on few channels: skip the copy and the shape inference (large models)
     out = copy.deepcopy(model)
     g = out.graph
     inits = {t.name: t for t in g.initializer}

@@ -106,7 +106,7 @@ def _drop_description(model) -> int:
 
 def _drop_inner_names(model) -> int:
     """Clear every tensor name except a subgraph's inputs' and outputs' (and any a signature points at)."""
-    signed = {(sig.subgraphIndex, t.tensorIndex) for sig in model.signatureDefs or [] for t in (sig.inputs or []) + (sig.outputs or [])}
+    signed = _signed(model)
     count = 0
     for g, subgraph in enumerate(model.subgraphs or []):
         keep = {*_indices(subgraph.inputs), *_indices(subgraph.outputs), *(i for sg, i in signed if sg == g)}
@@ -156,7 +156,9 @@ def _identity_reshape(model, tensors, ins: list[int], out: int) -> bool:
     data = model.buffers[tensors[ins[1]].buffer].data
     if data is None or not len(data):
         return False  # a shape computed at run time
-    target = np.frombuffer(bytes(data), dtype=np.int64 if tensors[ins[1]].type == 4 else np.int32)
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    target = np.frombuffer(bytes(data), dtype=np.int64 if tensors[ins[1]].type == schema.TensorType.INT64 else np.int32)
     return _same(target, _signature(a))
 
 
@@ -180,7 +182,7 @@ def _quant_key(q) -> tuple | None:
 
 def _drop_unused_tensors(model) -> int:
     """Remove tensors no op, subgraph port or signature refers to, renumbering the references; returns how many."""
-    signed = {(sig.subgraphIndex, t.tensorIndex) for sig in model.signatureDefs or [] for t in (sig.inputs or []) + (sig.outputs or [])}
+    signed = _signed(model)
     dropped = 0
     for g, subgraph in enumerate(model.subgraphs or []):
         tensors = subgraph.tensors or []
@@ -250,6 +252,11 @@ def _drop_min_max(model) -> int:
                 q.min = q.max = None
                 count += 1
     return count
+
+
+def _signed(model) -> set[tuple[int, int]]:
+    """(subgraph, tensor) of every tensor a signature def names."""
+    return {(sig.subgraphIndex, t.tensorIndex) for sig in model.signatureDefs or [] for t in (sig.inputs or []) + (sig.outputs or [])}
 
 
 def _indices(xs) -> list[int]:

@@ -20,11 +20,16 @@ def test_an_output_collapsed_to_zeros_is_not_a_perfect_match():
 
 def test_parity_passes_small_errors_and_classifiers_whose_decisions_agree():
     rng = np.random.default_rng(1)
-    ref = {"logits": rng.standard_normal((200, 10)).astype(np.float32) * 5}
-    near = {"logits": ref["logits"] + 0.01}
-    assert parity(ref, near, "int8")["ok"]
-    noisy = {"logits": ref["logits"] + rng.standard_normal((200, 10)).astype(np.float32) * 0.4}  # beyond 5e-2 x |output|
+    logits = rng.standard_normal((200, 10)).astype(np.float32) * 5
+    logits[np.arange(200), rng.integers(0, 10, 200)] += 40.0  # a clear winner per sample
+    ref = {"logits": logits}
+    assert parity(ref, {"logits": logits + 0.01}, "int8")["ok"]
+    # errors beyond 5e-2 x |output| that never change a decision and keep the direction
+    noisy = {"logits": logits + rng.uniform(-4.0, 4.0, logits.shape).astype(np.float32)}
     p = parity(ref, noisy, "int8", classifier=True, first_output="logits")
-    assert p["max_abs_error"] > p["allowed"]
-    assert p["ok"] == (p["agreement"] >= 99.0)
-    assert parity(ref, noisy, "int8", tolerance=2.0)["ok"]  # an exporter's wider bound
+    assert p["max_abs_error"] > p["allowed"] and p["agreement"] == 100.0 and p["cosine"] >= 0.98 and p["ok"]
+    assert not parity(ref, noisy, "int8")["ok"]  # not a classifier: the error bound alone judges
+    assert parity(ref, noisy, "int8", tolerance=5.0)["ok"]  # an exporter's wider bound
+    flipped = logits.copy()
+    flipped[:10] = -flipped[:10]  # 5 % of decisions change
+    assert not parity(ref, {"logits": flipped}, "int8", classifier=True, first_output="logits")["ok"]
