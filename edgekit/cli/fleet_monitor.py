@@ -227,7 +227,8 @@ def _run(collector: Collector, *, db_path: Path, duration_s: float | None, quiet
     collector.start()
     try:
         if not collector.wait_ready(15):
-            raise FleetError(f"could not connect and subscribe to {url} within 15 s; is the broker running and does it allow shared subscriptions?")
+            raise FleetError(collector.refusal
+                             or f"could not connect and subscribe to {url} within 15 s; is the broker running and does it allow shared subscriptions?")
         if not quiet:
             click.echo(f"watching {url} as {collector.id} (share {collector.share}); history in {db_path}"
                        + (f" for {duration_s:g} s" if duration_s else ""))

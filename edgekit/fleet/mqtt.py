@@ -7,7 +7,8 @@ sets up paho-mqtt 2.x (VERSION2 callbacks, MQTT 3.1.1, QoS 1, TLS with the syste
 username/password), and one error says a broker cannot be reached.
 
 A session subscribes to its topic filters with one SUBSCRIBE on every (re)connect and counts as
-*ready* once the broker acknowledged all of them; callers wait for that with a bounded timeout.
+*ready* once the broker acknowledged all of them; callers wait for that with a bounded timeout,
+which ends early when the broker refuses the connection or a subscription (:attr:`BrokerSession.refusal`).
 The device's own adapter is :class:`device_agent.mqtt.MqttLink` (outbox, backoff, Last Will per
 device); the two share the protocol (:mod:`device_agent.protocol`), not code.
 """
@@ -141,9 +142,10 @@ class BrokerSession:
         self.address = address
         self.client_id = client_id
         self.topics = tuple(topics)
-        self.ready = threading.Event()
-        #: why the broker refused the connection or a subscription (None: it did not)
+        #: why the broker refused the last connection attempt or a subscription (None: it did not)
         self.refusal: str | None = None
+        self._ready = False
+        self._changed = threading.Condition()
         self._on_message = on_message
         self._on_connect_hook = on_connect
         self._sub_mid: int | None = None
@@ -189,9 +191,16 @@ class BrokerSession:
         self.client.loop_start()
         return self
 
+    @property
+    def ready(self) -> bool:
+        """Connected, and every subscription granted."""
+        return self._ready
+
     def wait_ready(self, timeout: float) -> bool:
-        """True once connected and every subscription was granted (within ``timeout`` seconds)."""
-        return self.ready.wait(timeout)
+        """True once connected and every subscription was granted; False after ``timeout`` seconds or a refusal."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._ready or self.refusal is not None, timeout)
+            return self._ready
 
     def close(self) -> None:
         """Disconnect cleanly and stop paho's thread."""
@@ -215,13 +224,14 @@ class BrokerSession:
 
     def _connected(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
-            self.refusal = f"the broker at {self.address.where} refused the connection: {reason_code}"
-            log.warning("%s: %s", self.client_id, self.refusal)
+            log.warning("%s: the broker at %s refused the connection: %s", self.client_id, self.address.where, reason_code)
+            self._set(ready=False, refusal=f"the broker at {self.address.where} refused the connection: {reason_code}")
             return
+        self._set(ready=False, refusal=None)
         if self._on_connect_hook is not None:
             self._on_connect_hook()
         if not self.topics:
-            self.ready.set()
+            self._set(ready=True, refusal=None)
             return
         _, self._sub_mid = client.subscribe([(t, QOS) for t in self.topics])
 
@@ -231,14 +241,21 @@ class BrokerSession:
         failed = [str(rc) for rc in reason_codes if rc.is_failure]
         if failed:
             shared = any(t.startswith("$share/") for t in self.topics)
-            self.refusal = (f"the broker at {self.address.where} refused a subscription ({', '.join(failed)})"
-                            + ("; does it support shared subscriptions?" if shared else ""))
-            log.error("%s: %s", self.client_id, self.refusal)
+            refusal = (f"the broker at {self.address.where} refused a subscription ({', '.join(failed)})"
+                       + ("; does it support shared subscriptions?" if shared else ""))
+            log.error("%s: %s", self.client_id, refusal)
+            self._set(ready=False, refusal=refusal)
             return
-        self.ready.set()
+        self._set(ready=True, refusal=None)
 
     def _disconnected(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        self.ready.clear()
+        with self._changed:
+            self._ready = False
+
+    def _set(self, *, ready: bool, refusal: str | None) -> None:
+        with self._changed:
+            self._ready, self.refusal = ready, refusal
+            self._changed.notify_all()
 
     def _message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         if self._on_message is not None:

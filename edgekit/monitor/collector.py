@@ -139,8 +139,13 @@ class Collector:
         return self
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
-        """True once connected and subscribed (within ``timeout`` seconds)."""
+        """True once connected and subscribed (within ``timeout`` seconds; False at once when the broker refuses)."""
         return self._session is not None and self._session.wait_ready(timeout)
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the broker refused this collector's connection or subscriptions (None: it did not)."""
+        return self._session.refusal if self._session is not None else None
 
     def stop(self, timeout: float = 5.0) -> None:
         """Finish the queued messages (bounded by ``timeout``), mark this collector offline, disconnect."""
