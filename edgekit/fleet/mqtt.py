@@ -20,7 +20,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -47,11 +47,11 @@ class BrokerAddress:
     port: int
     tls: bool
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in logs or tracebacks
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
-    #: the URL as given (messages quote it)
+    #: the URL as given, without a password (messages quote it)
     url: str = ""
 
     def __post_init__(self) -> None:
@@ -87,9 +87,13 @@ def parse_broker_url(url: str, *, username: str | None = None, password: str | N
         raise InputError(f"broker URL {url!r} has an invalid port; use 1-65535 (mqtt://host:1883, mqtts://host:8883)")
     if key_file and not cert_file:
         raise InputError("a client key goes with its certificate: give --cert-file too (or neither)")
+    shown = url
+    if u.password is not None:  # keep it out of messages and logs
+        userinfo, hostport = u.netloc.rsplit("@", 1)
+        shown = u._replace(netloc=f"{userinfo.split(':', 1)[0]}@{hostport}").geturl()
     return BrokerAddress(u.hostname, port, u.scheme == "mqtts", username or u.username, password or u.password,
                          str(ca_file) if ca_file else None, str(cert_file) if cert_file else None, str(key_file) if key_file else None,
-                         url=url)
+                         url=shown)
 
 
 def to_address(broker: str | BrokerAddress) -> BrokerAddress:

@@ -48,6 +48,7 @@ def test_bad_broker_urls_are_input_errors_naming_the_problem(url, words):
 def test_credentials_come_from_the_options_or_the_url():
     a = parse_broker_url("mqtts://op:pw@broker", ca_file="ca.pem", cert_file="c.pem", key_file="c.key")
     assert (a.username, a.password, a.ca_file, a.cert_file, a.key_file) == ("op", "pw", "ca.pem", "c.pem", "c.key")
+    assert a.url == "mqtts://op@broker" and "pw" not in repr(a)  # messages and logs never show the password
     assert parse_broker_url("mqtt://op:pw@broker", username="other", password="secret").username == "other"
     assert parse_broker_url("mqtts://broker", cert_file="both.pem").key_file is None  # one PEM with the key inside
     with pytest.raises(InputError, match="a client key goes with its certificate: give --cert-file too"):
