@@ -13,6 +13,7 @@ import asyncio
 import logging
 import socket
 import threading
+from typing import Any
 
 from edgekit.errors import EdgekitError, MissingExtraError
 
@@ -22,7 +23,7 @@ __all__ = ["EmbeddedBroker"]
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 class EmbeddedBroker:
@@ -35,14 +36,14 @@ class EmbeddedBroker:
         self.url = f"mqtt://127.0.0.1:{self.port}"
         self._timeout = start_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._broker = None
+        self._broker: Any = None  # amqtt.broker.Broker once started
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
     def start(self) -> EmbeddedBroker:
         try:
-            import amqtt.broker  # noqa: F401
+            import amqtt.broker  # type: ignore[import-untyped]  # noqa: F401 - amqtt ships no type information
         except ImportError:
             raise MissingExtraError("The embedded MQTT broker", "demo") from None
         for name in ("amqtt", "transitions", "passlib"):
@@ -90,5 +91,5 @@ class EmbeddedBroker:
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import signal
@@ -26,9 +27,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgekit.monitor.collector import Collector
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -40,7 +46,7 @@ def stage(n: int, text: str) -> None:
     print(f"[{n}] {text}", flush=True)
 
 
-def cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+def cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run an edgekit command as a user would."""
     proc = subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
@@ -71,7 +77,7 @@ class Device:
                                      stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def wait_ready(self, timeout: float = 60) -> dict:
+    def wait_ready(self, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -85,15 +91,15 @@ class Device:
             time.sleep(0.2)
         raise SystemExit(f"demo: the agent was not ready within {timeout:.0f} s; see {self.root / 'agent.log'}")
 
-    def model(self) -> dict:
+    def model(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/v1/model", timeout=5) as r:
-            return json.loads(r.read())
+            return _object(r.read())
 
-    def predict(self, x: np.ndarray) -> dict:
+    def predict(self, x: np.ndarray) -> dict[str, Any]:
         body = json.dumps({"inputs": {"x": x.tolist()}}).encode()
         req = urllib.request.Request(f"{self.url}/v1/predict", body, {"content-type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
+            return _object(r.read())
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -110,18 +116,19 @@ def _free_port() -> int:
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
-def model_version(resp: dict) -> str:
+def model_version(resp: dict[str, Any]) -> str:
     model = resp.get("model")
-    return model.get("version") if isinstance(model, dict) else resp.get("version", "?")
+    return str(model.get("version") if isinstance(model, dict) else resp.get("version", "?"))
 
 
-def serve_while(device: Device, x: np.ndarray, proc: subprocess.Popen, timeout: float) -> tuple[int, dict[str, int]]:
+def serve_while(device: Device, x: np.ndarray, proc: subprocess.Popen[str], timeout: float) -> tuple[int, dict[str, int]]:
     """Keep sending predictions (the traffic probation judges) until ``proc`` ends; count answers by version."""
     deadline = time.monotonic() + timeout
-    sent, versions, i = 0, {}, 0
+    sent, i = 0, 0
+    versions: dict[str, int] = {}
     while proc.poll() is None and time.monotonic() < deadline:
         try:
             v = model_version(device.predict(x[i % len(x)][None]))
@@ -175,6 +182,46 @@ def slow_variant(src: Path, dst: Path, width: int = 2048, depth: int = 32) -> No
     onnx.save(m, str(dst))
 
 
+@dataclass
+class Story:
+    """What the stages share: the output directory, the data, the keys and the running pieces."""
+
+    out: Path
+    paths: dict[str, Path]
+    keys: Path
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+    url: str = ""
+    device: Device | None = None
+    collector: Collector | None = None
+
+    @property
+    def fleet_dir(self) -> Path:
+        return self.out / "fleet-state"
+
+    @property
+    def agent(self) -> Device:
+        if self.device is None:
+            raise RuntimeError("demo: the device agent is not running yet")
+        return self.device
+
+    def compress(self, version: str, out: Path, model: Path, *extra: str, formats: str = "onnx,ort") -> Path:
+        """``edgekit compress --int8`` of ``model`` into ``out``, then ``edgekit sign``."""
+        cli("compress", "--int8", "--data", str(self.paths["calib"]), "--eval-data", str(self.paths["eval"]), "--format", formats,
+            "--version", version, *extra, "-o", str(out), str(model))
+        cli("sign", str(out), "--key", str(self.keys / "edgekit.key"))
+        return out
+
+    def deploy(self, release: Path, *extra: str) -> tuple[dict[str, Any], int, dict[str, int], str]:
+        """``edgekit fleet deploy --json`` while predictions keep flowing: (result, requests sent, answers by version, version now)."""
+        deploy = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "fleet", "deploy", str(release), "--broker", self.url, "--device", DEVICE,
+                                   "--state-dir", str(self.fleet_dir), "--timeout", "150", *extra, "--key", str(self.keys / "edgekit.key"),
+                                   "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sent, versions = serve_while(self.agent, self.x_eval, deploy, 170)
+        result = _json(deploy.communicate()[0])
+        return result, sent, versions, model_version(self.agent.predict(self.x_eval[:1]))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="edgekit end-to-end demo")
     ap.add_argument("--out", default="demo-out", type=Path)
@@ -185,122 +232,133 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     t0 = time.monotonic()
+    story = _train_and_compress(out)
+    for name in ("amqtt", "transitions", "edgekit.monitor"):  # the demo's stage lines say what happened
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    broker = None
+    story.url = args.broker
+    if not story.url:
+        from edgekit.broker import EmbeddedBroker
 
+        broker = EmbeddedBroker().start()
+        story.url = broker.url
+    from edgekit.monitor.collector import Collector
+
+    story.collector = Collector(story.url, out / "fleet.sqlite", share=None if broker else "edgekit-demo")
+    story.collector.register(out / "v1")
+    story.collector.start()
+    story.device = Device(out / "device", out / "v1", story.url, story.keys / "edgekit.pub")
+    try:
+        _serve(story, embedded=broker is not None)
+        _deploy_v2(story)
+        _broken_v3(story)
+        _drift(story)
+        _status(story)
+    finally:
+        story.device.stop()
+        story.collector.stop()
+        if broker:
+            broker.stop()
+    stage(9, f"done in {time.monotonic() - t0:.0f} s; everything is under {out}/ (agent log: {story.device.root / 'agent.log'})")
+    return 0
+
+
+def _train_and_compress(out: Path) -> Story:
+    """Stages 1 and 2: train the digits CNN, compress and sign v1."""
     from edgekit.examples.digits import train_digits
 
     paths = train_digits(out / "model")
     with np.load(paths["eval"]) as z:
         x_eval, y_eval = z["x"], z["labels"]
     stage(1, f"trained a digits CNN on scikit-learn's bundled digits -> {paths['model']} (train/calib/eval .npz beside it)")
-
-    formats = "onnx,ort,tflite" if _has_tflite() else "onnx,ort"
-    v1 = out / "v1"
-    cli("compress", "--int8", "--data", str(paths["calib"]), "--eval-data", str(paths["eval"]), "--format", formats,
-        "--version", "1.0.0", "--data-desc", "scikit-learn digits", "-o", str(v1), str(paths["model"]))
+    keys = out / "keys"
+    cli("keys", "generate", "-o", str(keys))
+    story = Story(out, paths, keys, x_eval, y_eval)
+    v1 = story.compress("1.0.0", out / "v1", paths["model"], "--data-desc", "scikit-learn digits",
+                        formats="onnx,ort,tflite" if _has_tflite() else "onnx,ort")
     rep = json.loads((v1 / "report.json").read_text())
     rows = "; ".join(f"{r['file']} {r['size_ratio']:.2f}x size, {r['latency_ratio']:.2f}x p50, "
                      f"{r['accuracy']:.1f}% acc" for r in rep["rows"] if r.get("role", "artifact") == "artifact")
     stage(2, f"compressed v1 to int8 ({rows}) -> {v1}/ (report.html, report.json, edgekit.json)")
+    return story
 
-    keys = out / "keys"
-    cli("keys", "generate", "-o", str(keys))
-    cli("sign", str(v1), "--key", str(keys / "edgekit.key"))
 
-    import logging
+def _serve(story: Story, *, embedded: bool) -> None:
+    """Stages 3 and 4: the agent serves v1; predictions over HTTP."""
+    device = story.agent
+    info = device.wait_ready()
+    artifact = info.get("artifact")
+    served = artifact.get("file", "?") if isinstance(artifact, dict) else artifact
+    stage(3, f"MQTT broker at {story.url} ({'embedded amqtt' if embedded else 'given'}); agent '{DEVICE}' serves "
+             f"{info.get('name')} {info.get('version')} ({served}) on {device.url}; config {device.config}")
+    correct = sum(int(np.argmax(device.predict(story.x_eval[i][None])["outputs"]["logits"][0]) == story.y_eval[i]) for i in range(200))
+    stage(4, f"sent 200 predictions over HTTP: {correct / 2:.1f}% correct; telemetry every 2 s over MQTT")
 
-    for name in ("amqtt", "transitions", "edgekit.monitor"):  # the demo's stage lines say what happened
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    broker = None
-    url = args.broker
-    if not url:
-        from edgekit.broker import EmbeddedBroker
 
-        broker = EmbeddedBroker().start()
-        url = broker.url
-    from edgekit.monitor.collector import Collector
+def _deploy_v2(story: Story) -> None:
+    """Stage 5: a better-calibrated v2, signed and deployed; it serves its probation and is committed."""
+    v2 = story.compress("2.0.0", story.out / "v2", story.paths["model"], "--calibration", "percentile")
+    result, sent, versions, now = story.deploy(v2)
+    stage(5, f"signed and deployed v2: {_outcome(result)}; {sent} requests during the rollout answered by {versions}; now serving {now}")
 
-    collector = Collector(url, out / "fleet.sqlite", share=None if broker else "edgekit-demo")
-    collector.register(v1)
-    collector.start()
-    device = Device(out / "device", v1, url, keys / "edgekit.pub")
-    fleet_dir = out / "fleet-state"
+
+def _broken_v3(story: Story) -> None:
+    """Stage 6: a far slower v3; the fleet's metric gate refuses it, forced it is rolled back by the device."""
+    slow = story.out / "model" / "digits_v3.onnx"
+    slow_variant(story.paths["model"], slow)
+    v3 = story.compress("3.0.0", story.out / "v3", slow, "--name", "digits")
+    gate = cli("fleet", "deploy", str(v3), "--broker", story.url, "--device", DEVICE, "--state-dir", str(story.fleet_dir), check=False)
+    refused = (gate.stderr or gate.stdout).strip().splitlines()[-1] if gate.returncode else "accepted (unexpected)"
+    refused = refused.removeprefix("error: ")
+    result, sent, versions, now = story.deploy(v3, "--force")
+    stage(6, f"broken v3 (same accuracy, far slower): the fleet's metric gate said \"{refused[:220]}\"; forced past it, the device "
+             f"{_outcome(result)}; {sent} requests answered by {versions}, none failed; now serving {now}")
+
+
+def _drift(story: Story) -> None:
+    """Stage 7: inverted inputs until the collector raises a drift alert (at most 60 s)."""
+    collector, device = story.collector, story.agent
+    if collector is None:
+        raise RuntimeError("demo: the fleet collector is not running")
+    shifted = (1.0 - story.x_eval).astype(np.float32)  # inverted images: a camera swapped to negative, say
+    alerts_before = len(collector.alerts)
+    deadline = time.monotonic() + 60
+    n = 0
+    while time.monotonic() < deadline and len(collector.alerts) == alerts_before:
+        for i in range(100):
+            device.predict(shifted[(n + i) % len(shifted)][None])
+        n += 100
+        time.sleep(0.5)
+    new = collector.alerts[alerts_before:]
+    if new:
+        stage(7, f"shifted the inputs (inverted digits, {n} requests): drift alert on MQTT — {_alert_line(new[-1])}")
+    else:
+        stage(7, f"shifted the inputs ({n} requests) but no drift alert arrived within 60 s (see {story.out / 'fleet.sqlite'})")
+
+
+def _status(story: Story) -> None:
+    """Stage 8: ``edgekit fleet status``, drift column included."""
+    status = cli("fleet", "status", "--broker", story.url, "--state-dir", str(story.fleet_dir), check=False)
+    stage(8, "fleet status:")
+    print(status.stdout.rstrip() or status.stderr.rstrip())
+
+
+def _object(data: str | bytes) -> dict[str, Any]:
+    """A JSON object (the agent's and the CLI's answers are objects; anything else is an error)."""
+    doc = json.loads(data)
+    if not isinstance(doc, dict):
+        raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _json(text: str) -> dict[str, Any]:
     try:
-        info = device.wait_ready()
-        stage(3, f"MQTT broker at {url} ({'embedded amqtt' if broker else 'given'}); agent '{DEVICE}' serves "
-                 f"{info.get('name')} {info.get('version')} ({info.get('artifact', {}).get('file', '?') if isinstance(info.get('artifact'), dict) else info.get('artifact')}) "
-                 f"on {device.url}; config {device.config}")
-
-        correct = sum(int(np.argmax(device.predict(x_eval[i][None])["outputs"]["logits"][0]) == y_eval[i]) for i in range(200))
-        stage(4, f"sent 200 predictions over HTTP: {correct / 2:.1f}% correct; telemetry every 2 s over MQTT")
-
-        v2 = out / "v2"
-        cli("compress", "--int8", "--data", str(paths["calib"]), "--eval-data", str(paths["eval"]), "--format", "onnx,ort",
-            "--version", "2.0.0", "--calibration", "percentile", "-o", str(v2), str(paths["model"]))
-        cli("sign", str(v2), "--key", str(keys / "edgekit.key"))
-        deploy = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "fleet", "deploy", str(v2), "--broker", url, "--device", DEVICE,
-                                   "--state-dir", str(fleet_dir), "--timeout", "150", "--key", str(keys / "edgekit.key"), "--json"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        sent, versions = serve_while(device, x_eval, deploy, 170)
-        result = _json(deploy.communicate()[0])
-        now = model_version(device.predict(x_eval[:1]))
-        stage(5, f"signed and deployed v2: {_outcome(result)}; {sent} requests during the rollout answered by {versions}; now serving {now}")
-
-        slow = out / "model" / "digits_v3.onnx"
-        slow_variant(paths["model"], slow)
-        v3 = out / "v3"
-        cli("compress", "--int8", "--data", str(paths["calib"]), "--eval-data", str(paths["eval"]), "--format", "onnx,ort",
-            "--version", "3.0.0", "--name", "digits", "-o", str(v3), str(slow))
-        cli("sign", str(v3), "--key", str(keys / "edgekit.key"))
-        gate = cli("fleet", "deploy", str(v3), "--broker", url, "--device", DEVICE, "--state-dir", str(fleet_dir), check=False)
-        refused = (gate.stderr or gate.stdout).strip().splitlines()[-1] if gate.returncode else "accepted (unexpected)"
-        refused = refused.removeprefix("error: ")
-        deploy = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "fleet", "deploy", str(v3), "--broker", url, "--device", DEVICE,
-                                   "--state-dir", str(fleet_dir), "--timeout", "150", "--force", "--key", str(keys / "edgekit.key"), "--json"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        sent, versions = serve_while(device, x_eval, deploy, 170)
-        result = _json(deploy.communicate()[0])
-        now = model_version(device.predict(x_eval[:1]))
-        stage(6, f"broken v3 (same accuracy, far slower): the fleet's metric gate said \"{refused[:220]}\"; forced past it, the device "
-                 f"{_outcome(result)}; {sent} requests answered by {versions}, none failed; now serving {now}")
-
-        shifted = (1.0 - x_eval).astype(np.float32)  # inverted images: a camera swapped to negative, say
-        alerts_before = len(collector.alerts)
-        deadline = time.monotonic() + 60
-        n = 0
-        while time.monotonic() < deadline and len(collector.alerts) == alerts_before:
-            for i in range(100):
-                device.predict(shifted[(n + i) % len(shifted)][None])
-            n += 100
-            time.sleep(0.5)
-        new = collector.alerts[alerts_before:]
-        if new:
-            a = new[-1]
-            stage(7, f"shifted the inputs (inverted digits, {n} requests): drift alert on MQTT — {_alert_line(a)}")
-        else:
-            stage(7, f"shifted the inputs ({n} requests) but no drift alert arrived within 60 s (see {out / 'fleet.sqlite'})")
-
-        status = cli("fleet", "status", "--broker", url, "--state-dir", str(fleet_dir), "--db", str(out / "fleet.sqlite"), check=False)
-        if status.returncode != 0:
-            status = cli("fleet", "status", "--broker", url, "--state-dir", str(fleet_dir), check=False)
-        stage(8, "fleet status:")
-        print(status.stdout.rstrip() or status.stderr.rstrip())
-    finally:
-        device.stop()
-        collector.stop()
-        if broker:
-            broker.stop()
-    stage(9, f"done in {time.monotonic() - t0:.0f} s; everything is under {out}/ (agent log: {device.root / 'agent.log'})")
-    return 0
-
-
-def _json(text: str) -> dict:
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, TypeError):
+        return _object(text)
+    except (ValueError, TypeError):
         return {"raw": (text or "").strip()[-300:]}
 
 
-def _outcome(result: dict) -> str:
+def _outcome(result: dict[str, Any]) -> str:
     d = (result.get("outcomes") or {}).get(DEVICE)
     if isinstance(d, dict):
         detail = d.get("detail") or d.get("reason") or ""
@@ -308,7 +366,7 @@ def _outcome(result: dict) -> str:
     return result.get("aborted") or result.get("raw") or json.dumps(result)[:200]
 
 
-def _alert_line(a: dict) -> str:
+def _alert_line(a: dict[str, Any]) -> str:
     return str(a.get("message") or json.dumps(a)[:300])
 
 

@@ -12,7 +12,7 @@
     ├── GateError         an artifact missed a recipe gate: accuracy, size or latency (CLI exit 3)
     ├── MissingExtraError an optional dependency group is not installed
     ├── TrainingInterrupted  Ctrl-C while training; names the kept best checkpoint (exit 130; edgekit.distill.trainer)
-    └── OtaError          signing, deployment and fleet operations
+    └── FleetError        signing, deployment, the broker connection and fleet operations
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ __all__ = [
     "DataError",
     "EdgekitError",
     "ExportError",
+    "FleetError",
     "GateError",
     "InputError",
     "MissingExtraError",
-    "OtaError",
     "RecipeError",
 ]
 
@@ -72,5 +72,5 @@ class MissingExtraError(EdgekitError):
         self.extra = extra
 
 
-class OtaError(EdgekitError):
-    """Signing, deployment and fleet operations."""
+class FleetError(EdgekitError):
+    """Signing, deployment, the broker connection and fleet operations (not the device's ``device_agent.errors.OtaError``)."""

@@ -20,7 +20,7 @@ from typing import Any
 from device_agent.errors import OtaError as _DeviceOtaError
 from device_agent.manifest import MANIFEST_NAME, SIGNATURE_NAME, ManifestError, load_manifest
 from device_agent.verify import Signature, key_id, load_trusted_keys, verify_manifest
-from edgekit.errors import InputError, OtaError
+from edgekit.errors import FleetError, InputError
 
 __all__ = ["KeyPair", "generate_keys", "load_private_key", "sign_dir", "verify_dir"]
 
@@ -93,12 +93,12 @@ def verify_dir(directory: str | Path, public_keys: list[str | Path]) -> str:
     d = Path(directory)
     sig = d / SIGNATURE_NAME
     if not sig.is_file():
-        raise OtaError(f"{d} is not signed (no {SIGNATURE_NAME}); sign it with `edgekit sign {d} --key KEY`")
+        raise FleetError(f"{d} is not signed (no {SIGNATURE_NAME}); sign it with `edgekit sign {d} --key KEY`")
     try:
         kid = verify_manifest((d / MANIFEST_NAME).read_bytes(), sig.read_bytes(), load_trusted_keys(public_keys))
         load_manifest(d, verify_files=True)
     except _DeviceOtaError as e:
-        raise OtaError(str(e)) from None
+        raise FleetError(str(e)) from None
     except ManifestError as e:
-        raise OtaError(f"{d}: {e}") from None
+        raise FleetError(f"{d}: {e}") from None
     return kid

@@ -4,98 +4,39 @@
     edgekit fleet drift --broker mqtt://broker:1883 --group cameras --window 1h
     edgekit fleet drift --db fleet.sqlite --device pi-07 --json
 
-Thin: parse, call :mod:`edgekit.monitor`, render. Attached to the ``fleet`` group.
+Thin: parse (option groups in :mod:`edgekit.cli.fleet_options`), call :mod:`edgekit.monitor`,
+render. Attached to the ``fleet`` group by :mod:`edgekit.cli.fleet`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-__all__ = ["add_drift_column", "drift", "parse_duration", "watch"]
+from edgekit.cli.fleet_options import BROKER_HELP, BrokerOptions, ThresholdOptions, broker_options, duration, threshold_options
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+if TYPE_CHECKING:
+    from edgekit.monitor.collector import Collector
+    from edgekit.monitor.drift import DriftReport, DriftThresholds
+    from edgekit.monitor.store import FleetHistory
 
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``1h``, ``2d`` → seconds; raises ValueError with the accepted forms."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text or "")
-    if not m or float(m.group(1)) <= 0:
-        raise ValueError(f"{text!r} is not a duration; use a positive number with s, m, h or d (e.g. 30m, 1h, 2d)")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+__all__ = ["add_drift_column", "drift", "render_reports", "watch"]
 
 
-def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param=param) from None
-
-
-def _thresholds(psi_warn: float | None, psi_alert: float | None, min_samples: int | None) -> Any:
-    from pydantic import ValidationError
-
-    from edgekit.errors import InputError
-    from edgekit.monitor.drift import DriftThresholds
-
-    values = {k: v for k, v in (("psi_warn", psi_warn), ("psi_alert", psi_alert), ("min_samples", min_samples)) if v is not None}
-    try:
-        return DriftThresholds(**values)
-    except ValidationError as e:
-        raise InputError(f"drift thresholds: {e.errors()[0]['msg']} (--psi-warn, --psi-alert, --min-samples)") from None
-
-
-def _password(path: Path | None) -> str | None:
-    return path.read_text().strip() if path else None
-
-
-def threshold_options(f: Any) -> Any:
-    for opt in reversed([
-        click.option("--psi-warn", type=float, help="PSI at or above which a feature warns (default 0.1)."),
-        click.option("--psi-alert", type=float, help="PSI at or above which a feature alerts (default 0.25)."),
-        click.option("--min-samples", type=click.IntRange(min=1), help="Samples needed for a verdict (default: from the bins)."),
-    ]):
-        f = opt(f)
-    return f
-
-
-def broker_options(f: Any) -> Any:
-    """The connection options of every ``edgekit fleet`` command (same names and environment variables)."""
-    for opt in reversed([
-        click.option("--prefix", default="edgekit/v1", show_default=True, help="Topic prefix shared with the devices."),
-        click.option("--username", envvar="EDGEKIT_BROKER_USER", help="Broker username."),
-        click.option("--password-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="File holding the broker password."),
-        click.option("--ca-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="CA bundle for mqtts://."),
-        click.option("--cert-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Client certificate (mutual TLS)."),
-        click.option("--client-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Client certificate's key."),
-    ]):
-        f = opt(f)
-    return f
-
-
-def _tls(ca_file: Path | None, cert_file: Path | None, client_key: Path | None) -> dict[str, str | None]:
-    return {"ca_file": str(ca_file) if ca_file else None, "cert_file": str(cert_file) if cert_file else None,
-            "key_file": str(client_key) if client_key else None}
-
-
-def add_drift_column(rows: list[dict[str, Any]], kw: dict[str, Any]) -> None:
+def add_drift_column(rows: list[dict[str, Any]], link: BrokerOptions) -> None:
     """Fill ``row["drift"]`` (and ``drift_level``) of ``fleet status`` rows from the collectors' retained summaries.
 
-    ``kw`` holds the fleet command's broker options. A broker without collectors leaves "—".
+    ``link`` holds the fleet command's broker options. A broker without collectors leaves "—".
     """
     from edgekit.monitor.status import drift_cell, read_drift
 
-    summaries = read_drift(kw["broker"], prefix=kw.get("prefix") or "edgekit/v1", username=kw.get("username"),
-                           password=_password(kw.get("password_file")), **_tls(kw.get("ca_file"), kw.get("cert_file"), kw.get("client_key")))
+    summaries = read_drift(link.address(), prefix=link.prefix)
     for row in rows:
         row["drift"] = drift_cell(summaries, row["device"])
         row["drift_level"] = (summaries.get(row["device"]) or {}).get("level")
@@ -105,49 +46,38 @@ def add_drift_column(rows: list[dict[str, Any]], kw: dict[str, Any]) -> None:
 
 
 @click.command("drift")
-@click.option("--broker", envvar="EDGEKIT_BROKER", help="Ask the running collectors (edgekit fleet watch) through this broker: mqtt://host:1883 (env EDGEKIT_BROKER).")
+@click.option("--broker", envvar="EDGEKIT_BROKER",
+              help="Ask the running collectors (edgekit fleet watch) through this broker: mqtt://host:1883 (env EDGEKIT_BROKER).")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), help="Read a collector's database instead of asking the collectors.")
 @click.option("--group", help="One group: the group merged, then each of its devices.")
 @click.option("--device", help="One device.")
-@click.option("--window", "window_s", default="1h", show_default=True, callback=_duration, help="How far back: 30m, 1h, 2d, ...")
+@click.option("--window", "window_s", default="1h", show_default=True, callback=duration, help="How far back: 30m, 1h, 2d, ...")
 @click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds to wait for the collectors' answers.")
 @click.option("--all-features", is_flag=True, help="List every feature, not only those that moved.")
 @click.option("--fail-on", type=click.Choice(["warn", "alert"]), help="Exit with code 3 when any report is at this level or above (for scripts).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @threshold_options
-@broker_options
-def drift(broker: str | None, db_path: Path | None, group: str | None, device: str | None, window_s: float, timeout: float,
-          all_features: bool, fail_on: str | None, as_json: bool, psi_warn: float | None, psi_alert: float | None, min_samples: int | None, prefix: str,
-          username: str | None, password_file: Path | None, ca_file: Path | None, cert_file: Path | None, client_key: Path | None) -> None:
+@broker_options(broker=False)
+def drift(*, link: BrokerOptions, db_path: Path | None, group: str | None, device: str | None, window_s: float, timeout: float,
+          all_features: bool, fail_on: str | None, as_json: bool, limits: ThresholdOptions) -> None:
     """Input drift (PSI, KS, NaN and out-of-range shares) per device or group, per model version.
 
     \b
       edgekit fleet drift --broker mqtt://127.0.0.1:1883 --group cameras
       edgekit fleet drift --db fleet.sqlite --device pi-07 --window 30m --json
     """
-    from edgekit.errors import InputError
-
     if group and device:
         raise click.UsageError("--group and --device exclude each other: pick one (or neither, for every device)")
-    if bool(broker) == bool(db_path):
+    if bool(link.broker) == bool(db_path):
         raise click.UsageError("give --broker (ask the running collectors) or --db (read a collector's database), exactly one")
-    thresholds = _thresholds(psi_warn, psi_alert, min_samples)
-    accuracy: list[dict[str, Any]] = []
+    thresholds = limits.thresholds()
     missing: list[str] = []
     if db_path is not None:
-        if not db_path.is_file():
-            raise InputError(f"no fleet database at {db_path}; `edgekit fleet watch --db {db_path}` creates it")
-        from edgekit.monitor.monitor import drift_reports
-        from edgekit.monitor.store import SqliteStore
-
-        with SqliteStore(db_path) as store:
-            reports = drift_reports(store, device=device, group=group, window_s=window_s, thresholds=thresholds)
-            accuracy = _accuracy_rows(store, reports)
+        reports, accuracy = _from_db(db_path, device=device, group=group, window_s=window_s, thresholds=thresholds)
     else:
         from edgekit.monitor.query import ask_collectors, merge_answers
 
-        answers, missing = ask_collectors(broker, device=device, group=group, window_s=window_s, prefix=prefix, timeout=timeout,
-                                          username=username, password=_password(password_file), **_tls(ca_file, cert_file, client_key))
+        answers, missing = ask_collectors(link.address(), device=device, group=group, window_s=window_s, prefix=link.prefix, timeout=timeout)
         reports, accuracy = merge_answers(answers, thresholds=thresholds)
     if as_json:
         click.echo(json.dumps({"window_s": window_s, "reports": [r.to_dict() for r in reports], "accuracy": accuracy,
@@ -164,8 +94,23 @@ def drift(broker: str | None, db_path: Path | None, group: str | None, device: s
             raise click.exceptions.Exit(3)
 
 
-def _accuracy_rows(store: Any, reports: list[Any]) -> list[dict[str, Any]]:
-    from edgekit.monitor.monitor import MonitorConfig, accuracy_report
+def _from_db(db_path: Path, *, device: str | None, group: str | None, window_s: float,
+             thresholds: DriftThresholds) -> tuple[list[DriftReport], list[dict[str, Any]]]:
+    """Drift reports and accuracy rows judged from a collector's database."""
+    from edgekit.errors import InputError
+    from edgekit.monitor.reports import drift_reports
+    from edgekit.monitor.store import SqliteStore
+
+    if not db_path.is_file():
+        raise InputError(f"no fleet database at {db_path}; `edgekit fleet watch --db {db_path}` creates it")
+    with SqliteStore(db_path) as store:
+        reports = drift_reports(store, device=device, group=group, window_s=window_s, thresholds=thresholds)
+        return reports, _accuracy_rows(store, reports)
+
+
+def _accuracy_rows(store: FleetHistory, reports: list[DriftReport]) -> list[dict[str, Any]]:
+    from edgekit.monitor.accuracy import accuracy_report
+    from edgekit.monitor.config import MonitorConfig
 
     rows, seen = [], set()
     for r in reports:
@@ -179,7 +124,7 @@ def _accuracy_rows(store: Any, reports: list[Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def render_reports(reports: list[Any], accuracy: list[dict[str, Any]], *, window_s: float, all_features: bool = False) -> str:
+def render_reports(reports: list[DriftReport], accuracy: list[dict[str, Any]], *, window_s: float, all_features: bool = False) -> str:
     """The text form of ``fleet drift``."""
     from edgekit.monitor.alerts import fmt_time
     from edgekit.monitor.drift import Level
@@ -224,55 +169,69 @@ def _fmt_window(s: float) -> str:
 
 
 @click.command("watch")
-@click.option("--broker", envvar="EDGEKIT_BROKER", required=True, help="mqtt://host:1883 or mqtts://host:8883 (env EDGEKIT_BROKER).")
+@click.option("--broker", envvar="EDGEKIT_BROKER", required=True, help=BROKER_HELP)
 @click.option("--db", "db_path", default="fleet.sqlite", show_default=True, type=click.Path(dir_okay=False, path_type=Path),
               help="SQLite file for telemetry history, verdicts and alerts (created if missing).")
 @click.option("--model", "models", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Model directory (edgekit.json) to judge its version against; repeatable. Models deployed (edgekit fleet deploy) while it runs register themselves.")
-@click.option("--share", default="edgekit-monitor", show_default=True, help="Shared-subscription group: collectors with the same share split the telemetry.")
+              help="Model directory (edgekit.json) to judge its version against; repeatable. "
+                   "Models deployed (edgekit fleet deploy) while it runs register themselves.")
+@click.option("--share", default="edgekit-monitor", show_default=True,
+              help="Shared-subscription group: collectors with the same share split the telemetry.")
 @click.option("--id", "collector_id", help="Collector id (MQTT client id; default: random). A stable id keeps the broker session across restarts.")
-@click.option("--lookback", "lookback_s", default="1h", show_default=True, callback=_duration, help="Windows merged for a verdict at most this far back.")
-@click.option("--accuracy-drop", type=click.FloatRange(0, 1), default=0.05, show_default=True, help="Alert when accuracy falls this far below the manifest's (0.05 = 5 points).")
+@click.option("--lookback", "lookback_s", default="1h", show_default=True, callback=duration, help="Windows merged for a verdict at most this far back.")
+@click.option("--accuracy-drop", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Alert when accuracy falls this far below the manifest's (0.05 = 5 points).")
 @click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="ed25519 public key (.pub); given, only manifests signed by these keys become references when deployed. Repeatable.")
-@click.option("--duration", "duration_s", callback=_duration, help="Stop after this long (default: until Ctrl-C).")
+@click.option("--duration", "duration_s", callback=duration, help="Stop after this long (default: until Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="Print each alert as one JSON line.")
 @threshold_options
-@broker_options
-def watch(broker: str, db_path: Path, models: tuple[Path, ...], share: str, collector_id: str | None, lookback_s: float, accuracy_drop: float,
-          trusted_keys: tuple[Path, ...], duration_s: float | None, as_json: bool, psi_warn: float | None, psi_alert: float | None, min_samples: int | None, prefix: str,
-          username: str | None, password_file: Path | None, ca_file: Path | None, cert_file: Path | None, client_key: Path | None) -> None:
+@broker_options(broker=False)
+def watch(*, link: BrokerOptions, db_path: Path, models: tuple[Path, ...], share: str, collector_id: str | None, lookback_s: float,
+          accuracy_drop: float, trusted_keys: tuple[Path, ...], duration_s: float | None, as_json: bool, limits: ThresholdOptions) -> None:
     """Collect fleet telemetry into a database and raise drift and accuracy alerts (on MQTT and here).
 
     \b
       edgekit fleet watch --broker mqtt://127.0.0.1:1883 --db fleet.sqlite --model out/
     """
-    from edgekit.errors import OtaError
+    from edgekit.fleet.mqtt import check_reachable
     from edgekit.monitor.alerts import fmt_time
-    from edgekit.monitor.collector import Collector, check_reachable
-    from edgekit.monitor.monitor import MonitorConfig
+    from edgekit.monitor.collector import Collector
+    from edgekit.monitor.config import MonitorConfig
 
-    config = MonitorConfig(thresholds=_thresholds(psi_warn, psi_alert, min_samples), lookback_s=lookback_s, accuracy_max_drop=accuracy_drop)
+    config = MonitorConfig(thresholds=limits.thresholds(), lookback_s=lookback_s, accuracy_max_drop=accuracy_drop)
 
     def show(alert: dict[str, Any]) -> None:
         click.echo(json.dumps(alert) if as_json else f"{fmt_time(alert.get('ts'))}  {alert['kind']:<8} {alert['message']}")
 
-    collector = Collector(broker, db_path, config=config, share=share, prefix=prefix, collector_id=collector_id, username=username,
-                          password=_password(password_file), **_tls(ca_file, cert_file, client_key), on_alert=show,
+    collector = Collector(link.address(), db_path, config=config, share=share, prefix=link.prefix, collector_id=collector_id, on_alert=show,
                           trusted_keys=list(trusted_keys) or None)
     for m in models:
         ref = collector.register(m)
         if not as_json:
             click.echo(f"reference: {ref.model} {ref.version} ({len(ref.features)} features) from {m}")
     check_reachable(collector.address)
+    _run(collector, db_path=db_path, duration_s=duration_s, quiet=as_json)
+    if not as_json:
+        s = collector.monitor.stats
+        click.echo(f"stopped: {s['telemetry']} telemetry windows stored ({s['duplicates']} repeats dropped), {s['alerts']} alert(s)")
+
+
+def _run(collector: Collector, *, db_path: Path, duration_s: float | None, quiet: bool) -> None:
+    """Run the collector until Ctrl-C, SIGTERM or ``duration_s``; always stop it cleanly."""
+    from edgekit.errors import FleetError
+
+    url = collector.address.url
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *a: stop.set()) if threading.current_thread() is threading.main_thread() else None
     collector.start()
     try:
         if not collector.wait_ready(15):
-            raise OtaError(f"could not connect and subscribe to {broker} within 15 s; is the broker running and does it allow shared subscriptions?")
-        if not as_json:
-            click.echo(f"watching {broker} as {collector.id} (share {share}); history in {db_path}" + (f" for {duration_s:g} s" if duration_s else ""))
+            raise FleetError(collector.refusal
+                             or f"could not connect and subscribe to {url} within 15 s; is the broker running and does it allow shared subscriptions?")
+        if not quiet:
+            click.echo(f"watching {url} as {collector.id} (share {collector.share}); history in {db_path}"
+                       + (f" for {duration_s:g} s" if duration_s else ""))
         deadline = time.monotonic() + duration_s if duration_s else None
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             stop.wait(0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic())))
@@ -282,6 +241,3 @@ def watch(broker: str, db_path: Path, models: tuple[Path, ...], share: str, coll
         collector.stop()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    if not as_json:
-        s = collector.monitor.stats
-        click.echo(f"stopped: {s['telemetry']} telemetry windows stored ({s['duplicates']} repeats dropped), {s['alerts']} alert(s)")

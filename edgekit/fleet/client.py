@@ -1,5 +1,5 @@
-"""The fleet side's one MQTT adapter: watch device states, telemetry and job updates; send
-commands and artifact chunks. paho-mqtt 2.x, VERSION2 callbacks, QoS 1 everywhere.
+"""The operator's view of the fleet: device states, telemetry and job updates in; commands and
+artifact chunks out — over the fleet side's MQTT session (:mod:`edgekit.fleet.mqtt`), QoS 1.
 
 Everything received is folded into :class:`DeviceView` objects (latest state, latest telemetry,
 latest update per job) under one lock; callers read snapshots and wait with bounded timeouts.
@@ -8,18 +8,15 @@ latest update per job) under one lock; callers read snapshots and wait with boun
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 from device_agent.protocol import (
     DEFAULT_PREFIX,
-    QOS,
     Command,
     DeviceStatus,
     JobUpdate,
@@ -29,7 +26,11 @@ from device_agent.protocol import (
     decode,
     encode,
 )
-from edgekit.errors import OtaError
+from edgekit.errors import FleetError
+from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import MQTTMessageInfo
 
 __all__ = ["DeviceView", "FleetClient"]
 
@@ -67,38 +68,25 @@ class FleetClient:
     """A connected fleet session. Use as a context manager.
 
     Args:
-        url: ``mqtt://host:1883`` or ``mqtts://host:8883``.
+        broker: ``mqtt://host:1883`` or ``mqtts://host:8883``, or an address with credentials
+            (:func:`edgekit.fleet.mqtt.parse_broker_url`).
         prefix: the topic prefix shared with the devices.
+        client_id: the MQTT client id (default: ``edgekit-fleet-<random>``).
+        connect_timeout: seconds for the broker to accept the connection and the subscriptions.
     """
 
-    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, username: str | None = None, password: str | None = None,
-                 ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None, client_id: str | None = None,
+    def __init__(self, broker: str | BrokerAddress, *, prefix: str = DEFAULT_PREFIX, client_id: str | None = None,
                  connect_timeout: float = 10.0) -> None:
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        u = urlsplit(url)
-        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-            raise OtaError(f"broker URL {url!r} must look like mqtt://host:1883 or mqtts://host:8883")
-        self.host, self.port = u.hostname, u.port or (8883 if u.scheme == "mqtts" else 1883)
+        self.address = to_address(broker)
         self.prefix = prefix
         self.connect_timeout = connect_timeout
         self.devices: dict[str, DeviceView] = {}
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
-        self._connected = threading.Event()
-        self._error: str | None = None
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"edgekit-fleet-{uuid.uuid4().hex[:8]}",
-                                  protocol=paho.MQTTv311, clean_session=True)
-        self.client.max_inflight_messages_set(64)
-        if username:
-            self.client.username_pw_set(username, password)
-        if u.scheme == "mqtts":
-            self.client.tls_set(ca_certs=ca_file, certfile=cert_file, keyfile=key_file, cert_reqs=ssl.CERT_REQUIRED,
-                                tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_disconnect = self._on_disconnect
+        # rollouts publish every chunk of a wave at once: let paho keep more of them in flight
+        self.session = BrokerSession(self.address, client_id or f"edgekit-fleet-{uuid.uuid4().hex[:8]}",
+                                     topics=(Topics.all_states(prefix), Topics.all_telemetry(prefix), Topics.all_jobs(prefix)),
+                                     on_message=self._on_message, max_inflight=64)
 
     # --- connection ------------------------------------------------------------------------------
 
@@ -110,33 +98,17 @@ class FleetClient:
         self.close()
 
     def connect(self) -> None:
-        try:
-            self.client.connect(self.host, self.port, keepalive=30)
-        except (OSError, ssl.SSLError) as e:
-            raise OtaError(f"cannot reach the broker at {self.host}:{self.port}: {e}; check --broker and that the broker runs") from None
-        self.client.loop_start()
-        if not self._connected.wait(self.connect_timeout):
+        """Connect and subscribe; raises FleetError when the broker is unreachable, refuses, or does not answer in time."""
+        self.session.open()
+        if not self.session.wait_ready(self.connect_timeout):
             self.close()
-            raise OtaError(self._error or f"the broker at {self.host}:{self.port} did not answer within {self.connect_timeout:g} s")
+            raise FleetError(self.session.refusal
+                             or f"the broker at {self.address.where} did not answer within {self.connect_timeout:g} s")
 
     def close(self) -> None:
-        try:
-            self.client.disconnect()
-        finally:
-            self.client.loop_stop()
+        self.session.close()
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            self._error = f"the broker at {self.host}:{self.port} refused the connection: {reason_code}"
-            return
-        for t in (Topics.all_states(self.prefix), Topics.all_telemetry(self.prefix), Topics.all_jobs(self.prefix)):
-            client.subscribe(t, qos=QOS)
-        self._connected.set()
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._connected.clear()
-
-    def _on_message(self, client, userdata, msg) -> None:
+    def _on_message(self, msg: Received) -> None:
         if not msg.payload:
             return  # a cleared retained message
         try:
@@ -200,31 +172,29 @@ class FleetClient:
 
     # --- sending -----------------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> Any:
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> MQTTMessageInfo:
         """QoS 1 publish; returns paho's MQTTMessageInfo (see :meth:`flush`)."""
-        return self.client.publish(topic, payload, qos=QOS, retain=retain)
+        return self.session.publish(topic, payload, retain=retain)
 
-    def flush(self, infos: Iterable[Any], timeout: float = 60.0) -> None:
+    def flush(self, infos: Iterable[MQTTMessageInfo], timeout: float = 60.0) -> None:
         """Wait until the broker acknowledged every publish in ``infos``."""
         deadline = time.monotonic() + timeout
         for info in infos:
             while not info.is_published():
                 if time.monotonic() > deadline:
-                    raise OtaError(f"the broker did not acknowledge our messages within {timeout:g} s")
+                    raise FleetError(f"the broker did not acknowledge our messages within {timeout:g} s")
                 info.wait_for_publish(0.1)
 
-    def send(self, device: str, command: Command) -> Any:
+    def send(self, device: str, command: Command) -> MQTTMessageInfo:
+        """Publish ``command`` on the device's command topic."""
         return self.publish(Topics(device, prefix=self.prefix).cmd, encode(command))
 
-    def send_group(self, group: str, command: Command) -> Any:
-        return self.publish(Topics("fleet", group, prefix=self.prefix).group_cmd, encode(command))
-
-    def publish_chunks(self, device: str, job: str, chunks: Iterable[tuple[int, bytes]]) -> list[Any]:
+    def publish_chunks(self, device: str, job: str, chunks: Iterable[tuple[int, bytes]]) -> list[MQTTMessageInfo]:
         """Retained, so the device gets them whenever it (re)subscribes during the job."""
         t = Topics(device, prefix=self.prefix)
         return [self.publish(t.ota_chunk(job, n), payload, retain=True) for n, payload in chunks]
 
-    def clear_chunks(self, device: str, job: str, count: int) -> list[Any]:
+    def clear_chunks(self, device: str, job: str, count: int) -> list[MQTTMessageInfo]:
         """Delete the retained chunks of a finished job from the broker."""
         t = Topics(device, prefix=self.prefix)
         return [self.publish(t.ota_chunk(job, n), b"", retain=True) for n in range(count)]

@@ -21,8 +21,8 @@ from typing import Any
 
 from device_agent.job import chunk_plan
 from device_agent.manifest import Manifest
-from device_agent.protocol import CommandKind, JobState
-from edgekit.errors import InputError, OtaError
+from device_agent.protocol import CommandKind, JobState, JobUpdate
+from edgekit.errors import FleetError, InputError
 from edgekit.fleet.client import DeviceView, FleetClient
 from edgekit.fleet.jobs import Release, new_job_id, signed_command
 
@@ -173,12 +173,12 @@ def select(views: dict[str, DeviceView], *, devices: list[str] | None, group: st
         unknown = [d for d in devices if d not in views]
         if unknown:
             known = ", ".join(sorted(views)[:20]) or "none"
-            raise OtaError(f"device(s) {', '.join(unknown)} never reported to this broker (known: {known}); check the id and --prefix")
+            raise FleetError(f"device(s) {', '.join(unknown)} never reported to this broker (known: {known}); check the id and --prefix")
         names = list(devices)
     else:
         names = sorted(d for d, v in views.items() if group is None or v.group == group)
         if not names:
-            raise OtaError(f"no device of group {group!r} has reported to this broker" if group else "no device has reported to this broker")
+            raise FleetError(f"no device of group {group!r} has reported to this broker" if group else "no device has reported to this broker")
     online = [d for d in names if views[d].online]
     return online, [d for d in names if not views[d].online]
 
@@ -187,7 +187,7 @@ def deploy(fleet: FleetClient, release: Release, *, devices: list[str] | None = 
            policy: RolloutPolicy = RolloutPolicy(), gate: Gate | None = Gate(), baseline: Manifest | None = None,
            journal: Journal | None = None, job: str | None = None, progress: Callable[[str], None] = lambda s: None,
            key: Any = None) -> RolloutResult:
-    """Roll ``release`` out. Raises OtaError before sending anything when the metric gate refuses.
+    """Roll ``release`` out. Raises FleetError before sending anything when the metric gate refuses.
 
     ``key`` (an ed25519 private key) signs the cancel sent to devices that exceed the per-device
     timeout; without it devices that only accept signed commands ignore that cancel.
@@ -196,7 +196,7 @@ def deploy(fleet: FleetClient, release: Release, *, devices: list[str] | None = 
     views = fleet.snapshot()
     online, offline = select(views, devices=devices, group=group)
     if not online:
-        raise OtaError(f"every target device is offline ({', '.join(offline)}); nothing was sent")
+        raise FleetError(f"every target device is offline ({', '.join(offline)}); nothing was sent")
     if gate is not None:
         note = _gate(release, views, online, gate, baseline, journal)
         if note:
@@ -207,7 +207,7 @@ def deploy(fleet: FleetClient, release: Release, *, devices: list[str] | None = 
     waves = plan_waves(online, list(policy.waves))
     peak = release.size * max(len(w) for w in waves)
     if policy.method == "mqtt" and peak > MQTT_RETAINED_BUDGET:
-        raise OtaError(f"MQTT delivery would keep {peak / 2**20:,.0f} MiB of retained chunks on the broker at once "
+        raise FleetError(f"MQTT delivery would keep {peak / 2**20:,.0f} MiB of retained chunks on the broker at once "
                        f"({release.size / 2**20:,.1f} MiB × {max(len(w) for w in waves)} devices in the largest wave; "
                        f"bound {MQTT_RETAINED_BUDGET >> 20} MiB): use --delivery http --url BASE_URL, or smaller waves")
     result = RolloutResult(job, {"name": release.manifest.name, "version": release.manifest.version}, waves, skipped=list(offline))
@@ -252,7 +252,7 @@ def _gate(release: Release, views: dict[str, DeviceView], online: list[str], gat
         return None
     problems = check_metrics(release.manifest, baseline, gate)
     if problems:
-        raise OtaError(f"refusing to deploy {release.manifest.name} {release.manifest.version}: its metrics are worse than "
+        raise FleetError(f"refusing to deploy {release.manifest.name} {release.manifest.version}: its metrics are worse than "
                        f"{baseline.version}'s: {'; '.join(problems)}. Validate before replacing production, or pass --force")
     return None
 
@@ -285,7 +285,7 @@ def _run_wave(fleet: FleetClient, release: Release, job: str, params: dict[str, 
     fleet.flush(cleanup, timeout=30.0)
 
 
-def _final(view: DeviceView | None, job: str):
+def _final(view: DeviceView | None, job: str) -> JobUpdate | None:
     if view is None:
         return None
     u = view.jobs.get(job)

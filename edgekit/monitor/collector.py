@@ -34,24 +34,24 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from device_agent.manifest import load_manifest
-from device_agent.protocol import DEFAULT_PREFIX, QOS, Topics, shared, valid_id
-from edgekit.errors import InputError, OtaError
-from edgekit.monitor.monitor import Monitor, MonitorConfig, drift_summary
+from device_agent.protocol import DEFAULT_PREFIX, Topics, shared, valid_id
+from edgekit.errors import InputError
+from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
+from edgekit.monitor.config import MonitorConfig
+from edgekit.monitor.monitor import Monitor
 from edgekit.monitor.query import answer
+from edgekit.monitor.reports import drift_summary
 from edgekit.monitor.store import FleetStore, Reference, SqliteStore
 
-__all__ = ["BrokerAddress", "Collector", "check_reachable", "connect_client", "parse_broker_url"]
+__all__ = ["Collector"]
 
 log = logging.getLogger("edgekit.monitor.collector")
 
@@ -59,57 +59,12 @@ log = logging.getLogger("edgekit.monitor.collector")
 QUEUE_SIZE = 10_000
 
 
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-    username: str | None = None
-    password: str | None = None
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-
-
-def parse_broker_url(url: str, *, username: str | None = None, password: str | None = None, ca_file: str | Path | None = None,
-                     cert_file: str | Path | None = None, key_file: str | Path | None = None) -> BrokerAddress:
-    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]``; raises InputError naming what is wrong."""
-    u = urlsplit(url)
-    if u.scheme not in ("mqtt", "mqtts"):
-        raise InputError(f"broker URL {url!r} has scheme {u.scheme!r}; allowed: mqtt, mqtts (e.g. mqtt://127.0.0.1:1883)")
-    if not u.hostname:
-        raise InputError(f"broker URL {url!r} has no host (e.g. mqtt://127.0.0.1:1883)")
-    try:
-        port = u.port or (8883 if u.scheme == "mqtts" else 1883)
-    except ValueError:
-        raise InputError(f"broker URL {url!r} has an invalid port") from None
-    if bool(cert_file) != bool(key_file):
-        raise InputError("a client certificate and its key go together: give both --cert-file and --client-key, or neither")
-    return BrokerAddress(u.hostname, port, u.scheme == "mqtts", username or u.username, password or u.password,
-                         str(ca_file) if ca_file else None, str(cert_file) if cert_file else None, str(key_file) if key_file else None)
-
-
-def connect_client(address: BrokerAddress, client_id: str, *, clean: bool = True, will: tuple[str, bytes] | None = None) -> Any:
-    """A configured (not yet connected) paho 2 client for ``address``."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean, protocol=paho.MQTTv311)
-    client.reconnect_delay_set(0.2, 10)
-    if address.username:
-        client.username_pw_set(address.username, address.password)
-    if address.tls:
-        client.tls_set(ca_certs=address.ca_file, certfile=address.cert_file, keyfile=address.key_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-    if will:
-        client.will_set(will[0], will[1], qos=QOS, retain=True)
-    return client
-
-
 class Collector:
     """Consumes fleet telemetry from one broker on background threads.
 
     Args:
-        broker: ``mqtt://`` / ``mqtts://`` URL.
+        broker: ``mqtt://`` / ``mqtts://`` URL, or an address with credentials, CA and client
+            certificate (:func:`edgekit.fleet.mqtt.parse_broker_url`).
         store: a :class:`FleetStore`, or the path of the SQLite file (``":memory:"`` works).
         config: monitor thresholds and windows.
         share: the shared-subscription group; collectors with the same share split the telemetry.
@@ -117,15 +72,13 @@ class Collector:
         prefix: the fleet's topic prefix.
         collector_id: MQTT client id. Given, the broker keeps this collector's session (and queues its
             share of the telemetry) while it restarts; default: a random id and a clean session.
-        username, password, ca_file, cert_file, key_file: broker credentials, CA and client certificate for mqtts.
         on_alert: called with each alert payload (on the worker thread) after it is published.
         trusted_keys: ed25519 public keys (PEM); given, only signed manifests from deploy commands
             become references.
     """
 
-    def __init__(self, broker: str, store: FleetStore | str | Path, *, config: MonitorConfig | None = None, share: str | None = "edgekit-monitor",
-                 prefix: str = DEFAULT_PREFIX, collector_id: str | None = None, username: str | None = None, password: str | None = None,
-                 ca_file: str | Path | None = None, cert_file: str | Path | None = None, key_file: str | Path | None = None,
+    def __init__(self, broker: str | BrokerAddress, store: FleetStore | str | Path, *, config: MonitorConfig | None = None,
+                 share: str | None = "edgekit-monitor", prefix: str = DEFAULT_PREFIX, collector_id: str | None = None,
                  on_alert: Callable[[dict[str, Any]], None] | None = None, trusted_keys: list[str | Path] | None = None) -> None:
         if share is not None and not valid_id(share):
             raise InputError(f"share group {share!r} is not usable in a topic: use 1-64 of A-Z a-z 0-9 _ . -")
@@ -133,7 +86,7 @@ class Collector:
         self.id = collector_id or f"watch-{uuid.uuid4().hex[:8]}"
         if not valid_id(self.id):
             raise InputError(f"collector id {self.id!r} is not usable in a topic: use 1-64 of A-Z a-z 0-9 _ . -")
-        self.address = parse_broker_url(broker, username=username, password=password, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        self.address = to_address(broker)
         self.store: FleetStore = store if not isinstance(store, (str, Path)) else SqliteStore(store)
         self._own_store = isinstance(store, (str, Path))
         trusted = None
@@ -147,12 +100,10 @@ class Collector:
         self.on_alert = on_alert
         self.alerts: list[dict[str, Any]] = []
         self.errors = 0
-        self._queue: queue.Queue[Any] = queue.Queue(QUEUE_SIZE)
+        self._queue: queue.Queue[Received] = queue.Queue(QUEUE_SIZE)
         self._stop = threading.Event()
-        self._ready = threading.Event()
         self._worker: threading.Thread | None = None
-        self._pending_subs: set[int] = set()
-        self._client: Any = None
+        self._session: BrokerSession | None = None
         self._summaries: dict[str, str] = {}
 
     # --- references ----------------------------------------------------------------------------------
@@ -165,37 +116,41 @@ class Collector:
 
     @property
     def topics(self) -> dict[str, tuple[str, ...]]:
+        """The telemetry subscription (shared between collectors) and this collector's own ones."""
         # share=None: a plain subscription, for brokers without MQTT 5 shared subscriptions (amqtt)
         telemetry = Topics.all_telemetry(self.prefix) if self.share is None else shared(self.share, Topics.all_telemetry(self.prefix))
         return {"shared": (telemetry,),
                 "own": (Topics.all_states(self.prefix), *Topics.all_cmds(self.prefix), Topics.fleet_query(self.prefix))}
 
     def start(self) -> Collector:
-        """Connect (asynchronously) and start consuming; see :meth:`wait_ready`."""
-        if self._client is not None:
+        """Connect (in the background, reconnecting) and start consuming; see :meth:`wait_ready`."""
+        if self._session is not None:
             return self
         presence = Topics.fleet_collector(self.id, self.prefix)
         # a persistent session only under a stable, chosen id: a random id's session would outlive the
-        # process and keep taking its turn of the shared telemetry into a queue nobody reads
-        self._client = connect_client(self.address, self.id, clean=not self._stable_id, will=(presence, self._presence("offline")))
-        self._client.manual_ack_set(True)
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
-        self._client.on_disconnect = lambda *a: self._ready.clear()
+        # process and keep taking its turn of the shared telemetry into a queue nobody reads;
+        # messages are acknowledged after they are stored, so a collector that dies in between gets them again
+        self._session = BrokerSession(self.address, self.id, topics=(*self.topics["shared"], *self.topics["own"]),
+                                      on_message=self._on_message, on_connect=self._announce, clean=not self._stable_id,
+                                      will=(presence, self._presence("offline")), manual_ack=True)
         self._worker = threading.Thread(target=self._work, name=f"edgekit-collector-{self.id}", daemon=True)
         self._worker.start()
-        self._client.connect_async(self.address.host, self.address.port, keepalive=30)
-        self._client.loop_start()
+        self._session.start()
         return self
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
-        """True once connected and subscribed (within ``timeout`` seconds)."""
-        return self._ready.wait(timeout)
+        """True once connected and subscribed (within ``timeout`` seconds; False at once when the broker refuses)."""
+        return self._session is not None and self._session.wait_ready(timeout)
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the broker refused this collector's connection or subscriptions (None: it did not)."""
+        return self._session.refusal if self._session is not None else None
 
     def stop(self, timeout: float = 5.0) -> None:
         """Finish the queued messages (bounded by ``timeout``), mark this collector offline, disconnect."""
-        if self._client is None:
+        session = self._session
+        if session is None:
             return
         deadline = time.monotonic() + timeout
         while not self._queue.empty() and time.monotonic() < deadline:
@@ -204,13 +159,12 @@ class Collector:
         if self._worker is not None:
             self._worker.join(max(0.1, deadline - time.monotonic()))
         try:
-            info = self._client.publish(Topics.fleet_collector(self.id, self.prefix), self._presence("offline"), qos=QOS, retain=True)
+            info = session.publish(Topics.fleet_collector(self.id, self.prefix), self._presence("offline"), retain=True)
             info.wait_for_publish(max(0.1, min(2.0, deadline - time.monotonic())))
         except (RuntimeError, ValueError):
             pass  # not connected: the Last Will says it
-        self._client.disconnect()
-        self._client.loop_stop()
-        self._client = None
+        session.close()
+        self._session = None
         if self._own_store:
             self.store.close()
 
@@ -226,29 +180,15 @@ class Collector:
 
     # --- MQTT callbacks (paho's thread) ------------------------------------------------------------------
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if reason_code.is_failure:
-            log.warning("collector %s: broker refused the connection: %s", self.id, reason_code)
-            return
-        client.publish(Topics.fleet_collector(self.id, self.prefix), self._presence("online"), qos=QOS, retain=True)
-        topics = [*self.topics["shared"], *self.topics["own"]]
-        result, mid = client.subscribe([(t, QOS) for t in topics])
-        self._pending_subs.add(mid)
+    def _announce(self) -> None:
+        if self._session is not None:
+            self._session.publish(Topics.fleet_collector(self.id, self.prefix), self._presence("online"), retain=True)
 
-    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
-        failed = [str(rc) for rc in reason_codes if rc.is_failure]
-        if failed:
-            log.error("collector %s: the broker refused a subscription (%s); does it support shared subscriptions?", self.id, ", ".join(failed))
-            return
-        self._pending_subs.discard(mid)
-        if not self._pending_subs:
-            self._ready.set()
-
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+    def _on_message(self, msg: Received) -> None:
         # bounded: when the worker falls behind, paho's thread waits here and the broker keeps the rest
         while not self._stop.is_set():
             try:
-                self._queue.put((msg.topic, bytes(msg.payload), msg.mid, msg.qos), timeout=0.5)
+                self._queue.put(msg, timeout=0.5)
                 return
             except queue.Full:
                 continue
@@ -256,24 +196,15 @@ class Collector:
     # --- worker ----------------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        query_topic = Topics.fleet_query(self.prefix)
         last_prune = 0.0
         while not self._stop.is_set():
             try:
-                item = self._queue.get(timeout=0.2)
+                msg: Received | None = self._queue.get(timeout=0.2)
             except queue.Empty:
-                item = None
+                msg = None
             try:
-                if item is not None:
-                    topic, payload, mid, qos = item
-                    if topic == query_topic:
-                        self._answer(payload)
-                    else:
-                        self._publish(self.monitor.handle(topic, payload))
-                        if topic.endswith("/telemetry"):
-                            self._publish_summary(topic.split("/")[-2])
-                    if qos and self._client is not None:
-                        self._client.ack(mid, qos)
+                if msg is not None:
+                    self._take(msg)
                 self._publish(self.monitor.evaluate_groups())
                 if time.monotonic() - last_prune > 3600:
                     last_prune = time.monotonic()
@@ -282,11 +213,21 @@ class Collector:
                 self.errors += 1
                 log.exception("collector %s: failed to process a message", self.id)
 
+    def _take(self, msg: Received) -> None:
+        if msg.topic == Topics.fleet_query(self.prefix):
+            self._answer(msg.payload)
+        else:
+            self._publish(self.monitor.handle(msg.topic, msg.payload))
+            if msg.topic.endswith("/telemetry"):
+                self._publish_summary(msg.topic.split("/")[-2])
+        if self._session is not None:
+            self._session.ack(msg.mid, msg.qos)
+
     def _publish(self, alerts: list[dict[str, Any]]) -> None:
         for a in alerts:
             self.alerts.append(a)
-            if self._client is not None:
-                self._client.publish(Topics.fleet_alert(a["scope"], a["name"], self.prefix), json.dumps(a).encode(), qos=QOS)
+            if self._session is not None:
+                self._session.publish(Topics.fleet_alert(a["scope"], a["name"], self.prefix), json.dumps(a).encode())
             log.warning("%s", a.get("message"))
             if self.on_alert is not None:
                 self.on_alert(a)
@@ -294,10 +235,10 @@ class Collector:
     def _publish_summary(self, device: str) -> None:
         """Keep the retained drift summary of ``device`` current (only when its text changes)."""
         summary = drift_summary(self.store, device)
-        if summary is None or self._client is None or self._summaries.get(device) == summary["text"]:
+        if summary is None or self._session is None or self._summaries.get(device) == summary["text"]:
             return
         self._summaries[device] = summary["text"]
-        self._client.publish(Topics.fleet_drift(device, self.prefix), json.dumps({"device": device, **summary}).encode(), qos=QOS, retain=True)
+        self._session.publish(Topics.fleet_drift(device, self.prefix), json.dumps({"device": device, **summary}).encode(), retain=True)
 
     def _answer(self, payload: bytes) -> None:
         try:
@@ -308,16 +249,5 @@ class Collector:
         except (ValueError, KeyError, TypeError) as e:
             log.warning("collector %s: ignoring a malformed drift query: %s", self.id, e)
             return
-        if self._client is not None:
-            self._client.publish(reply, json.dumps(answer(self.store, q, collector=self.id)).encode(), qos=QOS)
-
-
-def check_reachable(address: BrokerAddress, timeout: float = 5.0) -> None:
-    """Fail fast, with the address, when nothing listens there (paho would retry quietly forever)."""
-    import socket
-
-    try:
-        with socket.create_connection((address.host, address.port), timeout=timeout):
-            return
-    except OSError as e:
-        raise OtaError(f"cannot reach the broker at {address.host}:{address.port}: {e}; is it running? (--broker)") from None
+        if self._session is not None:
+            self._session.publish(reply, json.dumps(answer(self.store, q, collector=self.id)).encode())

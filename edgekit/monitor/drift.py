@@ -1,17 +1,11 @@
-"""Input drift from binned summaries: PSI, a KS statistic, NaN and out-of-range shares.
+"""Drift verdicts: one feature, one device or one group, against the manifest's reference profile.
 
-Devices never send raw inputs. Each telemetry window carries, per tracked feature, counts over the
-manifest's reference bin edges plus under/overflow, a NaN count and moments
-(:class:`device_agent.protocol.FeatureWindow`). Counts are additive, so windows of one device (or
-of every device of a group) on one model version merge by summing (:class:`FeatureSummary`), and
-the statistics below are computed from the merged counts against the reference counts
-(:class:`device_agent.manifest.FeatureProfile`).
+Live windows are merged per feature (:mod:`edgekit.monitor.windows`) and compared with the
+reference counts (:class:`device_agent.manifest.FeatureProfile`) by the statistics of
+:mod:`edgekit.monitor.stats`:
 
-- **PSI** (population stability index) over the cells ``[under, bin 0 … bin k-1, over]`` of finite
-  values: ``Σ (q - p) · ln(q / p)``, with a Jeffreys pseudo-count (½) in every cell of both
-  distributions so an empty cell is finite, not infinite.
-- **KS**: the largest gap between the two cumulative distributions at the bin edges. On binned data
-  it is a lower bound of the exact two-sample statistic (the gap inside a bin is not visible).
+- **PSI** over the cells ``[under, bin 0 … bin k-1, over]`` of finite values;
+- **KS**, the largest gap between the two cumulative distributions at the bin edges;
 - **NaN share** (NaN and ±inf among all values) and **out-of-range share** (finite values outside the
   reference's ``[edges[0], edges[-1]]``), each judged by its excess over what the reference implies.
 
@@ -28,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -36,25 +30,20 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from device_agent.manifest import FeatureProfile
-from device_agent.protocol import FeatureWindow, TelemetryMessage
+from edgekit.monitor.stats import chi2_quantile, ks_statistic, psi
+from edgekit.monitor.windows import FeatureSummary, WindowSet
 
 __all__ = [
     "DriftReport",
     "DriftThresholds",
     "FeatureDrift",
-    "FeatureSummary",
     "Level",
-    "WindowSet",
-    "chi2_quantile",
     "evaluate",
     "feature_drift",
-    "ks_statistic",
     "min_samples_for",
-    "psi",
+    "worst",
 ]
 
-#: Jeffreys pseudo-count added to every cell before PSI's logarithm
-PSEUDO_COUNT = 0.5
 #: target false-positive rate of the PSI warn threshold per feature, used for the automatic minimum sample count
 FALSE_POSITIVE_RATE = 1e-4
 
@@ -92,15 +81,15 @@ class DriftThresholds(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    psi_warn: float = Field(0.1, gt=0, description="PSI at or above which a feature warns.")
-    psi_alert: float = Field(0.25, gt=0, description="PSI at or above which a feature alerts.")
-    ks_warn: float | None = Field(None, gt=0, le=1, description="KS statistic at or above which a feature warns (None: KS is reported, not judged).")
-    ks_alert: float | None = Field(None, gt=0, le=1, description="KS statistic at or above which a feature alerts (None: not judged).")
-    nan_warn: float = Field(0.01, gt=0, le=1, description="NaN/inf share above the reference's at which a feature warns.")
-    nan_alert: float = Field(0.05, gt=0, le=1, description="NaN/inf share above the reference's at which a feature alerts.")
-    range_warn: float = Field(0.05, gt=0, le=1, description="Share of finite values outside the reference range, beyond what the reference implies, at which a feature warns.")
-    range_alert: float = Field(0.15, gt=0, le=1, description="Out-of-range share (as for range_warn) at which a feature alerts.")
-    min_samples: int | None = Field(None, ge=1, description="Samples (batch rows) needed for a verdict; None: derived from the bins and psi_warn (see the module docs).")
+    psi_warn: float = Field(default=0.1, gt=0, description="PSI at or above which a feature warns.")
+    psi_alert: float = Field(default=0.25, gt=0, description="PSI at or above which a feature alerts.")
+    ks_warn: float | None = Field(default=None, gt=0, le=1, description="KS statistic at or above which a feature warns (None: KS is reported, not judged).")
+    ks_alert: float | None = Field(default=None, gt=0, le=1, description="KS statistic at or above which a feature alerts (None: not judged).")
+    nan_warn: float = Field(default=0.01, gt=0, le=1, description="NaN/inf share above the reference's at which a feature warns.")
+    nan_alert: float = Field(default=0.05, gt=0, le=1, description="NaN/inf share above the reference's at which a feature alerts.")
+    range_warn: float = Field(default=0.05, gt=0, le=1, description="Share of finite values outside the reference range, beyond what the reference implies, at which a feature warns.")
+    range_alert: float = Field(default=0.15, gt=0, le=1, description="Out-of-range share (as for range_warn) at which a feature alerts.")
+    min_samples: int | None = Field(default=None, ge=1, description="Samples (batch rows) needed for a verdict; None: derived from the bins and psi_warn (see the module docs).")
 
     @model_validator(mode="after")
     def _ordered(self) -> DriftThresholds:
@@ -109,34 +98,6 @@ class DriftThresholds(BaseModel):
             if lo is not None and hi is not None and lo > hi:
                 raise ValueError(f"{name}_warn {lo} is above {name}_alert {hi}; warn must be at or below alert")
         return self
-
-
-# --- statistics ------------------------------------------------------------------------------------
-
-
-def chi2_quantile(p: float, df: int) -> float:
-    """χ² quantile by Wilson-Hilferty: at p = 0.999 within 2 % above the exact value for df ≥ 3 (pure Python)."""
-    if df < 1:
-        return 0.0
-    z = _normal_quantile(p)
-    h = 2.0 / (9.0 * df)
-    return df * max(0.0, 1.0 - h + z * math.sqrt(h)) ** 3
-
-
-def _normal_quantile(p: float) -> float:
-    # Acklam's rational approximation (|error| < 1.2e-9): scipy stays out of the picture
-    a = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02, -3.066479806614716e01, 2.506628277459239e00)
-    b = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01, -1.328068155288572e01)
-    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00, 4.374664141464968e00, 2.938163982698783e00)
-    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
-    if p < 0.02425:
-        q = math.sqrt(-2 * math.log(p))
-        return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
-    if p > 1 - 0.02425:
-        return -_normal_quantile(1 - p)
-    q = p - 0.5
-    r = q * q
-    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
 
 
 def min_samples_for(reference_counts: Sequence[int], thresholds: DriftThresholds) -> int:
@@ -148,168 +109,6 @@ def min_samples_for(reference_counts: Sequence[int], thresholds: DriftThresholds
     # both samples are noisy: n·N/(n+N)·PSI ~ χ²; a reference barely larger than c caps the need at 5c
     n = c * big_n / (big_n - c) if big_n > 1.25 * c else 5 * c
     return max(30, math.ceil(n))
-
-
-def psi(reference: Sequence[float] | np.ndarray, live: Sequence[float] | np.ndarray, *, pseudo_count: float = PSEUDO_COUNT) -> float:
-    """Population stability index between two count vectors over the same cells."""
-    r = np.asarray(reference, dtype=np.float64) + pseudo_count
-    q = np.asarray(live, dtype=np.float64) + pseudo_count
-    if r.shape != q.shape:
-        raise ValueError(f"PSI needs counts over the same cells: reference has {r.size}, live has {q.size}")
-    p, q = r / r.sum(), q / q.sum()
-    return float(np.sum((q - p) * np.log(q / p)))
-
-
-def ks_statistic(reference: Sequence[float] | np.ndarray, live: Sequence[float] | np.ndarray) -> float:
-    """Largest gap between the cumulative shares of two count vectors over the same ordered cells."""
-    r = np.asarray(reference, dtype=np.float64)
-    q = np.asarray(live, dtype=np.float64)
-    if r.sum() <= 0 or q.sum() <= 0:
-        return 0.0
-    return float(np.max(np.abs(np.cumsum(q) / q.sum() - np.cumsum(r) / r.sum())))
-
-
-# --- merging windows ----------------------------------------------------------------------------
-
-
-@dataclass
-class FeatureSummary:
-    """One feature's counts and moments, merged over any number of windows (and devices)."""
-
-    name: str
-    counts: np.ndarray
-    under: int = 0
-    over: int = 0
-    nan: int = 0
-    n: int = 0
-    finite: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-    min: float = math.inf
-    max: float = -math.inf
-
-    @classmethod
-    def empty(cls, name: str, bins: int) -> FeatureSummary:
-        return cls(name, np.zeros(bins, np.int64))
-
-    def add(self, w: FeatureWindow) -> None:
-        """Merge one window (counts must be over the same edges)."""
-        if len(w.counts) != len(self.counts):
-            raise ValueError(f"feature {w.name!r}: a window has {len(w.counts)} bins, the reference {len(self.counts)}; "
-                             "the device summarises on a different profile (another model version?)")
-        self.counts += np.asarray(w.counts, np.int64)
-        self.under += w.under
-        self.over += w.over
-        self.nan += w.nan
-        self.n += w.n
-        fin = w.n - w.nan
-        if fin <= 0 or w.mean is None:
-            return
-        std = w.std or 0.0
-        # Chan et al.: merge (count, mean, M2) without the raw values
-        total = self.finite + fin
-        delta = w.mean - self.mean
-        self.mean += delta * fin / total
-        self.m2 += std * std * fin + delta * delta * self.finite * fin / total
-        self.finite = total
-        self.min = min(self.min, w.min if w.min is not None else math.inf)
-        self.max = max(self.max, w.max if w.max is not None else -math.inf)
-
-    @property
-    def std(self) -> float | None:
-        return math.sqrt(self.m2 / self.finite) if self.finite else None
-
-    def cells(self) -> np.ndarray:
-        """Counts of finite values over ``[under, bins…, over]``."""
-        return np.concatenate([[self.under], self.counts, [self.over]])
-
-    def merge(self, other: FeatureSummary) -> None:
-        """Add another summary of the same feature (e.g. from another collector)."""
-        if len(other.counts) != len(self.counts):
-            raise ValueError(f"feature {self.name!r}: cannot merge {len(other.counts)} bins into {len(self.counts)}")
-        self.counts += other.counts
-        self.under += other.under
-        self.over += other.over
-        self.nan += other.nan
-        self.n += other.n
-        if other.finite:
-            total = self.finite + other.finite
-            delta = other.mean - self.mean
-            self.mean += delta * other.finite / total
-            self.m2 += other.m2 + delta * delta * self.finite * other.finite / total
-            self.finite = total
-            self.min = min(self.min, other.min)
-            self.max = max(self.max, other.max)
-
-    def to_dict(self) -> dict[str, Any]:
-        fin = self.finite > 0
-        return {"name": self.name, "counts": [int(c) for c in self.counts], "under": self.under, "over": self.over, "nan": self.nan,
-                "n": self.n, "finite": self.finite, "mean": self.mean, "m2": self.m2,
-                "min": self.min if fin else None, "max": self.max if fin else None}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FeatureSummary:
-        return cls(str(d["name"]), np.asarray(d["counts"], np.int64), int(d["under"]), int(d["over"]), int(d["nan"]), int(d["n"]),
-                   int(d["finite"]), float(d["mean"]), float(d["m2"]), math.inf if d.get("min") is None else float(d["min"]),
-                   -math.inf if d.get("max") is None else float(d["max"]))
-
-
-@dataclass
-class WindowSet:
-    """Telemetry windows of one model version merged per feature (one device, or a whole group)."""
-
-    model: str
-    version: str
-    features: dict[str, FeatureSummary] = field(default_factory=dict)
-    samples: int = 0
-    requests: int = 0
-    windows: int = 0
-    devices: set[str] = field(default_factory=set)
-    start: float | None = None
-    end: float | None = None
-
-    def add(self, msg: TelemetryMessage) -> None:
-        self.windows += 1
-        self.samples += msg.samples
-        self.requests += msg.requests
-        self.devices.add(msg.device)
-        ws, we = float(msg.window.get("start", msg.ts)), float(msg.window.get("end", msg.ts))
-        self.start = ws if self.start is None else min(self.start, ws)
-        self.end = we if self.end is None else max(self.end, we)
-        for f in msg.features:
-            s = self.features.get(f.name)
-            if s is None:
-                s = self.features[f.name] = FeatureSummary.empty(f.name, len(f.counts))
-            if len(f.counts) == len(s.counts):  # a window on other edges cannot be merged; it is left out
-                s.add(f)
-
-    def merge(self, other: WindowSet) -> None:
-        """Add another set of the same model version (another collector's share of the traffic)."""
-        self.windows += other.windows
-        self.samples += other.samples
-        self.requests += other.requests
-        self.devices |= other.devices
-        for attr, pick in (("start", min), ("end", max)):
-            a, b = getattr(self, attr), getattr(other, attr)
-            setattr(self, attr, b if a is None else a if b is None else pick(a, b))
-        for name, f in other.features.items():
-            mine = self.features.get(name)
-            if mine is None:
-                self.features[name] = FeatureSummary.from_dict(f.to_dict())
-            elif len(mine.counts) == len(f.counts):
-                mine.merge(f)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "version": self.version, "samples": self.samples, "requests": self.requests, "windows": self.windows,
-                "devices": sorted(self.devices), "start": self.start, "end": self.end,
-                "features": [f.to_dict() for f in self.features.values()]}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> WindowSet:
-        ws = cls(str(d["model"]), str(d["version"]), samples=int(d["samples"]), requests=int(d["requests"]), windows=int(d["windows"]),
-                 devices=set(d.get("devices") or ()), start=d.get("start"), end=d.get("end"))
-        ws.features = {f["name"]: FeatureSummary.from_dict(f) for f in d["features"]}
-        return ws
 
 
 # --- verdicts ------------------------------------------------------------------------------------

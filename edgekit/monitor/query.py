@@ -21,26 +21,31 @@ Answer (on ``reply``)::
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 import uuid
 from typing import Any
 
 from device_agent.manifest import FeatureProfile
-from device_agent.protocol import DEFAULT_PREFIX, QOS, Topics
-from edgekit.errors import OtaError
-from edgekit.monitor.drift import DriftReport, DriftThresholds, Level, WindowSet, evaluate
-from edgekit.monitor.monitor import group_windows
-from edgekit.monitor.store import FleetStore, Reference
+from device_agent.protocol import DEFAULT_PREFIX, Topics
+from edgekit.errors import FleetError
+from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
+from edgekit.monitor.drift import DriftReport, DriftThresholds
+from edgekit.monitor.reports import judge_set
+from edgekit.monitor.store import FleetHistory, Reference
+from edgekit.monitor.windows import WindowSet, group_windows
 
 __all__ = ["answer", "ask_collectors", "merge_answers", "query"]
 
 
 def query(query_id: str, reply: str, *, device: str | None = None, group: str | None = None, window_s: float = 3600.0) -> dict[str, Any]:
+    """The drift query message (see the module docs)."""
     return {"v": 1, "type": "drift_query", "id": query_id, "reply": reply, "device": device, "group": group, "window_s": window_s,
             "ts": round(time.time(), 3)}
 
 
-def answer(store: FleetStore, q: dict[str, Any], *, collector: str, now: float | None = None) -> dict[str, Any]:
+def answer(store: FleetHistory, q: dict[str, Any], *, collector: str, now: float | None = None) -> dict[str, Any]:
     """A collector's share of the answer to query ``q``: merged counts of the windows it ingested."""
     since = (time.time() if now is None else now) - float(q.get("window_s") or 3600.0)
     device, group = q.get("device"), q.get("group")
@@ -86,14 +91,8 @@ def merge_answers(answers: list[dict[str, Any]], *, thresholds: DriftThresholds 
             x = acc.setdefault((row["device"], row["model"], row["version"]), [0, 0])
             x[0] += int(row["labelled"])
             x[1] += int(row["correct"])
-    reports = []
-    for (scope, name, model, version), ws in sorted(sets.items(), key=lambda kv: (kv[0][0] != "group", kv[0][1:])):
-        ref = refs.get((model, version))
-        if ref is None:
-            reports.append(DriftReport(scope, name, model, version, Level.NOT_ENOUGH_DATA, (), ws.samples, ws.windows,
-                                       tuple(sorted(ws.devices)), ws.start, ws.end, untracked=tuple(sorted(ws.features))))
-        else:
-            reports.append(evaluate(ws, ref.features, scope=scope, name=name, thresholds=thresholds))
+    reports = [judge_set(ws, refs.get((model, version)), scope=scope, name=name, thresholds=thresholds)
+               for (scope, name, model, version), ws in sorted(sets.items(), key=lambda kv: (kv[0][0] != "group", kv[0][1:]))]
     rows = []
     for (device, model, version), (n, k) in sorted(acc.items()):
         ref = refs.get((model, version))
@@ -102,67 +101,64 @@ def merge_answers(answers: list[dict[str, Any]], *, thresholds: DriftThresholds 
     return reports, rows
 
 
-def ask_collectors(broker: str, *, device: str | None = None, group: str | None = None, window_s: float = 3600.0,
-                   prefix: str = DEFAULT_PREFIX, timeout: float = 5.0, username: str | None = None, password: str | None = None,
-                   ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-    """Send a drift query to every online collector; returns (answers, collectors that did not answer in time).
+class _Replies:
+    """Collector presence and drift replies as they arrive (paho's thread), awaited by the asking thread."""
 
-    Raises OtaError when the broker is unreachable or no collector is online.
-    """
-    import json
-    import threading
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.online: dict[str, bool] = {}
+        self.answers: dict[str, dict[str, Any]] = {}
+        self.changed = threading.Condition()
 
-    from edgekit.monitor.collector import connect_client, parse_broker_url
-
-    address = parse_broker_url(broker, username=username, password=password, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
-    qid = uuid.uuid4().hex[:16]
-    reply = f"{prefix}/fleet/monitor/reply/{qid}"
-    online: dict[str, bool] = {}
-    answers: dict[str, dict[str, Any]] = {}
-    lock = threading.Lock()
-    subscribed = threading.Event()
-    changed = threading.Condition(lock)
-
-    def on_connect(client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        client.subscribe([(Topics.fleet_collector("+", prefix), QOS), (reply, QOS)])
-
-    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+    def on_message(self, msg: Received) -> None:
         try:
             d = json.loads(msg.payload) if msg.payload else {}
         except ValueError:
             return
-        with changed:
-            if msg.topic == reply and d.get("type") == "drift_reply":
-                answers[str(d.get("collector"))] = d
-            elif msg.topic != reply and isinstance(d, dict):
-                online[msg.topic.rsplit("/", 1)[-1]] = d.get("status") == "online"
-            changed.notify_all()
+        with self.changed:
+            if msg.topic == self.reply and d.get("type") == "drift_reply":
+                self.answers[str(d.get("collector"))] = d
+            elif msg.topic != self.reply and isinstance(d, dict):
+                self.online[msg.topic.rsplit("/", 1)[-1]] = d.get("status") == "online"
+            self.changed.notify_all()
 
-    client = connect_client(address, f"edgekit-drift-{qid[:8]}")
-    client.on_connect = on_connect
-    client.on_message = on_message
-    client.on_subscribe = lambda *a: subscribed.set()
-    try:
-        client.connect(address.host, address.port, keepalive=30)
-    except OSError as e:
-        raise OtaError(f"cannot reach the broker at {address.host}:{address.port}: {e}; is it running? (--broker)") from None
-    client.loop_start()
+    def expected(self) -> set[str]:
+        with self.changed:
+            return {c for c, up in self.online.items() if up}
+
+    def wait(self, expected: set[str], timeout: float) -> tuple[list[dict[str, Any]], list[str]]:
+        """(answers, collectors that did not answer) once all of ``expected`` answered or ``timeout`` passed."""
+        with self.changed:
+            self.changed.wait_for(lambda: expected <= set(self.answers), timeout=timeout)
+            return list(self.answers.values()), sorted(expected - set(self.answers))
+
+
+def ask_collectors(broker: str | BrokerAddress, *, device: str | None = None, group: str | None = None, window_s: float = 3600.0,
+                   prefix: str = DEFAULT_PREFIX, timeout: float = 5.0) -> tuple[list[dict[str, Any]], list[str]]:
+    """Send a drift query to every online collector; returns (answers, collectors that did not answer in time).
+
+    Args:
+        broker: ``mqtt://`` URL or an address with credentials (:func:`edgekit.fleet.mqtt.parse_broker_url`).
+
+    Raises FleetError when the broker is unreachable or no collector is online.
+    """
+    address = to_address(broker)
+    url = address.url
+    qid = uuid.uuid4().hex[:16]
+    replies = _Replies(f"{prefix}/fleet/monitor/reply/{qid}")
+    session = BrokerSession(address, f"edgekit-drift-{qid[:8]}", topics=(Topics.fleet_collector("+", prefix), replies.reply),
+                            on_message=replies.on_message).open()
     try:
         deadline = time.monotonic() + timeout
-        if not subscribed.wait(max(0.1, deadline - time.monotonic())):
-            raise OtaError(f"the broker at {broker} did not confirm a subscription within {timeout:g} s")
+        if not session.wait_ready(max(0.1, deadline - time.monotonic())):
+            raise FleetError(session.refusal or f"the broker at {url} did not confirm a subscription within {timeout:g} s")
         time.sleep(min(0.3, max(0.0, deadline - time.monotonic())))  # retained presence arrives right after the SUBACK
-        with lock:
-            expected = {c for c, up in online.items() if up}
+        expected = replies.expected()
         if not expected:
-            raise OtaError(f"no fleet collector is online at {broker}: start one with `edgekit fleet watch --broker {broker} --db fleet.sqlite`, "
-                           "or read a collector's database with --db")
-        client.publish(Topics.fleet_query(prefix), json.dumps(query(qid, reply, device=device, group=group, window_s=window_s)).encode(), qos=QOS)
-        with changed:
-            changed.wait_for(lambda: expected <= set(answers), timeout=max(0.0, deadline - time.monotonic()))
-            got = list(answers.values())
-            missing = sorted(expected - set(answers))
+            raise FleetError(f"no fleet collector is online at {url}: start one with `edgekit fleet watch --broker {url} --db fleet.sqlite`, "
+                             "or read a collector's database with --db")
+        q = query(qid, replies.reply, device=device, group=group, window_s=window_s)
+        session.publish(Topics.fleet_query(prefix), json.dumps(q).encode())
+        return replies.wait(expected, max(0.0, deadline - time.monotonic()))
     finally:
-        client.loop_stop()
-        client.disconnect()
-    return got, missing
+        session.close()

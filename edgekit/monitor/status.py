@@ -16,24 +16,29 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from device_agent.protocol import DEFAULT_PREFIX, QOS
-from edgekit.errors import OtaError
+from device_agent.protocol import DEFAULT_PREFIX, Topics
+from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
+from edgekit.monitor.reports import drift_summary
+from edgekit.monitor.store import SqliteStore
 
 __all__ = ["drift_cell", "drift_from_db", "read_drift"]
 
 
-def read_drift(broker: str, *, prefix: str = DEFAULT_PREFIX, settle_s: float = 0.3, timeout: float = 5.0, username: str | None = None,
-               password: str | None = None, ca_file: str | None = None, cert_file: str | None = None,
-               key_file: str | None = None) -> dict[str, dict[str, Any]]:
-    """Every device's retained drift summary, keyed by device id ({} when no collector ever ran)."""
-    from edgekit.monitor.collector import connect_client, parse_broker_url
+def read_drift(broker: str | BrokerAddress, *, prefix: str = DEFAULT_PREFIX, settle_s: float = 0.3,
+               timeout: float = 5.0) -> dict[str, dict[str, Any]]:
+    """Every device's retained drift summary, keyed by device id ({} when no collector ever ran).
 
-    address = parse_broker_url(broker, username=username, password=password, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+    Args:
+        broker: ``mqtt://`` URL or an address with credentials (:func:`edgekit.fleet.mqtt.parse_broker_url`).
+        settle_s: how long retained summaries may take to arrive after the subscription.
+        timeout: for the broker to accept the subscription; without it the answer is {}.
+
+    Raises FleetError when the broker is unreachable.
+    """
     out: dict[str, dict[str, Any]] = {}
-    subscribed = threading.Event()
     lock = threading.Lock()
 
-    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+    def on_message(msg: Received) -> None:
         try:
             d = json.loads(msg.payload) if msg.payload else None
         except ValueError:
@@ -42,30 +47,19 @@ def read_drift(broker: str, *, prefix: str = DEFAULT_PREFIX, settle_s: float = 0
             with lock:
                 out[msg.topic.rsplit("/", 1)[-1]] = d
 
-    client = connect_client(address, f"edgekit-status-{uuid.uuid4().hex[:8]}")
-    client.on_connect = lambda c, *a: c.subscribe(f"{prefix}/fleet/drift/+", qos=QOS)
-    client.on_subscribe = lambda *a: subscribed.set()
-    client.on_message = on_message
+    session = BrokerSession(to_address(broker), f"edgekit-status-{uuid.uuid4().hex[:8]}", topics=(Topics.fleet_drift("+", prefix),),
+                            on_message=on_message).open()
     try:
-        client.connect(address.host, address.port, keepalive=30)
-    except OSError as e:
-        raise OtaError(f"cannot reach the broker at {address.host}:{address.port}: {e}; is it running? (--broker)") from None
-    client.loop_start()
-    try:
-        if subscribed.wait(timeout):
+        if session.wait_ready(timeout):
             time.sleep(settle_s)  # retained messages follow the SUBACK at once
     finally:
-        client.loop_stop()
-        client.disconnect()
+        session.close()
     with lock:
         return dict(out)
 
 
 def drift_from_db(db: str | Path, devices: list[str]) -> dict[str, dict[str, Any]]:
     """The same summaries computed from a collector's database."""
-    from edgekit.monitor.monitor import drift_summary
-    from edgekit.monitor.store import SqliteStore
-
     with SqliteStore(db) as store:
         return {d: s for d in devices if (s := drift_summary(store, d)) is not None}
 

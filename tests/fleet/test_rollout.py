@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from device_agent.manifest import load_manifest
-from edgekit.errors import InputError, OtaError
+from edgekit.errors import FleetError, InputError
 from edgekit.fleet.client import FleetClient
 from edgekit.fleet.jobs import Release
 from edgekit.fleet.rollout import Gate, Journal, RolloutPolicy, check_metrics, deploy, plan_waves, rollback
@@ -90,7 +90,7 @@ def test_metric_gate_refuses_a_worse_release_unless_forced(sim_fleet, mosquitto,
     v1 = load_manifest(releases["v1"])
     journal.save_manifest(v1, (releases["v1"] / "edgekit.json").read_bytes())  # shipped earlier: the served version's card
     with FleetClient(mosquitto.url) as fc:
-        with pytest.raises(OtaError, match=r"refusing to deploy mlp 1.1.0: .*accuracy 80.00% vs 90.00% .*pass --force"):
+        with pytest.raises(FleetError, match=r"refusing to deploy mlp 1.1.0: .*accuracy 80.00% vs 90.00% .*pass --force"):
             deploy(fc, Release.open(worse), group="cams", policy=RolloutPolicy(**FAST), journal=journal)
         assert all(v.version == "1.0.0" for v in fc.snapshot().values())  # nothing was sent
         r = deploy(fc, Release.open(worse), group="cams", policy=RolloutPolicy(**FAST), journal=journal, gate=None)
@@ -126,7 +126,7 @@ def test_mqtt_delivery_that_would_flood_the_broker_is_refused(sim_fleet, mosquit
     sim_fleet(3)
     monkeypatch.setattr(rollout, "MQTT_RETAINED_BUDGET", 10_000)  # the release is ~6 kB: 3 devices at once exceed 10 kB
     with FleetClient(mosquitto.url) as fc:
-        with pytest.raises(OtaError, match=r"retained chunks on the broker at once .* use --delivery http"):
+        with pytest.raises(FleetError, match=r"retained chunks on the broker at once .* use --delivery http"):
             deploy(fc, Release.open(releases["v2"]), group="cams", policy=RolloutPolicy(**FAST))
         assert all(v.version == "1.0.0" and not v.jobs for v in fc.snapshot().values())
 

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from device_agent.manifest import load_manifest
-from edgekit.cli.fleet_monitor import parse_duration
+from edgekit.cli.fleet_options import parse_duration
 from edgekit.cli.main import cli
 from edgekit.monitor import Monitor, SqliteStore
 from tests.monitor.conftest import STDS, reference_inputs

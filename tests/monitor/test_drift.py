@@ -6,18 +6,9 @@ from pydantic import ValidationError
 
 from device_agent.manifest import FeatureProfile
 from device_agent.protocol import FeatureWindow
-from edgekit.monitor.drift import (
-    DriftThresholds,
-    FeatureSummary,
-    Level,
-    WindowSet,
-    chi2_quantile,
-    evaluate,
-    feature_drift,
-    ks_statistic,
-    min_samples_for,
-    psi,
-)
+from edgekit.monitor.drift import DriftThresholds, Level, evaluate, feature_drift, min_samples_for
+from edgekit.monitor.stats import chi2_quantile, ks_statistic, psi
+from edgekit.monitor.windows import FeatureSummary, WindowSet
 
 
 def profile(values: np.ndarray, bins: int = 10, name: str = "x[0]") -> FeatureProfile:

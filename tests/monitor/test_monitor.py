@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from device_agent.manifest import load_manifest
+from edgekit.monitor import ACCURACY, Monitor, MonitorConfig, accuracy_report, drift_reports, drift_summary
 from edgekit.monitor.drift import Level, min_samples_for
-from edgekit.monitor.monitor import ACCURACY, Monitor, MonitorConfig, accuracy_report, drift_reports, drift_summary
 from edgekit.monitor.store import SqliteStore
 from tests.monitor.conftest import MEANS, STDS, reference_inputs, write_model
 

@@ -1,11 +1,7 @@
-"""Fleet telemetry history behind one storage seam.
+"""The embedded :class:`~edgekit.monitor.store.base.FleetStore`: one SQLite file.
 
-:class:`FleetStore` is the interface the collector, ``fleet drift`` and ``fleet status`` use;
-:class:`SqliteStore` is the embedded default (one file, WAL mode, so several collectors on one
-machine can share it and readers never block the writer). A server database for a fleet that
-outgrows one machine implements the same methods.
-
-What is kept:
+WAL mode, so several collectors on one machine can share one file and readers never block the
+writer. What is kept (the schema below is the on-disk format; keep it compatible):
 
 - ``devices``     last known state per device: group, online/offline, model, artifact, last seen
 - ``telemetry``   every telemetry window as received (deduplicated on ``(device, seq)``), with the
@@ -18,110 +14,21 @@ What is kept:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from device_agent.manifest import FeatureProfile, Manifest
+from device_agent.manifest import FeatureProfile
 from device_agent.protocol import StateMessage, TelemetryMessage, decode
 from edgekit.errors import InputError
+from edgekit.monitor.store.base import UNKNOWN, Alert, DeviceRecord, DriftState, Reference
 
-__all__ = ["Alert", "DeviceRecord", "DriftState", "FleetStore", "Reference", "SqliteStore", "open_store"]
-
-
-@dataclass(frozen=True)
-class Reference:
-    """What a model version is judged against: its drift profile and its measured accuracy.
-
-    ``accuracy`` maps artifact file (and "source") to top-1 accuracy as a fraction (0..1).
-    """
-
-    model: str
-    version: str
-    features: tuple[FeatureProfile, ...]
-    accuracy: dict[str, float] = field(default_factory=dict)
-    source: str = ""
-
-    @classmethod
-    def from_manifest(cls, manifest: Manifest, source: str = "") -> Reference:
-        acc: dict[str, float] = {}
-        for key, m in manifest.metrics.items():
-            if isinstance(m, dict) and isinstance(m.get("accuracy"), (int, float)):
-                acc[key] = float(m["accuracy"]) / 100.0  # the manifest records percent
-        return cls(manifest.name, manifest.version, manifest.features, acc, source)
-
-    def baseline_accuracy(self, artifact: str | None = None) -> float | None:
-        """The accuracy to hold a device against: its artifact's if known, else the lowest artifact's, else the source's."""
-        if artifact and artifact in self.accuracy:
-            return self.accuracy[artifact]
-        arts = [v for k, v in self.accuracy.items() if k != "source"]
-        if arts:
-            return min(arts)
-        return self.accuracy.get("source")
-
-
-@dataclass(frozen=True)
-class DeviceRecord:
-    device: str
-    group: str
-    status: str
-    model: str | None
-    version: str | None
-    artifact: str | None
-    last_seen: float
-    agent_version: str | None
-
-
-@dataclass(frozen=True)
-class DriftState:
-    feature: str
-    level: str
-    since: float
-    updated: float
-    psi: float | None
-
-
-@dataclass(frozen=True)
-class Alert:
-    """One alert; ``payload`` is the message published on the fleet alert topic."""
-
-    id: int
-    ts: float
-    kind: str  # "drift" | "accuracy" | "resolved"
-    scope: str
-    name: str
-    model: str
-    version: str
-    level: str
-    payload: dict[str, Any]
-
-
-class FleetStore(Protocol):
-    """The storage seam. Implementations must be safe to call from several threads."""
-
-    def record_state(self, msg: StateMessage) -> None: ...
-    def add_telemetry(self, msg: TelemetryMessage, payload: bytes, *, collector: str = "") -> bool: ...
-    def telemetry(self, *, device: str | None = None, group: str | None = None, since: float | None = None,
-                  model: str | None = None, version: str | None = None, collector: str | None = None) -> list[TelemetryMessage]: ...
-    def recent(self, device: str, model: str, version: str, *, samples: int, since: float) -> list[TelemetryMessage]: ...
-    def version_history(self, device: str) -> list[tuple[str, str, float]]: ...
-    def devices(self, *, group: str | None = None) -> list[DeviceRecord]: ...
-    def device(self, device: str) -> DeviceRecord | None: ...
-    def add_reference(self, ref: Reference) -> None: ...
-    def reference(self, model: str, version: str) -> Reference | None: ...
-    def drift_state(self, scope: str, name: str, model: str, version: str) -> dict[str, DriftState]: ...
-    def latest_drift(self, scope: str, name: str) -> tuple[str, str, dict[str, DriftState]] | None: ...
-    def set_drift_state(self, scope: str, name: str, model: str, version: str, states: Sequence[DriftState]) -> None: ...
-    def add_alert(self, kind: str, scope: str, name: str, model: str, version: str, level: str, payload: dict[str, Any],
-                  *, ts: float | None = None) -> Alert: ...
-    def alerts(self, *, scope: str | None = None, name: str | None = None, since: float | None = None, limit: int = 100) -> list[Alert]: ...
-    def prune(self, before: float) -> int: ...
-    def close(self) -> None: ...
+__all__ = ["SqliteStore", "open_store"]
 
 
 _SCHEMA = """
@@ -148,9 +55,6 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE INDEX IF NOT EXISTS alerts_by_name ON alerts (scope, name, ts);
 """
 
-#: the version a window is filed under when the device did not say (agents without a manifest)
-UNKNOWN = "?"
-
 
 class SqliteStore:
     """The embedded :class:`FleetStore`: one SQLite file (or ``":memory:"``), WAL, one lock per store."""
@@ -172,7 +76,7 @@ class SqliteStore:
 
     # --- plumbing ----------------------------------------------------------------------------------
 
-    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
@@ -237,7 +141,7 @@ class SqliteStore:
                 self._seen(msg)
         return new
 
-    def _decode(self, rows: list[tuple]) -> list[TelemetryMessage]:
+    def _decode(self, rows: list[tuple[Any, ...]]) -> list[TelemetryMessage]:
         out = []
         for (payload,) in rows:
             msg = decode(payload)
@@ -248,7 +152,8 @@ class SqliteStore:
     def telemetry(self, *, device: str | None = None, group: str | None = None, since: float | None = None,
                   model: str | None = None, version: str | None = None, collector: str | None = None) -> list[TelemetryMessage]:
         """Windows matching every given filter, oldest first (``since`` applies to the window's end)."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         for col, value in (("t.device", device), ("d.grp", group), ("t.model", model), ("t.version", version), ("t.collector", collector)):
             if value is not None:
                 where.append(f"{col} = ?")
@@ -335,18 +240,18 @@ class SqliteStore:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def add_alert(self, kind: str, scope: str, name: str, model: str, version: str, level: str, payload: dict[str, Any],
-                  *, ts: float | None = None) -> Alert:
-        ts = time.time() if ts is None else ts
+    def add_alert(self, payload: dict[str, Any], *, ts: float | None = None) -> Alert:
+        """Keep an alert message; its columns come from the message's envelope."""
+        a = Alert.from_payload(0, time.time() if ts is None else ts, payload)
         with self._lock:
             cur = self._db.execute("INSERT INTO alerts (ts, kind, scope, name, model, version, level, payload) VALUES (?,?,?,?,?,?,?,?)",
-                                   (ts, kind, scope, name, model, version, level, json.dumps(payload)))
-            rowid = int(cur.lastrowid or 0)
-        return Alert(rowid, ts, kind, scope, name, model, version, level, payload)
+                                   (a.ts, a.kind, a.scope, a.name, a.model, a.version, a.level, json.dumps(payload)))
+            return dataclasses.replace(a, id=int(cur.lastrowid or 0))
 
     def alerts(self, *, scope: str | None = None, name: str | None = None, since: float | None = None, limit: int = 100) -> list[Alert]:
         """Newest first."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         for col, value in (("scope", scope), ("name", name)):
             if value is not None:
                 where.append(f"{col} = ?")
@@ -356,11 +261,8 @@ class SqliteStore:
             args.append(since)
         sql = "SELECT id, ts, kind, scope, name, model, version, level, payload FROM alerts"
         sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
-        return [Alert(*r[:8], json.loads(r[8])) for r in self._rows(sql, [*args, limit])]
-
-    def iter_groups(self) -> Iterator[str]:
-        for (g,) in self._rows("SELECT DISTINCT grp FROM devices ORDER BY grp"):
-            yield g
+        return [Alert(i, ts, kind, sc, nm, model, version, level, json.loads(payload))
+                for i, ts, kind, sc, nm, model, version, level, payload in self._rows(sql, [*args, limit])]
 
 
 def open_store(path: str | Path) -> SqliteStore:
