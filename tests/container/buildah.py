@@ -47,7 +47,12 @@ class Buildah:
         self.cache = cache
         cache.mkdir(parents=True, exist_ok=True)
         conf = cache / "storage.conf"
-        text = f'[storage]\ndriver = "overlay"\ngraphroot = "{cache / "storage"}"\nrunroot = "{cache / "run"}"\n'
+        # The run root holds mount state, which a reboot ends: one per boot, as a tmpfs would give.
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        for old in cache.glob("run-*"):
+            if old.name != f"run-{boot}":
+                shutil.rmtree(old, ignore_errors=True)
+        text = f'[storage]\ndriver = "overlay"\ngraphroot = "{cache / "storage"}"\nrunroot = "{cache / f"run-{boot}"}"\n'
         if not conf.is_file() or conf.read_text() != text:
             conf.write_text(text)
         self.env = {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf)}
