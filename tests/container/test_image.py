@@ -94,10 +94,12 @@ def served(agent_image: AgentImage, buildah: Buildah, digits_dir: Path, tmp_path
     need(MOSQUITTO_BIN, "mosquitto is not installed", "run 'make mosquitto'")
     work = tmp_path_factory.mktemp("served")
     broker = Mosquitto(work / "mosquitto").start()
-    telemetry = MqttCollector(broker, [f"edgekit/v1/{DEVICE}/telemetry"])
-    container = Container(buildah, agent_image.tag)
-    proc = None
+    telemetry: MqttCollector | None = None
+    container: Container | None = None
+    proc: subprocess.Popen | None = None
     try:
+        telemetry = MqttCollector(broker, [f"edgekit/v1/{DEVICE}/telemetry"])
+        container = Container(buildah, agent_image.tag)
         config = image_config(buildah, agent_image.tag)
         container.copy(digits_dir, "/var/lib/edgekit/model", chown=f"{AGENT_UID}:{AGENT_UID}")
         port = free_port()
@@ -116,17 +118,29 @@ def served(agent_image: AgentImage, buildah: Buildah, digits_dir: Path, tmp_path
         wait_until(ready, 120, interval=0.2, what="the agent in the container to be ready")
         yield served
     finally:
-        if proc is not None and proc.poll() is None:  # a test failed before the last one stopped it
-            for p in psutil.Process(proc.pid).children(recursive=True):
-                p.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        container.remove()
-        telemetry.close()
+        if proc is not None:
+            stop(proc)
+        if container is not None:
+            container.remove()
+        if telemetry is not None:
+            telemetry.close()
         broker.stop()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop `buildah run` and what it runs, if a test failed before the last one stopped the agent."""
+    if proc.poll() is not None:
+        return
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def test_image_is_small_runs_as_non_root_and_carries_no_build_tools(agent_image: AgentImage, buildah: Buildah, capsys):
