@@ -17,7 +17,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import free_port
 
 
 def need(ok: object, what: str, fix: str) -> None:
@@ -36,12 +37,6 @@ def need(ok: object, what: str, fix: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{message} (CI must have it: make test installs it)", pytrace=False)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def postgres_bindir() -> Path | None:
