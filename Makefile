@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision: this pair lies on the build machines' disk (see README); other pairs download GBs.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install install-test mosquitto lint bench check-arm64 clean
+.PHONY: demo test install install-test mosquitto test-debs lint bench check-arm64 clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,20 @@ mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
 	  { (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
 
-install-test: install mosquitto
+# Debian packages the tests use: buildah + debootstrap (the container image test), PostgreSQL, Prometheus
+# (promtool), Chromium and its driver. Installed only when one is missing, without recommends (they would
+# pull in systemd), and no system service is started: the tests start their own instances.
+TEST_DEBS := buildah debootstrap postgresql prometheus chromium chromium-driver
+test-debs:
+	@missing=$$(for p in $(TEST_DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -qx 'install ok installed' || echo $$p; done); \
+	[ -z "$$missing" ] && exit 0; \
+	[ "$$(id -u)" = 0 ] || { echo "make test-debs: missing Debian packages:" $$missing "- run as root or: sudo apt-get install" $$missing >&2; exit 1; }; \
+	echo "installing Debian packages for the tests:" $$missing; \
+	made=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made=1; }; \
+	(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; rc=$$?; \
+	[ -z "$$made" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc
+
+install-test: install mosquitto test-debs
 
 test: install-test
 	$(BIN)/python -m pytest -q --basetemp=$(CURDIR)/.pytest_tmp -o cache_dir=$(CURDIR)/.pytest_cache tests || { rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc; }

@@ -3,6 +3,7 @@
 - ``digits``: a small CNN trained on scikit-learn's digits, exported to ONNX, with train/calib/eval
   .npz files. Trained once and cached under the pytest cache (keyed by the trainer's source).
 - ``make_mlp`` / ``mlp_model``: tiny Gemm/Relu classifiers from onnx.helper with a seeded RNG.
+- tests/services.py (a plugin): ``postgres`` and the ``need`` rule for missing tools.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytest_plugins = ["tests.services"]
 
 
 @pytest.fixture(scope="session")
