@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.compress import compress
+from edgekit.compress import CompressOptions, compress
 from edgekit.pipeline import StepSpec
 from edgekit.report import compare_report, compress_report, json_schema, to_json
 from edgekit.report.schema import LAYER_KEYS, REPORT_KEYS, ROW_KEYS
@@ -102,9 +102,9 @@ def test_compare_report_measures_what_it_says(mlp_compare, mlp_set):
 
 
 def test_every_report_follows_the_documented_schema(mlp_compare, mlp_set, tmp_path):
-    res = compress(mlp_set["fp32"], [StepSpec("int8", {"max_drop": 5.0, "search_time": 20})], data=mlp_set["data"],
-                   output=tmp_path / "o")
-    for rep in (mlp_compare, compress_report(res), json.loads((tmp_path / "o" / "report.json").read_text())):
+    res = compress(mlp_set["fp32"], mlp_set["data"], CompressOptions(steps=[StepSpec("int8", {"max_drop": 5.0, "search_time": 20})],
+                                                               output=tmp_path / "o"))
+    for rep in (mlp_compare, res.report, json.loads((tmp_path / "o" / "report.json").read_text())):
         assert list(rep) == list(REPORT_KEYS)
         for row in [rep["baseline"]] + rep["rows"]:
             assert list(row) == list(ROW_KEYS)
@@ -117,7 +117,8 @@ def test_every_report_follows_the_documented_schema(mlp_compare, mlp_set, tmp_pa
 
 
 def test_compress_report_of_a_fixed_fp16_model_matches_golden(mlp_set, tmp_path, update_golden):
-    res = compress(mlp_set["fp32"], [StepSpec("fp16", {})], data=mlp_set["data"], output=tmp_path / "fp16", version="1.0.0")
-    rep = compress_report(res)
+    res = compress(mlp_set["fp32"], mlp_set["data"], CompressOptions(steps=[StepSpec("fp16", {})], output=tmp_path / "fp16", version="1.0.0"))
+    rep = res.report
     assert json.loads((tmp_path / "fp16" / "report.json").read_text())["rows"] == rep["rows"]  # written == returned
+    assert compress_report(res)["rows"] == rep["rows"]  # built from the result alone, nothing cached on it
     check_golden("compress_mlp_fp16.json", rep, update_golden)
