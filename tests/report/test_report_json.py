@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -60,12 +61,20 @@ def check_golden(name: str, rep: dict, update: bool) -> None:
     assert not diffs, f"report differs from {path} at {diffs[:10]}; if intended: pytest tests/report --update-golden"
 
 
+#: per-layer error statistics come from onnxruntime's int8 kernels, whose rounding depends on the CPU's instruction set
+#: (an AVX2-only machine gives 0.6 % more added error on one layer of this MLP than the one that wrote the golden file):
+#: they are compared to 1 %, everything else to 4 significant digits
+LAYER_REL_TOL = 0.01
+
+
 def _diff(old, new, where: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         keys = list(dict.fromkeys(list(old) + list(new)))
         return [d for k in keys for d in _diff(old.get(k, "<missing>"), new.get(k, "<missing>"), f"{where}.{k}")]
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [d for i, (a, b) in enumerate(zip(old, new, strict=True)) for d in _diff(a, b, f"{where}[{i}]")]
+    if where.startswith(".layers.") and isinstance(old, float) and isinstance(new, float):
+        return [] if math.isclose(old, new, rel_tol=LAYER_REL_TOL) else [f"{where}: {old!r} -> {new!r}"]
     return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
 
 
