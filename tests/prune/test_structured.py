@@ -96,9 +96,11 @@ def test_sensitivity_scan_reports_every_prunable_layer_most_sensitive_first(stru
     assert [r["drop_pts"] for r in rows] == sorted((r["drop_pts"] for r in rows), reverse=True)
     assert all(r["pruned_to"] == r["out_channels"] // 2 for r in rows)
     assert "sensitivity (each layer pruned alone" in output
-    # the digits CNN's first two convs cost tens of points alone, the rest one or none: those two are the ones to spare
-    assert sens["suggested_keep"] == ["/features/features.0/Conv", "/features/features.3/Conv"]
-    assert [r["layer"] for r in rows[:2]] == sens["suggested_keep"]
+    # the digits CNN's first conv costs tens of points alone: it leads the ranking and is spared. How many more join it
+    # depends on the trained weights (the second conv cost 20+ points on one machine, 5 on another); which cluster is
+    # suggested for given costs is test_suggested_keep_is_the_cluster_above_the_largest_gap's to check
+    assert rows[0]["layer"] == "/features/features.0/Conv" and rows[0]["drop_pts"] > 10
+    assert sens["suggested_keep"] == [r["layer"] for r in rows[:len(sens["suggested_keep"])]] and sens["suggested_keep"]
     assert "to spare the most sensitive: --keep " in output
 
 
