@@ -37,19 +37,11 @@ from edgekit.recipes import Recipe, check_data, evaluate_gates, raise_on_failed_
 from edgekit.reference import Reference
 from edgekit.report import compress_report, write_reports
 from edgekit.results import ArtifactResult, CompressResult
-from edgekit.runlog import RunLog
+from edgekit.runlog import RunLog, no_progress, silent
 
 __all__ = ["CompressOptions", "CompressResult", "compress", "compress_with_recipe", "default_output"]
 
 GENERATED_SAMPLES = 128
-
-
-def _silent(message: str) -> None:
-    return None
-
-
-def _no_progress(message: str, fraction: float) -> None:
-    return None
 
 
 def default_output(model: Path, steps: Sequence[StepSpec]) -> Path:
@@ -62,8 +54,8 @@ def compress(
     data: str | Path | None = None,
     options: CompressOptions | None = None,
     *,
-    say: Callable[[str], None] = _silent,
-    progress: Callable[[str, float], None] = _no_progress,
+    say: Callable[[str], None] = silent,
+    progress: Callable[[str, float], None] = no_progress,
 ) -> CompressResult:
     """Compress ``model`` (an .onnx file) and write a self-describing output directory.
 
@@ -71,7 +63,8 @@ def compress(
         model: the ONNX model to compress.
         data: calibration / training data (.npz, .npy or an image folder); None generates inputs.
         options: steps, formats, output and the rest (:class:`~edgekit.options.CompressOptions`).
-        say: called with each line worth showing now; progress: with the phase and how far it is.
+        say: called with each line worth showing now.
+        progress: called with the current phase and how far it is (0..1).
 
     Raises ``AccuracyError`` (after writing the directory) when a step kept a model that misses
     its accuracy bound; any other ``EdgekitError`` leaves no output behind. Recipe gates are judged
@@ -98,7 +91,6 @@ def compress(
             results, failures, source_latency = _export_and_check(run, stepped, staging, f"{src.stem}.{file_tag(opts.steps)}", Path(work))
             result = _write(run, stepped, results, source_latency, staging, out)
         _move_into_place(staging, out)
-        result.output = out
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -110,7 +102,7 @@ def compress(
 
 
 def compress_with_recipe(model: str | Path, data: str | Path | None, recipe: Recipe, options: CompressOptions | None = None, *,
-                         say: Callable[[str], None] = _silent, progress: Callable[[str, float], None] = _no_progress) -> CompressResult:
+                         say: Callable[[str], None] = silent, progress: Callable[[str, float], None] = no_progress) -> CompressResult:
     """Run ``recipe`` (its steps and formats; the rest from ``options``), then hold the artifacts to its gates.
 
     Data needs are checked before any work; a missed gate raises :class:`~edgekit.errors.GateError`

@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["RunLog"]
+__all__ = ["RunLog", "no_progress", "silent"]
 
 
-def _silent(message: str) -> None:
+def silent(message: str) -> None:
+    """A ``say`` that shows nothing."""
     return None
 
 
-def _no_progress(message: str, fraction: float) -> None:
+def no_progress(message: str, fraction: float) -> None:
+    """A ``progress`` that shows nothing."""
     return None
 
 
@@ -25,8 +27,8 @@ def _no_progress(message: str, fraction: float) -> None:
 class RunLog:
     """``say``: one line for the user now; ``progress``: the current phase and how far it is; ``notes``: kept for the report."""
 
-    say: Callable[[str], None] = _silent
-    progress: Callable[[str, float], None] = _no_progress
+    say: Callable[[str], None] = silent
+    progress: Callable[[str, float], None] = no_progress
     notes: list[str] = field(default_factory=list)
 
     def note(self, message: str, *, shown: str | None = None) -> None:
