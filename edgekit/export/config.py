@@ -5,7 +5,7 @@ onnxruntime): the CLI and :class:`edgekit.options.CompressOptions` build these, 
 ``edgekit/export/<format>.py`` receives its own. A bad value is a RecipeError naming the field::
 
     ExportOptions.parse({"tflite": {"io": "int4"}}, what="export")
-    # RecipeError: export: tflite.io: Input should 'float' or 'int8' (given 'int4')
+    # RecipeError: export: tflite.io: Input should be 'float' or 'int8' (given 'int4')
 """
 
 from __future__ import annotations
