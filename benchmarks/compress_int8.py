@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from device_agent.runtime import OrtBackend  # noqa: E402
-from edgekit.compress import compress  # noqa: E402
+from edgekit.compress import CompressOptions, compress  # noqa: E402
 from edgekit.data import Dataset, load_data  # noqa: E402
 from edgekit.evaluate import measure_latencies, run_dataset  # noqa: E402
 from edgekit.export.ort_mobile import convert_to_ort  # noqa: E402
@@ -102,7 +102,7 @@ def bench(name: str, m: dict, runs: int, work: Path) -> list[dict]:
         # random-weight architectures are measured for size and latency only: their near-tied logits make agreement noise
         max_drop = 1.0 if m.get("trained") else 100.0
         # the default formats (.onnx and .ort), as a user gets them: the search judges a candidate by the slower of the two
-        r = compress(src, [StepSpec("int8", {"search_time": 240, "max_drop": max_drop})], data=data, output=out, force=True)
+        r = compress(src, data, CompressOptions(steps=[StepSpec("int8", {"search_time": 240, "max_drop": max_drop})], output=out, force=True))
         for art in r.manifest.artifacts:
             t = tag if art.format == "onnx" else f"{tag} .{art.format}"
             variants[t] = (out / art.file, art.extra.get("session_config"))

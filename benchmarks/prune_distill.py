@@ -39,7 +39,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from device_agent.runtime import OrtBackend  # noqa: E402
-from edgekit.compress import compress  # noqa: E402
+from edgekit.compress import CompressOptions, compress  # noqa: E402
 from edgekit.errors import AccuracyError  # noqa: E402
 from edgekit.evaluate import measure_latencies  # noqa: E402
 from edgekit.pipeline import StepSpec  # noqa: E402
@@ -60,7 +60,7 @@ def rows_for(model: Path, train: Path, work: Path, epochs: int | None) -> dict[s
         print(f"  building {name} ...", file=sys.stderr, flush=True)
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                r = compress(model, steps, data=train, output=dest, formats=("onnx",), force=True)
+                r = compress(model, train, CompressOptions(steps=steps, output=dest, formats=("onnx",), force=True))
             out[name] = r.output / r.artifacts[0].file
         except AccuracyError:  # the artifact is still written; the table shows its accuracy
             out[name] = next(dest.glob("*.onnx"))

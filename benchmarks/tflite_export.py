@@ -102,23 +102,25 @@ def compress_all(model: Path, eval_data: Path, out: Path, *, eval_samples: int, 
 
     ``per_tensor`` adds "int8-pt": the full-int8 .tflite with one weight scale per tensor forced.
     """
-    from edgekit.compress import compress
+    from edgekit.compress import CompressOptions, compress
+    from edgekit.export import ExportOptions, TfliteConfig
     from edgekit.pipeline import StepSpec
 
     int8 = StepSpec("int8", {"max_drop": 100.0, "search_time": 60.0})
     runs = {
-        "fp32": ([], ("onnx", "tflite"), {}),
-        "fp16": ([StepSpec("fp16")], ("tflite",), {}),
-        "int8": ([int8], ("onnx", "ort", "tflite"), {}),
+        "fp32": ([], ("onnx", "tflite"), ExportOptions()),
+        "fp16": ([StepSpec("fp16")], ("tflite",), ExportOptions()),
+        "int8": ([int8], ("onnx", "ort", "tflite"), ExportOptions()),
     }
     if per_tensor:
-        runs["int8-pt"] = ([int8], ("tflite",), {"tflite": {"per_channel": False}})
+        runs["int8-pt"] = ([int8], ("tflite",), ExportOptions(tflite=TfliteConfig(per_channel=False)))
     found: dict[str, dict] = {}
     for precision, (steps, formats, options) in runs.items():
         t0 = time.perf_counter()
         # one labelled file for every run, so accuracy (digits) is measured on the same samples; int8 calibrates on it
-        result = compress(model, steps, formats=formats, data=eval_data, export_options=options,
-                          output=out / f"{model.stem}.{precision}", force=True, max_eval_samples=eval_samples)
+        result = compress(model, eval_data, CompressOptions(steps=steps, formats=formats, export=options,
+                                                            output=out / f"{model.stem}.{precision}", force=True,
+                                                            max_eval_samples=eval_samples))
         found[precision] = {"dir": result.output, "seconds": time.perf_counter() - t0,
                             "artifacts": {r.file: r for r in result.artifacts}, "source_accuracy": result.source_quality.get("accuracy"),
                             "manifest": result.manifest}

@@ -5,13 +5,13 @@
     EdgekitError
     ├── InputError        a model or data file that is missing, malformed or doesn't match
     │   ├── DataError     calibration / evaluation data that doesn't fit the model
-    │   └── ConversionError  onnx2torch cannot convert the model (edgekit.distill.convert)
+    │   └── ConversionError  onnx2torch cannot convert the model (edgekit.torchbench.convert)
     ├── RecipeError       a recipe or step configuration that does not validate
     ├── ExportError       an exporter (.ort, .tflite, ONNX from torch/TF) failed
     ├── AccuracyError     no candidate met the accuracy bound (CLI exit 3)
     ├── GateError         an artifact missed a recipe gate: accuracy, size or latency (CLI exit 3)
     ├── MissingExtraError an optional dependency group is not installed
-    ├── TrainingInterrupted  Ctrl-C while training; names the kept best checkpoint (exit 130; edgekit.distill.trainer)
+    ├── TrainingInterrupted  Ctrl-C while training; names the kept best checkpoint (exit 130; edgekit.torchbench.trainer)
     └── FleetError        signing, deployment, the broker connection and fleet operations
 """
 

@@ -6,7 +6,7 @@ import platform
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
@@ -14,9 +14,7 @@ from device_agent.manifest import SCHEMA, SCHEMA_VERSION, TensorSpec, file_sha25
 from edgekit.data import Dataset
 from edgekit.evaluate import Latency
 from edgekit.profile import selftest_vectors, tolerance
-
-if TYPE_CHECKING:
-    from edgekit.compress import ArtifactResult
+from edgekit.results import ArtifactResult
 
 __all__ = ["build_manifest", "tool_versions"]
 
@@ -44,36 +42,19 @@ def build_manifest(
     classifier: bool,
     labels: list[str] | None,
     artifacts: list[ArtifactResult],
-    steps: list[dict],
+    steps: list[dict[str, Any]],
     dataset: Dataset,
     source_latency: Latency,
-    source_quality: dict,
-    profile: dict,
+    source_quality: dict[str, Any],
+    profile: dict[str, Any],
     vectors: list[dict[str, np.ndarray]],
     expected: dict[str, list[dict[str, np.ndarray]]],
-    recipe: dict | None,
+    recipe: dict[str, Any] | None,
     threads: int,
-    origin: dict | None = None,
-) -> dict:
+    origin: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest document of a run (validated by ``device_agent.manifest.Manifest.from_dict`` before it is written)."""
     src_size = src.stat().st_size
-    metrics: dict = {
-        "threads": threads,
-        "cpu": platform.processor() or platform.machine(),
-        "source": {"size_bytes": src_size, "latency_p50_ms": round(source_latency.p50_ms, 4),
-                   "latency_p95_ms": round(source_latency.p95_ms, 4), **source_quality},
-    }
-    for r in artifacts:
-        m = {
-            "size_bytes": r.size_bytes,
-            "size_ratio": round(r.size_bytes / src_size, 4),
-            "latency_p50_ms": round(r.latency.p50_ms, 4),
-            "latency_p95_ms": round(r.latency.p95_ms, 4),
-            "latency_ratio": round(r.latency.p50_ms / source_latency.p50_ms, 4),
-            **r.quality.to_dict(),
-        }
-        if r.parity:
-            m["parity"] = {k: v for k, v in r.parity.items() if k != "ok"} | {"ok": r.parity["ok"]}
-        metrics[r.file] = m
     precision = {r.file: r.exported.precision for r in artifacts}
     tolerances = {art: tolerance(precision[art], outs) for art, outs in expected.items()}
     return {
@@ -88,26 +69,52 @@ def build_manifest(
         "task": "classification" if classifier else "generic",
         "labels": labels,
         "signature": {"inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs]},
-        "artifacts": [
-            {
-                "file": r.file,
-                "format": r.exported.format,
-                "precision": r.exported.precision,
-                "size_bytes": r.size_bytes,
-                "sha256": r.sha256,
-                "runtime": "litert" if r.exported.format == "tflite" else "onnxruntime",
-                "inputs": [s.to_dict() for s in r.exported.inputs],
-                "outputs": [s.to_dict() for s in r.exported.outputs],
-                "extra": r.exported.extra | ({"weights": r.stats} if r.stats else {}),
-            }
-            for r in artifacts
-        ],
+        "artifacts": [_artifact(r) for r in artifacts],
         "steps": steps,
         "recipe": recipe,
         "tools": tool_versions(),
         "data": dataset.describe(),
-        "metrics": metrics,
+        "metrics": _metrics(artifacts, src_size, source_latency, source_quality, threads),
         "drift_profile": profile,
         "selftest": {"vectors": selftest_vectors(vectors, expected), "tolerance": tolerances},
     }
 
+
+def _artifact(r: ArtifactResult) -> dict[str, Any]:
+    return {
+        "file": r.file,
+        "format": str(r.exported.format),
+        "precision": str(r.exported.precision),
+        "size_bytes": r.size_bytes,
+        "sha256": r.sha256,
+        "runtime": "litert" if r.exported.format == "tflite" else "onnxruntime",
+        "inputs": [s.to_dict() for s in r.exported.inputs],
+        "outputs": [s.to_dict() for s in r.exported.outputs],
+        "extra": r.exported.extra | ({"weights": r.stats} if r.stats else {}),
+    }
+
+
+def _metrics(artifacts: list[ArtifactResult], src_size: int, source_latency: Latency, source_quality: dict[str, Any],
+             threads: int) -> dict[str, Any]:
+    """Per artifact: size and latency (and their ratios to the source's), quality, parity; the source's own; the CPU."""
+    metrics: dict[str, Any] = {
+        "threads": threads,
+        "cpu": platform.processor() or platform.machine(),
+        "source": {"size_bytes": src_size, "latency_p50_ms": round(source_latency.p50_ms, 4),
+                   "latency_p95_ms": round(source_latency.p95_ms, 4), **source_quality},
+    }
+    for r in artifacts:
+        if r.latency is None:
+            raise ValueError(f"{r.file} was not timed; time every artifact before writing the manifest")
+        m = {
+            "size_bytes": r.size_bytes,
+            "size_ratio": round(r.size_bytes / src_size, 4),
+            "latency_p50_ms": round(r.latency.p50_ms, 4),
+            "latency_p95_ms": round(r.latency.p95_ms, 4),
+            "latency_ratio": round(r.latency.p50_ms / source_latency.p50_ms, 4),
+            **r.quality.to_dict(),
+        }
+        if r.parity:
+            m["parity"] = {k: v for k, v in r.parity.items() if k != "ok"} | {"ok": r.parity["ok"]}
+        metrics[r.file] = m
+    return metrics

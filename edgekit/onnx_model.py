@@ -6,6 +6,7 @@ Everything here works on ``onnx.ModelProto`` and never modifies its argument.
 from __future__ import annotations
 
 import copy
+import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ __all__ = [
     "WEIGHTED_OPS",
     "WeightStats",
     "fold_constants",
+    "gzip_size",
     "io_specs",
     "iter_graphs",
     "load_onnx",
@@ -248,6 +250,12 @@ def io_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[Tens
         tuple(spec(v) for v in model.graph.input if v.name not in inits),
         tuple(spec(v) for v in model.graph.output),
     )
+
+
+def gzip_size(model: onnx.ModelProto | bytes) -> int:
+    """Bytes of the serialized model after gzip -9: what a compressed download or OTA chunk stream costs."""
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
 def _line(e: BaseException) -> str:

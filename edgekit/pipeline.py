@@ -12,26 +12,27 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-import numpy as np
-import onnx
-from pydantic import BaseModel, ConfigDict, ValidationError
-
-from device_agent.manifest import TensorSpec
-from edgekit.data import Dataset
+from edgekit.choices import Format, Precision
+from edgekit.config import FrozenConfig
 from edgekit.errors import RecipeError
+from edgekit.runlog import RunLog
 
-__all__ = ["STEPS", "Context", "StepConfig", "StepOutcome", "StepSpec", "get_step", "step", "validate_step"]
+if TYPE_CHECKING:  # annotations only: validating a recipe's steps imports neither onnx nor the runtimes
+    import onnx
+
+    from edgekit.data import Dataset
+    from edgekit.reference import Reference
+
+__all__ = ["STEPS", "Context", "Step", "StepConfig", "StepOutcome", "StepSpec", "file_tag", "get_step", "step", "validate_step"]
 
 
-class StepConfig(BaseModel):
+class StepConfig(FrozenConfig):
     """Base of every step config: typed, frozen, unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # step name -> "module:function". The function carries its config class (see ``step``).
@@ -53,32 +54,15 @@ class StepSpec:
 
 @dataclass
 class Context:
-    """What steps share: the data, the source's reference outputs, where to work, how to report."""
+    """What steps share: the reference to judge against, where to work, the training data, how to report."""
 
-    source_path: Path
+    ref: Reference
     workdir: Path
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    classifier: bool
-    eval_data: Dataset
-    calib_data: Dataset | None
-    ref_outputs: dict[str, np.ndarray]
-    ref_accuracy: float | None
     threads: int = 1
     train_data: Dataset | None = None
-    progress: Callable[[str, float], None] = lambda msg, frac: None
-    say: Callable[[str], None] = lambda msg: None
-    notes: list[str] = field(default_factory=list)
+    log: RunLog = field(default_factory=RunLog)
     #: the artifact formats the run will write: a step choosing between models judges them as they will ship
-    formats: tuple[str, ...] = ("onnx", "ort")
-
-    @property
-    def first_output(self) -> str:
-        return self.outputs[0].name
-
-    @property
-    def data_given(self) -> bool:
-        return not self.eval_data.generated
+    formats: tuple[Format, ...] = (Format.ONNX, Format.ORT)
 
 
 @dataclass
@@ -86,28 +70,48 @@ class StepOutcome:
     """A step's new model, the precision it leaves, and what to record in the manifest."""
 
     model: onnx.ModelProto
-    precision: str | None = None  # None: unchanged
+    precision: Precision | None = None  # None: unchanged
     record: dict[str, Any] = field(default_factory=dict)
     artifact_extra: dict[str, Any] = field(default_factory=dict)  # e.g. session_config for the runtime
-    tag: str | None = None  # file name tag, e.g. "int8" -> model.int8.onnx
     failed_bound: str | None = None  # set when an accuracy bound was not met (exit 3 after writing)
     #: another model for one export format, with that artifact's extra: the int8 search may find a different
     #: candidate fastest as .ort than as .onnx (an .ort is not re-optimized at load), and each ships the best
-    format_models: dict[str, tuple[onnx.ModelProto, dict[str, Any]]] = field(default_factory=dict)
+    format_models: dict[Format, tuple[onnx.ModelProto, dict[str, Any]]] = field(default_factory=dict)
 
 
-def step(name: str, config_cls: type[StepConfig]) -> Callable:
+class Step(Protocol):
+    """A registered step: ``(model, config, ctx) -> StepOutcome``, carrying its name and config class."""
+
+    step_name: str
+    config_cls: type[StepConfig]
+
+    def __call__(self, model: onnx.ModelProto, config: Any, ctx: Context, /) -> StepOutcome: ...
+
+
+def file_tag(steps: Sequence[StepSpec]) -> str:
+    """The tag artifact files and the default output directory carry: ``pruned.int8`` → ``model.pruned.int8.onnx``.
+
+    What was done (a student, pruned), then the precision; ``fp32`` when no step changes either.
+    """
+    names = [s.name for s in steps]
+    parts = [t for n, t in (("distill", "student"), ("prune", "pruned")) if n in names]
+    parts += [p for p in ("int8", "fp16") if p in names][:1]
+    return ".".join(parts) or "fp32"
+
+
+def step(name: str, config_cls: type[StepConfig]) -> Callable[[Callable[..., StepOutcome]], Step]:
     """Mark a function as the step ``name`` with config ``config_cls``."""
 
-    def deco(fn: Callable) -> Callable:
+    def deco(fn: Callable[..., StepOutcome]) -> Step:
         fn.step_name = name  # type: ignore[attr-defined]
         fn.config_cls = config_cls  # type: ignore[attr-defined]
-        return fn
+        return cast(Step, fn)
 
     return deco
 
 
-def get_step(name: str) -> Callable:
+def get_step(name: str) -> Step:
+    """The step registered as ``name``; a RecipeError listing the known steps (and the nearest) otherwise."""
     target = STEPS.get(name)
     if target is None:
         near = difflib.get_close_matches(name, list(STEPS), n=1)
@@ -117,23 +121,9 @@ def get_step(name: str) -> Callable:
     fn = getattr(importlib.import_module(module), attr)
     if getattr(fn, "step_name", None) != name:
         raise RecipeError(f"step registry entry {name!r} -> {target} is not a registered step")
-    return fn
+    return cast(Step, fn)
 
 
 def validate_step(spec: StepSpec) -> StepConfig:
     """The step's typed config, or a RecipeError naming the step and the field."""
-    fn = get_step(spec.name)
-    try:
-        return fn.config_cls(**spec.params)
-    except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or "(config)"
-            if err["type"] == "extra_forbidden":
-                allowed = ", ".join(sorted(fn.config_cls.model_fields))
-                near = difflib.get_close_matches(str(err["loc"][-1]), list(fn.config_cls.model_fields), n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                problems.append(f"unknown field {loc!r}{hint}; allowed: {allowed}")
-            else:
-                problems.append(f"{loc}: {err['msg']} (given {err.get('input')!r})")
-        raise RecipeError(f"step {spec.name!r}: " + "; ".join(problems)) from None
+    return get_step(spec.name).config_cls.parse(spec.params, what=f"step {spec.name!r}")

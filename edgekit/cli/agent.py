@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -55,9 +56,7 @@ def _setting(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
               help="Any other agent.toml field, e.g. --set telemetry.interval_s=30. Repeatable.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Archive to write (default: DEVICE_ID.tar.gz).")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundle summary as JSON.")
-def bundle(device_id: str, model_dir: Path, broker: str, group: str, ca_file: Path | None, cert_file: Path | None, key_file: Path | None,
-           username: str, password_file: Path | None, trusted_keys: tuple[Path, ...], wheels: tuple[Path, ...], with_deps: bool, platform: str, python_version: str,
-           settings: dict, output: Path | None, as_json: bool) -> None:
+def bundle(**options: Any) -> None:
     """Pack the agent, its config, the model and a systemd install script for one device.
 
     \b
@@ -69,14 +68,17 @@ def bundle(device_id: str, model_dir: Path, broker: str, group: str, ca_file: Pa
     from device_agent.errors import AgentError
     from edgekit.errors import InputError
 
-    spec = BundleSpec(device_id=device_id, model_dir=model_dir, broker_url=broker, group=group, ca_file=ca_file, cert_file=cert_file,
-                      key_file=key_file, username=username, password_file=password_file, trusted_keys=list(trusted_keys), wheels=list(wheels), with_deps=with_deps,
-                      platform=platform, python_version=python_version, settings=settings)
+    o = options
+    device_id: str = o["device_id"]
+    spec = BundleSpec(device_id=device_id, model_dir=o["model_dir"], broker_url=o["broker"], group=o["group"], ca_file=o["ca_file"],
+                      cert_file=o["cert_file"], key_file=o["key_file"], username=o["username"], password_file=o["password_file"],
+                      trusted_keys=list(o["trusted_keys"]), wheels=list(o["wheels"]), with_deps=o["with_deps"], platform=o["platform"],
+                      python_version=o["python_version"], settings=o["settings"])
     try:
-        summary = build_bundle(spec, output or Path(f"{device_id}.tar.gz"))
+        summary = build_bundle(spec, o["output"] or Path(f"{device_id}.tar.gz"))
     except AgentError as e:
         raise InputError(str(e)) from e
-    if as_json:
+    if o["as_json"]:
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"wrote {summary['output']} ({summary['size_bytes'] / 1e6:.1f} MB) for {device_id}: "

@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from edgekit.cli.common import Progress, parse_formats, show_result
 from edgekit.cli.training_options import prune_options, prune_steps
+
+if TYPE_CHECKING:
+    from edgekit.cli.recipes import RecipePlan
+    from edgekit.importers import ImportedModel
+    from edgekit.options import CompressOptions
+    from edgekit.pipeline import StepSpec
 
 __all__ = ["compress"]
 
-FORMATS = ("onnx", "ort", "tflite")
 #: --tflite-weights -> the exporter's per_channel (None: measure both, keep the smaller if as accurate and fast)
 _PER_CHANNEL = {"auto": None, "per-channel": True, "per-tensor": False}
-
-
-def _formats(ctx, param, value: str) -> tuple[str, ...]:
-    items = tuple(f.strip().lower() for f in value.split(",") if f.strip())
-    bad = [f for f in items if f not in FORMATS]
-    if bad or not items:
-        raise click.BadParameter(f"{', '.join(bad) or value!r} is not a format; choose from {', '.join(FORMATS)} (comma-separated)")
-    return items
 
 
 @click.command(context_settings={"max_content_width": 110})
@@ -32,7 +30,7 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--data", type=click.Path(path_type=Path), help=".npz (arrays named after inputs, optional 'labels'), .npy, or an image folder.")
 @click.option("--eval-data", type=click.Path(path_type=Path), help="Held-out data for accuracy and agreement (default: --data).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output directory (default: MODEL.int8/ next to the model).")
-@click.option("--format", "formats", default="onnx,ort", show_default=True, callback=_formats, help="Artifacts to write: onnx, ort, tflite.")
+@click.option("--format", "formats", default="onnx,ort", show_default=True, callback=parse_formats, help="Artifacts to write: onnx, ort, tflite.")
 @click.option("--tflite-io", type=click.Choice(["float", "int8"]), default="float", show_default=True,
               help="Input/output type of a full-integer int8 .tflite: float (callers need not quantize) or int8.")
 @click.option("--tflite-weights", type=click.Choice(["auto", "per-channel", "per-tensor"]), default="auto", show_default=True,
@@ -59,9 +57,7 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no table, no progress).")
 @click.option("--recipe", metavar="NAME|FILE.yaml", help="Run a recipe (edgekit recipes): its steps, formats and gates; flags given with it override its values.")
 @prune_options
-def compress(model: Path, int8: bool, fp16: bool, data, eval_data, output, formats, max_drop, calibration, calib_samples, search_time,
-             exclude, threads, version, name, data_desc, data_layout, preprocess, max_eval_samples, allow_mismatch, force, as_json,
-             tflite_io="float", tflite_weights="auto", weights=None, input_shape=(), recipe=None, **train):
+def compress(model: Path, **options: Any) -> None:
     """Compress MODEL and write .onnx/.ort/.tflite artifacts, a signed-ready manifest and a report.
 
     MODEL is a .onnx file, a PyTorch FILE.py:FACTORY (with --weights, --input-shape) or .pt2,
@@ -80,93 +76,68 @@ def compress(model: Path, int8: bool, fp16: bool, data, eval_data, output, forma
     from rich.console import Console
 
     from edgekit.compress import compress as run
-    from edgekit.data import ImageSpec
-    from edgekit.pipeline import StepSpec
-    from edgekit.report import compress_report, render_compress_table
+    from edgekit.importers import imported, parse_input_shapes
 
-    if int8 and fp16:
-        raise click.UsageError("choose one of --int8 and --fp16")
-    plan = None
-    if recipe is not None:  # the recipe's steps and formats, with the flags given here overriding its values
-        from edgekit.cli.recipes import recipe_plan
-
-        plan = recipe_plan(click.get_current_context(), recipe, data)
-        steps, formats = plan.steps, plan.formats
-    else:
-        steps = prune_steps(train)  # pruning runs on the float model, before int8/fp16
-    if not (int8 or fp16 or steps):
-        raise click.UsageError("nothing to do: pass --int8, --fp16, --prune RATIO or --recipe NAME (see edgekit recipes)")
-    if int8:
-        steps.append(StepSpec("int8", {"max_drop": max_drop, "calibration": calibration, "calib_samples": calib_samples,
-                                       "search_time": search_time, "exclude": list(exclude)}))
-    if fp16:
-        steps.append(StepSpec("fp16", {}))
-    if tflite_io != "float" and "tflite" not in formats:
-        raise click.UsageError("--tflite-io applies to the .tflite artifact; add tflite to --format")
-    if tflite_weights != "auto" and "tflite" not in formats:
-        raise click.UsageError("--tflite-weights applies to the .tflite artifact; add tflite to --format")
+    o = options
+    plan, steps, formats = _plan(o)
     if "tflite" in formats:  # fail before the slow steps, not after them
         from edgekit.export.tflite import check_available
 
         check_available()
-    from edgekit.compress import _tag, default_output
-    from edgekit.importers import imported, parse_input_shapes
-
-    console = Console(stderr=True, quiet=as_json)
-    with _Progress(console, enabled=not as_json) as progress, \
-            imported(model, weights=weights, input_shapes=parse_input_shapes(input_shape), say=progress.say, progress=progress.update) as source:
-        # a PyTorch/TF model is compressed from its ONNX export (a temporary file): name the output after the original
-        result = run(
-            source.path, steps, formats=formats, data=data, eval_data=eval_data, output=output or default_output(source.base, _tag(steps)),
-            force=force, name=name, version=version, export_options={"tflite": {"io": tflite_io, "calib_samples": calib_samples,
-                                                                "per_channel": _PER_CHANNEL[tflite_weights]}},
-            data_desc=data_desc, image_spec=ImageSpec.from_file(preprocess) if preprocess else None, data_layout=data_layout,
-            threads=threads, max_eval_samples=max_eval_samples, allow_mismatch=allow_mismatch,
-            recipe=plan.document if plan else None, origin=source.describe(weights), say=lambda m: progress.say(m),
-            progress=progress.update,
-        )
-    if as_json:
-        click.echo(json.dumps(compress_report(result), indent=2))
-        if plan:
-            plan.check_gates(result)
-        return
-    out = Console() if Console().is_terminal else Console(width=160)
-    render_compress_table(result, out)
-    out.print(f"wrote {result.output}/ : " + ", ".join(sorted(p.name for p in result.output.iterdir())))
+    console = Console(stderr=True, quiet=o["as_json"])
+    with Progress(console, enabled=not o["as_json"]) as progress, \
+            imported(model, weights=o["weights"], input_shapes=parse_input_shapes(o["input_shape"]), say=progress.say,
+                     progress=progress.update) as source:
+        result = run(source.path, o["data"], _options(o, steps, formats, plan, source), say=progress.say, progress=progress.update)
+    show_result(result, as_json=o["as_json"])
     if plan:
         plan.check_gates(result)  # exit 3 after the output is written and shown
 
 
-class _Progress:
-    """A rich spinner/bar on stderr for long phases; silent under --json or when not a terminal."""
+def _plan(o: dict[str, Any]) -> tuple[RecipePlan | None, list[StepSpec], tuple[str, ...]]:
+    """The recipe (if any), the steps and the formats the flags ask for; usage errors for flags that do not fit."""
+    from edgekit.pipeline import StepSpec
 
-    def __init__(self, console, *, enabled: bool) -> None:
-        self.console = console
-        self.enabled = enabled and console.is_terminal
-        self._progress = None
-        self._task = None
+    if o["int8"] and o["fp16"]:
+        raise click.UsageError("choose one of --int8 and --fp16")
+    plan, formats = None, o["formats"]
+    if o["recipe"] is not None:  # the recipe's steps and formats, with the flags given here overriding its values
+        from edgekit.cli.recipes import recipe_plan
 
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        plan = recipe_plan(click.get_current_context(), o["recipe"], o["data"])
+        steps, formats = list(plan.steps), plan.formats
+    else:
+        steps = prune_steps(o)  # pruning runs on the float model, before int8/fp16
+    if not (o["int8"] or o["fp16"] or steps):
+        raise click.UsageError("nothing to do: pass --int8, --fp16, --prune RATIO or --recipe NAME (see edgekit recipes)")
+    if o["int8"]:
+        steps.append(StepSpec("int8", {"max_drop": o["max_drop"], "calibration": o["calibration"], "calib_samples": o["calib_samples"],
+                                       "search_time": o["search_time"], "exclude": list(o["exclude"])}))
+    if o["fp16"]:
+        steps.append(StepSpec("fp16", {}))
+    if o["tflite_io"] != "float" and "tflite" not in formats:
+        raise click.UsageError("--tflite-io applies to the .tflite artifact; add tflite to --format")
+    if o["tflite_weights"] != "auto" and "tflite" not in formats:
+        raise click.UsageError("--tflite-weights applies to the .tflite artifact; add tflite to --format")
+    return plan, steps, tuple(formats)
 
-            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                                      console=self.console, transient=True)
-            self._progress.__enter__()
-            self._task = self._progress.add_task("loading", total=1.0)
-        return self
 
-    def update(self, message: str, fraction: float) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, description=message, completed=max(0.0, min(1.0, fraction)))
+def _options(o: dict[str, Any], steps: list[StepSpec], formats: tuple[str, ...], plan: RecipePlan | None,
+             source: ImportedModel) -> CompressOptions:
+    """The flags as :class:`~edgekit.options.CompressOptions`; a PyTorch/TF model's output is named after the original."""
+    from edgekit.compress import default_output
+    from edgekit.data import ImageSpec
+    from edgekit.export import ExportOptions, TfliteConfig
+    from edgekit.options import CompressOptions
 
-    def say(self, message: str) -> None:
-        self.console.print(message, highlight=False, soft_wrap=True)
-
-    def __exit__(self, *exc):
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-        return False
+    tflite = TfliteConfig(io=o["tflite_io"], calib_samples=o["calib_samples"], per_channel=_PER_CHANNEL[o["tflite_weights"]])
+    return CompressOptions(
+        steps=tuple(steps), formats=formats, export=ExportOptions(tflite=tflite), eval_data=o["eval_data"],
+        output=o["output"] or default_output(source.base, steps), force=o["force"], name=o["name"], version=o["version"],
+        data_desc=o["data_desc"], image_spec=ImageSpec.from_file(o["preprocess"]) if o["preprocess"] else None,
+        data_layout=o["data_layout"], threads=o["threads"], max_eval_samples=o["max_eval_samples"], allow_mismatch=o["allow_mismatch"],
+        recipe=plan.recipe if plan else None, origin=source.describe(o["weights"]),
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

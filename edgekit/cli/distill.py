@@ -6,12 +6,12 @@ student (and its int8 form) with the teacher like any compressed artifact.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from edgekit.cli.compress import FORMATS, _formats, _Progress
+from edgekit.cli.common import FORMATS, Progress, parse_formats, show_result
 from edgekit.cli.training_options import training_options, training_params
 
 __all__ = ["distill"]
@@ -34,7 +34,7 @@ __all__ = ["distill"]
 @click.option("--max-drop", type=float, default=1.5, show_default=True,
               help="Largest accuracy drop (points) vs the teacher an int8 student may have; exit 3 if none meets it.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output directory (default: TEACHER.student[.int8]/ next to the teacher).")
-@click.option("--format", "formats", default="onnx,ort", show_default=True, callback=_formats, help=f"Artifacts to write: {', '.join(FORMATS)}.")
+@click.option("--format", "formats", default="onnx,ort", show_default=True, callback=parse_formats, help=f"Artifacts to write: {', '.join(FORMATS)}.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="Threads for training, evaluation and latency.")
 @click.option("--name", help="Model name for the manifest (default: the teacher's stem).")
 @click.option("--version", "version", help="Model version for the manifest (default: UTC date-time).")
@@ -42,8 +42,7 @@ __all__ = ["distill"]
 @click.option("--max-eval-samples", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no table, no progress).")
-def distill(teacher: str, student: str, data: Path, keep, round_to, int8: bool, fp16: bool, max_drop: float, output, formats,
-            threads: int, name, version, data_layout, max_eval_samples: int, force: bool, as_json: bool, **train) -> None:
+def distill(**options: Any) -> None:
     """Train a smaller STUDENT to mimic TEACHER on --data, then export, check and report it like compress.
 
     \b
@@ -55,33 +54,27 @@ def distill(teacher: str, student: str, data: Path, keep, round_to, int8: bool, 
     from rich.console import Console
 
     from edgekit.compress import compress as run
+    from edgekit.options import CompressOptions
     from edgekit.pipeline import StepSpec
-    from edgekit.report import compress_report, render_compress_table
 
-    if int8 and fp16:
+    o = options
+    if o["int8"] and o["fp16"]:
         raise click.UsageError("choose one of --int8 and --fp16")
-    params = {"student": student, "keep": list(keep), **training_params(train)}
-    if round_to is not None:
-        params["round_to"] = round_to
+    params = {"student": o["student"], "keep": list(o["keep"]), **training_params(o)}
+    if o["round_to"] is not None:
+        params["round_to"] = o["round_to"]
     steps = [StepSpec("distill", params)]
-    source = _teacher_file(teacher, data, output, force)
-    if int8:
-        steps.append(StepSpec("int8", {"max_drop": max_drop}))
-    if fp16:
+    source = _teacher_file(o["teacher"], o["data"], o["output"], o["force"])
+    if o["int8"]:
+        steps.append(StepSpec("int8", {"max_drop": o["max_drop"]}))
+    if o["fp16"]:
         steps.append(StepSpec("fp16", {}))
-    console = Console(stderr=True, quiet=as_json)
-    with _Progress(console, enabled=not as_json) as progress:
-        result = run(
-            source, steps, formats=formats, data=data, output=output, force=force, name=name, version=version,
-            data_layout=data_layout, threads=threads, max_eval_samples=max_eval_samples,
-            say=lambda m: progress.say(m), progress=progress.update,
-        )
-    if as_json:
-        click.echo(json.dumps(compress_report(result), indent=2))
-        return
-    out = Console() if Console().is_terminal else Console(width=160)
-    render_compress_table(result, out)
-    out.print(f"wrote {result.output}/ : " + ", ".join(sorted(p.name for p in result.output.iterdir())))
+    opts = CompressOptions(steps=tuple(steps), formats=o["formats"], output=o["output"], force=o["force"], name=o["name"],
+                           version=o["version"], data_layout=o["data_layout"], threads=o["threads"], max_eval_samples=o["max_eval_samples"])
+    console = Console(stderr=True, quiet=o["as_json"])
+    with Progress(console, enabled=not o["as_json"]) as progress:
+        result = run(source, o["data"], opts, say=progress.say, progress=progress.update)
+    show_result(result, as_json=o["as_json"])
 
 
 def _teacher_file(teacher: str, data: Path, output: Path | None, force: bool) -> Path:

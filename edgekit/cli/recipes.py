@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from edgekit.compress import CompressResult
+    from edgekit.pipeline import StepSpec
     from edgekit.recipes import Recipe
+    from edgekit.results import CompressResult
 
 __all__ = ["OVERRIDES", "RecipePlan", "recipe_plan", "recipes"]
 
@@ -45,21 +46,19 @@ OVERRIDES: dict[str, tuple[str, tuple[str, ...]]] = {
 _STEP_FLAGS = {"int8": "--int8", "fp16": "--fp16"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class RecipePlan:
-    """What ``compress --recipe`` runs: the resolved recipe's steps and formats, and its gates to check."""
+    """What ``compress --recipe`` runs: the resolved recipe (flags applied), its steps and formats; its gates to check."""
 
     recipe: Recipe
-    steps: list
+    steps: tuple[StepSpec, ...]
     formats: tuple[str, ...]
-    document: dict[str, Any]
 
     def check_gates(self, result: CompressResult) -> None:
-        """GateError (exit 3) when an artifact missed a gate; the output stays written."""
+        """GateError (exit 3) when an artifact missed a gate (``result.gates``); the output stays written."""
         from edgekit.recipes import raise_on_failed_gates
-        from edgekit.report import compress_report
 
-        raise_on_failed_gates(compress_report(result), result.output)
+        raise_on_failed_gates(result.gates, recipe=self.recipe.name, output=result.output)
 
 
 def recipe_plan(ctx: click.Context, name_or_path: str, data: Path | None) -> RecipePlan:
@@ -79,7 +78,7 @@ def recipe_plan(ctx: click.Context, name_or_path: str, data: Path | None) -> Rec
         overrides.append(Override(flag, targets, _value(name, ctx.params[name])))
     resolved = recipe.with_overrides(overrides)
     check_data(resolved, data)
-    return RecipePlan(resolved, resolved.resolved_steps(), resolved.export, resolved.document())
+    return RecipePlan(resolved, tuple(resolved.resolved_steps()), resolved.export)
 
 
 def _value(name: str, value: Any) -> Any:

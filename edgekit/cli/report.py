@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -23,7 +24,7 @@ __all__ = ["report"]
 @click.option("--latency-budget", type=click.FloatRange(0.5), default=10.0, show_default=True, help="Seconds spent timing (all models together).")
 @click.option("--no-layers", is_flag=True, help="Skip the per-layer error of int8 .onnx models.")
 @click.option("--schema", "schema", is_flag=True, help="Print the report's JSON Schema and exit.")
-def report(models: tuple[Path, ...], data, output, as_json, threads, data_layout, max_eval_samples, latency_budget, no_layers, schema):
+def report(models: tuple[Path, ...], **options: Any) -> None:
     """Compare MODELS (files or edgekit output directories) on the same data, runtime settings and CPU.
 
     The first model is the baseline; an output directory expands to its artifacts (preceded by its
@@ -35,20 +36,22 @@ def report(models: tuple[Path, ...], data, output, as_json, threads, data_layout
     """
     from edgekit.report import compare_report, json_schema, render_html, render_table, to_json
 
-    if schema:
+    o = options
+    output: Path | None = o["output"]
+    if o["schema"]:
         click.echo(json.dumps(json_schema(), indent=2))
         return
     if not models:
         raise click.UsageError("pass at least one model file or output directory (the first is the baseline)")
     if output is not None and output.suffix.lower() not in (".html", ".htm", ".json"):
         raise click.BadParameter(f"{output.name}: the report is written as .html or .json; name the file accordingly", param_hint="-o")
-    rep = compare_report(list(models), data=data, threads=threads, max_eval_samples=max_eval_samples,
-                         latency_budget_s=latency_budget, data_layout=data_layout, per_layer=not no_layers)
+    rep = compare_report(list(models), data=o["data"], threads=o["threads"], max_eval_samples=o["max_eval_samples"],
+                         latency_budget_s=o["latency_budget"], data_layout=o["data_layout"], per_layer=not o["no_layers"])
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         text = to_json(rep) if output.suffix.lower() == ".json" else render_html(rep)
         output.write_text(text, encoding="utf-8")
-    if as_json:
+    if o["as_json"]:
         click.echo(to_json(rep), nl=False)
         return
     from rich.console import Console

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import onnx
 
+from edgekit.choices import Precision
 from edgekit.distill.config import DISTILL_EPOCHS, DistillConfig
 from edgekit.distill.student import parse_width
 from edgekit.errors import InputError, RecipeError
-from edgekit.onnx_model import io_specs, weight_stats
+from edgekit.onnx_model import gzip_size, io_specs, weight_stats
 from edgekit.pipeline import Context, StepOutcome, step
-from edgekit.prune.unstructured import gzip_size
 
 __all__ = ["distill"]
 
 
 @step("distill", DistillConfig)
 def distill(model: onnx.ModelProto, config: DistillConfig, ctx: Context) -> StepOutcome:
+    """Build the student, train it on the teacher's soft targets (and the labels), and return it as ONNX with the teacher's signature."""
     from edgekit.distill.student import build_student
-    from edgekit.distill.workbench import score_fn, train
+    from edgekit.torchbench.workbench import score_fn, train
 
     parse_width(config.student)  # a bad spec fails before any work
     if weight_stats(model).is_quantized:
@@ -32,8 +33,8 @@ def distill(model: onnx.ModelProto, config: DistillConfig, ctx: Context) -> Step
         raise InputError("distill: training a student needs data: pass --data train.npz (labels optional: the teacher labels it)")
     if config.epochs == 0:
         raise RecipeError("distill: --epochs 0 would return an untrained student; give at least 1 epoch")
-    tm, record = build_student(config.student, model, ctx, keep=config.keep, round_to=config.round_to)
-    metric, score = score_fn(ctx)
+    tm, record = build_student(config.student, model, ctx.ref, keep=config.keep, round_to=config.round_to)
+    metric, score = score_fn(ctx.ref)
     initial = score(tm.net)
     fit = train(tm, model, ctx, config, step="distill", default_epochs=DISTILL_EPOCHS)
     out = tm.export()
@@ -54,8 +55,8 @@ def distill(model: onnx.ModelProto, config: DistillConfig, ctx: Context) -> Step
     record["summary"] = (f"student {config.student}: params {before:,} → {after:,} ({after / max(before, 1):.2f}×), "
                          f"file {sz['before']:,} → {sz['after']:,} bytes ({sz['after'] / max(sz['before'], 1):.2f}×); "
                          f"{metric} on the given data: {record['quality']['student']:.2f}")
-    ctx.say(f"distill: {record['summary']}")
-    return StepOutcome(out, "fp32", record, tag="student")
+    ctx.log.say(f"distill: {record['summary']}")
+    return StepOutcome(out, Precision.FP32, record)
 
 
 def _params(model: onnx.ModelProto) -> int:

@@ -9,17 +9,17 @@ Either way the student's output shapes must equal the teacher's; that is checked
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
-from edgekit.distill.convert import load_factory, run_torch
 from edgekit.errors import InputError, RecipeError
-from edgekit.pipeline import Context
+from edgekit.reference import Reference
+from edgekit.torchbench.convert import load_factory, run_torch
 
 if TYPE_CHECKING:
-    from edgekit.distill.workbench import TorchModel
+    from edgekit.torchbench.workbench import TorchModel
 
 __all__ = ["build_student", "check_outputs", "parse_width"]
 
@@ -37,21 +37,22 @@ def parse_width(spec: str) -> float | None:
     return w
 
 
-def build_student(spec: str, teacher: onnx.ModelProto, ctx: Context, *, keep=(), round_to: int | None = None) -> tuple[TorchModel, dict]:
+def build_student(spec: str, teacher: onnx.ModelProto, ref: Reference, *, keep: tuple[str, ...] = (),
+                  round_to: int | None = None) -> tuple[TorchModel, dict[str, Any]]:
     """The student in PyTorch, ready to train, and what to record about it."""
     import torch
 
-    from edgekit.distill.workbench import TorchModel, example, load_torch
-    from edgekit.prune.structured import output_layer_nodes, prunable_layers, prune_channels, resolve_layers
+    from edgekit.torchbench.channels import output_layer_nodes, prunable_layers, prune_channels, resolve_layers
+    from edgekit.torchbench.workbench import TorchModel, example, load_torch
 
     w = parse_width(spec)
     if w is not None:
-        tm = load_torch(teacher, ctx, what=f"student {spec}")
+        tm = load_torch(teacher, ref, what=f"student {spec}")
         display = tm.display()
         layers = {display[m]: m for m in prunable_layers(tm.net)}
         outputs = {m for d, m in layers.items() if d in set(output_layer_nodes(teacher))}
         kept = set(resolve_layers(keep, layers, what="distill --keep").values()) | outputs
-        res = prune_channels(tm.net, example(teacher, ctx.eval_data), ratio=1 - w, keep=frozenset(kept), round_to=round_to)
+        res = prune_channels(tm.net, example(teacher, ref.eval_data), ratio=1 - w, keep=frozenset(kept), round_to=round_to)
         if res.params_after == res.params_before:
             raise InputError(f"student {spec!r}: the teacher has no Conv or Linear (Gemm) layer whose width can shrink "
                              "(MatMul weights are not structurally prunable); give your own student as module:function")
@@ -62,26 +63,26 @@ def build_student(spec: str, teacher: onnx.ModelProto, ctx: Context, *, keep=(),
     if not isinstance(net, torch.nn.Module):
         raise InputError(f"--student {spec!r} returned {type(net).__name__}; the factory must return a torch.nn.Module")
     tm = TorchModel(net, teacher, {})
-    check_outputs(tm, teacher, ctx, spec)
+    check_outputs(tm, teacher, ref, spec)
     params = sum(p.numel() for p in net.parameters())
     return tm, {"student": spec, "kind": "factory", "params": {"after": params}}
 
 
-def check_outputs(tm: TorchModel, teacher: onnx.ModelProto, ctx: Context, spec: str) -> None:
+def check_outputs(tm: TorchModel, teacher: onnx.ModelProto, ref: Reference, spec: str) -> None:
     """Raise before training when the student's outputs cannot be compared with the teacher's."""
     import torch
 
-    from edgekit.distill.workbench import example
+    from edgekit.torchbench.workbench import example
 
-    args = example(teacher, ctx.eval_data)
+    args = example(teacher, ref.eval_data)
     try:
         with torch.no_grad():
             got = run_torch(tm.net.eval(), args)
     except Exception as e:
-        shapes = ", ".join(f"{s.name} {list(a.shape)} {a.dtype}" for s, a in zip(ctx.inputs, args, strict=False))
+        shapes = ", ".join(f"{s.name} {list(a.shape)} {a.dtype}" for s, a in zip(ref.inputs, args, strict=False))
         raise InputError(f"student {spec!r} fails on the teacher's inputs ({shapes}): {type(e).__name__}: "
                          f"{(str(e).splitlines() or [''])[0][:200]}. It must take the teacher's inputs in order") from None
-    want = [(s.name, tuple(ctx.ref_outputs[s.name].shape[1:])) for s in ctx.outputs]
+    want = [(s.name, tuple(ref.ref_outputs[s.name].shape[1:])) for s in ref.outputs]
     have = [tuple(y.shape[1:]) for y in got]
     if len(have) != len(want) or any(h != w for h, (_, w) in zip(have, want, strict=False)):
         fmt = lambda shapes: ", ".join(f"[N, {', '.join(map(str, s))}]" for s in shapes)  # noqa: E731

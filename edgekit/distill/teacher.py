@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.data import LABEL_KEYS
-from edgekit.distill.convert import DEFAULT_EXPORT_OPSET, load_factory, require_torch, run_torch
 from edgekit.errors import DataError, ExportError, InputError
+from edgekit.torchbench.convert import DEFAULT_EXPORT_OPSET, load_factory, require_torch, run_torch
 
 __all__ = ["export_torch_teacher", "is_factory_spec"]
 

@@ -1,53 +1,55 @@
-"""Exporters: one module per target format, looked up by name (``onnx``, ``ort``, ``tflite``).
+"""Exporters: one module per target format, looked up by format (``onnx``, ``ort``, ``tflite``).
 
-An exporter takes the final ONNX model file inside the output directory and writes its
-artifact(s) next to it, returning :class:`ExportedArtifact` records; evaluation, parity and the
-manifest are handled by the caller for every format alike.
+The contract (:mod:`edgekit.export.base`): an exporter takes an :class:`ExportSource`, an output
+directory, a file stem and its own frozen config (:mod:`edgekit.export.config`), writes its
+artifact(s) and returns :class:`~edgekit.results.ExportedArtifact` records. Evaluation, parity and
+the manifest are handled by the caller for every format alike. Adding a format: CONTRIBUTING.md.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
-from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
-from device_agent.manifest import TensorSpec
+from edgekit.choices import Format
 from edgekit.errors import RecipeError
+from edgekit.export.base import Exporter, ExportSource, exporter
+from edgekit.export.config import ExportConfig, ExportOptions, OnnxConfig, OrtConfig, TfliteConfig, TfliteIO
 
-__all__ = ["EXPORTERS", "ExportedArtifact", "exporter"]
-
-
-@dataclass
-class ExportedArtifact:
-    """One file an exporter wrote. ``inputs``/``outputs`` in the artifact's own layout (with perm)."""
-
-    path: Path
-    format: str  # onnx | ort | tflite
-    precision: str  # fp32 | fp16 | int8 | mixed
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    parent: str | None = None  # the artifact it was converted from (parity reference)
-    extra: dict = field(default_factory=dict)
-    side_files: list[Path] = field(default_factory=list)  # e.g. the reduced-build operator config
-    #: outputs (source layout, over the evaluation data) of the model this artifact was converted from, when
-    #: that model is not itself an artifact: a .tflite is converted from the float model, not the int8 .onnx
-    reference_outputs: dict | None = None
-    #: a wider absolute parity tolerance, when the exporter knows one is due (an int8 .tflite checked against the
-    #: float model may differ from it as much as the accepted int8 .onnx does)
-    parity_tolerance: float | None = None
-
+__all__ = [
+    "EXPORTERS",
+    "ExportConfig",
+    "ExportOptions",
+    "ExportSource",
+    "Exporter",
+    "OnnxConfig",
+    "OrtConfig",
+    "TfliteConfig",
+    "TfliteIO",
+    "exporter",
+    "get_exporter",
+]
 
 # format -> "module:function"; each module is imported only when its format is asked for.
-EXPORTERS: dict[str, str] = {
-    "onnx": "edgekit.export.onnx:export_onnx",
-    "ort": "edgekit.export.ort_mobile:export_ort",
-    "tflite": "edgekit.export.tflite:export_tflite",
+EXPORTERS: dict[Format, str] = {
+    Format.ONNX: "edgekit.export.onnx:export_onnx",
+    Format.ORT: "edgekit.export.ort_mobile:export_ort",
+    Format.TFLITE: "edgekit.export.tflite:export_tflite",
 }
 
 
-def exporter(fmt: str):
-    target = EXPORTERS.get(fmt)
-    if target is None:
-        raise RecipeError(f"unknown export format {fmt!r}; known: {', '.join(sorted(EXPORTERS))}")
+def get_exporter(fmt: str) -> Exporter[Any]:
+    """The exporter registered for ``fmt``; a RecipeError listing the known formats otherwise."""
+    try:
+        target = EXPORTERS[Format(fmt)]
+    except (ValueError, KeyError):
+        near = difflib.get_close_matches(str(fmt), Format.values(), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise RecipeError(f"unknown export format {fmt!r}{hint}; known: {', '.join(sorted(Format.values()))}") from None
     module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)
+    fn = getattr(importlib.import_module(module), attr)
+    if getattr(fn, "format", None) != fmt:
+        raise RecipeError(f"exporter registry entry {fmt!r} -> {target} is not a registered exporter")
+    exp: Exporter[Any] = fn
+    return exp

@@ -6,20 +6,25 @@ from pathlib import Path
 
 import onnx
 
-from edgekit.export import ExportedArtifact
+from edgekit.choices import Format, Precision
+from edgekit.export.base import ExportSource, exporter
 from edgekit.export.compact import NAMES_KEY, compact
+from edgekit.export.config import OnnxConfig
 from edgekit.onnx_model import io_specs
+from edgekit.results import ExportedArtifact
 
 __all__ = ["export_onnx"]
 
 
-def export_onnx(model: onnx.ModelProto, out_dir: Path, stem: str, *, precision: str, extra: dict | None = None, **_) -> list[ExportedArtifact]:
+@exporter(Format.ONNX, OnnxConfig)
+def export_onnx(source: ExportSource, out_dir: Path, stem: str, config: OnnxConfig) -> list[ExportedArtifact]:
+    """Write ``<stem>.onnx``: the model without what runtimes never read; an int8 model's internal tensors get short names."""
     path = out_dir / f"{stem}.onnx"
-    small, names = compact(model, rename=precision == "int8")
+    small, names = compact(source.model, rename=source.precision == Precision.INT8)
     onnx.save(small, str(path))
     ins, outs = io_specs(small)
-    extra = dict(extra or {})
+    extra = dict(source.extra)
     if names:
         # the exporter's tensor names, like debug symbols beside a stripped binary: per-layer reports restore them
         extra[NAMES_KEY] = names
-    return [ExportedArtifact(path, "onnx", precision, ins, outs, extra=extra)]
+    return [ExportedArtifact(path, Format.ONNX, source.precision, ins, outs, extra=extra)]

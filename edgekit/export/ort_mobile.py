@@ -14,9 +14,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from edgekit.choices import Format
 from edgekit.errors import ExportError
-from edgekit.export import ExportedArtifact
+from edgekit.export.base import ExportSource, exporter
 from edgekit.export.compact import NAMES_KEY
+from edgekit.export.config import OrtConfig
+from edgekit.results import ExportedArtifact
 
 __all__ = ["convert_to_ort", "export_ort"]
 
@@ -56,16 +59,19 @@ def convert_to_ort(onnx_path: Path, out_dir: Path, stem: str) -> tuple[Path, Pat
         return dst, cfg_dst
 
 
-def export_ort(onnx_artifact: ExportedArtifact, out_dir: Path, stem: str, **_) -> list[ExportedArtifact]:
-    dst, config = convert_to_ort(onnx_artifact.path, out_dir, stem)
-    side = [config] if config is not None else []
+@exporter(Format.ORT, OrtConfig)
+def export_ort(source: ExportSource, out_dir: Path, stem: str, config: OrtConfig) -> list[ExportedArtifact]:
+    """Convert the ``.onnx`` artifact to ``<stem>.ort`` (and its operator config); parity is checked against that ``.onnx``."""
+    onnx_artifact = source.parent(Format.ORT)
+    dst, operators = convert_to_ort(onnx_artifact.path, out_dir, stem)
+    side = [operators] if operators is not None else []
     extra = dict(onnx_artifact.extra)
     extra.pop(NAMES_KEY, None)  # same names as its parent .onnx, whose record keeps the mapping
     extra["required_operators"] = side[0].name if side else None
     # the .ort is saved fully optimized; load-time options such as QDQ folding are already applied or not needed
     if extra.pop("session_config", None):
         extra["weight_only"] = True
-    return [ExportedArtifact(dst, "ort", onnx_artifact.precision, onnx_artifact.inputs, onnx_artifact.outputs,
+    return [ExportedArtifact(dst, Format.ORT, onnx_artifact.precision, onnx_artifact.inputs, onnx_artifact.outputs,
                              parent=onnx_artifact.path.name, extra=extra, side_files=side)]
 
 

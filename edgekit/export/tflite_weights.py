@@ -21,15 +21,15 @@ choice. The manifest records both candidates' numbers and the reason (``extra.tf
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from device_agent.manifest import Artifact, TensorSpec
-from edgekit.evaluate import Latency, Quality, compare, measure_latencies, one_sample, parity, run_dataset
-from edgekit.pipeline import Context
+from edgekit.evaluate import Latency, Quality, measure_latencies, one_sample, run_dataset
+from edgekit.reference import Reference
+from edgekit.results import ExportedArtifact
 
 __all__ = ["MIN_TIE_PTS", "NOISE", "RMS_RATIO", "WeightsCandidate", "choose", "measure"]
 
@@ -68,23 +68,25 @@ class WeightsCandidate:
         return d
 
 
-def measure(cands: list[WeightsCandidate], ctx: Context, reference: dict[str, np.ndarray], tolerance: float | None,
-            precision: str, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], extra: dict) -> None:
-    """Fill each buildable candidate's quality (against the source), parity with ``reference`` and latency."""
+def measure(cands: list[WeightsCandidate], ref: Reference, art: ExportedArtifact, *, parent_outputs: dict[str, np.ndarray],
+            tolerance: float | None, threads: int = 1) -> None:
+    """Fill each buildable candidate's quality (against the source), parity with ``parent_outputs`` and latency.
+
+    ``art`` is the .tflite's record (precision, signature, layout); ``parent_outputs`` are the outputs of the
+    float model the candidates were converted from, over ``ref.eval_data``.
+    """
     from device_agent.litert import LiteRTBackend
 
     timed = {}
     for c in cands:
         if c.error or c.path is None:
             continue
-        art = Artifact(c.path.name, "tflite", precision, 0, "0" * 64, "litert", inputs, outputs, extra)
-        backend = LiteRTBackend(c.path, art, threads=ctx.threads)
-        outs = run_dataset(backend, ctx.eval_data, ctx.inputs)
-        c.quality = compare(ctx.ref_outputs, outs, classifier=ctx.classifier, first_output=ctx.first_output,
-                            labels=ctx.eval_data.labels, ref_accuracy=ctx.ref_accuracy, generated=ctx.eval_data.generated)
-        c.rms_error = _rms(reference, outs)
-        c.parity = parity(reference, outs, precision, tolerance=tolerance, classifier=ctx.classifier, first_output=ctx.first_output)
-        timed[c.weights] = (backend, one_sample(ctx.eval_data, ctx.inputs))
+        backend = LiteRTBackend(c.path, replace(art.record(), file=c.path.name), threads=threads)
+        outs = run_dataset(backend, ref.eval_data, ref.inputs)
+        c.quality = ref.quality(outs)
+        c.rms_error = _rms(parent_outputs, outs)
+        c.parity = ref.parity(parent_outputs, outs, art.precision, tolerance=tolerance)
+        timed[c.weights] = (backend, one_sample(ref.eval_data, ref.inputs))
     if timed:
         lat = measure_latencies(timed, runs=200, budget_s=5.0)
         for c in cands:

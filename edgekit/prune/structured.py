@@ -1,225 +1,109 @@
-"""Structured (channel) pruning with torch-pruning's dependency graph: channels are physically removed.
+"""Structured pruning: ONNX → PyTorch (onnx2torch, or the user's ``torch_model`` factory) → torch-pruning's
+dependency graph removes channels → fine-tune with the unpruned model as teacher → ONNX with the source's signature.
 
-Every coupled tensor (the next layer's input channels, BatchNorm, residual adds, the Linear after a
-Flatten) shrinks with the pruned layer, so parameters, MACs, file size and latency all drop.
-Output layers (the weighted nodes that produce a model output) and layers named in ``keep`` never
-lose output channels, so the pruned model's outputs have the source's shapes; a check after
-pruning proves it.
-
-Works on any ``torch.nn.Module``: :func:`prune_channels` is what the ``prune`` step and
-``auto:W`` students use, and what a PyTorch user can call directly.
+Channel removal itself is :mod:`edgekit.torchbench.channels` (shared with ``auto:W`` students);
+this module decides what to prune, in how many rounds, and records what it cost.
 """
 
 from __future__ import annotations
 
-import fnmatch
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import TYPE_CHECKING
 
 import onnx
 
-from edgekit.errors import EdgekitError, RecipeError
-from edgekit.onnx_model import MIN_WEIGHT_ELEMENTS, WEIGHTED_OPS
+from edgekit.choices import Precision
+from edgekit.errors import EdgekitError
+from edgekit.onnx_model import gzip_size
+from edgekit.pipeline import Context, StepOutcome
+from edgekit.prune.checks import check_signature
+from edgekit.prune.config import STRUCTURED_EPOCHS, PruneConfig, Scope
+from edgekit.prune.sensitivity import scan_layers
+from edgekit.torchbench.channels import output_layer_nodes, resolve_layers
 
 if TYPE_CHECKING:
-    import torch
+    from edgekit.torchbench.workbench import TorchModel
 
-__all__ = ["ChannelPruner", "Importance", "PruneResult", "count_macs_params", "layer_widths", "output_layer_nodes", "prunable_layers",
-           "prune_channels", "resolve_layers"]
-
-
-class Importance(str, Enum):
-    """How channels are ranked: the smallest go first."""
-
-    L2 = "l2"  # L2 norm of the channel's weights across its whole dependency group (torch-pruning's default)
-    L1 = "l1"
-    FPGM = "fpgm"  # distance from the geometric median: removes the most redundant channels
-
-    def __str__(self) -> str:
-        return self.value
+__all__ = ["prune_structured"]
 
 
-@dataclass
-class PruneResult:
-    """Widths before and after (out channels per prunable layer), MACs and parameters."""
+def prune_structured(model: onnx.ModelProto, config: PruneConfig, ctx: Context) -> StepOutcome:
+    """Remove channels (torch-pruning), fine-tune with the unpruned model as teacher, and return the ONNX model with the source's signature."""
+    from edgekit.torchbench.workbench import example, load_torch, score_fn
 
-    widths_before: dict[str, int]
-    widths_after: dict[str, int]
-    macs_before: int
-    macs_after: int
-    params_before: int
-    params_after: int
-    ignored: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        layers = {k: {"before": v, "after": self.widths_after.get(k, v)} for k, v in self.widths_before.items()}
-        return {
-            "params": {"before": self.params_before, "after": self.params_after, "ratio": _ratio(self.params_after, self.params_before)},
-            "macs": {"before": self.macs_before, "after": self.macs_after, "ratio": _ratio(self.macs_after, self.macs_before)},
-            "out_channels": layers,
-            "never_pruned": self.ignored,
-        }
-
-
-def _ratio(a: int, b: int) -> float:
-    return round(a / b, 4) if b else 1.0
-
-
-def output_layer_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the weighted nodes whose output channels reach a graph output without another weighted layer.
-
-    Walks back from every output through weight-free ops (Flatten, Softmax, Add, Concat, pooling …)
-    and stops at the first node with a weight initializer: pruning any of those would change an
-    output's shape.
-    """
-    inits = {i.name for i in model.graph.initializer}
-    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    found: list[str] = []
-    seen: set[str] = set()
-    stack = [o.name for o in model.graph.output]
-    while stack:
-        value = stack.pop()
-        node = producer.get(value)
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if node.op_type in WEIGHTED_OPS and any(i in inits or i in consts for i in node.input[:2]):
-            found.append(node.name)
-            continue
-        stack.extend(i for i in node.input if i and i not in inits and i not in consts)
-    return found
+    tm = load_torch(model, ctx.ref, what="structured pruning", factory=config.torch_model)
+    display = tm.display()
+    keep, ratios = _structured_targets(model, config, tm)
+    ex = example(model, ctx.ref.eval_data)
+    metric, score = score_fn(ctx.ref)
+    record: dict = {"method": "structured", "never_pruned": sorted(display.get(m, m) for m in keep)}
+    if config.sensitivity:
+        record["sensitivity"] = scan_layers(tm, ex, config, ctx, keep=keep, ratios=ratios, metric=metric, score=score)
+    before = score(tm.net)
+    res, rounds, fit = _prune_rounds(tm, ex, model, config, ctx, keep, ratios, metric, score)
+    out = tm.export()
+    check_signature(model, out)
+    final = score(tm.net)
+    record.update(res.to_dict())
+    record["out_channels"] = {display.get(k, k): v for k, v in record["out_channels"].items()}
+    record["never_pruned"] = sorted(display.get(m, m) for m in keep)
+    record["quality"] = {"metric": metric, "source": round(before, 4), "pruned": round(rounds[-1]["pruned"], 4),
+                         "fine_tuned": round(final, 4)}
+    record["fine_tune"] = fit.to_dict() if fit else None
+    if config.iterations > 1:
+        record["rounds"] = rounds
+    record["size"] = {"before": model.ByteSize(), "after": out.ByteSize(), "gzip_before": gzip_size(model), "gzip_after": gzip_size(out)}
+    sz = record["size"]
+    record["summary"] = (
+        f"channels removed: params {res.params_before:,} → {res.params_after:,} ({res.params_after / max(res.params_before, 1):.2f}×), "
+        f"MACs {res.macs_before:,} → {res.macs_after:,} ({res.macs_after / max(res.macs_before, 1):.2f}×), "
+        f"file {sz['before']:,} → {sz['after']:,} bytes ({sz['after'] / max(sz['before'], 1):.2f}×); {metric} on the given data: "
+        f"source {before:.2f}, pruned {rounds[-1]['pruned']:.2f}, fine-tuned {final:.2f}"
+    )
+    if fit is None:
+        ctx.log.say("prune: no fine-tuning (no --data, or --epochs 0): structured pruning without recovery usually costs accuracy")
+    return StepOutcome(out, Precision.FP32, record)
 
 
-def resolve_layers(patterns, names: dict[str, str], *, what: str) -> dict[str, str]:
-    """Match node names or globs against ``names`` (display name → module name); every pattern must match.
+def _structured_targets(model: onnx.ModelProto, config: PruneConfig, tm: TorchModel) -> tuple[set[str], dict[str, float]]:
+    """Module names never pruned (output layers + --keep) and per-layer ratios by module name."""
+    from edgekit.torchbench.channels import prunable_layers
 
-    Returns display name → module name for the matches.
-    """
-    import difflib
-
-    out: dict[str, str] = {}
-    for pat in patterns:
-        hits = {k: v for k, v in names.items() if fnmatch.fnmatchcase(k, pat) or k == pat}
-        if not hits:
-            near = difflib.get_close_matches(pat, list(names), n=3)
-            hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
-            shown = ", ".join(list(names)[:8]) + (" …" if len(names) > 8 else "")
-            raise RecipeError(f"{what}: {pat!r} matches no prunable layer{hint} Prunable layers: {shown}")
-        out.update(hits)
-    return out
+    display = tm.display()
+    layers = {display[m]: m for m in prunable_layers(tm.net)}  # shown name -> module name
+    outputs = {m for d, m in layers.items() if d in set(output_layer_nodes(model))}
+    if config.torch_model and not outputs and layers:
+        # a user's module has no ONNX node names: take its last prunable layer (the shape check after pruning guards the rest)
+        outputs = {list(layers.values())[-1]}
+    keep = set(resolve_layers(config.keep, layers, what="prune --keep").values()) | outputs
+    ratios = {m: config.layers[pat] for pat in config.layers for m in resolve_layers([pat], layers, what="prune layers").values()}
+    return keep, ratios
 
 
-def prunable_layers(net: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Module name → Conv/Linear module with a weight big enough to matter."""
-    import torch.nn as nn
+def _prune_rounds(tm, ex, model: onnx.ModelProto, config: PruneConfig, ctx: Context, keep, ratios, metric: str, score):
+    """Prune in ``config.iterations`` rounds, fine-tuning after each; the epochs are shared out between rounds."""
+    from edgekit.torchbench.channels import ChannelPruner
+    from edgekit.torchbench.workbench import train
 
-    return {n: m for n, m in net.named_modules()
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)) and m.weight.numel() >= MIN_WEIGHT_ELEMENTS}
-
-
-def layer_widths(net: torch.nn.Module) -> dict[str, int]:
-    import torch.nn as nn
-
-    return {n: (m.out_features if isinstance(m, nn.Linear) else m.out_channels) for n, m in prunable_layers(net).items()}
-
-
-def count_macs_params(net: torch.nn.Module, example: tuple) -> tuple[int, int]:
-    """Multiply-accumulates for one example and parameter count (torch-pruning's counter)."""
-    import torch
-    import torch_pruning as tp
-
-    with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(net, example if len(example) > 1 else example[0])
-    return int(macs), int(params)
-
-
-def _importance(kind: Importance):
-    import torch_pruning as tp
-
-    if kind == Importance.FPGM:
-        return tp.importance.FPGMImportance()
-    return tp.importance.GroupMagnitudeImportance(p=1 if kind == Importance.L1 else 2)
-
-
-class ChannelPruner:
-    """Removes channels from ``net`` in ``steps`` equal rounds (torch-pruning's iterative schedule), in place.
-
-    Gradual pruning — a round, some fine-tuning, the next round — keeps more accuracy at high
-    ratios than one cut: each round ranks channels on the weights the last fine-tuning left.
-    After every round the model must still run and give outputs of the original shapes.
-    """
-
-    def __init__(self, net: torch.nn.Module, example: tuple, *, ratio: float, layer_ratios: dict[str, float] | None = None,
-                 keep: set[str] | frozenset[str] = frozenset(), importance: Importance = Importance.L2,
-                 global_pruning: bool = False, round_to: int | None = None, steps: int = 1) -> None:
-        import torch
-        import torch_pruning as tp
-
-        from edgekit.distill.convert import run_torch
-
-        self.net, self.example, self.keep, self.steps, self.done = net, example, sorted(keep), steps, 0
-        modules = dict(net.named_modules())
-        self.widths_before = layer_widths(net)
-        with torch.no_grad():
-            self.shapes = [tuple(y.shape) for y in run_torch(net.eval(), example)]
-        self.macs0, self.params0 = count_macs_params(net, example)
-        self._pruner = tp.pruner.MetaPruner(
-            net, example if len(example) > 1 else example[0], importance=_importance(importance), pruning_ratio=ratio,
-            pruning_ratio_dict={modules[k]: float(r) for k, r in (layer_ratios or {}).items() if k in modules} or None,
-            global_pruning=global_pruning, ignored_layers=[modules[k] for k in self.keep if k in modules], round_to=round_to,
-            iterative_steps=steps,
-            # a global ranking may empty a layer whose weights are all small; no layer loses more than 90%
-            max_pruning_ratio=0.9 if global_pruning else 1.0,
-        )
-
-    def step(self) -> PruneResult:
-        """One round; returns the widths, MACs and parameters so far (against the model before round 1)."""
-        import torch
-
-        from edgekit.distill.convert import run_torch
-
-        self._pruner.step()
-        self.done += 1
-        try:
-            with torch.no_grad():
-                shapes = [tuple(y.shape) for y in run_torch(self.net.eval(), self.example)]
-        except Exception as e:
-            line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    pruner = ChannelPruner(tm.net, ex, ratio=config.ratio, layer_ratios=ratios, keep=frozenset(keep), importance=config.importance,
+                           global_pruning=config.scope == Scope.GLOBAL, round_to=config.round_to, steps=config.iterations)
+    total = config.epochs if config.epochs is not None else (STRUCTURED_EPOCHS if ctx.train_data is not None else 0)
+    k = config.iterations
+    rounds, fit, res = [], None, None
+    for i in range(k):
+        res = pruner.step()
+        if res.params_after == res.params_before:
             raise EdgekitError(
-                f"structured pruning left a model that does not run ({line}): an op after a pruned layer has a fixed "
-                "channel count. Spare that layer with --keep NAME, or prune without --structured"
-            ) from None
-        if shapes != self.shapes:
-            raise EdgekitError(f"structured pruning changed the output shapes {self.shapes} -> {shapes}; "
-                               "pass the layer that produces the output with --keep NAME")
-        macs, params = count_macs_params(self.net, self.example)
-        return PruneResult(self.widths_before, layer_widths(self.net), self.macs0, macs, self.params0, params, self.keep)
-
-
-def prune_channels(
-    net: torch.nn.Module,
-    example: tuple,
-    *,
-    ratio: float,
-    layer_ratios: dict[str, float] | None = None,
-    keep: set[str] | frozenset[str] = frozenset(),
-    importance: Importance = Importance.L2,
-    global_pruning: bool = False,
-    round_to: int | None = None,
-) -> PruneResult:
-    """Remove ``ratio`` of the output channels of every prunable layer of ``net``, in place, in one cut.
-
-    Args:
-        net: the model; modified in place (callers copy first).
-        example: one batch of inputs, as positional arguments of ``net``.
-        ratio: share of channels removed per layer (or over all layers with ``global_pruning``).
-        layer_ratios: module name → ratio, overriding ``ratio`` for that layer.
-        keep: module names whose output channels are never removed (give the output layers here).
-        importance: how channels are ranked.
-        global_pruning: rank channels across layers (uneven widths) instead of per layer.
-        round_to: keep channel counts a multiple of this.
-    """
-    return ChannelPruner(net, example, ratio=ratio, layer_ratios=layer_ratios, keep=keep, importance=importance,
-                         global_pruning=global_pruning, round_to=round_to).step()
+                "structured pruning found no channels it can remove: torch-pruning prunes Conv and Linear (Gemm) layers, and this "
+                "model's weights are elsewhere (MatMul) or all kept. Prune without --structured (zeroed weights), or --keep fewer layers"
+            )
+        pruned = score(tm.net)
+        where = f" round {i + 1}/{k}" if k > 1 else ""
+        ctx.log.say(f"prune: structured {config.ratio:.0%}{where}: params {res.params_before:,} → {res.params_after:,} "
+                f"({res.params_after / max(res.params_before, 1):.2f}×), MACs {res.macs_before:,} → {res.macs_after:,}; "
+                f"{metric} {pruned:.2f} before fine-tuning")
+        epochs = total // k + (1 if i < total % k else 0)
+        fit = train(tm, model, ctx, config.model_copy(update={"epochs": epochs}), step="prune", default_epochs=0,
+                    use_teacher=config.distill) if epochs else None
+        rounds.append({"round": i + 1, "params": res.params_after, "macs": res.macs_after, "pruned": round(pruned, 4),
+                       "fine_tuned": round(score(tm.net), 4), "epochs": fit.epochs_run if fit else 0})
+    return res, rounds, fit

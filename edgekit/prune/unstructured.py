@@ -5,21 +5,31 @@ latency stay the same. It compresses: a gzipped (or int8 + gzipped) artifact is 
 which is what an OTA download pays for. Sparse kernels that skip zeros are not used by ONNX
 Runtime's CPU provider, so this is never reported as a speed-up.
 
-Needs numpy only; fine-tuning (in the ``prune`` step) needs torch and keeps the zeros at zero.
+The masks need numpy only; :func:`prune_unstructured` (the ``prune`` step without ``--structured``)
+fine-tunes in PyTorch when there is data, keeping every zero at zero.
 """
 
 from __future__ import annotations
 
 import copy
-import gzip
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgekit.onnx_model import MIN_WEIGHT_ELEMENTS, WEIGHTED_OPS, fold_constants
+from edgekit.choices import Precision
+from edgekit.errors import EdgekitError
+from edgekit.onnx_model import MIN_WEIGHT_ELEMENTS, WEIGHTED_OPS, fold_constants, gzip_size
+from edgekit.pipeline import Context, StepOutcome
+from edgekit.prune.checks import check_signature
+from edgekit.prune.config import PRUNE_EPOCHS, PruneConfig, Scope
+from edgekit.torchbench.channels import output_layer_nodes, resolve_layers
 
-__all__ = ["apply_masks", "gzip_size", "magnitude_masks", "prunable_weights", "sparsity_by_layer"]
+if TYPE_CHECKING:
+    from edgekit.torchbench.trainer import FitResult
+
+__all__ = ["apply_masks", "magnitude_masks", "prunable_weights", "prune_unstructured", "sparsity_by_layer"]
 
 
 def prunable_weights(model: onnx.ModelProto, *, skip_nodes: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:
@@ -104,12 +114,87 @@ def sparsity_by_layer(model: onnx.ModelProto, layers: dict[str, str]) -> dict[st
     return out
 
 
-def gzip_size(model: onnx.ModelProto | bytes) -> int:
-    """Bytes of the serialized model after gzip -9: what a compressed download or OTA chunk stream costs."""
-    data = model if isinstance(model, bytes) else model.SerializeToString()
-    return len(gzip.compress(data, compresslevel=9, mtime=0))
-
-
 def folded(model: onnx.ModelProto) -> onnx.ModelProto:
     """Weights held in Constant nodes moved to initializers, so they can be pruned."""
     return fold_constants(model)[0]
+
+
+def prune_unstructured(model: onnx.ModelProto, config: PruneConfig, ctx: Context) -> StepOutcome:
+    """Zero the smallest weights (outputs and ``keep`` layers spared), fine-tune keeping the zeros when there is data, and record what it buys."""
+    src = folded(model)
+    out_nodes = set(output_layer_nodes(src))
+    weights = prunable_weights(src)  # node -> initializer
+    if not weights:
+        raise EdgekitError("prune: the model has no Conv/Gemm/MatMul weights to prune")
+    keep = set(resolve_layers(config.keep, {n: n for n in weights}, what="prune --keep")) | out_nodes
+    ratios = {n: config.layers[p] for p in config.layers for n in resolve_layers([p], {n: n for n in weights}, what="prune layers")}
+    if config.sensitivity:
+        ctx.log.say("prune: --sensitivity scans structured pruning; ignored for unstructured pruning")
+    targets = {n: w for n, w in weights.items() if n not in keep}
+    inits = {i.name: i for i in src.graph.initializer}
+    arrays = {n: numpy_helper.to_array(inits[w]) for n, w in targets.items()}
+    masks = magnitude_masks(arrays, config.ratio, per_layer=config.scope == Scope.LAYER, layer_ratios={n: r for n, r in ratios.items() if n in targets})
+    pruned = apply_masks(src, {targets[n]: m for n, m in masks.items()})
+    fit = None
+    wants_training = config.epochs is None and ctx.train_data is not None or bool(config.epochs)
+    if wants_training and config.epochs is None and not _has_torch():
+        ctx.log.say("prune: fine-tuning skipped: it needs the torch extra (pip install 'edgekit[torch]'); the zeros are applied as they are")
+        wants_training = False
+    if wants_training:
+        pruned, fit = _fine_tune_sparse(pruned, model, config, ctx)
+    per_layer = sparsity_by_layer(pruned, prunable_weights(pruned))  # re-read: export renames initializers
+    total = sum(v["params"] for v in per_layer.values())
+    zeros = sum(v["zeros"] for v in per_layer.values())
+    record = {
+        "method": "unstructured",
+        "never_pruned": sorted(keep),
+        "sparsity": round(zeros / total, 4) if total else 0.0,
+        "layers": per_layer,
+        "size": {"before": model.ByteSize(), "after": pruned.ByteSize(), "gzip_before": gzip_size(model), "gzip_after": gzip_size(pruned)},
+        "fine_tune": fit.to_dict() if fit else None,
+        "note": "zeros are stored and computed: raw size and latency are unchanged; the gain is compressed size (gzip, int8 + gzip)",
+    }
+    s = record["size"]
+    record["summary"] = (f"{zeros:,}/{total:,} weights zero ({record['sparsity']:.1%}); raw size {s['before']:,} → {s['after']:,} bytes "
+                         f"(unchanged: zeros are stored), gzip {s['gzip_before']:,} → {s['gzip_after']:,} bytes. "
+                         "Not a speed-up: ONNX Runtime multiplies the zeros too")
+    ctx.log.say(f"prune: unstructured {config.ratio:.0%}: {record['summary']}")
+    if not wants_training and ctx.train_data is None:
+        ctx.log.say("prune: no fine-tuning (no --data): give training data to recover accuracy")
+    return StepOutcome(pruned, Precision.FP32, record)
+
+
+def _fine_tune_sparse(pruned: onnx.ModelProto, teacher: onnx.ModelProto, config: PruneConfig, ctx: Context) -> tuple[onnx.ModelProto, FitResult | None]:
+    """Fine-tune with every zero kept at zero; returns the new ONNX model and the fit result."""
+    import torch
+
+    from edgekit.torchbench.convert import ConversionError, promote_buffers
+    from edgekit.torchbench.workbench import load_torch, train
+
+    try:
+        tm = load_torch(pruned, ctx.ref, what="fine-tuning after unstructured pruning", factory=None)
+    except ConversionError as e:
+        raise ConversionError(f"{e}; or pass --epochs 0 to prune without fine-tuning (no torch needed)") from None
+    if config.torch_model:
+        ctx.log.say("prune: --torch-model is used by structured pruning only; unstructured fine-tuning converts the ONNX model")
+    promote_buffers(tm.net)  # MatMul weights are buffers in onnx2torch: make them trainable (and masked) too
+    masks = {n: (p != 0).to(p.dtype) for n, p in tm.net.named_parameters() if p.dim() >= 2 and bool((p == 0).any())}
+    fit = train(tm, teacher, ctx, config, step="prune", default_epochs=PRUNE_EPOCHS, masks=masks, use_teacher=config.distill)
+    with torch.no_grad():
+        for n, p in tm.net.named_parameters():
+            if n in masks:
+                p.mul_(masks[n])
+    out = tm.export()
+    check_signature(teacher, out)
+    return out, fit
+
+
+def _has_torch() -> bool:
+    from edgekit.errors import MissingExtraError
+    from edgekit.torchbench.convert import require_torch
+
+    try:
+        require_torch("fine-tuning")
+    except MissingExtraError:
+        return False
+    return True

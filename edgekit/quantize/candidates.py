@@ -13,13 +13,13 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgekit.choices import StrChoice
 from edgekit.data import Dataset
 from edgekit.errors import InputError
 from edgekit.onnx_model import MIN_WEIGHT_ELEMENTS, iter_graphs
@@ -27,13 +27,13 @@ from edgekit.onnx_model import MIN_WEIGHT_ELEMENTS, iter_graphs
 __all__ = ["CalibrationMethod", "Candidate", "Kind", "build", "candidates_for", "pre_process"]
 
 
-class Kind(StrEnum):
+class Kind(StrChoice):
     STATIC = "static"
     DYNAMIC = "dynamic"
     WEIGHT_ONLY = "weight_only"
 
 
-class CalibrationMethod(StrEnum):
+class CalibrationMethod(StrChoice):
     MINMAX = "minmax"
     ENTROPY = "entropy"
     PERCENTILE = "percentile"

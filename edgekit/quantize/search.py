@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from device_agent.manifest import TensorSpec
-from device_agent.runtime import OrtBackend
+from device_agent.runtime import Backend, OrtBackend
 from edgekit.data import Dataset
-from edgekit.evaluate import Latency, Quality, compare, measure_latencies, one_sample, run_dataset
+from edgekit.evaluate import Latency, Quality, measure_latencies, one_sample, run_dataset
 from edgekit.export.compact import compact
 from edgekit.onnx_model import WeightStats, weight_stats
 from edgekit.quantize.candidates import CalibrationMethod, Candidate, Kind, build
+from edgekit.reference import Reference
 
-__all__ = ["CandidateResult", "SearchResult", "search"]
+__all__ = ["CandidateResult", "SearchResult", "SearchSettings", "search"]
 
 #: latency differences below this share of the baseline are noise on a shared CPU
 NOISE = 0.05
@@ -119,75 +119,92 @@ class SearchResult:
         }
 
 
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the search runs: the accuracy bound, calibration, time and threads, and which forms it judges candidates in."""
+
+    max_drop: float  # largest accepted drop in points (agreement without labels)
+    method: CalibrationMethod = CalibrationMethod.MINMAX
+    threads: int = 1
+    time_budget_s: float = 180.0
+    exclude: tuple[str, ...] = ()  # node names left in float
+    latency_runs: int = 200
+    ort: bool = False  # the run ships an .ort too: time each candidate's .ort and choose the .ort's model by it
+
+
+@dataclass(frozen=True)
+class _Build:
+    """What building one candidate needs besides the candidate itself."""
+
+    workdir: Path
+    calib_data: Dataset | None
+    calib_batch: int
+    scalar: frozenset[str]  # scalar inputs (no sample axis)
+    cache: Path  # calibration ranges, computed once and reused by every static candidate
+
+
 def search(
     fp32_path: Path,
     candidates: list[Candidate],
+    ref: Reference,
     *,
-    eval_data: Dataset,
     calib_data: Dataset | None,
-    ref_outputs: dict[str, np.ndarray],
-    ref_accuracy: float | None,
-    inputs: tuple[TensorSpec, ...],
-    classifier: bool,
-    first_output: str,
-    max_drop: float,
-    method: CalibrationMethod,
-    threads: int,
-    time_budget_s: float,
+    settings: SearchSettings,
     workdir: Path,
-    exclude: tuple[str, ...] = (),
-    latency_runs: int = 200,
     on_progress: Callable[[str, float], None] | None = None,
-    ort: bool = False,
 ) -> SearchResult:
-    """Build, evaluate and time each candidate; choose. ``on_progress(message, fraction)`` reports.
+    """Build, evaluate and time each candidate against ``ref``; choose. ``on_progress(message, fraction)`` reports.
 
-    ``ort``: the run ships an .ort too; time each candidate's .ort and judge by the slower of the two.
+    ``calib_data`` calibrates the static candidates (None: they are skipped).
     """
     started = time.monotonic()
-    feeds = one_sample(eval_data, inputs)
-    baseline_size = fp32_path.stat().st_size
-    scalar = {s.name for s in inputs if not s.shape}
+    progress = on_progress or (lambda message, fraction: None)
+    inputs = ref.inputs
     fixed = [s.shape[0] for s in inputs if s.shape and isinstance(s.shape[0], int)]
     calib_batch = min(fixed) if fixed else min(16, calib_data.n if calib_data else 1)
-    cache = workdir / f"calibration.{method}.json"
-    static_path, rewrites = _static_source(fp32_path, workdir, exclude) if calib_data is not None else (fp32_path, {})
+    build = _Build(workdir, calib_data, calib_batch, frozenset(s.name for s in inputs if not s.shape),
+                   workdir / f"calibration.{settings.method}.json")
+    static_path, rewrites = _static_source(fp32_path, workdir, settings.exclude) if calib_data is not None else (fp32_path, {})
     results: list[CandidateResult] = []
     for i, cand in enumerate(candidates):
-        if on_progress:
-            on_progress(f"int8 candidate {cand.name}", i / len(candidates))
+        progress(f"int8 candidate {cand.name}", i / len(candidates))
         elapsed = time.monotonic() - started
-        if results and elapsed > time_budget_s:
-            results.append(CandidateResult(cand, "skipped", f"search time budget of {time_budget_s:.0f} s spent"))
+        if results and elapsed > settings.time_budget_s:
+            results.append(CandidateResult(cand, "skipped", f"search time budget of {settings.time_budget_s:.0f} s spent"))
             continue
         if cand.kind is Kind.STATIC and calib_data is None:
             results.append(CandidateResult(cand, "skipped", "needs calibration data (--data)"))
             continue
-        results.append(_try(cand, static_path if cand.kind is Kind.STATIC else fp32_path, workdir, eval_data, calib_data, calib_batch, scalar, method, cache, exclude,
-                            ref_outputs, ref_accuracy, inputs, classifier, first_output, max_drop, threads,
-                            labels=eval_data.labels, ort=ort))
-    if on_progress:
-        on_progress("timing int8 candidates against fp32", 0.9)
-    # every built candidate and the fp32 baseline, timed round-robin so they share the same CPU load
+        results.append(_try(cand, static_path if cand.kind is Kind.STATIC else fp32_path, ref, settings, build))
+    progress("timing int8 candidates against fp32", 0.9)
+    remaining = max(5.0, settings.time_budget_s - (time.monotonic() - started))
+    baseline = _time_all(fp32_path, results, ref, settings, budget_s=min(60.0, remaining))
+    progress("int8 candidates measured", 1.0)
+    result = _choose(results, baseline, fp32_path.stat().st_size, settings.max_drop)
+    as_ort = [r for r in results if r.status == "ok" and r.ort_latency is not None]
+    if as_ort and result.chosen is not None:
+        ort = _choose(as_ort, baseline, fp32_path.stat().st_size, settings.max_drop, form=_AS_ORT)
+        result.chosen_ort, result.why_ort, result.ort_slower_than_fp32 = ort.chosen, ort.why, ort.slower_than_fp32
+    result.static_rewrites = rewrites
+    return result
+
+
+def _time_all(fp32_path: Path, results: list[CandidateResult], ref: Reference, settings: SearchSettings, *, budget_s: float) -> Latency:
+    """Time every built candidate (and its .ort) with the fp32 baseline, round-robin so they share the same CPU load.
+
+    Fills each candidate's latencies and closes its sessions; returns the baseline's latency.
+    """
+    feeds = one_sample(ref.eval_data, ref.inputs)
     ok = [r for r in results if r.status == "ok"]
-    timed = {"fp32": (OrtBackend(fp32_path, threads=threads), feeds)}
-    timed.update({r.candidate.name: (r.backend, feeds) for r in ok})
+    timed: dict[str, tuple[Backend, dict[str, np.ndarray]]] = {"fp32": (OrtBackend(fp32_path, threads=settings.threads), feeds)}
+    timed.update({r.candidate.name: (r.backend, feeds) for r in ok if r.backend is not None})
     timed.update({f"{r.candidate.name}.ort": (r.ort_backend, feeds) for r in ok if r.ort_backend is not None})
-    remaining = max(5.0, time_budget_s - (time.monotonic() - started))
-    lat = measure_latencies(timed, runs=latency_runs, budget_s=min(60.0, remaining))
+    lat = measure_latencies(timed, runs=settings.latency_runs, budget_s=budget_s)
     for r in ok:
         r.latency = lat[r.candidate.name]
         r.ort_latency = lat.get(f"{r.candidate.name}.ort")
         r.backend = r.ort_backend = None
-    if on_progress:
-        on_progress("int8 candidates measured", 1.0)
-    result = _choose(results, lat["fp32"], baseline_size, max_drop)
-    as_ort = [r for r in results if r.status == "ok" and r.ort_latency is not None]
-    if as_ort and result.chosen is not None:
-        ort = _choose(as_ort, lat["fp32"], baseline_size, max_drop, form=_AS_ORT)
-        result.chosen_ort, result.why_ort, result.ort_slower_than_fp32 = ort.chosen, ort.why, ort.slower_than_fp32
-    result.static_rewrites = rewrites
-    return result
+    return lat["fp32"]
 
 
 def _static_source(fp32_path: Path, workdir: Path, exclude: tuple[str, ...]) -> tuple[Path, dict[str, int]]:
@@ -209,30 +226,28 @@ def _static_source(fp32_path: Path, workdir: Path, exclude: tuple[str, ...]) -> 
     return out, {"space_to_depth_stem": n}
 
 
-def _try(cand, fp32_path, workdir, eval_data, calib_data, calib_batch, scalar, method, cache, exclude, ref_outputs,
-         ref_accuracy, inputs, classifier, first_output, max_drop, threads, *, labels, ort) -> CandidateResult:
+def _try(cand: Candidate, fp32_path: Path, ref: Reference, settings: SearchSettings, build_with: _Build) -> CandidateResult:
     t0 = time.monotonic()
-    out = workdir / f"{cand.name}.onnx"
+    out = build_with.workdir / f"{cand.name}.onnx"
     try:
-        build(fp32_path, cand, out, calib=calib_data, calib_batch=calib_batch, scalar_inputs=scalar, method=method,
-              cache=cache, exclude=exclude)
-        backend = OrtBackend(out, threads=threads, session_config=SESSION_CONFIG.get(cand.kind))
-        outputs = run_dataset(backend, eval_data, inputs)
+        build(fp32_path, cand, out, calib=build_with.calib_data, calib_batch=build_with.calib_batch, scalar_inputs=set(build_with.scalar),
+              method=settings.method, cache=build_with.cache, exclude=settings.exclude)
+        backend = OrtBackend(out, threads=settings.threads, session_config=SESSION_CONFIG.get(cand.kind))
+        outputs = run_dataset(backend, ref.eval_data, ref.inputs)
     except Exception as e:  # noqa: BLE001 - a candidate ORT cannot build or run is reported, not fatal
         return CandidateResult(cand, "failed", _line(e), seconds=time.monotonic() - t0)
-    quality = compare(ref_outputs, outputs, classifier=classifier, first_output=first_output, labels=labels,
-                      ref_accuracy=ref_accuracy, generated=eval_data.generated)
+    quality = ref.quality(outputs)
     model = onnx.load(str(out))
     stats = weight_stats(model)
     # the artifact is stored compactly (edgekit.export.compact): compare candidates by the size they will have
     size = compact(model)[0].ByteSize()
     ort_backend, ort_size = None, 0
-    if ort:
+    if settings.ort:
         with contextlib.suppress(Exception):  # a failing .ort conversion is the exporter's to report; judge the .onnx
-            ort_path = _ort_of(out, workdir)
-            ort_backend, ort_size = OrtBackend(ort_path, threads=threads), ort_path.stat().st_size
-    accepted = bool(np.isfinite(quality.drop) and quality.drop <= max_drop + 1e-9)
-    reason = "" if accepted else f"loses {quality.drop:.2f} pts (bound {max_drop:g})"
+            ort_path = _ort_of(out, build_with.workdir)
+            ort_backend, ort_size = OrtBackend(ort_path, threads=settings.threads), ort_path.stat().st_size
+    accepted = bool(np.isfinite(quality.drop) and quality.drop <= settings.max_drop + 1e-9)
+    reason = "" if accepted else f"loses {quality.drop:.2f} pts (bound {settings.max_drop:g})"
     if stats.quantized_share < MIN_QUANTIZED_SHARE:
         # never pass a mostly-fp32 model off as int8
         accepted, reason = False, f"only {stats.quantized_share:.0%} of weights int8"

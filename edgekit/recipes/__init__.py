@@ -15,25 +15,23 @@ needs and the gates its artifacts must pass::
 Recipes and CLI flags compile to the same list of :class:`~edgekit.pipeline.StepSpec`; a flag
 given with a recipe overrides the recipe's value (:class:`Override`), and the manifest records
 the resolved recipe (:meth:`Recipe.document`), itself a valid recipe that reproduces the result.
+The recipe judges: :func:`evaluate_gates` turns measured rows into an outcome (data the report
+renders), :func:`raise_on_failed_gates` turns a missed gate into exit 3.
 
     recipe = load_recipe("int8-mobile")            # a shipped name, or a path to a .yaml file
-    result = compress_with_recipe("model.onnx", recipe, data="calib.npz")
+    result = compress_with_recipe("model.onnx", "calib.npz", recipe)   # edgekit.compress
 """
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import RecipeError
 from edgekit.recipes.gates import check_data, evaluate_gates, raise_on_failed_gates
 from edgekit.recipes.loader import parse_recipe, read_recipe_file
 from edgekit.recipes.model import QUANTIZE_STEPS, Override, Recipe
 from edgekit.recipes.schema import DataNeeds, Gates, parse_bytes
-
-if TYPE_CHECKING:
-    from edgekit.compress import CompressResult
 
 __all__ = [
     "QUANTIZE_STEPS",
@@ -43,7 +41,6 @@ __all__ = [
     "Override",
     "Recipe",
     "check_data",
-    "compress_with_recipe",
     "evaluate_gates",
     "load_recipe",
     "parse_bytes",
@@ -84,20 +81,3 @@ def recipe_comment(path: Path) -> str:
             break
         lines.append(line[1:].removeprefix(" "))
     return "\n".join(lines).strip()
-
-
-def compress_with_recipe(model_path: str | Path, recipe: Recipe, *, data: str | Path | None = None,
-                         overrides: list[Override] | None = None, **kwargs: Any) -> CompressResult:
-    """Run ``recipe`` on ``model_path`` with :func:`edgekit.compress.compress`; then hold it to the gates.
-
-    ``kwargs`` go to ``compress`` (output, force, threads, ...). Data needs are checked before any
-    work; a missed gate raises :class:`~edgekit.errors.GateError` (exit 3) after the output is written.
-    """
-    from edgekit.compress import compress
-    from edgekit.report import compress_report
-
-    resolved = recipe.with_overrides(overrides or [])
-    check_data(resolved, data)
-    result = compress(model_path, resolved.resolved_steps(), formats=resolved.export, data=data, recipe=resolved.document(), **kwargs)
-    raise_on_failed_gates(compress_report(result), result.output)
-    return result

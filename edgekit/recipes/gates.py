@@ -45,13 +45,11 @@ def _value(gate: str, row: dict[str, Any]) -> float | None:
     }[gate]
 
 
-def raise_on_failed_gates(report: dict[str, Any], output: Path | str) -> None:
-    """GateError (exit 3) naming every missed gate, when the report's gates did not all pass."""
-    gates = report.get("gates")
-    if not gates or gates["passed"]:
+def raise_on_failed_gates(outcome: dict[str, Any] | None, *, recipe: str, output: Path | str) -> None:
+    """GateError (exit 3) naming every missed gate of ``recipe``, when the outcome (:func:`evaluate_gates`) did not pass."""
+    if not outcome or outcome["passed"]:
         return
-    recipe = (report.get("recipe") or {}).get("name", "the recipe")
-    misses = [_miss(r) for r in gates["results"] if not r["ok"]]
+    misses = [_miss(r) for r in outcome["results"] if not r["ok"]]
     raise GateError(f"{len(misses)} gate(s) of recipe {recipe!r} missed: " + "; ".join(misses)
                     + f". The artifacts were still written to {output}")
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from edgekit.choices import Format
 from edgekit.errors import RecipeError
 from edgekit.pipeline import STEPS, StepSpec, get_step
 from edgekit.recipes.model import QUANTIZE_STEPS, TOP_LEVEL_KEYS, Recipe
@@ -205,20 +206,19 @@ def _steps(raw: Any, loc: _Locator) -> tuple[StepSpec, ...]:
 
 
 def _export(raw: Any, loc: _Locator) -> tuple[str, ...]:
-    from edgekit.export import EXPORTERS
-
+    known = Format.values()
     if raw is None:
         return ("onnx", "ort")
     if isinstance(raw, str):
         raw = [f.strip() for f in raw.split(",") if f.strip()]
     if not isinstance(raw, list) or not raw:
         raise RecipeError(f"invalid export in {loc.at(('export',))} (export): expected a list of formats, e.g. [onnx, ort]; "
-                          f"allowed: {', '.join(EXPORTERS)}")
+                          f"allowed: {', '.join(known)}")
     seen: list[str] = []
     for i, fmt in enumerate(raw):
-        if fmt not in EXPORTERS:
-            raise RecipeError(f"unknown export format {_q(fmt)} in {loc.at(('export', i))} (export){_near(str(fmt), list(EXPORTERS))} "
-                              f"Allowed: {', '.join(EXPORTERS)}")
+        if fmt not in known:
+            raise RecipeError(f"unknown export format {_q(fmt)} in {loc.at(('export', i))} (export){_near(str(fmt), known)} "
+                              f"Allowed: {', '.join(known)}")
         if fmt in seen:
             raise RecipeError(f"export format {fmt!r} in {loc.at(('export', i))} (export) is listed twice; keep one")
         seen.append(fmt)

@@ -3,7 +3,9 @@
 Build the structure from a ``compress`` result (:func:`compress_report`) or by measuring any
 models on the same data and CPU (:func:`compare_report`); render it with :func:`render_table`
 (rich), ``json.dumps`` (``report.json``) or :func:`render_html` (``report.html``: inline CSS and
-SVG plots, no scripts, fonts or URLs, works offline).
+SVG plots, no scripts, fonts or URLs, works offline). The report judges nothing: a recipe's gates
+are evaluated by :mod:`edgekit.recipes` and arrive as data (``result.gates``); ``compress`` builds
+the document once and keeps it as ``result.report``.
 
 ``report.json`` (``edgekit.report`` v1; every key in :mod:`edgekit.report.schema`, which
 ``edgekit report --schema`` prints as JSON Schema)::
@@ -31,8 +33,6 @@ from edgekit.report.schema import REPORT_SCHEMA, REPORT_VERSION, json_schema
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-    from edgekit.compress import CompressResult
 
 __all__ = [
     "REPORT_SCHEMA",
@@ -67,17 +67,15 @@ def render_table(report: dict[str, Any], console: Console) -> None:
     _render(report, console)
 
 
-def write_reports(result: CompressResult, out_dir: Path) -> None:
-    """Write ``report.json`` and ``report.html`` for a compress result into ``out_dir``."""
-    rep = compress_report(result)
-    (out_dir / "report.json").write_text(to_json(rep), encoding="utf-8")
-    (out_dir / "report.html").write_text(render_html(rep), encoding="utf-8")
+def write_reports(report: dict[str, Any], out_dir: Path) -> None:
+    """Write ``report.json`` and ``report.html`` of ``report`` into ``out_dir``."""
+    (out_dir / "report.json").write_text(to_json(report), encoding="utf-8")
+    (out_dir / "report.html").write_text(render_html(report), encoding="utf-8")
 
 
-def render_compress_table(result: CompressResult, console: Console) -> None:
-    """What ``edgekit compress`` prints: the comparison table, then the int8 search and the worst layers."""
+def render_compress_table(report: dict[str, Any], console: Console) -> None:
+    """What ``edgekit compress`` prints for a compress report: the comparison table, then the int8 search and the worst layers."""
     from edgekit.report.table import render_search
 
-    rep = compress_report(result)
-    render_table(rep, console)
-    render_search(rep, console)
+    render_table(report, console)
+    render_search(report, console)

@@ -17,8 +17,9 @@ from edgekit.report.files import Entry, expand, gzip_size, onnx_facts, tflite_we
 from edgekit.report.schema import REPORT_SCHEMA, REPORT_VERSION, ROW_KEYS
 
 if TYPE_CHECKING:
-    from edgekit.compress import ArtifactResult, CompressResult
     from edgekit.data import Dataset
+    from edgekit.evaluate import Latency
+    from edgekit.results import ArtifactResult, CompressResult
 
 __all__ = ["compare_report", "compress_report"]
 
@@ -26,13 +27,10 @@ GENERATED_SAMPLES = 64
 
 
 def compress_report(result: CompressResult) -> dict[str, Any]:
-    """The report of one ``compress`` run: the source as baseline, every artifact as a row.
+    """The report of one ``compress`` run: the source as baseline, every artifact as a row, ``result.gates`` as given.
 
-    Computed once per result (the per-layer analysis runs models) and cached on it.
+    The per-layer analysis runs models: ``compress`` builds this once and keeps it as ``result.report``.
     """
-    cached = result.__dict__.get("_edgekit_report")
-    if cached is not None:
-        return cached
     m = result.manifest
     metrics = m.metrics
     src = metrics.get("source", {})
@@ -61,15 +59,12 @@ def compress_report(result: CompressResult) -> dict[str, Any]:
         rows.append(row)
     notes = list(result.notes)
     layers = _compress_layers(result, notes)
-    recipe = m.raw.get("recipe")
-    rep = _report(
+    return _report(
         kind="compress", model=m.name, version=m.version, output=str(result.output), threads=result.threads,
         data=m.raw.get("data"), quality_metric=_metric(labelled, m.task == "classification", (m.raw.get("data") or {}).get("generated")),
-        baseline=baseline, rows=rows, layers=layers, steps=result.steps, recipe=recipe, notes=notes,
+        baseline=baseline, rows=rows, layers=layers, steps=result.steps, recipe=m.raw.get("recipe"), gates=result.gates, notes=notes,
         accuracy_bound_failed=result.failed_bound,
     )
-    result.__dict__["_edgekit_report"] = rep
-    return rep
 
 
 def compare_report(
@@ -87,37 +82,60 @@ def compare_report(
     ``paths``: model files (.onnx, .ort, .tflite) and edgekit output directories (expanded to their
     artifacts). Without ``data``, generated inputs measure agreement with the baseline only.
     """
-    from edgekit.data import generate, load_data
-    from edgekit.evaluate import compare, is_classifier, measure_latencies, one_sample, run_dataset
+    from edgekit.evaluate import is_classifier, measure_latencies, one_sample, run_dataset
 
     entries, notes = expand(paths)
     backends = [_open(e, threads) for e in entries]
     base, base_backend = entries[0], backends[0]
     inputs, outputs = base_backend.inputs, base_backend.outputs
-    if data is not None:
-        try:
-            dataset = load_data(data, inputs, data_layout=data_layout)
-        except DataError as ex:
-            if base.format == "tflite" and base.artifact is None and len(entries) > 1:
-                raise DataError(f"{ex}. Or put the model whose layout the data has first (e.g. the source .onnx): "
-                                "the other models are fed in their own layout") from None
-            raise
-    else:
-        dataset = generate(inputs, GENERATED_SAMPLES)
-        notes.append(f"no --data: {GENERATED_SAMPLES} generated inputs; quality is agreement with {base.file}, not accuracy")
-    dataset = dataset.subset(max_eval_samples)
+    dataset = _compare_data(data, entries, inputs, data_layout, notes).subset(max_eval_samples)
     classifier = is_classifier(outputs)
-    first = outputs[0].name
     aligned = [base_backend] + [_Aligned(b, inputs, outputs, e.file) for e, b in zip(entries[1:], backends[1:], strict=True)]
     results = [_run(b, dataset, inputs, e.file, run_dataset) for e, b in zip(entries, aligned, strict=True)]
-    ref = results[0]
     labels = dataset.labels if classifier else None
-    ref_acc = float((ref[first].argmax(1) == labels).mean() * 100) if labels is not None else None
     feeds = one_sample(dataset, inputs)
     lat = measure_latencies({e.file: (b, feeds) for e, b in zip(entries, aligned, strict=True)}, budget_s=latency_budget_s)
-    rows = []
+    rows = _compare_rows(entries, results, lat, dataset, classifier=classifier, first=outputs[0].name, labels=labels)
+    layers = {}
+    if per_layer:
+        layers = _compare_layers(entries, dataset, inputs, threads, notes)
+    manifest = next((e.manifest for e in entries if e.manifest is not None), None)
+    return _report(
+        kind="compare", model=manifest.name if manifest else Path(base.file).stem.split(".")[0],
+        version=manifest.version if manifest else None, output=None, threads=threads, data=dataset.describe(),
+        quality_metric=_metric(labels is not None, classifier, dataset.generated), baseline=rows[0], rows=rows[1:],
+        layers=layers, steps=[], recipe=None, gates=None, notes=notes, accuracy_bound_failed=None,
+    )
+
+
+def _compare_data(data: str | Path | None, entries: list[Entry], inputs: tuple[TensorSpec, ...], data_layout: str | None,
+                  notes: list[str]) -> Dataset:
+    """The data every model runs on: the file given, or generated inputs (quality is then agreement with the baseline)."""
+    from edgekit.data import generate, load_data
+
+    base = entries[0]
+    if data is None:
+        notes.append(f"no --data: {GENERATED_SAMPLES} generated inputs; quality is agreement with {base.file}, not accuracy")
+        return generate(inputs, GENERATED_SAMPLES)
+    try:
+        return load_data(data, inputs, data_layout=data_layout)
+    except DataError as ex:
+        if base.format == "tflite" and base.artifact is None and len(entries) > 1:
+            raise DataError(f"{ex}. Or put the model whose layout the data has first (e.g. the source .onnx): "
+                            "the other models are fed in their own layout") from None
+        raise
+
+
+def _compare_rows(entries: list[Entry], results: list[dict[str, np.ndarray]], lat: dict[str, Latency], dataset: Dataset, *,
+                  classifier: bool, first: str, labels: np.ndarray | None) -> list[dict[str, Any]]:
+    """One row per model: sizes, weights, latency and quality, all relative to the first (the baseline)."""
+    from edgekit.evaluate import compare
+
+    ref = results[0]
+    ref_acc = float((ref[first].argmax(1) == labels).mean() * 100) if labels is not None else None
     base_size, base_gz = entries[0].path.stat().st_size, gzip_size(entries[0].path)
-    base_p50 = lat[base.file].p50_ms
+    base_p50 = lat[entries[0].file].p50_ms
+    rows = []
     for i, (e, outs) in enumerate(zip(entries, results, strict=True)):
         row = _row(e.file, "baseline" if i == 0 else "artifact", e.format, e.precision)
         size, gz = e.path.stat().st_size, gzip_size(e.path)
@@ -129,28 +147,16 @@ def compare_report(
                                                                                                    "max_abs_error", "drop_pts")})
         _weights(row, e.stats)
         rows.append(row)
-    layers = {}
-    if per_layer:
-        layers = _compare_layers(entries, dataset, inputs, threads, notes)
-    manifest = next((e.manifest for e in entries if e.manifest is not None), None)
-    return _report(
-        kind="compare", model=manifest.name if manifest else Path(base.file).stem.split(".")[0],
-        version=manifest.version if manifest else None, output=None, threads=threads, data=dataset.describe(),
-        quality_metric=_metric(labels is not None, classifier, dataset.generated), baseline=rows[0], rows=rows[1:],
-        layers=layers, steps=[], recipe=None, notes=notes, accuracy_bound_failed=None,
-    )
+    return rows
 
 
 # --- pieces -----------------------------------------------------------------------------------
 
 
-def _report(*, kind, model, version, output, threads, data, quality_metric, baseline, rows, layers, steps, recipe, notes,
-            accuracy_bound_failed) -> dict[str, Any]:
-    from edgekit.recipes.gates import evaluate_gates
-
-    gates = None
-    if recipe and recipe.get("gates"):
-        gates = evaluate_gates(recipe["gates"], rows)
+def _report(*, kind: str, model: str, version: str | None, output: str | None, threads: int, data: dict[str, Any] | None,
+            quality_metric: str, baseline: dict[str, Any], rows: list[dict[str, Any]], layers: dict[str, Any],
+            steps: list[dict[str, Any]], recipe: dict[str, Any] | None, gates: dict[str, Any] | None, notes: list[str],
+            accuracy_bound_failed: str | None) -> dict[str, Any]:
     return {
         "schema": REPORT_SCHEMA,
         "schema_version": REPORT_VERSION,

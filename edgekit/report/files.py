@@ -169,6 +169,49 @@ def _fp16_params(m) -> int:
     return n
 
 
+def _count_constants(it: Any, constants: set[int], min_elements: int) -> tuple[int, int, int, int, int, dict[int, np.dtype]]:
+    """Float, int8, fp16 and other values in the constant tensors of at least ``min_elements``, the zeros, and every constant's dtype."""
+    f = i8 = f16 = other = zeros = 0
+    dtypes: dict[int, np.dtype] = {}
+    for idx in sorted(constants):
+        try:
+            arr = it.get_tensor(idx)
+        except ValueError:
+            continue
+        dtypes[idx] = arr.dtype
+        n = int(arr.size)
+        if n < min_elements:
+            continue
+        if arr.dtype in (np.int8, np.uint8):
+            i8 += n
+            zeros += n - int(np.count_nonzero(arr))
+        elif np.issubdtype(arr.dtype, np.floating):
+            f += n
+            f16 += n if arr.dtype == np.float16 else 0
+            zeros += n - int(np.count_nonzero(arr))
+        else:
+            other += n  # int32 biases of int8 models
+    return f, i8, f16, other, zeros, dtypes
+
+
+def _weighted_ops(ops: list[dict[str, Any]], dtypes: dict[int, np.dtype]) -> tuple[int, int]:
+    """How many conv / fully-connected ops have a constant weight, and how many of those weights are int8 (through a DEQUANTIZE too)."""
+    by_output = {int(o): op for op in ops for o in op["outputs"]}
+    weighted = quantized = 0
+    for op in ops:
+        if op["op_name"] not in _TFLITE_WEIGHTED or len(op["inputs"]) < 2:
+            continue
+        w = int(op["inputs"][1])
+        src = by_output.get(w)
+        if src is not None and src["op_name"] == "DEQUANTIZE":
+            w = int(src["inputs"][0])
+        if w not in dtypes:
+            continue  # an activation (e.g. BATCH_MATMUL of two inputs), not a weight
+        weighted += 1
+        quantized += dtypes[w] in (np.int8, np.uint8)
+    return weighted, int(quantized)
+
+
 def _precision_from(stats: dict) -> str:
     if stats.get("quantized_share", 0) >= 0.5:
         return "int8"
@@ -196,39 +239,8 @@ def tflite_weight_stats(path: Path) -> dict | None:
     produced = {int(o) for op in ops for o in op["outputs"]}
     graph_inputs = {int(d["index"]) for d in it.get_input_details()}
     constants = {int(i) for op in ops for i in op["inputs"] if int(i) >= 0} - produced - graph_inputs
-    f = i8 = f16 = other = zeros = 0
-    dtypes = {}
-    for idx in sorted(constants):
-        try:
-            arr = it.get_tensor(idx)
-        except ValueError:
-            continue
-        dtypes[idx] = arr.dtype
-        n = int(arr.size)
-        if n < MIN_WEIGHT_ELEMENTS:
-            continue
-        if arr.dtype in (np.int8, np.uint8):
-            i8 += n
-            zeros += n - int(np.count_nonzero(arr))
-        elif np.issubdtype(arr.dtype, np.floating):
-            f += n
-            f16 += n if arr.dtype == np.float16 else 0
-            zeros += n - int(np.count_nonzero(arr))
-        else:
-            other += n  # int32 biases of int8 models
-    by_output = {int(o): op for op in ops for o in op["outputs"]}
-    weighted = quantized = 0
-    for op in ops:
-        if op["op_name"] not in _TFLITE_WEIGHTED or len(op["inputs"]) < 2:
-            continue
-        w = int(op["inputs"][1])
-        src = by_output.get(w)
-        if src is not None and src["op_name"] == "DEQUANTIZE":
-            w = int(src["inputs"][0])
-        if w not in dtypes:
-            continue  # an activation (e.g. BATCH_MATMUL of two inputs), not a weight
-        weighted += 1
-        quantized += dtypes[w] in (np.int8, np.uint8)
+    f, i8, f16, other, zeros, dtypes = _count_constants(it, constants, MIN_WEIGHT_ELEMENTS)
+    weighted, quantized = _weighted_ops(ops, dtypes)
     total = f + i8
     return {
         "params": f + i8 + other,

@@ -286,14 +286,13 @@ def test_eval_data_is_held_out_from_calibration(digits, tmp_path):
 def test_parity_fails_tiny_outputs_that_point_elsewhere():
     from types import SimpleNamespace
 
-    from edgekit.compress import _parity
+    from edgekit.artifacts import artifact_parity
 
     rng = np.random.default_rng(0)
     ref = {"y": (rng.standard_normal((20, 10)) * 1e-9).astype(np.float32)}
     art = SimpleNamespace(parent="m.onnx", precision="int8", parity_tolerance=None)
-    ctx = SimpleNamespace(classifier=False, first_output="y")
-    same = _parity(art, ref, {"y": ref["y"] * 1.001}, ctx)
-    other = _parity(art, ref, {"y": (rng.standard_normal((20, 10)) * 1e-9).astype(np.float32)}, ctx)
+    same = artifact_parity(art, ref, {"y": ref["y"] * 1.001}, classifier=False, first_output="y")
+    other = artifact_parity(art, ref, {"y": (rng.standard_normal((20, 10)) * 1e-9).astype(np.float32)}, classifier=False, first_output="y")
     assert same["ok"] and same["cosine"] > 0.999
     # the absolute error is far below the bound, yet the outputs are unrelated: parity must fail
     assert other["max_abs_error"] < other["allowed"] and other["cosine"] < 0.5 and not other["ok"]

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from device_agent.manifest import load_manifest
-from edgekit.compress import compress
+from edgekit.compress import CompressOptions, compress
 from edgekit.onnx_rewrites import space_to_depth_stem
 from edgekit.pipeline import StepSpec
 
@@ -92,7 +92,7 @@ def test_static_int8_candidates_quantize_the_rewritten_stem_and_the_choice_recor
     path = tmp_path / "stem.onnx"
     onnx.save(conv_model(size=32, head=True), str(path))
     np.savez(tmp_path / "data.npz", x=np.random.default_rng(2).random((64, 3, 32, 32)).astype(np.float32))
-    res = compress(path, [StepSpec("int8", {})], formats=("onnx",), data=tmp_path / "data.npz", output=tmp_path / "out")
+    res = compress(path, tmp_path / "data.npz", CompressOptions(steps=[StepSpec("int8", {})], formats=("onnx",), output=tmp_path / "out"))
     search = res.steps[0]["result"]["search"]
     assert search["static_rewrites"] == {"space_to_depth_stem": 1}
     art = onnx.load(str(res.output / "stem.int8.onnx"))

@@ -16,7 +16,7 @@ pytest.importorskip("onnx2torch")
 
 
 def test_ctrl_c_in_distill_keeps_the_best_student_and_says_where(digits, monkeypatch, tmp_path):
-    import edgekit.distill.trainer as trainer
+    import edgekit.torchbench.trainer as trainer
 
     real = trainer._outputs
     calls = {"train": 0}
@@ -51,15 +51,13 @@ def test_ctrl_c_in_distill_keeps_the_best_student_and_says_where(digits, monkeyp
 
 
 def test_checkpoints_of_a_converted_model_are_kept_in_the_working_directory(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
     from edgekit.distill.config import DistillConfig
-    from edgekit.distill.workbench import checkpoint_dir
+    from edgekit.torchbench.workbench import checkpoint_dir
 
     monkeypatch.chdir(tmp_path)
-    converted = SimpleNamespace(source_path=tmp_path / "edgekit.import.abc123" / "build.onnx")  # the importer's temp dir
+    converted = tmp_path / "edgekit.import.abc123" / "build.onnx"  # the importer's temp dir
     assert checkpoint_dir(converted, DistillConfig(), "distill") == tmp_path / "build.distill.ckpt"
     (tmp_path / "models").mkdir()
-    given = SimpleNamespace(source_path=tmp_path / "models" / "net.onnx")
+    given = tmp_path / "models" / "net.onnx"
     assert checkpoint_dir(given, DistillConfig(), "prune") == tmp_path / "models" / "net.prune.ckpt"
     assert checkpoint_dir(given, DistillConfig(checkpoint_dir=str(tmp_path / "ck")), "prune") == tmp_path / "ck"

@@ -11,7 +11,7 @@ from edgekit.errors import InputError
 
 torch = pytest.importorskip("torch")
 
-from edgekit.distill.trainer import TrainingInterrupted, TrainSettings, fit, split  # noqa: E402
+from edgekit.torchbench.trainer import TrainingInterrupted, TrainSettings, fit, split  # noqa: E402
 
 
 def blobs(n: int = 240, seed: int = 0):

@@ -147,14 +147,15 @@ def test_an_int8_model_is_not_pruned(digits, tmp_path):
 
 
 def test_unlabelled_data_without_a_teacher_says_which_is_needed(digits, tmp_path):
-    from edgekit.compress import compress
+    from edgekit.compress import CompressOptions, compress
     from edgekit.errors import InputError
     from edgekit.pipeline import StepSpec
 
     np.savez(tmp_path / "unlabelled.npz", x=np.load(digits["train"])["x"][:200])
     with pytest.raises(InputError, match="training needs a teacher or labels: the data has no 'labels' array and there is no teacher"):
-        compress(digits["model"], [StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 2, "distill": False})],
-                 data=tmp_path / "unlabelled.npz", formats=("onnx",), output=tmp_path / "o")
+        compress(digits["model"], tmp_path / "unlabelled.npz",
+                 CompressOptions(steps=[StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 2, "distill": False})],
+                                 formats=("onnx",), output=tmp_path / "o"))
     assert not (tmp_path / "o").exists()
 
 

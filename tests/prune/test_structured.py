@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 from device_agent.manifest import load_manifest
 from edgekit.cli.main import cli
-from edgekit.compress import compress
+from edgekit.compress import CompressOptions, compress
 from edgekit.errors import RecipeError
 from edgekit.onnx_model import io_specs
 from edgekit.pipeline import StepSpec
@@ -96,9 +96,11 @@ def test_sensitivity_scan_reports_every_prunable_layer_most_sensitive_first(stru
     assert [r["drop_pts"] for r in rows] == sorted((r["drop_pts"] for r in rows), reverse=True)
     assert all(r["pruned_to"] == r["out_channels"] // 2 for r in rows)
     assert "sensitivity (each layer pruned alone" in output
-    # the digits CNN's first two convs cost tens of points alone, the rest one or none: those two are the ones to spare
-    assert sens["suggested_keep"] == ["/features/features.0/Conv", "/features/features.3/Conv"]
-    assert [r["layer"] for r in rows[:2]] == sens["suggested_keep"]
+    # the digits CNN's first conv costs tens of points alone: it leads the ranking and is spared. How many more join it
+    # depends on the trained weights (the second conv cost 20+ points on one machine, 5 on another); which cluster is
+    # suggested for given costs is test_suggested_keep_is_the_cluster_above_the_largest_gap's to check
+    assert rows[0]["layer"] == "/features/features.0/Conv" and rows[0]["drop_pts"] > 10
+    assert sens["suggested_keep"] == [r["layer"] for r in rows[:len(sens["suggested_keep"])]] and sens["suggested_keep"]
     assert "to spare the most sensitive: --keep " in output
 
 
@@ -117,12 +119,12 @@ def test_keep_and_per_layer_ratios(digits, tmp_path):
 
 
 def test_global_ranking_and_round_to(digits, tmp_path):
-    r = compress(digits["model"], [StepSpec("prune", {"ratio": 0.3, "method": "structured", "epochs": 0, "round_to": 8})],
-                 formats=("onnx",), output=tmp_path / "a")
+    r = compress(digits["model"], None, CompressOptions(
+        steps=[StepSpec("prune", {"ratio": 0.3, "method": "structured", "epochs": 0, "round_to": 8})], formats=("onnx",), output=tmp_path / "a"))
     widths = [v["after"] for v in r.steps[0]["result"]["out_channels"].values()]
     assert all(w % 8 == 0 for w in widths[:-1]) and widths[-1] == 10  # the output layer is not rounded: it is kept
-    g = compress(digits["model"], [StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 0, "scope": "global"})],
-                 formats=("onnx",), output=tmp_path / "g")
+    g = compress(digits["model"], None, CompressOptions(
+        steps=[StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 0, "scope": "global"})], formats=("onnx",), output=tmp_path / "g"))
     res = g.steps[0]["result"]["out_channels"]
     kept = [v["after"] / v["before"] for k, v in res.items() if k != "/classifier/classifier.3/Gemm"]
     assert len(set(kept)) > 1 and min(kept) >= 0.1  # uneven widths, no layer emptied
@@ -142,8 +144,8 @@ def test_step_does_not_modify_its_input(digits, tmp_path):
 
     model = onnx.load(str(digits["model"]))
     before = model.SerializeToString()
-    r = compress(digits["model"], [StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 0})], formats=("onnx",),
-                 output=tmp_path / "o")
+    r = compress(digits["model"], None, CompressOptions(steps=[StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 0})],
+                                                    formats=("onnx",), output=tmp_path / "o"))
     assert r.artifacts[0].stats["params"] < 0.35 * 40394
     assert model.SerializeToString() == before
     assert get_step("prune").config_cls(ratio=0.3).method == "unstructured"
@@ -188,7 +190,7 @@ def test_prunes_a_pytorch_model_and_keeps_every_output_layer():
 
 
 def test_output_layers_are_found_through_weight_free_ops(tmp_path):
-    from edgekit.prune.structured import output_layer_nodes
+    from edgekit.torchbench.channels import output_layer_nodes
 
     torch.manual_seed(0)
     p = tmp_path / "two.onnx"
@@ -201,8 +203,8 @@ def test_output_layers_are_found_through_weight_free_ops(tmp_path):
     out = tmp_path / "out"
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.standard_normal((64, 1, 8, 8)).astype(np.float32))
-    r = compress(p, [StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 2})], data=tmp_path / "d.npz",
-                 formats=("onnx",), output=out)
+    r = compress(p, tmp_path / "d.npz", CompressOptions(steps=[StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 2})],
+                                                    formats=("onnx",), output=out))
     assert io_specs(onnx.load(str(out / "two.pruned.onnx"))) == io_specs(model)
     assert r.steps[0]["result"]["fine_tune"]["metric"] == "val_agreement"  # no labels: agreement with the source
     # both heads were trained towards the source: the box head stays close to the source's values
@@ -217,7 +219,8 @@ def test_output_layers_are_found_through_weight_free_ops(tmp_path):
 
 
 def test_a_recipe_gives_per_layer_ratios_and_its_errors_name_the_field(digits, tmp_path):
-    from edgekit.recipes import compress_with_recipe, parse_recipe
+    from edgekit.compress import compress_with_recipe
+    from edgekit.recipes import parse_recipe
 
     text = """
 name: prune-custom
@@ -231,7 +234,7 @@ steps:
       layers: {"/features/features.7/Conv": 0.75}
 export: [onnx]
 """
-    r = compress_with_recipe(digits["model"], parse_recipe(text, "custom.yaml"), output=tmp_path / "o")
+    r = compress_with_recipe(digits["model"], None, parse_recipe(text, "custom.yaml"), CompressOptions(output=tmp_path / "o"))
     new = weight_shapes(tmp_path / "o" / "digits.pruned.onnx")
     assert new["/features/features.0/Conv"][0] == 16 and new["/features/features.3/Conv"][0] == 16
     assert new["/features/features.7/Conv"][0] == 16  # 64 * (1 - 0.75)
@@ -252,7 +255,8 @@ def test_models_with_shared_initializers_convert(tmp_path):
     torch.onnx.export(net, (torch.randn(1, 1, 8, 8),), str(p), input_names=["x"], output_names=["y"],
                       dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, dynamo=False)
     assert "Identity" in {n.op_type for n in onnx.load(str(p)).graph.node}
-    r = compress(p, [StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 0})], formats=("onnx",), output=tmp_path / "o")
+    r = compress(p, None, CompressOptions(steps=[StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 0})], formats=("onnx",),
+                                       output=tmp_path / "o"))
     assert [v["after"] for v in r.steps[0]["result"]["out_channels"].values()] == [4, 4, 4, 4]
 
 
@@ -260,7 +264,7 @@ def test_models_with_shared_initializers_convert(tmp_path):
     ((28, 10.3, 1.7, 0), 2), ((26, 17.6, 1.4, 0), 2), ((0.5, 0.2), 0), ((3, 0), 1), ((5, 4.5, 4, 3.9), 4),
 ])
 def test_suggested_keep_is_the_cluster_above_the_largest_gap(drops, spare):
-    from edgekit.prune.step import sensitive_layers
+    from edgekit.prune.sensitivity import sensitive_layers
 
     rows = [{"layer": f"l{i}", "drop_pts": d} for i, d in enumerate(drops)]
     assert sensitive_layers(rows) == [f"l{i}" for i in range(spare)]

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 from device_agent.manifest import load_manifest
 from edgekit.cli.main import cli
-from edgekit.compress import compress
+from edgekit.compress import CompressOptions, compress
 from edgekit.pipeline import StepSpec
 from edgekit.prune.unstructured import magnitude_masks, prunable_weights
 from tests.conftest import build_mlp
@@ -45,7 +45,7 @@ def test_per_layer_masks_and_layer_overrides():
 def test_step_without_training_needs_no_torch_and_reports_honestly(tmp_path):
     p = tmp_path / "mlp.onnx"
     onnx.save(build_mlp(hidden=256), p)
-    r = compress(p, [StepSpec("prune", {"ratio": 0.8})], formats=("onnx",))
+    r = compress(p, None, CompressOptions(steps=[StepSpec("prune", {"ratio": 0.8})], formats=("onnx",)))
     rec = r.steps[0]["result"]
     assert rec["method"] == "unstructured"
     assert rec["layers"]["fc1"]["sparsity"] == pytest.approx(0.8, abs=0.001)
@@ -68,10 +68,10 @@ def test_unstructured_pruning_without_training_runs_without_torch(tmp_path):
     onnx.save(build_mlp(hidden=64), p)
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any torch import now fails
-        "from edgekit.compress import compress; from edgekit.pipeline import StepSpec\n"
+        "from edgekit.compress import CompressOptions, compress; from edgekit.pipeline import StepSpec\n"
         "import numpy as np; np.savez('DATA', x=np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))\n"
-        f"r = compress({str(p)!r}, [StepSpec('prune', {{'ratio': 0.5}}), StepSpec('int8', {{'max_drop': 100}})], data='DATA',"
-        " formats=('onnx',), say=print)\n"
+        f"r = compress({str(p)!r}, 'DATA', CompressOptions(steps=[StepSpec('prune', {{'ratio': 0.5}}), StepSpec('int8', {{'max_drop': 100}})],"
+        " formats=('onnx',)), say=print)\n"
         "print(r.steps[0]['result']['sparsity'])\n"
     )
     code = code.replace("DATA", str(tmp_path / "d.npz"))
@@ -102,8 +102,8 @@ def test_prune_80_then_int8_keeps_the_zeros_and_gzips_small(digits, tmp_path):
 
 
 def test_fine_tuning_keeps_every_pruned_weight_at_zero(digits, tmp_path):
-    r = compress(digits["model"], [StepSpec("prune", {"ratio": 0.7, "epochs": 2, "scope": "layer"})], data=digits["train"],
-                 formats=("onnx",), output=tmp_path / "o")
+    r = compress(digits["model"], digits["train"], CompressOptions(steps=[StepSpec("prune", {"ratio": 0.7, "epochs": 2, "scope": "layer"})],
+                                                              formats=("onnx",), output=tmp_path / "o"))
     rec = r.steps[0]["result"]
     assert rec["fine_tune"]["epochs_run"] == 2
     model = onnx.load(str(tmp_path / "o" / "digits.pruned.onnx"))
@@ -138,8 +138,8 @@ def test_matmul_weights_are_fine_tuned_with_their_zeros_kept(tmp_path):
     src = _matmul_model(rng)
     onnx.save(src, tmp_path / "mm.onnx")
     np.savez(tmp_path / "d.npz", x=rng.standard_normal((400, 16)).astype(np.float32))
-    compress(tmp_path / "mm.onnx", [StepSpec("prune", {"ratio": 0.6, "epochs": 3})], data=tmp_path / "d.npz", formats=("onnx",),
-             output=tmp_path / "o")
+    compress(tmp_path / "mm.onnx", tmp_path / "d.npz", CompressOptions(steps=[StepSpec("prune", {"ratio": 0.6, "epochs": 3})],
+                                                                      formats=("onnx",), output=tmp_path / "o"))
     w = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "o" / "mm.pruned.onnx")).graph.initializer}
     assert sorted(w) == ["b1", "w1", "w2"]  # the source's names survive the round trip
     before = numpy_helper.to_array(src.graph.initializer[0])
@@ -147,8 +147,8 @@ def test_matmul_weights_are_fine_tuned_with_their_zeros_kept(tmp_path):
     assert (~kept).mean() == pytest.approx(0.6, abs=0.002)  # zeros stayed zeros through training
     assert not np.allclose(w["w1"][kept], before[kept])  # MatMul weights (onnx2torch buffers) were trained
     with pytest.raises(EdgekitError, match="structured pruning found no channels it can remove"):
-        compress(tmp_path / "mm.onnx", [StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 0})], formats=("onnx",),
-                 output=tmp_path / "s")
+        compress(tmp_path / "mm.onnx", None, CompressOptions(steps=[StepSpec("prune", {"ratio": 0.5, "method": "structured", "epochs": 0})],
+                                                             formats=("onnx",), output=tmp_path / "s"))
     with pytest.raises(EdgekitError, match="student 'auto:0.5': the teacher has no Conv or Linear"):
-        compress(tmp_path / "mm.onnx", [StepSpec("distill", {"epochs": 1})], data=tmp_path / "d.npz", formats=("onnx",),
-                 output=tmp_path / "d")
+        compress(tmp_path / "mm.onnx", tmp_path / "d.npz", CompressOptions(steps=[StepSpec("distill", {"epochs": 1})], formats=("onnx",),
+                                                                          output=tmp_path / "d"))

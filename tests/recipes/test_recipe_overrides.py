@@ -12,8 +12,9 @@ from click.testing import CliRunner
 
 from device_agent.manifest import load_manifest
 from edgekit.cli.main import cli
+from edgekit.compress import CompressOptions, compress_with_recipe
 from edgekit.errors import GateError, RecipeError
-from edgekit.recipes import Override, compress_with_recipe, load_recipe
+from edgekit.recipes import Override, load_recipe
 
 
 def run(*args):
@@ -143,6 +144,6 @@ def test_library_api_applies_overrides_and_raises_on_gates(digits, tmp_path):
         gates: {max_size_ratio: 0.1}
     """)
     with pytest.raises(GateError, match=r"1 gate\(s\) of recipe 'small' missed: digits.fp16.onnx size_ratio 0\.5\d*, max_size_ratio 0\.1"):
-        compress_with_recipe(digits["model"], load_recipe(p), output=tmp_path / "lib")
+        compress_with_recipe(digits["model"], None, load_recipe(p), CompressOptions(output=tmp_path / "lib"))
     assert (tmp_path / "lib" / "report.json").is_file()
     assert GateError.exit_code == 3

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-from edgekit.compress import compress
+from edgekit.compress import CompressOptions, compress
 from edgekit.pipeline import StepSpec
 from edgekit.report import compare_report, compress_report, json_schema, to_json
 from edgekit.report.schema import LAYER_KEYS, REPORT_KEYS, ROW_KEYS
@@ -60,12 +61,20 @@ def check_golden(name: str, rep: dict, update: bool) -> None:
     assert not diffs, f"report differs from {path} at {diffs[:10]}; if intended: pytest tests/report --update-golden"
 
 
+#: per-layer error statistics come from onnxruntime's int8 kernels, whose rounding depends on the CPU's instruction set
+#: (an AVX2-only machine gives 0.6 % more added error on one layer of this MLP than the one that wrote the golden file):
+#: they are compared to 1 %, everything else to 4 significant digits
+LAYER_REL_TOL = 0.01
+
+
 def _diff(old, new, where: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         keys = list(dict.fromkeys(list(old) + list(new)))
         return [d for k in keys for d in _diff(old.get(k, "<missing>"), new.get(k, "<missing>"), f"{where}.{k}")]
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [d for i, (a, b) in enumerate(zip(old, new, strict=True)) for d in _diff(a, b, f"{where}[{i}]")]
+    if where.startswith(".layers.") and isinstance(old, float) and isinstance(new, float):
+        return [] if math.isclose(old, new, rel_tol=LAYER_REL_TOL) else [f"{where}: {old!r} -> {new!r}"]
     return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
 
 
@@ -102,9 +111,9 @@ def test_compare_report_measures_what_it_says(mlp_compare, mlp_set):
 
 
 def test_every_report_follows_the_documented_schema(mlp_compare, mlp_set, tmp_path):
-    res = compress(mlp_set["fp32"], [StepSpec("int8", {"max_drop": 5.0, "search_time": 20})], data=mlp_set["data"],
-                   output=tmp_path / "o")
-    for rep in (mlp_compare, compress_report(res), json.loads((tmp_path / "o" / "report.json").read_text())):
+    res = compress(mlp_set["fp32"], mlp_set["data"], CompressOptions(steps=[StepSpec("int8", {"max_drop": 5.0, "search_time": 20})],
+                                                               output=tmp_path / "o"))
+    for rep in (mlp_compare, res.report, json.loads((tmp_path / "o" / "report.json").read_text())):
         assert list(rep) == list(REPORT_KEYS)
         for row in [rep["baseline"]] + rep["rows"]:
             assert list(row) == list(ROW_KEYS)
@@ -117,7 +126,8 @@ def test_every_report_follows_the_documented_schema(mlp_compare, mlp_set, tmp_pa
 
 
 def test_compress_report_of_a_fixed_fp16_model_matches_golden(mlp_set, tmp_path, update_golden):
-    res = compress(mlp_set["fp32"], [StepSpec("fp16", {})], data=mlp_set["data"], output=tmp_path / "fp16", version="1.0.0")
-    rep = compress_report(res)
+    res = compress(mlp_set["fp32"], mlp_set["data"], CompressOptions(steps=[StepSpec("fp16", {})], output=tmp_path / "fp16", version="1.0.0"))
+    rep = res.report
     assert json.loads((tmp_path / "fp16" / "report.json").read_text())["rows"] == rep["rows"]  # written == returned
+    assert compress_report(res)["rows"] == rep["rows"]  # built from the result alone, nothing cached on it
     check_golden("compress_mlp_fp16.json", rep, update_golden)

@@ -20,9 +20,8 @@ from click.testing import CliRunner
 from device_agent.manifest import load_manifest
 from device_agent.runtime import OrtBackend, open_backend
 from edgekit.cli.main import cli
-from edgekit.compress import compress
+from edgekit.compress import CompressOptions, compress
 from edgekit.errors import ExportError
-from edgekit.pipeline import StepSpec
 from tests.tflite.conftest import build_image_model, image_data
 
 
@@ -195,7 +194,7 @@ def image_fp32(tmp_path_factory):
     onnx.save(build_image_model(batch="N"), str(model))
     data = tmp / "img.npz"
     np.savez(data, image=image_data())
-    result = compress(model, [], formats=("onnx", "tflite"), data=data, output=tmp / "out")
+    result = compress(model, data, CompressOptions(formats=("onnx", "tflite"), output=tmp / "out"))
     return result, model
 
 
@@ -374,9 +373,19 @@ def test_worker_errors_come_back_as_their_message(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "job" / "job.json").read_text()) == {"x": 1}
 
 
-def test_library_refuses_an_unknown_tflite_io(digits, tmp_path):
-    with pytest.raises(ExportError, match=r"--tflite-io is 'int4'; allowed: float, int8"):
-        compress(digits["model"], [StepSpec("fp16")], formats=("tflite",), output=tmp_path / "o", export_options={"tflite": {"io": "int4"}})
+def test_library_refuses_an_unknown_tflite_option_before_any_work():
+    from pydantic import ValidationError
+
+    from edgekit.errors import RecipeError
+    from edgekit.export import ExportOptions
+
+    with pytest.raises(RecipeError, match=r"^export: tflite\.io: Input should be 'float' or 'int8' \(given 'int4'\)$"):
+        ExportOptions.parse({"tflite": {"io": "int4"}}, what="export")
+    with pytest.raises(RecipeError, match=r"^export: unknown field 'tflite\.stirp' \(did you mean 'strip'\?\); allowed: calib_samples, io, "
+                                          r"per_channel, strip$"):
+        ExportOptions.parse({"tflite": {"stirp": False}}, what="export")
+    with pytest.raises(ValidationError, match=r"export\.tflite\.io\n  Input should be 'float' or 'int8'"):
+        CompressOptions(formats=("tflite",), export={"tflite": {"io": "int4"}})
 
 
 def _two_input_model() -> onnx.ModelProto:
@@ -465,7 +474,7 @@ def test_maxpool_padding_is_made_explicit_exactly(after):
 
 def test_onnx2tf_failures_are_read_from_its_log(tmp_path):
     """onnx2tf logs the failing node (with colour codes) and then raises or exits: the message names the op and node."""
-    from edgekit.export.tflite_worker import _onnx2tf_failure
+    from edgekit.export.tflite_keras import onnx2tf_failure as _onnx2tf_failure
 
     (tmp_path / "worker.log").write_text(
         "\x1b[31mERROR:\x1b[0m The trace log is below.\n"

@@ -16,7 +16,8 @@ import pytest
 
 from device_agent.manifest import load_manifest
 from device_agent.runtime import open_backend
-from edgekit.compress import compress
+from edgekit.compress import CompressOptions, compress
+from edgekit.export import ExportOptions, TfliteConfig
 from edgekit.pipeline import StepSpec
 
 ART = "digits.int8.tflite"
@@ -28,8 +29,9 @@ def int8_pair(digits, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tfl-strip")
     out = {}
     for strip in (True, False):
-        result = compress(digits["model"], [StepSpec("int8", {"max_drop": 100.0})], formats=("tflite",), data=digits["eval"],
-                          output=tmp / f"strip-{strip}", export_options={"tflite": {"strip": strip, "per_channel": True}})
+        result = compress(digits["model"], digits["eval"], CompressOptions(
+            steps=[StepSpec("int8", {"max_drop": 100.0})], formats=("tflite",), output=tmp / f"strip-{strip}",
+            export=ExportOptions(tflite=TfliteConfig(strip=strip, per_channel=True))))
         out[strip] = result.output
     return out
 

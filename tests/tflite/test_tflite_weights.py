@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from device_agent.manifest import load_manifest
-from edgekit.compress import compress
+from edgekit.compress import CompressOptions, compress
 from edgekit.evaluate import Latency, Quality
 from edgekit.export.tflite_weights import WeightsCandidate, choose
 from edgekit.pipeline import StepSpec
@@ -69,7 +69,7 @@ def test_when_per_channel_fails_parity_a_per_tensor_that_passes_ships_even_if_le
 
 
 def test_digits_ships_per_tensor_and_the_manifest_shows_both_candidates(digits, tmp_path):
-    out = compress(digits["model"], [StepSpec("int8", {})], formats=("tflite",), data=digits["eval"], output=tmp_path / "auto").output
+    out = compress(digits["model"], digits["eval"], CompressOptions(steps=[StepSpec("int8", {})], formats=("tflite",), output=tmp_path / "auto")).output
     art = load_manifest(out, verify_files=True).artifact(ART)
     choice = art.extra["tflite"]["weights_choice"]
     assert art.extra["tflite"]["weights"] == choice["chosen"] == "per-tensor"
@@ -125,7 +125,7 @@ def test_a_depthwise_model_keeps_per_channel_and_says_what_per_tensor_lost(tmp_p
     path = tmp_path / "dw.onnx"
     onnx.save(_depthwise_model(), str(path))
     np.savez(tmp_path / "data.npz", x=_depthwise_data())
-    out = compress(path, [StepSpec("int8", {})], formats=("tflite",), data=tmp_path / "data.npz", output=tmp_path / "out").output
+    out = compress(path, tmp_path / "data.npz", CompressOptions(steps=[StepSpec("int8", {})], formats=("tflite",), output=tmp_path / "out")).output
     art = load_manifest(out).artifact("dw.int8.tflite")
     choice = art.extra["tflite"]["weights_choice"]
     assert art.extra["tflite"]["weights"] == choice["chosen"] == "per-channel"

@@ -1,5 +1,8 @@
 """What the training steps share: the model in PyTorch, the data as arrays, the teacher's outputs,
 scoring on the evaluation data, checkpoints that survive Ctrl-C, and the way back to ONNX.
+
+Functions take what they read: the run's :class:`~edgekit.reference.Reference` to score and check
+against, the step :class:`~edgekit.pipeline.Context` only to train (data, threads, scratch space, log).
 """
 
 from __future__ import annotations
@@ -14,18 +17,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from device_agent.manifest import TensorSpec
 from edgekit.data import Dataset
-from edgekit.distill.config import TrainingConfig, training_settings
-from edgekit.distill.convert import load_factory, module_names, promote_buffers, run_torch, to_onnx, to_torch
 from edgekit.errors import InputError
 from edgekit.pipeline import Context
+from edgekit.reference import Reference
+from edgekit.torchbench.config import TrainingConfig, training_settings
+from edgekit.torchbench.convert import load_factory, module_names, promote_buffers, run_torch, to_onnx, to_torch
 
 if TYPE_CHECKING:
     import torch
 
-    from edgekit.distill.trainer import FitResult
+    from edgekit.torchbench.trainer import FitResult
 
-__all__ = ["TorchModel", "checkpoint_dir", "load_torch", "ordered_inputs", "score_fn", "teacher_outputs", "train"]
+__all__ = ["TorchModel", "checkpoint_dir", "example", "load_torch", "ordered_inputs", "score_fn", "teacher_outputs", "train"]
 
 
 @dataclass
@@ -44,13 +49,14 @@ class TorchModel:
         return to_onnx(self.net, self.like, example=example(self.like), names=self.names or None)
 
 
-def example(like: onnx.ModelProto, data: Dataset | None = None):
-    from edgekit.distill.convert import example_inputs
+def example(like: onnx.ModelProto, data: Dataset | None = None) -> tuple[torch.Tensor, ...]:
+    """A batch of two inputs for ``like``: from ``data`` when given, else generated."""
+    from edgekit.torchbench.convert import example_inputs
 
     return example_inputs(like, data.inputs if data is not None else None, batch=2)
 
 
-def load_torch(model: onnx.ModelProto, ctx: Context, *, what: str, factory: str | None = None) -> TorchModel:
+def load_torch(model: onnx.ModelProto, ref: Reference, *, what: str, factory: str | None = None) -> TorchModel:
     """``model`` in PyTorch: converted by onnx2torch, or built by the user's ``module:function`` factory.
 
     A factory's model must compute what the ONNX model computes; it is checked on a few samples.
@@ -63,18 +69,19 @@ def load_torch(model: onnx.ModelProto, ctx: Context, *, what: str, factory: str 
     if not isinstance(net, torch.nn.Module):
         raise InputError(f"--torch-model {factory!r} returned {type(net).__name__}, not a torch.nn.Module")
     net.eval()
-    args = example(model, ctx.eval_data)
+    args = example(model, ref.eval_data)
     with torch.no_grad():
         got = [y.numpy() for y in run_torch(net, args)]
-    ref = [ctx.ref_outputs[s.name][: len(args[0])] for s in ctx.outputs]
-    if len(got) != len(ref) or any(g.shape != r.shape or not np.allclose(g, r, rtol=1e-3, atol=1e-3) for g, r in zip(got, ref, strict=False)):
-        raise InputError(f"--torch-model {factory!r} does not compute what {ctx.source_path.name} computes on the data "
+    want = [ref.ref_outputs[s.name][: len(args[0])] for s in ref.outputs]
+    if len(got) != len(want) or any(g.shape != w.shape or not np.allclose(g, w, rtol=1e-3, atol=1e-3) for g, w in zip(got, want, strict=False)):
+        raise InputError(f"--torch-model {factory!r} does not compute what {ref.source_path.name} computes on the data "
                          "(different outputs); give the factory that returns the same trained model")
     return TorchModel(net, model, {})
 
 
-def ordered_inputs(data: Dataset, ctx: Context) -> list[np.ndarray]:
-    return [data.inputs[s.name] for s in ctx.inputs]
+def ordered_inputs(data: Dataset, specs: tuple[TensorSpec, ...]) -> list[np.ndarray]:
+    """``data``'s arrays in the model's input order (``specs``): positional arguments for the torch model."""
+    return [data.inputs[s.name] for s in specs]
 
 
 def teacher_outputs(teacher: onnx.ModelProto, data: Dataset, ctx: Context, *, name: str = "teacher") -> list[np.ndarray]:
@@ -84,19 +91,19 @@ def teacher_outputs(teacher: onnx.ModelProto, data: Dataset, ctx: Context, *, na
 
     path = ctx.workdir / f"{name}.onnx"
     onnx.save(teacher, str(path))
-    out = run_dataset(OrtBackend(path, threads=ctx.threads), data, ctx.inputs)
-    return [out[s.name] for s in ctx.outputs]
+    out = run_dataset(OrtBackend(path, threads=ctx.threads), data, ctx.ref.inputs)
+    return [out[s.name] for s in ctx.ref.outputs]
 
 
-def score_fn(ctx: Context) -> tuple[str, Callable[[torch.nn.Module], float]]:
+def score_fn(reference: Reference) -> tuple[str, Callable[[torch.nn.Module], float]]:
     """A higher-is-better score on the evaluation data: accuracy with labels, agreement with the source, else 100·cosine."""
     import torch
 
-    x = [torch.from_numpy(np.ascontiguousarray(a)) for a in ordered_inputs(ctx.eval_data, ctx)]
-    labels = ctx.eval_data.labels if ctx.classifier else None
-    ref = [ctx.ref_outputs[s.name] for s in ctx.outputs]
+    x = [torch.from_numpy(np.ascontiguousarray(a)) for a in ordered_inputs(reference.eval_data, reference.inputs)]
+    labels = reference.eval_data.labels if reference.classifier else None
+    ref = [reference.ref_outputs[s.name] for s in reference.outputs]
 
-    def outputs(net) -> list[np.ndarray]:
+    def outputs(net: torch.nn.Module) -> list[np.ndarray]:
         net.eval()
         with torch.no_grad():
             parts = [run_torch(net, tuple(a[i:i + 256] for a in x)) for i in range(0, len(x[0]), 256)]
@@ -104,10 +111,10 @@ def score_fn(ctx: Context) -> tuple[str, Callable[[torch.nn.Module], float]]:
 
     if labels is not None:
         return "accuracy", lambda net: float((outputs(net)[0].argmax(1) == labels).mean() * 100)
-    if ctx.classifier:
+    if reference.classifier:
         return "agreement", lambda net: float((outputs(net)[0].argmax(1) == ref[0].argmax(1)).mean() * 100)
 
-    def cosine(net) -> float:
+    def cosine(net: torch.nn.Module) -> float:
         o = outputs(net)[0].reshape(len(ref[0]), -1).astype(np.float64)
         r = ref[0].reshape(len(ref[0]), -1).astype(np.float64)
         c = (o * r).sum(1) / np.maximum(np.linalg.norm(o, axis=1) * np.linalg.norm(r, axis=1), 1e-30)
@@ -116,15 +123,15 @@ def score_fn(ctx: Context) -> tuple[str, Callable[[torch.nn.Module], float]]:
     return "cosine×100", cosine
 
 
-def checkpoint_dir(ctx: Context, config: TrainingConfig, step: str) -> Path:
+def checkpoint_dir(source_path: Path, config: TrainingConfig, step: str) -> Path:
     """Where the best checkpoint lives while training: ``--checkpoint-dir``, else next to the model (or here, for a converted one)."""
     if config.checkpoint_dir:
         return Path(config.checkpoint_dir)
-    parent = ctx.source_path.parent
+    parent = source_path.parent
     if parent.name.startswith("edgekit."):
         # a model edgekit converted (PyTorch / TensorFlow input) lives in a temp dir removed at exit: keep it here instead
         parent = Path.cwd()
-    d = parent / f"{ctx.source_path.stem}.{step}.ckpt"
+    d = parent / f"{source_path.stem}.{step}.ckpt"
     try:
         d.mkdir(parents=True, exist_ok=True)
         return d
@@ -135,7 +142,7 @@ def checkpoint_dir(ctx: Context, config: TrainingConfig, step: str) -> Path:
 def train(tm: TorchModel, teacher: onnx.ModelProto | None, ctx: Context, config: TrainingConfig, *, step: str,
           default_epochs: int, masks: dict | None = None, use_teacher: bool = True) -> FitResult | None:
     """Fine-tune ``tm.net`` in place on ``ctx.train_data`` with ``teacher``'s soft targets; None when no epochs."""
-    from edgekit.distill.trainer import fit
+    from edgekit.torchbench.trainer import fit
 
     data = ctx.train_data
     settings = training_settings(config, default_epochs=default_epochs if data is not None else 0, threads=ctx.threads)
@@ -145,17 +152,17 @@ def train(tm: TorchModel, teacher: onnx.ModelProto | None, ctx: Context, config:
         raise InputError(f"{step}: training for {settings.epochs} epoch(s) needs data: pass --data train.npz (labels optional)")
     promote_buffers(tm.net)  # MatMul / Add weights onnx2torch keeps as buffers train too
     targets = teacher_outputs(teacher, data, ctx) if (teacher is not None and use_teacher) else None
-    ckpt = checkpoint_dir(ctx, config, step)
+    ckpt = checkpoint_dir(ctx.ref.source_path, config, step)
 
-    def save_onnx(net) -> Path:
+    def save_onnx(net: torch.nn.Module) -> Path:
         path = ckpt / "best.onnx"
         onnx.save(tm.export(), str(path))
         return path
 
     result = fit(
-        tm.net, ordered_inputs(data, ctx), settings=settings, classifier=ctx.classifier,
-        labels=data.labels if ctx.classifier else None, teacher=targets, checkpoint_dir=ckpt, on_interrupt=save_onnx,
-        masks=masks, progress=ctx.progress, label=step,
+        tm.net, ordered_inputs(data, ctx.ref.inputs), settings=settings, classifier=ctx.ref.classifier,
+        labels=data.labels if ctx.ref.classifier else None, teacher=targets, checkpoint_dir=ckpt, on_interrupt=save_onnx,
+        masks=masks, progress=ctx.log.progress, label=step,
     )
     if not config.checkpoint_dir:
         # only kept when training did not finish; remove what this run wrote, and the directory if that empties it
@@ -163,6 +170,6 @@ def train(tm: TorchModel, teacher: onnx.ModelProto | None, ctx: Context, config:
             (ckpt / f).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             ckpt.rmdir()
-    ctx.say(f"{step}: {result.epochs_run} epoch(s), best epoch {result.best_epoch}: {result.metric} "
+    ctx.log.say(f"{step}: {result.epochs_run} epoch(s), best epoch {result.best_epoch}: {result.metric} "
             f"{result.initial:.4g} → {result.best:.4g}" + (" (stopped early)" if result.stopped_early else ""))
     return result

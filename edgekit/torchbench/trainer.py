@@ -242,7 +242,7 @@ class _Run:
 
 
 def _outputs(net: torch.nn.Module, args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    from edgekit.distill.convert import run_torch
+    from edgekit.torchbench.convert import run_torch
 
     return run_torch(net, tuple(args))
 
