@@ -17,7 +17,7 @@ __all__ = ["StepSpec", "__version__", "compress", "load_manifest"]
 _LAZY = {
     "compress": "edgekit.compress:compress",
     "StepSpec": "edgekit.pipeline:StepSpec",
-    "load_manifest": "device_agent.manifest:load_manifest",
+    "load_manifest": "device_agent.contract.manifest:load_manifest",
 }
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from device_agent.manifest import Artifact, Manifest, TensorSpec, file_sha256
+from device_agent.contract.manifest import Artifact, Manifest, TensorSpec, file_sha256
 from device_agent.runtime import BackendError, OrtBackend, open_backend
 from edgekit.data import Dataset, ImageSpec, generate, load_data
 from edgekit.errors import AccuracyError, ExportError, InputError

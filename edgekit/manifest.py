@@ -1,4 +1,4 @@
-"""Writing the manifest (``edgekit.json``). Reading and the schema live in ``device_agent.manifest``."""
+"""Writing the manifest (``edgekit.json``). Reading and the schema live in ``device_agent.contract.manifest``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from device_agent.manifest import SCHEMA, SCHEMA_VERSION, TensorSpec, file_sha256
+from device_agent.contract.manifest import SCHEMA, SCHEMA_VERSION, TensorSpec, file_sha256
 from edgekit.data import Dataset
 from edgekit.evaluate import Latency
 from edgekit.profile import selftest_vectors, tolerance

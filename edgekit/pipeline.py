@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from device_agent.manifest import TensorSpec
+from device_agent.contract.manifest import TensorSpec
 from edgekit.data import Dataset
 from edgekit.errors import RecipeError
 

@@ -66,7 +66,7 @@ def bundle(device_id: str, model_dir: Path, broker: str, group: str, ca_file: Pa
       # on the device:  tar xzf pi-07.tar.gz && sudo ./install.sh
     """
     from device_agent.bundle import BundleSpec, build_bundle
-    from device_agent.errors import AgentError
+    from device_agent.contract.errors import AgentError
     from edgekit.errors import InputError
 
     spec = BundleSpec(device_id=device_id, model_dir=model_dir, broker_url=broker, group=group, ca_file=ca_file, cert_file=cert_file,

@@ -80,7 +80,7 @@ def deploy(directory: Path, device: tuple[str, ...], group: str | None, waves: s
            shadow_agreement, allow_incompatible: bool, force: bool, baseline: Path | None, max_accuracy_drop: float, max_slowdown: float,
            job_id: str | None, key: Path | None, as_json: bool, **kw) -> None:
     """Deploy DIRECTORY (edgekit compress output, signed with `edgekit sign`) to devices, in waves."""
-    from device_agent.manifest import load_manifest
+    from device_agent.contract.manifest import load_manifest
     from edgekit.fleet.jobs import Release
     from edgekit.fleet.rollout import Gate, Journal, RolloutPolicy, parse_share
     from edgekit.fleet.rollout import deploy as run
@@ -196,7 +196,7 @@ def jobs(job_id: str | None, wait_s: float, as_json: bool, **kw) -> None:
 @click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="Private key (a trusted signer).")
 def cancel(job_id: str, device: tuple[str, ...], group: str | None, key: Path, **kw) -> None:
     """Cancel JOB_ID on devices: dropped if queued, stopped if downloading, reverted if on probation."""
-    from device_agent.protocol import CommandKind
+    from device_agent.contract.protocol import CommandKind
     from edgekit.fleet.jobs import new_job_id, signed_command
     from edgekit.fleet.rollout import select
     from edgekit.signing import load_private_key

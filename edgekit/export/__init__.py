@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from device_agent.manifest import TensorSpec
+from device_agent.contract.manifest import TensorSpec
 from edgekit.errors import RecipeError
 
 __all__ = ["EXPORTERS", "ExportedArtifact", "exporter"]

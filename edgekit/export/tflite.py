@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from device_agent.manifest import TensorSpec
+from device_agent.contract.manifest import TensorSpec
 from edgekit.errors import ExportError
 from edgekit.export import ExportedArtifact
 from edgekit.export.tflite_prep import explicit_maxpool_padding
@@ -286,7 +286,7 @@ def _int8_tolerance(onnx_artifact: ExportedArtifact, reference: dict[str, np.nda
     """
     if onnx_artifact.precision not in ("int8", "mixed"):
         return None
-    from device_agent.manifest import Artifact
+    from device_agent.contract.manifest import Artifact
     from device_agent.runtime import OrtBackend
     from edgekit.evaluate import run_dataset
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from device_agent.manifest import Artifact, TensorSpec
+from device_agent.contract.manifest import Artifact, TensorSpec
 from edgekit.evaluate import Latency, Quality, compare, measure_latencies, one_sample, parity, run_dataset
 from edgekit.pipeline import Context
 
@@ -71,7 +71,7 @@ class WeightsCandidate:
 def measure(cands: list[WeightsCandidate], ctx: Context, reference: dict[str, np.ndarray], tolerance: float | None,
             precision: str, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], extra: dict) -> None:
     """Fill each buildable candidate's quality (against the source), parity with ``reference`` and latency."""
-    from device_agent.litert import LiteRTBackend
+    from device_agent.runtime.litert import LiteRTBackend
 
     timed = {}
     for c in cands:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from device_agent.protocol import (
+from device_agent.contract.protocol import (
     DEFAULT_PREFIX,
     QOS,
     Command,

@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from device_agent.manifest import load_manifest
-from device_agent.protocol import DEFAULT_PREFIX, QOS, Topics, shared, valid_id
+from device_agent.contract.manifest import load_manifest
+from device_agent.contract.protocol import DEFAULT_PREFIX, QOS, Topics, shared, valid_id
 from edgekit.errors import InputError, OtaError
 from edgekit.monitor.monitor import Monitor, MonitorConfig, drift_summary
 from edgekit.monitor.query import answer
@@ -138,7 +138,7 @@ class Collector:
         self._own_store = isinstance(store, (str, Path))
         trusted = None
         if trusted_keys:
-            from device_agent.verify import load_trusted_keys
+            from device_agent.ota.verify import load_trusted_keys
 
             trusted = load_trusted_keys(trusted_keys)
         self.monitor = Monitor(self.store, config, collector=self.id, trusted=trusted)

@@ -2,10 +2,10 @@
 
 Devices never send raw inputs. Each telemetry window carries, per tracked feature, counts over the
 manifest's reference bin edges plus under/overflow, a NaN count and moments
-(:class:`device_agent.protocol.FeatureWindow`). Counts are additive, so windows of one device (or
+(:class:`device_agent.contract.protocol.FeatureWindow`). Counts are additive, so windows of one device (or
 of every device of a group) on one model version merge by summing (:class:`FeatureSummary`), and
 the statistics below are computed from the merged counts against the reference counts
-(:class:`device_agent.manifest.FeatureProfile`).
+(:class:`device_agent.contract.manifest.FeatureProfile`).
 
 - **PSI** (population stability index) over the cells ``[under, bin 0 … bin k-1, over]`` of finite
   values: ``Σ (q - p) · ln(q / p)``, with a Jeffreys pseudo-count (½) in every cell of both
@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from device_agent.manifest import FeatureProfile
-from device_agent.protocol import FeatureWindow, TelemetryMessage
+from device_agent.contract.manifest import FeatureProfile
+from device_agent.contract.protocol import FeatureWindow, TelemetryMessage
 
 __all__ = [
     "DriftReport",

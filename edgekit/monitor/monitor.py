@@ -38,11 +38,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from device_agent.errors import OtaError as DeviceOtaError
-from device_agent.errors import ProtocolError
-from device_agent.manifest import Manifest, ManifestError
-from device_agent.protocol import Command, CommandKind, StateMessage, TelemetryMessage, decode
-from device_agent.verify import TrustedKeys, verify_manifest
+from device_agent.contract.errors import OtaError as DeviceOtaError
+from device_agent.contract.errors import ProtocolError
+from device_agent.contract.manifest import Manifest, ManifestError
+from device_agent.contract.protocol import Command, CommandKind, StateMessage, TelemetryMessage, decode
+from device_agent.ota.verify import TrustedKeys, verify_manifest
 from edgekit.monitor.alerts import alert_payload, fmt_time
 from edgekit.monitor.drift import DriftReport, DriftThresholds, FeatureDrift, Level, WindowSet, evaluate, min_samples_for, worst
 from edgekit.monitor.store import DriftState, FleetStore, Reference

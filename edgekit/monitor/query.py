@@ -25,8 +25,8 @@ import time
 import uuid
 from typing import Any
 
-from device_agent.manifest import FeatureProfile
-from device_agent.protocol import DEFAULT_PREFIX, QOS, Topics
+from device_agent.contract.manifest import FeatureProfile
+from device_agent.contract.protocol import DEFAULT_PREFIX, QOS, Topics
 from edgekit.errors import OtaError
 from edgekit.monitor.drift import DriftReport, DriftThresholds, Level, WindowSet, evaluate
 from edgekit.monitor.monitor import group_windows

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from device_agent.protocol import DEFAULT_PREFIX, QOS
+from device_agent.contract.protocol import DEFAULT_PREFIX, QOS
 from edgekit.errors import OtaError
 
 __all__ = ["drift_cell", "drift_from_db", "read_drift"]

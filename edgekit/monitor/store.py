@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from device_agent.manifest import FeatureProfile, Manifest
-from device_agent.protocol import StateMessage, TelemetryMessage, decode
+from device_agent.contract.manifest import FeatureProfile, Manifest
+from device_agent.contract.protocol import StateMessage, TelemetryMessage, decode
 from edgekit.errors import InputError
 
 __all__ = ["Alert", "DeviceRecord", "DriftState", "FleetStore", "Reference", "SqliteStore", "open_store"]

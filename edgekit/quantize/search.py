@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from device_agent.manifest import TensorSpec
+from device_agent.contract.manifest import TensorSpec
 from device_agent.runtime import OrtBackend
 from edgekit.data import Dataset
 from edgekit.evaluate import Latency, Quality, compare, measure_latencies, one_sample, run_dataset

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from device_agent.protocol import Command, CommandKind, Topics, encode
+from device_agent.contract.protocol import Command, CommandKind, Topics, encode
 from edgekit.cli.fleet_monitor import drift, watch
 from edgekit.monitor.collector import Collector
 from edgekit.monitor.store import SqliteStore
@@ -131,11 +131,11 @@ def test_a_live_agent_over_mqtt_to_an_alert(mosquitto, mqtt_collector, collector
     dev.agent.start()
     try:
         dev.predict(reference_inputs(WINDOW, rng))
-        dev.agent.publish_telemetry()
+        dev.daemon.publish_telemetry()
         x = reference_inputs(WINDOW, rng)
         x[:, 4] += 1.2 * STDS[4]
         dev.predict(x)
-        dev.agent.publish_telemetry()
+        dev.daemon.publish_telemetry()
         got = alerts_seen.wait_for(lambda m: m.payloads("/fleet/alerts/device/pi-07"), 20, what="the drift alert")
     finally:
         dev.agent.stop()
