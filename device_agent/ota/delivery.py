@@ -99,9 +99,6 @@ class ChunkReceiver:
     def progress(self) -> tuple[int, int]:
         return len(self.have), self.count
 
-    def missing(self) -> list[int]:
-        return [n for n in range(self.count) if n not in self.have]
-
     def fail(self, error: OtaError) -> None:
         with self._lock:
             if self.error is None:
