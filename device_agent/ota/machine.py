@@ -16,9 +16,9 @@ per state, :mod:`device_agent.ota.states`) and :class:`device_agent.ota.updater.
 daemon holds.
 
 How it survives kill -9 and power cuts: :meth:`Runner.move` writes the *target* state to
-``ota.json`` (:class:`device_agent.ota.record.OtaRecord`; tmp + fsync + rename + dir fsync) before the state's action runs, and every action
-is idempotent, so after a restart :meth:`Updater.boot` re-enters the persisted state and runs its
-action again: a download resumes, verification re-checks, a probation whose pointer flip was lost
+``ota.json`` (an :class:`~device_agent.ota.record.OtaRecord`; tmp + fsync + rename + dir fsync)
+before the state's action runs, and every action is idempotent, so after a restart
+:meth:`Updater.boot` re-enters the persisted state and runs its action again: a download resumes, verification re-checks, a probation whose pointer flip was lost
 flips it, a rollback whose revert was lost reverts. The agent serves whatever ``store.current``
 names after :meth:`boot` — always an installed, verified version.
 

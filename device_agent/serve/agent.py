@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from device_agent import __version__
 from device_agent.contract.errors import InvalidInput, NotReady
@@ -37,12 +37,29 @@ from device_agent.telemetry.feedback import FeedbackLog, FeedbackResult
 from device_agent.telemetry.metrics import Metrics
 from device_agent.telemetry.window import Window
 
-__all__ = ["Agent", "Prediction", "RequestObserver", "tensor_json"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["Agent", "AgentOptions", "Prediction", "RequestObserver", "tensor_json"]
 
 log = logging.getLogger("edgekit.agent")
 
 #: pending feedback records joined into the log by the request that passes this many
 FEEDBACK_PENDING_MAX = 1024
+
+
+class AgentOptions(TypedDict, total=False):
+    """The constructor's keyword arguments (for :meth:`Agent.open`)."""
+
+    telemetry: bool
+    max_batch: int
+    max_elements: int
+    top_k_default: int
+    max_payload_bytes: int
+    max_values_per_feature: int
+    clock: Callable[[], float]
+    feedback_max_rows: int
+    feedback_retention_s: float
 
 
 class RequestObserver(Protocol):
@@ -106,11 +123,10 @@ class Agent:
 
     @classmethod
     def open(cls, path: str | Path, *, prefer: Formats = ("ort", "onnx", "tflite"), threads: int = 0, artifact: str | None = None,
-             verify: bool = True, selftest: bool = True, max_batch: int = 256, max_elements: int = 16 << 20, top_k_default: int = 5,
-             telemetry: bool = True) -> Agent:
-        """An in-process agent for ``path`` (model directory or file): no MQTT, no HTTP."""
+             verify: bool = True, selftest: bool = True, **options: Unpack[AgentOptions]) -> Agent:
+        """An in-process agent for ``path`` (model directory or file): no MQTT, no HTTP. ``options`` go to the constructor."""
         model = load_model(path, prefer=prefer, threads=threads, artifact=artifact, verify=verify, selftest=selftest)
-        return cls(model, telemetry=telemetry, max_batch=max_batch, max_elements=max_elements, top_k_default=top_k_default)
+        return cls(model, **options)
 
     def __enter__(self) -> Agent:
         return self

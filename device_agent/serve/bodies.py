@@ -16,6 +16,7 @@ import numpy as np
 
 from device_agent.contract.errors import InvalidInput
 from device_agent.contract.types import Array
+from device_agent.serve.predictor import Predictor
 
 __all__ = ["NPY", "NPZ", "REQUEST_ID", "PredictOptions", "int_option", "load_npy", "parse_predict"]
 
@@ -30,12 +31,10 @@ class PredictOptions(TypedDict, total=False):
     request_id: str
 
 
-def parse_predict(body: bytes, ctype: str, query: Mapping[str, list[str]], input_names: list[str],
-                  signature: str) -> tuple[Mapping[str, object], PredictOptions]:
+def parse_predict(body: bytes, ctype: str, query: Mapping[str, list[str]], predictor: Predictor) -> tuple[Mapping[str, object], PredictOptions]:
     """The inputs and options of a ``POST /v1/predict`` body of content type ``ctype`` (lower case, no parameters).
 
-    ``input_names`` are the model's inputs (a raw .npy body is the only one, or ``?input=NAME``);
-    ``signature`` describes them in error messages.
+    A raw .npy body is the model's only input, or ``?input=NAME``; errors describe the signature.
     """
     options: PredictOptions = {}
     if "top_k" in query:
@@ -43,10 +42,11 @@ def parse_predict(body: bytes, ctype: str, query: Mapping[str, list[str]], input
     if ctype == "application/x-www-form-urlencoded" and body[:1] == b"{":
         ctype = "application/json"  # `curl -d '{...}'` without -H content-type: it is JSON all the same
     if ctype == "application/json":
-        return _json_inputs(body, options, signature)
+        return _json_inputs(body, options, predictor)
     if ctype in (NPY, "application/octet-stream"):
         name = query.get("input", [None])[0]
         if name is None:
+            input_names = [s.name for s in predictor.model.inputs]
             if len(input_names) != 1:
                 raise InvalidInput(f"a raw .npy body carries one input; this model has {len(input_names)} ({', '.join(input_names)}): "
                                    "add ?input=NAME or send application/x-npz", kind="malformed")
@@ -61,14 +61,14 @@ def parse_predict(body: bytes, ctype: str, query: Mapping[str, list[str]], input
     raise InvalidInput(f"Content-Type {ctype!r} is not supported; use application/json, {NPY} or {NPZ}", kind="content_type")
 
 
-def _json_inputs(body: bytes, options: PredictOptions, signature: str) -> tuple[Mapping[str, object], PredictOptions]:
+def _json_inputs(body: bytes, options: PredictOptions, predictor: Predictor) -> tuple[Mapping[str, object], PredictOptions]:
     try:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidInput(f"the body is not valid JSON: {e}", kind="malformed", expected="JSON", given="invalid JSON") from None
     if not isinstance(doc, dict) or "inputs" not in doc:
         raise InvalidInput(
-            'the JSON body must be an object with "inputs": {"<input name>": [...]}; the model takes: ' + signature,
+            'the JSON body must be an object with "inputs": {"<input name>": [...]}; the model takes: ' + predictor.signature_text(),
             kind="malformed", expected='{"inputs": {...}}', given=type(doc).__name__ if not isinstance(doc, dict) else "no 'inputs' key",
         )
     unknown = set(doc) - {"inputs", "top_k", "request_id"}

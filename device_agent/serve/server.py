@@ -151,7 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self._read_body()
             ctype = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip().lower()
-            inputs, options = parse_predict(body, ctype, self._query, [s.name for s in agent.model.inputs], agent.signature_text())
+            inputs, options = parse_predict(body, ctype, self._query, agent)
             top_k = options.get("top_k")
             prediction = agent.predict(inputs, top_k=top_k, request_id=options.get("request_id") or self._request_id)
         except InvalidInput as e:

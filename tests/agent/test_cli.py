@@ -123,6 +123,7 @@ def test_device_agent_imports_no_heavy_framework(tmp_path, digits_dir):
 import sys
 from device_agent.serve.agent import Agent
 import device_agent.cli, device_agent.config, device_agent.link.mqtt, device_agent.serve.openapi, device_agent.link.outbox, device_agent.serve.server
+import device_agent.daemon, device_agent.link.reporter, device_agent.link.commands
 import numpy as np
 a = Agent.open({str(digits_dir)!r})
 a.predict({{"x": np.zeros((1, 1, 8, 8), np.float32)}})
