@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypedDict
+from typing import TYPE_CHECKING, Protocol, TypedDict, cast
 
 from device_agent import __version__
 from device_agent.contract.errors import InvalidInput, NotReady
@@ -321,5 +321,5 @@ def _feedback_log(model: LoadedModel, *, max_rows: int, retention_s: float, cloc
 
 
 def _request_id(item: object) -> str | None:
-    rid = item.get("request_id") if isinstance(item, dict) else None
-    return rid if isinstance(rid, str) else None
+    """The item's request_id as given: echoed back in the answer that says why the item was refused."""
+    return cast("str | None", item.get("request_id")) if isinstance(item, dict) else None
