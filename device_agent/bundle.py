@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from device_agent import __version__
-from device_agent.config import parse_config, render_toml, tomllib
-from device_agent.errors import AgentError, ConfigError
-from device_agent.manifest import MANIFEST_NAME, SIGNATURE_NAME, ManifestError, load_manifest
+from device_agent.config.read import loads_toml, parse_config
+from device_agent.config.render import render_toml
+from device_agent.contract.errors import AgentError, ConfigError
+from device_agent.contract.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, ManifestError, load_manifest
 
 __all__ = ["BundleError", "BundleSpec", "agent_requirements", "build_bundle", "find_wheel"]
 
@@ -117,21 +118,18 @@ def render_config(spec: BundleSpec) -> str:
     """The bundle's agent.toml, validated as the device will read it (placeholders filled in)."""
     text = render_toml(_config_values(spec), state_dir="@STATE_DIR@")
     probe = text.replace("@STATE_DIR@", "/var/lib/edgekit").replace("@CONFIG_DIR@", "/etc/edgekit")
-    parse_config(tomllib.loads(probe), base_dir="/etc/edgekit", source="the bundle's agent.toml", check_files=False)
+    parse_config(loads_toml(probe), base_dir="/etc/edgekit", source="the bundle's agent.toml", check_files=False)
     return text
+
+
+#: archive member name -> (its bytes, or the file to read them from; its mode)
+_Files = dict[str, tuple[bytes | Path, int]]
 
 
 def build_bundle(spec: BundleSpec, output: str | Path) -> dict[str, Any]:
     """Write the ``.tar.gz`` for one device; returns a summary (files, sizes, model, wheel)."""
     out = Path(output)
-    if spec.broker_url.startswith("mqtt://") and (spec.ca_file or spec.cert_file):
-        raise ConfigError("--ca/--cert/--key need an mqtts:// broker URL", field="broker.url")
-    if (spec.cert_file is None) != (spec.key_file is None):
-        raise ConfigError("--cert and --key go together", field="broker.cert_file")
-    checks = [("--ca", spec.ca_file), ("--cert", spec.cert_file), ("--key", spec.key_file), ("--password-file", spec.password_file)]
-    for what, p in checks + [("--trusted-key", k) for k in spec.trusted_keys]:
-        if p is not None and not Path(p).is_file():
-            raise BundleError(f"{what} {p}: no such file")
+    _check_spec(spec)
     try:
         manifest = load_manifest(spec.model_dir, verify_files=True)
     except ManifestError as e:
@@ -151,7 +149,7 @@ def build_bundle(spec: BundleSpec, output: str | Path) -> dict[str, Any]:
         requirements = agent_requirements()
         if spec.with_deps:
             _download_deps(requirements, wheel_dir, spec.platform, spec.python_version)
-        files: dict[str, tuple[bytes | Path, int]] = {
+        files: _Files = {
             "install.sh": (DEPLOY / "install.sh", 0o755),
             "edgekit-agent.service": (DEPLOY / "edgekit-agent.service", 0o644),
             "agent.toml": (config_text.encode(), 0o640),
@@ -159,44 +157,67 @@ def build_bundle(spec: BundleSpec, output: str | Path) -> dict[str, Any]:
         }
         for w in sorted(wheel_dir.iterdir()):
             files[f"wheels/{w.name}"] = (w, 0o644)
-        model_files = [MANIFEST_NAME] + [a.file for a in manifest.artifacts]
-        model_files += [str(a.extra["required_operators"]) for a in manifest.artifacts if a.extra.get("required_operators")]
-        if (spec.model_dir / SIGNATURE_NAME).is_file():
-            model_files.append(SIGNATURE_NAME)
-        for name in dict.fromkeys(model_files):
-            if (spec.model_dir / name).is_file():
-                files[f"model/{name}"] = (spec.model_dir / name, 0o644)
-        if spec.ca_file:
-            files["certs/ca.pem"] = (Path(spec.ca_file), 0o644)
-        if spec.cert_file:
-            files["certs/client.pem"] = (Path(spec.cert_file), 0o644)
-        if spec.key_file:
-            files["certs/client.key"] = (Path(spec.key_file), 0o600)
-        for i, k in enumerate(spec.trusted_keys):
-            files[f"keys/{_key_name(i, k)}"] = (Path(k), 0o644)
-        if spec.password_file:
-            files["secrets/broker-password"] = (Path(spec.password_file).read_bytes().strip() + b"\n", 0o600)
-        summary = {
+        files.update(_model_and_secret_files(spec, manifest))
+        summary: dict[str, Any] = {
             "device": spec.device_id, "broker": spec.broker_url or None, "agent_version": __version__,
             "model": {"name": manifest.name, "version": manifest.version}, "requirements": requirements,
             "wheels": sorted(p.name for p in wheel_dir.iterdir()), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         files["BUNDLE.json"] = (json.dumps(summary, indent=2).encode() + b"\n", 0o644)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_name(out.name + ".tmp")
-        with tarfile.open(tmp_out, "w:gz") as tar:
-            for name, (src, mode) in sorted(files.items()):
-                data = src.read_bytes() if isinstance(src, Path) else src
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                info.mode = mode
-                info.mtime = int(time.time())
-                tar.addfile(info, io.BytesIO(data))
-        tmp_out.replace(out)
+        _write_tar(out, files)
     summary["output"] = str(out)
     summary["size_bytes"] = out.stat().st_size
     summary["files"] = sorted(files)
     return summary
+
+
+def _check_spec(spec: BundleSpec) -> None:
+    if spec.broker_url.startswith("mqtt://") and (spec.ca_file or spec.cert_file):
+        raise ConfigError("--ca/--cert/--key need an mqtts:// broker URL", field="broker.url")
+    if (spec.cert_file is None) != (spec.key_file is None):
+        raise ConfigError("--cert and --key go together", field="broker.cert_file")
+    checks = [("--ca", spec.ca_file), ("--cert", spec.cert_file), ("--key", spec.key_file), ("--password-file", spec.password_file)]
+    for what, p in checks + [("--trusted-key", k) for k in spec.trusted_keys]:
+        if p is not None and not Path(p).is_file():
+            raise BundleError(f"{what} {p}: no such file")
+
+
+def _model_and_secret_files(spec: BundleSpec, manifest: Manifest) -> _Files:
+    """The model directory (manifest, artifacts, operator configs, signature), certificates, keys and the broker password."""
+    files: _Files = {}
+    model_files = [MANIFEST_NAME] + [a.file for a in manifest.artifacts]
+    model_files += [str(a.extra["required_operators"]) for a in manifest.artifacts if a.extra.get("required_operators")]
+    if (spec.model_dir / SIGNATURE_NAME).is_file():
+        model_files.append(SIGNATURE_NAME)
+    for name in dict.fromkeys(model_files):
+        if (spec.model_dir / name).is_file():
+            files[f"model/{name}"] = (spec.model_dir / name, 0o644)
+    if spec.ca_file:
+        files["certs/ca.pem"] = (Path(spec.ca_file), 0o644)
+    if spec.cert_file:
+        files["certs/client.pem"] = (Path(spec.cert_file), 0o644)
+    if spec.key_file:
+        files["certs/client.key"] = (Path(spec.key_file), 0o600)
+    for i, k in enumerate(spec.trusted_keys):
+        files[f"keys/{_key_name(i, k)}"] = (Path(k), 0o644)
+    if spec.password_file:
+        files["secrets/broker-password"] = (Path(spec.password_file).read_bytes().strip() + b"\n", 0o600)
+    return files
+
+
+def _write_tar(out: Path, files: _Files) -> None:
+    """The archive, written next to ``out`` and renamed into place (a failure leaves nothing half-written)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(out.name + ".tmp")
+    with tarfile.open(tmp_out, "w:gz") as tar:
+        for name, (src, mode) in sorted(files.items()):
+            data = src.read_bytes() if isinstance(src, Path) else src
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = mode
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    tmp_out.replace(out)
 
 
 def _key_name(i: int, path: Path) -> str:

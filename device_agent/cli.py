@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 from device_agent import __version__
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "example-config":
-            from device_agent.config import example_toml
+            from device_agent.config.render import example_toml
 
             sys.stdout.write(example_toml())
             return 0
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
-        from device_agent.errors import AgentError
-        from device_agent.manifest import ManifestError
+        from device_agent.contract.errors import AgentError
+        from device_agent.contract.manifest import ManifestError
 
         if args.debug or not isinstance(e, (AgentError, ManifestError)):
             raise
@@ -63,16 +64,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(path: str, as_json: bool) -> int:
-    from device_agent.agent import Agent
-    from device_agent.config import load_config
+    from device_agent.config.read import load_config
+    from device_agent.daemon import Daemon
 
     cfg = load_config(path)
-    agent = Agent.from_config(cfg)
+    daemon = Daemon.from_config(cfg)
+    agent = daemon.agent
     try:
-        info = {"config": str(path), "device": cfg.device.id, "model": agent.model.summary(), "selftest": agent.model.selftest.to_dict(),
+        info: dict[str, Any] = {"config": str(path), "device": cfg.device.id, "model": agent.model.summary(), "selftest": agent.model.selftest.to_dict(),
                 "ready": agent.ready, "broker": cfg.broker.url or None}
     finally:
-        agent.stop()
+        daemon.stop()
     if as_json:
         print(json.dumps(info, indent=2))
     else:
@@ -84,15 +86,15 @@ def _check(path: str, as_json: bool) -> int:
 
 
 def _run(path: str) -> int:
-    from device_agent.agent import Agent
-    from device_agent.config import load_config
+    from device_agent.config.read import load_config
+    from device_agent.daemon import Daemon
 
     t0 = time.perf_counter()
     cfg = load_config(path)
     logging.basicConfig(level=getattr(logging, cfg.log.level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("edgekit.agent")
-    agent = Agent.from_config(cfg)
+    daemon = Daemon.from_config(cfg)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -101,16 +103,17 @@ def _run(path: str) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    agent.start()
+    daemon.start()
+    agent = daemon.agent
     m = agent.model
-    where = agent.server.url if agent.server else "no HTTP API"
+    where = daemon.server.url if daemon.server else "no HTTP API"
     log.info("serving %s %s (%s via %s) on %s; %s in %.2f s", m.name, m.version, m.file.name, m.backend.runtime, where,
              "ready" if agent.ready else f"NOT READY: {agent.not_ready_reason}", time.perf_counter() - t0)
     try:
         while not stop.wait(1.0):
             pass
     finally:
-        agent.stop()
+        daemon.stop()
         log.info("stopped")
     return 0
 

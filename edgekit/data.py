@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from device_agent.manifest import TensorSpec, file_sha256
+from device_agent.contract.manifest import TensorSpec, file_sha256
 from edgekit.errors import DataError
 
 __all__ = ["Dataset", "ImageSpec", "generate", "load_data"]

@@ -73,4 +73,4 @@ class MissingExtraError(EdgekitError):
 
 
 class FleetError(EdgekitError):
-    """Signing, deployment, the broker connection and fleet operations (not the device's ``device_agent.errors.OtaError``)."""
+    """Signing, deployment, the broker connection and fleet operations (not the device's ``device_agent.contract.errors.OtaError``)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device_agent.manifest import TensorSpec
+from device_agent.contract.manifest import TensorSpec
 from device_agent.runtime import Backend
 from edgekit.data import Dataset
 

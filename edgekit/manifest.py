@@ -1,4 +1,4 @@
-"""Writing the manifest (``edgekit.json``). Reading and the schema live in ``device_agent.manifest``."""
+"""Writing the manifest (``edgekit.json``). Reading and the schema live in ``device_agent.contract.manifest``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from device_agent.manifest import SCHEMA, SCHEMA_VERSION, TensorSpec, file_sha256
+from device_agent.contract.manifest import SCHEMA, SCHEMA_VERSION, TensorSpec, file_sha256
 from edgekit.data import Dataset
 from edgekit.evaluate import Latency
 from edgekit.profile import selftest_vectors, tolerance
@@ -53,7 +53,7 @@ def build_manifest(
     threads: int,
     origin: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest document of a run (validated by ``device_agent.manifest.Manifest.from_dict`` before it is written)."""
+    """The manifest document of a run (validated by ``device_agent.contract.manifest.Manifest.from_dict`` before it is written)."""
     src_size = src.stat().st_size
     precision = {r.file: r.exported.precision for r in artifacts}
     tolerances = {art: tolerance(precision[art], outs) for art, outs in expected.items()}

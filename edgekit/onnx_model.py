@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from device_agent.manifest import TensorSpec
+from device_agent.contract.manifest import TensorSpec
 from edgekit.errors import InputError
 
 __all__ = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from device_agent.manifest import FeatureProfile, TensorSpec, encode_tensor
+from device_agent.contract.manifest import FeatureProfile, TensorSpec, encode_tensor
 from edgekit.data import Dataset
 
 __all__ = ["MAX_FEATURES", "drift_profile", "feature_axis", "selftest_vectors"]

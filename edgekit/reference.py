@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from device_agent.manifest import TensorSpec
+from device_agent.contract.manifest import TensorSpec
 from edgekit.data import Dataset
 from edgekit.evaluate import Quality, compare, parity
 

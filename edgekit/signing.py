@@ -7,7 +7,7 @@
 Before signing, every artifact is checked against the manifest: a signature must never vouch for
 files that already differ from what the manifest says.
 
-The signature format and the verification live in :mod:`device_agent.verify` (the devices run it).
+The signature format and the verification live in :mod:`device_agent.ota.verify` (the devices run it).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device_agent.errors import OtaError as _DeviceOtaError
-from device_agent.manifest import MANIFEST_NAME, SIGNATURE_NAME, ManifestError, load_manifest
-from device_agent.verify import Signature, key_id, load_trusted_keys, verify_manifest
+from device_agent.contract.errors import OtaError as _DeviceOtaError
+from device_agent.contract.manifest import MANIFEST_NAME, SIGNATURE_NAME, ManifestError, load_manifest
+from device_agent.ota.verify import Signature, key_id, load_trusted_keys, verify_manifest
 from edgekit.errors import FleetError, InputError
 
 __all__ = ["KeyPair", "generate_keys", "load_private_key", "sign_dir", "verify_dir"]

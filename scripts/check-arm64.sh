@@ -151,7 +151,7 @@ EDGEKIT=(-c "import sys; from edgekit.cli.main import main; main(sys.argv[1:])")
 CHECK='
 import sys
 import numpy as np
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from device_agent.runtime import open_backend
 x = np.load(sys.argv[2])["x"][:16]
 out = {}

@@ -65,7 +65,7 @@ def bundle(**options: Any) -> None:
       # on the device:  tar xzf pi-07.tar.gz && sudo ./install.sh
     """
     from device_agent.bundle import BundleSpec, build_bundle
-    from device_agent.errors import AgentError
+    from device_agent.contract.errors import AgentError
     from edgekit.errors import InputError
 
     o = options

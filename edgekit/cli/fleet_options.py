@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
-    from device_agent.manifest import Manifest
+    from device_agent.contract.manifest import Manifest
     from edgekit.fleet.mqtt import BrokerAddress
     from edgekit.fleet.rollout import Gate, RolloutPolicy
     from edgekit.monitor.drift import DriftThresholds
@@ -238,7 +238,7 @@ class GateOptions:
 
     def baseline_manifest(self) -> Manifest | None:
         """The manifest of ``--baseline DIR`` (None: compare with what the devices serve)."""
-        from device_agent.manifest import load_manifest
+        from device_agent.contract.manifest import load_manifest
 
         return load_manifest(self.baseline) if self.baseline else None
 

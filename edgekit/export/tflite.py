@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from device_agent.manifest import TensorSpec
+from device_agent.contract.manifest import TensorSpec
 from edgekit.choices import Format, Precision
 from edgekit.errors import ExportError
 from edgekit.export.base import ExportSource, exporter

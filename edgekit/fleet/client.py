@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from device_agent.protocol import (
+from device_agent.contract.protocol import (
     DEFAULT_PREFIX,
     Command,
     DeviceStatus,

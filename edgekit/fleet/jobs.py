@@ -1,7 +1,7 @@
 """Building update jobs from an output directory: the job document, its chunks, signed commands.
 
-The device parses what this writes with :func:`device_agent.job.parse_job`; both sides compute
-the chunk plan with :func:`device_agent.job.chunk_plan`.
+The device parses what this writes with :func:`device_agent.ota.job.parse_job`; both sides compute
+the chunk plan with :func:`device_agent.ota.job.chunk_plan`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device_agent.delivery import encode_chunk
-from device_agent.job import JOB_SCHEMA, JOB_VERSION, ArtifactRef, chunk_plan
-from device_agent.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, ManifestError, load_manifest
-from device_agent.protocol import Command, CommandKind
-from device_agent.verify import sign_command
+from device_agent.contract.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, ManifestError, load_manifest
+from device_agent.contract.protocol import Command, CommandKind
+from device_agent.ota.delivery import encode_chunk
+from device_agent.ota.job import JOB_SCHEMA, JOB_VERSION, ArtifactRef, chunk_plan
+from device_agent.ota.verify import sign_command
 from edgekit.errors import InputError
 
 __all__ = ["Release", "new_job_id", "signed_command"]
@@ -58,7 +58,7 @@ class Release:
 
     def job_params(self, *, method: str = "mqtt", chunk_size: int = 64 * 1024, base_url: str | None = None,
                    probation: dict[str, Any] | None = None, allow_incompatible: bool = False, timeout_s: float = 900.0) -> dict[str, Any]:
-        """The deploy command's params (see :mod:`device_agent.job`)."""
+        """The deploy command's params (see :mod:`device_agent.ota.job`)."""
         arts = []
         for a in self.artifacts:
             entry: dict[str, Any] = {"file": a.file, "size": a.size, "sha256": a.sha256}

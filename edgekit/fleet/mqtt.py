@@ -9,8 +9,8 @@ username/password), and one error says a broker cannot be reached.
 A session subscribes to its topic filters with one SUBSCRIBE on every (re)connect and counts as
 *ready* once the broker acknowledged all of them; callers wait for that with a bounded timeout,
 which ends early when the broker refuses the connection or a subscription (:attr:`BrokerSession.refusal`).
-The device's own adapter is :class:`device_agent.mqtt.MqttLink` (outbox, backoff, Last Will per
-device); the two share the protocol (:mod:`device_agent.protocol`), not code.
+The device's own adapter is :class:`device_agent.link.mqtt.MqttLink` (outbox, backoff, Last Will per
+device); the two share the protocol (:mod:`device_agent.contract.protocol`), not code.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from device_agent.protocol import QOS
+from device_agent.contract.protocol import QOS
 from edgekit.errors import FleetError, InputError
 
 if TYPE_CHECKING:

@@ -45,7 +45,7 @@ class ImportedModel:
         """For the manifest's ``source.origin``: the model the compressed ONNX was exported from (None: it is the input)."""
         if not self.converted:
             return None
-        from device_agent.manifest import file_sha256
+        from device_agent.contract.manifest import file_sha256
 
         p = Path(self.origin)
         d: dict = {"kind": self.kind, "file": p.name if p.exists() else self.origin}

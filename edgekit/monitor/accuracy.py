@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from device_agent.protocol import TelemetryMessage
+from device_agent.contract.protocol import TelemetryMessage
 from edgekit.monitor.config import MonitorConfig
 from edgekit.monitor.drift import Level
 from edgekit.monitor.stats import wilson_bounds

@@ -41,8 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from device_agent.manifest import load_manifest
-from device_agent.protocol import DEFAULT_PREFIX, Topics, shared, valid_id
+from device_agent.contract.manifest import load_manifest
+from device_agent.contract.protocol import DEFAULT_PREFIX, Topics, shared, valid_id
 from edgekit.errors import InputError
 from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
 from edgekit.monitor.config import MonitorConfig
@@ -91,7 +91,7 @@ class Collector:
         self._own_store = isinstance(store, (str, Path))
         trusted = None
         if trusted_keys:
-            from device_agent.verify import load_trusted_keys
+            from device_agent.ota.verify import load_trusted_keys
 
             trusted = load_trusted_keys(trusted_keys)
         self.monitor = Monitor(self.store, config, collector=self.id, trusted=trusted)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from device_agent.protocol import TelemetryMessage
+from device_agent.contract.protocol import TelemetryMessage
 from edgekit.monitor.accuracy import accuracy_counts, accuracy_report, judge_accuracy
 from edgekit.monitor.config import MonitorConfig
 from edgekit.monitor.drift import DriftReport, evaluate, min_samples_for, worst

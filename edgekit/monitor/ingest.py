@@ -14,11 +14,11 @@ import binascii
 import json
 import logging
 
-from device_agent.errors import OtaError as DeviceOtaError
-from device_agent.errors import ProtocolError
-from device_agent.manifest import Manifest, ManifestError
-from device_agent.protocol import Command, CommandKind, Message, StateMessage, TelemetryMessage, decode
-from device_agent.verify import TrustedKeys, verify_manifest
+from device_agent.contract.errors import OtaError as DeviceOtaError
+from device_agent.contract.errors import ProtocolError
+from device_agent.contract.manifest import Manifest, ManifestError
+from device_agent.contract.protocol import Command, CommandKind, Message, StateMessage, TelemetryMessage, decode
+from device_agent.ota.verify import TrustedKeys, verify_manifest
 from edgekit.monitor.store import Reference, TelemetrySink
 
 __all__ = ["Ingest"]

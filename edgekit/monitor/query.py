@@ -27,8 +27,8 @@ import time
 import uuid
 from typing import Any
 
-from device_agent.manifest import FeatureProfile
-from device_agent.protocol import DEFAULT_PREFIX, Topics
+from device_agent.contract.manifest import FeatureProfile
+from device_agent.contract.protocol import DEFAULT_PREFIX, Topics
 from edgekit.errors import FleetError
 from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
 from edgekit.monitor.drift import DriftReport, DriftThresholds

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from device_agent.manifest import TensorSpec
+from device_agent.contract.manifest import TensorSpec
 from edgekit.data import Dataset
 from edgekit.export.compact import restore_names
 

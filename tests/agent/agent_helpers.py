@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from device_agent.manifest import SCHEMA, SCHEMA_VERSION, TensorSpec, encode_tensor, file_sha256
+from device_agent.contract.manifest import SCHEMA, SCHEMA_VERSION, TensorSpec, encode_tensor, file_sha256
 from tests.conftest import wait_until  # noqa: F401 - re-exported for the agent tests
 
 

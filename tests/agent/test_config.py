@@ -4,7 +4,7 @@ import pytest
 import tomllib
 
 from device_agent.config import load_config, parse_config, render_toml
-from device_agent.errors import ConfigError
+from device_agent.contract.errors import ConfigError
 
 
 def write(tmp_path, text):

@@ -6,8 +6,8 @@ import socket
 import numpy as np
 import pytest
 
-from device_agent.agent import Agent
-from device_agent.server import serve
+from device_agent.serve.agent import Agent
+from device_agent.serve.server import serve
 
 
 @pytest.fixture
@@ -197,7 +197,7 @@ def test_openapi_matches_real_responses(api, samples):
     agent, server = api
     _, doc, _ = request(server, "GET", "/openapi.json")
     assert doc["openapi"].startswith("3.1")
-    from device_agent.server import ROUTES
+    from device_agent.serve.server import ROUTES
 
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     assert documented == ROUTES
@@ -281,7 +281,7 @@ def test_concurrent_clients_get_their_own_answers(api, samples):
 
 
 def test_json_tensors_round_trip_exactly():
-    from device_agent.agent import Prediction, tensor_json
+    from device_agent.serve.agent import Prediction, tensor_json
 
     rng = np.random.default_rng(0)
     for a in (rng.standard_normal((2, 3, 4)).astype(np.float32), rng.standard_normal(5), np.arange(6, dtype=np.int64).reshape(3, 2),
@@ -297,8 +297,8 @@ def test_json_tensors_round_trip_exactly():
 
 
 def test_npy_bodies_are_parsed_without_copies_and_checked(api, samples):
-    from device_agent.errors import InvalidInput
-    from device_agent.server import _load_npy
+    from device_agent.contract.errors import InvalidInput
+    from device_agent.serve.bodies import load_npy as _load_npy
 
     for a in (samples[:2], np.asfortranarray(samples[0, 0]), np.arange(5, dtype=np.int64)):
         buf = io.BytesIO()
@@ -317,8 +317,8 @@ def test_npy_bodies_are_parsed_without_copies_and_checked(api, samples):
 
 @pytest.mark.parametrize("accelerated", [True, False], ids=["orjson", "stdlib"])
 def test_json_answers_round_trip_float32_with_and_without_orjson(monkeypatch, accelerated):
-    import device_agent.agent as agent_module
-    from device_agent.agent import Prediction
+    import device_agent.serve.prediction as agent_module
+    from device_agent.serve.agent import Prediction
 
     if accelerated and agent_module._orjson is None:
         pytest.skip("orjson is not installed")

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from edgekit.cli.main import cli
 from edgekit.onnx_model import weight_stats
 from tests.conftest import build_mlp

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from device_agent.manifest import ManifestError, TensorSpec, decode_tensor, encode_tensor, load_manifest, version_key
+from device_agent.contract.manifest import ManifestError, TensorSpec, decode_tensor, encode_tensor, load_manifest, version_key
 from edgekit.data import ImageSpec, generate, load_data
 from edgekit.errors import DataError
 from edgekit.profile import drift_profile

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from edgekit.compress import CompressOptions, compress
 from edgekit.onnx_rewrites import space_to_depth_stem
 from edgekit.pipeline import StepSpec

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from device_agent.job import ProbationPolicy
 from device_agent.ota import OtaSettings
+from device_agent.ota.job import ProbationPolicy
 from tests.fleet.sim import SimDevice, Traffic
 from tests.ota.conftest import keys, releases, trusted  # noqa: F401 - shared fixtures
 

@@ -1,7 +1,7 @@
 """Lightweight simulated devices for fleet tests and benchmarks/ota.py.
 
-Each :class:`SimDevice` is the real update path — :class:`device_agent.updater.Updater`, a
-:class:`device_agent.store.ModelStore`, signature and sha256 checks, chunk assembly, probation —
+Each :class:`SimDevice` is the real update path — :class:`device_agent.ota.updater.Updater`, a
+:class:`device_agent.ota.store.ModelStore`, signature and sha256 checks, chunk assembly, probation —
 on its own paho client (retained birth state, Last Will, QoS 1, retained job updates), without
 the HTTP server or telemetry. What is shared to keep hundreds of them in one process: the ONNX
 Runtime session of each distinct artifact (sessions are thread-safe for ``run``), and one traffic
@@ -20,14 +20,14 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device_agent import __version__
-from device_agent.errors import AgentError
-from device_agent.manifest import load_manifest
-from device_agent.model import load_model
+from device_agent.contract.errors import AgentError
+from device_agent.contract.manifest import load_manifest
+from device_agent.contract.protocol import QOS, Command, DeviceStatus, JobUpdate, StateMessage, Topics, decode, encode
 from device_agent.ota import JobReport, OtaSettings, ServingModel
-from device_agent.protocol import QOS, Command, DeviceStatus, JobUpdate, StateMessage, Topics, decode, encode
-from device_agent.store import ModelStore
-from device_agent.updater import Updater
-from device_agent.verify import TrustedKeys
+from device_agent.ota.store import ModelStore
+from device_agent.ota.updater import Updater
+from device_agent.ota.verify import TrustedKeys
+from device_agent.runtime.model import load_model
 
 _CACHE: dict[str, object] = {}
 _CACHE_LOCK = threading.Lock()

@@ -92,7 +92,7 @@ def test_compress_sign_deploy_cancel_end_to_end(tmp_path, mosquitto):
     import numpy as np
     import onnx
 
-    from device_agent.verify import load_trusted_keys
+    from device_agent.ota.verify import load_trusted_keys
     from tests.conftest import build_mlp
     from tests.fleet.conftest import SIM_SETTINGS
     from tests.fleet.sim import SimDevice, Traffic

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from edgekit.errors import FleetError, InputError
 from edgekit.fleet.client import FleetClient
 from edgekit.fleet.jobs import Release

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from device_agent.runtime import OrtBackend
 from edgekit.cli.main import cli
 from edgekit.errors import InputError

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from device_agent.protocol import Command, CommandKind, Topics, encode
+from device_agent.contract.protocol import Command, CommandKind, Topics, encode
 from edgekit.cli.fleet_monitor import drift, watch
 from edgekit.monitor.collector import Collector
 from edgekit.monitor.store import SqliteStore
@@ -128,17 +128,17 @@ def test_a_live_agent_over_mqtt_to_an_alert(mosquitto, mqtt_collector, collector
     alerts_seen = mqtt_collector(mosquitto, [Topics.fleet_alerts()])
     c = collectors(store=tmp_path / "fleet.sqlite")
     dev = make_device(model_dir, device="pi-07", broker=mosquitto.url, interval_s=3600)
-    dev.agent.start()
+    dev.daemon.start()
     try:
         dev.predict(reference_inputs(WINDOW, rng))
-        dev.agent.publish_telemetry()
+        dev.daemon.publish_telemetry()
         x = reference_inputs(WINDOW, rng)
         x[:, 4] += 1.2 * STDS[4]
         dev.predict(x)
-        dev.agent.publish_telemetry()
+        dev.daemon.publish_telemetry()
         got = alerts_seen.wait_for(lambda m: m.payloads("/fleet/alerts/device/pi-07"), 20, what="the drift alert")
     finally:
-        dev.agent.stop()
+        dev.daemon.stop()
     assert [f["name"] for f in got[0]["features"]] == ["x[4]"] and got[0]["group"] in (None, "cameras")  # None: no state seen yet
     wait_until(lambda: c.store.device("pi-07") is not None and c.store.device("pi-07").group == "cameras", 10, what="the device state")
     # the database serves fleet drift --db and the status column

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from device_agent.manifest import FeatureProfile
-from device_agent.protocol import FeatureWindow
+from device_agent.contract.manifest import FeatureProfile
+from device_agent.contract.protocol import FeatureWindow
 from edgekit.monitor.drift import DriftThresholds, Level, evaluate, feature_drift, min_samples_for
 from edgekit.monitor.stats import chi2_quantile, ks_statistic, psi
 from edgekit.monitor.windows import FeatureSummary, WindowSet
@@ -131,7 +131,7 @@ def test_merging_windows_equals_one_big_window():
 
 
 def test_report_names_the_features_that_moved_most_first():
-    from device_agent.protocol import TelemetryMessage
+    from device_agent.contract.protocol import TelemetryMessage
 
     rng = np.random.default_rng(5)
     refs = [profile(rng.normal(size=4000), name=f"x[{i}]") for i in range(4)]

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from device_agent.feedback import FeedbackLog
-from device_agent.protocol import TelemetryMessage, decode
+from device_agent.contract.protocol import TelemetryMessage, decode
+from device_agent.telemetry.feedback import FeedbackLog
 
 
 class Clock:
@@ -119,8 +119,8 @@ def test_the_agent_reports_feedback_in_telemetry(model_dir, make_device, rng):
 
 @pytest.fixture
 def api(model_dir):
-    from device_agent.agent import Agent
-    from device_agent.server import serve
+    from device_agent.serve.agent import Agent
+    from device_agent.serve.server import serve
 
     agent = Agent.open(model_dir)
     server = serve(agent, "127.0.0.1", 0)

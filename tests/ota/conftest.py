@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from device_agent.job import ProbationPolicy
 from device_agent.ota import OtaSettings
-from device_agent.verify import load_trusted_keys
+from device_agent.ota.job import ProbationPolicy
+from device_agent.ota.verify import load_trusted_keys
 from edgekit.signing import generate_keys, sign_dir
 from tests.ota.harness import Device
 from tests.ota.models import make_model_dir, mlp, nan_mlp, slow_mlp, wide_mlp

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from device_agent.job import ProbationPolicy
+from device_agent.contract.protocol import Command, CommandKind
 from device_agent.ota import OtaSettings, OtaState
-from device_agent.protocol import Command, CommandKind
-from device_agent.verify import load_trusted_keys
+from device_agent.ota.job import ProbationPolicy
+from device_agent.ota.verify import load_trusted_keys
 from edgekit.fleet.jobs import Release
 from tests.ota.harness import Device, FakeBroker
 

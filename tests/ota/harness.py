@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from device_agent.errors import AgentError
-from device_agent.model import load_model
+from device_agent.contract.errors import AgentError
+from device_agent.contract.protocol import Command, CommandKind, JobState
 from device_agent.ota import FINAL, JobReport, OtaSettings, OtaState, ServingModel
-from device_agent.protocol import Command, CommandKind, JobState
-from device_agent.store import ModelStore
-from device_agent.updater import Updater
-from device_agent.verify import TrustedKeys
+from device_agent.ota.store import ModelStore
+from device_agent.ota.updater import Updater
+from device_agent.ota.verify import TrustedKeys
+from device_agent.runtime.model import load_model
 from edgekit.fleet.jobs import Release, signed_command
 
 FINAL_JOB = (JobState.SUCCEEDED, JobState.FAILED, JobState.REJECTED, JobState.TIMED_OUT, JobState.CANCELED)

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from device_agent.manifest import encode_tensor
+from device_agent.contract.manifest import encode_tensor
 from tests.conftest import build_mlp
 
 __all__ = ["inputs", "make_model_dir", "mlp", "nan_mlp", "slow_mlp", "wide_mlp"]

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from device_agent.job import ProbationPolicy
+from device_agent.contract.protocol import JobState
 from device_agent.ota import OtaSettings, OtaState
-from device_agent.protocol import JobState
+from device_agent.ota.job import ProbationPolicy
 from tests.ota.harness import Device, wait_until
 from tests.ota.test_updates import serves
 
@@ -26,7 +26,7 @@ def test_repeated_crashes_on_probation_roll_back_across_restarts(tmp_path, relea
 
     again = Device(root, None, trusted=trusted, settings=LONG)  # 1st crash counted: still on probation
     assert again.updater.state == OtaState.PROBATION and again.version == "1.1.0"
-    assert again.updater._rec["crashes"] == 1
+    assert again.updater.record.crashes == 1
     again.crash()
 
     last = Device(root, None, trusted=trusted, settings=LONG)  # 2nd crash: rolled back before 1.1.0 is even loaded
@@ -48,7 +48,7 @@ def test_clean_restart_on_probation_is_not_a_crash(tmp_path, releases, trusted):
     dev.stop()
     again = Device(root, None, trusted=trusted, settings=LONG)
     try:
-        assert again.updater._rec["crashes"] == 0 and again.version == "1.1.0"
+        assert again.updater.record.crashes == 0 and again.version == "1.1.0"
     finally:
         again.stop()
 

@@ -7,13 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from device_agent.job import ProbationPolicy
+from device_agent.contract.protocol import CommandKind, JobState
 from device_agent.ota import ACTIVE, FINAL, TRANSITIONS, Event, OtaState, job_state
-from device_agent.probation import Probation, Shadow
-from device_agent.protocol import JobState
-from device_agent.store import ModelStore
-from device_agent.updater import Updater
-from device_agent.verify import TrustedKeys
+from device_agent.ota.job import ProbationPolicy
+from device_agent.ota.probation import Probation, Shadow
+from device_agent.ota.record import QueuedJob
+from device_agent.ota.states import ACTIONS
+from device_agent.ota.store import ModelStore
+from device_agent.ota.updater import Updater
+from device_agent.ota.verify import TrustedKeys
 from tests.ota.harness import wait_until
 
 S = OtaState
@@ -23,9 +25,8 @@ def updater(tmp_path) -> Updater:
     return Updater(ModelStore(tmp_path / "m"), tmp_path / "ota.json", trusted=TrustedKeys({}), loader=lambda p: None)
 
 
-def test_every_state_has_an_action_and_is_reachable(tmp_path):
-    u = updater(tmp_path)
-    assert set(u._actions) == set(OtaState)
+def test_every_state_has_an_action_and_is_reachable():
+    assert set(ACTIONS) == set(OtaState) and all(a.state == s for s, a in ACTIONS.items())
     targets = {dst for dst in TRANSITIONS.values()}
     assert targets | {S.IDLE} == set(OtaState)
 
@@ -58,12 +59,12 @@ def test_job_states(state, reason, kind, want):
 
 def test_state_is_on_disk_before_the_move_returns(tmp_path):
     u = updater(tmp_path)
-    u._rec["job"] = {"id": "j1", "kind": "deploy", "params": {}}
-    assert u._move(Event.START, detail="x") == S.DOWNLOADING
+    u.runner.record = u.record.changed(job=QueuedJob("j1", CommandKind.DEPLOY, 1.0, "dev", {}))
+    assert u.runner.move(Event.START, detail="x") == S.DOWNLOADING
     assert json.loads((tmp_path / "ota.json").read_text())["state"] == "DOWNLOADING"
     assert not (tmp_path / "ota.json.tmp").exists()
     with pytest.raises(RuntimeError, match="no transition from DOWNLOADING on pass"):
-        u._move(Event.PASS)
+        u.runner.move(Event.PASS)
     assert json.loads((tmp_path / "ota.json").read_text())["state"] == "DOWNLOADING"  # a refused move changes nothing
 
 

@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from device_agent.delivery import decode_chunk, encode_chunk
-from device_agent.job import Limits, ProbationPolicy
+from device_agent.contract.protocol import CommandKind, JobState
 from device_agent.ota import OtaSettings, OtaState
-from device_agent.protocol import CommandKind, JobState
-from device_agent.verify import load_trusted_keys
+from device_agent.ota.delivery import decode_chunk, encode_chunk
+from device_agent.ota.job import Limits, ProbationPolicy
+from device_agent.ota.verify import load_trusted_keys
 from edgekit.fleet.jobs import Release
 from edgekit.signing import load_private_key
 from tests.ota.harness import wait_until

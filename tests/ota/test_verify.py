@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from device_agent.errors import OtaError
-from device_agent.manifest import TensorSpec
-from device_agent.verify import (
+from device_agent.contract.errors import OtaError
+from device_agent.contract.manifest import TensorSpec
+from device_agent.ota.verify import (
     check_compatible,
     check_file,
     check_version,

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from edgekit.cli.main import cli
 from edgekit.compress import CompressOptions, compress_with_recipe
 from edgekit.errors import GateError, RecipeError

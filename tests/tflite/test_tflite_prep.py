@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from edgekit.compress import CompressOptions, compress
 from edgekit.pipeline import StepSpec
 from tests.compress.test_onnx_rewrites import conv_model

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from device_agent.manifest import FeatureProfile, Manifest
-from device_agent.protocol import StateMessage, TelemetryMessage
+from device_agent.contract.manifest import FeatureProfile, Manifest
+from device_agent.contract.protocol import StateMessage, TelemetryMessage
 
 __all__ = [
     "ACCURACY",

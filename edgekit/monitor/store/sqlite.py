@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from device_agent.manifest import FeatureProfile
-from device_agent.protocol import StateMessage, TelemetryMessage, decode
+from device_agent.contract.manifest import FeatureProfile
+from device_agent.contract.protocol import StateMessage, TelemetryMessage, decode
 from edgekit.errors import InputError
 from edgekit.monitor.store.base import UNKNOWN, Alert, DeviceRecord, DriftState, Reference
 

@@ -1,0 +1,118 @@
+"""Reading prediction request bodies: JSON, raw ``.npy`` and ``.npz``, and the options they carry.
+
+Every problem is an :class:`~device_agent.contract.errors.InvalidInput` whose message names the
+value and the fix; nothing here reaches the runtime.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Mapping
+from typing import TypedDict
+
+import numpy as np
+
+from device_agent.contract.errors import InvalidInput
+from device_agent.contract.types import Array
+from device_agent.serve.predictor import Predictor
+
+__all__ = ["NPY", "NPZ", "REQUEST_ID", "PredictOptions", "int_option", "load_npy", "parse_predict"]
+
+NPY = "application/x-npy"
+NPZ = "application/x-npz"
+#: a request id a caller may choose: it is echoed in the X-Request-Id header and telemetry
+REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+class PredictOptions(TypedDict, total=False):
+    top_k: int
+    request_id: str
+
+
+def parse_predict(body: bytes, ctype: str, query: Mapping[str, list[str]], predictor: Predictor) -> tuple[Mapping[str, object], PredictOptions]:
+    """The inputs and options of a ``POST /v1/predict`` body of content type ``ctype`` (lower case, no parameters).
+
+    A raw .npy body is the model's only input, or ``?input=NAME``; errors describe the signature.
+    """
+    options: PredictOptions = {}
+    if "top_k" in query:
+        options["top_k"] = int_option(query["top_k"][0], "top_k")
+    if ctype == "application/x-www-form-urlencoded" and body[:1] == b"{":
+        ctype = "application/json"  # `curl -d '{...}'` without -H content-type: it is JSON all the same
+    if ctype == "application/json":
+        return _json_inputs(body, options, predictor)
+    if ctype in (NPY, "application/octet-stream"):
+        name = query.get("input", [None])[0]
+        if name is None:
+            input_names = [s.name for s in predictor.model.inputs]
+            if len(input_names) != 1:
+                raise InvalidInput(f"a raw .npy body carries one input; this model has {len(input_names)} ({', '.join(input_names)}): "
+                                   "add ?input=NAME or send application/x-npz", kind="malformed")
+            name = input_names[0]
+        return {name: load_npy(body)}, options
+    if ctype in (NPZ, "application/zip"):
+        try:
+            with np.load(io.BytesIO(body), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}, options
+        except Exception as e:  # numpy raises ValueError, OSError, zipfile errors, ...
+            raise InvalidInput(f"the body is not a readable .npz archive: {e}", kind="malformed") from None
+    raise InvalidInput(f"Content-Type {ctype!r} is not supported; use application/json, {NPY} or {NPZ}", kind="content_type")
+
+
+def _json_inputs(body: bytes, options: PredictOptions, predictor: Predictor) -> tuple[Mapping[str, object], PredictOptions]:
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidInput(f"the body is not valid JSON: {e}", kind="malformed", expected="JSON", given="invalid JSON") from None
+    if not isinstance(doc, dict) or "inputs" not in doc:
+        raise InvalidInput(
+            'the JSON body must be an object with "inputs": {"<input name>": [...]}; the model takes: ' + predictor.signature_text(),
+            kind="malformed", expected='{"inputs": {...}}', given=type(doc).__name__ if not isinstance(doc, dict) else "no 'inputs' key",
+        )
+    unknown = set(doc) - {"inputs", "top_k", "request_id"}
+    if unknown:
+        raise InvalidInput(f"unknown key(s) in the body: {', '.join(sorted(unknown))}; allowed: inputs, top_k, request_id",
+                           kind="malformed", given=", ".join(sorted(unknown)))
+    if "top_k" in doc:
+        options["top_k"] = int_option(doc["top_k"], "top_k")
+    if "request_id" in doc:
+        if not isinstance(doc["request_id"], str) or not REQUEST_ID.fullmatch(doc["request_id"]):
+            raise InvalidInput("request_id must be 1 to 128 visible ASCII characters (no spaces or control characters)",
+                               kind="malformed")
+        options["request_id"] = doc["request_id"]
+    inputs: Mapping[str, object] = doc["inputs"]  # not checked here: the validator says what is wrong with it
+    return inputs, options
+
+
+def int_option(value: object, name: str) -> int:
+    """A request option that must be an integer from 0 to 1000 (``top_k``), from JSON or the query string."""
+    try:
+        v: int = int(value)  # type: ignore[call-overload]  # str, int and float convert; anything else raises TypeError
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()) or v < 0 or v > 1000:
+            raise ValueError
+        return v
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{name} must be an integer between 0 and 1000, got {value!r}", kind="malformed") from None
+
+
+def load_npy(body: bytes) -> Array:
+    """A .npy body as an array over the request's own bytes (no copy: read-only, which is all the
+    validator and the runtime need). Object arrays (pickles) are refused."""
+    try:
+        f = io.BytesIO(body)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        if dtype.hasobject:
+            raise ValueError("object arrays are not accepted")
+        count = int(np.prod(shape, dtype=np.int64))
+        if len(body) - f.tell() != count * dtype.itemsize:
+            raise ValueError(f"{len(body) - f.tell()} data bytes for shape {list(shape)} {dtype}")
+        a = np.frombuffer(body, dtype=dtype, count=count, offset=f.tell())
+        return a.reshape(shape, order="F" if fortran else "C")
+    except Exception as e:
+        raise InvalidInput(f"the body is not a readable .npy array: {e}", kind="malformed") from None
