@@ -28,12 +28,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgekit.preprocess import PREFIX
 from edgekit.preprocess.resample import pass_table
 from edgekit.preprocess.spec import ImageSpec
 
 __all__ = ["PREFIX", "PreGraph", "build"]
-
-PREFIX = "edgekit_pre/"
 
 
 class PreGraph:

@@ -83,7 +83,7 @@ def test_image_folder_nhwc_model_and_bad_spec(tmp_path):
     assert ds.inputs["image"].shape == (2, 16, 16, 3)
     bad = tmp_path / "bad.yaml"
     bad.write_text("scale: 1\ncolour: rgb\n")
-    with pytest.raises(DataError, match=r"unknown preprocessing key\(s\) colour; allowed: channels, layout, mean, scale, size, std"):
+    with pytest.raises(DataError, match=r"unknown preprocessing key\(s\) colour; allowed: bake, center_crop, channels, interpolation, layout, mean, raw_size, resize_short, scale, size, std"):
         ImageSpec.from_file(bad)
     with pytest.raises(DataError, match="an image folder feeds a model with one 4-D image input"):
         load_data(tmp_path / "imgs", VEC)
