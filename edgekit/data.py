@@ -15,11 +15,12 @@ import numpy as np
 
 from device_agent.contract.manifest import TensorSpec, file_sha256
 from edgekit.errors import DataError
+from edgekit.preprocess.pillow import IMAGE_SUFFIXES
 from edgekit.preprocess.spec import ImageSpec
+from edgekit.tabular.table import TABLE_SUFFIXES
 
 __all__ = ["Dataset", "ImageSpec", "generate", "load_data"]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 LABEL_KEYS = ("labels", "label", "y")
 
 
@@ -72,19 +73,30 @@ def load_data(
     image_spec: ImageSpec | None = None,
     data_layout: str | None = None,
     description: str | None = None,
+    label: str | None = None,
+    classes: list[str] | None = None,
 ) -> Dataset:
-    """Read a data file or image folder and check it against the model's inputs."""
+    """Read a data file, image folder or table and check it against the model's inputs.
+
+    ``label`` names a table's column of true labels, mapped to ``classes`` (the model's, in the order of its scores).
+    """
     p = Path(path)
     if not p.exists():
         raise DataError(f"data not found: {p}")
-    if p.is_dir():
+    if label is not None and p.suffix.lower() not in TABLE_SUFFIXES:
+        raise DataError(f"--label {label!r} names a table column; {p.name} is not a table (.csv, .parquet). "
+                        "In a .npz the labels are the 'labels' array; in an image folder, the class sub-folders")
+    if p.suffix.lower() in TABLE_SUFFIXES:
+        ds = _load_table(p, inputs, label, classes)
+    elif p.is_dir():
         ds = _load_images(p, inputs, image_spec or ImageSpec())
     elif p.suffix == ".npz":
         ds = _load_npz(p, inputs)
     elif p.suffix == ".npy":
         ds = _load_npy(p, inputs)
     else:
-        raise DataError(f"{p.name}: unsupported data file; use .npz (arrays named after the inputs, optional 'labels'), .npy, or a folder of images")
+        raise DataError(f"{p.name}: unsupported data file; use .npz (arrays named after the inputs, optional 'labels'), .npy, "
+                        "a folder of images, or a table (.csv, .parquet) for a model with one input per column")
     if data_layout:
         ds.inputs = {k: _to_layout(v, data_layout, k) for k, v in ds.inputs.items()}
     ds.inputs = {s.name: _check(ds.inputs[s.name], s, p.name) for s in inputs if s.name in ds.inputs}
@@ -100,6 +112,14 @@ def load_data(
     if p.is_file():
         ds.sha256 = file_sha256(p)
     return ds
+
+
+def _load_table(p: Path, inputs: tuple[TensorSpec, ...], label: str | None, classes: list[str] | None) -> Dataset:
+    from edgekit.tabular.table import read_table, table_inputs
+
+    table = read_table(p)
+    arrays, labels, classes = table_inputs(table, inputs, label=label, classes=classes, where=p.name)
+    return Dataset(arrays, labels, description=f"{p.name} ({len(table)} rows)", class_names=classes)
 
 
 def _load_npz(p: Path, inputs: tuple[TensorSpec, ...]) -> Dataset:
@@ -216,6 +236,10 @@ def _to_layout(x: np.ndarray, layout: str, name: str) -> np.ndarray:
 
 
 def _check(x: np.ndarray, s: TensorSpec, where: str) -> np.ndarray:
+    if s.dtype == "string":
+        if x.dtype.kind not in "OUS" or x.ndim != len(s.shape):
+            raise DataError(f"Input {s.name!r} expects strings {_fmt_shape(list(s.shape))}; {where} gives {x.dtype} {list(x.shape)}")
+        return x.astype(object)
     want = np.dtype(s.dtype)
     shape = list(s.shape)
     given = list(x.shape)
@@ -257,6 +281,9 @@ def generate(inputs: tuple[TensorSpec, ...], n: int = 64, *, seed: int = 0, batc
         dims = [n] + [d if isinstance(d, int) and d > 0 else batch_dim for d in s.shape[1:]]
         if not s.shape:
             dims = [n]
+        if s.dtype == "string":  # a table's categorical column: missing everywhere (imputed, or unknown to the encoder)
+            arrays[s.name] = np.full(dims, "", dtype=object)
+            continue
         dt = np.dtype(s.dtype)
         if np.issubdtype(dt, np.floating):
             arrays[s.name] = rng.standard_normal(dims).astype(dt)

@@ -35,6 +35,7 @@ class Baked:
     spec: ImageSpec
     raw_input: TensorSpec
     model_input: TensorSpec
+    preprocess: onnx.ModelProto  # the preprocessing alone (raw in, the network's input out): its parity is measured
 
     def record(self) -> dict[str, Any]:
         """The manifest's ``preprocessing`` section (see ``device_agent.contract.manifest``)."""
@@ -91,12 +92,19 @@ def bake(model: onnx.ModelProto, spec: ImageSpec, inputs: tuple[TensorSpec, ...]
     except onnx.checker.ValidationError as e:
         raise InputError(f"the preprocessing could not be put in front of {s.name!r}: {str(e).splitlines()[0]}") from None
     raw_spec = TensorSpec(s.name, "uint8", (batch, h, w, 3), "NHWC")
-    return Baked(out, full, raw_spec, TensorSpec(s.name, s.dtype, s.shape, layout))
+    alone = helper.make_model(helper.make_graph(pre.nodes, "edgekit_preprocess", [raw], [helper.make_tensor_value_info(
+        internal, TensorProto.FLOAT, None)], initializer=pre.inits), opset_imports=[helper.make_opsetid("", max(18, _opset(out)))])
+    alone.ir_version = out.ir_version
+    return Baked(out, full, raw_spec, TensorSpec(s.name, s.dtype, s.shape, layout), alone)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
 def _with_opset(model: onnx.ModelProto, at_least: int) -> onnx.ModelProto:
     """A copy of ``model`` at opset ≥ ``at_least`` (onnx's version converter); InputError naming the fix when it cannot."""
-    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    current = _opset(model)
     if current >= at_least:
         out = onnx.ModelProto()
         out.CopyFrom(model)

@@ -13,7 +13,9 @@ import numpy as np
 from edgekit.errors import DataError
 from edgekit.preprocess.spec import ImageSpec
 
-__all__ = ["fit_raw", "load_rgb", "reference_input"]
+__all__ = ["IMAGE_SUFFIXES", "fit_raw", "load_rgb", "reference_input"]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def _filter(name: str) -> int:
