@@ -82,11 +82,10 @@ def table_inputs(df: Any, inputs: tuple[TensorSpec, ...], *, label: str | None, 
 
 
 def _label_ids(values: Any, classes: list[str] | None, label: str, where: str) -> np.ndarray:
-    pd = _pandas()
     if values.isna().any():
         raise DataError(f"--label column {label!r} of {where} has {int(values.isna().sum())} missing value(s); drop those rows")
     names = [str(v) for v in values]
     known = classes if classes is not None else sorted(set(names))
     index = {c: i for i, c in enumerate(known)}
     # a class the model was not trained on counts as a wrong answer, not as an error
-    return np.array([index.get(n, -1) for n in names], dtype=np.int64) if len(pd.unique(np.array(names))) else np.zeros(0, np.int64)
+    return np.array([index.get(n, -1) for n in names], dtype=np.int64)
