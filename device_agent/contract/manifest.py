@@ -108,7 +108,8 @@ def encode_tensor(array: Array) -> JsonDict:
 def decode_tensor(obj: Mapping[str, Any]) -> Array:
     try:
         if obj["dtype"] == "string":
-            return np.array([str(v) for v in obj["values"]], dtype=object).reshape(obj["shape"])
+            strings: Array = np.array([str(v) for v in obj["values"]], dtype=object).reshape(obj["shape"])
+            return strings
         dtype = np.dtype(obj["dtype"]).newbyteorder("<")
         raw = base64.b64decode(obj["b64"])
         tensor: Array = np.frombuffer(raw, dtype=dtype).reshape(obj["shape"]).astype(dtype.newbyteorder("="))

@@ -78,14 +78,12 @@ def compress(model: Path, **options: Any) -> None:
       edgekit compress --prune 0.8 --int8 --data train.npz model.onnx         # weights zeroed, then int8
       edgekit compress --recipe int8-mobile --data calib.npz model.onnx        # a shipped recipe (edgekit recipes)
       edgekit compress --int8 --data photos/ --preprocess pre.yaml model.onnx  # preprocessing baked in: raw images in
-      edgekit compress --recipe tabular --data train.csv --label species pipe.joblib
+      edgekit compress --data train.csv --label species pipe.joblib            # a scikit-learn pipeline, whole
     """
     from rich.console import Console
 
     from edgekit.compress import compress as run
-    from edgekit.importers import imported, parse_input_shapes
-
-    from edgekit.importers import detect_kind
+    from edgekit.importers import detect_kind, imported, parse_input_shapes
 
     o = options
     # a whole pipeline (a scikit-learn one, or a network with its preprocessing baked in) is worth exporting as it is

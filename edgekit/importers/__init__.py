@@ -119,10 +119,7 @@ def imported(
     say: Callable[[str], None] = lambda m: None,
     progress: Callable[[str, float], None] = lambda m, f: None,
 ) -> Iterator[ImportedModel]:
-    """Yield the ONNX model for ``model``, converting PyTorch/TensorFlow/scikit-learn inputs into a temporary directory.
-
-    ``data`` is the training table a scikit-learn pipeline is converted and checked with (other kinds ignore it).
-    """
+    """Yield the ONNX model for ``model``, converting PyTorch/TensorFlow/scikit-learn (``data``: its table) inputs in a temporary directory."""
     text = str(model)
     kind = detect_kind(text)
     shapes = input_shapes or {}

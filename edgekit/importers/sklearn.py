@@ -57,8 +57,8 @@ def _numeric(series: object) -> bool:
 
 def _check_conversion(ref: SklearnReference, onnx_path: Path, rows: object) -> None:
     """The ONNX graph against scikit-learn on the table's rows: an InputError before any work when they differ."""
-    from device_agent.runtime import OrtBackend
     from device_agent.contract.manifest import TensorSpec
+    from device_agent.runtime import OrtBackend
     from edgekit.tabular.table import column_array
 
     feeds = {c: column_array(rows[c], TensorSpec(c, "string" if s else "float64", ("N", 1))) for c, s in ref.columns}  # type: ignore[index]

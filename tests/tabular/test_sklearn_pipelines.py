@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from device_agent.contract.manifest import TensorSpec, load_manifest
 from device_agent.runtime import OrtBackend
 from device_agent.runtime.model import load_model
 from edgekit.cli.main import cli
 from edgekit.tabular.convert import convert_pipeline
 from edgekit.tabular.table import column_array
-from device_agent.contract.manifest import TensorSpec, load_manifest
 from tests.tabular.conftest import CATEGORICAL, NUMERIC, fit, pd, pipeline
 
 COLUMNS = [(c, c in CATEGORICAL) for c in ["island", *NUMERIC[:4], "sex", NUMERIC[4]]]
