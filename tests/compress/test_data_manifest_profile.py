@@ -51,8 +51,11 @@ def test_mismatched_sample_counts_and_label_counts(tmp_path):
 def test_unsupported_and_missing_data_files(tmp_path):
     with pytest.raises(DataError, match="data not found"):
         load_data(tmp_path / "none.npz", VEC)
-    (tmp_path / "d.csv").write_text("1,2\n")
-    with pytest.raises(DataError, match=r"d.csv: unsupported data file; use .npz"):
+    (tmp_path / "d.txt").write_text("1,2\n")
+    with pytest.raises(DataError, match=r"d.txt: unsupported data file; use .npz"):
+        load_data(tmp_path / "d.txt", VEC)
+    (tmp_path / "d.csv").write_text("a,b\n1,2\n")  # a table feeds one input per column
+    with pytest.raises(DataError, match=r"d.csv: a table feeds a model with one input per column \(\[N, 1\]\); this model's inputs are x"):
         load_data(tmp_path / "d.csv", VEC)
 
 
