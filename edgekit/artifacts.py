@@ -114,7 +114,7 @@ def check_artifact(a: ExportedArtifact, all_arts: list[ExportedArtifact], ref: R
             raise ExportError(_mismatch(a, checked))
     # an artifact converted from a model not shipped as .onnx carries that model's weight facts
     stats = weight_stats(onnx.load(str(a.path))).to_dict() if a.format == Format.ONNX else a.extra.get("weights")
-    return ArtifactResult(a, a.path.stat().st_size, file_sha256(a.path), quality, None, checked, stats, backend=backend)
+    return ArtifactResult(a, a.path.stat().st_size, file_sha256(a.path), quality, None, checked, stats, backend=backend, outputs=outs)
 
 
 def artifact_parity(a: ExportedArtifact, parent: dict[str, np.ndarray], outputs: dict[str, np.ndarray], *, classifier: bool,

@@ -31,6 +31,7 @@ from edgekit.export import ExportSource
 from edgekit.manifest import build_manifest
 from edgekit.onnx_model import io_specs, load_onnx
 from edgekit.options import CompressOptions
+from edgekit.origin import Front, judge_artifacts, open_front, raw_inputs
 from edgekit.pipeline import Context, StepConfig, StepSpec, file_tag, get_step, validate_step
 from edgekit.profile import drift_profile, selftest_inputs
 from edgekit.recipes import Recipe, check_data, evaluate_gates, raise_on_failed_gates
@@ -77,23 +78,28 @@ def compress(
     if opts.recipe is not None:
         check_data(opts.recipe, data)
     source_model = load_onnx(src)
-    try:
-        source_backend = OrtBackend(src, threads=opts.threads)
-    except BackendError as e:
-        raise InputError(_ort_cannot_run(source_model, src, e)) from None
-    out = _output_dir(src, opts)
-    run = _start(src, source_model, source_backend, data, opts, log)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgekit.work.") as work:
-            stepped = _run_steps(run, configs, Path(work))
-            results, failures, source_latency = _export_and_check(run, stepped, staging, f"{src.stem}.{file_tag(opts.steps)}", Path(work))
-            result = _write(run, stepped, results, source_latency, staging, out)
-        _move_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with tempfile.TemporaryDirectory(prefix="edgekit.front.") as front_dir:
+        # the model the run works on: the source, or the source with its image preprocessing baked in front
+        front = open_front(src, source_model, image_spec=opts.image_spec, check=opts.origin_check, data=Path(data) if data else None,
+                           workdir=Path(front_dir), threads=opts.threads)
+        try:
+            source_backend = OrtBackend(front.path, threads=opts.threads)
+        except BackendError as e:
+            raise InputError(_ort_cannot_run(source_model, src, e)) from None
+        out = _output_dir(src, opts)
+        run = _start(src, front, source_backend, data, opts, log)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            with tempfile.TemporaryDirectory(prefix="edgekit.work.") as work:
+                stepped = _run_steps(run, configs, Path(work))
+                results, failures, source_latency = _export_and_check(run, stepped, staging, f"{src.stem}.{file_tag(opts.steps)}",
+                                                                      Path(work))
+                result = _write(run, stepped, results, source_latency, staging, out)
+            _move_into_place(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     if failures:
         raise ExportError(f"{'; '.join(failures)}. Still written to {out}: " + ", ".join(r.file for r in results))
     if stepped.failed_bound:
@@ -118,7 +124,7 @@ class _Run:
     """What the phases of one run share."""
 
     src: Path
-    source_model: onnx.ModelProto
+    front: Front  # the model the run works on (``front.model``), and the origin its artifacts are also checked against
     source_backend: OrtBackend
     dataset: Dataset  # the data given (or generated): calibration, training, drift profile
     ref: Reference
@@ -148,10 +154,10 @@ def _output_dir(src: Path, opts: CompressOptions) -> Path:
     return out
 
 
-def _start(src: Path, source_model: onnx.ModelProto, source_backend: OrtBackend, data: str | Path | None, opts: CompressOptions,
-           log: RunLog) -> _Run:
+def _start(src: Path, front: Front, source_backend: OrtBackend, data: str | Path | None, opts: CompressOptions, log: RunLog) -> _Run:
     """Load the data, run the source over the evaluation data: the reference every artifact is judged against."""
-    inputs, outputs = io_specs(source_model)
+    inputs, outputs = io_specs(front.model)
+    inputs = raw_inputs(front, inputs)
     log.say(f"model: {src.name} ({src.stat().st_size:,} bytes), inputs {_sig(inputs)}, outputs {_sig(outputs)}")
     dataset = _data(data, inputs, opts, opts.data_desc)
     # held-out evaluation data when given; otherwise a subset of the data (calibration/training data)
@@ -161,20 +167,21 @@ def _start(src: Path, source_model: onnx.ModelProto, source_backend: OrtBackend,
     ref_acc = None
     if classifier and eval_data.labels is not None:
         ref_acc = float((ref_outputs[outputs[0].name].argmax(1) == eval_data.labels).mean() * 100)
-    ref = Reference(src, inputs, outputs, classifier, eval_data, None if dataset.generated else dataset, ref_outputs, ref_acc)
-    return _Run(src, source_model, source_backend, dataset, ref, opts, log)
+    ref = Reference(front.path, inputs, outputs, classifier, eval_data, None if dataset.generated else dataset, ref_outputs, ref_acc)
+    return _Run(src, front, source_backend, dataset, ref, opts, log)
 
 
 def _data(data: str | Path | None, inputs: tuple[TensorSpec, ...], opts: CompressOptions, description: str | None) -> Dataset:
     if data is None:
         return generate(inputs, GENERATED_SAMPLES)
-    return load_data(data, inputs, image_spec=opts.image_spec, data_layout=opts.data_layout, description=description)
+    return load_data(data, inputs, image_spec=opts.image_spec, data_layout=opts.data_layout, description=description, label=opts.label,
+                     classes=getattr(opts.origin_check, "classes", None))
 
 
 def _run_steps(run: _Run, configs: list[tuple[StepSpec, StepConfig]], workdir: Path) -> _Stepped:
     """Each step on the previous one's model; a later step that changes the model makes earlier per-format models stale."""
     ctx = Context(run.ref, workdir, threads=run.opts.threads, train_data=run.ref.calib_data, log=run.log, formats=run.opts.formats)
-    s = _Stepped(run.source_model, Precision.FP32, run.source_model)
+    s = _Stepped(run.front.model, Precision.FP32, run.front.model)
     for spec, cfg in configs:
         outcome = get_step(spec.name)(s.model, cfg, ctx)
         s.model = outcome.model
@@ -200,6 +207,10 @@ def _export_and_check(run: _Run, s: _Stepped, staging: Path, stem: str,
         # the .onnx was needed as the parity reference of the other formats; it was not asked for
         results = [r for r in results if r.exported.format != Format.ONNX]
         next(a for a in exported if a.format == Format.ONNX).path.unlink()
+    judge_artifacts(run.front, results, {r.file: r.outputs for r in results if r.outputs is not None}, run.ref,
+                    allow_mismatch=opts.allow_mismatch, log=run.log)
+    for r in results:
+        r.outputs = None
     run.log.progress("timing the artifacts against the source", 0.9)
     feeds = one_sample(run.ref.eval_data, run.ref.inputs)
     timed = {"source": (run.source_backend, feeds)} | {r.file: (r.backend, feeds) for r in results if r.backend is not None}
@@ -221,6 +232,7 @@ def _write(run: _Run, s: _Stepped, results: list[ArtifactResult], source_latency
         classifier=ref.classifier, labels=run.dataset.class_names, artifacts=results, steps=s.records, dataset=run.dataset,
         source_latency=source_latency, source_quality=source_quality, profile=drift_profile(run.dataset, ref.inputs), vectors=vectors,
         expected=expected, recipe=opts.recipe.document() if opts.recipe else None, threads=opts.threads, origin=opts.origin,
+        sections=run.front.sections(run.dataset),
     ))
     (staging / "edgekit.json").write_text(manifest.to_json())
     gates = None

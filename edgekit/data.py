@@ -6,7 +6,6 @@ are checked against the model's inputs before anything runs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,58 +15,13 @@ import numpy as np
 
 from device_agent.contract.manifest import TensorSpec, file_sha256
 from edgekit.errors import DataError
+from edgekit.preprocess.pillow import IMAGE_SUFFIXES
+from edgekit.preprocess.spec import ImageSpec
+from edgekit.tabular.table import TABLE_SUFFIXES
 
 __all__ = ["Dataset", "ImageSpec", "generate", "load_data"]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 LABEL_KEYS = ("labels", "label", "y")
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """How to turn image files into model inputs.
-
-    ``size`` (H, W) defaults to the model's input; pixel values are ``(p * scale - mean) / std``
-    per channel, in ``channels`` order (rgb, bgr or gray), laid out as the model expects.
-    """
-
-    size: tuple[int, int] | None = None
-    scale: float = 1 / 255
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    channels: str = "rgb"
-    layout: str | None = None  # NCHW / NHWC; default from the model's input shape
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> ImageSpec:
-        p = Path(path)
-        try:
-            text = p.read_text()
-            doc = json.loads(text) if p.suffix == ".json" else _yaml(text)
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read the preprocessing spec {p}: {e}") from None
-        allowed = {"size", "scale", "mean", "std", "channels", "layout"}
-        unknown = set(doc or {}) - allowed
-        if unknown:
-            raise DataError(f"{p}: unknown preprocessing key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
-        doc = dict(doc or {})
-        for key in ("size", "mean", "std"):
-            if key in doc and not isinstance(doc[key], (list, tuple)):
-                doc[key] = [doc[key]] * (2 if key == "size" else 1)
-            if key in doc:
-                doc[key] = tuple(doc[key])
-        spec = cls(**doc)
-        if spec.channels not in ("rgb", "bgr", "gray"):
-            raise DataError(f"{p}: channels is {spec.channels!r}; allowed: rgb, bgr, gray")
-        if spec.layout not in (None, "NCHW", "NHWC"):
-            raise DataError(f"{p}: layout is {spec.layout!r}; allowed: NCHW, NHWC")
-        return spec
-
-
-def _yaml(text: str) -> Any:
-    import yaml
-
-    return yaml.safe_load(text)
 
 
 @dataclass
@@ -119,19 +73,30 @@ def load_data(
     image_spec: ImageSpec | None = None,
     data_layout: str | None = None,
     description: str | None = None,
+    label: str | None = None,
+    classes: list[str] | None = None,
 ) -> Dataset:
-    """Read a data file or image folder and check it against the model's inputs."""
+    """Read a data file, image folder or table and check it against the model's inputs.
+
+    ``label`` names a table's column of true labels, mapped to ``classes`` (the model's, in the order of its scores).
+    """
     p = Path(path)
     if not p.exists():
         raise DataError(f"data not found: {p}")
-    if p.is_dir():
+    if label is not None and p.suffix.lower() not in TABLE_SUFFIXES:
+        raise DataError(f"--label {label!r} names a table column; {p.name} is not a table (.csv, .parquet). "
+                        "In a .npz the labels are the 'labels' array; in an image folder, the class sub-folders")
+    if p.suffix.lower() in TABLE_SUFFIXES:
+        ds = _load_table(p, inputs, label, classes)
+    elif p.is_dir():
         ds = _load_images(p, inputs, image_spec or ImageSpec())
     elif p.suffix == ".npz":
         ds = _load_npz(p, inputs)
     elif p.suffix == ".npy":
         ds = _load_npy(p, inputs)
     else:
-        raise DataError(f"{p.name}: unsupported data file; use .npz (arrays named after the inputs, optional 'labels'), .npy, or a folder of images")
+        raise DataError(f"{p.name}: unsupported data file; use .npz (arrays named after the inputs, optional 'labels'), .npy, "
+                        "a folder of images, or a table (.csv, .parquet) for a model with one input per column")
     if data_layout:
         ds.inputs = {k: _to_layout(v, data_layout, k) for k, v in ds.inputs.items()}
     ds.inputs = {s.name: _check(ds.inputs[s.name], s, p.name) for s in inputs if s.name in ds.inputs}
@@ -147,6 +112,14 @@ def load_data(
     if p.is_file():
         ds.sha256 = file_sha256(p)
     return ds
+
+
+def _load_table(p: Path, inputs: tuple[TensorSpec, ...], label: str | None, classes: list[str] | None) -> Dataset:
+    from edgekit.tabular.table import read_table, table_inputs
+
+    table = read_table(p)
+    arrays, labels, classes = table_inputs(table, inputs, label=label, classes=classes, where=p.name)
+    return Dataset(arrays, labels, description=f"{p.name} ({len(table)} rows)", class_names=classes)
 
 
 def _load_npz(p: Path, inputs: tuple[TensorSpec, ...]) -> Dataset:
@@ -200,14 +173,44 @@ def _load_npy(p: Path, inputs: tuple[TensorSpec, ...]) -> Dataset:
 
 
 def _load_images(p: Path, inputs: tuple[TensorSpec, ...], spec: ImageSpec) -> Dataset:
-    from PIL import Image
-
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise DataError(f"an image folder feeds a model with one 4-D image input; this model's inputs are {_fmt_inputs(inputs)}")
     files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{p} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    s = inputs[0]
+    # class folders: <root>/<class>/<image>; labels are the sorted folder names' indices
+    classes = sorted({f.parent.name for f in files}) if all(f.parent != p for f in files) else None
+    labels = np.array([classes.index(f.parent.name) for f in files], dtype=np.int64) if classes else None
+    if _takes_raw(inputs[0]):
+        x, desc = _raw_images(files, inputs[0], spec)
+    else:
+        x, desc = _model_inputs(files, inputs[0], spec)
+    return Dataset({inputs[0].name: x}, labels, description=f"{len(files)} images from {p.name}/ ({desc})", class_names=classes)
+
+
+def _takes_raw(s: TensorSpec) -> bool:
+    """A model whose image preprocessing is baked in takes raw uint8 RGB images [N, H, W, 3]."""
+    return s.dtype == "uint8" and s.shape[3] == 3
+
+
+def _raw_images(files: list[Path], s: TensorSpec, spec: ImageSpec) -> tuple[np.ndarray, str]:
+    """The images as a device decodes them, uint8 [N, H, W, 3]; brought to one size (the model's, or the commonest) to batch."""
+    from collections import Counter
+
+    from edgekit.preprocess.pillow import fit_raw, load_rgb
+
+    raws = [load_rgb(f) for f in files]
+    fixed = (s.shape[1], s.shape[2]) if isinstance(s.shape[1], int) and isinstance(s.shape[2], int) else None
+    size = fixed or spec.raw_size or Counter(r.shape[:2] for r in raws).most_common(1)[0][0]
+    resized = sum(r.shape[:2] != tuple(size) for r in raws)
+    note = f"; {resized} framed to that size (centre, bilinear)" if resized else ""
+    return np.stack([fit_raw(r, (int(size[0]), int(size[1]))) for r in raws]), f"raw RGB uint8, {size[0]}x{size[1]}{note}"
+
+
+def _model_inputs(files: list[Path], s: TensorSpec, spec: ImageSpec) -> tuple[np.ndarray, str]:
+    """The images preprocessed in Python (the spec's Pillow reference), as the network's float input."""
+    from edgekit.preprocess.pillow import load_rgb, reference_input
+
     layout = spec.layout or ("NHWC" if isinstance(s.shape[3], int) and s.shape[3] in (1, 3) and s.shape[1] not in (1, 3) else "NCHW")
     c_axis = 1 if layout == "NCHW" else 3
     h_axis, w_axis = (2, 3) if layout == "NCHW" else (1, 2)
@@ -215,28 +218,10 @@ def _load_images(p: Path, inputs: tuple[TensorSpec, ...], spec: ImageSpec) -> Da
     if not all(isinstance(d, int) for d in size):
         raise DataError(f"input {s.name!r} has symbolic height/width {list(s.shape)}; give the image size in the preprocessing spec (size: [H, W])")
     channels = s.shape[c_axis] if isinstance(s.shape[c_axis], int) else (1 if spec.channels == "gray" else 3)
-    mean = np.array(spec.mean if len(spec.mean) == channels else spec.mean * channels, dtype=np.float32)[:channels]
-    std = np.array(spec.std if len(spec.std) == channels else spec.std * channels, dtype=np.float32)[:channels]
-    # class folders: <root>/<class>/<image>; labels are the sorted folder names' indices
-    classes = sorted({f.parent.name for f in files}) if all(f.parent != p for f in files) else None
-    arrays, labels = [], []
-    for f in files:
-        try:
-            img = Image.open(f)
-            img = img.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.BILINEAR)
-        except OSError as e:
-            raise DataError(f"cannot read image {f}: {e}") from None
-        a = np.asarray(img, dtype=np.float32)
-        a = a[..., None] if a.ndim == 2 else a
-        if spec.channels == "bgr" and channels == 3:
-            a = a[..., ::-1]
-        a = (a * spec.scale - mean) / std
-        arrays.append(a.transpose(2, 0, 1) if layout == "NCHW" else a)
-        if classes:
-            labels.append(classes.index(f.parent.name))
-    x = np.stack(arrays).astype(s.dtype)
-    desc = f"{len(files)} images from {p.name}/ ({layout}, {size[0]}x{size[1]}, scale {spec.scale:g}, mean {list(mean)}, std {list(std)})"
-    return Dataset({s.name: x}, np.array(labels, dtype=np.int64) if classes else None, description=desc, class_names=classes)
+    full = spec.for_model((int(size[0]), int(size[1])), layout, int(channels))
+    x = np.stack([reference_input(load_rgb(f), full, where=str(f)) for f in files]).astype(s.dtype)
+    return x, (f"{layout}, {size[0]}x{size[1]}, scale {full.scale:g}, mean {[np.float32(m) for m in full.mean]}, "
+               f"std {[np.float32(v) for v in full.std]}")
 
 
 def _to_layout(x: np.ndarray, layout: str, name: str) -> np.ndarray:
@@ -251,6 +236,10 @@ def _to_layout(x: np.ndarray, layout: str, name: str) -> np.ndarray:
 
 
 def _check(x: np.ndarray, s: TensorSpec, where: str) -> np.ndarray:
+    if s.dtype == "string":
+        if x.dtype.kind not in "OUS" or x.ndim != len(s.shape):
+            raise DataError(f"Input {s.name!r} expects strings {_fmt_shape(list(s.shape))}; {where} gives {x.dtype} {list(x.shape)}")
+        return x.astype(object)
     want = np.dtype(s.dtype)
     shape = list(s.shape)
     given = list(x.shape)
@@ -292,6 +281,9 @@ def generate(inputs: tuple[TensorSpec, ...], n: int = 64, *, seed: int = 0, batc
         dims = [n] + [d if isinstance(d, int) and d > 0 else batch_dim for d in s.shape[1:]]
         if not s.shape:
             dims = [n]
+        if s.dtype == "string":  # a table's categorical column: missing everywhere (imputed, or unknown to the encoder)
+            arrays[s.name] = np.full(dims, "", dtype=object)
+            continue
         dt = np.dtype(s.dtype)
         if np.issubdtype(dt, np.floating):
             arrays[s.name] = rng.standard_normal(dims).astype(dt)

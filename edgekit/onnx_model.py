@@ -241,7 +241,10 @@ def io_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[Tens
 
     def spec(v: onnx.ValueInfoProto) -> TensorSpec:
         tt = v.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else "float32"
+        if tt.elem_type == onnx.TensorProto.STRING:
+            dtype = "string"
+        else:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else "float32"
         shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim)
         layout = "NCHW" if len(shape) == 4 and isinstance(shape[1], int) and shape[1] in (1, 3, 4) else None
         return TensorSpec(v.name, dtype, shape, layout)

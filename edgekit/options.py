@@ -25,6 +25,7 @@ from edgekit.data import ImageSpec
 from edgekit.export.config import ExportOptions
 from edgekit.pipeline import StepSpec
 from edgekit.recipes.model import Recipe
+from edgekit.reference import OriginCheck
 
 __all__ = ["CompressOptions"]
 
@@ -51,6 +52,9 @@ class CompressOptions(FrozenConfig):
     recipe: InstanceOf[Recipe] | None = Field(None, description="The recipe the steps and formats were compiled from: recorded "
                                                                 "resolved in the manifest, its data needs checked, its gates judged.")
     origin: dict[str, Any] | None = Field(None, description="What the ONNX model was exported from (PyTorch, TensorFlow), for the manifest.")
+    origin_check: InstanceOf[OriginCheck] | None = Field(None, description="The model as the user ran it (a scikit-learn pipeline), which "
+                                                                            "every artifact is also checked against (edgekit.importers sets it).")
+    label: str | None = Field(None, description="The column of a table (--data .csv/.parquet) holding the true labels.")
 
     @field_validator("formats")
     @classmethod

@@ -67,6 +67,10 @@ class ArtifactResult:
     parity: dict[str, Any] | None = None
     stats: dict[str, Any] | None = None
     backend: Backend | None = field(default=None, repr=False)  # open until the interleaved timing
+    #: parity against the model as the user ran it (scikit-learn, Pillow + the network): :mod:`edgekit.origin`
+    origin_parity: dict[str, Any] | None = None
+    #: the outputs over the evaluation data, kept until the origin check has read them
+    outputs: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def file(self) -> str:

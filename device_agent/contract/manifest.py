@@ -3,24 +3,26 @@
 The manifest is the model card of an output directory. ``edgekit`` writes it; the device agent
 reads it (stdlib + numpy only, so it installs on a Raspberry Pi without onnx or pydantic).
 
-Schema version 1, top-level keys::
+Schema versions 1 and 2 (2 adds ``signature.fields`` and string tensors: :mod:`device_agent.contract.fields`)::
 
     schema            "edgekit.manifest"
-    schema_version    1
+    schema_version    1 or 2
     name, version     model name and version (version compares with :func:`version_key`)
     created_at        ISO-8601 UTC
     source            {file, sha256, size_bytes, format, origin?}  -- the ONNX compressed; origin: the PyTorch /
                       TensorFlow model it was exported from {kind, file, sha256?, weights?}
     task              "classification" | "generic"
     labels            optional list of class names (classification)
-    signature         {inputs: [TensorSpec], outputs: [TensorSpec]}  -- the source layout
+    signature         {inputs: [TensorSpec], outputs: [TensorSpec], fields?: [FieldSpec]}  -- the source layout
+    preprocessing     optional {kind: "image", raw_input, model_input, spec, any_size, node_prefix, parity}: the image
+                      preprocessing baked into every artifact (they take raw_input: uint8 RGB [N, H, W, 3])
     artifacts         [{file, format, precision, size_bytes, sha256, runtime,
                         inputs: [TensorSpec], outputs: [TensorSpec]}]  -- each in its own layout
     steps             [{name, params, result}]
     tools             {package: version}
     data              {description, samples, file, sha256, labelled}
     metrics           {"source": {...}, "<artifact file>": {...}}
-    drift_profile     {samples, features: [FeatureProfile]}
+    drift_profile     {samples, features: [FeatureProfile], categories?: [{input, name, values, counts, other, null_share}]}
     selftest          {vectors: [{inputs: {name: Tensor}, expected: {artifact file: {name: Tensor}}}],
                        tolerance: {artifact file: {atol, rtol, min_agreement}}}
     recipe            optional resolved recipe (list of steps) for reproduction
@@ -29,7 +31,7 @@ A TensorSpec is ``{name, dtype, shape, layout, perm}`` where ``shape`` holds int
 (symbolic dims), ``layout`` is e.g. "NCHW"/"NHWC"/null and ``perm`` (artifact specs only) is the
 axis permutation that turns a tensor in the *source* layout into this artifact's layout
 (``np.transpose(x, perm)``); null means identical layout. A Tensor (self-test data) is
-``{dtype, shape, b64}`` with little-endian raw bytes.
+``{dtype, shape, b64}`` with little-endian raw bytes, or ``{dtype: "string", shape, values}``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from device_agent.contract.fields import FieldSpec, schema_version_for
 from device_agent.contract.types import Array, Feeds, JsonDict
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "SIGNATURE_NAME",
     "Artifact",
     "FeatureProfile",
+    "FieldSpec",
     "Manifest",
     "ManifestError",
     "TensorSpec",
@@ -61,16 +65,18 @@ __all__ = [
     "encode_tensor",
     "file_sha256",
     "load_manifest",
+    "schema_version_for",
     "version_key",
 ]
 
 MANIFEST_NAME = "edgekit.json"
 SIGNATURE_NAME = "edgekit.json.sig"
 SCHEMA = "edgekit.manifest"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest this reader knows; it reads every version in SCHEMA_VERSIONS
+SCHEMA_VERSIONS = (1, 2)
 FORMATS = ("onnx", "ort", "tflite")
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
-DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
+DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool", "string")
 
 
 class ManifestError(ValueError):
@@ -92,6 +98,8 @@ def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
 
 
 def encode_tensor(array: Array) -> JsonDict:
+    if array.dtype.kind in "OUS":  # strings (a table's categorical columns, a classifier's labels)
+        return {"dtype": "string", "shape": list(array.shape), "values": [str(v) for v in array.reshape(-1)]}
     a = np.ascontiguousarray(array)
     le = a.astype(a.dtype.newbyteorder("<"), copy=False)
     return {"dtype": str(a.dtype), "shape": list(a.shape), "b64": base64.b64encode(le.tobytes()).decode()}
@@ -99,6 +107,9 @@ def encode_tensor(array: Array) -> JsonDict:
 
 def decode_tensor(obj: Mapping[str, Any]) -> Array:
     try:
+        if obj["dtype"] == "string":
+            strings: Array = np.array([str(v) for v in obj["values"]], dtype=object).reshape(obj["shape"])
+            return strings
         dtype = np.dtype(obj["dtype"]).newbyteorder("<")
         raw = base64.b64decode(obj["b64"])
         tensor: Array = np.frombuffer(raw, dtype=dtype).reshape(obj["shape"]).astype(dtype.newbyteorder("="))
@@ -252,6 +263,7 @@ class Manifest:
     artifacts: tuple[Artifact, ...]
     features: tuple[FeatureProfile, ...]
     raw: JsonDict
+    fields: tuple[FieldSpec, ...] = ()
 
     @property
     def metrics(self) -> JsonDict:
@@ -288,9 +300,9 @@ class Manifest:
         if d.get("schema") != SCHEMA:
             raise ManifestError(f"{where}: not an edgekit manifest (schema is {d.get('schema')!r}, expected {SCHEMA!r})")
         sv = d.get("schema_version")
-        if sv != SCHEMA_VERSION:
+        if sv not in SCHEMA_VERSIONS:
             raise ManifestError(
-                f"{where}: schema_version {sv!r} is not supported (this reader knows {SCHEMA_VERSION}); "
+                f"{where}: schema_version {sv!r} is not supported (this reader knows {', '.join(map(str, SCHEMA_VERSIONS))}); "
                 "upgrade the agent or re-create the model with a matching edgekit"
             )
         _require(d, ("name", "version", "created_at", "signature", "artifacts"), where)
@@ -314,6 +326,7 @@ class Manifest:
             artifacts=arts,
             features=tuple(FeatureProfile.from_dict(f, f"drift_profile.features[{i}]") for i, f in enumerate(profile.get("features", []))),
             raw=d,
+            fields=tuple(FieldSpec.from_dict(f, f"signature.fields[{i}]", ManifestError) for i, f in enumerate(d["signature"].get("fields") or [])),
         )
 
 

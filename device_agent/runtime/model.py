@@ -209,6 +209,11 @@ def _selftest(model: LoadedModel) -> SelfTest:
                 shape = None if y is None else list(y.shape)
                 return SelfTest(False, len(vectors), detail=f"vector {i}: output {name!r} has shape {shape}, expected {list(want.shape)}",
                                 seconds=time.perf_counter() - t0)
+            if want.dtype.kind in "OUS":  # class labels: exactly the expected strings
+                if not np.array_equal(y.astype(str), want.astype(str)):
+                    return SelfTest(False, len(vectors), worst, f"vector {i}: output {name!r} is {y.reshape(-1)[:4].tolist()}, expected "
+                                    f"{want.reshape(-1)[:4].tolist()}", time.perf_counter() - t0)
+                continue
             err = float(np.max(np.abs(y.astype(np.float64) - want.astype(np.float64)))) if y.size else 0.0
             worst = max(worst, err)
             if not np.allclose(y, want, atol=tol["atol"], rtol=tol["rtol"], equal_nan=True):

@@ -27,6 +27,7 @@ _ORT_TYPES = {
     "tensor(int32)": "int32",
     "tensor(int64)": "int64",
     "tensor(bool)": "bool",
+    "tensor(string)": "string",
 }
 
 

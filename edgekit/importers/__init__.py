@@ -6,6 +6,8 @@
 ``model.pt2``                  a ``torch.export`` ExportedProgram
 ``saved_model_dir/``           a TensorFlow SavedModel (converted with tf2onnx)
 ``model.keras`` / ``.h5``       a Keras file (converted with tf2onnx)
+``pipe.joblib`` / ``.pkl``      a fitted scikit-learn Pipeline (skl2onnx, onnxmltools), with ``data``: its table
+``pipe.skops``                 the same, loaded with skops' trusted-type check
 =============================  ===============================================================
 
 :func:`imported` yields the ONNX file to compress (inside a temporary directory that lives as
@@ -22,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import InputError
+from edgekit.reference import OriginCheck
+from edgekit.tabular.load import SKLEARN_SUFFIXES
 
 __all__ = ["ImportedModel", "detect_kind", "imported", "parse_input_shapes"]
 
-KINDS = ("onnx", "torch_factory", "pt2", "saved_model", "keras")
+KINDS = ("onnx", "torch_factory", "pt2", "saved_model", "keras", "sklearn")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class ImportedModel:
     kind: str  # one of KINDS
     origin: str  # the model argument as given
     base: Path  # default outputs are named after this: <base>.int8/
+    check: OriginCheck | None = None  # what every artifact is also checked against (a scikit-learn pipeline)
 
     @property
     def converted(self) -> bool:
@@ -70,6 +75,8 @@ def detect_kind(model: str) -> str:
         return "pt2"
     if suffix in (".keras", ".h5"):
         return "keras"
+    if suffix in SKLEARN_SUFFIXES:
+        return "sklearn"
     if re.fullmatch(r"[^:]+:[A-Za-z_][A-Za-z0-9_]*", model) and not p.exists():
         return "torch_factory"
     if suffix in (".pt", ".pth", ".bin", ".ckpt"):
@@ -108,10 +115,11 @@ def imported(
     *,
     weights: Path | None = None,
     input_shapes: dict[str | None, tuple[int, ...]] | None = None,
+    data: Path | None = None,
     say: Callable[[str], None] = lambda m: None,
     progress: Callable[[str, float], None] = lambda m, f: None,
 ) -> Iterator[ImportedModel]:
-    """Yield the ONNX model for ``model``, converting PyTorch/TensorFlow inputs into a temporary directory."""
+    """Yield the ONNX model for ``model``, converting PyTorch/TensorFlow/scikit-learn (``data``: its table) inputs in a temporary directory."""
     text = str(model)
     kind = detect_kind(text)
     shapes = input_shapes or {}
@@ -133,6 +141,14 @@ def imported(
         p = Path(text)
         stem = p.name if kind == "saved_model" else p.stem
         out = Path(tmp) / f"{stem}.onnx"
+        if kind == "sklearn":
+            from edgekit.importers.sklearn import export_sklearn
+
+            if shapes:
+                raise InputError(f"{p.name} takes one input per column; drop --input-shape")
+            check = export_sklearn(p, out, data=data, say=say)
+            yield ImportedModel(out, kind, text, p.with_name(stem), check)
+            return
         if kind == "pt2":
             from edgekit.importers.pytorch import export_pt2
 
