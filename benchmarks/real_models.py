@@ -141,7 +141,7 @@ def _fix_shapes(src: Path, shapes: tuple[str, ...], dest: Path) -> None:
 
 def compress_runs(m: ZooModel, src: Path, data: Path, work: Path, args: argparse.Namespace) -> dict[str, Run]:
     shape_flags = [f for s in m.input_shape for f in ("--input-shape", s)]
-    extra = shape_flags + (["--search-time", str(args.search_time)] if args.search_time else [])
+    extra = shape_flags + list(m.flags) + (["--search-time", str(args.search_time)] if args.search_time else [])
     formats = "onnx,ort" + ("" if args.no_tflite else ",tflite")
     runs = {}
     if not args.no_tflite:

@@ -40,7 +40,7 @@ def runs(tmp_path_factory) -> dict[tuple[str, str], tuple[real_models.Run, Path]
         src = zoo.model_path(m)
         work = tmp_path_factory.mktemp(name)
         data = zoo.write_data(m, work / "real.npz", n=16)
-        shape = [f for s in m.input_shape for f in ("--input-shape", s)]
+        shape = [f for s in m.input_shape for f in ("--input-shape", s)] + list(m.flags)
         for tag, flags in (("data", ["--data", str(data)]), ("nodata", [])):
             argv = ["compress", "--int8", *flags, *shape, "--search-time", SEARCH_S, "-o", str(work / f"{tag}.out"), str(src)]
             done[(name, tag)] = (real_models.cli(tag, argv, work), src)
