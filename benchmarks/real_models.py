@@ -46,7 +46,7 @@ import real_models_measure as measure  # noqa: E402
 import real_models_report as report  # noqa: E402
 from zoo import MODELS, ZooError, ZooModel, model_path, write_data  # noqa: E402
 
-RUN_TIMEOUT_S = 3600
+RUN_TIMEOUT_S = 1800  # one CLI run; --run-timeout changes it (DNSMOS without data grew past 16 GB in 18 min here)
 # what a run may leave in /tmp that is ours (other engineers' processes write there too)
 OURS_IN_TMP = re.compile(r"sym_shape_infer|\.data$|\.onnx$|\.ort$|\.tflite$|^[0-9a-f]{8}-[0-9a-f]{4}-")
 
@@ -75,12 +75,12 @@ def edgekit_env(tmpdir: Path) -> dict[str, str]:
     return os.environ | {"PYTHONPATH": path, "TMPDIR": str(tmpdir)}
 
 
-def cli(tag: str, argv: list[str], work: Path) -> Run:
+def cli(tag: str, argv: list[str], work: Path, *, timeout_s: float = RUN_TIMEOUT_S) -> Run:
     """``edgekit <argv>`` as a user runs it (``-o`` must be in argv); the log is kept in ``work/<tag>.log``."""
-    return invoke(tag, [sys.executable, "-m", "edgekit.cli", *argv], work, Path(argv[argv.index("-o") + 1]))
+    return invoke(tag, [sys.executable, "-m", "edgekit.cli", *argv], work, Path(argv[argv.index("-o") + 1]), timeout_s=timeout_s)
 
 
-def invoke(tag: str, cmd: list[str], work: Path, out: Path) -> Run:
+def invoke(tag: str, cmd: list[str], work: Path, out: Path, *, timeout_s: float = RUN_TIMEOUT_S) -> Run:
     """``cmd`` in a fresh empty cwd and TMPDIR, then what it left there and in /tmp."""
     cwd, tmp = work / f"{tag}.cwd", work / f"{tag}.tmp"
     cwd.mkdir()
@@ -88,10 +88,10 @@ def invoke(tag: str, cmd: list[str], work: Path, out: Path) -> Run:
     before = set(os.listdir("/tmp"))
     t0 = time.perf_counter()
     try:
-        p = subprocess.run(cmd, cwd=cwd, env=edgekit_env(tmp), capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        p = subprocess.run(cmd, cwd=cwd, env=edgekit_env(tmp), capture_output=True, text=True, timeout=timeout_s)
         code, text = p.returncode, p.stdout + p.stderr
     except subprocess.TimeoutExpired as e:
-        code, text = None, f"{e.stdout or ''}{e.stderr or ''}\ntimed out after {RUN_TIMEOUT_S} s"
+        code, text = None, f"{_text(e.stdout)}{_text(e.stderr)}\nerror: timed out after {timeout_s:.0f} s (--run-timeout)"
     seconds = time.perf_counter() - t0
     (work / f"{tag}.log").write_text(text)
     left = [f"cwd/{n}" for n in sorted(os.listdir(cwd))] + [f"TMPDIR/{n}" for n in sorted(os.listdir(tmp)) if n not in ORT_OWN]
@@ -99,6 +99,10 @@ def invoke(tag: str, cmd: list[str], work: Path, out: Path) -> Run:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     last = next((ln for ln in reversed(lines) if ln.startswith(("error", "Error", "Traceback"))), lines[-1] if lines else "")
     return Run(tag, code, seconds, last.strip()[:200], "internal error" in text, left, str(out), _chosen(out))
+
+
+def _text(b: bytes | str | None) -> str:
+    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
 
 
 def _chosen(out: Path) -> dict[str, str]:
@@ -110,17 +114,17 @@ def _chosen(out: Path) -> dict[str, str]:
     return {Path(a["file"]).suffix: str((a.get("extra") or {}).get("candidate", "")) for a in doc.get("artifacts", [])}
 
 
-def fp32_tflite(m: ZooModel, src: Path, shape_flags: list[str], work: Path) -> Run:
+def fp32_tflite(m: ZooModel, src: Path, shape_flags: list[str], work: Path, *, timeout_s: float) -> Run:
     """The float .tflite baseline: the CLI if it takes --format tflite alone, else edgekit's library with no step."""
     out = work / "fp32.out"
-    run = cli("fp32", ["compress", "--format", "tflite", *shape_flags, "-o", str(out), str(src)], work)
+    run = cli("fp32", ["compress", "--format", "tflite", *shape_flags, "-o", str(out), str(src)], work, timeout_s=timeout_s)
     if run.code != 2:
         return run
     fixed = work / "fp32-source.onnx"
     _fix_shapes(src, m.input_shape, fixed)
     code = ("import sys; from edgekit.compress import compress; "
             "compress(sys.argv[1], [], formats=('tflite',), output=sys.argv[2], force=True)")
-    lib = invoke("fp32-lib", [sys.executable, "-c", code, str(fixed), str(out)], work, out)
+    lib = invoke("fp32-lib", [sys.executable, "-c", code, str(fixed), str(out)], work, out, timeout_s=timeout_s)
     lib.tag, lib.last_line = "fp32", f"CLI: {run.last_line[:80]} -> library: {'ok' if lib.code == 0 else lib.last_line[:100]}"
     return lib
 
@@ -145,10 +149,10 @@ def compress_runs(m: ZooModel, src: Path, data: Path, work: Path, args: argparse
     formats = "onnx,ort" + ("" if args.no_tflite else ",tflite")
     runs = {}
     if not args.no_tflite:
-        runs["fp32"] = fp32_tflite(m, src, shape_flags, work)
+        runs["fp32"] = fp32_tflite(m, src, shape_flags, work, timeout_s=args.run_timeout)
     for tag, data_flags in (("data", ["--data", str(data)]), ("nodata", [])):
         argv = ["compress", "--int8", *data_flags, "--format", formats, *extra, "-o", str(work / f"{tag}.out"), str(src)]
-        runs[tag] = cli(tag, argv, work)
+        runs[tag] = cli(tag, argv, work, timeout_s=args.run_timeout)
         print(f"  {m.name:20s} {tag:7s} exit {runs[tag].code} in {runs[tag].seconds:5.0f} s  {runs[tag].last_line[:110]}",
               file=sys.stderr, flush=True)
     return runs
@@ -218,6 +222,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="the fast models, fewer samples and timing runs")
     ap.add_argument("--search-time", type=float, default=None, help="edgekit's --search-time (default: the CLI's)")
     ap.add_argument("--runs", type=int, default=None, help="timed rounds per model (default 100, --quick 30)")
+    ap.add_argument("--run-timeout", type=float, default=RUN_TIMEOUT_S, help="seconds one edgekit run may take")
     ap.add_argument("--budget", type=float, default=60.0, help="seconds of round-robin timing per model (--quick: 20)")
     ap.add_argument("--json", type=Path, default=None, help="also write every number to this file")
     ap.add_argument("--keep", type=Path, default=None, help="keep the work directories (artifacts, logs) here")

@@ -27,24 +27,34 @@ import zoo
 MODELS = ("ppocr_cls", "silero_vad", "mtcnn_onet", "mobilenet_v3_small")
 NOISE = 1.10  # a shared 2-core machine: a 10 % margin over fp32 before "slower" is called
 SEARCH_S = "20"
+RUN_TIMEOUT_S = 900
 
-pytestmark = [pytest.mark.slow, pytest.mark.realmodels]
+# one compress run (a few minutes on a loaded 2-core machine) happens inside the first test of its case
+pytestmark = [pytest.mark.slow, pytest.mark.realmodels, pytest.mark.timeout(1200)]
+
+
+class Runs:
+    """Each (model, "data"|"nodata") compressed on first use and kept for the other tests of that case."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.factory = tmp_path_factory
+        self.done: dict[tuple[str, str], tuple[real_models.Run, Path]] = {}
+
+    def get(self, name: str, tag: str) -> tuple[real_models.Run, Path]:
+        if (name, tag) not in self.done:
+            m = zoo.MODELS[name]
+            src = zoo.model_path(m)
+            work = self.factory.mktemp(f"{name}-{tag}")
+            flags = ["--data", str(zoo.write_data(m, work / "real.npz", n=16))] if tag == "data" else []
+            flags += [f for s in m.input_shape for f in ("--input-shape", s)] + list(m.flags)
+            argv = ["compress", "--int8", *flags, "--search-time", SEARCH_S, "-o", str(work / "out"), str(src)]
+            self.done[(name, tag)] = (real_models.cli(tag, argv, work, timeout_s=RUN_TIMEOUT_S), src)
+        return self.done[(name, tag)]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[tuple[str, str], tuple[real_models.Run, Path]]:
-    """Every (model, "data"|"nodata") compressed once for all the tests below: the Run and the fp32 source."""
-    done: dict[tuple[str, str], tuple[real_models.Run, Path]] = {}
-    for name in MODELS:
-        m = zoo.MODELS[name]
-        src = zoo.model_path(m)
-        work = tmp_path_factory.mktemp(name)
-        data = zoo.write_data(m, work / "real.npz", n=16)
-        shape = [f for s in m.input_shape for f in ("--input-shape", s)] + list(m.flags)
-        for tag, flags in (("data", ["--data", str(data)]), ("nodata", [])):
-            argv = ["compress", "--int8", *flags, *shape, "--search-time", SEARCH_S, "-o", str(work / f"{tag}.out"), str(src)]
-            done[(name, tag)] = (real_models.cli(tag, argv, work), src)
-    return done
+def runs(tmp_path_factory) -> Runs:
+    return Runs(tmp_path_factory)
 
 
 CASES = [pytest.param(n, t, id=f"{n}-{t}") for n in MODELS for t in ("data", "nodata")]
@@ -52,14 +62,14 @@ CASES = [pytest.param(n, t, id=f"{n}-{t}") for n in MODELS for t in ("data", "no
 
 @pytest.mark.parametrize(("name", "tag"), CASES)
 def test_exits_zero_without_internal_error(runs, name: str, tag: str) -> None:
-    run, _ = runs[(name, tag)]
+    run, _ = runs.get(name, tag)
     assert not run.internal_error, f"{name} ({tag}): {run.last_line}"
     assert run.code == 0, f"{name} ({tag}) exit {run.code}: {run.last_line}"
 
 
 @pytest.mark.parametrize(("name", "tag"), CASES)
 def test_leaves_nothing_in_cwd_or_tmpdir(runs, name: str, tag: str) -> None:
-    run, _ = runs[(name, tag)]
+    run, _ = runs.get(name, tag)
     assert run.left == [], f"{name} ({tag}) left {run.left}"
 
 
@@ -71,7 +81,7 @@ def _int8_onnx(run: real_models.Run, name: str, tag: str) -> Path:
 
 @pytest.mark.parametrize(("name", "tag"), CASES)
 def test_int8_onnx_not_slower_in_a_plain_session(runs, name: str, tag: str) -> None:
-    run, src = runs[(name, tag)]
+    run, src = runs.get(name, tag)
     int8 = _int8_onnx(run, name, tag)
     m = zoo.MODELS[name]
     with np.load(zoo.write_data(m, Path(run.out).parent / "timing.npz", n=2)) as z:
@@ -83,7 +93,7 @@ def test_int8_onnx_not_slower_in_a_plain_session(runs, name: str, tag: str) -> N
 
 @pytest.mark.parametrize(("name", "tag"), CASES)
 def test_int8_onnx_size(runs, name: str, tag: str) -> None:
-    run, src = runs[(name, tag)]
+    run, src = runs.get(name, tag)
     ratio = _int8_onnx(run, name, tag).stat().st_size / src.stat().st_size
     # issue 13: <= 0.35x for models over 1 MB; below that the graph itself weighs more than the weights save
     bound = 0.35 if src.stat().st_size > 1_000_000 else 0.5
