@@ -125,7 +125,7 @@ def fp32_tflite(m: ZooModel, src: Path, shape_flags: list[str], work: Path, *, t
     code = ("import sys; from edgekit.compress import compress; "
             "compress(sys.argv[1], [], formats=('tflite',), output=sys.argv[2], force=True)")
     lib = invoke("fp32-lib", [sys.executable, "-c", code, str(fixed), str(out)], work, out, timeout_s=timeout_s)
-    lib.tag, lib.last_line = "fp32", f"CLI: {run.last_line[:80]} -> library: {'ok' if lib.code == 0 else lib.last_line[:100]}"
+    lib.tag, lib.last_line = "fp32", f"library: {'ok' if lib.code == 0 else lib.last_line[:110]} (CLI: {run.last_line[:60]})"
     return lib
 
 

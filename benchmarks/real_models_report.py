@@ -59,7 +59,7 @@ def table(results: list[dict], *, quick: bool, tflite: bool) -> None:
         base = f"fp32 .onnx {_f(_num(lat.get('fp32 .onnx')), '.2f')} ms"
         if tflite:
             fp32 = r["runs"].get("fp32", {})
-            base += f", fp32 .tflite {_f(_num(lat.get('fp32 .tflite')), '.2f')} ms (exit {fp32.get('code')}: {fp32.get('last_line', '')[:70]})"
+            base += f", fp32 .tflite {_f(_num(lat.get('fp32 .tflite')), '.2f')} ms (exit {fp32.get('code')}, {fp32.get('last_line', '')[:100]})"
         print(f"{r['model']:19s} {'fp32':6s} {'':>4s} {'':>5s} {r['sizes']['fp32 .onnx'] / MB:6.2f}  {base}  [{r['judge']}]")
         for tag in ("data", "nodata"):
             run = r["runs"][tag]
