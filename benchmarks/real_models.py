@@ -27,6 +27,7 @@ left in the working directory, TMPDIR or /tmp.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -46,7 +47,8 @@ import real_models_measure as measure  # noqa: E402
 import real_models_report as report  # noqa: E402
 from zoo import MODELS, ZooError, ZooModel, model_path, write_data  # noqa: E402
 
-RUN_TIMEOUT_S = 1800  # one CLI run; --run-timeout changes it (DNSMOS without data grew past 16 GB in 18 min here)
+RUN_TIMEOUT_S = 1800  # one CLI run; --run-timeout changes it
+MAX_RSS_GB = 8.0  # one CLI run's memory (with its children); the machine is shared
 # what a run may leave in /tmp that is ours (other engineers' processes write there too)
 OURS_IN_TMP = re.compile(r"sym_shape_infer|\.data$|\.onnx$|\.ort$|\.tflite$|^[0-9a-f]{8}-[0-9a-f]{4}-")
 
@@ -87,22 +89,45 @@ def invoke(tag: str, cmd: list[str], work: Path, out: Path, *, timeout_s: float 
     tmp.mkdir()
     before = set(os.listdir("/tmp"))
     t0 = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, cwd=cwd, env=edgekit_env(tmp), capture_output=True, text=True, timeout=timeout_s)
-        code, text = p.returncode, p.stdout + p.stderr
-    except subprocess.TimeoutExpired as e:
-        code, text = None, f"{_text(e.stdout)}{_text(e.stderr)}\nerror: timed out after {timeout_s:.0f} s (--run-timeout)"
+    log = work / f"{tag}.log"
+    code, stopped = supervise(cmd, cwd, edgekit_env(tmp), log, timeout_s=timeout_s)
     seconds = time.perf_counter() - t0
-    (work / f"{tag}.log").write_text(text)
+    text = log.read_text(errors="replace") + (f"\nerror: {stopped}" if stopped else "")
+    log.write_text(text)
     left = [f"cwd/{n}" for n in sorted(os.listdir(cwd))] + [f"TMPDIR/{n}" for n in sorted(os.listdir(tmp)) if n not in ORT_OWN]
     left += [f"/tmp/{n}" for n in sorted(set(os.listdir("/tmp")) - before) if OURS_IN_TMP.search(n)]
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    last = next((ln for ln in reversed(lines) if ln.startswith(("error", "Error", "Traceback"))), lines[-1] if lines else "")
+    last = next((ln for ln in reversed(lines) if ln.startswith(("error", "Error", "Traceback"))), None)
+    last = last or next((ln for ln in reversed(lines) if ln.startswith("warning")), lines[-1] if lines else "")
     return Run(tag, code, seconds, last.strip()[:200], "internal error" in text, left, str(out), _chosen(out))
 
 
-def _text(b: bytes | str | None) -> str:
-    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+def supervise(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, *, timeout_s: float) -> tuple[int | None, str]:
+    """Run ``cmd`` (output to ``log``); stop it and its children past ``timeout_s`` or MAX_RSS_GB of memory.
+
+    The machine is shared: one run that grows without bound (DNSMOS and PP-OCR detection without data reached
+    16-22 GB here, the second was OOM-killed) must not take other people's processes down with it.
+    """
+    import psutil
+
+    with open(log, "wb") as f:
+        p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline, stopped = time.monotonic() + timeout_s, ""
+        while p.poll() is None:
+            time.sleep(0.5)
+            try:
+                procs = [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
+                rss = sum(q.memory_info().rss for q in procs)
+            except psutil.Error:
+                continue
+            if rss > MAX_RSS_GB * 2**30 or time.monotonic() > deadline:
+                stopped = (f"stopped by the benchmark at {rss / 2**30:.1f} GB resident (limit {MAX_RSS_GB} GB)" if rss > MAX_RSS_GB * 2**30
+                           else f"stopped by the benchmark after {timeout_s:.0f} s (--run-timeout)")
+                for q in reversed(procs):
+                    with contextlib.suppress(psutil.Error):
+                        q.kill()
+                p.wait()
+        return (None if stopped else p.returncode), stopped
 
 
 def _chosen(out: Path) -> dict[str, str]:
