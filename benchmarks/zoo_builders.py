@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from zoo_inputs import imagenet_batch
 
 __all__ = ["export_minilm", "export_mtcnn_onet", "export_torchvision"]
