@@ -60,6 +60,7 @@ bench: install
 	$(BIN)/python benchmarks/prune_distill.py
 	$(BIN)/python benchmarks/agent.py
 	$(BIN)/python benchmarks/ota.py
+	$(BIN)/python benchmarks/real_models.py
 
 check-arm64:
 	bash scripts/check-arm64.sh
