@@ -110,15 +110,15 @@ class Lock:
             raise BundleError(f"{source} was made for {self.platform} / Python {self.python_version}, not {platform} / "
                               f"Python {python_version}: pass the lock for this target, or a new --lock path to resolve one")
         pins = self.pins
-        for what, items in (("requires", requirements), ("constraint", constraints)):
+        for asks, items in (("the agent requires", requirements), ("--constraint asks for", constraints)):
             for item in items:
                 req = Requirement(item)
                 have = pins.get(normalize(req.name))
-                if have is None and what == "constraint":
+                if have is None and asks.startswith("--constraint"):
                     continue  # a constraint on a package the agent does not need
                 if have is None or not req.specifier.contains(have, prereleases=True):
                     got = f"pins {req.name} {have}" if have else f"has no {req.name}"
-                    raise BundleError(f"{source} {got}, but the agent {what} {item}: delete the lock to resolve it again "
+                    raise BundleError(f"{source} {got}, but {asks} {item}: delete the lock to resolve it again "
                                       "(or run `edgekit agent lock`)")
 
 
