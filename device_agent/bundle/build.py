@@ -34,7 +34,15 @@ from typing import Any
 
 from device_agent import __version__
 from device_agent.bundle.archive import CHECKSUMS, Files, write_private_tar
-from device_agent.bundle.lock import BundleError, Lock, agent_requirements, download_locked, read_constraints, resolve_lock, shipped_lock
+from device_agent.bundle.lock import (
+    BundleError,
+    Lock,
+    agent_requirements,
+    download_locked,
+    read_constraints,
+    resolve_lock,
+    shipped_lock,
+)
 from device_agent.config.read import loads_toml, parse_config
 from device_agent.config.render import render_toml
 from device_agent.contract.errors import ConfigError
