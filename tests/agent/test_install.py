@@ -267,6 +267,12 @@ def test_a_recorded_lock_makes_bundles_install_the_same_wheels(tmp_path, digits_
 
     parsed = Lock.parse(recorded, source="agent.lock")
     assert parsed.text() == recorded and "onnxruntime" in parsed.pins  # the format round-trips: sorted, no date
+    # `edgekit agent lock` is the same resolution, written on its own
+    monkeypatch.delenv("PIP_NO_INDEX")
+    monkeypatch.delenv("PIP_FIND_LINKS")
+    r = CliRunner().invoke(cli, ["agent", "lock", "-o", str(tmp_path / "again.lock"), *HOST, "--json"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "again.lock").read_text() == recorded and json.loads(r.output)["packages"] == parsed.pins
 
 
 def write_lock(path, *, platform="manylinux_2_36_aarch64", python="3.11", pins=None):
@@ -311,8 +317,10 @@ def test_shipped_locks_pin_the_agent_extra_for_each_target():
     from packaging.requirements import Requirement
 
     from device_agent.bundle import Lock, lock_name
+    from device_agent.bundle.lock import FALLBACK_REQUIREMENTS
 
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["agent"]
+    assert sorted(FALLBACK_REQUIREMENTS) == sorted(extra)  # what a bundle asks for when edgekit's metadata is not installed
     locks = sorted((ROOT / "device_agent/deploy/locks").glob("*.txt"))
     assert {p.name for p in locks} >= {"cp311-manylinux_2_36_aarch64.txt", "cp311-manylinux_2_36_x86_64.txt"}
     for p in locks:
@@ -320,6 +328,13 @@ def test_shipped_locks_pin_the_agent_extra_for_each_target():
         assert p.name == lock_name(lock.platform, lock.python_version) and lock.text() == p.read_text()
         lock.check(extra, [], platform=lock.platform, python_version=lock.python_version, source=p.name)
         assert sorted(Requirement(r).name for r in lock.requires) == sorted(Requirement(r).name for r in extra)
+
+
+@pytest.mark.parametrize("args, message", [(["--platform", "Pi 4"], "'Pi 4' is not a wheel platform tag"),
+                                           (["--constraint", "nope.txt"], "does not exist")])
+def test_lock_command_refuses_bad_usage(tmp_path, args, message):
+    r = CliRunner().invoke(cli, ["agent", "lock", "-o", str(tmp_path / "x.lock"), *args])
+    assert r.exit_code == 2 and message in r.output and not (tmp_path / "x.lock").exists()
 
 
 def test_target_platforms_take_every_wheel_the_device_glibc_runs():
