@@ -72,7 +72,8 @@ def _check(path: str, as_json: bool) -> int:
     agent = daemon.agent
     try:
         info: dict[str, Any] = {"config": str(path), "device": cfg.device.id, "model": agent.model.summary(), "selftest": agent.model.selftest.to_dict(),
-                "ready": agent.ready, "broker": cfg.broker.url or None}
+                "runtime_check": agent.model.runtime_check.to_dict(), "ready": agent.ready, "reason": agent.not_ready_reason,
+                "broker": cfg.broker.url or None}
     finally:
         daemon.stop()
     if as_json:
@@ -81,12 +82,18 @@ def _check(path: str, as_json: bool) -> int:
         m = info["model"]
         print(f"config ok: device {cfg.device.id}, broker {cfg.broker.url or '(none)'}")
         print(f"model: {m['name']} {m['version']} — {m['artifact']} via {m['runtime']}")
-        print(f"self-test: {'passed' if info['ready'] else 'FAILED'} ({agent.model.selftest.detail})")
+        rc = agent.model.runtime_check
+        print(f"runtime: {rc.status} ({rc.detail})")
+        if rc.refused:
+            print(f"not ready: {agent.not_ready_reason}")
+        else:
+            print(f"self-test: {'passed' if info['ready'] else 'FAILED'} ({agent.model.selftest.detail})")
     return 0 if info["ready"] else 1
 
 
 def _run(path: str) -> int:
     from device_agent.config.read import load_config
+    from device_agent.contract.runtimes import RuntimeStatus
     from device_agent.daemon import Daemon
 
     t0 = time.perf_counter()
@@ -107,8 +114,13 @@ def _run(path: str) -> int:
     agent = daemon.agent
     m = agent.model
     where = daemon.server.url if daemon.server else "no HTTP API"
-    log.info("serving %s %s (%s via %s) on %s; %s in %.2f s", m.name, m.version, m.file.name, m.backend.runtime, where,
-             "ready" if agent.ready else f"NOT READY: {agent.not_ready_reason}", time.perf_counter() - t0)
+    if m.runtime_check.refused:  # one line: the model is loaded but never served; the fleet sees why in the state message
+        log.error("NOT READY: %s %s is not served: %s", m.name, m.version, agent.not_ready_reason)
+    else:
+        if m.runtime_check.status == RuntimeStatus.MISMATCH:
+            log.warning("runtime mismatch: %s", m.runtime_check.detail)
+        log.info("serving %s %s (%s via %s) on %s; %s in %.2f s", m.name, m.version, m.file.name, m.backend.runtime, where,
+                 "ready" if agent.ready else f"NOT READY: {agent.not_ready_reason}", time.perf_counter() - t0)
     try:
         while not stop.wait(1.0):
             pass

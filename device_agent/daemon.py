@@ -110,7 +110,7 @@ class Daemon:
             updater = updater_from_config(cfg)
             path = (updater.boot() if updater is not None else None) or cfg.model.path
         model = load_model(path, prefer=cfg.model.prefer, threads=cfg.model.threads, artifact=cfg.model.artifact or None,
-                           verify=cfg.model.verify_files, selftest=cfg.model.selftest)
+                           verify=cfg.model.verify_files, selftest=cfg.model.selftest, runtime_policy=cfg.model.runtime_policy)
         outbox = None
         if cfg.broker.enabled:
             o = cfg.outbox
@@ -271,6 +271,7 @@ def updater_from_config(cfg: AgentConfig) -> Updater | None:
     m = cfg.model
 
     def loader(path: Path) -> LoadedModel:
-        return load_model(path, prefer=m.prefer, threads=m.threads, artifact=m.artifact or None, verify=True, selftest=True)
+        return load_model(path, prefer=m.prefer, threads=m.threads, artifact=m.artifact or None, verify=True, selftest=True,
+                          runtime_policy=m.runtime_policy)
 
     return Updater(store, cfg.state_dir / "ota.json", trusted=trusted, loader=loader, settings=settings)

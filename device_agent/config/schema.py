@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from device_agent.contract.runtimes import RuntimeMismatchPolicy
 from device_agent.contract.topics import DEFAULT_PREFIX, valid_id
+from device_agent.runtime.compat import RuntimePolicy
 
 __all__ = [
     "FORMATS",
@@ -150,6 +152,16 @@ class ModelConfig:
     threads: int = _f(0, "Inference threads; 0 = min(4, CPU count).", _range(0, 256))
     selftest: bool = _f(True, "Run the manifest's self-test vectors at start-up; not ready unless they pass.")
     verify_files: bool = _f(True, "Check every artifact's size and sha256 against the manifest at start-up.")
+    runtime_mismatch: str = _f("warn", "When the runtime here is further than runtime_max_minor_drift from the one the model was validated "
+                                       "with (its manifest's tools): warn (serve it if its self-test passes) or refuse (keep the old model "
+                                       "serving; at start-up, do not become ready).",
+                               lambda v: None if v in ("warn", "refuse") else "allowed: warn, refuse")
+    runtime_max_minor_drift: int = _f(0, "Minor releases the runtime may be away from the validated one before it is a mismatch "
+                                         "(patch releases never count, another major release always does).", _range(0, 1000))
+
+    @property
+    def runtime_policy(self) -> RuntimePolicy:
+        return RuntimePolicy(RuntimeMismatchPolicy(self.runtime_mismatch), self.runtime_max_minor_drift)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,11 @@ before the broker's PUBACK reached it) has the same ``seq`` and is dropped by th
 State messages are retained "latest wins" values with their own order: ``boot`` (a persistent
 per-device start counter) and ``seq`` (:func:`state_seq`), so a late Last Will never overrides a
 newer birth.
+
+Which runtime runs the model: the state message and every telemetry window carry ``agent_version``,
+``runtime`` (the installed runtimes' versions) and ``runtime_check``
+(:class:`~device_agent.contract.runtimes.RuntimeCheck`: the served artifact's runtime against the one
+it was validated with), so the fleet can show and filter devices by runtime.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, ClassVar
 
 from device_agent.contract.enums import CommandKind, DeviceStatus, JobState, MessageType
 from device_agent.contract.errors import ProtocolError
+from device_agent.contract.runtimes import RuntimeCheck, RuntimeStatus
 from device_agent.contract.topics import DEFAULT_PREFIX, QOS, STATE_SEQ_OFFLINE, Topics, shared, state_seq, valid_id
 from device_agent.contract.types import JsonDict
 
@@ -46,6 +52,8 @@ __all__ = [
     "LatencySummary",
     "Message",
     "MessageType",
+    "RuntimeCheck",
+    "RuntimeStatus",
     "StateMessage",
     "TelemetryMessage",
     "Topics",
@@ -76,6 +84,7 @@ class StateMessage:
     hardware: JsonDict = field(default_factory=dict)  # {machine, system, cpus, memory_mb, python}
     reason: str | None = None  # why offline: "shutdown" | "lwt"
     seq: int = 0  # order within a boot; see STATE_SEQ_OFFLINE
+    runtime_check: RuntimeCheck | None = None  # the served model's runtime against its validated one (online only)
 
     type: ClassVar[MessageType] = MessageType.STATE
 
@@ -83,6 +92,7 @@ class StateMessage:
         d = _envelope(self.type, self.device)
         d.update(asdict(self))
         d["status"] = str(self.status)
+        d["runtime_check"] = self.runtime_check.to_dict() if self.runtime_check else None
         return d
 
     @classmethod
@@ -92,7 +102,7 @@ class StateMessage:
             device=_str(d, "device"), status=DeviceStatus(_choice(d, "status", DeviceStatus)), ts=_num(d, "ts"),
             boot=_int(d, "boot"), agent_version=_str(d, "agent_version"), group=d.get("group", "default"),
             model=d.get("model"), runtime=dict(d.get("runtime") or {}), hardware=dict(d.get("hardware") or {}),
-            reason=d.get("reason"), seq=int(d.get("seq", 0)),
+            reason=d.get("reason"), seq=int(d.get("seq", 0)), runtime_check=_runtime_check(d),
         )
 
 
@@ -164,12 +174,16 @@ class TelemetryMessage:
     dropped: int = 0  # older outbox messages discarded before this one
     feedback: FeedbackWindow | None = None  # late ground truth joined in this window (classifiers)
     outbox: int | None = None  # messages waiting in the device's outbox when this one was queued (fleet status)
+    agent_version: str = ""  # as in the state message: which agent and runtime produced this window
+    runtime: dict[str, str] = field(default_factory=dict)
+    runtime_check: RuntimeCheck | None = None  # the window's model's runtime against its validated one
 
     type: ClassVar[MessageType] = MessageType.TELEMETRY
 
     def to_dict(self) -> JsonDict:
         d = _envelope(self.type, self.device)
         d.update(asdict(self))
+        d["runtime_check"] = self.runtime_check.to_dict() if self.runtime_check else None
         return d
 
     @classmethod
@@ -188,7 +202,8 @@ class TelemetryMessage:
             window=dict(d["window"]), requests=_int(d, "requests"), errors={str(k): int(v) for k, v in d["errors"].items()},
             latency_ms=latency, features=features, features_dropped=int(d.get("features_dropped", 0)),
             samples=int(d.get("samples", 0)), dropped=int(d.get("dropped", 0)), feedback=feedback,
-            outbox=int(d["outbox"]) if isinstance(d.get("outbox"), int) else None,
+            outbox=int(d["outbox"]) if isinstance(d.get("outbox"), int) else None, agent_version=str(d.get("agent_version") or ""),
+            runtime={str(k): str(v) for k, v in (d.get("runtime") or {}).items()}, runtime_check=_runtime_check(d),
         )
 
 
@@ -286,6 +301,15 @@ def decode(payload: bytes | str) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown message type {d.get('type')!r}; known: {', '.join(str(t) for t in MessageType)}")
     return cls.from_dict(d)
+
+
+def _runtime_check(d: Mapping[str, Any]) -> RuntimeCheck | None:
+    rc = d.get("runtime_check")
+    if rc is None:
+        return None
+    if not isinstance(rc, dict):
+        raise ProtocolError(f"runtime_check must be an object, got {type(rc).__name__}")
+    return RuntimeCheck.from_dict(rc)
 
 
 def _envelope(kind: MessageType, device: str) -> JsonDict:

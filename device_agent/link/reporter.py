@@ -35,6 +35,7 @@ def state_message(agent: Agent, status: DeviceStatus, reason: str | None = None,
         device=device, status=status, ts=round(agent.clock(), 3), boot=boot, agent_version=__version__, group=group,
         model={**agent.model.summary(), "ready": agent.ready, "selftest": agent.model.selftest.passed} if online else None,
         runtime=runtime_versions(), hardware=hardware_summary() if online else {}, reason=reason, seq=seq,
+        runtime_check=agent.model.runtime_check if online else None,
     )
 
 
@@ -56,6 +57,7 @@ class Reporter:
         self.boot = boot
         self.connects = connects
         self._state_conn, self._state_n = -1, 0  # state message order (protocol.state_seq)
+        self._runtime = runtime_versions()  # read once: the installed runtimes do not change under a running agent
 
     def telemetry(self, *, window: Window | None = None, model: LoadedModel | None = None) -> int:
         """Close the agent's current window (or a retired ``window`` of ``model``) and queue its telemetry
@@ -75,7 +77,8 @@ class Reporter:
                                        model={"name": model.name, "version": model.version}, window=content["window"],
                                        requests=content["requests"], errors=content["errors"], latency_ms=content["latency_ms"],
                                        features=features, features_dropped=left_out, samples=content["samples"], dropped=dropped,
-                                       feedback=feedback, outbox=depth)
+                                       feedback=feedback, outbox=depth, agent_version=__version__, runtime=self._runtime,
+                                       runtime_check=model.runtime_check)
                 payload = encode(msg)
                 if len(payload) <= agent.max_payload_bytes or not features:
                     return payload

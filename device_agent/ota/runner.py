@@ -228,6 +228,8 @@ class Runner:
             cand = self.loader(self.store.path(slot))
         except AgentError as e:
             raise OtaError(f"the new model does not load on this device: {e}", reason="load_failed") from None
+        if cand.runtime_check.refused:  # checked before the promotion: the served model stays
+            raise OtaError(f"the new model was validated with another runtime: {cand.runtime_check.detail}", reason="runtime_mismatch")
         if not cand.selftest.passed:
             raise OtaError(f"the new model failed its self-test on this device: {cand.selftest.detail}", reason="selftest_failed")
         self.candidate, self.candidate_slot = cand, slot

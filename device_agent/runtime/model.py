@@ -5,6 +5,11 @@ start-up self-test.
 Artifact choice: the configured file if any; else the first format in ``prefer`` (default
 ``ort, onnx, tflite``) that the manifest lists, whose file is present and whose runtime is
 installed (``.tflite`` needs ai-edge-litert). Only the chosen artifact is read and hashed.
+
+Runtime check: the runtime that runs the chosen artifact is compared with the one the manifest says
+it was validated with (:func:`~device_agent.runtime.compat.check_runtime`); another minor release
+runs the self-test even when it is switched off, and a model the policy refuses is loaded but unfit
+to serve (:attr:`LoadedModel.unfit_reason`).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import numpy as np
 
 from device_agent.contract.errors import ModelError
 from device_agent.contract.manifest import Artifact, Manifest, ManifestError, TensorSpec, file_sha256, load_manifest
+from device_agent.contract.runtimes import RuntimeCheck, RuntimeStatus
 from device_agent.contract.types import Array, Feeds, JsonDict
 from device_agent.runtime.base import Backend, BackendError, default_threads, litert_available
+from device_agent.runtime.compat import RuntimePolicy, check_runtime
 from device_agent.runtime.ort import OrtBackend
 
 __all__ = ["LoadedModel", "SelfTest", "load_model", "open_backend", "select_artifact", "top_k"]
@@ -70,10 +77,20 @@ class LoadedModel:
     manifest: Manifest | None = None
     load_seconds: float = 0.0
     selftest: SelfTest = field(default_factory=lambda: SelfTest(True, 0, detail="not run"))
+    runtime_check: RuntimeCheck = field(default_factory=lambda: RuntimeCheck("", "", None, None, RuntimeStatus.UNKNOWN, detail="not checked"))
 
     @property
     def file(self) -> Path:
         return self.backend.path
+
+    @property
+    def unfit_reason(self) -> str | None:
+        """Why this model must not serve (its runtime is refused, or its self-test failed); None when it may."""
+        if self.runtime_check.refused:
+            return f"runtime mismatch: {self.runtime_check.detail}"
+        if not self.selftest.passed:
+            return f"self-test failed: {self.selftest.detail}"
+        return None
 
     @property
     def is_classifier(self) -> bool:
@@ -124,8 +141,8 @@ def select_artifact(manifest: Manifest, directory: Path, *, prefer: Formats = ("
     raise ModelError(f"no artifact of format {', '.join(prefer)} is usable in {directory}; the manifest lists: {have}{why}")
 
 
-def load_model(path: str | Path, *, prefer: Formats = ("ort", "onnx", "tflite"), threads: int = 0,
-               artifact: str | None = None, verify: bool = True, selftest: bool = True) -> LoadedModel:
+def load_model(path: str | Path, *, prefer: Formats = ("ort", "onnx", "tflite"), threads: int = 0, artifact: str | None = None,
+               verify: bool = True, selftest: bool = True, runtime_policy: RuntimePolicy | None = None) -> LoadedModel:
     """Load a model directory (``edgekit.json`` + artifacts) or a bare ``.onnx``/``.ort``/``.tflite`` file.
 
     Args:
@@ -135,7 +152,10 @@ def load_model(path: str | Path, *, prefer: Formats = ("ort", "onnx", "tflite"),
         artifact: serve this artifact file instead of choosing by format.
         verify: check the chosen artifact's size and sha256 against the manifest.
         selftest: run the manifest's self-test vectors (the result is in ``.selftest``; a failure
-            does not raise — the agent reports "not ready" and says why).
+            does not raise — the agent reports "not ready" and says why). A runtime another minor
+            release away from the validated one runs them regardless.
+        runtime_policy: what a runtime too far from the validated one means (``.runtime_check``;
+            default: warn). A refused model is returned, unfit to serve (``.unfit_reason``).
 
     Raises:
         ModelError: the directory/file is not a loadable model.
@@ -153,7 +173,8 @@ def load_model(path: str | Path, *, prefer: Formats = ("ort", "onnx", "tflite"),
     except (ManifestError, BackendError) as e:
         raise ModelError(str(e)) from e
     model.load_seconds = time.perf_counter() - t0
-    if selftest:
+    model.runtime_check = check_runtime(model.manifest, model.artifact, runtime=model.backend.runtime, policy=runtime_policy)
+    if selftest or model.runtime_check.differs:
         model.run_selftest()
     return model
 

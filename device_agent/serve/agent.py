@@ -110,7 +110,7 @@ class Agent:
         self.health_sections: dict[str, Callable[[], object | None]] = {}
         self.link_connected: Callable[[], bool] = lambda: False
         self.started_at = clock()
-        self._ready_reason = None if model.selftest.passed else f"self-test failed: {model.selftest.detail}"
+        self._ready_reason = model.unfit_reason  # a failed self-test, or a runtime the policy refuses
         self._register_metrics()
 
     def _register_metrics(self) -> None:
@@ -248,7 +248,7 @@ class Agent:
         return self.validator.signature_text()
 
     def model_info(self) -> JsonDict:
-        """``GET /v1/model``: identity, signature (source layout), artifact, self-test, tracked features."""
+        """``GET /v1/model``: identity, signature (source layout), artifact, self-test, runtime check, tracked features."""
         m = self.model
         return {
             **m.summary(),
@@ -257,6 +257,7 @@ class Agent:
             "inputs": [s.to_dict() for s in m.inputs],
             "outputs": [s.to_dict() for s in m.outputs],
             "selftest": m.selftest.to_dict(),
+            "runtime_check": m.runtime_check.to_dict(),
             "load_seconds": round(m.load_seconds, 4),
             "created_at": m.manifest.created_at if m.manifest else None,
             "metrics": m.manifest.metrics.get(m.file.name) if m.manifest else None,
@@ -295,7 +296,7 @@ class Agent:
             self._tracked_inputs = {f.input for f in tracker.features} if tracker else set()
         self._model_id = {"name": new.name, "version": new.version}
         self.model = new
-        self._ready_reason = None if new.selftest.passed else f"self-test failed: {new.selftest.detail}"
+        self._ready_reason = new.unfit_reason
         log.info("serving %s %s (was %s)", new.name, new.version, old.version)
         return old
 

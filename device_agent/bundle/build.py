@@ -2,25 +2,30 @@
 
 Archive layout (files at the top level, so ``tar xzf x.tar.gz && sudo ./install.sh`` works)::
 
-    install.sh  edgekit-agent.service  agent.toml  requirements.txt  BUNDLE.json
-    wheels/edgekit-<version>-py3-none-any.whl  [+ dependency wheels for the target, --with-deps]
+    install.sh  edgekit-agent.service  agent.toml  BUNDLE.json  SHA256SUMS
+    requirements.txt  requirements.lock  [constraints.txt]
+    wheels/edgekit-<version>-py3-none-any.whl  [+ the locked dependency wheels, --with-deps]
     model/edgekit.json + artifacts             (verified against the manifest's sha256)
     certs/ca.pem client.pem client.key         (when given)
     secrets/broker-password                    (when given)
 
-``agent.toml`` is rendered from the same field table as the agent's config reader and validated
-before packing; install locations are placeholders (``@STATE_DIR@``, ``@CONFIG_DIR@``) that
-install.sh fills in. Runs on the workstation: stdlib + pip (as a subprocess) only.
+``requirements.txt`` is the agent extra (ranges, for the record); ``requirements.lock`` is what the
+device installs, exact versions with sha256 (:mod:`device_agent.bundle.lock`): the ``--lock`` file,
+else the lock shipped for the target, else a resolution made now; ``constraints.txt`` is the
+``--constraint`` it was resolved under. ``agent.toml`` is rendered from the same field table as the
+agent's config reader and validated before packing; install locations are placeholders
+(``@STATE_DIR@``, ``@CONFIG_DIR@``) that install.sh fills in. The archive is written 0600
+(:mod:`device_agent.bundle.archive`). Runs on the workstation: stdlib, packaging, pip (as a subprocess).
 """
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,20 +33,26 @@ from pathlib import Path
 from typing import Any
 
 from device_agent import __version__
+from device_agent.bundle.archive import CHECKSUMS, Files, write_private_tar
+from device_agent.bundle.lock import (
+    BundleError,
+    Lock,
+    agent_requirements,
+    download_locked,
+    read_constraints,
+    resolve_lock,
+    shipped_lock,
+)
 from device_agent.config.read import loads_toml, parse_config
 from device_agent.config.render import render_toml
-from device_agent.contract.errors import AgentError, ConfigError
+from device_agent.contract.errors import ConfigError
 from device_agent.contract.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, ManifestError, load_manifest
 
-__all__ = ["BundleError", "BundleSpec", "agent_requirements", "build_bundle", "find_wheel"]
+__all__ = ["DEFAULT_PLATFORM", "BundleSpec", "build_bundle", "find_wheel", "make_lock"]
 
-DEPLOY = Path(__file__).resolve().parent / "deploy"
-#: what the device installs besides the edgekit wheel (kept in sync with pyproject's "agent" extra by a test)
-FALLBACK_REQUIREMENTS = ("numpy>=1.24", "onnxruntime>=1.17", "paho-mqtt>=2.0,<3", "cryptography>=41", "orjson>=3.9")
-
-
-class BundleError(AgentError):
-    """The bundle cannot be built (bad input, no wheel, pip failed)."""
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+#: Raspberry Pi OS 12 (Debian bookworm, glibc 2.36), 64-bit
+DEFAULT_PLATFORM = "manylinux_2_36_aarch64"
 
 
 @dataclass
@@ -60,26 +71,16 @@ class BundleSpec:
     trusted_keys: list[Path] = field(default_factory=list)  # ed25519 public keys that sign model updates
     wheels: list[Path] = field(default_factory=list)
     with_deps: bool = False
-    platform: str = "manylinux2014_aarch64"
+    platform: str = DEFAULT_PLATFORM
     python_version: str = "3.11"
+    lock_file: Path | None = None  # a recorded lock to install from; resolved and written there when it does not exist yet
+    constraint_file: Path | None = None  # pip constraints the lock is resolved under (recorded in the bundle)
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra {section: {key: value}}
-
-
-def agent_requirements() -> list[str]:
-    """The ``agent`` extra of the installed edgekit distribution (falls back to the pinned list)."""
-    from importlib import metadata
-
-    try:
-        reqs = metadata.requires("edgekit") or []
-    except metadata.PackageNotFoundError:
-        return list(FALLBACK_REQUIREMENTS)
-    out = [r.split(";")[0].strip() for r in reqs if 'extra == "agent"' in r]
-    return out or list(FALLBACK_REQUIREMENTS)
 
 
 def find_wheel(workdir: Path) -> Path:
     """Build the edgekit wheel from the source checkout this package runs from."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file():
         raise BundleError("edgekit is not running from a source checkout, so no wheel can be built here; pass --wheel edgekit-*.whl")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(workdir), str(root)],
@@ -122,12 +123,8 @@ def render_config(spec: BundleSpec) -> str:
     return text
 
 
-#: archive member name -> (its bytes, or the file to read them from; its mode)
-_Files = dict[str, tuple[bytes | Path, int]]
-
-
 def build_bundle(spec: BundleSpec, output: str | Path) -> dict[str, Any]:
-    """Write the ``.tar.gz`` for one device; returns a summary (files, sizes, model, wheel)."""
+    """Write the ``.tar.gz`` for one device (0600); returns a summary (files, sizes, model, wheels, lock)."""
     out = Path(output)
     _check_spec(spec)
     try:
@@ -147,28 +144,86 @@ def build_bundle(spec: BundleSpec, output: str | Path) -> dict[str, Any]:
                 raise BundleError(f"--wheel {w}: no such file")
             shutil.copy(w, wheel_dir / Path(w).name)
         requirements = agent_requirements()
-        if spec.with_deps:
-            _download_deps(requirements, wheel_dir, spec.platform, spec.python_version)
-        files: _Files = {
+        lock, source = _bundle_lock(spec, requirements, work, wheel_dir)
+        lock_text = lock.text()
+        files: Files = {
             "install.sh": (DEPLOY / "install.sh", 0o755),
             "edgekit-agent.service": (DEPLOY / "edgekit-agent.service", 0o644),
             "agent.toml": (config_text.encode(), 0o640),
             "requirements.txt": (("\n".join(requirements) + "\n").encode(), 0o644),
+            "requirements.lock": (lock_text.encode(), 0o644),
         }
+        if spec.constraint_file is not None:
+            files["constraints.txt"] = (Path(spec.constraint_file).read_bytes(), 0o644)
         for w in sorted(wheel_dir.iterdir()):
             files[f"wheels/{w.name}"] = (w, 0o644)
         files.update(_model_and_secret_files(spec, manifest))
         summary: dict[str, Any] = {
             "device": spec.device_id, "broker": spec.broker_url or None, "agent_version": __version__,
             "model": {"name": manifest.name, "version": manifest.version}, "requirements": requirements,
+            "lock": {"source": source, "platform": lock.platform, "python": lock.python_version, "constraints": list(lock.constraints),
+                     "sha256": hashlib.sha256(lock_text.encode()).hexdigest(), "packages": lock.pins},
             "wheels": sorted(p.name for p in wheel_dir.iterdir()), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         files["BUNDLE.json"] = (json.dumps(summary, indent=2).encode() + b"\n", 0o644)
-        _write_tar(out, files)
+        write_private_tar(out, files, mtime=int(time.time()))
     summary["output"] = str(out)
     summary["size_bytes"] = out.stat().st_size
-    summary["files"] = sorted(files)
+    summary["files"] = sorted([*files, CHECKSUMS])
     return summary
+
+
+def make_lock(requirements: list[str], output: Path, *, platform: str = DEFAULT_PLATFORM, python_version: str = "3.11",
+              constraint: Path | None = None) -> Lock:
+    """Resolve ``requirements`` for the target now and write the lock to ``output`` (``edgekit agent lock``)."""
+    with tempfile.TemporaryDirectory(prefix="edgekit-lock-") as tmp:
+        lock = resolve_lock(requirements, Path(tmp), platform=platform, python_version=python_version, constraint=constraint)
+    _write_text(Path(output), lock.text())
+    return lock
+
+
+def _bundle_lock(spec: BundleSpec, requirements: list[str], work: Path, wheel_dir: Path) -> tuple[Lock, str]:
+    """The bundle's lock and where it came from; with ``--with-deps`` its wheels land in ``wheel_dir``.
+
+    A recorded lock (``--lock FILE`` that exists, else the one shipped for the target when no
+    ``--constraint`` asks for other pins) is used as is; otherwise the requirements are resolved now,
+    and written to the ``--lock`` path when one was given, so the next bundle installs the same set.
+    """
+    constraints = read_constraints(spec.constraint_file)
+    given = Path(spec.lock_file) if spec.lock_file is not None else None
+    recorded = given if given is not None and given.is_file() else None
+    if recorded is None and given is None and spec.constraint_file is None:
+        recorded = shipped_lock(spec.platform, spec.python_version)
+    if recorded is not None:
+        where = f"--lock {recorded}" if given is not None else f"the shipped lock {recorded.name}"
+        lock = Lock.parse(recorded.read_text(encoding="utf-8"), source=where)
+        lock.check(requirements, constraints, platform=spec.platform, python_version=spec.python_version, source=where)
+        if spec.with_deps:
+            for w in download_locked(lock, recorded, work / "locked"):
+                shutil.copy(w, wheel_dir / w.name)
+        return lock, str(recorded) if given is not None else f"shipped:{recorded.name}"
+    resolved = work / "resolved"
+    lock = resolve_lock(requirements, resolved, platform=spec.platform, python_version=spec.python_version, constraint=spec.constraint_file)
+    if spec.with_deps:
+        for w in sorted(resolved.glob("*.whl")):
+            shutil.copy(w, wheel_dir / w.name)
+    if given is not None:
+        _write_text(given, lock.text())
+        return lock, f"resolved, recorded in {given}"
+    return lock, "resolved"
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename (a failure leaves the old file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(name, 0o644)  # a lock is no secret: shared like any other source file
+        os.replace(name, path)
+    finally:
+        Path(name).unlink(missing_ok=True)
 
 
 def _check_spec(spec: BundleSpec) -> None:
@@ -176,15 +231,16 @@ def _check_spec(spec: BundleSpec) -> None:
         raise ConfigError("--ca/--cert/--key need an mqtts:// broker URL", field="broker.url")
     if (spec.cert_file is None) != (spec.key_file is None):
         raise ConfigError("--cert and --key go together", field="broker.cert_file")
-    checks = [("--ca", spec.ca_file), ("--cert", spec.cert_file), ("--key", spec.key_file), ("--password-file", spec.password_file)]
+    checks = [("--ca", spec.ca_file), ("--cert", spec.cert_file), ("--key", spec.key_file), ("--password-file", spec.password_file),
+              ("--constraint", spec.constraint_file)]
     for what, p in checks + [("--trusted-key", k) for k in spec.trusted_keys]:
         if p is not None and not Path(p).is_file():
             raise BundleError(f"{what} {p}: no such file")
 
 
-def _model_and_secret_files(spec: BundleSpec, manifest: Manifest) -> _Files:
+def _model_and_secret_files(spec: BundleSpec, manifest: Manifest) -> Files:
     """The model directory (manifest, artifacts, operator configs, signature), certificates, keys and the broker password."""
-    files: _Files = {}
+    files: Files = {}
     model_files = [MANIFEST_NAME] + [a.file for a in manifest.artifacts]
     model_files += [str(a.extra["required_operators"]) for a in manifest.artifacts if a.extra.get("required_operators")]
     if (spec.model_dir / SIGNATURE_NAME).is_file():
@@ -205,30 +261,5 @@ def _model_and_secret_files(spec: BundleSpec, manifest: Manifest) -> _Files:
     return files
 
 
-def _write_tar(out: Path, files: _Files) -> None:
-    """The archive, written next to ``out`` and renamed into place (a failure leaves nothing half-written)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    with tarfile.open(tmp_out, "w:gz") as tar:
-        for name, (src, mode) in sorted(files.items()):
-            data = src.read_bytes() if isinstance(src, Path) else src
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = mode
-            info.mtime = int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-    tmp_out.replace(out)
-
-
 def _key_name(i: int, path: Path) -> str:
     return f"{i:02d}-{Path(path).name}"
-
-
-def _download_deps(requirements: list[str], dest: Path, platform: str, python_version: str) -> None:
-    """Wheels for the target device (offline install): pip download for its platform."""
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--platform", platform, "--python-version", python_version,
-           "-d", str(dest), *requirements]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    if r.returncode != 0:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise BundleError(f"downloading the agent's dependencies for {platform} / Python {python_version} failed: {tail[0]}")
