@@ -129,7 +129,7 @@ def _err(description: str) -> JsonDict:
     return {"description": description, "content": _json("Error")}
 
 
-def openapi(agent: Predictor) -> JsonDict:  # layout: table
+def openapi(agent: Predictor, *, tokens: bool = False) -> JsonDict:  # layout: table
     """The document served at ``GET /openapi.json``."""
     m = agent.model
     return {
