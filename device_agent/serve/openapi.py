@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from device_agent import __version__
 from device_agent.contract.types import JsonDict
-from device_agent.serve.openapi_v2 import v2_paths, v2_schemas
+from device_agent.serve.openapi_v2 import example_tensors, v2_paths, v2_schemas
 from device_agent.serve.predictor import Predictor
 from device_agent.serve.validate import describe_spec
 
@@ -65,13 +65,15 @@ def _schemas(agent: Predictor) -> JsonDict:  # layout: table
         },
         "FeedbackItem": {
             "type": "object", "required": ["request_id", "label"], "additionalProperties": False,
-            "properties": {"request_id": {"type": "string", "maxLength": 128, "description": "The request_id of an earlier prediction."},
+            "properties": {"request_id": {"type": "string", "minLength": 1, "maxLength": 128, "description": "The request_id of an earlier prediction."},
                            "label": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}, {"type": "array"}],
                                      "description": "True class index or name; a list with one per row for a batched prediction."},
                            "index": {"type": "integer", "minimum": 0, "description": "The row of a batched prediction this label is for."}},
         },
         "FeedbackBatch": {"type": "object", "required": ["items"], "additionalProperties": False,
-                          "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/FeedbackItem"}}}},
+                          "properties": {"items": {"type": "array", "maxItems": 10_000,
+                                                   "items": {"description": "A FeedbackItem. An item that is not one is answered with its "
+                                                                            "reason in results: the batch itself is not refused."}}}},
         "FeedbackResult": {
             "type": "object", "required": ["outcome", "request_id", "message"],
             "properties": {"outcome": {"type": "string", "enum": ["accepted", "unknown_id", "duplicate", "bad_label", "malformed"]},
@@ -137,7 +139,8 @@ def openapi(agent: Predictor, *, tokens: bool = False) -> JsonDict:
     m = agent.model
     protected: JsonDict = {"security": [{"bearer": []}]} if tokens else {}
     unauthorized = _err("No token, or a wrong one: send 'Authorization: Bearer <token>'.") if tokens else None
-    paths = _v1_paths(protected)
+    tensors = example_tensors(m.inputs)
+    paths = _v1_paths(protected, {"example": {"inputs": {k: a.tolist() for k, a in tensors.items()}}} if tensors is not None else {})
     for path, ops in paths.items():
         for method, op in ops.items():
             if method == "post":  # what any request with a body may meet before it reaches its route
@@ -151,7 +154,7 @@ def openapi(agent: Predictor, *, tokens: bool = False) -> JsonDict:
         "info": {"title": "edgekit device agent", "version": __version__,
                  "description": f"Local inference API serving {m.name} {m.version} ({m.file.name}, {m.backend.runtime}): its own /v1 API "
                                 "and the Open Inference Protocol V2 (KServe / Triton REST, with the binary tensor data extension)."},
-        "paths": {**paths, **v2_paths(protected=protected, unauthorized=unauthorized)},
+        "paths": {**paths, **v2_paths(m, protected=protected, tokens=tokens)},
         "components": {"schemas": {**_schemas(agent), **v2_schemas()}},
     }
     if tokens:
@@ -160,7 +163,7 @@ def openapi(agent: Predictor, *, tokens: bool = False) -> JsonDict:
     return doc
 
 
-def _v1_paths(protected: JsonDict) -> JsonDict:  # layout: table
+def _v1_paths(protected: JsonDict, example: JsonDict) -> JsonDict:  # layout: table
     open_: JsonDict = {"security": []} if protected else {}
     return {
         "/v1/predict": {"post": {
@@ -172,7 +175,7 @@ def _v1_paths(protected: JsonDict) -> JsonDict:  # layout: table
                 {"name": "X-Request-Id", "in": "header", "required": False, "schema": {"type": "string"}},
             ],
             "requestBody": {"required": True, "content": {
-                **_json("PredictRequest"),
+                "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}, **example},
                 "application/x-npy": {"schema": {"type": "string", "format": "binary"}, "description": "One input as a .npy file."},
                 "application/x-npz": {"schema": {"type": "string", "format": "binary"}, "description": "Inputs as a .npz archive keyed by name."},
             }},

@@ -7,15 +7,42 @@ dimensions of any size, ``null`` for NaN outputs, the binary tensor data extensi
 
 from __future__ import annotations
 
+import numpy as np
+
+from device_agent.contract.manifest import TensorSpec
 from device_agent.contract.types import JsonDict
-from device_agent.serve.v2_codec import DATATYPES
+from device_agent.runtime.model import LoadedModel
+from device_agent.serve.v2_codec import DATATYPES, datatype_of
 
-__all__ = ["v2_paths", "v2_schemas"]
+__all__ = ["example_tensors", "v2_paths", "v2_schemas"]
 
-_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
-         "description": "The model's name (GET /v2/models/{name} answers 404 for any other)."}
-_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
-            "description": "The model version served now; any other is a 404 (after an update, the new one)."}
+#: requests in the document's examples stay small: larger signatures get no example
+EXAMPLE_ELEMENTS = 4096
+
+
+def example_tensors(specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray] | None:
+    """A valid request's inputs (zeros, one sample) for the document's examples; None when they would be large."""
+    out = {}
+    for s in specs:
+        shape = tuple(d if isinstance(d, int) and d >= 0 else 1 for d in s.shape)
+        out[s.name] = np.zeros(shape, dtype=s.dtype)
+    return out if sum(a.size for a in out.values()) <= EXAMPLE_ELEMENTS else None
+
+
+def _path_params(model: LoadedModel) -> tuple[JsonDict, JsonDict]:
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}, "example": model.name,
+            "description": "The model's name (GET /v2/models/{name} answers 404 for any other)."}
+    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}, "example": model.version,
+               "description": "The model version served now; any other is a 404 (after an update, the new one)."}
+    return name, version
+
+
+def _infer_example(model: LoadedModel) -> JsonDict:
+    tensors = example_tensors(model.inputs)
+    if tensors is None:
+        return {}
+    return {"example": {"inputs": [{"name": k, "shape": list(a.shape), "datatype": datatype_of(a.dtype), "data": a.reshape(-1).tolist()}
+                                   for k, a in tensors.items()]}}
 _HEADER_LENGTH = {"name": "Inference-Header-Content-Length", "in": "header", "required": False,
                   "schema": {"type": "string", "pattern": "^[0-9]{1,15}$"},
                   "description": "Binary tensor data extension: the JSON part's length; binary input tensors follow it."}
@@ -71,7 +98,7 @@ def v2_schemas() -> JsonDict:  # layout: table
     }
 
 
-def _model_routes(base: str, params: list[JsonDict], protected: JsonDict) -> JsonDict:  # layout: table
+def _model_routes(base: str, params: list[JsonDict], protected: JsonDict, example: JsonDict) -> JsonDict:  # layout: table
     return {
         base: {"get": {"summary": "Model metadata (V2).", "parameters": params, **protected,
                        "responses": {"200": {"description": "The model's inputs and outputs.", "content": {"application/json": {"schema": _ref("V2ModelMetadata")}}},
@@ -82,7 +109,7 @@ def _model_routes(base: str, params: list[JsonDict], protected: JsonDict) -> Jso
         base + "/infer": {"post": {
             "summary": "Inference (V2), with JSON tensors or the binary tensor data extension.", "parameters": [*params, _HEADER_LENGTH], **protected,
             "requestBody": {"required": True, "content": {
-                "application/json": {"schema": _ref("V2InferenceRequest")},
+                "application/json": {"schema": _ref("V2InferenceRequest"), **example},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
                                              "description": "The JSON request (Inference-Header-Content-Length bytes), then the binary inputs."}}},
             "responses": {
@@ -100,9 +127,11 @@ def _model_routes(base: str, params: list[JsonDict], protected: JsonDict) -> Jso
     }
 
 
-def v2_paths(*, protected: JsonDict, unauthorized: JsonDict | None) -> JsonDict:
-    """The ``/v2`` paths; ``protected`` is the security requirement of token routes, ``unauthorized`` their 401."""
-    health: JsonDict = {"security": []} if unauthorized is not None else {}
+def v2_paths(model: LoadedModel, *, protected: JsonDict, tokens: bool) -> JsonDict:
+    """The ``/v2`` paths for ``model``; ``protected`` is the security requirement of token routes (``tokens``: they answer 401 without one)."""
+    health: JsonDict = {"security": []} if tokens else {}
+    name, version = _path_params(model)
+    example = _infer_example(model)
     paths: JsonDict = {
         "/v2": {"get": {"summary": "Server metadata (V2).", **protected,
                         "responses": {"200": {"description": "Name, version, extensions.",
@@ -111,12 +140,12 @@ def v2_paths(*, protected: JsonDict, unauthorized: JsonDict | None) -> JsonDict:
                                     "responses": {"200": {"description": "Live."}}}},
         "/v2/health/ready": {"get": {"summary": "Server ready (V2): 200 true, 400 false; empty body.", **health,
                                      "responses": {"200": {"description": "Ready."}, "400": {"description": "Not ready."}}}},
-        **_model_routes("/v2/models/{name}", [_NAME], protected),
-        **_model_routes("/v2/models/{name}/versions/{version}", [_NAME, _VERSION], protected),
+        **_model_routes("/v2/models/{name}", [name], protected, example),
+        **_model_routes("/v2/models/{name}/versions/{version}", [name, version], protected, example),
     }
-    if unauthorized is not None:
+    if tokens:
         for path, ops in paths.items():
             if not path.startswith("/v2/health"):
                 for op in ops.values():
-                    op["responses"]["401"] = unauthorized
+                    op["responses"]["401"] = _err("No token, or a wrong one: send 'Authorization: Bearer <token>'.")
     return paths

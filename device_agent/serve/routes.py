@@ -54,6 +54,7 @@ ROUTES = {("POST", "/v1/predict"), ("POST", "/v1/feedback"), ("GET", "/v1/model"
 OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 _TEMPLATES = sorted({p for _, p in ROUTES}, key=lambda p: (p.count("{"), p))
 _PATTERNS = [(p, re.compile("^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(p)) + "$")) for p in _TEMPLATES]
+_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
 #: what the API answers instead of ``InvalidInput.status`` for these kinds
 _STATUS_OF_KIND = {"length_required": 411, "content_type": 415}
 
@@ -82,7 +83,8 @@ class Router:
         return self.tokens is None or self.tokens.check(head.headers.get("authorization"))
 
     def count(self, method: str, route: str, status: int) -> None:
-        self.predictor.metrics.http_request(method, route, status)
+        # labels from a closed set (routes, methods, statuses): a client inventing methods or paths adds no series
+        self.predictor.metrics.http_request(method if method in _METHODS else "other", route, status)
 
     def error(self, match: RouteMatch, status: int, kind: str, message: str, *, request_id: str | None = None,
               detail: dict[str, str | None] | None = None) -> Response:
