@@ -187,7 +187,10 @@ class FeedbackLog:
                 if not rows or len(rows) > self.max_rows or _cost(request_id, len(rows)) > self.max_bytes:
                     continue
                 # a caller that reuses its request id replaces the older prediction (the newer is the one to judge);
-                # the old entry stays in the age order, still counted, until it reaches the front
+                # the old entry stays in the age order (its bytes still counted) until it reaches the front
+                old = self._log.get(request_id)
+                if old is not None:
+                    self._rows -= old.rows
                 entry = self._log[request_id] = _Entry(request_id, version, now, rows)
                 self._order.append(entry)
                 self._rows += len(rows)
@@ -203,10 +206,10 @@ class FeedbackLog:
             if live and self._rows <= self.max_rows and self._bytes <= self.max_bytes and e.ts >= horizon:
                 break
             order.popleft()
-            self._rows -= e.rows
             self._bytes -= _cost(e.rid, e.rows)
-            if not live:  # replaced by a newer prediction under the same id
+            if not live:  # replaced by a newer prediction under the same id: its rows were handed over then
                 continue
+            self._rows -= e.rows
             del log[e.rid]
             if e.labelled != (1 << e.rows) - 1:
                 self._expired += 1
