@@ -166,9 +166,10 @@ class ApiConfig:
     max_elements: int = _f(16 << 20, "Largest number of tensor elements per request, all inputs together.", _range(1))
     max_connections: int = _f(512, "Open HTTP connections; at the limit a new one replaces the one idle or stalled the longest "
                                    "(503 only when all are busy).", _range(1, 100000))
-    max_inflight_bytes: int = _f(32 << 20, "Request body bytes held in memory at once, all connections together (at least "
+    max_inflight_bytes: int = _f(16 << 20, "Request body bytes held in memory at once, all connections together (at least "
                                            "max_body_bytes); a request over it waits, then gets 503 with Retry-After.", _range(1024))
-    queue_timeout_s: float = _f(2.0, "How long a request waits for room in max_inflight_bytes before its 503.", _range(0.01, 600))
+    queue_timeout_s: float = _f(10.0, "How long a request waits (its bytes left in the socket) for room in max_inflight_bytes "
+                                      "before its 503.", _range(0.01, 600))
     workers: int = _f(4, "Threads that run requests (parse, validate, infer, answer); sockets are read by one event loop.", _range(1, 256))
     header_timeout_s: float = _f(10.0, "A request's head (request line and headers) must arrive within this from its first byte.",
                                  _range(0.1, 3600))

@@ -9,15 +9,18 @@ containers would multiply in memory (a body of ``[],[],…`` becomes ~20x its si
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import threading
+from collections.abc import Iterator
 from types import ModuleType
 
 import numpy as np
 
 from device_agent.contract.errors import InvalidInput
 
-__all__ = ["MAX_DEPTH", "dumps", "loads"]
+__all__ = ["MAX_DEPTH", "dumps", "expanding", "loads"]
 
 #: nesting a body may have: a tensor has at most 64 axes (numpy's limit); orjson stops at 1024
 MAX_DEPTH = 1024
@@ -25,6 +28,25 @@ MAX_DEPTH = 1024
 DENSE_CHECK_BYTES = 256 * 1024
 #: at most one list or object per this many bytes in a large body (an image tensor has one per ~4 KB)
 BYTES_PER_CONTAINER = 32
+
+
+#: JSON bodies from this size on are parsed one at a time (see :func:`expanding`)
+SERIAL_BYTES = 64 * 1024
+_EXPANSION = threading.Lock()
+
+
+@contextlib.contextmanager
+def expanding(size: int) -> Iterator[None]:
+    """Hold while a JSON body of ``size`` bytes becomes Python objects and then arrays.
+
+    A 3 MB image tensor becomes ~5 MB of Python floats and lists before numpy packs it into 0.6 MB.
+    Parsing holds the GIL, so two parses at once finish no sooner than one after the other; one at
+    a time bounds that transient memory to one body's worth, however many requests are in flight."""
+    if size < SERIAL_BYTES:
+        yield
+        return
+    with _EXPANSION:
+        yield
 
 
 def _optional(name: str) -> ModuleType | None:

@@ -52,8 +52,9 @@ ROUTES = {("POST", "/v1/predict"), ("POST", "/v1/feedback"), ("GET", "/v1/model"
           ("GET", "/metrics"), ("GET", "/openapi.json"), *v2.ROUTES}
 #: served without a token: probes carry no secret (and /healthz shows no job history without one)
 OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
-_TEMPLATES = sorted({p for _, p in ROUTES}, key=lambda p: (p.count("{"), p))
-_PATTERNS = [(p, re.compile("^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(p)) + "$")) for p in _TEMPLATES]
+_EXACT = {p for _, p in ROUTES if "{" not in p}
+_PATTERNS = [(p, re.compile("^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(p)) + "$"))
+             for p in sorted({p for _, p in ROUTES if "{" in p})]
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
 #: what the API answers instead of ``InvalidInput.status`` for these kinds
 _STATUS_OF_KIND = {"length_required": 411, "content_type": 415}
@@ -71,6 +72,8 @@ class Router:
 
     def match(self, head: RequestHead) -> RouteMatch:
         path = head.path
+        if path in _EXACT:
+            return RouteMatch(path, v2=path.startswith("/v2"), open=path in OPEN_ROUTES, heavy=head.method == "POST")
         for template, pattern in _PATTERNS:
             m = pattern.match(path)
             if m is not None:

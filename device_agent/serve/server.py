@@ -49,12 +49,12 @@ class HttpLimits:
 
     max_body_bytes: int = 16 << 20
     max_connections: int = 512
-    max_inflight_bytes: int = 32 << 20
+    max_inflight_bytes: int = 16 << 20
     workers: int = 4
     header_timeout_s: float = 10.0
     request_timeout_s: float = 30.0
     idle_timeout_s: float = 30.0
-    budget_wait_s: float = 2.0
+    budget_wait_s: float = 10.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -159,7 +159,7 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8470, *, ma
         raise ConfigError(f"[api] host {host!r} listens beyond loopback without authentication: set [api] token_file "
                           "(one bearer token per line, e.g. `openssl rand -hex 32`), or host = \"127.0.0.1\"", field="api.token_file")
     limits = limits or HttpLimits(max_body_bytes=max_body_bytes, max_connections=max_connections,
-                                  max_inflight_bytes=max(32 << 20, max_body_bytes))
+                                  max_inflight_bytes=max(16 << 20, max_body_bytes))
     t0 = time.perf_counter()
     loop = asyncio.new_event_loop()
     app = Router(predictor, tokens=tokens, max_body_bytes=limits.max_body_bytes)

@@ -22,7 +22,7 @@ from device_agent.contract.errors import InvalidInput
 from device_agent.contract.manifest import TensorSpec
 from device_agent.contract.types import Array, Feeds, JsonDict
 from device_agent.serve.exchange import REQUEST_ID
-from device_agent.serve.jsonbody import dumps, loads
+from device_agent.serve.jsonbody import dumps, expanding, loads
 
 __all__ = ["DATATYPES", "InferRequest", "datatype_of", "encode_response", "parse_infer"]
 
@@ -58,7 +58,11 @@ def parse_infer(body: bytes | bytearray, header_length: str | None, inputs: tupl
         if not header_length.isdigit() or int(header_length) > len(view):
             raise _bad(f"Inference-Header-Content-Length {header_length!r} must be a byte count ≤ the body's {len(view)} bytes")
         n = int(header_length)
-    doc = loads(view[:n])
+    with expanding(n):  # the JSON's lists become arrays before the next large body is parsed
+        return _parse(loads(view[:n]), view, n, inputs, outputs)
+
+
+def _parse(doc: object, view: memoryview, n: int, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> InferRequest:
     if not isinstance(doc, dict):
         raise _bad(f'the inference request must be a JSON object {{"inputs": [...]}}, got {type(doc).__name__}')
     rid = doc.get("id")

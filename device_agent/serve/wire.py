@@ -8,6 +8,7 @@ request a proxy could read differently is not served.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -17,7 +18,6 @@ __all__ = ["MAX_HEADERS", "HeadError", "RequestHead", "continue_line", "parse_he
 
 #: header lines per request (a browser sends ~15, curl 4)
 MAX_HEADERS = 100
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
 class HeadError(Exception):
@@ -43,29 +43,31 @@ class RequestHead:
     expect_continue: bool
 
 
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (\S+) (HTTP/\d\.\d)\r?")
+_HEADER = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*\r?")
+_CONTROL = re.compile(rb"[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f]")  # what may not appear in a head (tab, CR and LF aside)
+
+
 def parse_head(data: bytes) -> RequestHead:
     """The head of one request: ``data`` runs from the request line up to (not including) the blank line."""
     lines = data.split(b"\n")
-    request_line = lines[0].rstrip(b"\r")
-    parts = request_line.split(b" ")
-    if len(parts) != 3 or not parts[0] or not set(parts[0]) <= _TOKEN or not parts[1]:
-        raise HeadError(400, "malformed", f"malformed request line {request_line[:80]!r}; expected 'METHOD /path HTTP/1.1'")
-    method, target, version = (p.decode("latin-1") for p in parts)
+    m = _REQUEST_LINE.fullmatch(lines[0])
+    if m is None:
+        raise HeadError(400, "malformed", f"malformed request line {lines[0][:80]!r}; expected 'METHOD /path HTTP/1.1'")
+    method, target, version = m.group(1).decode(), m.group(2).decode("latin-1"), m.group(3).decode()
     if version not in ("HTTP/1.1", "HTTP/1.0"):
-        raise HeadError(505 if version.startswith("HTTP/") else 400, "malformed", f"HTTP version {version!r} is not supported; use HTTP/1.1")
+        raise HeadError(505, "malformed", f"HTTP version {version!r} is not supported; use HTTP/1.1")
     if len(lines) - 1 > MAX_HEADERS:
         raise HeadError(431, "header_too_large", f"{len(lines) - 1} header lines; at most {MAX_HEADERS}")
+    if _CONTROL.search(data):
+        raise HeadError(400, "malformed", "the request head holds control characters")
     headers: dict[str, str] = {}
     lengths: set[str] = set()
-    for raw in lines[1:]:
-        line = raw.rstrip(b"\r")
-        name, sep, value = line.partition(b":")
-        if not sep or not name or not set(name) <= _TOKEN:
+    for line in lines[1:]:
+        h = _HEADER.fullmatch(line)
+        if h is None:
             raise HeadError(400, "malformed", f"malformed header line {line[:80]!r}; expected 'Name: value' (no folded lines)")
-        text = value.strip(b" \t").decode("latin-1")
-        if any(c < " " and c != "\t" for c in text):
-            raise HeadError(400, "malformed", f"header {name.decode('latin-1')!r} holds control characters")
-        key = name.decode("latin-1").lower()
+        key, text = h.group(1).decode().lower(), h.group(2).decode("latin-1")
         headers[key] = text
         if key == "content-length":
             lengths.add(text)

@@ -66,7 +66,7 @@ def test_broker_url_parts(tmp_path):
         ('[device]\nid = "d"\n[api]\nhost = "pi-07.lan"', "api.token_file", "listens beyond loopback"),
         ('[device]\nid = "d"\n[api]\nhost = "0.0.0.0"\ntoken_file = "missing-tokens"', "api.token_file", "[api] token_file"),
         ('[device]\nid = "d"\n[api]\ntls_cert = "api.crt"', "api.tls_key", "[api] tls_cert and tls_key go together; tls_key is missing"),
-        ('[device]\nid = "d"\n[api]\nmax_body_bytes = 40000000', "api.max_inflight_bytes", "max_inflight_bytes 33554432 is below max_body_bytes"),
+        ('[device]\nid = "d"\n[api]\nmax_body_bytes = 20000000', "api.max_inflight_bytes", "max_inflight_bytes 16777216 is below max_body_bytes"),
         ('[device]\nid = "d"\n[api]\nworkers = 0', "api.workers", "[api] workers 0 must be between 1 and 256"),
         ('[device]\nid = "d"\n[telemetry]\nfeedback_max_bytes = 10', "telemetry.feedback_max_bytes", "must be ≥ 1024"),
     ],
@@ -93,8 +93,8 @@ def test_api_security_and_limits(tmp_path):
         request_timeout_s = 5
     """))
     assert cfg.api.token_file == tmp_path / "tokens" and cfg.api.request_timeout_s == 5.0
-    assert (cfg.api.max_connections, cfg.api.max_inflight_bytes, cfg.api.workers) == (512, 32 << 20, 4)
-    assert (cfg.api.header_timeout_s, cfg.api.idle_timeout_s, cfg.api.queue_timeout_s) == (10.0, 30.0, 2.0)
+    assert (cfg.api.max_connections, cfg.api.max_inflight_bytes, cfg.api.workers) == (512, 16 << 20, 4)
+    assert (cfg.api.header_timeout_s, cfg.api.idle_timeout_s, cfg.api.queue_timeout_s) == (10.0, 30.0, 10.0)
     assert cfg.telemetry.feedback_max_bytes == 8 << 20
 
 

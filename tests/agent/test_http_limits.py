@@ -304,12 +304,12 @@ def test_deeply_nested_json_is_a_400_without_a_traceback(agent, x, monkeypatch, 
     deep = b"[" * 100_000 + b"]" * 100_000
     try:
         for path, body in (("/v1/predict", b'{"inputs": {"x": ' + deep + b"}}"), ("/v1/feedback", deep),
-                           ("/v2/models/%s/infer" % agent.model.name.encode().decode(), b'{"inputs": [' + deep + b"]}")):
+                           (f"/v2/models/{agent.model.name}/infer", b'{"inputs": [' + deep + b"]}")):
             status, err, _ = post(server.port, body, path=path)
             message = err["error"] if isinstance(err["error"], str) else err["error"]["message"]
             assert status == 400 and "more than 1024 levels deep" in message, (path, err)
         just_too_deep = "[" * 70 + "0.5" + "]" * 70  # valid JSON, but deeper than a tensor can be
-        status, err, _ = post(server.port, ('{"inputs": {"x": %s}}' % just_too_deep).encode())
+        status, err, _ = post(server.port, b'{"inputs": {"x": ' + just_too_deep.encode() + b"}}")
         assert status == 400 and "nested more than 64 lists deep" in err["error"]["message"]
         status, _, _ = post(server.port, json.dumps({"inputs": {"x": x.tolist()}}).encode())
         assert status == 200
