@@ -20,13 +20,11 @@ import logging
 import socket
 from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from device_agent.serve.exchange import REQUEST_ID, Request, Response, RouteMatch, new_request_id
+from device_agent.serve.listener import Listener
 from device_agent.serve.wire import HeadError, RequestHead, continue_line, parse_head, response_head
-
-if TYPE_CHECKING:
-    from device_agent.serve.server import Listener
 
 __all__ = ["Connection", "State"]
 

@@ -42,7 +42,7 @@ from device_agent.serve.wire import RequestHead
 from device_agent.telemetry.feedback import MAX_ITEMS
 
 if TYPE_CHECKING:
-    from device_agent.serve.server import Listener
+    from device_agent.serve.listener import Listener
 
 __all__ = ["OPEN_ROUTES", "ROUTES", "Router"]
 

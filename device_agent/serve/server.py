@@ -29,71 +29,17 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass, fields
 
 from device_agent.contract.errors import ConfigError
 from device_agent.serve.auth import Tokens, is_loopback
-from device_agent.serve.budget import ByteBudget
 from device_agent.serve.connection import Connection
+from device_agent.serve.listener import HttpLimits, Listener
 from device_agent.serve.predictor import Predictor
 from device_agent.serve.routes import ROUTES, Router
 
 __all__ = ["ROUTES", "ApiServer", "HttpLimits", "Listener", "serve"]
 
 log = logging.getLogger("edgekit.agent.http")
-
-
-@dataclass(frozen=True)
-class HttpLimits:
-    """What one agent's HTTP API holds at most, and how long it waits (``[api]`` in agent.toml)."""
-
-    max_body_bytes: int = 16 << 20
-    max_connections: int = 512
-    max_inflight_bytes: int = 16 << 20
-    workers: int = 4
-    header_timeout_s: float = 10.0
-    request_timeout_s: float = 30.0
-    idle_timeout_s: float = 30.0
-    budget_wait_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            if getattr(self, f.name) <= 0:
-                raise ConfigError(f"[api] {f.name} must be positive, got {getattr(self, f.name)}", field=f"api.{f.name}")
-        if self.max_inflight_bytes < self.max_body_bytes:
-            raise ConfigError(f"[api] max_inflight_bytes ({self.max_inflight_bytes:,}) is below max_body_bytes ({self.max_body_bytes:,}): "
-                              "one largest request must fit; raise it or lower max_body_bytes", field="api.max_inflight_bytes")
-
-
-class Listener:
-    """The state the connections share: limits, budget, worker pools, the open connections."""
-
-    def __init__(self, app: Router, limits: HttpLimits, loop: asyncio.AbstractEventLoop) -> None:
-        self.app = app
-        self.limits = limits
-        self.loop = loop
-        self.budget = ByteBudget(limits.max_inflight_bytes)
-        self.pool = concurrent.futures.ThreadPoolExecutor(limits.workers, thread_name_prefix="edgekit-http")
-        # metadata and health answers never queue behind inference
-        self.light_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="edgekit-http-light")
-        self.conns: dict[Connection, None] = {}
-        self.evicted = 0
-        self.closing = False
-
-    def admit(self, conn: Connection) -> bool:
-        """Register a new connection; at the limit, close the one idle or stalled the longest (False: none can go)."""
-        if len(self.conns) >= self.limits.max_connections:
-            victim = min((c for c in self.conns if c.evictable), key=lambda c: c.since, default=None)
-            if victim is None:
-                return False
-            self.conns.pop(victim, None)
-            self.evicted += 1
-            victim.abort()
-        self.conns[conn] = None
-        return True
-
-    def forget(self, conn: Connection) -> None:
-        self.conns.pop(conn, None)
 
 
 class ApiServer:
@@ -130,7 +76,7 @@ class ApiServer:
             lis.closing = True
             self._server.close()
             deadline = time.monotonic() + grace_s
-            while any(c.state.value == "busy" for c in lis.conns) and time.monotonic() < deadline:
+            while any(not c.evictable for c in lis.conns) and time.monotonic() < deadline:  # requests in progress finish
                 await asyncio.sleep(0.01)
             for c in list(lis.conns):
                 c.abort()
