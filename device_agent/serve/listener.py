@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
+import time
 from dataclasses import dataclass, fields
 from typing import Protocol
 
 from device_agent.contract.errors import ConfigError
 from device_agent.serve.budget import ByteBudget
-from device_agent.serve.exchange import App
+from device_agent.serve.exchange import App, Request, Response
 
 __all__ = ["HttpLimits", "Listener"]
+
+#: a connection is "alone" when no other one sent a request for this long
+SHARED_WINDOW_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,11 @@ class Listener:
         self.light_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="edgekit-http-light")
         self.conns: dict[Evictable, None] = {}
         self.evicted = 0
+        self.running = 0  # requests a worker (or the loop itself) is answering
+        self.cost_s = math.inf  # running average of how long a request (POST) takes to answer; unknown at first
         self.closing = False
+        self._last: object = None
+        self._shared_until = 0.0
 
     def admit(self, conn: Evictable) -> bool:
         """Register a new connection; at the limit, close the one idle or stalled the longest (False: none can go)."""
@@ -76,6 +85,23 @@ class Listener:
             victim.abort()
         self.conns[conn] = None
         return True
+
+    def timed(self, request: Request) -> Response:
+        """``app.handle``, timed into ``cost_s`` (from any thread: a lost update of an average is harmless)."""
+        t0 = time.perf_counter()
+        try:
+            return self.app.handle(request)
+        finally:
+            dt = time.perf_counter() - t0
+            self.cost_s = dt if math.isinf(self.cost_s) else 0.9 * self.cost_s + 0.1 * dt
+
+    def alone(self, conn: object) -> bool:
+        """True when ``conn`` is the only connection that sent a request in the last 100 ms."""
+        now = self.loop.time()
+        if conn is not self._last:
+            self._last = conn
+            self._shared_until = now + SHARED_WINDOW_S
+        return now >= self._shared_until
 
     def forget(self, conn: Evictable) -> None:
         self.conns.pop(conn, None)

@@ -385,3 +385,42 @@ def test_malformed_heads_are_refused_and_the_connection_closed(agent, head, stat
         assert post(server.port, b"{}")[0] == 400  # still serving
     finally:
         server.close()
+
+
+class ThreadNoting(Agent):
+    """An agent that notes which thread answers each prediction (and can be made slow)."""
+
+    delay_s = 0.0
+
+    def predict(self, *args, **kwargs):
+        self.threads.append(threading.current_thread().name)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return super().predict(*args, **kwargs)
+
+
+@pytest.mark.parametrize("delay_s, limit_s, on_loop", [(0.0, 0.02, True), (0.005, None, False)], ids=["quick", "slow"])
+def test_a_lone_client_of_a_quick_model_is_answered_on_the_event_loop(digits_dir, x, monkeypatch, delay_s, limit_s, on_loop):
+    """One keep-alive client, small requests that take less than INLINE_COST_S: answered by the event loop
+    itself (no thread hops); a model that takes longer always goes to the workers, so the loop never blocks
+    for long. (The quick case allows 20 ms: a busy test machine must not make digits look slow.)"""
+    from device_agent.serve import connection
+
+    if limit_s is not None:
+        monkeypatch.setattr(connection, "INLINE_COST_S", limit_s)
+    agent = ThreadNoting.open(digits_dir)
+    agent.threads, agent.delay_s = [], delay_s
+    server = serve(agent)
+    body = npy(x)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        for _ in range(60):
+            conn.request("POST", "/v1/predict", body=body, headers={"Content-Type": "application/x-npy"})
+            r = conn.getresponse()
+            assert r.status == 200 and r.read()
+            time.sleep(0.003)  # past the 100 ms in which a new connection is not yet "alone"
+        conn.close()
+    finally:
+        server.close()
+    assert agent.threads[0].startswith("edgekit-http_")  # a new connection starts on the workers
+    assert ("edgekit-http" in agent.threads) is on_loop, agent.threads
