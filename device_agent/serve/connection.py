@@ -343,6 +343,7 @@ class Connection(asyncio.BufferedProtocol):
     # --- closing ---------------------------------------------------------------------------------
 
     def _release(self) -> None:
+        self._body = None  # a body cut off by a deadline or a closed socket goes now, not with the connection object
         if self._reserved:
             self.lis.budget.give(self._reserved)
             self._reserved = 0
