@@ -216,20 +216,18 @@ def test_bodies_over_the_budget_wait_then_get_503_with_retry_after(gated, x):
     limits = HttpLimits(max_body_bytes=12_000, max_inflight_bytes=12_000, budget_wait_s=0.3, workers=2)
     server = serve(gated, limits=limits)
     try:
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(1) as pool:
             first = pool.submit(post, server.port, big, "application/x-npy")
             assert gated.entered.acquire(timeout=10)  # its 10 KB are held while it runs
             status, err, r = post(server.port, big, "application/x-npy")
             assert status == 503 and err["error"]["kind"] == "busy" and r.getheader("Retry-After") == "1"
             assert "max_inflight_bytes" in err["error"]["message"]
-            waiting = pool.submit(post, server.port, big, "application/x-npy")  # queued: served once the first is done
-            wait_until(lambda: server.listener.budget.waiting == 1, 5, what="the second request to queue")
             gated.gate.set()
             assert first.result()[0] == 200
-        assert server.listener.budget.used == 0
+        assert server.listener.budget.used == 0 and server.listener.budget.waiting == 0
+        assert post(server.port, big, "application/x-npy")[0] == 200  # room again
     finally:
         server.close()
-    assert waiting.result()[0] in (200, 503)  # in time unless this machine stalled for 0.3 s
 
 
 def test_requests_wait_for_the_budget_instead_of_failing_when_it_frees_in_time(gated):
