@@ -140,3 +140,22 @@ def test_tls(agent, tmp_path):
     (tmp_path / "bad.key").write_text("not a key")
     with pytest.raises(ConfigError, match="cannot be loaded"):
         tls_context(cert, tmp_path / "bad.key")
+
+
+def test_the_daemon_shows_the_ota_job_history_to_token_holders_only(digits_dir, tmp_path):
+    from device_agent.config import parse_config
+    from device_agent.daemon import Daemon
+
+    class Updater:  # the part of device_agent.ota.updater.Updater the daemon wires into the agent
+        def on_chunk(self, *args: object) -> None: ...
+
+        def handle(self, *args: object) -> None: ...
+
+        def status(self) -> dict:
+            return {"state": "IDLE", "job": "j-7", "reason": "", "detail": "", "queue": ["j-8"], "current": "1.1.0", "previous": "1.0.0",
+                    "history": [{"job": "j-6", "state": "COMMITTED"}]}
+
+    cfg = parse_config({"device": {"id": "pi-07"}, "model": {"path": str(digits_dir)}, "api": {"port": 0}}, base_dir=tmp_path)
+    daemon = Daemon(cfg, Agent.open(digits_dir), updater=Updater())  # type: ignore[arg-type]
+    assert daemon.agent.health(private=False)["ota"] == {"state": "IDLE", "current": "1.1.0", "previous": "1.0.0"}
+    assert daemon.agent.health()["ota"]["history"] == [{"job": "j-6", "state": "COMMITTED"}]
