@@ -59,6 +59,7 @@ bench: install
 	$(BIN)/python benchmarks/tflite_export.py
 	$(BIN)/python benchmarks/prune_distill.py
 	$(BIN)/python benchmarks/agent.py
+	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/ota.py
 	$(BIN)/python benchmarks/real_models.py
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from device_agent.config.schema import AgentConfig
+from device_agent.config.schema import AgentConfig, ApiConfig
 from device_agent.contract.enums import CommandKind, DeviceStatus, JobState
 from device_agent.contract.manifest import MANIFEST_NAME
 from device_agent.contract.protocol import StateMessage
@@ -39,15 +39,18 @@ from device_agent.ota.updater import Updater
 from device_agent.ota.verify import load_trusted_keys
 from device_agent.runtime.model import LoadedModel, load_model
 from device_agent.serve.agent import Agent
-from device_agent.serve.server import ApiServer, serve
+from device_agent.serve.auth import load_tokens, tls_context
+from device_agent.serve.server import ApiServer, HttpLimits, serve
 from device_agent.telemetry.window import Window
 
-__all__ = ["Daemon", "updater_from_config"]
+__all__ = ["Daemon", "serve_api", "updater_from_config"]
 
 log = logging.getLogger("edgekit.agent")
 
 #: how long stop() lets the link deliver what is queued (the rest stays on disk for the next start)
 STOP_GRACE_S = 2.0
+#: what /healthz shows of the OTA status without a token (the job history and job ids need one)
+PUBLIC_OTA_KEYS = frozenset({"state", "current", "previous", "progress"})
 
 
 class Daemon:
@@ -97,7 +100,9 @@ class Daemon:
             if self.link is not None else None
         updater = self.updater
         if updater is not None:
-            agent.health_sections["ota"] = updater.status
+            # job ids, reasons and history are for token holders: probes see the state and the versions only
+            agent.health_sections["ota"] = lambda: {k: v for k, v in updater.status().items() if k in PUBLIC_OTA_KEYS}
+            agent.private_sections["ota"] = updater.status
 
     @classmethod
     def from_config(cls, cfg: AgentConfig) -> Daemon:
@@ -118,7 +123,8 @@ class Daemon:
         a, t = cfg.api, cfg.telemetry
         agent = Agent(model, telemetry=t.enabled and cfg.broker.enabled, max_batch=a.max_batch, max_elements=a.max_elements,
                       top_k_default=a.top_k, max_payload_bytes=t.max_payload_bytes, max_values_per_feature=t.max_values_per_feature,
-                      feedback_max_rows=t.feedback_max_rows, feedback_retention_s=t.feedback_retention_s)
+                      feedback_max_rows=t.feedback_max_rows, feedback_max_bytes=t.feedback_max_bytes,
+                      feedback_retention_s=t.feedback_retention_s)
         return cls(cfg, agent, outbox=outbox, updater=updater)
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -141,8 +147,7 @@ class Daemon:
             if self.updater is not None:
                 self.updater.start()
         if cfg.api.enabled:
-            self.server = serve(self.agent, cfg.api.host, cfg.api.port, max_body_bytes=cfg.api.max_body_bytes,
-                                max_connections=cfg.api.max_connections)
+            self.server = serve_api(self.agent, cfg.api)
 
     def stop(self) -> None:
         """Stop serving; publish the window in progress, the "offline" state; close the outbox."""
@@ -245,6 +250,16 @@ class Daemon:
         """The device's retained state (what the link publishes on connect, as Last Will and on shutdown)."""
         cfg = self.config
         return state_message(self.agent, status, reason, device=cfg.device.id, group=cfg.device.group, boot=self.boot, seq=seq)
+
+
+def serve_api(agent: Agent, a: ApiConfig) -> ApiServer:
+    """The HTTP API as ``[api]`` configures it: limits, deadlines, tokens, TLS."""
+    limits = HttpLimits(max_body_bytes=a.max_body_bytes, max_connections=a.max_connections, max_inflight_bytes=a.max_inflight_bytes,
+                        workers=a.workers, header_timeout_s=a.header_timeout_s, request_timeout_s=a.request_timeout_s,
+                        idle_timeout_s=a.idle_timeout_s, budget_wait_s=a.queue_timeout_s)
+    tokens = load_tokens(a.token_file) if a.token_file is not None else None
+    tls = tls_context(a.tls_cert, a.tls_key) if a.tls_cert is not None and a.tls_key is not None else None
+    return serve(agent, a.host, a.port, tokens=tokens, ssl_context=tls, limits=limits)
 
 
 def updater_from_config(cfg: AgentConfig) -> Updater | None:

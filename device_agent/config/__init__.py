@@ -3,7 +3,8 @@
 - ``schema``: the sections and fields (defaults, descriptions, checks) — the one table;
 - ``read``: loading and checking a file; ``render``: writing one (the shipped example, bundles).
 
-Imports the contract room only. Only the daemon, the MQTT link, the CLI and bundles read the
+Imports the contract room (and ``serve.auth`` for the rule that beyond loopback the API needs a
+token). Only the daemon, the MQTT link, the CLI and bundles read the
 config: the serving, OTA and telemetry rooms take plain arguments. The names below are
 re-exported for ``from device_agent.config import ...``.
 """

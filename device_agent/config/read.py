@@ -16,6 +16,7 @@ from typing import Any
 
 from device_agent.config.schema import SECTIONS, AgentConfig
 from device_agent.contract.errors import ConfigError
+from device_agent.serve.auth import is_loopback
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -157,6 +158,7 @@ def _cross_checks(cfg: AgentConfig, check_files: bool) -> None:
             problem = _check_public_key(k)
             if problem:
                 raise ConfigError(f"{src}: [security] trusted_keys[{i}] {str(k)!r} {problem}", field="security.trusted_keys")
+    _api_checks(cfg, check_files)
     if cfg.model.path.suffix and cfg.model.path.suffix not in (".onnx", ".ort", ".tflite") and cfg.model.path.is_file():
         raise ConfigError(f"{src}: [model] path {str(cfg.model.path)!r} is a {cfg.model.path.suffix} file; expected a directory, .onnx, .ort or .tflite",
                           field="model.path")
@@ -177,3 +179,22 @@ def _check_public_key(path: Path) -> str | None:
     if not isinstance(key, Ed25519PublicKey):
         return f"is a {type(key).__name__}; only ed25519 keys are accepted"
     return None
+
+
+def _api_checks(cfg: AgentConfig, check_files: bool) -> None:
+    src, a = cfg.source, cfg.api
+    if a.enabled and a.token_file is None and not is_loopback(a.host):
+        raise ConfigError(f"{src}: [api] host '{a.host}' listens beyond loopback without authentication: set [api] token_file to a file "
+                          "of bearer tokens (one per line, e.g. `openssl rand -hex 32 > /etc/edgekit/api-tokens`), or host = \"127.0.0.1\"",
+                          field="api.token_file")
+    if (a.tls_cert is None) != (a.tls_key is None):
+        which = "tls_key" if a.tls_key is None else "tls_cert"
+        raise ConfigError(f"{src}: [api] tls_cert and tls_key go together; {which} is missing", field=f"api.{which}")
+    if a.max_inflight_bytes < a.max_body_bytes:
+        raise ConfigError(f"{src}: [api] max_inflight_bytes {a.max_inflight_bytes} is below max_body_bytes {a.max_body_bytes}: one largest "
+                          "request must fit; raise it or lower max_body_bytes", field="api.max_inflight_bytes")
+    if check_files:
+        for name in ("token_file", "tls_cert", "tls_key"):
+            p = getattr(a, name)
+            if p is not None and not p.is_file():
+                raise ConfigError(f"{src}: [api] {name} {str(p)!r} does not exist or is not a file", field=f"api.{name}")

@@ -167,12 +167,27 @@ class ModelConfig:
 @dataclass(frozen=True)
 class ApiConfig:
     enabled: bool = _f(True, "Serve the local HTTP API.")
-    host: str = _f("127.0.0.1", "Listen address. Keep 127.0.0.1 unless a firewall protects the port.")
+    host: str = _f("127.0.0.1", "Listen address. Anything but loopback (e.g. 0.0.0.0 in a container) requires token_file.")
     port: int = _f(8470, "Listen port (0 = any free port).", _range(0, 65535))
+    token_file: Path | None = _f(None, "File of bearer tokens, one per line (`openssl rand -hex 32`); requests then need "
+                                       "'Authorization: Bearer <token>' (/healthz and /readyz stay open). Required beyond loopback.")
+    tls_cert: Path | None = _f(None, "PEM certificate chain: serve HTTPS (with tls_key).")
+    tls_key: Path | None = _f(None, "PEM private key of tls_cert.")
     max_body_bytes: int = _f(16 << 20, "Largest request body.", _range(1024))
     max_batch: int = _f(256, "Largest batch (size of the first symbolic axis) per request.", _range(1))
     max_elements: int = _f(16 << 20, "Largest number of tensor elements per request, all inputs together.", _range(1))
-    max_connections: int = _f(32, "Concurrent HTTP connections; more get 503.", _range(1, 10000))
+    max_connections: int = _f(512, "Open HTTP connections; at the limit a new one replaces the one idle or stalled the longest "
+                                   "(503 only when all are busy).", _range(1, 100000))
+    max_inflight_bytes: int = _f(16 << 20, "Request body bytes held in memory at once, all connections together (at least "
+                                           "max_body_bytes); a request over it waits, then gets 503 with Retry-After.", _range(1024))
+    queue_timeout_s: float = _f(10.0, "How long a request waits (its bytes left in the socket) for room in max_inflight_bytes "
+                                      "before its 503.", _range(0.01, 600))
+    workers: int = _f(4, "Threads that run requests (parse, validate, infer, answer); sockets are read by one event loop.", _range(1, 256))
+    header_timeout_s: float = _f(10.0, "A request's head (request line and headers) must arrive within this from its first byte.",
+                                 _range(0.1, 3600))
+    request_timeout_s: float = _f(30.0, "A whole request (head and body) must arrive within this from its first byte; also how long "
+                                        "a client may take to read its answer.", _range(0.1, 3600))
+    idle_timeout_s: float = _f(30.0, "Keep-alive connections idle longer than this are closed.", _range(0.1, 3600))
     top_k: int = _f(5, "Top-k labels returned for classifiers.", _range(1, 1000))
 
 
@@ -185,6 +200,8 @@ class TelemetryConfig:
                                           "(256 per image channel per request are plenty for a window's histogram, at a quarter of the work of 1024).",
                                      _range(1))
     feedback_max_rows: int = _f(100_000, "Classifier predictions (batch rows) remembered for POST /v1/feedback (oldest forgotten first).", _range(1, 100_000_000))
+    feedback_max_bytes: int = _f(8 << 20, "Memory those predictions may take (~260 bytes each: 8 MB hold ~30,000); oldest forgotten first.",
+                                 _range(1024))
     feedback_retention_s: float = _f(86400.0, "How long a prediction can still receive its late ground truth (POST /v1/feedback).", _range(1))
 
 

@@ -14,6 +14,7 @@ to serve (:attr:`LoadedModel.unfit_reason`).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,11 +249,31 @@ def _selftest(model: LoadedModel) -> SelfTest:
     return SelfTest(True, len(vectors), worst, f"{len(vectors)} vector(s) within tolerance", time.perf_counter() - t0)
 
 
+#: classes up to which one row's top-k is computed in plain Python
+_SMALL = 64
+
+
+def _top_k_row(row: list[float], k: int, labels: tuple[str, ...] | None) -> list[JsonDict]:
+    """:func:`top_k` of one finite row, as numpy would compute it (softmax in float64, stable order)."""
+    probs = row
+    if not (min(row) >= 0 and max(row) <= 1 and abs(sum(row) - 1.0) <= 1e-3 + 1e-5):
+        m = max(row)
+        e = [math.exp(v - m) for v in row]
+        total = sum(e)
+        probs = [v / total for v in e]
+    best = sorted(range(len(probs)), key=lambda i: -probs[i])[:k]  # sorted() is stable: ties keep index order, like argsort
+    return [{"index": i, "label": labels[i] if labels and i < len(labels) else str(i), "score": round(probs[i], 6)} for i in best]
+
+
 def top_k(scores: Array, k: int, labels: tuple[str, ...] | None) -> list[list[JsonDict]]:
     """Top-k classes per sample of a [N, C] score array: ``[{index, label, score}]``, best first.
 
     Scores that are not already probabilities (rows in [0, 1] summing to 1) go through softmax.
     """
+    if scores.size <= _SMALL and (scores.ndim == 1 or (scores.ndim == 2 and scores.shape[0] == 1)):
+        values = [float(v) for v in scores.reshape(-1).tolist()]
+        if values and all(math.isfinite(v) for v in values):  # one small row (digits, tabular): plain Python is ~5x faster than numpy's calls
+            return [_top_k_row(values, k, labels)]
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim == 1:
         s = s[None]

@@ -31,6 +31,7 @@ from device_agent.contract.types import Array, Feeds, JsonDict
 from device_agent.runtime.base import BackendError
 from device_agent.runtime.model import Formats, LoadedModel, load_model
 from device_agent.serve.prediction import ModelId, Prediction, tensor_json
+from device_agent.serve.predictor import WrongVersion
 from device_agent.serve.validate import Validator
 from device_agent.telemetry.features import FeatureTracker, select_features
 from device_agent.telemetry.feedback import FeedbackLog, FeedbackResult
@@ -44,8 +45,9 @@ __all__ = ["Agent", "AgentOptions", "Prediction", "RequestObserver", "tensor_jso
 
 log = logging.getLogger("edgekit.agent")
 
-#: pending feedback records joined into the log by the request that passes this many
+#: pending feedback records joined into the log by the request that passes this many, or this many bytes of scores
 FEEDBACK_PENDING_MAX = 1024
+FEEDBACK_PENDING_BYTES = 4 << 20
 
 
 class AgentOptions(TypedDict, total=False):
@@ -59,6 +61,7 @@ class AgentOptions(TypedDict, total=False):
     max_values_per_feature: int
     clock: Callable[[], float]
     feedback_max_rows: int
+    feedback_max_bytes: int
     feedback_retention_s: float
 
 
@@ -78,12 +81,14 @@ class Agent:
     - ``retire``: takes the telemetry window of a model an update swapped out, so a window never
       mixes two versions (set while telemetry is published; otherwise the window carries on);
     - ``health_sections``: extra ``GET /healthz`` sections by name (a section that returns None is left out);
+    - ``private_sections``: sections shown instead to callers with a token (job history: see ``health``);
     - ``link_connected``: whether the MQTT link is up (the ``edgekit_agent_mqtt_connected`` gauge).
     """
 
     def __init__(self, model: LoadedModel, *, telemetry: bool = True, max_batch: int = 256, max_elements: int = 16 << 20,
                  top_k_default: int = 5, max_payload_bytes: int = 16 * 1024, max_values_per_feature: int = 256,
-                 clock: Callable[[], float] = time.time, feedback_max_rows: int = 100_000, feedback_retention_s: float = 86_400.0) -> None:
+                 clock: Callable[[], float] = time.time, feedback_max_rows: int = 100_000, feedback_max_bytes: int = 8 << 20,
+                 feedback_retention_s: float = 86_400.0) -> None:
         self.model = model
         self.clock = clock
         self.top_k_default = top_k_default
@@ -101,13 +106,16 @@ class Agent:
         self._scores_name = model.outputs[0].name if model.is_classifier and model.outputs else None
         # late ground truth (POST /v1/feedback) is joined with the top-1 of classifier predictions
         self._feedback_pending: collections.deque[tuple[str, str, Array]] = collections.deque()
-        self._feedback = _feedback_log(model, max_rows=feedback_max_rows, retention_s=feedback_retention_s, clock=clock)
+        self._pending_bytes = 0  # approximate (updated without a lock): it only decides when to flush early
+        self._feedback = _feedback_log(model, max_rows=feedback_max_rows, max_bytes=feedback_max_bytes, retention_s=feedback_retention_s,
+                                       clock=clock)
         # request ids: random per start + a counter (unique, and ~50x cheaper than uuid4 per request)
         self._rid_prefix = uuid.uuid4().hex[:12] + "-"
         self._rid = itertools.count(1)
         self.observer: RequestObserver | None = None
         self.retire: Callable[[Window, LoadedModel], None] | None = None
         self.health_sections: dict[str, Callable[[], object | None]] = {}
+        self.private_sections: dict[str, Callable[[], object | None]] = {}
         self.link_connected: Callable[[], bool] = lambda: False
         self.started_at = clock()
         self._ready_reason = model.unfit_reason  # a failed self-test, or a runtime the policy refuses
@@ -144,16 +152,24 @@ class Agent:
     def not_ready_reason(self) -> str | None:
         return self._ready_reason
 
-    def predict(self, inputs: Mapping[str, object], *, top_k: int | None = None, request_id: str | None = None) -> Prediction:
+    @property
+    def max_elements(self) -> int:
+        return self.validator.max_elements
+
+    def predict(self, inputs: Mapping[str, object], *, top_k: int | None = None, request_id: str | None = None,
+                version: str | None = None) -> Prediction:
         """Validate ``inputs`` (source layout, names → arrays or nested lists), run the model.
 
         Args:
             inputs: one entry per model input.
             top_k: labels to return per sample for classifiers (default from config; 0 = none).
             request_id: caller's id for tracing (default: a new id).
+            version: run only if the model that would answer has this version (checked on the very
+                model the request runs on, so an update swapping models meanwhile cannot slip in).
 
         Raises:
             InvalidInput: the request does not fit the signature (nothing ran).
+            WrongVersion: ``version`` is not the version served (nothing ran).
             NotReady: the model failed its self-test.
             BackendError: the runtime failed.
         """
@@ -172,6 +188,9 @@ class Agent:
             self._count_error(e.kind, inputs=tracked)  # rejected NaN inputs count in the features' "nan" too
             raise
         model = self.model  # one read: a request finishes on the model it started on, even across an OTA swap
+        if version is not None and model.version != version:
+            raise WrongVersion(f"model {model.name!r} version {version!r} is not served; this agent serves version {model.version!r}",
+                               kind="not_found", expected=model.version, given=version)
         observer = self.observer
         t0 = time.perf_counter()
         try:
@@ -199,7 +218,8 @@ class Agent:
             # joined into the feedback log off the request path (see the feedback property); a copy,
             # since in-process callers own the outputs they get back
             self._feedback_pending.append((rid, mid["version"], scores.copy()))
-            if len(self._feedback_pending) > FEEDBACK_PENDING_MAX:
+            self._pending_bytes += scores.nbytes
+            if len(self._feedback_pending) > FEEDBACK_PENDING_MAX or self._pending_bytes > FEEDBACK_PENDING_BYTES:
                 self.flush_feedback()
         return Prediction(outputs, mid, rid, self.clock(), dt * 1000.0,
                           scores=scores, k=self.top_k_default if top_k is None else top_k, labels=model.labels)
@@ -219,6 +239,7 @@ class Agent:
     def flush_feedback(self) -> None:
         """Join the predictions recorded since the last flush into the feedback log."""
         pending, fb = self._feedback_pending, self._feedback
+        self._pending_bytes = 0
         items = []
         while pending:
             try:
@@ -265,11 +286,15 @@ class Agent:
             "limits": {"max_batch": self.validator.max_batch, "max_elements": self.validator.max_elements},
         }
 
-    def health(self) -> JsonDict:
-        """``GET /healthz`` (without its ``status``): readiness, uptime, the model, and the daemon's sections."""
+    def health(self, *, private: bool = True) -> JsonDict:
+        """``GET /healthz`` (without its ``status``): readiness, uptime, the model, and the daemon's sections.
+
+        ``private``: the caller may see everything (it sent a token, or the API needs none): a section
+        in ``private_sections`` replaces its public form (the OTA job history is shown only then)."""
         out: JsonDict = {"ready": self.ready, "reason": self._ready_reason, "uptime_s": round(self.clock() - self.started_at, 3),
                          "model": self.model.summary(), "agent_version": __version__}
-        for name, section in self.health_sections.items():
+        sections = {**self.health_sections, **self.private_sections} if private else self.health_sections
+        for name, section in sections.items():
             value = section()
             if value is not None:
                 out[name] = value
@@ -312,12 +337,12 @@ class Agent:
         return FeatureTracker(features, max_values_per_feature=tracker.max_values)
 
 
-def _feedback_log(model: LoadedModel, *, max_rows: int, retention_s: float, clock: Callable[[], float]) -> FeedbackLog | None:
+def _feedback_log(model: LoadedModel, *, max_rows: int, max_bytes: int, retention_s: float, clock: Callable[[], float]) -> FeedbackLog | None:
     """A feedback log for classifiers (their first output holds the class scores); None for other models."""
     if not (model.is_classifier and model.outputs):
         return None
     width = model.outputs[0].shape[-1] if model.outputs[0].shape else None
-    return FeedbackLog(labels=model.labels, classes=width if isinstance(width, int) else None, max_rows=max_rows,
+    return FeedbackLog(labels=model.labels, classes=width if isinstance(width, int) else None, max_rows=max_rows, max_bytes=max_bytes,
                        retention_s=retention_s, clock=clock)
 
 

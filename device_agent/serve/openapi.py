@@ -1,13 +1,15 @@
 """The OpenAPI 3.1 document of the local HTTP API, specialised to the loaded model.
 
 Kept next to the server and tested against real responses (tests/agent/test_server.py validates
-every documented response body against its schema), so it cannot drift from the behaviour.
+documented response bodies against their schemas; tests/agent/test_fuzz.py lets schemathesis send
+thousands of requests generated from it), so it cannot drift from the behaviour.
 """
 
 from __future__ import annotations
 
 from device_agent import __version__
 from device_agent.contract.types import JsonDict
+from device_agent.serve.openapi_v2 import example_tensors, v2_paths, v2_schemas
 from device_agent.serve.predictor import Predictor
 from device_agent.serve.validate import describe_spec
 
@@ -16,6 +18,7 @@ __all__ = ["ERROR_KINDS", "openapi"]
 ERROR_KINDS = (
     "unknown_input", "missing_input", "dtype", "shape", "nonfinite", "too_large", "malformed", "content_type", "length_required",
     "not_found", "method_not_allowed", "not_ready", "runtime", "busy", "internal", "unknown_id", "duplicate", "bad_label",
+    "unauthorized", "timeout", "header_too_large",
 )
 
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -62,13 +65,15 @@ def _schemas(agent: Predictor) -> JsonDict:  # layout: table
         },
         "FeedbackItem": {
             "type": "object", "required": ["request_id", "label"], "additionalProperties": False,
-            "properties": {"request_id": {"type": "string", "maxLength": 128, "description": "The request_id of an earlier prediction."},
+            "properties": {"request_id": {"type": "string", "minLength": 1, "maxLength": 128, "description": "The request_id of an earlier prediction."},
                            "label": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}, {"type": "array"}],
                                      "description": "True class index or name; a list with one per row for a batched prediction."},
                            "index": {"type": "integer", "minimum": 0, "description": "The row of a batched prediction this label is for."}},
         },
         "FeedbackBatch": {"type": "object", "required": ["items"], "additionalProperties": False,
-                          "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/FeedbackItem"}}}},
+                          "properties": {"items": {"type": "array", "maxItems": 10_000,
+                                                   "items": {"description": "A FeedbackItem. An item that is not one is answered with its "
+                                                                            "reason in results: the batch itself is not refused."}}}},
         "FeedbackResult": {
             "type": "object", "required": ["outcome", "request_id", "message"],
             "properties": {"outcome": {"type": "string", "enum": ["accepted", "unknown_id", "duplicate", "bad_label", "malformed"]},
@@ -129,66 +134,85 @@ def _err(description: str) -> JsonDict:
     return {"description": description, "content": _json("Error")}
 
 
-def openapi(agent: Predictor) -> JsonDict:  # layout: table
-    """The document served at ``GET /openapi.json``."""
+def openapi(agent: Predictor, *, tokens: bool = False) -> JsonDict:
+    """The document served at ``GET /openapi.json`` (``tokens``: the API requires a bearer token)."""
     m = agent.model
-    return {
+    protected: JsonDict = {"security": [{"bearer": []}]} if tokens else {}
+    unauthorized = _err("No token, or a wrong one: send 'Authorization: Bearer <token>'.") if tokens else None
+    tensors = example_tensors(m.inputs)
+    paths = _v1_paths(protected, {"example": {"inputs": {k: a.tolist() for k, a in tensors.items()}}} if tensors is not None else {})
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            if method == "post":  # what any request with a body may meet before it reaches its route
+                op["responses"].update({"408": _err("The request did not arrive whole in time."), "411": _err("No Content-Length."),
+                                        "413": _err("Body over the configured limit ([api] max_body_bytes)."),
+                                        "503": op["responses"].get("503") or _err("Busy: too many request bytes in flight (Retry-After).")})
+            if unauthorized is not None and path not in ("/healthz", "/readyz"):
+                op["responses"]["401"] = unauthorized
+    doc: JsonDict = {
         "openapi": "3.1.0",
         "info": {"title": "edgekit device agent", "version": __version__,
-                 "description": f"Local inference API serving {m.name} {m.version} ({m.file.name}, {m.backend.runtime})."},
-        "paths": {
-            "/v1/predict": {"post": {
-                "summary": "Run the model on a (batched) request.",
-                "parameters": [
-                    {"name": "top_k", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0, "maximum": 1000}},
-                    {"name": "input", "in": "query", "required": False, "schema": {"type": "string"},
-                     "description": "For application/x-npy bodies: which input the array is (needed for multi-input models)."},
-                    {"name": "X-Request-Id", "in": "header", "required": False, "schema": {"type": "string"}},
-                ],
-                "requestBody": {"required": True, "content": {
-                    **_json("PredictRequest"),
-                    "application/x-npy": {"schema": {"type": "string", "format": "binary"}, "description": "One input as a .npy file."},
-                    "application/x-npz": {"schema": {"type": "string", "format": "binary"}, "description": "Inputs as a .npz archive keyed by name."},
-                }},
-                "responses": {
-                    "200": {"description": "Outputs (source layout) and, for classifiers, top-k labels.",
-                            "content": {**_json("PredictResponse"), "application/x-npz": {"schema": {"type": "string", "format": "binary"},
-                                                                                           "description": "With Accept: application/x-npz."}}},
-                    "400": _err("The request does not fit the model's signature; nothing ran."),
-                    "411": _err("No Content-Length (chunked bodies are not accepted)."),
-                    "413": _err("Body, batch or element count over the configured limits."),
-                    "415": _err("Unsupported Content-Type."),
-                    "500": _err("The runtime failed."),
-                    "503": _err("Not ready (self-test failed) or too many connections."),
-                },
+                 "description": f"Local inference API serving {m.name} {m.version} ({m.file.name}, {m.backend.runtime}): its own /v1 API "
+                                "and the Open Inference Protocol V2 (KServe / Triton REST, with the binary tensor data extension)."},
+        "paths": {**paths, **v2_paths(m, protected=protected, tokens=tokens)},
+        "components": {"schemas": {**_schemas(agent), **v2_schemas()}},
+    }
+    if tokens:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
+                                                           "description": "A line of the agent's [api] token_file."}}
+    return doc
+
+
+def _v1_paths(protected: JsonDict, example: JsonDict) -> JsonDict:  # layout: table
+    open_: JsonDict = {"security": []} if protected else {}
+    return {
+        "/v1/predict": {"post": {
+            "summary": "Run the model on a (batched) request.", **protected,
+            "parameters": [
+                {"name": "top_k", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0, "maximum": 1000}},
+                {"name": "input", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "For application/x-npy bodies: which input the array is (needed for multi-input models)."},
+                {"name": "X-Request-Id", "in": "header", "required": False, "schema": {"type": "string"}},
+            ],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}, **example},
+                "application/x-npy": {"schema": {"type": "string", "format": "binary"}, "description": "One input as a .npy file."},
+                "application/x-npz": {"schema": {"type": "string", "format": "binary"}, "description": "Inputs as a .npz archive keyed by name."},
             }},
-            "/v1/feedback": {"post": {
-                "summary": "Late ground truth for earlier classifier predictions; joined by request_id, reported as windowed accuracy in telemetry.",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": [
-                    {"$ref": "#/components/schemas/FeedbackItem"}, {"$ref": "#/components/schemas/FeedbackBatch"}]}}}},
-                "responses": {
-                    "200": {"description": "One item joined (FeedbackResult), or a batch processed (a result per item, rejected ones counted).",
-                            "content": {"application/json": {"schema": {"anyOf": [{"$ref": "#/components/schemas/FeedbackResult"},
-                                                                                 {"$ref": "#/components/schemas/FeedbackBatchResult"}]}}}},
-                    "400": _err("A label of the wrong type or range (bad_label), or a body that is not feedback (malformed)."),
-                    "404": _err("No prediction with that request_id (never made here, or past the retention): unknown_id."),
-                    "409": _err("That prediction was labelled before; the first label stands: duplicate."),
-                    "411": _err("No Content-Length."),
-                    "413": _err("Body over the configured limit."),
-                },
-            }},
-            "/v1/model": {"get": {"summary": "Model identity, signature and self-test.",
-                                  "responses": {"200": {"description": "Model information.", "content": _json("ModelInfo")}}}},
-            "/healthz": {"get": {"summary": "Liveness: the agent process serves.",
-                                 "responses": {"200": {"description": "Alive.", "content": _json("Health")}}}},
-            "/readyz": {"get": {"summary": "Readiness: model loaded and self-test passed.",
-                                "responses": {"200": {"description": "Ready.", "content": _json("Ready")},
-                                              "503": {"description": "Not ready.", "content": _json("Ready")}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics.",
-                                 "responses": {"200": {"description": "Text exposition format 0.0.4.",
-                                                       "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-            "/openapi.json": {"get": {"summary": "This document.",
-                                      "responses": {"200": {"description": "OpenAPI 3.1.", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-        },
-        "components": {"schemas": _schemas(agent)},
+            "responses": {
+                "200": {"description": "Outputs (source layout) and, for classifiers, top-k labels.",
+                        "content": {**_json("PredictResponse"), "application/x-npz": {"schema": {"type": "string", "format": "binary"},
+                                                                                       "description": "With Accept: application/x-npz."}}},
+                "400": _err("The request does not fit the model's signature; nothing ran."),
+                "415": _err("Unsupported Content-Type."),
+                "500": _err("The runtime failed."),
+                "503": _err("Not ready (self-test failed), or busy (Retry-After)."),
+            },
+        }},
+        "/v1/feedback": {"post": {
+            "summary": "Late ground truth for earlier classifier predictions; joined by request_id, reported as windowed accuracy in telemetry.",
+            **protected,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": [
+                {"$ref": "#/components/schemas/FeedbackItem"}, {"$ref": "#/components/schemas/FeedbackBatch"}]}}}},
+            "responses": {
+                "200": {"description": "One item joined (FeedbackResult), or a batch processed (a result per item, rejected ones counted).",
+                        "content": {"application/json": {"schema": {"anyOf": [{"$ref": "#/components/schemas/FeedbackResult"},
+                                                                             {"$ref": "#/components/schemas/FeedbackBatchResult"}]}}}},
+                "400": _err("A label of the wrong type or range (bad_label), or a body that is not feedback (malformed)."),
+                "404": _err("No prediction with that request_id (never made here, or past the retention): unknown_id."),
+                "409": _err("That prediction was labelled before; the first label stands: duplicate."),
+            },
+        }},
+        "/v1/model": {"get": {"summary": "Model identity, signature and self-test.", **protected,
+                              "responses": {"200": {"description": "Model information.", "content": _json("ModelInfo")}}}},
+        "/healthz": {"get": {"summary": "Liveness: the agent process serves (open; the OTA job history needs a token).", **open_,
+                             "responses": {"200": {"description": "Alive.", "content": _json("Health")}}}},
+        "/readyz": {"get": {"summary": "Readiness: model loaded and self-test passed (open).", **open_,
+                            "responses": {"200": {"description": "Ready.", "content": _json("Ready")},
+                                          "503": {"description": "Not ready.", "content": _json("Ready")}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics.", **protected,
+                             "responses": {"200": {"description": "Text exposition format 0.0.4.",
+                                                   "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/openapi.json": {"get": {"summary": "This document.", **protected,
+                                  "responses": {"200": {"description": "OpenAPI 3.1.", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
     }

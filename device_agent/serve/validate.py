@@ -25,6 +25,9 @@ from device_agent.contract.manifest import TensorSpec
 
 __all__ = ["Validator", "describe_spec", "format_shape"]
 
+#: numpy's most axes: deeper JSON nesting is refused by name, not as a "ragged list"
+_MAX_RANK = 64
+
 
 def format_shape(shape: tuple[Any, ...] | list[Any]) -> str:
     return "[" + ", ".join(str(d) if d is not None else "?" for d in shape) + "]"
@@ -130,6 +133,14 @@ class Validator:
             raise InvalidInput(
                 f"input {spec.name!r} must be a (nested) list of numbers, got {type(value).__name__}",
                 kind="malformed", input=spec.name, expected=describe_spec(spec), given=type(value).__name__,
+            )
+        depth, v = 0, value
+        while isinstance(v, list) and depth <= _MAX_RANK:
+            depth, v = depth + 1, v[0] if v else None
+        if depth > _MAX_RANK:
+            raise InvalidInput(
+                f"input {spec.name!r} is nested more than {_MAX_RANK} lists deep; expected {describe_spec(spec)} ({len(spec.shape)} levels)",
+                kind="shape", input=spec.name, expected=describe_spec(spec), given=f"> {_MAX_RANK} levels",
             )
         try:
             x = np.asarray(value)

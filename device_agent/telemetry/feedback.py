@@ -20,16 +20,19 @@ Feedback that cannot be used is counted by reason and answered, never raised pas
 before; the first label stands), ``bad_label`` (wrong type, out of range, unknown class name, wrong
 number of rows), ``malformed`` (not an object, no request id).
 
-Memory is bounded: at most ``max_rows`` predicted rows are kept (oldest dropped first) and none
-longer than ``retention_s``. A dropped prediction that was never fully labelled counts as
-``expired``.
+Memory is bounded in rows and in bytes: at most ``max_rows`` predicted rows and ``max_bytes`` of
+log (each prediction is charged :data:`ENTRY_BYTES` plus its request id and :data:`ROW_BYTES` per
+row beyond the first: an upper bound of what it takes in the process, checked by a test with
+tracemalloc) are kept, oldest dropped first, and none longer than ``retention_s``. With the default
+8 MB that is ~30,000 one-row predictions with the agent's own request ids. A dropped prediction
+that was never fully labelled counts as ``expired``.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -45,6 +48,12 @@ REASONS = ("unknown_id", "duplicate", "bad_label", "malformed")
 MAX_REQUEST_ID = 128
 #: feedback items per batch request
 MAX_ITEMS = 10_000
+#: what one logged prediction costs at most beyond its request id's characters: its dict slot, its
+#: place in the age order, the entry object, its timestamp, its top-1 class (measured: 190-215 bytes
+#: on CPython 3.11 depending on where the dict is in its growth; tests/agent/test_telemetry.py checks it)
+ENTRY_BYTES = 240
+#: each row of a batched prediction beyond the first (a tuple slot and an int)
+ROW_BYTES = 40
 
 
 @dataclass(frozen=True)
@@ -69,13 +78,28 @@ class FeedbackResult:
 
 
 class _Entry:
-    __slots__ = ("labelled", "predicted", "ts", "version")
+    __slots__ = ("labelled", "predicted", "rid", "ts", "version")
 
-    def __init__(self, version: str, ts: float, predicted: tuple[int, ...]) -> None:
+    def __init__(self, rid: str, version: str, ts: float, predicted: tuple[int, ...]) -> None:
+        self.rid = rid
         self.version = version
         self.ts = ts
-        self.predicted = predicted
+        # a one-row prediction (the usual request) keeps its class as a bare int: no tuple per entry
+        self.predicted: int | tuple[int, ...] = predicted[0] if len(predicted) == 1 else predicted
         self.labelled = 0  # bitmask of rows already labelled
+
+    @property
+    def rows(self) -> int:
+        p = self.predicted
+        return 1 if isinstance(p, int) else len(p)
+
+    def top(self, row: int) -> int:
+        p = self.predicted
+        return p if isinstance(p, int) else p[row]
+
+
+def _cost(request_id: str, rows: int) -> int:
+    return ENTRY_BYTES + len(request_id) + ROW_BYTES * (rows - 1)
 
 
 def _top1(items: list[tuple[str, str, Array]]) -> list[tuple[int, ...]]:
@@ -113,22 +137,27 @@ class FeedbackLog:
         classes: number of classes (int labels must be in ``[0, classes)``); None: from ``labels``,
             else any non-negative int.
         max_rows: predicted rows kept (a batch of 8 takes 8); the oldest predictions go first.
+        max_bytes: memory the log may take (see the module's docstring for what one prediction is charged).
         retention_s: predictions older than this can no longer be labelled.
         clock: time source (tests).
     """
 
     def __init__(self, *, labels: tuple[str, ...] | None = None, classes: int | None = None, max_rows: int = 100_000,
-                 retention_s: float = 86_400.0, clock: Callable[[], float] = time.time) -> None:
-        if max_rows < 1 or retention_s <= 0:
-            raise ValueError(f"max_rows must be ≥ 1 and retention_s > 0, got {max_rows} and {retention_s}")
+                 max_bytes: int = 8 << 20, retention_s: float = 86_400.0, clock: Callable[[], float] = time.time) -> None:
+        if max_rows < 1 or retention_s <= 0 or max_bytes < 1024:
+            raise ValueError(f"max_rows must be ≥ 1, max_bytes ≥ 1024 and retention_s > 0, got {max_rows}, {max_bytes} and {retention_s}")
         self.labels = tuple(labels) if labels else None
         self.classes = classes if classes is not None else (len(self.labels) if self.labels else None)
         self._by_name = {name: i for i, name in enumerate(self.labels or ())}
         self.max_rows = max_rows
+        self.max_bytes = max_bytes
         self.retention_s = retention_s
         self.clock = clock
-        self._log: OrderedDict[str, _Entry] = OrderedDict()
+        # a plain dict for the lookups and a deque for the age order: ~40 bytes a prediction less than an OrderedDict
+        self._log: dict[str, _Entry] = {}
+        self._order: collections.deque[_Entry] = collections.deque()
         self._rows = 0
+        self._bytes = 0
         self._lock = threading.Lock()
         self._reset_window()
         self.totals: dict[str, int] = {ACCEPTED: 0, "labelled": 0, "correct": 0, "expired": 0, **dict.fromkeys(REASONS, 0)}
@@ -155,24 +184,34 @@ class FeedbackLog:
         now = self.clock()
         with self._lock:
             for (request_id, version, _), rows in zip(items, predicted, strict=True):
-                if not rows or len(rows) > self.max_rows:
+                if not rows or len(rows) > self.max_rows or _cost(request_id, len(rows)) > self.max_bytes:
                     continue
-                old = self._log.pop(request_id, None)
-                if old is not None:  # a caller reused its request id: the newer prediction is the one to judge
-                    self._rows -= len(old.predicted)
-                self._log[request_id] = _Entry(version, now, rows)
+                # a caller that reuses its request id replaces the older prediction (the newer is the one to judge);
+                # the old entry stays in the age order (its bytes still counted) until it reaches the front
+                old = self._log.get(request_id)
+                if old is not None:
+                    self._rows -= old.rows
+                entry = self._log[request_id] = _Entry(request_id, version, now, rows)
+                self._order.append(entry)
                 self._rows += len(rows)
+                self._bytes += _cost(request_id, len(rows))
             self._evict(now)
 
     def _evict(self, now: float) -> None:
         horizon = now - self.retention_s
-        while self._log:
-            rid, e = next(iter(self._log.items()))
-            if self._rows <= self.max_rows and e.ts >= horizon:
+        order, log = self._order, self._log
+        while order:
+            e = order[0]
+            live = log.get(e.rid) is e
+            if live and self._rows <= self.max_rows and self._bytes <= self.max_bytes and e.ts >= horizon:
                 break
-            del self._log[rid]
-            self._rows -= len(e.predicted)
-            if e.labelled != (1 << len(e.predicted)) - 1:
+            order.popleft()
+            self._bytes -= _cost(e.rid, e.rows)
+            if not live:  # replaced by a newer prediction under the same id: its rows were handed over then
+                continue
+            self._rows -= e.rows
+            del log[e.rid]
+            if e.labelled != (1 << e.rows) - 1:
                 self._expired += 1
                 self.totals["expired"] += 1
 
@@ -180,6 +219,11 @@ class FeedbackLog:
     def size(self) -> int:
         """Predicted rows held."""
         return self._rows
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes the log is charged for (an upper bound of what it takes; at most ``max_bytes``)."""
+        return self._bytes
 
     # --- feedback ----------------------------------------------------------------------------------
 
@@ -204,8 +248,8 @@ class FeedbackLog:
             entry = self._log.get(rid)
             if entry is None:
                 return self._reject("unknown_id", rid, f"no prediction with request_id {rid!r}: never made here, or older than the "
-                                    f"retention ({self.retention_s:g} s, {self.max_rows} rows)", locked=True)
-            n = len(entry.predicted)
+                                    f"retention ({self.retention_s:g} s, {self.max_rows} rows, {self.max_bytes:,} bytes)", locked=True)
+            n = entry.rows
             if index is not None:
                 if index >= n:
                     return self._reject("bad_label", rid, f"index {index} is outside the request's batch of {n} row(s)", locked=True)
@@ -231,7 +275,7 @@ class FeedbackLog:
             correct = 0
             for r, cls in zip(rows, classes, strict=True):
                 entry.labelled |= 1 << r
-                correct += int(entry.predicted[r] == cls)
+                correct += int(entry.top(r) == cls)
             for table in (self._accuracy, self._cumulative):
                 acc = table.setdefault(entry.version, [0, 0])
                 acc[0] += len(rows)
