@@ -129,7 +129,7 @@ class ChunkReceiver:
         with self._lock:
             if n in self.have or self.error is not None:
                 return False
-            fd = os.open(self.dir / (file + ".part"), os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = os.open(self.dir / (file + ".part"), os.O_WRONLY | os.O_CREAT, 0o600)
             try:
                 os.pwrite(fd, data, offset)
                 os.fsync(fd)

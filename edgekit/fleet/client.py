@@ -129,8 +129,8 @@ class FleetClient:
             elif isinstance(m, JobUpdate):
                 v = self._view(m.device)
                 old = v.jobs.get(m.job)
-                if m.reason == "duplicate_job" and old is not None:
-                    pass  # a refused reuse of this job id: not this job's outcome
+                if m.reason == "replayed" or (old is not None and (m.seq == 0 or m.reason == "duplicate_job")):
+                    pass  # a command run once already, a refused reuse, an answer outside the sequence: not this job's outcome
                 elif old is None or (m.boot, m.seq) >= (old.boot, old.seq):
                     v.jobs[m.job] = m
                 v.last_seen = max(v.last_seen, m.ts)
@@ -188,6 +188,10 @@ class FleetClient:
     def send(self, device: str, command: Command) -> MQTTMessageInfo:
         """Publish ``command`` on the device's command topic."""
         return self.publish(Topics(device, prefix=self.prefix).cmd, encode(command))
+
+    def send_group(self, group: str, command: Command) -> MQTTMessageInfo:
+        """Publish ``command`` on the group's command topic (every device of the group receives it)."""
+        return self.publish(Topics(group, group=group, prefix=self.prefix).group_cmd, encode(command))
 
     def publish_chunks(self, device: str, job: str, chunks: Iterable[tuple[int, bytes]]) -> list[MQTTMessageInfo]:
         """Retained, so the device gets them whenever it (re)subscribes during the job."""
