@@ -33,7 +33,7 @@ from device_agent.link.commands import CommandHandler, CommandRouter
 from device_agent.link.mqtt import MqttLink
 from device_agent.link.outbox import Outbox
 from device_agent.link.reporter import Reporter, state_message
-from device_agent.ota.gate import Identity
+from device_agent.ota.gate import UNAUTHENTICATED, Identity
 from device_agent.ota.job import Limits, ProbationPolicy
 from device_agent.ota.seams import JobReport, ModelRef, OtaSettings
 from device_agent.ota.store import ModelStore
@@ -75,7 +75,8 @@ class Daemon:
         self.reporter = Reporter(agent, outbox, self.topics, boot=self.boot, connects=self._connects) \
             if outbox is not None and self.topics is not None else None
         self.commands = CommandRouter(reject=lambda job, detail, reason: self.answer_job(job, JobState.REJECTED, detail, reason=reason))
-        self._answered: collections.deque[float] = collections.deque()  # when the last answers to refused commands went out
+        # when the last answers to refused commands went out, by whether no trusted key signed the command
+        self._answered: dict[bool, collections.deque[float]] = {False: collections.deque(), True: collections.deque()}
         self.link: MqttLink | None = None
         self.server: ApiServer | None = None
         self._stop = threading.Event()
@@ -239,14 +240,17 @@ class Daemon:
     def answer_job(self, job: str, state: JobState, detail: str = "", *, reason: str = "", ota_state: str = "",
                    model: ModelRef | None = None) -> bool:
         """Answer a command the device did not accept (unsigned, foreign, expired, replayed, unreadable): once, not
-        stored, not retained, at most ANSWERS_PER_MINUTE (a flood of junk gets a few answers and leaves nothing behind).
-        True when the answer was queued for the link."""
+        stored, not retained. At most ANSWERS_PER_MINUTE for commands no trusted key signed, and as many again for
+        signed ones refused (so a flood of junk, which gets a few answers and leaves nothing behind, cannot silence
+        the answer to a replayed or expired command). True when the answer was queued for the link."""
         now = time.monotonic()
-        while self._answered and now - self._answered[0] > 60.0:
-            self._answered.popleft()
-        if self.reporter is None or self.link is None or len(self._answered) >= ANSWERS_PER_MINUTE:
+        sent = self._answered[reason in UNAUTHENTICATED or reason in ("bad_command", "")]
+        while sent and now - sent[0] > 60.0:
+            sent.popleft()
+        if self.reporter is None or self.link is None or len(sent) >= ANSWERS_PER_MINUTE:
+            log.info("not answering job %s (%s): %d answers in the last minute", job, reason, len(sent))
             return False
-        self._answered.append(now)
+        sent.append(now)
         self.link.send_once(*self.reporter.answer(job, state, detail, reason=reason, ota_state=ota_state, model=model))
         return True
 

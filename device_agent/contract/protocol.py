@@ -242,6 +242,10 @@ class Command:
         params = d.get("params") or {}
         if not isinstance(params, dict):
             raise ProtocolError("command: params must be an object")
+        try:
+            json.dumps(params, allow_nan=False)
+        except ValueError:  # NaN/Infinity are not JSON: no signature can cover them, no command may carry them
+            raise ProtocolError("command: params hold a non-finite number (NaN or Infinity); they must be plain JSON") from None
         version = d.get("command_version", 1)
         if version not in COMMAND_VERSIONS or isinstance(version, bool):
             raise ProtocolError(f"command_version {version!r} is not supported (this side reads "

@@ -28,12 +28,15 @@ from device_agent.contract.protocol import COMMAND_VERSION, Command
 from device_agent.ota.replay import ReplayRecord
 from device_agent.ota.verify import TrustedKeys, command_bytes, verify_command
 
-__all__ = ["CLOCK_SKEW_S", "MAX_TTL_S", "CommandGate", "Identity"]
+__all__ = ["CLOCK_SKEW_S", "MAX_TTL_S", "UNAUTHENTICATED", "CommandGate", "Identity"]
 
 #: the longest validity a command may claim (a signed command must not be a standing order)
 MAX_TTL_S = 86400.0
 #: how far the operator's and the device's clocks may disagree
 CLOCK_SKEW_S = 300.0
+#: refusals of commands no trusted key signed (anyone on the broker can send those); every other refusal
+#: is of a command a trusted key did sign, sent where, when or how often it was not meant to be
+UNAUTHENTICATED = ("old_command", "unsigned", "untrusted_key", "bad_signature")
 
 
 @dataclass(frozen=True)

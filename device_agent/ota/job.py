@@ -42,6 +42,8 @@ JOB_SCHEMA = "edgekit.job"
 JOB_VERSION = 1
 MAX_CHUNK = 1 << 20
 METHODS = ("mqtt", "http")
+#: what a probation field's type asks of a job's value, in words
+_KINDS = {"bool": "true or false", "int": "an integer", "float": "a finite number"}
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,8 @@ class ProbationPolicy:
             else:
                 ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             if not ok:
-                raise OtaError(f"job {where}.{k} must be a {want if isinstance(want, str) else want.__name__}, got {v!r}", reason="bad_job")
+                name = want if isinstance(want, str) else want.__name__
+                raise OtaError(f"job {where}.{k} must be {_KINDS.get(name, name)}, got {v!r}", reason="bad_job")
             bounds = self._BOUNDS.get(k)
             if bounds is not None and not bounds[0] <= v <= bounds[1]:
                 raise OtaError(f"job {where}.{k} = {v} is out of range; allowed: {bounds[0]} to {bounds[1]}", reason="bad_job")
@@ -180,7 +183,7 @@ def parse_job(job_id: str, params: object, *, defaults: ProbationPolicy, limits:
         raise OtaError(f"job {job_id}: allow_incompatible and allow_rolled_back must be true or false", reason="bad_job")
     return DeployJob(
         id=job_id, name=manifest.name, version=manifest.version, manifest=manifest, manifest_bytes=mbytes, signature=sig,
-        artifacts=refs, method=method, chunk_size=chunk, probation=defaults.merged(params.get("probation")),
+        artifacts=refs, method=method, chunk_size=chunk, probation=defaults.merged(params.get("probation"), f"{job_id} probation"),
         allow_incompatible=allow, timeout_s=float(timeout), allow_rolled_back=again,
     )
 
