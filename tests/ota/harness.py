@@ -138,8 +138,9 @@ class Device:
         rng = np.random.default_rng(0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.final(job) is not None and self.final(job).record and self.updater.state == OtaState.IDLE:
-                return self.final(job)
+            done = self.final(job)
+            if done is not None and done.record and self.updater.state == OtaState.IDLE:
+                return done
             if load:
                 self.predict(rng.standard_normal((1, 16)).astype(np.float32))
             else:

@@ -120,5 +120,6 @@ def test_unreadable_command_with_a_job_id_is_answered(tmp_path, mosquitto, relea
         daemon.stop()
     job = c.payloads("jobs/j-future")[0]
     assert (job["state"], job["reason"]) == ("REJECTED", "bad_command")
+    assert [r for t, _, r in c.messages if t.endswith("jobs/j-future")] == [False] and job["seq"] == 0  # answered once, not retained
     assert "protocol version 99 is not supported" in job["detail"]
     assert daemon.agent.model.version == "1.0.0"
