@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["PRIVATE_DIR", "PRIVATE_FILE", "loose_key_problem", "open_private", "private_dir", "private_file"]
+__all__ = ["PRIVATE_DIR", "PRIVATE_FILE", "loose_key_problem", "open_private", "private_dir", "private_file", "write_private"]
 
 PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
@@ -48,6 +48,12 @@ def open_private(path: str | Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_
         os.close(fd)
         raise
     return fd
+
+
+def write_private(path: str | Path, data: bytes) -> None:
+    """Replace the contents of ``path`` with ``data``, the file ``0600`` (not atomic: for files a later step checks)."""
+    with os.fdopen(open_private(path), "wb") as f:
+        f.write(data)
 
 
 def private_file(path: str | Path) -> Path:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from device_agent.contract.errors import OtaError
-from device_agent.contract.files import open_private, private_dir
+from device_agent.contract.files import PRIVATE_FILE, open_private, private_dir
 from device_agent.contract.manifest import MANIFEST_NAME, ManifestError, load_manifest
 from device_agent.ota.faults import crashpoint
 
@@ -208,6 +208,9 @@ class ModelStore:
             return dst
         if not src.is_dir():
             raise OtaError(f"job {job} has no download to install", reason="store")
+        for f in src.iterdir():  # downloaded or copied (adopt): whatever the umask made them, versions are private
+            if f.is_file():
+                os.chmod(f, PRIVATE_FILE)
         fsync_tree(src)
         crashpoint("install.before_rename")
         os.replace(src, dst)

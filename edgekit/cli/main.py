@@ -41,6 +41,10 @@ HELP = {
 }
 
 
+#: what an interrupted command leaves behind, when it is worth saying
+INTERRUPTED = {"compress": "; no output was written and its temporary files were removed"}
+
+
 class CleanError(click.ClickException):
     """An error shown as one line, ``error: ...``, with the error's own exit code."""
 
@@ -68,6 +72,11 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except KeyboardInterrupt:
+            # click would say "Aborted!" and exit 1; an interrupt is 130 (128 + SIGINT), with one line saying what was kept
+            what = INTERRUPTED.get(ctx.invoked_subcommand or "", "")
+            click.echo(f"interrupted (Ctrl-C): edgekit {ctx.invoked_subcommand or ''} stopped{what}".replace("  ", " "), err=True)
+            raise click.exceptions.Exit(130) from None
         except Exception as e:
             from edgekit.errors import EdgekitError
 
