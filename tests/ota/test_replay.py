@@ -161,7 +161,8 @@ def test_a_captured_rollback_replayed_after_a_junk_flood_is_refused(lan, release
     assert sum(1 for t, _, _ in jobs.messages if "/jobs/junk-" in t) <= ANSWERS_PER_MINUTE  # a few answers, then only the log
     for cmd in (rb, dep):  # the captured commands, byte for byte, after the flood
         publish(fc, "edgekit/v1/pi-07/cmd", encode(cmd))
-        assert wait_until(lambda: refusals(jobs, "pi-07", cmd.job) == ["replayed"], 10), refusals(jobs, "pi-07", cmd.job)
+        job = cmd.job
+        assert wait_until(lambda job=job: refusals(jobs, "pi-07", job) == ["replayed"], 10), refusals(jobs, "pi-07", job)
     unchanged(pi07, "1.0.0", accepted)  # junk never entered the replay record, the replays did nothing
     held = retained(broker, "edgekit/v1/pi-07/jobs/+")
     assert sorted(held) == ["edgekit/v1/pi-07/jobs/d1", "edgekit/v1/pi-07/jobs/rb1"]  # 0 retained messages from 520 junk commands
