@@ -220,7 +220,8 @@ rollout_options = _grouped("rollout", tuple(RolloutOptions.__dataclass_fields__)
                  help="Requests the new model must serve before it is committed (device default: 200)."),
     click.option("--probation-seconds", type=click.FloatRange(0), help="...or seconds on probation, whichever comes first (device default: 300)."),
     click.option("--max-latency-ratio", "probation_latency", type=click.FloatRange(1),
-                 help="Roll back when p95 exceeds this × the previous model's."),
+                 help="Roll back when the new model takes more than this × the previous model's time (the device runs both in "
+                      "pairs on live inputs; device default 3)."),
     click.option("--shadow", is_flag=True, help="Run the new model beside the old on sampled live inputs before promoting it."),
     click.option("--shadow-agreement", type=click.FloatRange(0, 1), help="Top-1 agreement needed to promote in shadow mode (default 0.95)."),
     click.option("--allow-incompatible", is_flag=True, help="Allow inputs/outputs that differ from the served model's."),
