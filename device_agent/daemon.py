@@ -248,7 +248,7 @@ class Daemon:
         while sent and now - sent[0] > 60.0:
             sent.popleft()
         if self.reporter is None or self.link is None or len(sent) >= ANSWERS_PER_MINUTE:
-            log.info("not answering job %s (%s): %d answers in the last minute", job, reason, len(sent))
+            log.debug("not answering job %s (%s): %d answers in the last minute", job, reason, len(sent))
             return False
         sent.append(now)
         self.link.send_once(*self.reporter.answer(job, state, detail, reason=reason, ota_state=ota_state, model=model))

@@ -21,7 +21,7 @@ from device_agent.contract.enums import CommandKind, JobState
 from device_agent.contract.errors import OtaError
 from device_agent.contract.protocol import Command
 from device_agent.contract.topics import valid_id
-from device_agent.ota.gate import CommandGate
+from device_agent.ota.gate import UNAUTHENTICATED, CommandGate
 from device_agent.ota.job import parse_job
 from device_agent.ota.machine import ACTIVE, OtaState
 from device_agent.ota.record import QueuedJob
@@ -47,7 +47,9 @@ class CommandInbox:
             try:
                 digest = self.gate.check(cmd)
             except OtaError as e:  # not this device's to act on: nothing changes, nothing is retained
-                log.warning("OTA: command %s refused (%s): %s", cmd.job, e.reason, e)
+                # a signed command sent where or when it was not meant to be is news; unsigned junk is only noise
+                log.log(logging.INFO if e.reason in UNAUTHENTICATED else logging.WARNING, "OTA: command %s refused (%s): %s", cmd.job,
+                        e.reason, e)
                 self._report(cmd.job, JobState.REJECTED, e.reason, str(e), record=False)
                 return
             # a job already queued under this id was admitted before a crash that came before the replay

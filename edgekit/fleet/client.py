@@ -189,10 +189,6 @@ class FleetClient:
         """Publish ``command`` on the device's command topic."""
         return self.publish(Topics(device, prefix=self.prefix).cmd, encode(command))
 
-    def send_group(self, group: str, command: Command) -> MQTTMessageInfo:
-        """Publish ``command`` on the group's command topic (every device of the group receives it)."""
-        return self.publish(Topics(group, group=group, prefix=self.prefix).group_cmd, encode(command))
-
     def publish_chunks(self, device: str, job: str, chunks: Iterable[tuple[int, bytes]]) -> list[MQTTMessageInfo]:
         """Retained, so the device gets them whenever it (re)subscribes during the job."""
         t = Topics(device, prefix=self.prefix)
