@@ -54,10 +54,10 @@ class ProbationPolicy:
     ``seconds``, whichever comes first. It fails at once on a NaN/Inf output; once ``min_requests``
     were served it fails when the runtime error rate exceeds ``max_error_rate``; it fails on latency
     when, over ``latency_samples`` paired runs of the new and the previous model on the same live
-    inputs, alternately in the same window, the 95 % lower confidence bound of the median pair ratio
-    (new / old) exceeds ``max_latency_ratio`` and the new model adds more than ``latency_floor_ms``
-    (a busy host slows both runs of a pair alike; sub-ms jitter is not a regression:
-    :mod:`device_agent.ota.latency`); and when the agent restarted ``max_crashes`` times during probation. With ``shadow``, the candidate first
+    inputs, alternately in the same window, the 95 % lower confidence bound of the ratio of their fast
+    runs (10th percentiles, new / old: what each costs when the host leaves it alone) exceeds
+    ``max_latency_ratio`` and the new model adds more than ``latency_floor_ms`` (sub-ms jitter is not a
+    regression: :mod:`device_agent.ota.latency`); and when the agent restarted ``max_crashes`` times during probation. With ``shadow``, the candidate first
     runs beside the incumbent on ``shadow_sample`` of live inputs and is promoted only when top-1
     agreement over ``shadow_requests`` comparisons is ≥ ``shadow_min_agreement``.
     """
