@@ -41,10 +41,6 @@ HELP = {
 }
 
 
-#: what an interrupted command leaves behind, when it is worth saying
-INTERRUPTED = {"compress": "; no output was written and its temporary files were removed"}
-
-
 class CleanError(click.ClickException):
     """An error shown as one line, ``error: ...``, with the error's own exit code."""
 
@@ -73,9 +69,9 @@ class LazyGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:
-            # click would say "Aborted!" and exit 1; an interrupt is 130 (128 + SIGINT), with one line saying what was kept
-            what = INTERRUPTED.get(ctx.invoked_subcommand or "", "")
-            click.echo(f"interrupted (Ctrl-C): edgekit {ctx.invoked_subcommand or ''} stopped{what}".replace("  ", " "), err=True)
+            # click would say "Aborted!" and exit 1; an interrupt is 130 (128 + SIGINT) and one line. Commands that know what an
+            # interrupt leaves behind say so themselves (edgekit.errors.Interrupted, exit 130 like any EdgekitError's code)
+            click.echo(f"interrupted (Ctrl-C): edgekit {ctx.invoked_subcommand or ''} stopped".replace("  ", " "), err=True)
             raise click.exceptions.Exit(130) from None
         except Exception as e:
             from edgekit.errors import EdgekitError

@@ -119,6 +119,15 @@ def _ctrl_c(proc: subprocess.Popen, ready, timeout: float = 120.0) -> tuple[str,
     return proc.communicate(timeout=60)
 
 
+def test_ctrl_c_in_any_command_is_exit_130_and_one_line(monkeypatch, tmp_path):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("edgekit.signing.generate_keys", interrupted)
+    res = CliRunner().invoke(cli, ["keys", "generate", "-o", str(tmp_path / "k")])
+    assert res.exit_code == 130 and res.output.strip() == "interrupted (Ctrl-C): edgekit keys stopped"  # not "Aborted!", exit 1
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_compress_exits_130_and_leaves_nothing(tmp_path):
     onnx.save(build_mlp(64, 1024, 10, seed=0), tmp_path / "big.onnx")
@@ -126,8 +135,8 @@ def test_ctrl_c_during_compress_exits_130_and_leaves_nothing(tmp_path):
     proc, tmp = _compress(tmp_path, "--int8", "--data", "calib.npz", "--search-time", "60", "-o", "out", "big.onnx")
     out, err = _ctrl_c(proc, lambda: any(tmp_path.glob(".out.tmp-*")) and time.sleep(1.5) is None)  # the run is under way
     assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == ("interrupted (Ctrl-C): edgekit compress stopped; no output was written and its temporary "
-                                            "files were removed")
+    assert err.strip().splitlines()[-1] == ("error: compress interrupted (Ctrl-C): no output was written and its temporary files were "
+                                            "removed")
     assert "Aborted!" not in err and "Traceback" not in err and err.count("interrupted") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "calib.npz", "tmpdir"]  # no output, no staging directory
     assert leftovers(tmp) == []  # the run's work directory is gone
@@ -145,7 +154,7 @@ def test_ctrl_c_while_tensorflow_converts_leaves_no_autograph_files(tmp_path):
 
     out, err = _ctrl_c(proc, tensorflow_working, timeout=300)
     assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1].startswith("interrupted (Ctrl-C): edgekit compress stopped; no output was written")
+    assert err.strip().splitlines()[-1].startswith("error: compress interrupted (Ctrl-C): no output was written")
     assert "Aborted!" not in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "m.onnx", "tmpdir"]
     assert leftovers(tmp) == []  # the child's TMPDIR (autograph's __autograph_generated_file*.py) went with it
