@@ -99,8 +99,10 @@ def bench_load(work: Path, releases: dict, keys, rate: float) -> dict:
     from edgekit.fleet.client import FleetClient
     from edgekit.fleet.jobs import Release
     from edgekit.fleet.rollout import RolloutPolicy, deploy
+    from edgekit.signing import load_private_key
     from tests.conftest import Mosquitto
 
+    signer = load_private_key(keys.private)
     broker = Mosquitto(work / "mosquitto").start()
     cfg = parse_config({
         "state_dir": str(work / "state"), "device": {"id": "bench-1", "group": "bench"},
@@ -129,7 +131,7 @@ def bench_load(work: Path, releases: dict, keys, rate: float) -> dict:
             time.sleep(1.0)
             jobs, rollback_s = {}, {}
             for name in ("v2", "nan", "slow"):  # an update, then two that must be rolled back
-                jobs[name] = deploy(fc, Release.open(releases[name]), devices=["bench-1"], policy=policy).outcomes["bench-1"]
+                jobs[name] = deploy(fc, Release.open(releases[name]), devices=["bench-1"], policy=policy, key=signer).outcomes["bench-1"]
                 rollback_s[name] = daemon.updater.last_rollback_s
                 time.sleep(0.5)
             many, window = _many_swaps(daemon)
@@ -202,7 +204,7 @@ def _load_figures(recs: list, errors: list[str], swaps: list[tuple[float, float]
 
 # --- 3. fleet simulation ------------------------------------------------------------------------------
 
-def bench_fleet(work: Path, releases: dict, trusted, n: int) -> dict:
+def bench_fleet(work: Path, releases: dict, trusted, n: int, signer) -> dict:
     import math
 
     from device_agent.ota import OtaSettings
@@ -224,7 +226,7 @@ def bench_fleet(work: Path, releases: dict, trusted, n: int) -> dict:
     try:
         with Traffic(devs, rate=3000.0), FleetClient(broker.url) as fc:
             t1 = time.perf_counter()
-            r = deploy(fc, Release.open(releases["v2"]), group="sim",
+            r = deploy(fc, Release.open(releases["v2"]), group="sim", key=signer,
                        policy=RolloutPolicy(waves=("1", "10%", "50%", "100%"), max_failures="5%", min_devices=1, device_timeout_s=120,
                                             chunk_size=16384))
             out["rollout"] = {"waves": [len(w) for w in r.waves], "succeeded": r.succeeded, "failed": r.failed, "aborted": r.aborted,
@@ -236,7 +238,7 @@ def bench_fleet(work: Path, releases: dict, trusted, n: int) -> dict:
             for d in devs:
                 d.faulty = d.topics.device in broken
             t2 = time.perf_counter()
-            r2 = deploy(fc, Release.open(releases["v3"]), group="sim",
+            r2 = deploy(fc, Release.open(releases["v3"]), group="sim", key=signer,
                         policy=RolloutPolicy(waves=("10%", "50%", "100%"), max_failures="20%", min_devices=5, device_timeout_s=120,
                                              chunk_size=16384))
             untouched = sum(1 for d in devs if d.serving.get().version == "1.1.0" and d.topics.device not in r2.outcomes)
@@ -263,7 +265,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from device_agent.ota.verify import load_trusted_keys
-    from edgekit.signing import generate_keys, sign_dir
+    from edgekit.signing import generate_keys, load_private_key, sign_dir
     from tests.ota.models import make_model_dir, mlp, nan_mlp, slow_mlp
 
     work = Path(tempfile.mkdtemp(prefix="edgekit-ota-bench-"))
@@ -288,7 +290,7 @@ def main() -> None:
         results["load"] = bench_load(work / "load", releases, kp, args.rate)
     if args.only in (None, "fleet"):
         print(f"[3/3] fleet of {args.devices} simulated agents on one Mosquitto...", flush=True)
-        results["fleet"] = bench_fleet(work / "fleet", releases, load_trusted_keys([kp.public]), args.devices)
+        results["fleet"] = bench_fleet(work / "fleet", releases, load_trusted_keys([kp.public]), args.devices, load_private_key(kp.private))
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))

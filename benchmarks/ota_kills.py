@@ -48,12 +48,13 @@ def make_pool(root: Path, n: int, key) -> list[Path]:
 def device_process(root: str, pool_dir: str, pub: str, final: str = "") -> None:
     """The device side (run as a subprocess): boot, say how it came up, keep updating."""
     from device_agent.contract.manifest import version_key
-    from device_agent.contract.protocol import Command, CommandKind
+    from device_agent.contract.protocol import CommandKind
     from device_agent.ota import OtaSettings, OtaState
     from device_agent.ota.job import ProbationPolicy
     from device_agent.ota.verify import load_trusted_keys
-    from edgekit.fleet.jobs import Release
-    from tests.ota.harness import Device, FakeBroker
+    from edgekit.fleet.jobs import Release, signed_command
+    from edgekit.signing import load_private_key
+    from tests.ota.harness import DEVICE, Device, FakeBroker
 
     pool = sorted(Path(pool_dir).iterdir(), key=lambda p: version_key(p.name[1:]))
     by_job = {f"job-{p.name[1:]}": p for p in pool}
@@ -66,6 +67,7 @@ def device_process(root: str, pool_dir: str, pub: str, final: str = "") -> None:
     broker.chunks = LazyChunks()
     settings = OtaSettings(probation=ProbationPolicy(requests=25, seconds=30, min_requests=10, max_latency_ratio=1000.0, latency_floor_ms=50.0))
     dev = Device(Path(root), pool[0], trusted=load_trusted_keys([pub]), settings=settings, broker=broker, start=False)
+    key = load_private_key(Path(pub).with_suffix(".key"))
     x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
     out = dev.predict(x)  # what it serves right after recovery, before the updater resumes any job
     _say(event="boot", version=dev.version, state=str(dev.updater.state), problems=dev.store.check(), answered=out is not None,
@@ -83,12 +85,14 @@ def device_process(root: str, pool_dir: str, pub: str, final: str = "") -> None:
             if final:  # the check run: finish what was interrupted, start nothing new
                 _say(event="settled", version=dev.version, problems=dev.store.check())
                 break
-            nxt = next((p for p in pool if version_key(p.name[1:]) > version_key(dev.version) and f"job-{p.name[1:]}" not in rec.seen), None)
+            nxt = next((p for p in pool if version_key(p.name[1:]) > version_key(dev.version)
+                        and dev.updater.replay.digest(f"job-{p.name[1:]}") is None), None)
             if nxt is None:
                 _say(event="exhausted", version=dev.version)
                 break
             job = f"job-{nxt.name[1:]}"
-            dev.updater.handle(Command(kind=CommandKind.DEPLOY, job=job, ts=1.0, params=Release.open(nxt).job_params(chunk_size=1024)))
+            dev.updater.handle(signed_command(CommandKind.DEPLOY, job, device=DEVICE, params=Release.open(nxt).job_params(chunk_size=1024),
+                                              key=key))
         time.sleep(0.001)
     dev.stop()
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from device_agent.config.schema import AgentConfig, ApiConfig
 from device_agent.contract.enums import CommandKind, DeviceStatus, JobState
+from device_agent.contract.files import private_dir
 from device_agent.contract.manifest import MANIFEST_NAME
 from device_agent.contract.protocol import StateMessage
 from device_agent.contract.topics import Topics
@@ -32,6 +33,7 @@ from device_agent.link.commands import CommandHandler, CommandRouter
 from device_agent.link.mqtt import MqttLink
 from device_agent.link.outbox import Outbox
 from device_agent.link.reporter import Reporter, state_message
+from device_agent.ota.gate import UNAUTHENTICATED, Identity
 from device_agent.ota.job import Limits, ProbationPolicy
 from device_agent.ota.seams import JobReport, ModelRef, OtaSettings
 from device_agent.ota.store import ModelStore
@@ -51,6 +53,8 @@ log = logging.getLogger("edgekit.agent")
 STOP_GRACE_S = 2.0
 #: what /healthz shows of the OTA status without a token (the job history and job ids need one)
 PUBLIC_OTA_KEYS = frozenset({"state", "current", "previous", "progress"})
+#: answers to commands the device did not accept, per minute (best effort; the rest are only logged)
+ANSWERS_PER_MINUTE = 30
 
 
 class Daemon:
@@ -73,7 +77,9 @@ class Daemon:
         self.topics = Topics(config.device.id, config.device.group, config.broker.topic_prefix) if outbox is not None else None
         self.reporter = Reporter(agent, outbox, self.topics, boot=self.boot, connects=self._connects) \
             if outbox is not None and self.topics is not None else None
-        self.commands = CommandRouter(reject=lambda job, detail, reason: self.report_job(job, JobState.REJECTED, detail, reason=reason))
+        self.commands = CommandRouter(reject=lambda job, detail, reason: self.answer_job(job, JobState.REJECTED, detail, reason=reason))
+        # when the last answers to refused commands went out, by whether no trusted key signed the command
+        self._answered: dict[bool, collections.deque[float]] = {False: collections.deque(), True: collections.deque()}
         self.link: MqttLink | None = None
         self.server: ApiServer | None = None
         self._stop = threading.Event()
@@ -236,7 +242,27 @@ class Daemon:
             return None
         return self.reporter.job(job, state, detail, reason=reason, ota_state=ota_state, model=model)
 
+    def answer_job(self, job: str, state: JobState, detail: str = "", *, reason: str = "", ota_state: str = "",
+                   model: ModelRef | None = None) -> bool:
+        """Answer a command the device did not accept (unsigned, foreign, expired, replayed, unreadable): once, not
+        stored, not retained. At most ANSWERS_PER_MINUTE for commands no trusted key signed, and as many again for
+        signed ones refused (so a flood of junk, which gets a few answers and leaves nothing behind, cannot silence
+        the answer to a replayed or expired command). True when the answer was queued for the link."""
+        now = time.monotonic()
+        sent = self._answered[reason in UNAUTHENTICATED or reason in ("bad_command", "")]
+        while sent and now - sent[0] > 60.0:
+            sent.popleft()
+        if self.reporter is None or self.link is None or len(sent) >= ANSWERS_PER_MINUTE:
+            log.debug("not answering job %s (%s): %d answers in the last minute", job, reason, len(sent))
+            return False
+        sent.append(now)
+        self.link.send_once(*self.reporter.answer(job, state, detail, reason=reason, ota_state=ota_state, model=model))
+        return True
+
     def _report_ota(self, r: JobReport) -> None:
+        if not r.record:
+            self.answer_job(r.job, r.state, r.detail, reason=r.reason, ota_state=r.ota_state, model=r.model)
+            return
         self.report_job(r.job, r.state, r.detail, reason=r.reason, ota_state=r.ota_state, model=r.model)
         if self.link is not None:
             self.link.publish_state()  # the served version may have changed: refresh the retained state
@@ -270,7 +296,7 @@ def updater_from_config(cfg: AgentConfig) -> Updater | None:
     o = cfg.ota
     if not o.enabled:
         return None
-    Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
+    private_dir(cfg.state_dir)
     store = ModelStore(cfg.store_dir, keep=o.keep_versions)
     if store.current is None:
         if not (Path(cfg.model.path) / MANIFEST_NAME).is_file():
@@ -289,4 +315,5 @@ def updater_from_config(cfg: AgentConfig) -> Updater | None:
         return load_model(path, prefer=m.prefer, threads=m.threads, artifact=m.artifact or None, verify=True, selftest=True,
                           runtime_policy=m.runtime_policy)
 
-    return Updater(store, cfg.state_dir / "ota.json", trusted=trusted, loader=loader, settings=settings)
+    return Updater(store, cfg.state_dir / "ota.json", trusted=trusted, loader=loader, settings=settings,
+                   identity=Identity(cfg.device.id, cfg.device.group))

@@ -20,7 +20,7 @@ from typing import Any
 
 import onnx
 
-from device_agent.contract.manifest import Manifest, TensorSpec
+from device_agent.contract.manifest import Manifest, ManifestError, TensorSpec
 from device_agent.runtime import BackendError, OrtBackend, open_backend
 from edgekit.artifacts import check_artifact, export_all, warn_slower
 from edgekit.choices import Format, Precision
@@ -87,10 +87,9 @@ def compress(
         except BackendError as e:
             raise InputError(_ort_cannot_run(source_model, src, e)) from None
         out = _output_dir(src, opts)
-        run = _start(src, front, source_backend, data, opts, log)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        staging = _staging(out)  # before any work: an output that cannot be written is said at once
         try:
+            run = _start(src, front, source_backend, data, opts, log)
             with tempfile.TemporaryDirectory(prefix="edgekit.work.") as work:
                 stepped = _run_steps(run, configs, Path(work))
                 results, failures, source_latency = _export_and_check(run, stepped, staging, f"{src.stem}.{file_tag(opts.steps)}",
@@ -152,6 +151,18 @@ def _output_dir(src: Path, opts: CompressOptions) -> Path:
     if out.exists() and not out.is_dir():
         raise InputError(f"output path {out} is a file; pass -o a directory path")
     return out
+
+
+def _staging(out: Path) -> Path:
+    """The temporary directory beside ``out`` the run writes into (renamed to ``out`` at the end); InputError when
+    ``out``'s parent cannot be written (read-only mount, permissions), naming it and the fix."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        where = out.parent if out.parent.exists() else next((p for p in out.parents if p.exists()), out.parent)
+        raise InputError(f"cannot write the output directory {out}: {where} is not writable ({e.strerror or e}); "
+                         f"pass -o a directory you can write, or fix the permissions of {where}") from None
 
 
 def _start(src: Path, front: Front, source_backend: OrtBackend, data: str | Path | None, opts: CompressOptions, log: RunLog) -> _Run:
@@ -234,7 +245,11 @@ def _write(run: _Run, s: _Stepped, results: list[ArtifactResult], source_latency
         expected=expected, recipe=opts.recipe.document() if opts.recipe else None, threads=opts.threads, origin=opts.origin,
         sections=run.front.sections(run.dataset),
     ))
-    (staging / "edgekit.json").write_text(manifest.to_json())
+    try:
+        text = manifest.to_json()
+    except ManifestError as e:  # a measurement came out NaN/Inf: say which, rather than write JSON nothing else reads
+        raise ExportError(f"{e}. This is a bug in a measurement: please report it") from None
+    (staging / "edgekit.json").write_text(text)
     gates = None
     if opts.recipe is not None and opts.recipe.gates.active():
         gates = evaluate_gates(opts.recipe.gates, [{"file": r.file, **manifest.metrics[r.file]} for r in results])

@@ -99,7 +99,7 @@ def load_data(
                         "a folder of images, or a table (.csv, .parquet) for a model with one input per column")
     if data_layout:
         ds.inputs = {k: _to_layout(v, data_layout, k) for k, v in ds.inputs.items()}
-    ds.inputs = {s.name: _check(ds.inputs[s.name], s, p.name) for s in inputs if s.name in ds.inputs}
+    ds.inputs = {s.name: _finite(_check(ds.inputs[s.name], s, p.name), s.name, p.name) for s in inputs if s.name in ds.inputs}
     n = {len(v) for v in ds.inputs.values()}
     if len(n) > 1:
         raise DataError(f"{p.name}: inputs have different sample counts {sorted(n)}; every array needs the same first axis")
@@ -268,6 +268,21 @@ def _check(x: np.ndarray, s: TensorSpec, where: str) -> np.ndarray:
     if want == np.bool_ and x.dtype == np.bool_:
         return x
     raise DataError(f"Input {s.name!r} expects {s.dtype}; {where} gives {x.dtype}, which does not convert safely. Save the array as {s.dtype}")
+
+
+def _finite(x: np.ndarray, name: str, where: str) -> np.ndarray:
+    """``x``, or DataError naming the first NaN/±inf: calibration ranges, accuracy and the manifest's profile need finite data."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return x
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return x
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    value = x[index]
+    kind = "NaN" if np.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+    raise DataError(f"Input {name!r}: {where} holds {kind} at index {list(index)} (sample {index[0]}; {int(bad.sum())} non-finite "
+                    "value(s) in all); calibration and evaluation data must be finite. Drop or repair those samples, e.g. "
+                    "x = x[np.isfinite(x).reshape(len(x), -1).all(axis=1)]")
 
 
 def generate(inputs: tuple[TensorSpec, ...], n: int = 64, *, seed: int = 0, batch_dim: int = 1) -> Dataset:

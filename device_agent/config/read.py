@@ -17,6 +17,7 @@ from typing import Any
 from device_agent.config.schema import SECTIONS, AgentConfig
 from device_agent.contract.errors import ConfigError
 from device_agent.serve.auth import is_loopback
+from device_agent.contract.files import loose_key_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -151,6 +152,9 @@ def _cross_checks(cfg: AgentConfig, check_files: bool) -> None:
             p = getattr(b, name)
             if p is not None and not p.is_file():
                 raise ConfigError(f"{src}: [broker] {name} {str(p)!r} does not exist or is not a file", field=f"broker.{name}")
+        problem = loose_key_problem(b.key_file, group_may_read=True) if b.key_file is not None else None
+        if problem:
+            raise ConfigError(f"{src}: [broker] key_file: {problem}", field="broker.key_file")
         if not cfg.model.path.exists():
             raise ConfigError(f"{src}: [model] path {str(cfg.model.path)!r} does not exist; point it at an `edgekit compress` output directory",
                               field="model.path")

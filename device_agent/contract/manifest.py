@@ -39,6 +39,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -81,6 +82,18 @@ DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "i
 
 class ManifestError(ValueError):
     """A manifest that is missing, unreadable or does not follow the schema."""
+
+
+def _nonfinite_path(doc: object, path: str = "") -> str:
+    """Where the first NaN/±inf in a JSON-like document is (``metrics.mlp.onnx.latency_ratio``), or ``"a value"``."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return path or "a value"
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, (list, tuple)) else ()
+    for k, v in items:
+        found = _nonfinite_path(v, f"{path}.{k}" if path and isinstance(k, str) else f"{path}[{k}]" if path else str(k))
+        if found != "a value":
+            return found
+    return "a value"
 
 
 def file_sha256(path: str | Path, *, chunk: int = 1 << 20) -> str:
@@ -291,7 +304,12 @@ class Manifest:
         return {"atol": float(tol.get("atol", 1e-3)), "rtol": float(tol.get("rtol", 1e-3))}
 
     def to_json(self) -> str:
-        return json.dumps(self.raw, indent=2, sort_keys=False) + "\n"
+        """The manifest as strict JSON. NaN and Infinity are not JSON (other readers refuse them): ManifestError names the field."""
+        try:
+            return json.dumps(self.raw, indent=2, sort_keys=False, allow_nan=False) + "\n"
+        except ValueError:
+            raise ManifestError(f"{MANIFEST_NAME} of {self.name} {self.version}: {_nonfinite_path(self.raw)} is not a finite number; NaN and Infinity are not JSON, "
+                                "and a manifest that holds one cannot be read by strict consumers") from None
 
     @classmethod
     def from_dict(cls, d: JsonDict, where: str = MANIFEST_NAME) -> Manifest:

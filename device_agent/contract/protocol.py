@@ -37,6 +37,8 @@ from device_agent.contract.topics import DEFAULT_PREFIX, QOS, STATE_SEQ_OFFLINE,
 from device_agent.contract.types import JsonDict
 
 __all__ = [
+    "COMMAND_VERSION",
+    "COMMAND_VERSIONS",
     "DEFAULT_PREFIX",
     "PROTOCOL_VERSION",
     "QOS",
@@ -65,6 +67,9 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+#: the command schema this side writes (:class:`Command`); it reads every version in COMMAND_VERSIONS
+COMMAND_VERSION = 2
+COMMAND_VERSIONS = (1, 2)
 #: upper bound of one telemetry payload, whatever the model (the profile decides which features fit)
 TELEMETRY_MAX_BYTES = 16 * 1024
 
@@ -209,13 +214,26 @@ class TelemetryMessage:
 
 @dataclass(frozen=True)
 class Command:
-    """A command from the fleet. ``params`` is kind-specific (the OTA room validates deploy's)."""
+    """A command from the fleet. ``params`` is kind-specific (the OTA room validates deploy's).
+
+    Command version 2 (``command_version``) binds a command to its target and its time: it names
+    exactly one target, ``device`` (on ``<prefix>/<device>/cmd``) or ``group`` (on
+    ``<prefix>/group/<group>/cmd``), was issued at ``ts`` and is void after ``expires`` (unix
+    seconds); ``auth`` is the ed25519 signature over :meth:`signed_body` — every field but ``auth``,
+    so the job id, the target, the times and every parameter (probation, shadow, compatibility,
+    URLs, timeout, overrides) are signed together. Version 1 (no target/expiry binding, ``auth``
+    inside ``params``) is read so that devices with ``allow_unsigned`` keep working with old tools.
+    """
 
     kind: CommandKind
     job: str
     ts: float
     params: JsonDict = field(default_factory=dict)
-    device: str = ""  # empty for group commands
+    device: str = ""  # the target device (command version 2: exactly one of device and group)
+    group: str = ""  # the target group
+    expires: float = 0.0  # unix seconds after which the command is void (version 2)
+    auth: JsonDict | None = None  # {"key_id", "signature"} over signed_body() (version 2)
+    command_version: int = COMMAND_VERSION
 
     type: ClassVar[MessageType] = MessageType.COMMAND
 
@@ -224,6 +242,11 @@ class Command:
         d.update(asdict(self))
         d["kind"] = str(self.kind)
         return d
+
+    def signed_body(self) -> JsonDict:
+        """What a version 2 signature covers: everything but ``auth`` (and the envelope's constants)."""
+        return {"command_version": self.command_version, "kind": str(self.kind), "job": self.job, "device": self.device,
+                "group": self.group, "ts": self.ts, "expires": self.expires, "params": self.params}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Command:
@@ -234,7 +257,22 @@ class Command:
         params = d.get("params") or {}
         if not isinstance(params, dict):
             raise ProtocolError("command: params must be an object")
-        return cls(kind=CommandKind(_choice(d, "kind", CommandKind)), job=job, ts=_num(d, "ts"), params=params, device=d.get("device") or "")
+        try:
+            json.dumps(params, allow_nan=False)
+        except ValueError:  # NaN/Infinity are not JSON: no signature can cover them, no command may carry them
+            raise ProtocolError("command: params hold a non-finite number (NaN or Infinity); they must be plain JSON") from None
+        version = d.get("command_version", 1)
+        if version not in COMMAND_VERSIONS or isinstance(version, bool):
+            raise ProtocolError(f"command_version {version!r} is not supported (this side reads "
+                                f"{', '.join(map(str, COMMAND_VERSIONS))}); upgrade the agent")
+        device, group = _target(d, "device"), _target(d, "group")
+        auth = d.get("auth")
+        if auth is not None and not (isinstance(auth, dict) and isinstance(auth.get("key_id"), str)
+                                     and isinstance(auth.get("signature"), str)):
+            raise ProtocolError("command: auth must be an object with string key_id and signature")
+        expires = _finite_num(d, "expires") if "expires" in d else 0.0
+        return cls(kind=CommandKind(_choice(d, "kind", CommandKind)), job=job, ts=_finite_num(d, "ts"), params=params, device=device,
+                   group=group, expires=expires, auth=auth, command_version=int(version))
 
 
 @dataclass(frozen=True)
@@ -266,8 +304,9 @@ class JobUpdate:
         _need(d, ("device", "seq", "boot", "ts", "job", "state"), "job")
         return cls(
             device=_str(d, "device"), seq=_int(d, "seq"), boot=_int(d, "boot"), ts=_num(d, "ts"), job=_str(d, "job"),
-            state=JobState(_choice(d, "state", JobState)), detail=str(d.get("detail", "")), model=d.get("model"),
-            dropped=int(d.get("dropped", 0)), reason=str(d.get("reason", "")), ota_state=str(d.get("ota_state", "")),
+            state=JobState(_choice(d, "state", JobState)), detail=str(d.get("detail", "")),
+            model=d.get("model") if isinstance(d.get("model"), dict) else None, dropped=_int(d, "dropped") if "dropped" in d else 0,
+            reason=str(d.get("reason", "")), ota_state=str(d.get("ota_state", "")),
         )
 
 
@@ -297,10 +336,14 @@ def decode(payload: bytes | str) -> Message:
     v = d.get("v")
     if v != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {v!r} is not supported (this side speaks {PROTOCOL_VERSION})")
-    cls = _TYPES.get(d.get("type"))  # type: ignore[arg-type]
+    kind = d.get("type")
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ProtocolError(f"unknown message type {d.get('type')!r}; known: {', '.join(str(t) for t in MessageType)}")
-    return cls.from_dict(d)
+        raise ProtocolError(f"unknown message type {kind!r}; known: {', '.join(str(t) for t in MessageType)}")
+    try:
+        return cls.from_dict(d)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:  # a field of the wrong shape the schema did not name
+        raise ProtocolError(f"{kind} message is malformed: {type(e).__name__}: {e}") from None
 
 
 def _runtime_check(d: Mapping[str, Any]) -> RuntimeCheck | None:
@@ -353,6 +396,21 @@ def _num(d: Mapping[str, Any], key: str) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ProtocolError(f"{key} must be a number, got {value!r}")
     return float(value)
+
+
+def _finite_num(d: Mapping[str, Any], key: str) -> float:
+    value = _num(d, key)
+    if not math.isfinite(value):
+        raise ProtocolError(f"{key} must be a finite number, got {value!r}")
+    return value
+
+
+def _target(d: Mapping[str, Any], key: str) -> str:
+    """A command's ``device`` or ``group``: empty, or an id usable in a topic."""
+    value = d.get(key) or ""
+    if value and not valid_id(value):
+        raise ProtocolError(f"command: {key} {value!r} must be empty or 1-64 of A-Z a-z 0-9 _ . -")
+    return str(value)
 
 
 def _choice(d: Mapping[str, Any], key: str, enum: type[Enum]) -> str:

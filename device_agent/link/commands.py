@@ -1,8 +1,9 @@
 """Commands from the fleet, routed to their handlers: one handler per kind, on the MQTT thread.
 
 A command no handler takes, or one that cannot be read but names its job, is answered REJECTED,
-so the fleet is never left waiting. Artifact chunks (binary, not protocol messages) go to the
-chunk handler.
+so the fleet is never left waiting: once, not retained (``reject`` is the daemon's answer to commands
+it did not accept, so unreadable junk leaves nothing on the broker). Artifact chunks (binary, not
+protocol messages) go to the chunk handler.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class CommandRouter:
     """Dispatches what arrives on the command and chunk topics.
 
     Args:
-        reject: answers a job as REJECTED: ``reject(job, detail, reason)``.
+        reject: answers a job as REJECTED, once and not retained: ``reject(job, detail, reason)``.
     """
 
     def __init__(self, reject: Callable[[str, str, str], object]) -> None:

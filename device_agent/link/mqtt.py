@@ -12,6 +12,7 @@ repeat by ``seq``. Order is kept: the outbox is read oldest first, and resends p
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import ssl
@@ -35,6 +36,8 @@ __all__ = ["MqttLink", "backoff_delays"]
 log = logging.getLogger("edgekit.agent.mqtt")
 
 CONNACK_TIMEOUT_S = 10.0
+#: best-effort messages waiting for the link thread (send_once); older ones are dropped
+ONESHOTS_MAX = 32
 EXPIRE_EVERY_S = 60.0
 
 
@@ -86,6 +89,7 @@ class MqttLink:
         # from other threads, applied on the link thread, re-applied after every reconnect
         self._extra: set[str] = set()
         self._sub_ops: list[tuple[bool, str]] = []
+        self._oneshots: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=ONESHOTS_MAX)
         self._ops_lock = threading.Lock()
         self._state_dirty = False
         self.client = self._make_client(password)
@@ -107,6 +111,12 @@ class MqttLink:
             self._extra.discard(topic_filter)
             self._sub_ops.append((False, topic_filter))
 
+    def send_once(self, topic: str, payload: bytes) -> None:
+        """Publish once, best effort: not stored in the outbox, not retained, dropped while disconnected (and the
+        oldest dropped beyond ONESHOTS_MAX waiting). For answers to commands the device did not accept."""
+        with self._ops_lock:
+            self._oneshots.append((topic, payload))
+
     def publish_state(self) -> None:
         """Publish the retained birth state again (e.g. after the served model changed)."""
         self._state_dirty = True
@@ -114,6 +124,10 @@ class MqttLink:
     def _apply_ops(self) -> None:
         with self._ops_lock:
             ops, self._sub_ops = self._sub_ops, []
+            oneshots = list(self._oneshots)
+            self._oneshots.clear()
+        for topic, payload in oneshots:
+            self.client.publish(topic, payload, qos=QOS, retain=False)
         for sub, topic in ops:
             if sub:
                 self.client.subscribe(topic, qos=QOS)

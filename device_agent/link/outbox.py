@@ -6,6 +6,7 @@
   ``durable`` each commit is also fsync'ed (``synchronous=FULL``), which survives power loss.
 - **Sequence numbers**: ``append`` assigns the device's next ``seq`` inside the same transaction
   that stores the message, so numbers are contiguous, never reused, and persist across restarts.
+- **Private**: the file is ``0600`` and a directory made for it ``0700``, whatever the umask.
 - **Bounded**: at most ``max_messages`` rows and ``max_bytes`` payload bytes; messages older than
   ``max_age_s`` are discarded. Oldest go first. Whatever is discarded is counted and that count is
   written into the *next* appended message (``dropped``), then reset.
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device_agent.contract.errors import OutboxError
+from device_agent.contract.files import private_dir, private_file
 
 __all__ = ["Outbox", "OutboxMessage"]
 
@@ -60,7 +62,8 @@ class Outbox:
         self.clock = clock
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
+            private_file(self.path)  # 0600 before SQLite opens it: its -wal and -shm files take the database file's mode
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")

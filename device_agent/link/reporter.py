@@ -98,6 +98,14 @@ class Reporter:
             device=self.topics.device, seq=seq, boot=self.boot, ts=round(self.agent.clock(), 3), job=job, state=state, detail=detail,
             model=ref, dropped=dropped, reason=reason, ota_state=ota_state)), retain=True)
 
+    def answer(self, job: str, state: JobState, detail: str = "", *, reason: str = "", ota_state: str = "",
+               model: ModelRef | None = None) -> tuple[str, bytes]:
+        """(topic, payload) of the answer to a command the device did not accept: ``seq`` 0 (outside the
+        device's sequence, never stored), sent once and not retained, so it can never replace a job's record."""
+        ref: JsonDict = dict(model) if model else {"name": self.agent.model.name, "version": self.agent.model.version}
+        return self.topics.job(job), encode(JobUpdate(device=self.topics.device, seq=0, boot=self.boot, ts=round(self.agent.clock(), 3),
+                                                      job=job, state=state, detail=detail, model=ref, reason=reason, ota_state=ota_state))
+
     def state(self, status: DeviceStatus, reason: str | None = None, *, seq: int = 0) -> StateMessage:
         return state_message(self.agent, status, reason, device=self.topics.device, group=self.topics.group, boot=self.boot, seq=seq)
 

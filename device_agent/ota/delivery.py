@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from device_agent.contract.errors import OtaError
+from device_agent.contract.files import open_private
 from device_agent.contract.types import JsonDict
 from device_agent.ota.faults import crashpoint
 from device_agent.ota.job import ArtifactRef, chunk_plan
@@ -129,14 +130,14 @@ class ChunkReceiver:
         with self._lock:
             if n in self.have or self.error is not None:
                 return False
-            fd = os.open(self.dir / (file + ".part"), os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = os.open(self.dir / (file + ".part"), os.O_WRONLY | os.O_CREAT, 0o600)
             try:
                 os.pwrite(fd, data, offset)
                 os.fsync(fd)
             finally:
                 os.close(fd)
             crashpoint("chunk.written")
-            with open(self.dir / PROGRESS, "a") as f:
+            with os.fdopen(open_private(self.dir / PROGRESS, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a") as f:
                 f.write(f"{n}\n")
                 f.flush()
                 os.fsync(f.fileno())
@@ -182,12 +183,12 @@ def http_download(art: ArtifactRef, directory: Path, *, deadline_s: float, shoul
         with resp:
             if have and resp.status != 206:  # the server ignored Range: start over
                 have = 0
-            mode = "ab" if have else "wb"
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if have else os.O_TRUNC)
             length = resp.headers.get("Content-Length")
             if length is not None and length.isdigit() and have + int(length) > art.size:
                 raise OtaError(f"{art.url} offers {have + int(length):,} bytes for {art.file}; the signed manifest says {art.size:,}",
                                reason="oversized")
-            with open(part, mode) as f:
+            with os.fdopen(open_private(part, flags), "ab" if have else "wb") as f:
                 got = have
                 while True:
                     if should_stop():

@@ -1,10 +1,13 @@
-"""The command inbox: deploy, rollback and cancel commands in, deduplicated, queued or refused at once.
+"""The command inbox: deploy, rollback and cancel commands in, checked, queued or refused at once.
 
-Runs on the MQTT thread, so it is quick: it validates, records, reports and wakes the update
+Runs on the MQTT thread, so it is quick: it checks, records, reports and wakes the update
 thread; nothing slow happens here.
 
-- **Dedup**: job ids are single-use. A command whose job id was seen with the same content is a
-  QoS 1 redelivery and is ignored; with other content it is refused (``duplicate_job``).
+- **Gate** (:mod:`device_agent.ota.gate`): signature, target, validity window and the replay record.
+  A command refused there changes nothing and its answer is not retained (``JobReport.record`` False).
+- **Once**: a command that passed is written to the replay record when it is acted on; its job id
+  is then single-use on this device (the same command again is ``replayed``, another one with that
+  id ``duplicate_job``), so no command can overwrite the record of a job that ran.
 - **Queue**: deploys wait behind the running job, at most ``[ota] queue_size`` of them (``busy``).
 - **Cancel**: removes a queued job, or abandons the running one (the runner notices within 50 ms).
 - **Rollback**: goes first in line; an update still in progress is abandoned for it.
@@ -12,20 +15,18 @@ thread; nothing slow happens here.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 
 from device_agent.contract.enums import CommandKind, JobState
 from device_agent.contract.errors import OtaError
 from device_agent.contract.protocol import Command
 from device_agent.contract.topics import valid_id
+from device_agent.ota.gate import UNAUTHENTICATED, CommandGate
 from device_agent.ota.job import parse_job
 from device_agent.ota.machine import ACTIVE, OtaState
 from device_agent.ota.record import QueuedJob
 from device_agent.ota.runner import Runner
 from device_agent.ota.seams import JobReport, model_ref
-from device_agent.ota.verify import verify_command
 
 __all__ = ["CommandInbox"]
 
@@ -33,41 +34,43 @@ log = logging.getLogger("edgekit.agent.ota")
 
 
 class CommandInbox:
-    """Takes the commands of one device's updater (its :class:`~device_agent.ota.runner.Runner`)."""
+    """Takes the commands of one device's updater (its :class:`~device_agent.ota.runner.Runner`), through ``gate``."""
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, gate: CommandGate) -> None:
         self.r = runner
+        self.gate = gate
 
     def handle(self, cmd: Command) -> None:
         """Take a deploy / rollback / cancel command. Long work happens on the updater thread."""
         r = self.r
-        digest = hashlib.sha256(json.dumps([cmd.kind, cmd.ts, cmd.params], sort_keys=True, default=str).encode()).hexdigest()[:16]
         with r.lock:
-            seen = r.record.seen
-            if cmd.job in seen:
-                if seen[cmd.job] == digest:
-                    log.info("OTA: job %s delivered again (QoS 1 redelivery); ignored", cmd.job)
-                    return
-                self._report(cmd.job, JobState.REJECTED, "duplicate_job",
-                             f"job id {cmd.job} was already used by another command on this device; job ids are single-use "
-                             "(the earlier job is unaffected)")
-                return
-            entry = QueuedJob(cmd.job, cmd.kind, cmd.ts, cmd.device, cmd.params)
             try:
-                self._admit(cmd, entry)
-            except OtaError as e:
-                r.save(r.record.remember(cmd.job, digest))
-                self._report(cmd.job, JobState.REJECTED, e.reason, str(e))
+                digest = self.gate.check(cmd)
+            except OtaError as e:  # not this device's to act on: nothing changes, nothing is retained
+                # a signed command sent where or when it was not meant to be is news; unsigned junk is only noise
+                log.log(logging.INFO if e.reason in UNAUTHENTICATED else logging.WARNING, "OTA: command %s refused (%s): %s", cmd.job,
+                        e.reason, e)
+                self._report(cmd.job, JobState.REJECTED, e.reason, str(e), record=False)
                 return
-            r.save(r.record.remember(cmd.job, digest))
+            # a job already queued under this id was admitted before a crash that came before the replay
+            # record was written (this is the QoS 1 redelivery after the restart): only the record is missing
+            if not self._known(cmd.job):
+                try:
+                    self._admit(cmd, QueuedJob(cmd.job, cmd.kind, cmd.ts, cmd.device, cmd.params))
+                except OtaError as e:  # an accepted command's outcome: recorded like any job's
+                    self._report(cmd.job, JobState.REJECTED, e.reason, str(e))
+            self.gate.remember(cmd, digest)
         r.wake.set()
+
+    def _known(self, job: str) -> bool:
+        rec = self.r.record
+        return (rec.job is not None and rec.job.id == job) or any(q.id == job for q in rec.queue)
 
     def _admit(self, cmd: Command, entry: QueuedJob) -> None:
         if cmd.kind == CommandKind.DEPLOY:
             self._queue_deploy(cmd, entry)
             return
         r = self.r
-        verify_command(kind=str(cmd.kind), job=cmd.job, ts=cmd.ts, device=cmd.device, params=cmd.params, trusted=r.trusted)
         if cmd.kind == CommandKind.CANCEL:
             self._cancel(cmd)
             return
@@ -113,6 +116,6 @@ class CommandInbox:
             raise OtaError(f"job {target} is neither queued nor running on this device; nothing to cancel", reason="unknown_job")
         r.report(JobReport(cmd.job, JobState.SUCCEEDED, "", f"cancel of {target} requested", str(r.state)))
 
-    def _report(self, job: str, state: JobState, reason: str, detail: str) -> None:
+    def _report(self, job: str, state: JobState, reason: str, detail: str, *, record: bool = True) -> None:
         r = self.r
-        r.report(JobReport(job, state, reason, detail, str(r.state), model_ref(r.get_model())))
+        r.report(JobReport(job, state, reason, detail, str(r.state), model_ref(r.get_model()), record=record))

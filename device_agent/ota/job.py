@@ -10,7 +10,12 @@
      "delivery": {"method": "mqtt", "chunk_size": 65536} | {"method": "http"},
      "probation": {"requests": 200, "seconds": 300, ...},      # optional; the device's defaults fill the rest
      "allow_incompatible": false,                               # optional
+     "allow_rolled_back": false,                                # optional; redeploy a release this device rolled back
      "timeout_s": 900}                                          # optional; download + verify deadline
+
+Every key is covered by the command's signature (command version 2, :mod:`device_agent.ota.gate`):
+what the job asks of the device — probation, shadow, compatibility, URLs, timeout, overrides — is
+what the operator signed.
 
 The signed manifest is authoritative: every artifact the job lists must appear in it with the same
 size and sha256, and every artifact in it must be delivered (checked in :func:`parse_job`).
@@ -37,18 +42,22 @@ JOB_SCHEMA = "edgekit.job"
 JOB_VERSION = 1
 MAX_CHUNK = 1 << 20
 METHODS = ("mqtt", "http")
+#: what a probation field's type asks of a job's value, in words
+_KINDS = {"bool": "true or false", "int": "an integer", "float": "a finite number"}
 
 
 @dataclass(frozen=True)
 class ProbationPolicy:
     """When a served update is kept (committed) or reverted (rolled back).
 
-    Probation lasts ``requests`` predictions or ``seconds``, whichever comes first. It fails at once on
-    a NaN/Inf output; once ``min_requests`` were served it fails when the runtime error rate exceeds
-    ``max_error_rate`` or p95 latency exceeds ``max_latency_ratio`` × the previous model's (and the
-    difference exceeds ``latency_floor_ms``: at microseconds, cache and scheduler jitter are not a
-    regression); and when
-    the agent restarted ``max_crashes`` times during probation. With ``shadow``, the candidate first
+    Probation lasts ``requests`` predictions (and until the latency question is answered) or
+    ``seconds``, whichever comes first. It fails at once on a NaN/Inf output; once ``min_requests``
+    were served it fails when the runtime error rate exceeds ``max_error_rate``; it fails on latency
+    when, over ``latency_samples`` paired runs of the new and the previous model on the same live
+    inputs, alternately in the same window, the 95 % lower confidence bound of the ratio of their fast
+    runs (10th percentiles, new / old: what each costs when the host leaves it alone) exceeds
+    ``max_latency_ratio`` and the new model adds more than ``latency_floor_ms`` (sub-ms jitter is not a
+    regression: :mod:`device_agent.ota.latency`); and when the agent restarted ``max_crashes`` times during probation. With ``shadow``, the candidate first
     runs beside the incumbent on ``shadow_sample`` of live inputs and is promoted only when top-1
     agreement over ``shadow_requests`` comparisons is ≥ ``shadow_min_agreement``.
     """
@@ -59,6 +68,7 @@ class ProbationPolicy:
     max_error_rate: float = 0.02
     max_latency_ratio: float = 3.0
     latency_floor_ms: float = 0.25
+    latency_samples: int = 40
     max_crashes: int = 2
     shadow: bool = False
     shadow_sample: float = 0.25
@@ -68,7 +78,8 @@ class ProbationPolicy:
 
     _BOUNDS: ClassVar[dict[str, tuple[float, float]]] = {
         "requests": (1, 10_000_000), "seconds": (0.0, 30 * 86400.0), "min_requests": (1, 1_000_000), "max_error_rate": (0.0, 1.0),
-        "max_latency_ratio": (1.0, 1000.0), "latency_floor_ms": (0.0, 60_000.0), "max_crashes": (1, 100), "shadow_sample": (0.0, 1.0), "shadow_requests": (1, 1_000_000),
+        "max_latency_ratio": (1.0, 1000.0), "latency_floor_ms": (0.0, 60_000.0),
+        "latency_samples": (10, 100_000), "max_crashes": (1, 100), "shadow_sample": (0.0, 1.0), "shadow_requests": (1, 1_000_000),
         "shadow_min_agreement": (0.0, 1.0), "shadow_seconds": (0.0, 30 * 86400.0),
     }
 
@@ -91,7 +102,8 @@ class ProbationPolicy:
             else:
                 ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             if not ok:
-                raise OtaError(f"job {where}.{k} must be a {want if isinstance(want, str) else want.__name__}, got {v!r}", reason="bad_job")
+                name = want if isinstance(want, str) else want.__name__
+                raise OtaError(f"job {where}.{k} must be {_KINDS.get(name, name)}, got {v!r}", reason="bad_job")
             bounds = self._BOUNDS.get(k)
             if bounds is not None and not bounds[0] <= v <= bounds[1]:
                 raise OtaError(f"job {where}.{k} = {v} is out of range; allowed: {bounds[0]} to {bounds[1]}", reason="bad_job")
@@ -136,6 +148,7 @@ class DeployJob:
     probation: ProbationPolicy
     allow_incompatible: bool
     timeout_s: float
+    allow_rolled_back: bool = False
 
     @property
     def total_bytes(self) -> int:
@@ -165,13 +178,13 @@ def parse_job(job_id: str, params: object, *, defaults: ProbationPolicy, limits:
     timeout = params.get("timeout_s", limits.default_timeout_s)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= limits.max_timeout_s:
         raise OtaError(f"job {job_id}: timeout_s {timeout!r} must be a number in (0, {limits.max_timeout_s:g}]", reason="bad_job")
-    allow = params.get("allow_incompatible", False)
-    if not isinstance(allow, bool):
-        raise OtaError(f"job {job_id}: allow_incompatible must be true or false", reason="bad_job")
+    allow, again = (params.get(k, False) for k in ("allow_incompatible", "allow_rolled_back"))
+    if not isinstance(allow, bool) or not isinstance(again, bool):
+        raise OtaError(f"job {job_id}: allow_incompatible and allow_rolled_back must be true or false", reason="bad_job")
     return DeployJob(
         id=job_id, name=manifest.name, version=manifest.version, manifest=manifest, manifest_bytes=mbytes, signature=sig,
-        artifacts=refs, method=method, chunk_size=chunk, probation=defaults.merged(params.get("probation")),
-        allow_incompatible=allow, timeout_s=float(timeout),
+        artifacts=refs, method=method, chunk_size=chunk, probation=defaults.merged(params.get("probation"), f"{job_id} probation"),
+        allow_incompatible=allow, timeout_s=float(timeout), allow_rolled_back=again,
     )
 
 

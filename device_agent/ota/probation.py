@@ -1,9 +1,10 @@
 """Watching a model prove itself on live requests: probation after the swap, shadow before it.
 
 Both are fed from the request path (:meth:`Probation.observe`) and must stay cheap there: a lock,
-a few counters, a bounded deque; the p95 is recomputed every ``CHECK_EVERY`` requests. A verdict
-sets ``decided`` so the updater thread acts within milliseconds (the old model is still loaded,
-rolling back is a pointer write and a reference swap).
+a few counters, a bounded deque, one reference store. Latency is not judged there: the
+:class:`~device_agent.ota.latency.LatencyJudge` measures the new and the previous model in pairs on
+the updater thread (:meth:`Probation.tick`). A verdict sets ``decided`` so the updater thread acts
+within milliseconds (the old model is still loaded, rolling back is a pointer write and a reference swap).
 """
 
 from __future__ import annotations
@@ -14,31 +15,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
 from device_agent.contract.types import Array, Feeds
 from device_agent.ota.job import ProbationPolicy
+from device_agent.ota.latency import LatencyJudge
+from device_agent.ota.verdicts import Runnable, Verdict
 
 __all__ = ["LatencyWindow", "Probation", "Runnable", "Shadow", "Verdict", "nonfinite", "top1"]
-
-CHECK_EVERY = 8
-
-
-@dataclass(frozen=True)
-class Verdict:
-    passed: bool
-    reason: str  # "passed" | "nan_outputs" | "error_rate" | "latency" | "shadow_disagreement" | ...
-    detail: str
-    at: float = field(default_factory=time.monotonic)  # when it was decided (to time the rollback that follows)
-
-
-class Runnable(Protocol):
-    """A model that can be run (a loaded model, or a test's stand-in)."""
-
-    def run(self, feeds: Feeds) -> Feeds: ...
 
 
 class LatencyWindow:
@@ -76,23 +61,28 @@ def top1(outputs: Mapping[str, Array]) -> Array:
 
 
 class Probation:
-    """Counts the candidate's requests and decides. ``baseline_p95`` is the previous model's (s)."""
+    """Counts the candidate's requests and decides. ``judge`` compares its latency with the previous
+    model's (None: there is no previous model to compare with, latency is not judged)."""
 
-    def __init__(self, policy: ProbationPolicy, *, baseline_p95: float | None, started: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, policy: ProbationPolicy, *, judge: LatencyJudge | None, started: float,
+                 clock: Callable[[], float] = time.time) -> None:
         self.policy = policy
-        self.baseline_p95 = baseline_p95
+        self.judge = judge
         self.started = started
         self.clock = clock
         self.requests = 0
         self.errors = 0
-        self.latency = LatencyWindow(1024)
+        self.latency = LatencyWindow(1024)  # the candidate's live latencies (for the record, not the verdict)
         self.verdict: Verdict | None = None
         self.decided = threading.Event()
         self._lock = threading.Lock()
 
-    def observe(self, outputs: Mapping[str, Array] | None, latency_s: float | None, error: str | None) -> None:
+    def observe(self, outputs: Mapping[str, Array] | None, latency_s: float | None, error: str | None, inputs: Feeds | None = None) -> None:
         if self.decided.is_set():  # decided: no lock taken on the request path any more
             return
+        judge = self.judge
+        if judge is not None and inputs is not None:
+            judge.offer(inputs)
         with self._lock:
             if self.verdict is not None:
                 return
@@ -113,33 +103,39 @@ class Probation:
                     self._decide(False, "error_rate", f"runtime error rate {rate:.1%} over {self.requests} requests exceeds "
                                  f"{p.max_error_rate:.1%}")
                     return
-                if self.baseline_p95 and len(self.latency) >= p.min_requests and self.requests % CHECK_EVERY == 0:
-                    p95 = self.latency.p95() or 0.0
-                    if p95 > p.max_latency_ratio * self.baseline_p95 and (p95 - self.baseline_p95) * 1e3 > p.latency_floor_ms:
-                        self._decide(False, "latency", f"p95 latency {p95 * 1e3:.3f} ms is {p95 / self.baseline_p95:.1f}x the previous "
-                                     f"model's {self.baseline_p95 * 1e3:.3f} ms (bound {p.max_latency_ratio:g}x)")
-                        return
-            if self.requests >= p.requests:
+            if self.requests >= p.requests and (judge is None or judge.done):
                 self._pass()
 
     def tick(self) -> None:
-        """Called by the updater while it waits: ends probation when its time is up."""
-        if self.verdict is None and self.clock() - self.started >= self.policy.seconds:
-            with self._lock:
-                if self.verdict is None:
-                    self._pass()
+        """Called by the updater while it waits: measures latency in pairs, ends probation when it is judged or its time is up."""
+        if self.verdict is not None:
+            return
+        judge = self.judge
+        if judge is not None and not judge.done:
+            judge.step()  # outside the lock: requests keep flowing while the models run
+        with self._lock:
+            if self.verdict is not None:
+                return
+            failed = judge.verdict() if judge is not None else None
+            if failed is not None:
+                self._decide(failed.passed, failed.reason, failed.detail)
+            elif self.clock() - self.started >= self.policy.seconds or (
+                    self.requests >= self.policy.requests and (judge is None or judge.done)):
+                self._pass()
 
     def _pass(self) -> None:
         p95 = self.latency.p95()
-        lat = f", p95 {p95 * 1e3:.3f} ms" if p95 is not None else ""
-        self._decide(True, "passed", f"{self.requests} requests, {self.errors} errors{lat} in {self.clock() - self.started:.1f} s")
+        lat = f", live p95 {p95 * 1e3:.3f} ms" if p95 is not None else ""
+        note = f"; {self.judge.note()}" if self.judge is not None else "; latency not judged (no previous model to compare with)"
+        self._decide(True, "passed", f"{self.requests} requests, {self.errors} errors{lat} in {self.clock() - self.started:.1f} s{note}")
 
     def _decide(self, passed: bool, reason: str, detail: str) -> None:
         self.verdict = Verdict(passed, reason, detail)
         self.decided.set()
 
     def progress(self) -> str:
-        return f"probation: {self.requests}/{self.policy.requests} requests, {self.errors} errors"
+        judged = f", latency pairs {len(self.judge.new)}/{self.policy.latency_samples}" if self.judge is not None else ""
+        return f"probation: {self.requests}/{self.policy.requests} requests, {self.errors} errors{judged}"
 
 
 class Shadow:

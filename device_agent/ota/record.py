@@ -3,13 +3,19 @@
 One JSON object (compact, UTF-8), replaced atomically (tmp + fsync + rename + directory fsync)::
 
     {"record_version": 1, "state": "PROBATION", "job": {id, kind, ts, device, params} | null,
-     "queue": [job, ...], "seen": {job id: command digest}, "crashes": 0, "clean_shutdown": false,
+     "queue": [job, ...], "crashes": 0, "clean_shutdown": false,
      "history": [{job, kind, state, reason, detail, ts}], "since": 1718000000.123, "reason": "", "detail": "...",
-     "from_slot": "1.0.0", "to_slot": "1.1.0", "target": null, "baseline": 0.0004,
-     "started": ..., "shadow_started": ..., "probation_started": ...}
+     "from_slot": "1.0.0", "to_slot": "1.1.0", "target": null,
+     "started": ..., "shadow_started": ..., "probation_started": ...,
+     "rolled_back": [{name, version, reason, ts}]}
 
 Files written before the record was versioned have no ``record_version``; they are version 1 (same
-keys, some absent: absent keys take their defaults). A file from a newer agent, or one that does
+keys, some absent: absent keys take their defaults). Keys no longer used are dropped on the next
+save: ``baseline``, and ``seen``, whose job ids the updater first moves into the replay record
+(:func:`legacy_seen`, :mod:`device_agent.ota.replay`) so they stay single-use. The file is ``0600``.
+
+``rolled_back`` lists the releases this device reverted (on probation, or by a manual rollback): a
+deploy of one of them is refused unless the operator signed ``allow_rolled_back`` into it. A file from a newer agent, or one that does
 not parse, is reported and the machine starts from IDLE (the model store alone decides what is served).
 """
 
@@ -17,8 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -30,15 +35,16 @@ from device_agent.ota.store import atomic_write
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["RECORD_VERSION", "HistoryEntry", "OtaRecord", "QueuedJob", "RecordChanges", "load_record", "save_record"]
+__all__ = ["RECORD_VERSION", "HistoryEntry", "OtaRecord", "QueuedJob", "RecordChanges", "Reverted", "legacy_seen", "load_record",
+           "save_record"]
 
 log = logging.getLogger("edgekit.agent.ota")
 
 RECORD_VERSION = 1
-#: commands remembered for QoS 1 dedup (job ids are single-use)
-SEEN_MAX = 512
 #: finished jobs kept in the record (``GET /healthz`` shows the last few)
 HISTORY_MAX = 32
+#: reverted releases remembered (only trusted deploys can add one)
+REVERTED_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -87,13 +93,31 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True)
+class Reverted:
+    """A release this device rolled back: not deployed again without a signed override."""
+
+    name: str
+    version: str  # the store slot (device_agent.ota.store.slot_name of the manifest's version)
+    reason: str
+    ts: float
+
+    def to_dict(self) -> JsonDict:
+        return {"name": self.name, "version": self.version, "reason": self.reason, "ts": self.ts}
+
+    @classmethod
+    def from_dict(cls, d: object) -> Reverted:
+        if not isinstance(d, dict):
+            raise ValueError(f"a rolled-back release must be an object, got {d!r:.80}")
+        return cls(str(d.get("name") or ""), str(d.get("version") or ""), str(d.get("reason") or ""), float(d.get("ts") or 0.0))
+
+
+@dataclass(frozen=True)
 class OtaRecord:
     """Everything the updater keeps across restarts. Frozen: a change is a new record, saved before it counts."""
 
     state: OtaState = OtaState.IDLE
     job: QueuedJob | None = None  # the running job (taken from the queue)
     queue: tuple[QueuedJob, ...] = ()
-    seen: Mapping[str, str] = field(default_factory=dict)  # job id -> digest of its command (QoS 1 redelivery vs reuse)
     crashes: int = 0  # restarts without a clean shutdown while on probation
     clean_shutdown: bool = True
     history: tuple[HistoryEntry, ...] = ()
@@ -103,18 +127,17 @@ class OtaRecord:
     from_slot: str | None = None  # the version served when the job started
     to_slot: str | None = None  # the version the job installs
     target: str | None = None  # the version a rollback returns to
-    baseline: float | None = None  # the previous model's p95 latency (s), the probation yardstick
     started: float | None = None  # when the download started (the job's deadline counts from here)
     shadow_started: float | None = None
     probation_started: float | None = None
+    rolled_back: tuple[Reverted, ...] = ()
 
     def to_json(self) -> bytes:
         doc: JsonDict = {"record_version": RECORD_VERSION, "state": str(self.state),
                          "job": self.job.to_dict() if self.job else None, "queue": [q.to_dict() for q in self.queue],
-                         "seen": dict(self.seen), "crashes": self.crashes, "clean_shutdown": self.clean_shutdown,
-                         "history": [h.to_dict() for h in self.history]}
-        for name in ("since", "reason", "detail", "from_slot", "to_slot", "target", "baseline", "started", "shadow_started",
-                     "probation_started"):
+                         "crashes": self.crashes, "clean_shutdown": self.clean_shutdown,
+                         "history": [h.to_dict() for h in self.history], "rolled_back": [x.to_dict() for x in self.rolled_back]}
+        for name in ("since", "reason", "detail", "from_slot", "to_slot", "target", "started", "shadow_started", "probation_started"):
             doc[name] = getattr(self, name)
         return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -127,19 +150,17 @@ class OtaRecord:
         version = d.get("record_version", 1)
         if not isinstance(version, int) or version > RECORD_VERSION:
             raise ValueError(f"record_version {version!r} was written by a newer agent (this one reads {RECORD_VERSION}); upgrade the agent")
-        seen = d.get("seen") or {}
-        if not isinstance(seen, dict):
-            raise ValueError("seen must be an object")
         job = d.get("job")
         return cls(
             state=OtaState(d["state"]), job=QueuedJob.from_dict(job) if job else None,
-            queue=tuple(QueuedJob.from_dict(q) for q in d.get("queue") or ()), seen={str(k): str(v) for k, v in seen.items()},
+            queue=tuple(QueuedJob.from_dict(q) for q in d.get("queue") or ()),
             crashes=int(d.get("crashes") or 0), clean_shutdown=bool(d.get("clean_shutdown", True)),
             history=tuple(HistoryEntry.from_dict(h) for h in d.get("history") or ()),
             since=_opt_float(d.get("since")), reason=str(d.get("reason") or ""), detail=str(d.get("detail") or ""),
             from_slot=_opt_str(d.get("from_slot")), to_slot=_opt_str(d.get("to_slot")), target=_opt_str(d.get("target")),
-            baseline=_opt_float(d.get("baseline")), started=_opt_float(d.get("started")),
-            shadow_started=_opt_float(d.get("shadow_started")), probation_started=_opt_float(d.get("probation_started")),
+            started=_opt_float(d.get("started")), shadow_started=_opt_float(d.get("shadow_started")),
+            probation_started=_opt_float(d.get("probation_started")),
+            rolled_back=tuple(Reverted.from_dict(x) for x in d.get("rolled_back") or ()),
         )
 
     def changed(self, **changes: Unpack[RecordChanges]) -> OtaRecord:
@@ -152,11 +173,18 @@ class OtaRecord:
         entry = HistoryEntry(job.id if job else None, str(job.kind) if job else None, str(self.state), self.reason, self.detail, ts)
         return replace(self, history=(*self.history[-(HISTORY_MAX - 1):], entry))
 
-    def remember(self, job: str, digest: str) -> OtaRecord:
-        """This record with command ``job`` marked as seen (the oldest are forgotten past SEEN_MAX)."""
-        seen = dict(list(self.seen.items())[-(SEEN_MAX - 1):])
-        seen[job] = digest
-        return replace(self, seen=seen)
+    def reverted(self, name: str, slot: str) -> Reverted | None:
+        """How release ``name`` at version slot ``slot`` was rolled back on this device, if it was."""
+        return next((x for x in reversed(self.rolled_back) if x.version == slot and x.name in (name, "")), None)
+
+    def revert(self, name: str, slot: str, reason: str, ts: float) -> OtaRecord:
+        """This record with a rolled-back release remembered (the oldest are forgotten past REVERTED_MAX)."""
+        keep = tuple(x for x in self.rolled_back if (x.name, x.version) != (name, slot))
+        return replace(self, rolled_back=(*keep[-(REVERTED_MAX - 1):], Reverted(name, slot, reason, ts)))
+
+    def unrevert(self, slot: str) -> OtaRecord:
+        """This record without ``slot`` among the rolled-back releases (it was committed, on purpose)."""
+        return replace(self, rolled_back=tuple(x for x in self.rolled_back if x.version != slot))
 
 
 class RecordChanges(TypedDict, total=False):
@@ -165,7 +193,6 @@ class RecordChanges(TypedDict, total=False):
     state: OtaState
     job: QueuedJob | None
     queue: tuple[QueuedJob, ...]
-    seen: Mapping[str, str]
     crashes: int
     clean_shutdown: bool
     history: tuple[HistoryEntry, ...]
@@ -175,10 +202,10 @@ class RecordChanges(TypedDict, total=False):
     from_slot: str | None
     to_slot: str | None
     target: str | None
-    baseline: float | None
     started: float | None
     shadow_started: float | None
     probation_started: float | None
+    rolled_back: tuple[Reverted, ...]
 
 
 def load_record(path: Path) -> OtaRecord:
@@ -190,6 +217,16 @@ def load_record(path: Path) -> OtaRecord:
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.error("OTA: %s is unreadable (%s); starting from IDLE", path, e)
         return OtaRecord()
+
+
+def legacy_seen(path: Path) -> dict[str, str]:
+    """The ``seen`` job ids (id -> command digest) of an ``ota.json`` written before the replay record
+    existed, so an upgraded agent keeps them single-use; empty when there are none."""
+    try:
+        seen = json.loads(path.read_bytes()).get("seen")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in seen.items()} if isinstance(seen, dict) else {}
 
 
 def save_record(path: Path, record: OtaRecord) -> None:

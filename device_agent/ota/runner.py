@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from device_agent.contract.errors import AgentError, OtaError
-from device_agent.contract.manifest import MANIFEST_NAME
+from device_agent.contract.manifest import MANIFEST_NAME, ManifestError, load_manifest
 from device_agent.ota.delivery import ChunkReceiver
 from device_agent.ota.faults import crashpoint
 from device_agent.ota.job import DeployJob, ProbationPolicy, parse_job
 from device_agent.ota.machine import ACTIVE, FINAL, TRANSITIONS, Event, OtaState, job_state
-from device_agent.ota.probation import LatencyWindow, Probation, Shadow, Verdict
+from device_agent.ota.probation import Probation, Shadow, Verdict
 from device_agent.ota.record import OtaRecord, QueuedJob, RecordChanges, load_record, save_record
 from device_agent.ota.seams import JobReport, OtaSettings, Transport, model_ref
-from device_agent.ota.store import ModelStore
+from device_agent.ota.store import ModelStore, slot_name
 from device_agent.ota.verify import TrustedKeys
 from device_agent.runtime.model import LoadedModel
 
@@ -97,7 +97,6 @@ class Runner:
         self.receiver: ChunkReceiver | None = None  # chunks of the download in progress
         self.probation: Probation | None = None
         self.shadow: Shadow | None = None
-        self.live = LatencyWindow(512)  # the served model's recent latencies: the probation baseline
         self.last_verdict: Verdict | None = None
         self.last_rollback_s: float | None = None  # failed probation check → previous model served
 
@@ -127,13 +126,33 @@ class Runner:
             crashpoint(f"move.{src}.{event}")
             rec = self.record.changed(**changes).changed(state=dst, since=round(self.clock(), 3))
             if dst == OtaState.IDLE:
-                rec = rec.changed(job=None, reason="", detail="", from_slot=None, to_slot=None, target=None, crashes=0, baseline=None)
+                rec = rec.changed(job=None, reason="", detail="", from_slot=None, to_slot=None, target=None, crashes=0)
+            elif dst == OtaState.ROLLED_BACK:
+                rec = self._reverted(rec, src)
+            elif dst == OtaState.COMMITTED and rec.to_slot:
+                rec = rec.unrevert(rec.to_slot)  # deployed again with the signed override, and it held this time
             self.save(rec)
             crashpoint(f"moved.{dst}")
         log.info("OTA: %s --%s--> %s %s", src, event, dst, changes.get("detail", ""))
         if dst in ACTIVE:
             self.report_state()  # final states are reported by finish(), once their action (revert, swap, clean-up) is done
         return dst
+
+    def _reverted(self, rec: OtaRecord, src: OtaState) -> OtaRecord:
+        """``rec`` remembering the release this rollback reverts: the update on probation, or (a manual
+        rollback) the version served until now. Redeploying it then needs a signed override."""
+        slot = rec.to_slot if src == OtaState.PROBATION else (rec.from_slot if rec.from_slot != rec.target else None)
+        if not slot:
+            return rec
+        job = self.job
+        if job is not None and slot_name(job.version) == slot:
+            name = job.name
+        else:
+            try:
+                name = load_manifest(self.store.path(slot)).name
+            except ManifestError:  # gone from disk: remember the version alone
+                name = ""
+        return rec.revert(name, slot, rec.reason, round(self.clock(), 3))
 
     def report_state(self) -> None:
         """Tell the fleet the running job's state (IN_PROGRESS while active; the outcome when final)."""

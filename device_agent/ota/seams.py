@@ -19,7 +19,12 @@ ModelRef = dict[str, str]
 
 @dataclass(frozen=True)
 class JobReport:
-    """One job state change, for the outbox (``<prefix>/<device>/jobs/<job>``)."""
+    """One job state change, for the outbox (``<prefix>/<device>/jobs/<job>``).
+
+    ``record`` is False for the answer to a command the device did not accept (unsigned, foreign,
+    expired, replayed): it is sent once, best effort, neither stored in the outbox nor retained, so
+    junk commands leave nothing on the broker and never replace a real job's record.
+    """
 
     job: str
     state: JobState
@@ -27,6 +32,7 @@ class JobReport:
     detail: str = ""
     ota_state: str = ""
     model: ModelRef | None = None
+    record: bool = True
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from device_agent.contract.errors import OtaError
+from device_agent.contract.files import PRIVATE_FILE, open_private, private_dir
 from device_agent.contract.manifest import MANIFEST_NAME, ManifestError, load_manifest
 from device_agent.ota.faults import crashpoint
 
@@ -62,9 +63,9 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: write ``path.tmp``, fsync, rename over, fsync the directory."""
+    """Replace ``path`` with ``data``: write ``path.tmp`` (mode 0600), fsync, rename over, fsync the directory."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with os.fdopen(open_private(tmp), "wb") as f:
         f.write(data)
         crashpoint("write.unsynced")
         f.flush()
@@ -118,7 +119,7 @@ class ModelStore:
         self.incoming_dir = self.root / "incoming"
         self.trash = self.root / "trash"
         for d in (self.root, self.versions, self.incoming_dir, self.trash):
-            d.mkdir(parents=True, exist_ok=True)
+            private_dir(d)
         self._pointers = self._read_pointers()
 
     # --- pointers --------------------------------------------------------------------------------
@@ -195,9 +196,7 @@ class ModelStore:
 
     def incoming(self, job: str) -> Path:
         """The download directory of a job (kept across restarts, so downloads resume)."""
-        p = self.incoming_dir / job
-        p.mkdir(parents=True, exist_ok=True)
-        return p
+        return private_dir(self.incoming_dir / job)
 
     def install(self, job: str, slot: str) -> Path:
         """Move a verified download into ``versions/<slot>`` durably. Idempotent after a crash."""
@@ -209,6 +208,9 @@ class ModelStore:
             return dst
         if not src.is_dir():
             raise OtaError(f"job {job} has no download to install", reason="store")
+        for f in src.iterdir():  # downloaded or copied (adopt): whatever the umask made them, versions are private
+            if f.is_file():
+                os.chmod(f, PRIVATE_FILE)
         fsync_tree(src)
         crashpoint("install.before_rename")
         os.replace(src, dst)

@@ -19,10 +19,12 @@ from pathlib import Path
 from device_agent.contract.errors import OtaError
 from device_agent.contract.protocol import Command
 from device_agent.contract.types import Feeds, JsonDict
+from device_agent.ota.gate import CommandGate, Identity
 from device_agent.ota.inbox import CommandInbox
 from device_agent.ota.machine import Event, OtaState
 from device_agent.ota.probation import Verdict
-from device_agent.ota.record import OtaRecord
+from device_agent.ota.record import OtaRecord, legacy_seen
+from device_agent.ota.replay import ReplayRecord
 from device_agent.ota.runner import Loader, Runner, Stop
 from device_agent.ota.seams import JobReport, OtaSettings, Transport
 from device_agent.ota.states import ACTIONS
@@ -30,7 +32,10 @@ from device_agent.ota.store import ModelStore
 from device_agent.ota.verify import TrustedKeys
 from device_agent.runtime.model import LoadedModel
 
-__all__ = ["Updater"]
+__all__ = ["REPLAY_NAME", "Updater"]
+
+#: the replay record's file, beside ota.json
+REPLAY_NAME = "replay.sqlite"
 
 log = logging.getLogger("edgekit.agent.ota")
 
@@ -40,15 +45,17 @@ class Updater:
 
     Args:
         store: the model slots.
-        state_file: where the state machine persists itself (``<state_dir>/ota.json``).
+        state_file: where the state machine persists itself (``<state_dir>/ota.json``); the replay record of
+            accepted commands lives beside it (``replay.sqlite``).
         trusted: keys whose signatures are accepted (and whether unsigned updates are).
+        identity: this device's id and group (commands for others are refused).
         get_model / swap: the serving seam (``ServingModel.get``/``.swap``, or the agent's).
         loader: loads a model directory (``device_agent.runtime.model.load_model`` with the agent's options).
         report: receives every :class:`JobReport` (the daemon queues it in its outbox).
         transport: subscribes chunk topics; ``chunk_filter(job)`` names them.
     """
 
-    def __init__(self, store: ModelStore, state_file: str | Path, *, trusted: TrustedKeys, loader: Loader,
+    def __init__(self, store: ModelStore, state_file: str | Path, *, trusted: TrustedKeys, loader: Loader, identity: Identity,
                  get_model: Callable[[], LoadedModel | None] = lambda: None,
                  swap: Callable[[LoadedModel], LoadedModel | None] = lambda m: None,
                  report: Callable[[JobReport], None] = lambda r: None,
@@ -62,7 +69,11 @@ class Updater:
         self._thread: threading.Thread | None = None
         self.runner = Runner(store, self.state_file, ACTIONS, trusted=trusted, loader=loader, settings=self.settings, stop=self._stop,
                              wake=self._wake, clock=clock)
-        self.inbox = CommandInbox(self.runner)
+        self.replay = ReplayRecord(self.state_file.with_name(REPLAY_NAME))
+        for job, digest in legacy_seen(self.state_file).items():  # an ota.json from before the replay record: keep its ids single-use
+            if self.replay.digest(job) is None:
+                self.replay.add(job, f"v1:{digest}", kind="", expires=0.0)
+        self.inbox = CommandInbox(self.runner, CommandGate(trusted, identity, self.replay, clock=clock))
         self.attach(get_model=get_model, swap=swap, report=report, transport=transport, chunk_filter=chunk_filter)
 
     def attach(self, *, get_model: Callable[[], LoadedModel | None], swap: Callable[[LoadedModel], LoadedModel | None],
@@ -180,10 +191,8 @@ class Updater:
         try:
             pr = r.probation
             if pr is not None and model is r.candidate:
-                pr.observe(outputs, latency_s, error)
+                pr.observe(outputs, latency_s, error, inputs)
                 return
-            if error is None and latency_s is not None:
-                r.live.add(latency_s)
             sh = r.shadow
             if sh is not None and inputs is not None and outputs is not None:
                 sh.observe(inputs, outputs)

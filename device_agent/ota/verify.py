@@ -4,8 +4,10 @@
   ``edgekit.json``. The manifest lists every artifact's size and sha256, so the signature covers
   the artifacts transitively. Only keys in the agent's trusted list count; unsigned updates are
   refused unless the config says ``allow_unsigned = true``.
-- **Commands** that change what is served without a manifest (rollback, cancel) carry their own
-  signature over their canonical JSON (:func:`sign_command` / :func:`verify_command`).
+- **Commands** (deploy, rollback, cancel; command version 2) carry their own signature over their
+  canonical JSON: the target device or group, the issue and expiry times, the job id and every
+  parameter (:func:`sign_command` / :func:`verify_command`). The manifest signature says *what* may
+  be installed; the command signature says *where, when and how* (probation, shadow, URLs, overrides).
 - **Artifacts**: size and sha256 of every delivered file, streamed (never the whole file in RAM).
 - **Versions**: no downgrade except through an explicit rollback command.
 - **Signatures of the model** (inputs/outputs): the new model must accept what the old one did.
@@ -26,10 +28,11 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from device_agent.contract.errors import OtaError
 from device_agent.contract.manifest import TensorSpec, version_key
+from device_agent.contract.protocol import Command
 
 if TYPE_CHECKING:  # cryptography is imported where keys are read or checked, not when this module is
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -39,6 +42,7 @@ __all__ = [
     "Signature",
     "TrustedKeys",
     "canonical_json",
+    "command_bytes",
     "check_compatible",
     "check_file",
     "check_version",
@@ -161,30 +165,38 @@ def canonical_json(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def _command_body(kind: str, job: str, ts: float, device: str, params: Mapping[str, Any]) -> bytes:
-    body = {k: v for k, v in params.items() if k != "auth"}
-    return canonical_json({"kind": kind, "job": job, "ts": ts, "device": device, "params": body})
+def command_bytes(cmd: Command) -> bytes:
+    """The exact bytes a command's signature covers: :meth:`Command.signed_body` as canonical JSON."""
+    return canonical_json(cmd.signed_body())
 
 
-def sign_command(private_key: Ed25519PrivateKey, *, kind: str, job: str, ts: float, device: str, params: Mapping[str, Any]) -> dict[str, str]:
-    """The ``params["auth"]`` block authorizing a command (rollback, cancel)."""
-    sig = private_key.sign(_command_body(kind, job, ts, device, params))
+def sign_command(private_key: Ed25519PrivateKey, cmd: Command) -> dict[str, str]:
+    """The ``auth`` block authorizing ``cmd`` (command version 2): its target, times and every parameter."""
+    sig = private_key.sign(command_bytes(cmd))
     return {"key_id": key_id(private_key.public_key()), "signature": base64.b64encode(sig).decode()}
 
 
-def verify_command(*, kind: str, job: str, ts: float, device: str, params: Mapping[str, Any], trusted: TrustedKeys) -> str:
-    """Check a command's ``params["auth"]``. Returns the key id, or ``"unsigned"`` when allowed."""
-    auth = params.get("auth")
-    if not auth:
+def verify_command(cmd: Command, trusted: TrustedKeys) -> str:
+    """Check a command's ``auth``. Returns the key id, or ``"unsigned"`` when unsigned commands are allowed.
+
+    Raises:
+        OtaError: ``unsigned``, ``untrusted_key``, ``bad_signature`` (malformed, or any signed field changed).
+    """
+    if not cmd.auth:
         if trusted.allow_unsigned:
             return "unsigned"
-        raise OtaError(f"the {kind} command is not signed and this device only accepts signed commands; "
-                       "pass --key to `edgekit fleet`", reason="unsigned")
+        raise OtaError(f"the {cmd.kind} command is not signed and this device only accepts signed commands; "
+                       f"pass --key to `edgekit fleet {'deploy' if cmd.kind == 'deploy' else cmd.kind}`", reason="unsigned")
     try:
-        kid, sig = str(auth["key_id"]), base64.b64decode(auth["signature"], validate=True)
+        kid, sig = str(cmd.auth["key_id"]), base64.b64decode(cmd.auth["signature"], validate=True)
     except (KeyError, TypeError, ValueError):
-        raise OtaError(f"the {kind} command's auth block has no valid key_id/signature", reason="bad_signature") from None
-    _verify(trusted.get(kid), sig, _command_body(kind, job, ts, device, params), f"the {kind} command does not match its signature")
+        raise OtaError(f"the {cmd.kind} command's auth block has no valid key_id/signature", reason="bad_signature") from None
+    try:
+        data = command_bytes(cmd)
+    except ValueError:  # NaN/inf somewhere in params: canonical JSON has no spelling for it, so nobody signed it
+        raise OtaError(f"the {cmd.kind} command holds a non-finite number; it cannot have been signed", reason="bad_signature") from None
+    _verify(trusted.get(kid), sig, data, f"the {cmd.kind} command does not match its signature: a signed field (target, expiry, "
+            "parameters) was changed, or it was signed for another command")
     return kid
 
 

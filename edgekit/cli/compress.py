@@ -83,6 +83,7 @@ def compress(model: Path, **options: Any) -> None:
     from rich.console import Console
 
     from edgekit.compress import compress as run
+    from edgekit.errors import Interrupted
     from edgekit.importers import detect_kind, imported, parse_input_shapes
 
     o = options
@@ -94,10 +95,13 @@ def compress(model: Path, **options: Any) -> None:
 
         check_available()
     console = Console(stderr=True, quiet=o["as_json"])
-    with Progress(console, enabled=not o["as_json"]) as progress, \
-            imported(model, weights=o["weights"], input_shapes=parse_input_shapes(o["input_shape"]), data=o["data"], say=progress.say,
-                     progress=progress.update) as source:
-        result = run(source.path, o["data"], _options(o, steps, formats, plan, source), say=progress.say, progress=progress.update)
+    try:
+        with Progress(console, enabled=not o["as_json"]) as progress, \
+                imported(model, weights=o["weights"], input_shapes=parse_input_shapes(o["input_shape"]), data=o["data"], say=progress.say,
+                         progress=progress.update) as source:
+            result = run(source.path, o["data"], _options(o, steps, formats, plan, source), say=progress.say, progress=progress.update)
+    except KeyboardInterrupt:  # compress removes its staging and work directories (and the TF child's) on the way out
+        raise Interrupted("compress interrupted (Ctrl-C): no output was written and its temporary files were removed") from None
     show_result(result, as_json=o["as_json"])
     if plan:
         plan.check_gates(result)  # exit 3 after the output is written and shown

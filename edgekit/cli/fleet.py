@@ -65,7 +65,8 @@ fleet.add_command(watch_command)
 @rollout_options
 @gate_options
 @click.option("--job", "job_id", help="Job id (default: deploy-<time>-<random>).")
-@click.option("--key", type=_KEY, help="Private key to sign the cancel sent to devices that time out (devices ignore unsigned cancels).")
+@click.option("--key", type=_KEY, help="Private key (a trusted signer): signs the deploy commands (their target, expiry and settings) "
+              "and the cancel sent to devices that time out. Devices refuse unsigned commands unless allow_unsigned.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def deploy(directory: Path, *, link: BrokerOptions, state_dir: Path, device: tuple[str, ...], group: str | None, rollout: RolloutOptions,
            metric_gate: GateOptions, job_id: str | None, key: Path | None, as_json: bool) -> None:
@@ -81,6 +82,8 @@ def deploy(directory: Path, *, link: BrokerOptions, state_dir: Path, device: tup
     if release.signature is None and not as_json:
         click.echo(f"warning: {directory} is not signed; devices refuse it unless they set allow_unsigned (edgekit sign {directory} --key KEY)",
                    err=True)
+    if key is None and not as_json:
+        click.echo("warning: no --key: the deploy commands are not signed; devices refuse them unless they set allow_unsigned", err=True)
     say = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
     with _client(link) as fc:
         result = run(fc, release, devices=list(device) or None, group=group, policy=rollout.policy(), gate=metric_gate.gate(),

@@ -115,6 +115,7 @@ class RolloutPolicy:
     base_url: str | None = None
     probation: dict[str, Any] | None = None
     allow_incompatible: bool = False
+    allow_rolled_back: bool = False
 
 
 @dataclass
@@ -189,8 +190,9 @@ def deploy(fleet: FleetClient, release: Release, *, devices: list[str] | None = 
            key: Any = None) -> RolloutResult:
     """Roll ``release`` out. Raises FleetError before sending anything when the metric gate refuses.
 
-    ``key`` (an ed25519 private key) signs the cancel sent to devices that exceed the per-device
-    timeout; without it devices that only accept signed commands ignore that cancel.
+    ``key`` (an ed25519 private key) signs every command: the deploy (its target device, expiry and
+    job settings) and the cancel sent to devices that exceed the per-device timeout. Without it
+    only devices with ``allow_unsigned`` act on them; the others answer REJECTED ``unsigned``.
     """
     fleet.settle(2.0)
     views = fleet.snapshot()
@@ -212,7 +214,8 @@ def deploy(fleet: FleetClient, release: Release, *, devices: list[str] | None = 
                        f"bound {MQTT_RETAINED_BUDGET >> 20} MiB): use --delivery http --url BASE_URL, or smaller waves")
     result = RolloutResult(job, {"name": release.manifest.name, "version": release.manifest.version}, waves, skipped=list(offline))
     params = release.job_params(method=policy.method, chunk_size=policy.chunk_size, base_url=policy.base_url, probation=policy.probation,
-                                allow_incompatible=policy.allow_incompatible, timeout_s=policy.device_timeout_s)
+                                allow_incompatible=policy.allow_incompatible, timeout_s=policy.device_timeout_s,
+                                allow_rolled_back=policy.allow_rolled_back)
     kind, bound = parse_share(policy.max_failures, "--max-failures")
     count = len(chunk_plan(release.artifacts, policy.chunk_size)) if policy.method == "mqtt" else 0
     for i, wave in enumerate(waves, 1):
@@ -263,7 +266,7 @@ def _run_wave(fleet: FleetClient, release: Release, job: str, params: dict[str, 
     for d in wave:
         if policy.method == "mqtt":
             infos += fleet.publish_chunks(d, job, release.chunks(job, policy.chunk_size))
-        infos.append(fleet.send(d, signed_command(CommandKind.DEPLOY, job, device=d, params=params)))
+        infos.append(fleet.send(d, signed_command(CommandKind.DEPLOY, job, device=d, params=params, key=key)))
     fleet.flush(infos, timeout=max(30.0, policy.device_timeout_s))
 
     def done(views: dict[str, DeviceView]) -> bool:

@@ -25,7 +25,7 @@ def crash(dev: SimDevice) -> None:
     dev.client.loop_stop()
 
 
-def test_download_resumes_after_a_crash(mosquitto, releases, trusted, tmp_path):
+def test_download_resumes_after_a_crash(mosquitto, releases, trusted, signer, tmp_path):
     rel = Release.open(releases["v2"])
     chunks = list(rel.chunks("j1", 1024))
     assert len(chunks) >= 4
@@ -34,7 +34,8 @@ def test_download_resumes_after_a_crash(mosquitto, releases, trusted, tmp_path):
     with FleetClient(mosquitto.url) as fc:
         half = len(chunks) // 2
         fc.flush(fc.publish_chunks("pi-00", "j1", chunks[:half]))
-        fc.flush([fc.send("pi-00", signed_command(CommandKind.DEPLOY, "j1", device="pi-00", params=rel.job_params(chunk_size=1024)))])
+        fc.flush([fc.send("pi-00", signed_command(CommandKind.DEPLOY, "j1", device="pi-00", params=rel.job_params(chunk_size=1024),
+                                                  key=signer))])
         assert wait_until(lambda: dev.updater.runner.receiver is not None and dev.updater.runner.receiver.progress[0] == half, 10)
         crash(dev)
         assert wait_until(lambda: not fc.snapshot()["pi-00"].online, 10)  # the Last Will told the fleet

@@ -58,7 +58,7 @@ class Load:
         self._t.join(5)
 
 
-def test_agent_is_updated_rolled_back_and_restarts_on_the_committed_version(tmp_path, mosquitto, releases, keys, mqtt_collector):
+def test_agent_is_updated_rolled_back_and_restarts_on_the_committed_version(tmp_path, mosquitto, releases, keys, signer, mqtt_collector):
     telemetry = mqtt_collector(mosquitto, ["edgekit/v1/+/telemetry"])
     cfg = config(tmp_path, mosquitto, releases["v1"], keys["good"].public)
     daemon = Daemon.from_config(cfg)
@@ -67,11 +67,11 @@ def test_agent_is_updated_rolled_back_and_restarts_on_the_committed_version(tmp_
     try:
         wait_until(lambda: daemon.link.connected, 10)
         with FleetClient(mosquitto.url) as fc:
-            r = deploy(fc, Release.open(releases["v2"]), devices=["pi-07"], policy=RolloutPolicy(device_timeout_s=30, chunk_size=2048))
+            r = deploy(fc, Release.open(releases["v2"]), key=signer, devices=["pi-07"], policy=RolloutPolicy(device_timeout_s=30, chunk_size=2048))
             assert r.outcomes["pi-07"]["state"] == "SUCCEEDED", r.outcomes
             assert daemon.agent.model.version == "1.1.0"
             assert wait_until(lambda: fc.snapshot()["pi-07"].version == "1.1.0", 10)  # the retained state was refreshed
-            r = deploy(fc, Release.open(releases["nan"]), devices=["pi-07"], policy=RolloutPolicy(device_timeout_s=30, chunk_size=2048))
+            r = deploy(fc, Release.open(releases["nan"]), key=signer, devices=["pi-07"], policy=RolloutPolicy(device_timeout_s=30, chunk_size=2048))
             o = r.outcomes["pi-07"]
             assert (o["state"], o["reason"]) == ("FAILED", "nan_outputs")
             daemon.publish_telemetry()  # the status table's latency, requests and outbox come from telemetry
@@ -120,5 +120,6 @@ def test_unreadable_command_with_a_job_id_is_answered(tmp_path, mosquitto, relea
         daemon.stop()
     job = c.payloads("jobs/j-future")[0]
     assert (job["state"], job["reason"]) == ("REJECTED", "bad_command")
+    assert [r for t, _, r in c.messages if t.endswith("jobs/j-future")] == [False] and job["seq"] == 0  # answered once, not retained
     assert "protocol version 99 is not supported" in job["detail"]
     assert daemon.agent.model.version == "1.0.0"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
-from device_agent.contract.protocol import Command, CommandKind, JobState
+from device_agent.contract.protocol import CommandKind, JobState
 from device_agent.ota import OtaState
 from device_agent.ota.record import RECORD_VERSION, HistoryEntry, OtaRecord, QueuedJob, load_record, save_record
 from tests.ota.harness import Device
@@ -37,10 +36,15 @@ def test_a_record_written_before_versioning_reads_field_by_field(tmp_path):
     rec = load_record(path)
     assert rec.state == OtaState.PROBATION
     assert rec.job == QueuedJob("j1", CommandKind.DEPLOY, 1796577852.0473912, "dev", {"schema": "edgekit.job"})
-    assert [q.id for q in rec.queue] == ["j2"] and dict(rec.seen) == OLD_ON_PROBATION["seen"]
+    assert [q.id for q in rec.queue] == ["j2"]
     assert (rec.crashes, rec.clean_shutdown, rec.from_slot, rec.to_slot) == (0, False, "1.0.0", "1.1.0")
-    assert (rec.baseline, rec.started, rec.probation_started) == (1.6445900064354637e-05, 1796577852.052, 1796577852.146)
-    assert rec.target is None and rec.shadow_started is None  # keys the old file does not have take their defaults
+    assert (rec.started, rec.probation_started) == (1796577852.052, 1796577852.146)
+    assert rec.target is None and rec.shadow_started is None and rec.rolled_back == ()  # keys the old file does not have: defaults
+
+
+#: keys old files have that the record no longer keeps: the probation baseline (latency is measured in pairs now) and
+#: the seen job ids (moved into the replay record when the updater starts: test_an_agent_restarted_on_an_old_record...)
+DROPPED = ("seen", "baseline")
 
 
 def test_the_record_keeps_every_old_key_and_value_and_adds_its_version(tmp_path):
@@ -50,7 +54,7 @@ def test_the_record_keeps_every_old_key_and_value_and_adds_its_version(tmp_path)
         save_record(tmp_path / "new.json", rec)
         doc = json.loads((tmp_path / "new.json").read_text())
         assert doc["record_version"] == RECORD_VERSION
-        assert {k: v for k, v in doc.items() if k in old} == old
+        assert {k: v for k, v in doc.items() if k in old} == {k: v for k, v in old.items() if k not in DROPPED}
         assert load_record(tmp_path / "new.json") == rec
 
 
@@ -58,7 +62,9 @@ def test_the_record_is_frozen_and_changes_make_new_records():
     rec = OtaRecord()
     moved = rec.changed(state=OtaState.DOWNLOADING, started=1.0)
     assert (rec.state, moved.state, moved.started) == (OtaState.IDLE, OtaState.DOWNLOADING, 1.0)
-    assert rec.remember("j1", "d1").seen == {"j1": "d1"} and rec.seen == {}
+    reverted = rec.revert("mlp", "1.1.0", "latency", 3.0)
+    assert reverted.reverted("mlp", "1.1.0").reason == "latency" and rec.reverted("mlp", "1.1.0") is None
+    assert reverted.unrevert("1.1.0").rolled_back == ()
     done = moved.changed(job=QueuedJob("j1", CommandKind.DEPLOY, 1.0, "dev", {}), reason="passed").finished(2.0)
     assert done.history == (HistoryEntry("j1", "deploy", "DOWNLOADING", "passed", "", 2.0),)
 
@@ -74,17 +80,18 @@ def test_a_record_from_a_newer_agent_or_a_damaged_file_starts_idle(tmp_path, cap
         assert load_record(path) == OtaRecord()
 
 
-def test_an_agent_restarted_on_an_old_record_keeps_its_history_and_dedup(tmp_path, releases, trusted, settings):
+def test_an_agent_restarted_on_an_old_record_keeps_its_history_and_dedup(tmp_path, releases, trusted, settings, signer):
     root = tmp_path / "dev"
     root.mkdir()
     (root / "ota.json").write_text(json.dumps(OLD_IDLE))
-    dev = Device(root, releases["v1"], trusted=trusted, settings=settings)
+    dev = Device(root, releases["v1"], trusted=trusted, settings=settings, key=signer)
     try:
         assert dev.updater.state == OtaState.IDLE
         assert [h["detail"] for h in dev.updater.status()["history"]] == [OLD_IDLE["history"][0]["detail"]]
+        assert "seen" not in json.loads((root / "ota.json").read_text())  # moved into the replay record
         # job ids are single-use: j1 was seen by the agent that wrote the file
-        dev.updater.handle(Command(kind=CommandKind.DEPLOY, job="j1", ts=time.time(), params={}, device="dev"))
+        dev.deploy(releases["v2"], "j1")
         (r,) = dev.reports
-        assert (r.job, r.state, r.reason) == ("j1", JobState.REJECTED, "duplicate_job")
+        assert (r.job, r.state, r.reason, r.record) == ("j1", JobState.REJECTED, "duplicate_job", False)
     finally:
         dev.stop()

@@ -17,9 +17,9 @@ from tests.ota.test_updates import serves
 LONG = OtaSettings(probation=ProbationPolicy(requests=100_000, seconds=600, min_requests=10, max_crashes=2, latency_floor_ms=50.0))
 
 
-def test_repeated_crashes_on_probation_roll_back_across_restarts(tmp_path, releases, trusted):
+def test_repeated_crashes_on_probation_roll_back_across_restarts(tmp_path, releases, trusted, signer):
     root = tmp_path / "dev"
-    dev = Device(root, releases["v1"], trusted=trusted, settings=LONG)
+    dev = Device(root, releases["v1"], trusted=trusted, settings=LONG, key=signer)
     dev.deploy(releases["v2"], "j1")
     assert wait_until(lambda: dev.updater.state == OtaState.PROBATION and dev.version == "1.1.0")
     dev.crash()
@@ -40,9 +40,9 @@ def test_repeated_crashes_on_probation_roll_back_across_restarts(tmp_path, relea
         last.stop()
 
 
-def test_clean_restart_on_probation_is_not_a_crash(tmp_path, releases, trusted):
+def test_clean_restart_on_probation_is_not_a_crash(tmp_path, releases, trusted, signer):
     root = tmp_path / "dev"
-    dev = Device(root, releases["v1"], trusted=trusted, settings=LONG)
+    dev = Device(root, releases["v1"], trusted=trusted, settings=LONG, key=signer)
     dev.deploy(releases["v2"], "j1")
     assert wait_until(lambda: dev.updater.state == OtaState.PROBATION and dev.version == "1.1.0")
     dev.stop()

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 from device_agent.contract.errors import OtaError
+from device_agent.contract.files import write_private
 from device_agent.contract.manifest import MANIFEST_NAME, SIGNATURE_NAME
 from device_agent.ota.delivery import ChunkReceiver, http_download
 from device_agent.ota.faults import crashpoint
@@ -28,9 +29,9 @@ class Downloading:
     def run(self, r: Runner) -> None:
         job = r.deploy_job()
         d = r.store.incoming(job.id)
-        (d / MANIFEST_NAME).write_bytes(job.manifest_bytes)
+        write_private(d / MANIFEST_NAME, job.manifest_bytes)
         if job.signature:
-            (d / SIGNATURE_NAME).write_text(job.signature)
+            write_private(d / SIGNATURE_NAME, job.signature.encode())
         if job.method == "mqtt":
             _chunks(r, job, d)
         else:

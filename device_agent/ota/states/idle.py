@@ -52,10 +52,14 @@ class Idle:
 
 
 def _accept(r: Runner, job: DeployJob) -> None:
-    """Checks that need no download: the signature and the version."""
+    """Checks that need no download: the signature, the version, and whether this release was rolled back here."""
     verify_manifest(job.manifest_bytes, job.signature, r.trusted)
     current = r.get_model()
     check_version(job.version, current.version if current is not None and current.manifest is not None else None)
+    reverted = r.record.reverted(job.name, slot_name(job.version))
+    if reverted is not None and not job.allow_rolled_back:
+        raise OtaError(f"{job.name} {job.version} was rolled back on this device ({reverted.reason}); it is deployed again only on "
+                       "purpose: `edgekit fleet deploy --allow-rolled-back` (signed into the job)", reason="rolled_back")
 
 
 def _manual_rollback(r: Runner, entry: QueuedJob) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from device_agent.contract.errors import AgentError
+from device_agent.ota.latency import LatencyJudge
 from device_agent.ota.machine import Event, OtaState
 from device_agent.ota.probation import Probation
 from device_agent.ota.runner import Runner
@@ -24,7 +25,7 @@ class OnProbation:
         if r.store.current != slot:
             r.store.activate(slot)  # the pointer flip of the swap was lost
         _serve_candidate(r, slot)
-        pr = Probation(job.probation, baseline_p95=rec.baseline, started=rec.probation_started or r.clock(), clock=r.clock)
+        pr = Probation(job.probation, judge=_judge(r), started=rec.probation_started or r.clock(), clock=r.clock)
         r.probation = pr
         try:
             r.wait(pr.decided, job.probation.seconds + 5.0, pr.tick)
@@ -40,6 +41,15 @@ class OnProbation:
             r.move(Event.PASS, reason="passed", detail=f"committed {job.version}: " + (v.detail if v else "probation time up"))
         else:
             r.move(Event.FAIL, reason=v.reason, target=rec.from_slot, detail=f"rolled back {job.version}: {v.detail}")
+
+
+def _judge(r: Runner) -> LatencyJudge | None:
+    """Paired latency runs of the candidate and the model it replaced; None when there is no replaced model loaded."""
+    cand, old = r.candidate, r.incumbent
+    if cand is None or old is None:
+        return None
+    vectors = cand.manifest.selftest_vectors(cand.artifact.file) if cand.manifest is not None and cand.artifact is not None else []
+    return LatencyJudge(r.deploy_job().probation, cand, old, vectors[0][0] if vectors else None)
 
 
 def _serve_candidate(r: Runner, slot: str) -> None:

@@ -31,4 +31,4 @@ class Shadowing:
             raise OtaError("shadow mode did not finish in time", reason="timeout")
         if not v.passed:
             raise OtaError(f"not promoted: {v.detail}", reason=v.reason)
-        swap_in(r, r.record.baseline, note=v.detail)
+        swap_in(r, note=v.detail)

@@ -6,11 +6,6 @@ The swap itself (:func:`swap_in`) is where PROBATION starts: the state is saved,
 
 from __future__ import annotations
 
-import time
-from collections import deque
-
-import numpy as np
-
 from device_agent.contract.errors import OtaError
 from device_agent.ota.faults import crashpoint
 from device_agent.ota.machine import Event, OtaState
@@ -20,9 +15,6 @@ from device_agent.ota.verify import check_compatible
 from device_agent.runtime.model import LoadedModel
 
 __all__ = ["Staged", "swap_in"]
-
-#: runs of the served model on the candidate's self-test input when live traffic gave too few latencies
-BENCH_RUNS = 15
 
 
 class Staged:
@@ -37,27 +29,25 @@ class Staged:
         bad = _nonfinite_selftest(cand)
         if bad:
             raise OtaError(f"the new model gives NaN/Inf on its own self-test vectors ({bad})", reason="nan_outputs")
-        baseline = r.live.p95() if len(r.live) >= job.probation.min_requests else _bench(cur, cand)
         if job.probation.shadow:
-            r.move(Event.SHADOW, baseline=baseline, shadow_started=round(r.clock(), 3),
+            r.move(Event.SHADOW, shadow_started=round(r.clock(), 3),
                    detail=f"shadow: comparing with the served model on {job.probation.shadow_sample:.0%} of live inputs")
         else:
-            swap_in(r, baseline)
+            swap_in(r)
 
 
-def swap_in(r: Runner, baseline: float | None, note: str = "") -> None:
+def swap_in(r: Runner, note: str = "") -> None:
     """Enter PROBATION: save it, flip the store's pointer, serve the candidate (the old model is kept for a rollback)."""
     job = r.deploy_job()
     p = job.probation
     detail = f"serving {job.version} on probation: {p.requests} requests or {p.seconds:g} s" + (f" ({note})" if note else "")
-    r.move(Event.SWAP, baseline=baseline, probation_started=round(r.clock(), 3), crashes=0, detail=detail)
+    r.move(Event.SWAP, probation_started=round(r.clock(), 3), crashes=0, detail=detail)
     r.store.activate(r.to_slot())
     crashpoint("swap.activated")
     candidate = r.candidate
     if candidate is None:
         raise RuntimeError("OTA: no candidate loaded to swap in")  # a bug: STAGED and SHADOW load it first
     r.incumbent = r.swap(candidate)
-    r.live.clear()
 
 
 def _nonfinite_selftest(model: LoadedModel) -> str | None:
@@ -69,24 +59,3 @@ def _nonfinite_selftest(model: LoadedModel) -> str | None:
         if bad:
             return f"output {bad!r}"
     return None
-
-
-def _bench(old: LoadedModel | None, new: LoadedModel) -> float | None:
-    """p95 latency (s) of the served model on the candidate's self-test inputs: the probation
-    baseline when live traffic has not yet given enough samples."""
-    if old is None or new.manifest is None or new.artifact is None:
-        return None
-    vectors = new.manifest.selftest_vectors(new.artifact.file)
-    if not vectors:
-        return None
-    inputs = vectors[0][0]
-    times: deque[float] = deque(maxlen=BENCH_RUNS)
-    try:
-        old.run(inputs)
-        for _ in range(BENCH_RUNS):
-            t0 = time.perf_counter()
-            old.run(inputs)
-            times.append(time.perf_counter() - t0)
-    except Exception:  # the served model failing here is the probation's finding, not the bench's
-        return None
-    return float(np.percentile(list(times), 95))
