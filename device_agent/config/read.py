@@ -16,8 +16,8 @@ from typing import Any
 
 from device_agent.config.schema import SECTIONS, AgentConfig
 from device_agent.contract.errors import ConfigError
-from device_agent.serve.auth import is_loopback
 from device_agent.contract.files import loose_key_problem
+from device_agent.serve.auth import is_loopback
 
 if sys.version_info >= (3, 11):
     import tomllib
