@@ -20,6 +20,7 @@ values: the pixels of one image move together, so rows are the conservative coun
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from device_agent.manifest import FeatureProfile
-from edgekit.monitor.stats import chi2_quantile, ks_statistic, psi
+from edgekit.monitor.stats import PSEUDO_COUNT, chi2_quantile, ks_statistic, psi
 from edgekit.monitor.windows import FeatureSummary, WindowSet
 
 __all__ = [
@@ -104,8 +105,12 @@ def min_samples_for(reference_counts: Sequence[int], thresholds: DriftThresholds
     """Samples needed before a feature with these reference counts gets a verdict (see the module docs)."""
     if thresholds.min_samples is not None:
         return thresholds.min_samples
-    c = chi2_quantile(1 - FALSE_POSITIVE_RATE, max(1, len(reference_counts) - 1)) / thresholds.psi_warn
-    big_n = float(sum(reference_counts))
+    return _auto_min_samples(len(reference_counts), float(sum(reference_counts)), thresholds.psi_warn)
+
+
+@functools.lru_cache(maxsize=1024)
+def _auto_min_samples(bins: int, big_n: float, psi_warn: float) -> int:
+    c = chi2_quantile(1 - FALSE_POSITIVE_RATE, max(1, bins - 1)) / psi_warn
     # both samples are noisy: n·N/(n+N)·PSI ~ χ²; a reference barely larger than c caps the need at 5c
     n = c * big_n / (big_n - c) if big_n > 1.25 * c else 5 * c
     return max(30, math.ceil(n))
@@ -163,7 +168,12 @@ def feature_drift(reference: FeatureProfile, live: FeatureSummary, *, samples: i
         samples: batch rows behind ``live`` (None: the number of values).
         thresholds: warn/alert levels and the minimum sample count.
     """
-    t = thresholds or DriftThresholds()
+    return _feature_drift(reference, live, samples, thresholds or DriftThresholds(), None)
+
+
+def _feature_drift(reference: FeatureProfile, live: FeatureSummary, samples: int | None, t: DriftThresholds,
+                   stats: tuple[float, float] | None) -> FeatureDrift:
+    """:func:`feature_drift`, with PSI and KS given when :func:`evaluate` computed them for every feature at once."""
     need = min_samples_for(reference.counts, t)
     rows = live.n if not samples else min(samples, live.n)
     if live.n == 0:
@@ -180,10 +190,11 @@ def feature_drift(reference: FeatureProfile, live: FeatureSummary, *, samples: i
     verdicts: list[tuple[Level, str | None]] = [nan_verdict]
     psi_value = ks_value = oor = shift = None
     if live.finite:
-        ref_cells = np.concatenate([[0], np.asarray(reference.counts, np.float64), [0]])
-        cells = live.cells()
-        psi_value = psi(ref_cells, cells)
-        ks_value = ks_statistic(ref_cells, cells)
+        if stats is None:
+            ref_cells = np.concatenate([[0], np.asarray(reference.counts, np.float64), [0]])
+            cells = live.cells()
+            stats = psi(ref_cells, cells), ks_statistic(ref_cells, cells)
+        psi_value, ks_value = stats
         oor = (live.under + live.over) / live.finite
         # quantile edges span the reference sample: a new value falls outside with chance 2/(N+1)
         expected_oor = 2.0 / (sum(reference.counts) + 1)
@@ -226,16 +237,41 @@ class DriftReport:
                 "moved": [f.name for f in self.moved], "features": [f.to_dict() for f in self.features], "untracked": list(self.untracked)}
 
 
+def _stats_at_once(pairs: list[tuple[FeatureProfile, FeatureSummary]], samples: int | None,
+                   t: DriftThresholds) -> dict[int, tuple[float, float]]:
+    """PSI and KS of every pair that will be judged, one numpy pass per bin count (the same formulas as
+    :func:`~edgekit.monitor.stats.psi` and :func:`~edgekit.monitor.stats.ks_statistic`; a report judges
+    a dozen features, and numpy's per-call overhead was most of the time)."""
+    todo: dict[int, list[int]] = {}
+    for i, (ref, live) in enumerate(pairs):
+        rows = live.n if not samples else min(samples, live.n)
+        if live.finite and live.n and rows >= min_samples_for(ref.counts, t):
+            todo.setdefault(len(ref.counts), []).append(i)
+    out: dict[int, tuple[float, float]] = {}
+    for idx in todo.values():
+        r = np.array([[0, *pairs[i][0].counts, 0] for i in idx], np.float64)
+        q = np.array([pairs[i][1].cells() for i in idx], np.float64)
+        rp, qp = r + PSEUDO_COUNT, q + PSEUDO_COUNT
+        rp /= rp.sum(axis=1, keepdims=True)
+        qp /= qp.sum(axis=1, keepdims=True)
+        psis = np.sum((qp - rp) * np.log(qp / rp), axis=1)
+        rs, qs = r.sum(axis=1, keepdims=True), q.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gaps = np.max(np.abs(np.cumsum(q, axis=1) / qs - np.cumsum(r, axis=1) / rs), axis=1)
+        ok = (rs[:, 0] > 0) & (qs[:, 0] > 0)
+        for j, i in enumerate(idx):
+            out[i] = float(psis[j]), float(gaps[j]) if ok[j] else 0.0
+    return out
+
+
 def evaluate(windows: WindowSet, reference: Sequence[FeatureProfile], *, scope: str = "device", name: str = "",
              thresholds: DriftThresholds | None = None) -> DriftReport:
     """Judge every reference feature the windows carry; the report's level is the worst feature's."""
+    t = thresholds or DriftThresholds()
     by_name = {f.name: f for f in reference}
-    results = []
-    for fname, live in windows.features.items():
-        ref = by_name.get(fname)
-        if ref is None or len(ref.counts) != len(live.counts):
-            continue
-        results.append(feature_drift(ref, live, samples=windows.samples or None, thresholds=thresholds))
+    pairs = [(by_name[n], live) for n, live in windows.features.items() if n in by_name and len(by_name[n].counts) == len(live.counts)]
+    stats = _stats_at_once(pairs, windows.samples or None, t)
+    results = [_feature_drift(ref, live, windows.samples or None, t, stats.get(i)) for i, (ref, live) in enumerate(pairs)]
     untracked = tuple(sorted(n for n, s in windows.features.items() if n not in by_name or len(by_name[n].counts) != len(s.counts)))
     return DriftReport(scope, name, windows.model, windows.version, worst(f.level for f in results), tuple(results), windows.samples,
                        windows.windows, tuple(sorted(windows.devices)), windows.start, windows.end, untracked)

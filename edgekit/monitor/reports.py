@@ -1,20 +1,40 @@
 """Reports over the stored history: ``fleet drift`` per device or group, and the ``fleet status`` drift column.
 
-Read-only: these functions judge what the store holds when asked (:func:`drift_reports`) or
-summarise the verdicts the monitor stored as windows arrived (:func:`drift_summary`).
+Read-only: these functions judge what the store holds when asked (:func:`drift_reports`, from the
+running totals of the span: one subtraction per device and model version, never the raw windows)
+or summarise the verdicts the monitor stored as windows arrived (:func:`drift_summary`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from edgekit.monitor.alerts import fmt_time
 from edgekit.monitor.drift import DriftReport, DriftThresholds, Level, evaluate, worst
-from edgekit.monitor.store import ACCURACY, FleetHistory, Reference, VerdictStore
-from edgekit.monitor.windows import WindowSet, group_windows
+from edgekit.monitor.store import ACCURACY, DriftState, FleetHistory, Reference, Span, Totals, VerdictStore
+from edgekit.monitor.windows import WindowSet
 
-__all__ = ["drift_reports", "drift_summary", "judge_set", "judge_sets"]
+__all__ = ["drift_reports", "drift_summary", "group_sets", "judge_set", "judge_sets", "summary_of"]
+
+
+def group_sets(spans: Iterable[Span], key: Callable[[Span], str | None]) -> dict[tuple[str, str, str], WindowSet]:
+    """Spans summed per (key, model, version) as window sets (spans whose key is None are left out)."""
+    acc: dict[tuple[str, str, str], list[Any]] = {}
+    for s in spans:
+        k = key(s)
+        if k is None or not s.totals.windows:
+            continue
+        a = acc.get((k, s.model, s.version))
+        if a is None:
+            acc[(k, s.model, s.version)] = [Totals(s.totals.layout).add(s.totals), {s.device}, s.start, s.end]
+        else:
+            a[0].add(s.totals)
+            a[1].add(s.device)
+            a[2] = min((x for x in (a[2], s.start) if x is not None), default=None)
+            a[3] = max((x for x in (a[3], s.end) if x is not None), default=None)
+    return {k: t.window_set(k[1], k[2], devices=devs, start=start, end=end) for k, (t, devs, start, end) in acc.items()}
 
 
 def judge_set(ws: WindowSet, ref: Reference | None, *, scope: str, name: str, thresholds: DriftThresholds | None = None) -> DriftReport:
@@ -27,7 +47,11 @@ def judge_set(ws: WindowSet, ref: Reference | None, *, scope: str, name: str, th
 
 def judge_sets(sets: dict[tuple[str, str, str], WindowSet], store: FleetHistory, scope: str, thresholds: DriftThresholds) -> list[DriftReport]:
     """A report per merged set (keyed by (name, model, version)), against the stored references."""
-    return [judge_set(ws, store.reference(model, version), scope=scope, name=name, thresholds=thresholds)
+    refs: dict[tuple[str, str], Reference | None] = {}
+    for _, model, version in sets:
+        if (model, version) not in refs:
+            refs[(model, version)] = store.reference(model, version)
+    return [judge_set(ws, refs[(model, version)], scope=scope, name=name, thresholds=thresholds)
             for (name, model, version), ws in sorted(sets.items())]
 
 
@@ -38,11 +62,10 @@ def drift_reports(store: FleetHistory, *, device: str | None = None, group: str 
     t = thresholds or DriftThresholds()
     since = (time.time() if now is None else now) - window_s
     if group is not None:
-        msgs = store.telemetry(group=group, since=since)
-        return (judge_sets(group_windows(msgs, lambda m: group), store, "group", t)
-                + (judge_sets(group_windows(msgs, lambda m: m.device), store, "device", t) if per_device else []))
-    msgs = store.telemetry(device=device, since=since)
-    return judge_sets(group_windows(msgs, lambda m: m.device), store, "device", t)
+        spans = store.spans(group=group, since=since)
+        return (judge_sets(group_sets(spans, lambda s: group), store, "group", t)
+                + (judge_sets(group_sets(spans, lambda s: s.device), store, "device", t) if per_device else []))
+    return judge_sets(group_sets(store.spans(device=device, since=since), lambda s: s.device), store, "device", t)
 
 
 def drift_summary(store: VerdictStore, device: str) -> dict[str, Any] | None:
@@ -55,7 +78,12 @@ def drift_summary(store: VerdictStore, device: str) -> dict[str, Any] | None:
     latest = store.latest_drift("device", device)
     if latest is None:
         return None
-    model, version, states = latest
+    return summary_of(*latest)
+
+
+def summary_of(model: str, version: str, states: dict[str, DriftState]) -> dict[str, Any]:
+    """:func:`drift_summary` of the verdicts ``states`` on ``model`` ``version``."""
+    states = dict(states)
     acc = states.pop(ACCURACY, None)
     moved = sorted((s for s in states.values() if Level(s.level).rank >= Level.WARN.rank),
                    key=lambda s: (Level(s.level).rank, s.psi or 0.0), reverse=True)

@@ -327,6 +327,12 @@ class VerdictStore(Protocol):
     def set_drift_state(self, scope: str, name: str, model: str, version: str, states: Sequence[DriftState]) -> None:
         """Replace these features' verdicts, all or none."""
 
+    def drift_states(self, keys: Sequence[tuple[str, str, str, str]]) -> dict[tuple[str, str, str, str], dict[str, DriftState]]:
+        """:meth:`drift_state` of many (scope, name, model, version) at once (keys without verdicts are left out)."""
+
+    def set_drift_states(self, items: Sequence[tuple[tuple[str, str, str, str], Sequence[DriftState]]]) -> None:
+        """:meth:`set_drift_state` of many, in one transaction."""
+
     def set_device_drift(self, device: str, summary: dict[str, Any] | None) -> None:
         """Keep the device's verdict as ``fleet status`` shows it (:func:`edgekit.monitor.reports.drift_summary`)."""
 

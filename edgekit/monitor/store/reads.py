@@ -18,8 +18,8 @@ from device_agent.manifest import FeatureProfile
 from device_agent.protocol import TelemetryMessage, decode
 from edgekit.monitor.store.base import (
     Alert,
-    DeviceQuery,
     DevicePage,
+    DeviceQuery,
     DeviceRecord,
     DeviceRow,
     DriftState,
@@ -204,6 +204,18 @@ class Reads:
             rows = db.rows("SELECT feature, level, since, updated, psi FROM drift_state WHERE scope = ? AND name = ? AND model = ? "
                            "AND version = ?", (scope, name, model, version))
         return {r[0]: DriftState(*r) for r in rows}
+
+    def drift_states(self, keys: Sequence[tuple[str, str, str, str]]) -> dict[tuple[str, str, str, str], dict[str, DriftState]]:
+        out: dict[tuple[str, str, str, str], dict[str, DriftState]] = {}
+        unique = sorted(set(keys))
+        with self._read() as db:
+            for i in range(0, len(unique), 200):
+                part = unique[i:i + 200]
+                for scope, name, model, version, *state in db.rows(
+                        "SELECT scope, name, model, version, feature, level, since, updated, psi FROM drift_state "
+                        f"WHERE (scope, name, model, version) IN (VALUES {','.join(['(?,?,?,?)'] * len(part))})", [x for k in part for x in k]):
+                    out.setdefault((scope, name, model, version), {})[state[0]] = DriftState(*state)
+        return out
 
     def latest_drift(self, scope: str, name: str) -> tuple[str, str, dict[str, DriftState]] | None:
         with self._read() as db:

@@ -218,11 +218,16 @@ class SqlStore(Reads):
                    (ref.model, ref.version, json.dumps([f.to_dict() for f in ref.features]), json.dumps(ref.accuracy), ref.source, time.time()))
 
     def set_drift_state(self, scope: str, name: str, model: str, version: str, states: Sequence[DriftState]) -> None:
+        self.set_drift_states([((scope, name, model, version), states)])
+
+    def set_drift_states(self, items: Sequence[tuple[tuple[str, str, str, str], Sequence[DriftState]]]) -> None:
+        rows = [(*key, s.feature, s.level, s.since, s.updated, s.psi) for key, states in items for s in states]
+        if not rows:
+            return
         with self._write() as db:
             db.many("INSERT INTO drift_state (scope, name, model, version, feature, level, since, updated, psi) VALUES (?,?,?,?,?,?,?,?,?) "
                     "ON CONFLICT (scope, name, model, version, feature) DO UPDATE SET level = excluded.level, since = excluded.since, "
-                    "updated = excluded.updated, psi = excluded.psi",
-                    [(scope, name, model, version, s.feature, s.level, s.since, s.updated, s.psi) for s in states])
+                    "updated = excluded.updated, psi = excluded.psi", rows)
 
     def set_device_drift(self, device: str, summary: dict[str, Any] | None) -> None:
         with self._write() as db:
