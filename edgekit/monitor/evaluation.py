@@ -106,6 +106,14 @@ class Evaluator:
                 alerts += self._device_accuracy(msg.device, model, v)
         return alerts
 
+    def remember(self, msg: TelemetryMessage) -> None:
+        """Count a stored window among its device's newest without judging it (a backlog judges the newest of each device only)."""
+        model, version = (msg.model or {}).get("name"), (msg.model or {}).get("version")
+        ref = self.reference(model, version) if model and version else None
+        if ref is not None:
+            need = max((min_samples_for(f.counts, self.config.thresholds) for f in ref.features), default=1)
+            self._remember((msg.device, model, version), msg, need, self.clock() - self.config.lookback_s)  # type: ignore[arg-type]
+
     def device_drift(self, device: str, model: str, version: str, *, msg: TelemetryMessage | None = None) -> DriftReport | None:
         """The device's newest windows on this version, merged until they are enough, judged (None: no reference).
 

@@ -78,18 +78,31 @@ class Monitor:
             self.evaluator.known(ref)
         return filed
 
-    def judge(self, filed: Filed | list[TelemetryMessage]) -> list[dict[str, Any]]:
-        """Judge windows stored for the first time, in order; returns the alerts they raised."""
+    def judge(self, filed: Filed | list[TelemetryMessage], *, coalesce: bool = False) -> list[dict[str, Any]]:
+        """Judge windows stored for the first time, in order; returns the alerts they raised.
+
+        ``coalesce``: judge only the newest window of each device and version (and any window with a
+        NaN burst); the others only count among the device's newest. For a backlog: verdicts catch
+        up with one judgement per device instead of one per window.
+        """
         windows = filed.telemetry if isinstance(filed, Filed) else filed
         if not windows:
             return []
-        keys = {("device", m.device, (m.model or {}).get("name") or "?", v) for m in windows
+        newest = {_key(m): i for i, m in enumerate(windows)}
+        nan_warn = self.config.thresholds.nan_warn
+        judged = [i == newest[_key(m)] or not coalesce or any(f.n and f.nan / f.n >= nan_warn for f in m.features)
+                  for i, m in enumerate(windows)]
+        keys = {("device", m.device, (m.model or {}).get("name") or "?", v) for m, j in zip(windows, judged, strict=True) if j
                 for v in ([(m.model or {}).get("version") or "?"] + list(m.feedback.accuracy if m.feedback else ()))}
         alerts: list[dict[str, Any]] = []
         with self._lock, self.evaluator.verdicts.batch(keys):
-            for m in windows:
-                alerts += self.evaluator.on_telemetry(m)
+            for m, j in zip(windows, judged, strict=True):
+                if j:
+                    alerts += self.evaluator.on_telemetry(m)
+                else:
+                    self.evaluator.remember(m)
         self.stats["alerts"] += len(alerts)
+        self.stats["coalesced"] = self.stats.get("coalesced", 0) + judged.count(False)
         return alerts
 
     def device_drift(self, device: str, model: str, version: str) -> DriftReport | None:
@@ -103,5 +116,11 @@ class Monitor:
         return alerts
 
     def prune(self) -> int:
-        """Forget history older than the configured retention; returns the windows removed."""
-        return self.store.prune(self.clock() - self.config.retention_s)
+        """Forget what is older than the configured retentions (roll-ups, raw windows, minute totals); returns the raw windows removed."""
+        now = self.clock()
+        c = self.config
+        return self.store.prune(now - c.retention_s, raw_before=now - c.raw_retention_s, minutes_before=now - c.minutes_s)
+
+
+def _key(m: TelemetryMessage) -> tuple[str, str | None, str | None]:
+    return m.device, (m.model or {}).get("name"), (m.model or {}).get("version")

@@ -1,22 +1,24 @@
-"""Drift over MQTT: ``fleet drift --broker`` asks every running collector, merges their answers.
+"""Queries over MQTT: ``fleet drift --broker`` and ``fleet status --broker`` ask the running collectors.
 
-Several collectors may split the telemetry through one shared subscription, each with its own
-store: every one holds a share of every device's windows. Counts are additive, so a collector
-answers a query with the *merged counts* of the windows it ingested itself (never the raw
-windows), and the asking side sums the answers and judges them against the references the
-collectors send along. Collectors that share one database answer for their own rows only, so
-nothing is counted twice.
+Each collector's presence (retained) names the store it writes (``store``: the store's id).
+Collectors that share one database answer alike, so the asking side picks one collector per store
+(the query's ``to``) and keeps one answer per store; collectors with stores of their own each hold
+a share of every device's windows (one shared subscription split the telemetry), and their answers
+are added up. A collector answers from its store's running totals (:meth:`FleetHistory.spans`),
+on a thread of its own: ingestion does not wait for it, nor it for ingestion.
 
-Query (``<prefix>/fleet/monitor/query``, QoS 1)::
+Drift query (``<prefix>/fleet/monitor/query``, QoS 1)::
 
-    {"v": 1, "type": "drift_query", "id": "…", "reply": "<prefix>/fleet/monitor/reply/<id>",
+    {"v": 1, "type": "drift_query", "id": "…", "reply": "<prefix>/fleet/monitor/reply/<id>", "to": ["watch-1a2b"] | null,
      "device": "pi-07" | null, "group": "cameras" | null, "window_s": 3600}
 
 Answer (on ``reply``)::
 
-    {"v": 1, "type": "drift_reply", "id": "…", "collector": "watch-1a2b",
+    {"v": 1, "type": "drift_reply", "id": "…", "collector": "watch-1a2b", "store": "…",
      "sets": [{"scope", "name", "set": WindowSet}], "references": [{"model", "version", "features", "accuracy"}],
      "accuracy": [{"device", "model", "version", "labelled", "correct"}]}
+
+Status queries and answers are described in :mod:`edgekit.monitor.status`.
 """
 
 from __future__ import annotations
@@ -32,11 +34,15 @@ from device_agent.protocol import DEFAULT_PREFIX, Topics
 from edgekit.errors import FleetError
 from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
 from edgekit.monitor.drift import DriftReport, DriftThresholds
-from edgekit.monitor.reports import judge_set
+from edgekit.monitor.reports import group_sets, judge_set
 from edgekit.monitor.store import FleetHistory, Reference
-from edgekit.monitor.windows import WindowSet, group_windows
+from edgekit.monitor.windows import WindowSet
 
-__all__ = ["answer", "ask_collectors", "merge_answers", "query"]
+__all__ = ["NoCollector", "answer", "ask", "ask_collectors", "merge_answers", "one_per_store", "query"]
+
+
+class NoCollector(FleetError):
+    """The broker answers, but no fleet collector is online there."""
 
 
 def query(query_id: str, reply: str, *, device: str | None = None, group: str | None = None, window_s: float = 3600.0) -> dict[str, Any]:
@@ -46,36 +52,45 @@ def query(query_id: str, reply: str, *, device: str | None = None, group: str | 
 
 
 def answer(store: FleetHistory, q: dict[str, Any], *, collector: str, now: float | None = None) -> dict[str, Any]:
-    """A collector's share of the answer to query ``q``: merged counts of the windows it ingested."""
+    """A collector's answer to drift query ``q``: the running totals of the span, summed per device (and the group)."""
     since = (time.time() if now is None else now) - float(q.get("window_s") or 3600.0)
     device, group = q.get("device"), q.get("group")
-    msgs = store.telemetry(device=device, group=group, since=since, collector=collector)
+    spans = store.spans(device=device, group=group, since=since)
     sets: list[dict[str, Any]] = []
     if group:
-        sets += [{"scope": "group", "name": k[0], "set": ws.to_dict()} for k, ws in group_windows(msgs, lambda m: group).items()]
-    sets += [{"scope": "device", "name": k[0], "set": ws.to_dict()} for k, ws in group_windows(msgs, lambda m: m.device).items()]
+        sets += [{"scope": "group", "name": k[0], "set": ws.to_dict()} for k, ws in group_sets(spans, lambda s: group).items()]
+    sets += [{"scope": "device", "name": k[0], "set": ws.to_dict()} for k, ws in group_sets(spans, lambda s: s.device).items()]
     refs = []
     for model, version in sorted({(s["set"]["model"], s["set"]["version"]) for s in sets}):
         ref = store.reference(model, version)
         if ref is not None:
             refs.append({"model": model, "version": version, "features": [f.to_dict() for f in ref.features], "accuracy": ref.accuracy})
-    acc: dict[tuple[str, str, str], list[int]] = {}
-    for m in msgs:
-        if m.feedback:
-            for version, c in m.feedback.accuracy.items():
-                a = acc.setdefault((m.device, (m.model or {}).get("name") or "?", version), [0, 0])
-                a[0] += int(c.get("labelled", 0))
-                a[1] += int(c.get("correct", 0))
-    return {"v": 1, "type": "drift_reply", "id": q.get("id"), "collector": collector, "sets": sets, "references": refs,
-            "accuracy": [{"device": d, "model": mo, "version": v, "labelled": a[0], "correct": a[1]} for (d, mo, v), a in sorted(acc.items())]}
+    acc = [{"device": s.device, "model": s.model, "version": s.version, "labelled": s.totals.labelled, "correct": s.totals.correct}
+           for s in spans if s.totals.labelled]
+    return {"v": 1, "type": "drift_reply", "id": q.get("id"), "collector": collector, "store": store.store_id, "sets": sets,
+            "references": refs, "accuracy": acc}
+
+
+def one_per_store(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The answers, keeping one of those from collectors that share a database (answers naming no store all count)."""
+    seen: set[str] = set()
+    out = []
+    for a in answers:
+        store = a.get("store")
+        if isinstance(store, str):
+            if store in seen:
+                continue
+            seen.add(store)
+        out.append(a)
+    return out
 
 
 def merge_answers(answers: list[dict[str, Any]], *, thresholds: DriftThresholds | None = None) -> tuple[list[DriftReport], list[dict[str, Any]]]:
-    """Sum the collectors' answers; judge each (scope, name, model, version). Returns (drift reports, accuracy rows)."""
+    """Sum the collectors' answers (one per store); judge each (scope, name, model, version). Returns (drift reports, accuracy rows)."""
     sets: dict[tuple[str, str, str, str], WindowSet] = {}
     refs: dict[tuple[str, str], Reference] = {}
     acc: dict[tuple[str, str, str], list[int]] = {}
-    for a in answers:
+    for a in one_per_store(answers):
         for s in a.get("sets", []):
             ws = WindowSet.from_dict(s["set"])
             key = (s["scope"], s["name"], ws.model, ws.version)
@@ -102,11 +117,12 @@ def merge_answers(answers: list[dict[str, Any]], *, thresholds: DriftThresholds 
 
 
 class _Replies:
-    """Collector presence and drift replies as they arrive (paho's thread), awaited by the asking thread."""
+    """Collector presence and replies as they arrive (paho's thread), awaited by the asking thread."""
 
-    def __init__(self, reply: str) -> None:
+    def __init__(self, reply: str, kind: str) -> None:
         self.reply = reply
-        self.online: dict[str, bool] = {}
+        self.kind = kind
+        self.online: dict[str, str | None] = {}  # collector -> the store it writes (None: not said)
         self.answers: dict[str, dict[str, Any]] = {}
         self.changed = threading.Condition()
 
@@ -116,49 +132,69 @@ class _Replies:
         except ValueError:
             return
         with self.changed:
-            if msg.topic == self.reply and d.get("type") == "drift_reply":
+            if msg.topic == self.reply and isinstance(d, dict) and d.get("type") == self.kind:
                 self.answers[str(d.get("collector"))] = d
             elif msg.topic != self.reply and isinstance(d, dict):
-                self.online[msg.topic.rsplit("/", 1)[-1]] = d.get("status") == "online"
+                who = msg.topic.rsplit("/", 1)[-1]
+                if d.get("status") == "online":
+                    self.online[who] = d.get("store") if isinstance(d.get("store"), str) else None
+                else:
+                    self.online.pop(who, None)
             self.changed.notify_all()
 
     def expected(self) -> set[str]:
+        """One online collector per store (every one that names no store)."""
         with self.changed:
-            return {c for c, up in self.online.items() if up}
+            chosen: dict[str, str] = {}
+            for who, store in sorted(self.online.items()):
+                chosen.setdefault(store or f"collector:{who}", who)
+            return set(chosen.values())
 
     def wait(self, expected: set[str], timeout: float) -> tuple[list[dict[str, Any]], list[str]]:
         """(answers, collectors that did not answer) once all of ``expected`` answered or ``timeout`` passed."""
         with self.changed:
             self.changed.wait_for(lambda: expected <= set(self.answers), timeout=timeout)
-            return list(self.answers.values()), sorted(expected - set(self.answers))
+            return [self.answers[c] for c in sorted(self.answers)], sorted(expected - set(self.answers))
 
 
-def ask_collectors(broker: str | BrokerAddress, *, device: str | None = None, group: str | None = None, window_s: float = 3600.0,
-                   prefix: str = DEFAULT_PREFIX, timeout: float = 5.0) -> tuple[list[dict[str, Any]], list[str]]:
-    """Send a drift query to every online collector; returns (answers, collectors that did not answer in time).
-
-    Args:
-        broker: ``mqtt://`` URL or an address with credentials (:func:`edgekit.fleet.mqtt.parse_broker_url`).
+def ask(broker: str | BrokerAddress, body: dict[str, Any], *, reply_type: str, prefix: str = DEFAULT_PREFIX,
+        timeout: float = 5.0) -> tuple[list[dict[str, Any]], list[str]]:
+    """Send query ``body`` (its type and parameters) to one online collector per store; returns (answers, collectors that did not answer).
 
     Raises FleetError when the broker is unreachable or no collector is online.
     """
     address = to_address(broker)
     url = address.url
     qid = uuid.uuid4().hex[:16]
-    replies = _Replies(f"{prefix}/fleet/monitor/reply/{qid}")
-    session = BrokerSession(address, f"edgekit-drift-{qid[:8]}", topics=(Topics.fleet_collector("+", prefix), replies.reply),
+    replies = _Replies(f"{prefix}/fleet/monitor/reply/{qid}", reply_type)
+    session = BrokerSession(address, f"edgekit-ask-{qid[:8]}", topics=(Topics.fleet_collector("+", prefix), replies.reply),
                             on_message=replies.on_message).open()
     try:
         deadline = time.monotonic() + timeout
         if not session.wait_ready(max(0.1, deadline - time.monotonic())):
             raise FleetError(session.refusal or f"the broker at {url} did not confirm a subscription within {timeout:g} s")
-        time.sleep(min(0.3, max(0.0, deadline - time.monotonic())))  # retained presence arrives right after the SUBACK
+        with replies.changed:  # retained presence arrives right after the SUBACK
+            replies.changed.wait_for(lambda: bool(replies.online), timeout=min(0.3, max(0.0, deadline - time.monotonic())))
+        time.sleep(0.05)  # the rest of the retained presence messages
         expected = replies.expected()
         if not expected:
-            raise FleetError(f"no fleet collector is online at {url}: start one with `edgekit fleet watch --broker {url} --db fleet.sqlite`, "
+            raise NoCollector(f"no fleet collector is online at {url}: start one with `edgekit fleet watch --broker {url} --db fleet.sqlite`, "
                              "or read a collector's database with --db")
-        q = query(qid, replies.reply, device=device, group=group, window_s=window_s)
+        q = {"v": 1, **body, "id": qid, "reply": replies.reply, "to": sorted(expected), "ts": round(time.time(), 3)}
         session.publish(Topics.fleet_query(prefix), json.dumps(q).encode())
         return replies.wait(expected, max(0.0, deadline - time.monotonic()))
     finally:
         session.close()
+
+
+def ask_collectors(broker: str | BrokerAddress, *, device: str | None = None, group: str | None = None, window_s: float = 3600.0,
+                   prefix: str = DEFAULT_PREFIX, timeout: float = 5.0) -> tuple[list[dict[str, Any]], list[str]]:
+    """Send a drift query to the online collectors (one per store); returns (answers, collectors that did not answer in time).
+
+    Args:
+        broker: ``mqtt://`` URL or an address with credentials (:func:`edgekit.fleet.mqtt.parse_broker_url`).
+
+    Raises FleetError when the broker is unreachable or no collector is online.
+    """
+    return ask(broker, {"type": "drift_query", "device": device, "group": group, "window_s": window_s}, reply_type="drift_reply",
+               prefix=prefix, timeout=timeout)

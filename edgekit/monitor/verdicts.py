@@ -73,6 +73,8 @@ class Verdicts:
         self._writes: dict[Key, dict[str, DriftState]] = {}
         self._summaries: dict[str, str] = {}  # device -> the summary last written
         self._pending_summaries: dict[str, dict[str, Any]] = {}
+        #: called with (device, summary) after a device's summary changed and was stored (the collector publishes it)
+        self.on_summary: Callable[[str, dict[str, Any]], None] | None = None
 
     # --- reading and writing verdicts ---------------------------------------------------------------
 
@@ -115,8 +117,11 @@ class Verdicts:
         summaries, self._pending_summaries = self._pending_summaries, {}
         if writes:
             self.store.set_drift_states([(k, list(v.values())) for k, v in writes.items()])
-        for device, summary in summaries.items():
-            self.store.set_device_drift(device, summary)
+        if summaries:
+            self.store.set_device_drifts(list(summaries.items()))
+        if self.on_summary is not None:
+            for device, summary in summaries.items():
+                self.on_summary(device, summary)
 
     # --- drift --------------------------------------------------------------------------------------
 

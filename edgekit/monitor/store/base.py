@@ -336,6 +336,9 @@ class VerdictStore(Protocol):
     def set_device_drift(self, device: str, summary: dict[str, Any] | None) -> None:
         """Keep the device's verdict as ``fleet status`` shows it (:func:`edgekit.monitor.reports.drift_summary`)."""
 
+    def set_device_drifts(self, items: Sequence[tuple[str, dict[str, Any] | None]]) -> None:
+        """:meth:`set_device_drift` of many, in one transaction."""
+
     def add_alert(self, payload: dict[str, Any], *, ts: float | None = None) -> Alert:
         """Keep an alert message (:func:`edgekit.monitor.alerts.alert_payload`); ``ts`` defaults to now."""
 

@@ -230,9 +230,14 @@ class SqlStore(Reads):
                     "updated = excluded.updated, psi = excluded.psi", rows)
 
     def set_device_drift(self, device: str, summary: dict[str, Any] | None) -> None:
+        self.set_device_drifts([(device, summary)])
+
+    def set_device_drifts(self, items: Sequence[tuple[str, dict[str, Any] | None]]) -> None:
+        if not items:
+            return
         with self._write() as db:
-            db.run("UPDATE devices SET drift_level = ?, drift = ? WHERE device = ?",
-                   (summary["level"] if summary else None, json.dumps(summary) if summary else None, device))
+            db.many("UPDATE devices SET drift_level = ?, drift = ? WHERE device = ?",
+                    [(s["level"] if s else None, json.dumps(s) if s else None, d) for d, s in items])
 
     def add_alert(self, payload: dict[str, Any], *, ts: float | None = None) -> Alert:
         a = Alert.from_payload(0, time.time() if ts is None else ts, payload)
