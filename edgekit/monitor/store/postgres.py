@@ -7,7 +7,10 @@ nothing is counted twice and collectors never wait for each other's rows.
 
 Raw windows are partitioned by day (declarative range partitions on ``window_end``, one table per
 UTC day, created ahead and on demand); retention drops whole partitions, so a day of raw windows
-goes at once, without a ``DELETE`` or the vacuum it would need. The schema is versioned
+goes at once, without a ``DELETE`` or the vacuum it would need. A partition goes as soon as it
+begins before the raw retention's cut, so the disk never holds more than the retention: with the
+default day, between a few minutes (just after midnight UTC) and 24 hours of raw windows. (Running
+totals and roll-ups are unaffected: reports and verdicts never read raw windows.) The schema is versioned
 (:mod:`edgekit.monitor.store.schema`); concurrent collectors migrate one at a time (an advisory lock).
 """
 
@@ -152,10 +155,10 @@ class PostgresStore(SqlStore):
                 return 0
             try:
                 for name, day in self.partitions():
-                    if (day + 1) * DAY > raw_before:
-                        continue
+                    if day * DAY >= raw_before:
+                        continue  # a partition goes once it *begins* before the cut: never more than the retention on disk
                     with self._write() as db:
-                        record_pruned(db, name, raw_before)
+                        record_pruned(db, name, (day + 1) * DAY)
                         row = db.one(f"SELECT COUNT(*) FROM {name}")
                         removed += int(row[0]) if row else 0
                         db.run(f"DROP TABLE {name}")
