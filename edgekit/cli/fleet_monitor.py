@@ -24,7 +24,7 @@ from edgekit.cli.fleet_options import BROKER_HELP, BrokerOptions, ThresholdOptio
 if TYPE_CHECKING:
     from edgekit.monitor.collector import Collector
     from edgekit.monitor.drift import DriftReport, DriftThresholds
-    from edgekit.monitor.store import FleetHistory, FleetStore
+    from edgekit.monitor.store import FleetHistory, FleetStore, Span
 
 __all__ = ["add_drift_column", "drift", "open_existing", "render_reports", "watch"]
 
@@ -97,12 +97,13 @@ def drift(*, link: BrokerOptions, db_path: str | None, group: str | None, device
 def _from_db(db_path: str, *, device: str | None, group: str | None, window_s: float,
              thresholds: DriftThresholds) -> tuple[list[DriftReport], list[dict[str, Any]]]:
     """Drift reports and accuracy rows judged from a collector's store."""
-    from edgekit.monitor.reports import drift_reports
+    from edgekit.monitor.reports import reports_of
 
     store = open_existing(db_path)
     try:
-        reports = drift_reports(store, device=device, group=group, window_s=window_s, thresholds=thresholds)
-        return reports, _accuracy_rows(store, reports, since=time.time() - window_s)
+        spans = store.spans(device=device, group=group, since=time.time() - window_s)
+        reports = reports_of(spans, group=group, thresholds=thresholds, store=store)
+        return reports, _accuracy_rows(store, reports, spans)
     finally:
         store.close()
 
@@ -117,15 +118,11 @@ def open_existing(db: str) -> FleetStore:
     return open_store(db)
 
 
-def _accuracy_rows(store: FleetHistory, reports: list[DriftReport], *, since: float) -> list[dict[str, Any]]:
-    """Late labels per device report's device and model version (one read of the span for all of them)."""
+def _accuracy_rows(store: FleetHistory, reports: list[DriftReport], spans: list[Span]) -> list[dict[str, Any]]:
+    """Late labels per device report's device and model version, from the spans the reports came from."""
     from edgekit.monitor.accuracy import span_accuracy
 
     wanted = {(r.name, r.model, r.version) for r in reports if r.scope == "device"}
-    if not wanted:
-        return []
-    names = {d for d, _, _ in wanted}
-    spans = store.spans(device=next(iter(names)), since=since) if len(names) == 1 else store.spans(since=since)
     by_device: dict[str, list[Any]] = {}
     for s in spans:
         by_device.setdefault(s.device, []).append(s)

@@ -43,6 +43,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from device_agent.manifest import load_manifest
 from device_agent.protocol import DEFAULT_PREFIX, Topics, shared, valid_id
 from edgekit.errors import InputError
@@ -225,4 +227,4 @@ class Collector:
         else:
             doc = answer(self.store, q, collector=self.id)
         if self._session is not None:
-            self._session.publish(reply, json.dumps(doc).encode())
+            self._session.publish(reply, orjson.dumps(doc))

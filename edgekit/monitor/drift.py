@@ -25,21 +25,24 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from device_agent.manifest import FeatureProfile
 from edgekit.monitor.stats import PSEUDO_COUNT, chi2_quantile, ks_statistic, psi
+from edgekit.monitor.store.totals import Layout, Totals
 from edgekit.monitor.windows import FeatureSummary, WindowSet
 
 __all__ = [
     "DriftReport",
+    "Merged",
     "DriftThresholds",
     "FeatureDrift",
     "Level",
     "evaluate",
+    "evaluate_totals",
     "feature_drift",
     "min_samples_for",
     "worst",
@@ -72,9 +75,18 @@ class Level(str, Enum):
 _RANK = {Level.NOT_ENOUGH_DATA: -1, Level.OK: 0, Level.WARN: 1, Level.ALERT: 2}
 
 
+def _severest_first(verdict: tuple[Level, str | None]) -> int:
+    return -_RANK[verdict[0]]
+
+
 def worst(levels: Iterable[Level]) -> Level:
-    """The most severe level (``NOT_ENOUGH_DATA`` for an empty or all-unknown input)."""
-    return max(levels, key=lambda x: x.rank, default=Level.NOT_ENOUGH_DATA)
+    """The most severe level (``NOT_ENOUGH_DATA`` for an empty or all-unknown input); the first of equals."""
+    out, rank = Level.NOT_ENOUGH_DATA, -2
+    for lv in levels:  # a loop, not max(key=...): judging a thousand devices calls this tens of thousands of times
+        r = _RANK[lv]
+        if r > rank:
+            out, rank = lv, r
+    return out
 
 
 class DriftThresholds(BaseModel):
@@ -171,7 +183,21 @@ def feature_drift(reference: FeatureProfile, live: FeatureSummary, *, samples: i
     return _feature_drift(reference, live, samples, thresholds or DriftThresholds(), None)
 
 
-def _feature_drift(reference: FeatureProfile, live: FeatureSummary, samples: int | None, t: DriftThresholds,
+class _Live(Protocol):
+    """What judging reads of a feature's live counts (a FeatureSummary, or a row of running totals)."""
+
+    name: str
+    n: int
+    nan: int
+    finite: int
+    under: int
+    over: int
+    mean: float
+
+    def cells(self) -> np.ndarray: ...
+
+
+def _feature_drift(reference: FeatureProfile, live: _Live, samples: int | None, t: DriftThresholds,
                    stats: tuple[float, float] | None) -> FeatureDrift:
     """:func:`feature_drift`, with PSI and KS given when :func:`evaluate` computed them for every feature at once."""
     need = min_samples_for(reference.counts, t)
@@ -204,7 +230,7 @@ def _feature_drift(reference: FeatureProfile, live: FeatureSummary, samples: int
         if reference.std > 0:
             shift = (live.mean - reference.mean) / reference.std
     level = worst(v for v, _ in verdicts)
-    reasons = tuple(r for v, r in sorted(verdicts, key=lambda x: -x[0].rank) if r)
+    reasons = tuple(r for v, r in sorted(verdicts, key=_severest_first) if r)
     return FeatureDrift(live.name, level, rows, live.n, psi_value, ks_value, nan_share, oor, live.mean if live.finite else None, shift,
                         reasons, need)
 
@@ -261,6 +287,94 @@ def _stats_at_once(pairs: list[tuple[FeatureProfile, FeatureSummary]], samples: 
         ok = (rs[:, 0] > 0) & (qs[:, 0] > 0)
         for j, i in enumerate(idx):
             out[i] = float(psis[j]), float(gaps[j]) if ok[j] else 0.0
+    return out
+
+
+@dataclass
+class Merged:
+    """What one device or group sent on one model version over a span, summed: running totals and who sent them."""
+
+    scope: str
+    name: str
+    model: str
+    version: str
+    totals: Totals
+    devices: set[str]
+    start: float | None
+    end: float | None
+
+    def window_set(self) -> WindowSet:
+        return self.totals.window_set(self.model, self.version, devices=self.devices, start=self.start, end=self.end)
+
+
+@dataclass
+class _Row:
+    """One feature of one merged span, as :func:`_feature_drift` reads it."""
+
+    name: str
+    n: int
+    nan: int
+    finite: int
+    under: int
+    over: int
+    mean: float
+    row: np.ndarray
+
+    def cells(self) -> np.ndarray:
+        return self.row
+
+
+def evaluate_totals(items: Sequence[Merged], reference: Sequence[FeatureProfile] | None, *,
+                    thresholds: DriftThresholds | None = None) -> list[DriftReport]:
+    """:func:`evaluate` of many merged spans of one model version at once (the same reports, one numpy pass per feature).
+
+    ``reference`` None: no reference, so "not enough data" without features (as :func:`edgekit.monitor.reports.judge_set`).
+    """
+    t = thresholds or DriftThresholds()
+    by_name = {f.name: f for f in reference or ()}
+    out: list[DriftReport | None] = [None] * len(items)
+    layouts: dict[Layout, list[int]] = {}
+    for i, it in enumerate(items):
+        layouts.setdefault(it.totals.layout, []).append(i)
+    for layout, idx in layouts.items():
+        ints = np.stack([items[i].totals.ints for i in idx])
+        floats = np.stack([items[i].totals.floats for i in idx])
+        offsets = layout.offsets()
+        judged = [n for n, (_, _, bins) in offsets.items() if n in by_name and len(by_name[n].counts) == bins]
+        drifts = {n: _judge_column(by_name[n], n, offsets[n], ints, floats, t) for n in judged} if reference is not None else {}
+        for j, i in enumerate(idx):
+            it = items[i]
+            results = tuple(drifts[n][j] for n in judged) if it.totals.windows else ()
+            names = [n for n, _ in layout.features] if it.totals.windows else []
+            untracked = tuple(sorted(names if reference is None else (n for n in names if n not in drifts)))
+            out[i] = DriftReport(it.scope, it.name, it.model, it.version,
+                                 worst(f.level for f in results) if reference is not None else Level.NOT_ENOUGH_DATA, results,
+                                 it.totals.samples, it.totals.windows, tuple(sorted(it.devices)), it.start, it.end, untracked)
+    return [r for r in out if r is not None]
+
+
+def _judge_column(ref: FeatureProfile, name: str, place: tuple[int, int, int], ints: np.ndarray, floats: np.ndarray,
+                  t: DriftThresholds) -> list[FeatureDrift]:
+    """One feature judged in every row (merged span) of ``ints``/``floats``."""
+    fi, at, bins = place
+    cells = ints[:, at:at + bins + 2]
+    nan, n, fin = (ints[:, at + bins + k].tolist() for k in (2, 3, 4))
+    s1 = floats[:, 1 + 2 * fi].tolist()
+    samples = ints[:, 1].tolist()
+    r = np.concatenate([[0], np.asarray(ref.counts, np.float64), [0]])
+    q = cells.astype(np.float64)
+    rp = (r + PSEUDO_COUNT) / (r + PSEUDO_COUNT).sum()
+    qp = q + PSEUDO_COUNT
+    qp /= qp.sum(axis=1, keepdims=True)
+    psis = np.sum((qp - rp) * np.log(qp / rp), axis=1).tolist()
+    qs = q.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gaps = np.max(np.abs(np.cumsum(q, axis=1) / qs - np.cumsum(r) / r.sum()), axis=1).tolist()
+    ok = (qs[:, 0] > 0).tolist() if r.sum() > 0 else [False] * len(samples)
+    out = []
+    for j, row in enumerate(cells):
+        live = _Row(name, n[j], nan[j], fin[j], int(row[0]), int(row[-1]), s1[j] / fin[j] if fin[j] else 0.0, row)
+        out.append(_feature_drift(ref, live, samples[j] or None, t, (psis[j], gaps[j] if ok[j] else 0.0)))
     return out
 
 

@@ -31,7 +31,7 @@ from device_agent.protocol import TelemetryMessage
 from edgekit.monitor.accuracy import group_accuracy_pairs, judge_accuracy, span_accuracy
 from edgekit.monitor.config import MonitorConfig
 from edgekit.monitor.drift import DriftReport, evaluate, min_samples_for, worst
-from edgekit.monitor.reports import group_sets, judge_set
+from edgekit.monitor.reports import judge_merged, merge_spans
 from edgekit.monitor.store import FleetStore, Layout, Reference, Totals
 from edgekit.monitor.verdicts import Verdicts
 from edgekit.monitor.windows import WindowSet
@@ -209,8 +209,8 @@ class Evaluator:
         groups = sorted({d.group for d in self.store.devices()} | {s.group for s in spans})
         for g in groups:
             mine = [s for s in spans if s.group == g]
-            for (_, model, version), ws in sorted(group_sets(mine, lambda s, g=g: g).items()):
-                report = judge_set(ws, self.reference(model, version), scope="group", name=g, thresholds=self.config.thresholds)
+            merged = merge_spans(mine, lambda s: s.group, scope="group")
+            for report in judge_merged((m for _, m in sorted(merged.items())), self.reference, self.config.thresholds):
                 if report.features:
                     with self.lock:  # verdict updates take turns with the ingest path
                         alerts += self.verdicts.drift(report, group=g)

@@ -5,7 +5,9 @@ Collectors that share one database answer alike, so the asking side picks one co
 (the query's ``to``) and keeps one answer per store; collectors with stores of their own each hold
 a share of every device's windows (one shared subscription split the telemetry), and their answers
 are added up. A collector answers from its store's running totals (:meth:`FleetHistory.spans`),
-on a thread of its own: ingestion does not wait for it, nor it for ingestion.
+on a thread of its own: ingestion does not wait for it, nor it for ingestion. A set is a device's
+or the group's running totals over the span (:class:`~edgekit.monitor.store.Totals` as two arrays
+over its feature layout); answers of earlier collectors, with window sets (``"set"``), are read too.
 
 Drift query (``<prefix>/fleet/monitor/query``, QoS 1)::
 
@@ -15,7 +17,8 @@ Drift query (``<prefix>/fleet/monitor/query``, QoS 1)::
 Answer (on ``reply``)::
 
     {"v": 1, "type": "drift_reply", "id": "…", "collector": "watch-1a2b", "store": "…",
-     "sets": [{"scope", "name", "set": WindowSet}], "references": [{"model", "version", "features", "accuracy"}],
+     "sets": [{"scope", "name", "model", "version", "layout", "ints", "floats", "devices", "start", "end"}],
+     "references": [{"model", "version", "features", "accuracy"}],
      "accuracy": [{"device", "model", "version", "labelled", "correct"}]}
 
 Status queries and answers are described in :mod:`edgekit.monitor.status`.
@@ -29,13 +32,16 @@ import time
 import uuid
 from typing import Any
 
+import numpy as np
+import orjson
+
 from device_agent.manifest import FeatureProfile
 from device_agent.protocol import DEFAULT_PREFIX, Topics
 from edgekit.errors import FleetError
 from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
-from edgekit.monitor.drift import DriftReport, DriftThresholds
-from edgekit.monitor.reports import group_sets, judge_set
-from edgekit.monitor.store import FleetHistory, Reference
+from edgekit.monitor.drift import DriftReport, DriftThresholds, Merged
+from edgekit.monitor.reports import judge_merged, merge_spans
+from edgekit.monitor.store import FleetHistory, Layout, Reference, Totals
 from edgekit.monitor.windows import WindowSet
 
 __all__ = ["NoCollector", "answer", "ask", "ask_collectors", "merge_answers", "one_per_store", "query"]
@@ -56,12 +62,11 @@ def answer(store: FleetHistory, q: dict[str, Any], *, collector: str, now: float
     since = (time.time() if now is None else now) - float(q.get("window_s") or 3600.0)
     device, group = q.get("device"), q.get("group")
     spans = store.spans(device=device, group=group, since=since)
-    sets: list[dict[str, Any]] = []
-    if group:
-        sets += [{"scope": "group", "name": k[0], "set": ws.to_dict()} for k, ws in group_sets(spans, lambda s: group).items()]
-    sets += [{"scope": "device", "name": k[0], "set": ws.to_dict()} for k, ws in group_sets(spans, lambda s: s.device).items()]
+    merged = list(merge_spans(spans, lambda s: group, scope="group").values()) if group else []
+    merged += list(merge_spans(spans, lambda s: s.device, scope="device").values())
+    sets = [to_wire(m) for m in merged]
     refs = []
-    for model, version in sorted({(s["set"]["model"], s["set"]["version"]) for s in sets}):
+    for model, version in sorted({(m.model, m.version) for m in merged}):
         ref = store.reference(model, version)
         if ref is not None:
             refs.append({"model": model, "version": version, "features": [f.to_dict() for f in ref.features], "accuracy": ref.accuracy})
@@ -69,6 +74,22 @@ def answer(store: FleetHistory, q: dict[str, Any], *, collector: str, now: float
            for s in spans if s.totals.labelled]
     return {"v": 1, "type": "drift_reply", "id": q.get("id"), "collector": collector, "store": store.store_id, "sets": sets,
             "references": refs, "accuracy": acc}
+
+
+def to_wire(m: Merged) -> dict[str, Any]:
+    """A merged span in a drift answer: its running totals as arrays (see the module docs)."""
+    return {"scope": m.scope, "name": m.name, "model": m.model, "version": m.version, "layout": [list(f) for f in m.totals.layout.features],
+            "ints": m.totals.ints.tolist(), "floats": m.totals.floats.tolist(), "devices": sorted(m.devices), "start": m.start, "end": m.end}
+
+
+def from_wire(s: dict[str, Any]) -> Merged:
+    """A merged span of a drift answer (also the window sets earlier collectors sent)."""
+    if "set" in s:
+        ws = WindowSet.from_dict(s["set"])
+        return Merged(s["scope"], s["name"], ws.model, ws.version, Totals.from_window_set(ws), set(ws.devices), ws.start, ws.end)
+    layout = Layout(tuple((str(n), int(b)) for n, b in s["layout"]))
+    totals = Totals(layout, np.asarray(s["ints"], np.int64), np.asarray(s["floats"], np.float64))
+    return Merged(s["scope"], s["name"], s["model"], s["version"], totals, set(s.get("devices") or ()), s.get("start"), s.get("end"))
 
 
 def one_per_store(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -87,17 +108,21 @@ def one_per_store(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def merge_answers(answers: list[dict[str, Any]], *, thresholds: DriftThresholds | None = None) -> tuple[list[DriftReport], list[dict[str, Any]]]:
     """Sum the collectors' answers (one per store); judge each (scope, name, model, version). Returns (drift reports, accuracy rows)."""
-    sets: dict[tuple[str, str, str, str], WindowSet] = {}
+    sets: dict[tuple[str, str, str, str], Merged] = {}
     refs: dict[tuple[str, str], Reference] = {}
     acc: dict[tuple[str, str, str], list[int]] = {}
     for a in one_per_store(answers):
         for s in a.get("sets", []):
-            ws = WindowSet.from_dict(s["set"])
-            key = (s["scope"], s["name"], ws.model, ws.version)
+            m = from_wire(s)
+            key = (m.scope, m.name, m.model, m.version)
             if key in sets:
-                sets[key].merge(ws)
+                mine = sets[key]
+                mine.totals.add(m.totals)
+                mine.devices |= m.devices
+                mine.start = min((x for x in (mine.start, m.start) if x is not None), default=None)
+                mine.end = max((x for x in (mine.end, m.end) if x is not None), default=None)
             else:
-                sets[key] = ws
+                sets[key] = m
         for r in a.get("references", []):
             refs[(r["model"], r["version"])] = Reference(r["model"], r["version"],
                                                          tuple(FeatureProfile.from_dict(f, "reference") for f in r["features"]),
@@ -106,8 +131,8 @@ def merge_answers(answers: list[dict[str, Any]], *, thresholds: DriftThresholds 
             x = acc.setdefault((row["device"], row["model"], row["version"]), [0, 0])
             x[0] += int(row["labelled"])
             x[1] += int(row["correct"])
-    reports = [judge_set(ws, refs.get((model, version)), scope=scope, name=name, thresholds=thresholds)
-               for (scope, name, model, version), ws in sorted(sets.items(), key=lambda kv: (kv[0][0] != "group", kv[0][1:]))]
+    ordered = [m for _, m in sorted(sets.items(), key=lambda kv: (kv[0][0] != "group", kv[0][1:]))]
+    reports = judge_merged(ordered, lambda model, version: refs.get((model, version)), thresholds)
     rows = []
     for (device, model, version), (n, k) in sorted(acc.items()):
         ref = refs.get((model, version))
@@ -128,7 +153,7 @@ class _Replies:
 
     def on_message(self, msg: Received) -> None:
         try:
-            d = json.loads(msg.payload) if msg.payload else {}
+            d = orjson.loads(msg.payload) if msg.payload else {}
         except ValueError:
             return
         with self.changed:

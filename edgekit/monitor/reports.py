@@ -12,29 +12,36 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from edgekit.monitor.alerts import fmt_time
-from edgekit.monitor.drift import DriftReport, DriftThresholds, Level, evaluate, worst
+from edgekit.monitor.drift import DriftReport, DriftThresholds, Level, Merged, evaluate, evaluate_totals, worst
 from edgekit.monitor.store import ACCURACY, DriftState, FleetHistory, Reference, Span, Totals, VerdictStore
 from edgekit.monitor.windows import WindowSet
 
-__all__ = ["drift_reports", "drift_summary", "group_sets", "judge_set", "judge_sets", "summary_of"]
+__all__ = ["drift_reports", "drift_summary", "group_sets", "judge_merged", "judge_set", "judge_sets", "merge_spans", "reports_of",
+           "summary_of"]
 
 
-def group_sets(spans: Iterable[Span], key: Callable[[Span], str | None]) -> dict[tuple[str, str, str], WindowSet]:
-    """Spans summed per (key, model, version) as window sets (spans whose key is None are left out)."""
-    acc: dict[tuple[str, str, str], list[Any]] = {}
+def merge_spans(spans: Iterable[Span], key: Callable[[Span], str | None], *, scope: str) -> dict[tuple[str, str, str], Merged]:
+    """Spans summed per (key, model, version) (spans whose key is None, or without windows, are left out)."""
+    acc: dict[tuple[str, str, str], Merged] = {}
     for s in spans:
         k = key(s)
         if k is None or not s.totals.windows:
             continue
-        a = acc.get((k, s.model, s.version))
-        if a is None:
-            acc[(k, s.model, s.version)] = [Totals(s.totals.layout).add(s.totals), {s.device}, s.start, s.end]
+        m = acc.get((k, s.model, s.version))
+        if m is None:
+            acc[(k, s.model, s.version)] = Merged(scope, k, s.model, s.version, Totals(s.totals.layout).add(s.totals), {s.device},
+                                                  s.start, s.end)
         else:
-            a[0].add(s.totals)
-            a[1].add(s.device)
-            a[2] = min((x for x in (a[2], s.start) if x is not None), default=None)
-            a[3] = max((x for x in (a[3], s.end) if x is not None), default=None)
-    return {k: t.window_set(k[1], k[2], devices=devs, start=start, end=end) for k, (t, devs, start, end) in acc.items()}
+            m.totals.add(s.totals)
+            m.devices.add(s.device)
+            m.start = min((x for x in (m.start, s.start) if x is not None), default=None)
+            m.end = max((x for x in (m.end, s.end) if x is not None), default=None)
+    return acc
+
+
+def group_sets(spans: Iterable[Span], key: Callable[[Span], str | None]) -> dict[tuple[str, str, str], WindowSet]:
+    """Spans summed per (key, model, version) as window sets (spans whose key is None are left out)."""
+    return {k: m.window_set() for k, m in merge_spans(spans, key, scope="").items()}
 
 
 def judge_set(ws: WindowSet, ref: Reference | None, *, scope: str, name: str, thresholds: DriftThresholds | None = None) -> DriftReport:
@@ -45,14 +52,32 @@ def judge_set(ws: WindowSet, ref: Reference | None, *, scope: str, name: str, th
     return evaluate(ws, ref.features, scope=scope, name=name, thresholds=thresholds)
 
 
-def judge_sets(sets: dict[tuple[str, str, str], WindowSet], store: FleetHistory, scope: str, thresholds: DriftThresholds) -> list[DriftReport]:
-    """A report per merged set (keyed by (name, model, version)), against the stored references."""
+def judge_merged(merged: Iterable[Merged], reference: Callable[[str, str], Reference | None],
+                 thresholds: DriftThresholds | None = None) -> list[DriftReport]:
+    """A report per merged span, in the order given, each model version judged in one pass (:func:`evaluate_totals`)."""
+    items = list(merged)
+    by_version: dict[tuple[str, str], list[int]] = {}
+    for i, m in enumerate(items):
+        by_version.setdefault((m.model, m.version), []).append(i)
+    out: list[DriftReport | None] = [None] * len(items)
+    for (model, version), idx in by_version.items():
+        ref = reference(model, version)
+        for i, report in zip(idx, evaluate_totals([items[i] for i in idx], ref.features if ref else None, thresholds=thresholds),
+                             strict=True):
+            out[i] = report
+    return [r for r in out if r is not None]
+
+
+def judge_sets(sets: dict[tuple[str, str, str], Merged], store: FleetHistory, thresholds: DriftThresholds) -> list[DriftReport]:
+    """A report per merged span (keyed by (name, model, version), in key order), against the stored references."""
     refs: dict[tuple[str, str], Reference | None] = {}
-    for _, model, version in sets:
+
+    def reference(model: str, version: str) -> Reference | None:
         if (model, version) not in refs:
             refs[(model, version)] = store.reference(model, version)
-    return [judge_set(ws, refs[(model, version)], scope=scope, name=name, thresholds=thresholds)
-            for (name, model, version), ws in sorted(sets.items())]
+        return refs[(model, version)]
+
+    return judge_merged((m for _, m in sorted(sets.items())), reference, thresholds)
 
 
 def drift_reports(store: FleetHistory, *, device: str | None = None, group: str | None = None, window_s: float = 3600.0,
@@ -61,11 +86,17 @@ def drift_reports(store: FleetHistory, *, device: str | None = None, group: str 
     (``group``: the group merged, then each of its devices unless not ``per_device``). One report per model version."""
     t = thresholds or DriftThresholds()
     since = (time.time() if now is None else now) - window_s
-    if group is not None:
-        spans = store.spans(group=group, since=since)
-        return (judge_sets(group_sets(spans, lambda s: group), store, "group", t)
-                + (judge_sets(group_sets(spans, lambda s: s.device), store, "device", t) if per_device else []))
-    return judge_sets(group_sets(store.spans(device=device, since=since), lambda s: s.device), store, "device", t)
+    spans = store.spans(device=device, group=group, since=since)
+    return reports_of(spans, group=group, thresholds=t, store=store, per_device=per_device)
+
+
+def reports_of(spans: list[Span], *, group: str | None, thresholds: DriftThresholds, store: FleetHistory,
+               per_device: bool = True) -> list[DriftReport]:
+    """The reports of :func:`drift_reports` from spans already read."""
+    out = judge_sets(merge_spans(spans, lambda s: group, scope="group"), store, thresholds) if group is not None else []
+    if group is None or per_device:
+        out += judge_sets(merge_spans(spans, lambda s: s.device, scope="device"), store, thresholds)
+    return out
 
 
 def drift_summary(store: VerdictStore, device: str) -> dict[str, Any] | None:

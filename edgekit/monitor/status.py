@@ -51,7 +51,7 @@ def status_answer(store: FleetHistory, q: dict[str, Any], *, collector: str) -> 
     query = DeviceQuery(**{k: f[k] for k in ("group", "version", "online", "drift", "job_state", "offset", "limit") if k in f})
     page = store.device_page(query)
     return {"v": 1, "type": "status_reply", "id": q.get("id"), "collector": collector, "store": store.store_id, "total": page.total,
-            "offset": page.offset, "rows": [dataclasses.asdict(r) for r in page.rows]}
+            "offset": page.offset, "rows": [vars(r) for r in page.rows]}  # flat records: their fields as they are
 
 
 def merge_status(answers: list[dict[str, Any]]) -> DevicePage:
@@ -68,7 +68,8 @@ def merge_status(answers: list[dict[str, Any]]) -> DevicePage:
             newer, older = (r, mine) if r.get("last_seen", 0) > mine.get("last_seen", 0) else (mine, r)
             rows[r["device"]] = {k: older.get(k) if v is None else v for k, v in newer.items()}
     fields = {f.name for f in dataclasses.fields(DeviceRow)}
-    return DevicePage([DeviceRow(**{k: v for k, v in r.items() if k in fields}) for _, r in sorted(rows.items())], total, offset)
+    return DevicePage([DeviceRow(**(r if r.keys() == fields else {k: v for k, v in r.items() if k in fields}))
+                       for _, r in sorted(rows.items())], total, offset)
 
 
 def read_status(db: str | Path, query: DeviceQuery) -> DevicePage:

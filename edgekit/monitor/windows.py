@@ -93,9 +93,9 @@ class FeatureSummary:
 
     def to_dict(self) -> dict[str, Any]:
         fin = self.finite > 0
-        return {"name": self.name, "counts": [int(c) for c in self.counts], "under": self.under, "over": self.over, "nan": self.nan,
+        return {"name": self.name, "counts": self.counts.tolist(), "under": self.under, "over": self.over, "nan": self.nan,
                 "n": self.n, "finite": self.finite, "mean": self.mean, "m2": self.m2,
-                "min": self.min if fin else None, "max": self.max if fin else None}
+                "min": self.min if fin and math.isfinite(self.min) else None, "max": self.max if fin and math.isfinite(self.max) else None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSummary:

@@ -62,8 +62,8 @@ class Reads:
         first = minute_of(since)
         cond = "" if until is None else " AND t.minute <= ?"
         sql = _SPAN.format(until=cond, g=self.dialect.greatest)
-        u = [] if until is None else [minute_of(until)]
-        args = [*u, *u, first, first, *u]
+        u: list[Any] = [] if until is None else [minute_of(until)]
+        args: list[Any] = [*u, *u, first, first, *u]
         if device is not None:
             sql, args = sql + " WHERE s.device = ?", [*args, device]
         elif group is not None:
@@ -169,8 +169,8 @@ class Reads:
             total = db.one(f"SELECT COUNT(*) FROM devices{where}", args)
             limit = 2**62 if query.limit is None else int(query.limit)  # both databases take LIMIT n OFFSET m
             rows = db.rows(f"SELECT {_ROW} FROM devices{where} ORDER BY device LIMIT {limit} OFFSET {int(query.offset)}", args)
-        return DevicePage([DeviceRow(*r[:-1], json.loads(r[-1]) if r[-1] else None) for r in rows], int(total[0]) if total else 0,
-                          query.offset)
+        return DevicePage([DeviceRow(*r[:-1], drift=json.loads(r[-1]) if r[-1] else None) for r in rows],  # type: ignore[misc]
+                          int(total[0]) if total else 0, query.offset)
 
     def jobs(self, *, job: str | None = None, device: str | None = None) -> list[JobRecord]:
         where = [c for c, v in (("job = ?", job), ("device = ?", device)) if v is not None]

@@ -16,6 +16,7 @@ Vectors are stored as zlib-compressed little-endian int64 and float64 arrays (:m
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -67,11 +68,7 @@ class Layout:
 
     def offsets(self) -> dict[str, tuple[int, int, int]]:
         """Per feature: (index in the layout, offset of its cells in the ints, bins)."""
-        out, at = {}, _H
-        for i, (name, bins) in enumerate(self.features):
-            out[name] = (i, at, bins)
-            at += bins + _PER_FEATURE
-        return out
+        return _offsets(self.features)
 
     def to_json(self) -> str:
         return json.dumps([[n, b] for n, b in self.features], separators=(",", ":"))
@@ -119,6 +116,21 @@ class Totals:
                 std = f.std or 0.0
                 floats[1 + 2 * i] = f.mean * fin
                 floats[2 + 2 * i] = (std * std + f.mean * f.mean) * fin
+        return t
+
+    @classmethod
+    def from_window_set(cls, ws: WindowSet) -> Totals:
+        """The totals a window set stands for (its features' moments as power sums; no latency or labels)."""
+        layout = Layout(tuple((n, len(f.counts)) for n, f in ws.features.items()))
+        t = cls(layout)
+        t.ints[0], t.ints[1], t.ints[2] = ws.windows, ws.samples, ws.requests
+        for name, (i, at, bins) in layout.offsets().items():
+            f = ws.features[name]
+            t.ints[at] = f.under
+            t.ints[at + 1:at + 1 + bins] = f.counts
+            t.ints[at + bins + 1:at + bins + 5] = (f.over, f.nan, f.n, f.finite)
+            t.floats[1 + 2 * i] = f.mean * f.finite
+            t.floats[2 + 2 * i] = f.m2 + f.mean * f.mean * f.finite
         return t
 
     def add_accuracy(self, labelled: int, correct: int) -> None:
@@ -193,15 +205,15 @@ class Totals:
 
     def feature(self, name: str) -> FeatureSummary | None:
         place = self.layout.offsets().get(name)
-        if place is None or place[0] * 2 + 2 >= len(self.floats):
-            return None
-        i, at, bins = place
-        cells = self.ints[at:at + bins + 2]
-        nan, n, fin = (int(x) for x in self.ints[at + bins + 2:at + bins + 5])
-        s1, s2 = float(self.floats[1 + 2 * i]), float(self.floats[2 + 2 * i])
+        return None if place is None else self._feature(name, *place, self.floats.tolist())
+
+    def _feature(self, name: str, i: int, at: int, bins: int, floats: list[float]) -> FeatureSummary:
+        tail = self.ints[at + bins + 1:at + bins + 5].tolist()  # over, nan, n, finite
+        fin = tail[3]
+        s1, s2 = floats[1 + 2 * i], floats[2 + 2 * i]
         mean = s1 / fin if fin else 0.0
         m2 = max(0.0, s2 - s1 * mean) if fin else 0.0
-        return FeatureSummary(name, cells[1:-1].copy(), int(cells[0]), int(cells[-1]), nan, n, fin, mean, m2)
+        return FeatureSummary(name, self.ints[at + 1:at + 1 + bins].copy(), int(self.ints[at]), tail[0], tail[1], tail[2], fin, mean, m2)
 
     def window_set(self, model: str, version: str, *, devices: Iterable[str] = (), start: float | None = None,
                    end: float | None = None) -> WindowSet:
@@ -209,10 +221,9 @@ class Totals:
         ws = WindowSet(model, version, samples=self.samples, requests=self.requests, windows=self.windows, devices=set(devices),
                        start=start, end=end)
         if self.windows:
-            for name, _ in self.layout.features:
-                f = self.feature(name)
-                if f is not None:
-                    ws.features[name] = f
+            floats = self.floats.tolist()
+            for name, (i, at, bins) in self.layout.offsets().items():
+                ws.features[name] = self._feature(name, i, at, bins, floats)
         return ws
 
     # --- storage ------------------------------------------------------------------------------------
@@ -232,6 +243,15 @@ class Totals:
         ints = np.frombuffer(raw, "<i8", n_int, 3)
         floats = np.frombuffer(raw, "<f8", n_float, 3 + 8 * n_int)
         return cls(layout, ints, floats)
+
+
+@functools.lru_cache(maxsize=256)
+def _offsets(features: tuple[tuple[str, int], ...]) -> dict[str, tuple[int, int, int]]:
+    out, at = {}, _H
+    for i, (name, bins) in enumerate(features):
+        out[name] = (i, at, bins)
+        at += bins + _PER_FEATURE
+    return out
 
 
 def _padded(a: np.ndarray, n: int) -> np.ndarray:

@@ -273,11 +273,11 @@ class Writer:
 
     def _evict(self) -> None:
         idle = time.monotonic() - IDLE_S
-        for k in [k for k, s in self._series.items() if s.used < idle]:
-            del self._series[k]
+        for key in [k for k, s in self._series.items() if s.used < idle]:
+            del self._series[key]
         self._evicted_before = hour_of(self.clock()) - 3600
-        for k in [k for k in self._rollups if k[4] < self._evicted_before]:
-            del self._rollups[k]
+        for old in [k for k in self._rollups if k[4] < self._evicted_before]:
+            del self._rollups[old]
 
 
 def _add_scalars(r: _Rollup, msg: TelemetryMessage, delta: Totals) -> None:
