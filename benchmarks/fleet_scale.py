@@ -153,10 +153,11 @@ def run_pair(p: dict[str, Any], *, workdir: Path, pg: Database, model: Path) -> 
                 proc.terminate()
                 proc.wait(60)
             sent = checks.backlog(broker.port, model, devices=p["devices"], per_device=p["per_device"], duplicates=p["duplicates"])
-            t = time.monotonic()
             procs = [start_collector(broker, db, model, collector_id=cid, log=workdir / f"{cid}-drain.log") for cid in ids]
             stored, totals = _drain(db, sent["distinct"])
-            took = time.monotonic() - t
+            # from the first window stored to the last (the database's clock): process start-up is not ingestion
+            first, last = checks._rows(db, "SELECT MIN(stored), MAX(stored) FROM telemetry")[0]
+            took = max(1e-3, float(last) - float(first))
             out[f"collectors_{n}"] = {**sent, "stored": stored, "counted": totals, "seconds": round(took, 1),
                                       "rate_per_s": round(stored / took, 1), "lost": sent["distinct"] - stored,
                                       "counted_twice": totals - stored}

@@ -44,6 +44,7 @@ __all__ = [
     "evaluate",
     "evaluate_totals",
     "feature_drift",
+    "level_of",
     "min_samples_for",
     "worst",
 ]
@@ -73,6 +74,15 @@ class Level(str, Enum):
 
 
 _RANK = {Level.NOT_ENOUGH_DATA: -1, Level.OK: 0, Level.WARN: 1, Level.ALERT: 2}
+_BY_VALUE = {lv.value: lv for lv in Level}
+
+
+def level_of(value: str) -> Level:
+    """``Level(value)``, without the enum machinery's cost (verdicts read thousands of stored levels a second)."""
+    try:
+        return _BY_VALUE[value]
+    except KeyError:
+        return Level(value)  # its error names the allowed values
 
 
 def _severest_first(verdict: tuple[Level, str | None]) -> int:
@@ -117,7 +127,14 @@ def min_samples_for(reference_counts: Sequence[int], thresholds: DriftThresholds
     """Samples needed before a feature with these reference counts gets a verdict (see the module docs)."""
     if thresholds.min_samples is not None:
         return thresholds.min_samples
+    if isinstance(reference_counts, tuple):  # a profile's: judged on every window, so remembered
+        return _auto_for(reference_counts, thresholds.psi_warn)
     return _auto_min_samples(len(reference_counts), float(sum(reference_counts)), thresholds.psi_warn)
+
+
+@functools.lru_cache(maxsize=4096)
+def _auto_for(counts: tuple[int, ...], psi_warn: float) -> int:
+    return _auto_min_samples(len(counts), float(sum(counts)), psi_warn)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -274,19 +291,30 @@ def _stats_at_once(pairs: list[tuple[FeatureProfile, FeatureSummary]], samples: 
         if live.finite and live.n and rows >= min_samples_for(ref.counts, t):
             todo.setdefault(len(ref.counts), []).append(i)
     out: dict[int, tuple[float, float]] = {}
-    for idx in todo.values():
-        r = np.array([[0, *pairs[i][0].counts, 0] for i in idx], np.float64)
-        q = np.array([pairs[i][1].cells() for i in idx], np.float64)
+    for bins, idx in todo.items():
+        r = _reference_cells(tuple(pairs[i][0].counts for i in idx))
+        q = np.empty((len(idx), bins + 2), np.float64)
+        for j, i in enumerate(idx):
+            live = pairs[i][1]
+            q[j, 0], q[j, 1:-1], q[j, -1] = live.under, live.counts, live.over
         rp, qp = r + PSEUDO_COUNT, q + PSEUDO_COUNT
         rp /= rp.sum(axis=1, keepdims=True)
         qp /= qp.sum(axis=1, keepdims=True)
-        psis = np.sum((qp - rp) * np.log(qp / rp), axis=1)
+        psis = np.sum((qp - rp) * np.log(qp / rp), axis=1).tolist()
         rs, qs = r.sum(axis=1, keepdims=True), q.sum(axis=1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
-            gaps = np.max(np.abs(np.cumsum(q, axis=1) / qs - np.cumsum(r, axis=1) / rs), axis=1)
-        ok = (rs[:, 0] > 0) & (qs[:, 0] > 0)
+            gaps = np.max(np.abs(np.cumsum(q, axis=1) / qs - np.cumsum(r, axis=1) / rs), axis=1).tolist()
+        ok = ((rs[:, 0] > 0) & (qs[:, 0] > 0)).tolist()
         for j, i in enumerate(idx):
-            out[i] = float(psis[j]), float(gaps[j]) if ok[j] else 0.0
+            out[i] = psis[j], gaps[j] if ok[j] else 0.0
+    return out
+
+
+@functools.lru_cache(maxsize=512)
+def _reference_cells(counts: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """Reference counts as cells ``[0, bins…, 0]``, one row per feature (read-only: shared between calls)."""
+    out = np.array([[0, *c, 0] for c in counts], np.float64)
+    out.setflags(write=False)
     return out
 
 

@@ -45,7 +45,8 @@ log = logging.getLogger("edgekit.monitor")
 class _Recent:
     """The newest windows of one device and model version (oldest first), enough to cover the minimum samples, and their sum."""
 
-    windows: deque[tuple[float, float, int, Totals]] = field(default_factory=deque)  # (start, end, samples, totals)
+    #: (start, end, samples, its totals — or the message itself when it is enough alone)
+    windows: deque[tuple[float, float, int, Totals | TelemetryMessage]] = field(default_factory=deque)
     total: Totals | None = None
     samples: int = 0
 
@@ -74,6 +75,7 @@ class Evaluator:
         self._references: dict[tuple[str, str], Reference] = {}
         self._recent: dict[tuple[str, str, str], _Recent] = {}
         self._layouts: dict[tuple[str, str], Layout] = {}
+        self._needs: dict[tuple[str, str, int], int] = {}
 
     def known(self, ref: Reference) -> None:
         """A reference was registered: use it from now on."""
@@ -127,12 +129,15 @@ class Evaluator:
                             "edgekit fleet watch --model DIR, or deploy it with edgekit fleet deploy", model, version, device)
             return None
         t = self.config.thresholds
-        need = max((min_samples_for(f.counts, t) for f in ref.features), default=1)
+        need = self._need(ref)
         since = self.clock() - self.config.lookback_s
         key = (device, model, version)
         if msg is not None:
             self._remember(key, msg, need, since)
-        ws = self._merged(key, need, since)
+        if msg is not None and msg.samples >= need:
+            ws: WindowSet | None = WindowSet.of_message(model, version, msg)  # large enough alone: the common case
+        else:
+            ws = self._merged(key, need, since)
         if ws is None:
             return None
         report = evaluate(ws, ref.features, scope="device", name=device, thresholds=t)
@@ -145,31 +150,51 @@ class Evaluator:
             report = dataclasses.replace(report, features=features, level=worst(f.level for f in features))
         return report
 
+    def _need(self, ref: Reference) -> int:
+        """Samples a verdict on ``ref``'s version needs (its most demanding feature)."""
+        key = (ref.model, ref.version, id(ref))
+        need = self._needs.get(key)
+        if need is None:
+            need = self._needs[key] = max((min_samples_for(f.counts, self.config.thresholds) for f in ref.features), default=1)
+        return need
+
     def _remember(self, key: tuple[str, str, str], msg: TelemetryMessage, need: int, since: float) -> None:
         """Keep ``msg`` among the newest windows of its device and version; drop those no longer needed."""
+        rec = self._recent.setdefault(key, _Recent())
+        start, end = float(msg.window.get("start", msg.ts)), float(msg.window.get("end", msg.ts))
+        if msg.samples >= need:  # enough alone: nothing older will be merged with it, and no totals are needed
+            rec.windows.clear()
+            rec.windows.append((start, end, msg.samples, msg))
+            rec.total, rec.samples = None, msg.samples
+            return
         layout = self._layouts.get(key[1:], Layout()).extended(msg)
         self._layouts[key[1:]] = layout
         t = Totals.of_window(msg, layout)
-        rec = self._recent.setdefault(key, _Recent())
-        start, end = float(msg.window.get("start", msg.ts)), float(msg.window.get("end", msg.ts))
+        if rec.windows and isinstance(rec.windows[0][3], TelemetryMessage):  # after a large window: start over
+            rec.windows.clear()
+            rec.total, rec.samples = None, 0
         rec.windows.append((start, end, msg.samples, t))
         rec.total = t.copy() if rec.total is None else rec.total.add(t)
         rec.samples += msg.samples
         while len(rec.windows) > 1 and (rec.samples - rec.windows[0][2] >= need or rec.windows[0][1] < since):
             _, _, n, old = rec.windows.popleft()
-            rec.total.add(old, -1)
+            if isinstance(old, Totals):
+                rec.total.add(old, -1)
             rec.samples -= n
 
     def _merged(self, key: tuple[str, str, str], need: int, since: float) -> WindowSet | None:
         """The newest windows covering ``need`` samples: the ones kept here, else (after a restart) the store's newest minutes."""
         device, model, version = key
         rec = self._recent.get(key)
+        if rec is not None and rec.windows and isinstance(rec.windows[-1][3], TelemetryMessage) and rec.windows[-1][1] >= since:
+            return WindowSet.of_message(model, version, rec.windows[-1][3])
         if rec is not None and rec.total is not None and rec.samples >= need:
             kept = [w for w in rec.windows if w[1] >= since]
             if len(kept) < len(rec.windows):
                 total = Totals(rec.total.layout)
                 for w in kept:
-                    total.add(w[3])
+                    if isinstance(w[3], Totals):
+                        total.add(w[3])
             else:
                 total = rec.total
             if not kept:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from edgekit.monitor.alerts import fmt_time
-from edgekit.monitor.drift import DriftReport, DriftThresholds, Level, Merged, evaluate, evaluate_totals, worst
+from edgekit.monitor.drift import DriftReport, DriftThresholds, Level, Merged, evaluate, evaluate_totals, level_of, worst
 from edgekit.monitor.store import ACCURACY, DriftState, FleetHistory, Reference, Span, Totals, VerdictStore
 from edgekit.monitor.windows import WindowSet
 
@@ -116,9 +116,9 @@ def summary_of(model: str, version: str, states: dict[str, DriftState]) -> dict[
     """:func:`drift_summary` of the verdicts ``states`` on ``model`` ``version``."""
     states = dict(states)
     acc = states.pop(ACCURACY, None)
-    moved = sorted((s for s in states.values() if Level(s.level).rank >= Level.WARN.rank),
-                   key=lambda s: (Level(s.level).rank, s.psi or 0.0), reverse=True)
-    judged = [Level(s.level) for s in states.values()]
+    moved = sorted((s for s in states.values() if level_of(s.level).rank >= Level.WARN.rank),
+                   key=lambda s: (level_of(s.level).rank, s.psi or 0.0), reverse=True)
+    judged = [level_of(s.level) for s in states.values()]
     level = worst(judged) if judged else Level.NOT_ENOUGH_DATA
     since = min((s.since for s in moved), default=None)
     if moved:
@@ -126,7 +126,7 @@ def summary_of(model: str, version: str, states: dict[str, DriftState]) -> dict[
         text = f"{level}: {names} since {fmt_time(since)[11:]}"
     else:
         text = level.text
-    if acc is not None and Level(acc.level).rank >= Level.WARN.rank:
+    if acc is not None and level_of(acc.level).rank >= Level.WARN.rank:
         text += f"; accuracy {acc.level}"
     return {"level": str(level), "model": model, "version": version, "features": [s.feature for s in moved], "since": since,
             "accuracy": acc.level if acc else None, "text": text}

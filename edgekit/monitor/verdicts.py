@@ -24,7 +24,7 @@ from typing import Any
 from edgekit.monitor.accuracy import AccuracyReport
 from edgekit.monitor.alerts import alert_payload, fmt_time
 from edgekit.monitor.config import MonitorConfig
-from edgekit.monitor.drift import DriftReport, FeatureDrift, Level, worst
+from edgekit.monitor.drift import DriftReport, FeatureDrift, Level, level_of, worst
 from edgekit.monitor.reports import summary_of
 from edgekit.monitor.store import ACCURACY, DriftState, FleetStore
 
@@ -41,7 +41,7 @@ def _changed(old: DriftState | None, new: DriftState) -> bool:
 
 
 def _bad(level: Level) -> bool:
-    return level.rank >= Level.WARN.rank
+    return level is Level.WARN or level is Level.ALERT
 
 
 @dataclass
@@ -134,8 +134,8 @@ class Verdicts:
         if not step.states:
             return []
         self._put(key, stored, step.states)
-        current = {**{k: Level(v.level) for k, v in prev.items()}, **{s.feature: Level(s.level) for s in step.states}}
-        was_bad = any(_bad(Level(v.level)) for v in prev.values())
+        current = {**{k: level_of(v.level) for k, v in prev.items()}, **{s.feature: level_of(s.level) for s in step.states}}
+        was_bad = any(_bad(level_of(v.level)) for v in prev.values())
         ts = round(self.clock(), 3)
         base: dict[str, Any] = {"scope": report.scope, "name": report.name, "device": device, "group": group,
                                 "model": {"name": report.model, "version": report.version},
@@ -159,7 +159,7 @@ class Verdicts:
             if f.level is Level.NOT_ENOUGH_DATA:
                 continue
             p = prev.get(f.name)
-            prev_level = Level(p.level) if p else Level.OK
+            prev_level = level_of(p.level) if p else Level.OK
             same_side = p is not None and _bad(prev_level) == _bad(f.level)
             step.since[f.name] = p.since if same_side and p is not None else start
             step.states.append(DriftState(f.name, str(f.level), step.since[f.name], now, f.psi))
@@ -196,7 +196,7 @@ class Verdicts:
         scope, name, model, version = rep.scope, rep.name, rep.model, rep.version
         stored = self._states((scope, name, model, version))
         prev = stored.get(ACCURACY)
-        prev_level = Level(prev.level) if prev else Level.OK
+        prev_level = level_of(prev.level) if prev else Level.OK
         now = self.clock()
         bad, was_bad = _bad(rep.level), _bad(prev_level)
         since = prev.since if prev is not None and bad == was_bad else now

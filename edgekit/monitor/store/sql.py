@@ -82,6 +82,14 @@ class SqlStore(Reads):
         """One transaction (serialised within this process)."""
         raise NotImplementedError
 
+    def _rows(self) -> AbstractContextManager[Db]:
+        """Updates of single rows that several collectors write (the devices' latest telemetry and verdict).
+
+        Outside the ingest transaction: holding those row locks until a batch commits would make collectors
+        sharing a database wait for each other. PostgreSQL commits each row on its own; SQLite (one
+        writer at a time anyway) takes one transaction."""
+        return self._write()
+
     def _insert_raw(self, db: Db, rows: list[tuple[Any, ...]]) -> list[bool]:
         """Insert raw windows (:data:`_RAW_INSERT` columns); per row, whether it was new."""
         return [db.run(_RAW_INSERT, r) == 1 for r in rows]
@@ -162,8 +170,9 @@ class SqlStore(Reads):
                     winners = [m for (m, _), f in zip(items, fresh, strict=True) if f]
                     for m in winners:
                         self.writer.fold(db, m, self._groups.get(m.device, "default"))
-                    self._seen(db, winners)
                     self.writer.flush(db)
+                with self._rows() as db:
+                    self._seen(db, winners)
                 return fresh
             except LeaseLost as e:
                 self.writer.reset()
@@ -235,7 +244,7 @@ class SqlStore(Reads):
     def set_device_drifts(self, items: Sequence[tuple[str, dict[str, Any] | None]]) -> None:
         if not items:
             return
-        with self._write() as db:
+        with self._rows() as db:
             db.many("UPDATE devices SET drift_level = ?, drift = ? WHERE device = ?",
                     [(s["level"] if s else None, json.dumps(s) if s else None, d) for d, s in items])
 
