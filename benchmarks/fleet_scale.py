@@ -139,6 +139,8 @@ def _settle(db: str, collector: str, sim: dict[str, Any], timeout: float = 120.0
 
 def run_pair(p: dict[str, Any], *, workdir: Path, pg: Database, model: Path) -> dict[str, Any]:
     """A backlog drained by one collector, then (a fresh database) by two sharing the subscription."""
+    from edgekit.monitor.store import open_store
+
     out: dict[str, Any] = {"scenario": "pair", **p}
     for n in (1, 2):
         broker = Broker(workdir / f"broker-pair{n}").start()
@@ -167,7 +169,9 @@ def run_pair(p: dict[str, Any], *, workdir: Path, pg: Database, model: Path) -> 
                 proc.wait(60)
             broker.stop()
     out["ratio"] = round(out["collectors_2"]["rate_per_s"] / out["collectors_1"]["rate_per_s"], 2)
-    out["storage"] = checks.storage_bytes(db)
+    empty = pg.create("empty")
+    open_store(empty).close()  # the schema, no rows: the fixed cost of each table and index
+    out["storage"] = checks.storage_bytes(db, empty=empty)
     out["load"] = load()
     return out
 

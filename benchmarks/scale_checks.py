@@ -83,13 +83,27 @@ def cli_timing(args: list[str], *, repeat: int = 3) -> dict[str, Any]:
     return {"median_s": statistics.median(times), "max_s": max(times), "doc": doc}
 
 
-def storage_bytes(db: str) -> dict[str, float]:
-    """Measured bytes per raw window, per running-totals row and per roll-up row (table and index pages over rows)."""
+def _pg_sizes(db: str) -> dict[str, int]:
+    parts = [n for (n,) in _rows(db, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                                     "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'telemetry'")]
+    size = {t: int(_rows(db, "SELECT pg_total_relation_size(?::regclass)", (t,))[0][0]) for t in ("totals", "rollups", "series")}
+    size["telemetry"] = sum(int(_rows(db, "SELECT pg_total_relation_size(?::regclass)", (p,))[0][0]) for p in parts) / max(1, len(parts))
+    return size
+
+
+def storage_bytes(db: str, *, empty: str | None = None) -> dict[str, float]:
+    """Measured bytes per raw window, per running-totals row and per roll-up row (table and index pages over rows).
+
+    ``empty``: a PostgreSQL database with the same (empty) tables: what every table and index costs before
+    its first row (a few pages each) is not counted per row.
+    """
     if db.startswith("postgresql://"):
-        parts = [n for (n,) in _rows(db, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                                         "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'telemetry'")]
-        raw = sum(int(_rows(db, "SELECT pg_total_relation_size(?::regclass)", (p,))[0][0]) for p in parts)
-        size = {t: int(_rows(db, "SELECT pg_total_relation_size(?::regclass)", (t,))[0][0]) for t in ("totals", "rollups", "series")}
+        size = _pg_sizes(db)
+        base = _pg_sizes(empty) if empty else dict.fromkeys(size, 0)
+        parts = len(_rows(db, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                              "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'telemetry'"))
+        raw = (size.pop("telemetry") - base["telemetry"]) * parts
+        size = {t: v - base[t] for t, v in size.items()}
     else:
         names = {"telemetry": ("telemetry", "sqlite_autoindex_telemetry_1", "telemetry_by_end"),
                  "totals": ("totals",), "rollups": ("rollups", "sqlite_autoindex_rollups_1", "rollups_by_hour"),

@@ -16,7 +16,7 @@ from edgekit.monitor.drift import DriftReport, DriftThresholds, Level, Merged, e
 from edgekit.monitor.store import ACCURACY, DriftState, FleetHistory, Reference, Span, Totals, VerdictStore
 from edgekit.monitor.windows import WindowSet
 
-__all__ = ["drift_reports", "drift_summary", "group_sets", "judge_merged", "judge_set", "judge_sets", "merge_spans", "reports_of",
+__all__ = ["drift_over_time", "drift_reports", "drift_summary", "group_sets", "judge_merged", "judge_set", "judge_sets", "merge_spans", "reports_of",
            "summary_of"]
 
 
@@ -97,6 +97,37 @@ def reports_of(spans: list[Span], *, group: str | None, thresholds: DriftThresho
     if group is None or per_device:
         out += judge_sets(merge_spans(spans, lambda s: s.device, scope="device"), store, thresholds)
     return out
+
+
+def drift_over_time(store: FleetHistory, *, device: str | None = None, group: str | None = None, since: float, until: float,
+                    step_s: float = 3600.0, thresholds: DriftThresholds | None = None) -> list[DriftReport]:
+    """One report per step of ``step_s`` from ``since`` to ``until`` (a heat map of drift per feature over time), oldest first.
+
+    A group's steps of an hour come from its hourly roll-ups (kept ``retention_s``: months); a device's,
+    or other steps, from the running totals (minute resolution for a few hours, hourly back to the raw retention).
+    """
+    t = thresholds or DriftThresholds()
+    merged: list[Merged] = []
+    if group is not None and device is None and step_s == 3600.0:
+        for h in store.hours(scope="group", name=group, since=since, until=until):
+            if h.totals is not None and h.windows:
+                merged.append(Merged("group", group, h.model, h.version, h.totals, set(), h.hour, h.hour + 3600.0))
+    else:
+        at = since
+        while at < until:
+            spans = store.spans(device=device, group=group, since=at, until=min(until, at + step_s) - 60.0)
+            for m in merge_spans(spans, lambda s: device or group, scope="device" if device else "group").values():
+                m.start, m.end = at, min(until, at + step_s)
+                merged.append(m)
+            at += step_s
+    refs: dict[tuple[str, str], Reference | None] = {}
+
+    def reference(model: str, version: str) -> Reference | None:
+        if (model, version) not in refs:
+            refs[(model, version)] = store.reference(model, version)
+        return refs[(model, version)]
+
+    return judge_merged(merged, reference, t)
 
 
 def drift_summary(store: VerdictStore, device: str) -> dict[str, Any] | None:

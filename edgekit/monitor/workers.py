@@ -5,8 +5,9 @@
   to the broker only then, and hands the windows that were new to the judge. A store that fails is
   retried with backoff, the batch still unacknowledged: the broker holds the rest meanwhile.
 - **judge**: judges new windows in batches (:meth:`Monitor.judge`), and groups every
-  ``group_interval_s``; with a backlog beyond :data:`COALESCE_AT` windows it judges the newest
-  window of each device only, so verdicts catch up instead of falling further behind.
+  ``group_interval_s``; with a backlog beyond :data:`COALESCE_AT` windows (or messages waiting for
+  ingestion beyond a batch) it judges the newest window of each device only, so verdicts catch up
+  instead of falling further behind, and ingestion keeps the CPU it needs.
 - **answer**: drift and status queries, from the store.
 - **upkeep**: retention every :data:`UPKEEP_S`, and the writer lease renewed while telemetry is quiet.
 
@@ -171,7 +172,9 @@ class Workers:
             except queue.Empty:
                 pass
             if windows:
-                self.publish(self.monitor.judge(windows, coalesce=len(windows) > COALESCE_AT))
+                # behind (or ingestion is): judge the newest window of each device, ingestion first
+                behind = len(windows) > COALESCE_AT or self.inbox.qsize() > BATCH_MAX
+                self.publish(self.monitor.judge(windows, coalesce=behind))
                 self.stats["judged_batches"] += 1
             self.publish(self.monitor.evaluate_groups())
 

@@ -276,3 +276,22 @@ def test_a_newer_schema_is_refused_with_the_fix(url, store):
         db.run("INSERT INTO schema_version (version, applied, description) VALUES (99, 0, 'from the future')")
     with pytest.raises(InputError, match="has schema version 99; this edgekit knows versions up to 2: upgrade edgekit"):
         open_store(url)
+
+
+def test_drift_over_time_reads_hourly_rollups_for_groups_and_running_totals_for_devices(store, rng):
+    from device_agent.manifest import FeatureProfile
+    from edgekit.monitor.reports import drift_over_time
+    from edgekit.monitor.store import Reference
+
+    edges = tuple(float(e) for e in range(BINS + 1))
+    store.add_reference(Reference("mlp", "1.0.0", tuple(FeatureProfile("x", 1, j, f"x[{j}]", edges, (400,) * BINS, -1, 9, float(j), 1.0, 0.0)
+                                                        for j in range(3))))
+    now = time.time() // 3600 * 3600 + 1800
+    store.record_states([state("cam-1", "cameras")])
+    msgs = [window("cam-1", k, now - 3 * 3600 + 300 * k, rng=rng, samples=500, shift=0.6 if k >= 24 else 0.0) for k in range(36)]
+    add(store, msgs)
+    hourly = drift_over_time(store, group="cameras", since=now - 4 * 3600, until=now)
+    assert [r.windows for r in hourly] == [6, 12, 12, 6] and [r.level.value for r in hourly][:2] == ["ok", "ok"]
+    assert hourly[-1].level.value == "alert" and {f.name for f in hourly[-1].features if f.level.value == "alert"}
+    steps = drift_over_time(store, device="cam-1", since=now - 3 * 3600, until=now, step_s=1800)
+    assert sum(r.windows for r in steps) == 36 and steps[0].scope == "device" and steps[-1].level.value == "alert"

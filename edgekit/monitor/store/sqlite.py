@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from device_agent.protocol import TelemetryMessage, decode
 from edgekit.errors import InputError
@@ -25,7 +26,7 @@ from edgekit.monitor.store.codec import unpack
 from edgekit.monitor.store.db import SQLITE, Db
 from edgekit.monitor.store.maintenance import migrate, prune_aggregates, record_pruned
 from edgekit.monitor.store.schema import SQLITE as STEPS
-from edgekit.monitor.store.sql import SqlStore
+from edgekit.monitor.store.sql import _RAW_INSERT, SqlStore
 
 __all__ = ["SqliteStore"]
 
@@ -104,6 +105,22 @@ class SqliteStore(SqlStore):
                 c.close()
             self._readers.clear()
             self._conn.close()
+
+    def _insert_raw(self, db: Db, rows: list[tuple[Any, ...]]) -> list[bool]:
+        # one writer at a time (BEGIN IMMEDIATE): which keys exist is known before inserting, and one executemany
+        # replaces a statement per row
+        keys = [(r[0], r[1]) for r in rows]
+        have: set[tuple[str, int]] = set()
+        for i in range(0, len(keys), 400):
+            part = keys[i:i + 400]
+            have |= {(d, int(s)) for d, s in db.rows(f"SELECT device, seq FROM telemetry WHERE (device, seq) IN "
+                                                       f"(VALUES {','.join(['(?,?)'] * len(part))})", [x for k in part for x in k])}
+        fresh = []
+        for k in keys:
+            fresh.append(k not in have)
+            have.add(k)  # a repeat inside the batch is not new
+        db.many(_RAW_INSERT, [r for r, f in zip(rows, fresh, strict=True) if f])
+        return fresh
 
     # --- retention -------------------------------------------------------------------------------------
 
