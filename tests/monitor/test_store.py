@@ -295,3 +295,24 @@ def test_drift_over_time_reads_hourly_rollups_for_groups_and_running_totals_for_
     assert hourly[-1].level.value == "alert" and {f.name for f in hourly[-1].features if f.level.value == "alert"}
     steps = drift_over_time(store, device="cam-1", since=now - 3 * 3600, until=now, step_s=1800)
     assert sum(r.windows for r in steps) == 36 and steps[0].scope == "device" and steps[-1].level.value == "alert"
+
+
+def test_collectors_starting_together_migrate_a_new_database_once(postgres):
+    stores, errors = [], []
+
+    def start() -> None:
+        try:
+            stores.append(open_store(postgres))
+        except Exception as e:  # noqa: BLE001 - the failure is the finding
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert errors == [] and len({s.store_id for s in stores}) == 1
+    finally:
+        for s in stores:
+            s.close()

@@ -44,6 +44,8 @@ def migrate(transaction: Callable[[], AbstractContextManager[Db]], steps: dict[i
         legacy: the database predates ``schema_version`` (its tables are version 1).
     """
     with transaction() as db:
+        if lock:
+            db.rows(lock)  # CREATE TABLE IF NOT EXISTS is not safe against a concurrent one
         db.run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL, description TEXT NOT NULL)")
         row = db.one("SELECT COUNT(*) FROM schema_version")
         if legacy and row is not None and not row[0]:
