@@ -42,7 +42,7 @@ def delivery(db: str, sim: dict[str, Any], *, collector: str) -> dict[str, Any]:
     """What the broker acknowledged against what the collector stored: lost windows, stored twice, ingest lag."""
     stored: dict[str, set[int]] = {}
     lags = []
-    for device, seq, lag in _rows(db, "SELECT device, seq, stored - ts FROM telemetry WHERE collector = ?", (collector,)):
+    for device, seq, lag in _rows(db, "SELECT device, seq, stored - window_end FROM telemetry WHERE collector = ?", (collector,)):
         stored.setdefault(device, set()).add(int(seq))
         lags.append(float(lag))
     lost = 0

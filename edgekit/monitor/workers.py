@@ -11,7 +11,7 @@
 - **answer**: drift and status queries, from the store.
 - **upkeep**: retention every :data:`UPKEEP_S`, and the writer lease renewed while telemetry is quiet.
 
-:class:`Workers` counts what they did in ``stats`` (ingest lag: from the window's timestamp to its
+:class:`Workers` counts what they did in ``stats`` (ingest lag: from the end of the window to its
 commit, p50/p99 over the last 10,000 windows).
 """
 
@@ -124,13 +124,14 @@ class Workers:
                     break
             new = self._file(batch)
             for msg in batch:
-                self.ack(msg)
+                if new is not None:  # None: stopped before the batch was stored; unacknowledged, the broker sends it again
+                    self.ack(msg)
                 self.inbox.task_done()
             if new:
                 self.judging.put(new)
 
-    def _file(self, batch: list[Received]) -> list[TelemetryMessage]:
-        """File a batch, retrying (with backoff, unacknowledged) while the store fails."""
+    def _file(self, batch: list[Received]) -> list[TelemetryMessage] | None:
+        """File a batch, retrying (with backoff, unacknowledged) while the store fails; the new windows (None: stopped first)."""
         delay = 0.2
         while True:
             try:
@@ -143,16 +144,16 @@ class Workers:
                 self.errors += 1
                 log.exception("%s: could not file %d message(s); retrying in %.1f s", self.name, len(batch), delay)
                 if self.stop.wait(delay):
-                    return []
+                    return None
                 delay = min(10.0, delay * 2)
         now = time.time()
-        self._lags.extend(now - m.ts for m in filed.telemetry)
+        self._lags.extend(now - float(m.window.get("end", m.ts)) for m in filed.telemetry)
         self.stats["batches"] += 1
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
         return filed.telemetry
 
     def lag(self) -> tuple[float, float]:
-        """(p50, p99) seconds from a window's timestamp to its commit, over the last 10,000 windows."""
+        """(p50, p99) seconds from the end of a window to its commit, over the last 10,000 windows."""
         lags = sorted(self._lags)
         if not lags:
             return 0.0, 0.0

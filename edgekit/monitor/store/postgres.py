@@ -131,10 +131,10 @@ class PostgresStore(SqlStore):
     def _insert_raw(self, db: Db, rows: list[tuple[Any, ...]]) -> list[bool]:
         if not rows:
             return []
-        values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?)"] * len(rows))
+        values = ",".join(["(?,?,?,?,?,?)"] * len(rows))
         won = {(d, int(s)) for d, s in db.rows(
-            "INSERT INTO telemetry (device, seq, boot, ts, window_start, window_end, model, version, samples, requests, collector, payload, "
-            f"stored) VALUES {values} ON CONFLICT DO NOTHING RETURNING device, seq", [x for r in rows for x in r])}
+            f"INSERT INTO telemetry (device, seq, window_end, collector, stored, payload) VALUES {values} ON CONFLICT DO NOTHING "
+            "RETURNING device, seq", [x for r in rows for x in (r[0], r[1], r[5], r[10], r[12], r[11])])}
         out = []
         for r in rows:
             key = (r[0], int(r[1]))

@@ -239,7 +239,7 @@ class Reads:
                   model: str | None = None, version: str | None = None, collector: str | None = None) -> list[TelemetryMessage]:
         where: list[str] = []
         args: list[Any] = []
-        for col, value in (("t.device", device), ("d.grp", group), ("t.model", model), ("t.version", version), ("t.collector", collector)):
+        for col, value in (("t.device", device), ("d.grp", group), ("t.collector", collector)):
             if value is not None:
                 where.append(f"{col} = ?")
                 args.append(value)
@@ -252,7 +252,8 @@ class Reads:
         out = []
         for (payload,) in rows:
             msg = decode(unpack(payload))
-            if isinstance(msg, TelemetryMessage):
+            if isinstance(msg, TelemetryMessage) and (model is None or (msg.model or {}).get("name", "?") == model) \
+                    and (version is None or (msg.model or {}).get("version", "?") == version):
                 out.append(msg)
         return out
 

@@ -12,7 +12,9 @@ Tables (both backends):
                   (requests, p95, outbox), latest job, the drift verdict; ``pruned_seq`` is the
                   highest sequence number whose raw window was dropped (a later repeat is no news)
 - ``telemetry``   raw windows as received (:mod:`edgekit.monitor.store.codec`), unique per
-                  ``(device, seq)``, kept ``raw_retention_s``
+                  ``(device, seq)``, kept ``raw_retention_s``, with when they were stored; SQLite's
+                  also repeats some fields of the message as columns (its earlier layout),
+                  PostgreSQL's keeps the key columns only (a raw window is most of the disk)
 - ``series``      one per (device, model, version, writer): the feature layout of its totals, the
                   start of its first window (the device's version history) and, once older rows were
                   pruned, ``floor``: the minute of its oldest row, the base every older span starts from
@@ -104,9 +106,8 @@ CREATE TABLE devices (
     {", ".join(f"{n} {'BIGINT' if k == 'INTEGER' else 'DOUBLE PRECISION' if k == 'REAL' else k}" for n, k in _DEVICE_COLUMNS)});
 CREATE INDEX devices_by_group ON devices (grp);
 CREATE TABLE telemetry (
-    device TEXT NOT NULL, seq BIGINT NOT NULL, boot BIGINT NOT NULL, ts DOUBLE PRECISION NOT NULL,
-    window_start DOUBLE PRECISION NOT NULL, window_end DOUBLE PRECISION NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL,
-    samples BIGINT NOT NULL, requests BIGINT NOT NULL, collector TEXT NOT NULL, payload BYTEA NOT NULL, stored DOUBLE PRECISION,
+    device TEXT NOT NULL, seq BIGINT NOT NULL, window_end DOUBLE PRECISION NOT NULL, collector TEXT NOT NULL,
+    stored DOUBLE PRECISION NOT NULL, payload BYTEA NOT NULL,
     PRIMARY KEY (device, seq, window_end)) PARTITION BY RANGE (window_end);
 CREATE TABLE refs (
     model TEXT NOT NULL, version TEXT NOT NULL, features TEXT NOT NULL, accuracy TEXT NOT NULL, source TEXT NOT NULL,
