@@ -91,6 +91,15 @@ def _pg_sizes(db: str) -> dict[str, int]:
     return size
 
 
+def _vacuum(db: str) -> None:
+    """VACUUM FULL: the rows of a long month are written once and compact (the current hour's are rewritten, and
+    autovacuum reclaims their old versions); measured right after ingest, the dead versions would count."""
+    import psycopg
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("VACUUM FULL ANALYZE")
+
+
 def storage_bytes(db: str, *, empty: str | None = None) -> dict[str, float]:
     """Measured bytes per raw window, per running-totals row and per roll-up row (table and index pages over rows).
 
@@ -98,6 +107,7 @@ def storage_bytes(db: str, *, empty: str | None = None) -> dict[str, float]:
     its first row (a few pages each) is not counted per row.
     """
     if db.startswith("postgresql://"):
+        _vacuum(db)
         size = _pg_sizes(db)
         base = _pg_sizes(empty) if empty else dict.fromkeys(size, 0)
         parts = len(_rows(db, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "

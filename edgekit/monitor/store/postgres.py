@@ -96,10 +96,6 @@ class PostgresStore(SqlStore):
         with self._pool.connection() as conn:
             yield Db(conn, POSTGRES)
 
-    @contextmanager
-    def _rows(self) -> Iterator[Db]:
-        with self._pool.connection() as conn:  # autocommit: each row its own transaction
-            yield Db(conn, POSTGRES)
 
     def close(self) -> None:
         self._close_pool()

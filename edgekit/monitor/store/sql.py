@@ -83,11 +83,9 @@ class SqlStore(Reads):
         raise NotImplementedError
 
     def _rows(self) -> AbstractContextManager[Db]:
-        """Updates of single rows that several collectors write (the devices' latest telemetry and verdict).
-
-        Outside the ingest transaction: holding those row locks until a batch commits would make collectors
-        sharing a database wait for each other. PostgreSQL commits each row on its own; SQLite (one
-        writer at a time anyway) takes one transaction."""
+        """Updates of rows that several collectors write (the devices' latest telemetry and verdict): a short
+        transaction of their own, in device order. Inside the ingest transaction, those row locks would be
+        held until a whole batch commits, and collectors sharing a database would wait for each other."""
         return self._write()
 
     def _insert_raw(self, db: Db, rows: list[tuple[Any, ...]]) -> list[bool]:
