@@ -140,11 +140,18 @@ def status(*, link: BrokerOptions, db_path: str | None, state_dir: Path, group: 
     query = DeviceQuery(group=group, version=model_version, online=online, drift=drift_level, job_state=job_state, offset=offset, limit=limit)
     rows, total = _status_rows(link, db_path, query, wait_s)
     if as_json:
-        click.echo(json.dumps(rows, indent=1))
+        click.echo(_json(rows))
     else:
         click.echo(render(rows, STATUS_COLUMNS) if rows else "no device has reported to this broker" if not db_path else "no device matches")
     if rows and total > len(rows):
         click.echo(f"devices {offset + 1}-{offset + len(rows)} of {total}: --offset {offset + len(rows)} for more", err=True)
+
+
+def _json(doc: Any) -> str:
+    """A ``--json`` document: orjson, indented (json's indenting encoder is pure Python: seconds at 10,000 rows)."""
+    import orjson
+
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
 
 
 def _status_rows(link: BrokerOptions, db_path: str | None, query: Any, wait_s: float) -> tuple[list[dict[str, Any]], int]:
@@ -159,7 +166,7 @@ def _status_rows(link: BrokerOptions, db_path: str | None, query: Any, wait_s: f
             page = store.device_page(query)
         finally:
             store.close()
-        return device_rows(page), page.total
+        return device_rows(page.rows), page.total
     from edgekit.monitor.query import NoCollector, ask
 
     try:
@@ -168,8 +175,8 @@ def _status_rows(link: BrokerOptions, db_path: str | None, query: Any, wait_s: f
         return _retained_rows(link, query, wait_s)
     if missing:
         click.echo(f"warning: no answer from collector(s) {', '.join(missing)}: showing the others' view", err=True)
-    page = merge_status(answers)
-    return device_rows(page), page.total
+    rows, total = merge_status(answers)
+    return device_rows(rows), total
 
 
 def _retained_rows(link: BrokerOptions, query: Any, wait_s: float) -> tuple[list[dict[str, Any]], int]:

@@ -166,17 +166,20 @@ class FeatureDrift:
     min_samples: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        def r(x: float | None, nd: int = 4) -> float | None:
-            return None if x is None or not math.isfinite(x) else round(x, nd)
-
-        return {"name": self.name, "level": str(self.level), "samples": self.samples, "values": self.values, "psi": r(self.psi),
-                "ks": r(self.ks), "nan_share": r(self.nan_share), "out_of_range_share": r(self.out_of_range_share), "mean": r(self.mean, 6),
-                "mean_shift_std": r(self.mean_shift_std, 3), "reasons": list(self.reasons), "min_samples": self.min_samples}
+        r = _rounded
+        return {"name": self.name, "level": self.level.value, "samples": self.samples, "values": self.values, "psi": r(self.psi, 4),
+                "ks": r(self.ks, 4), "nan_share": r(self.nan_share, 4), "out_of_range_share": r(self.out_of_range_share, 4),
+                "mean": r(self.mean, 6), "mean_shift_std": r(self.mean_shift_std, 3), "reasons": list(self.reasons),
+                "min_samples": self.min_samples}
 
     @property
     def severity(self) -> tuple[int, float]:
         """Sort key: level first, then how far the feature moved."""
         return (self.level.rank, max(self.psi or 0.0, 0.0) + 10 * (self.nan_share or 0.0) + (self.out_of_range_share or 0.0))
+
+
+def _rounded(x: float | None, nd: int) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, nd)
 
 
 def _judge(value: float, warn: float | None, alert: float | None, label: str, fmt: str) -> tuple[Level, str | None]:
@@ -399,11 +402,28 @@ def _judge_column(ref: FeatureProfile, name: str, place: tuple[int, int, int], i
     with np.errstate(invalid="ignore", divide="ignore"):
         gaps = np.max(np.abs(np.cumsum(q, axis=1) / qs - np.cumsum(r) / r.sum()), axis=1).tolist()
     ok = (qs[:, 0] > 0).tolist() if r.sum() > 0 else [False] * len(samples)
+    under, over = cells[:, 0].tolist(), cells[:, -1].tolist()
+    need = min_samples_for(ref.counts, t)
+    expected_oor = 2.0 / (sum(ref.counts) + 1)
     out = []
     for j, row in enumerate(cells):
-        live = _Row(name, n[j], nan[j], fin[j], int(row[0]), int(row[-1]), s1[j] / fin[j] if fin[j] else 0.0, row)
-        out.append(_feature_drift(ref, live, samples[j] or None, t, (psis[j], gaps[j] if ok[j] else 0.0)))
+        ks = gaps[j] if ok[j] else 0.0
+        rows = n[j] if not samples[j] else min(samples[j], n[j])
+        if n[j] and fin[j] and rows >= need:
+            # most rows are within every threshold: built here directly (what _feature_drift returns for them)
+            nan_share, oor, mean = nan[j] / n[j], (under[j] + over[j]) / fin[j], s1[j] / fin[j]
+            if max(0.0, nan_share - ref.nan_share) < t.nan_warn and psis[j] < t.psi_warn and _below(ks, t.ks_warn, t.ks_alert) \
+                    and max(0.0, oor - expected_oor) < t.range_warn:
+                shift = (mean - ref.mean) / ref.std if ref.std > 0 else None
+                out.append(FeatureDrift(name, Level.OK, rows, n[j], psis[j], ks, nan_share, oor, mean, shift, (), need))
+                continue
+        live = _Row(name, n[j], nan[j], fin[j], under[j], over[j], s1[j] / fin[j] if fin[j] else 0.0, row)
+        out.append(_feature_drift(ref, live, samples[j] or None, t, (psis[j], ks)))
     return out
+
+
+def _below(value: float, warn: float | None, alert: float | None) -> bool:
+    return (warn is None or value < warn) and (alert is None or value < alert)
 
 
 def evaluate(windows: WindowSet, reference: Sequence[FeatureProfile], *, scope: str = "device", name: str = "",

@@ -17,7 +17,8 @@ Drift query (``<prefix>/fleet/monitor/query``, QoS 1)::
 Answer (on ``reply``)::
 
     {"v": 1, "type": "drift_reply", "id": "…", "collector": "watch-1a2b", "store": "…",
-     "sets": [{"scope", "name", "model", "version", "layout", "ints", "floats", "devices", "start", "end"}],
+     "sets": [{"scope", "name", "model", "version", "layout" (an index of "layouts"), "ints", "floats", "devices", "start", "end"}],
+     "layouts": [[[feature, bins], ...], ...],
      "references": [{"model", "version", "features", "accuracy"}],
      "accuracy": [{"device", "model", "version", "labelled", "correct"}]}
 
@@ -64,7 +65,8 @@ def answer(store: FleetHistory, q: dict[str, Any], *, collector: str, now: float
     spans = store.spans(device=device, group=group, since=since)
     merged = list(merge_spans(spans, lambda s: group, scope="group").values()) if group else []
     merged += list(merge_spans(spans, lambda s: s.device, scope="device").values())
-    sets = [to_wire(m) for m in merged]
+    layouts: dict[Any, int] = {}
+    sets = [to_wire(m, layouts) for m in merged]
     refs = []
     for model, version in sorted({(m.model, m.version) for m in merged}):
         ref = store.reference(model, version)
@@ -73,21 +75,22 @@ def answer(store: FleetHistory, q: dict[str, Any], *, collector: str, now: float
     acc = [{"device": s.device, "model": s.model, "version": s.version, "labelled": s.totals.labelled, "correct": s.totals.correct}
            for s in spans if s.totals.labelled]
     return {"v": 1, "type": "drift_reply", "id": q.get("id"), "collector": collector, "store": store.store_id, "sets": sets,
-            "references": refs, "accuracy": acc}
+            "layouts": [[list(f) for f in layout.features] for layout in layouts], "references": refs, "accuracy": acc}
 
 
-def to_wire(m: Merged) -> dict[str, Any]:
-    """A merged span in a drift answer: its running totals as arrays (see the module docs)."""
-    return {"scope": m.scope, "name": m.name, "model": m.model, "version": m.version, "layout": [list(f) for f in m.totals.layout.features],
+def to_wire(m: Merged, layouts: dict[Any, int]) -> dict[str, Any]:
+    """A merged span in a drift answer: its running totals as arrays over a layout of the answer's ``layouts`` (its index)."""
+    index = layouts.setdefault(m.totals.layout, len(layouts))
+    return {"scope": m.scope, "name": m.name, "model": m.model, "version": m.version, "layout": index,
             "ints": m.totals.ints.tolist(), "floats": m.totals.floats.tolist(), "devices": sorted(m.devices), "start": m.start, "end": m.end}
 
 
-def from_wire(s: dict[str, Any]) -> Merged:
+def from_wire(s: dict[str, Any], layouts: list[Layout]) -> Merged:
     """A merged span of a drift answer (also the window sets earlier collectors sent)."""
     if "set" in s:
         ws = WindowSet.from_dict(s["set"])
         return Merged(s["scope"], s["name"], ws.model, ws.version, Totals.from_window_set(ws), set(ws.devices), ws.start, ws.end)
-    layout = Layout(tuple((str(n), int(b)) for n, b in s["layout"]))
+    layout = layouts[s["layout"]]
     totals = Totals(layout, np.asarray(s["ints"], np.int64), np.asarray(s["floats"], np.float64))
     return Merged(s["scope"], s["name"], s["model"], s["version"], totals, set(s.get("devices") or ()), s.get("start"), s.get("end"))
 
@@ -112,8 +115,9 @@ def merge_answers(answers: list[dict[str, Any]], *, thresholds: DriftThresholds 
     refs: dict[tuple[str, str], Reference] = {}
     acc: dict[tuple[str, str, str], list[int]] = {}
     for a in one_per_store(answers):
+        layouts = [Layout(tuple((str(n), int(b)) for n, b in features)) for features in a.get("layouts", [])]
         for s in a.get("sets", []):
-            m = from_wire(s)
+            m = from_wire(s, layouts)
             key = (m.scope, m.name, m.model, m.version)
             if key in sets:
                 mine = sets[key]

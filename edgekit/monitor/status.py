@@ -54,12 +54,16 @@ def status_answer(store: FleetHistory, q: dict[str, Any], *, collector: str) -> 
             "offset": page.offset, "rows": [vars(r) for r in page.rows]}  # flat records: their fields as they are
 
 
-def merge_status(answers: list[dict[str, Any]]) -> DevicePage:
-    """One page from the collectors' answers: per device the newest row (by last seen), its gaps filled from the others."""
+def merge_status(answers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The collectors' answers as one page of rows (the fields of :class:`DeviceRow`) and how many devices match in all:
+    per device the newest row (by last seen), its gaps filled from the other stores'."""
+    answers = one_per_store(answers)
+    if len(answers) == 1:  # one store (the usual case): its page as it is
+        return list(answers[0].get("rows", [])), int(answers[0].get("total") or 0)
     rows: dict[str, dict[str, Any]] = {}
-    total = offset = 0
-    for a in one_per_store(answers):
-        total, offset = max(total, int(a.get("total") or 0)), int(a.get("offset") or 0)
+    total = 0
+    for a in answers:
+        total = max(total, int(a.get("total") or 0))
         for r in a.get("rows", []):
             mine = rows.get(r["device"])
             if mine is None:
@@ -67,9 +71,7 @@ def merge_status(answers: list[dict[str, Any]]) -> DevicePage:
                 continue
             newer, older = (r, mine) if r.get("last_seen", 0) > mine.get("last_seen", 0) else (mine, r)
             rows[r["device"]] = {k: older.get(k) if v is None else v for k, v in newer.items()}
-    fields = {f.name for f in dataclasses.fields(DeviceRow)}
-    return DevicePage([DeviceRow(**(r if r.keys() == fields else {k: v for k, v in r.items() if k in fields}))
-                       for _, r in sorted(rows.items())], total, offset)
+    return [r for _, r in sorted(rows.items())], total
 
 
 def read_status(db: str | Path, query: DeviceQuery) -> DevicePage:
@@ -81,26 +83,32 @@ def read_status(db: str | Path, query: DeviceQuery) -> DevicePage:
         store.close()
 
 
-def device_rows(page: DevicePage, *, now: float | None = None) -> list[dict[str, Any]]:
-    """The ``fleet status`` rows (the keys of :func:`edgekit.fleet.status.status_rows`, with ``drift`` and ``drift_level``)."""
+def device_rows(rows: list[DeviceRow] | list[dict[str, Any]], *, now: float | None = None) -> list[dict[str, Any]]:
+    """The ``fleet status`` rows (the keys of :func:`edgekit.fleet.status.status_rows`, with ``drift`` and ``drift_level``)
+    of a devices page (its records, or their fields as a status answer carries them)."""
     now = now or time.time()
-    return [{
-        "device": r.device,
-        "group": r.group if r.status != "unknown" else "?",  # as the broker's view: no state message, no group
-        "online": r.status == "online",
-        "model": r.model,
-        "version": r.version,
-        "job": r.job,
-        "job_state": r.job_state,
-        "job_reason": r.job_reason,
-        "last_seen": round(r.last_seen, 3) if r.last_seen else None,
-        "last_seen_ago_s": round(now - r.last_seen, 1) if r.last_seen else None,
-        "p95_ms": r.p95_ms,
-        "requests": r.requests,
-        "outbox": r.outbox,
-        "drift": (r.drift or {}).get("text") or "—",
-        "drift_level": r.drift_level,
-    } for r in page.rows]
+    out = []
+    for row in rows:
+        r = vars(row) if isinstance(row, DeviceRow) else row
+        seen = r["last_seen"]
+        out.append({
+            "device": r["device"],
+            "group": r["group"] if r["status"] != "unknown" else "?",  # as the broker's view: no state message, no group
+            "online": r["status"] == "online",
+            "model": r["model"],
+            "version": r["version"],
+            "job": r["job"],
+            "job_state": r["job_state"],
+            "job_reason": r["job_reason"],
+            "last_seen": round(seen, 3) if seen else None,
+            "last_seen_ago_s": round(now - seen, 1) if seen else None,
+            "p95_ms": r["p95_ms"],
+            "requests": r["requests"],
+            "outbox": r["outbox"],
+            "drift": (r["drift"] or {}).get("text") or "—",
+            "drift_level": r["drift_level"],
+        })
+    return out
 
 
 def read_drift(broker: str | BrokerAddress, *, prefix: str = DEFAULT_PREFIX, settle_s: float = 0.3,

@@ -63,8 +63,7 @@ class Layout:
 
     def sizes(self, n_features: int | None = None) -> tuple[int, int]:
         """(ints, floats) of a vector holding the first ``n_features`` features (all by default)."""
-        feats = self.features if n_features is None else self.features[:n_features]
-        return _H + sum(b + _PER_FEATURE for _, b in feats), 1 + 2 * len(feats)
+        return _sizes(self.features, len(self.features) if n_features is None else n_features)
 
     def offsets(self) -> dict[str, tuple[int, int, int]]:
         """Per feature: (index in the layout, offset of its cells in the ints, bins)."""
@@ -243,6 +242,11 @@ class Totals:
         ints = np.frombuffer(raw, "<i8", n_int, 3)
         floats = np.frombuffer(raw, "<f8", n_float, 3 + 8 * n_int)
         return cls(layout, ints, floats)
+
+
+@functools.lru_cache(maxsize=256)
+def _sizes(features: tuple[tuple[str, int], ...], n: int) -> tuple[int, int]:
+    return _H + sum(b + _PER_FEATURE for _, b in features[:n]), 1 + 2 * min(n, len(features))
 
 
 @functools.lru_cache(maxsize=256)
