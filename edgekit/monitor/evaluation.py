@@ -76,6 +76,8 @@ class Evaluator:
         self._recent: dict[tuple[str, str, str], _Recent] = {}
         self._layouts: dict[tuple[str, str], Layout] = {}
         self._needs: dict[tuple[str, str, int], int] = {}
+        #: called between groups (the collector makes it wait while a query is answered)
+        self.pause: Callable[[], None] = lambda: None
 
     def known(self, ref: Reference) -> None:
         """A reference was registered: use it from now on."""
@@ -229,11 +231,10 @@ class Evaluator:
             return []
         self._last_groups = now
         self._forget(now - self.config.lookback_s)
-        spans = self.store.spans(since=now - self.config.lookback_s)
         alerts: list[dict[str, Any]] = []
-        groups = sorted({d.group for d in self.store.devices()} | {s.group for s in spans})
-        for g in groups:
-            mine = [s for s in spans if s.group == g]
+        for g in self.store.groups():
+            self.pause()  # a group at a time: a query waiting goes first
+            mine = self.store.spans(group=g, since=now - self.config.lookback_s)
             merged = merge_spans(mine, lambda s: s.group, scope="group")
             for report in judge_merged((m for _, m in sorted(merged.items())), self.reference, self.config.thresholds):
                 if report.features:

@@ -8,7 +8,8 @@
   ``group_interval_s``; with a backlog beyond :data:`COALESCE_AT` windows (or messages waiting for
   ingestion beyond a batch) it judges the newest window of each device only, so verdicts catch up
   instead of falling further behind, and ingestion keeps the CPU it needs.
-- **answer**: drift and status queries, from the store.
+- **answer**: drift and status queries, from the store; judging waits while one is answered
+  (the threads share one interpreter lock, and an operator is waiting for the answer).
 - **upkeep**: retention every :data:`UPKEEP_S`, and the writer lease renewed while telemetry is quiet.
 
 :class:`Workers` counts what they did in ``stats`` (ingest lag: from the end of the window to its
@@ -69,6 +70,9 @@ class Workers:
         self.stats: dict[str, float] = {"batches": 0, "largest_batch": 0, "judged_batches": 0, "lag_p50_s": 0.0, "lag_p99_s": 0.0}
         self._lags: deque[float] = deque(maxlen=10_000)
         self._threads: list[threading.Thread] = []
+        #: set while a query is answered: judging waits (the threads share one interpreter lock)
+        self.answering = threading.Event()
+        monitor.evaluator.pause = self._yield
 
     def start(self) -> None:
         for role, loop in (("ingest", self._ingest), ("judge", self._judge), ("answer", self._answer), ("upkeep", self._upkeep)):
@@ -173,6 +177,7 @@ class Workers:
             except queue.Empty:
                 pass
             if windows:
+                self._yield()
                 # behind (or ingestion is): judge the newest window of each device, ingestion first
                 behind = len(windows) > COALESCE_AT or self.inbox.qsize() > BATCH_MAX
                 self.publish(self.monitor.judge(windows, coalesce=behind))
@@ -185,8 +190,18 @@ class Workers:
                 msg = self.queries.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self.answer(msg)
+            self.answering.set()
+            try:
+                self.answer(msg)
+            finally:
+                self.answering.clear()
             self.ack(msg)
+
+    def _yield(self) -> None:
+        """Judging pauses while a query is answered (at most a few seconds: verdicts must not stall)."""
+        deadline = time.monotonic() + 5.0
+        while self.answering.is_set() and time.monotonic() < deadline and not self.stop.is_set():
+            time.sleep(0.005)
 
     def _upkeep(self) -> None:
         last_prune = last_renew = time.monotonic()

@@ -287,6 +287,9 @@ class FleetHistory(Protocol):
     def devices(self, *, group: str | None = None) -> list[DeviceRecord]:
         """Every known device (of ``group``), by id."""
 
+    def groups(self) -> list[str]:
+        """Every group some device is in, sorted."""
+
     def device(self, device: str) -> DeviceRecord | None:
         """One device, or None when it never reported."""
 

@@ -158,6 +158,10 @@ class Reads:
                            (group,) if group else ())
         return [DeviceRecord(*r) for r in rows]
 
+    def groups(self) -> list[str]:
+        with self._read() as db:
+            return [g for (g,) in db.rows("SELECT DISTINCT grp FROM devices ORDER BY grp")]
+
     def device(self, device: str) -> DeviceRecord | None:
         with self._read() as db:
             row = db.one(f"SELECT {_DEVICE} FROM devices WHERE device = ?", (device,))
