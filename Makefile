@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python benchmarks/prune_distill.py
 	$(BIN)/python benchmarks/agent.py
 	$(BIN)/python benchmarks/ota.py
+	$(BIN)/python benchmarks/fleet_scale.py --quick
 
 check-arm64:
 	bash scripts/check-arm64.sh

@@ -35,7 +35,7 @@ from device_agent.protocol import DEFAULT_PREFIX, Topics
 from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
 from edgekit.monitor.query import one_per_store
 from edgekit.monitor.reports import drift_summary
-from edgekit.monitor.store import DevicePage, DeviceQuery, DeviceRow, FleetHistory, SqliteStore, open_store
+from edgekit.monitor.store import DevicePage, DeviceQuery, DeviceRow, FleetHistory, open_store
 
 __all__ = ["device_rows", "drift_cell", "drift_from_db", "merge_status", "read_drift", "read_status", "status_answer", "status_query"]
 
@@ -146,9 +146,12 @@ def read_drift(broker: str | BrokerAddress, *, prefix: str = DEFAULT_PREFIX, set
 
 
 def drift_from_db(db: str | Path, devices: list[str]) -> dict[str, dict[str, Any]]:
-    """The same summaries computed from a collector's database."""
-    with SqliteStore(db) as store:
+    """The same summaries computed from a collector's store (a SQLite file or a ``postgresql://`` URL)."""
+    store = open_store(db)
+    try:
         return {d: s for d in devices if (s := drift_summary(store, d)) is not None}
+    finally:
+        store.close()
 
 
 def drift_cell(summaries: dict[str, dict[str, Any]], device: str) -> str:

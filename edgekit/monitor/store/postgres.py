@@ -41,7 +41,7 @@ def _needs() -> Any:
         import psycopg
         import psycopg_pool
     except ImportError:
-        raise InputError("a postgresql:// fleet database needs psycopg 3 and psycopg_pool: pip install 'psycopg[binary]' psycopg-pool") from None
+        raise InputError("a postgresql:// fleet database needs the postgres extra (psycopg 3): pip install 'edgekit[postgres]'") from None
     return psycopg, psycopg_pool
 
 
@@ -73,6 +73,7 @@ class PostgresStore(SqlStore):
         self._days: set[int] = set()
         self._days_lock = threading.Lock()
         try:
+            psycopg.connect(url, connect_timeout=10).close()  # fail at once, with the server's word, rather than after the pool's retries
             self._pool = psycopg_pool.ConnectionPool(url, min_size=1, max_size=max_connections, kwargs={"autocommit": True},
                                                      open=True, timeout=30, name="edgekit-fleet")
             self._pool.wait(timeout=15)
