@@ -7,7 +7,8 @@ is stored), and only new windows are judged; nothing re-reads raw windows.
 
     stats.py      PSI, KS, χ² and normal quantiles, Wilson bounds (counts only; no scipy)
     windows.py    telemetry windows merged per feature: additive counts and moments
-    drift.py      thresholds, per-feature and per-report drift verdicts (one set, or many running totals at once)
+    drift.py      thresholds, per-feature and per-report drift verdicts
+    bulk.py       the same verdicts on running totals, many spans at once (a group and its thousand devices)
     accuracy.py   late labels against the manifest's accuracy
     config.py     MonitorConfig: thresholds, lookback, accuracy bounds, retention
     store/        the FleetStore contract (base.py), running totals (totals.py), SQLite and PostgreSQL backends

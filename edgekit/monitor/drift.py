@@ -32,17 +32,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from device_agent.manifest import FeatureProfile
 from edgekit.monitor.stats import PSEUDO_COUNT, chi2_quantile, ks_statistic, psi
-from edgekit.monitor.store.totals import Layout, Totals
 from edgekit.monitor.windows import FeatureSummary, WindowSet
 
 __all__ = [
     "DriftReport",
-    "Merged",
     "DriftThresholds",
     "FeatureDrift",
     "Level",
+    "LiveCounts",
     "evaluate",
-    "evaluate_totals",
     "feature_drift",
     "level_of",
     "min_samples_for",
@@ -190,21 +188,8 @@ def _judge(value: float, warn: float | None, alert: float | None, label: str, fm
     return Level.OK, None
 
 
-def feature_drift(reference: FeatureProfile, live: FeatureSummary, *, samples: int | None = None,
-                  thresholds: DriftThresholds | None = None) -> FeatureDrift:
-    """Judge one feature's merged live counts against its reference.
-
-    Args:
-        reference: the manifest's profile of the feature.
-        live: the merged live summary (same edges).
-        samples: batch rows behind ``live`` (None: the number of values).
-        thresholds: warn/alert levels and the minimum sample count.
-    """
-    return _feature_drift(reference, live, samples, thresholds or DriftThresholds(), None)
-
-
-class _Live(Protocol):
-    """What judging reads of a feature's live counts (a FeatureSummary, or a row of running totals)."""
+class LiveCounts(Protocol):
+    """What judging reads of a feature's live counts (a :class:`FeatureSummary`, or a row of running totals)."""
 
     name: str
     n: int
@@ -217,9 +202,18 @@ class _Live(Protocol):
     def cells(self) -> np.ndarray: ...
 
 
-def _feature_drift(reference: FeatureProfile, live: _Live, samples: int | None, t: DriftThresholds,
-                   stats: tuple[float, float] | None) -> FeatureDrift:
-    """:func:`feature_drift`, with PSI and KS given when :func:`evaluate` computed them for every feature at once."""
+def feature_drift(reference: FeatureProfile, live: LiveCounts, *, samples: int | None = None,
+                  thresholds: DriftThresholds | None = None, stats: tuple[float, float] | None = None) -> FeatureDrift:
+    """Judge one feature's merged live counts against its reference.
+
+    Args:
+        reference: the manifest's profile of the feature.
+        live: the merged live summary (same edges): a :class:`FeatureSummary`, or a row of running totals.
+        samples: batch rows behind ``live`` (None: the number of values).
+        thresholds: warn/alert levels and the minimum sample count.
+        stats: (PSI, KS) when computed already for many features at once (:func:`evaluate`, :mod:`edgekit.monitor.bulk`).
+    """
+    t = thresholds or DriftThresholds()
     need = min_samples_for(reference.counts, t)
     rows = live.n if not samples else min(samples, live.n)
     if live.n == 0:
@@ -321,111 +315,6 @@ def _reference_cells(counts: tuple[tuple[int, ...], ...]) -> np.ndarray:
     return out
 
 
-@dataclass
-class Merged:
-    """What one device or group sent on one model version over a span, summed: running totals and who sent them."""
-
-    scope: str
-    name: str
-    model: str
-    version: str
-    totals: Totals
-    devices: set[str]
-    start: float | None
-    end: float | None
-
-    def window_set(self) -> WindowSet:
-        return self.totals.window_set(self.model, self.version, devices=self.devices, start=self.start, end=self.end)
-
-
-@dataclass
-class _Row:
-    """One feature of one merged span, as :func:`_feature_drift` reads it."""
-
-    name: str
-    n: int
-    nan: int
-    finite: int
-    under: int
-    over: int
-    mean: float
-    row: np.ndarray
-
-    def cells(self) -> np.ndarray:
-        return self.row
-
-
-def evaluate_totals(items: Sequence[Merged], reference: Sequence[FeatureProfile] | None, *,
-                    thresholds: DriftThresholds | None = None) -> list[DriftReport]:
-    """:func:`evaluate` of many merged spans of one model version at once (the same reports, one numpy pass per feature).
-
-    ``reference`` None: no reference, so "not enough data" without features (as :func:`edgekit.monitor.reports.judge_set`).
-    """
-    t = thresholds or DriftThresholds()
-    by_name = {f.name: f for f in reference or ()}
-    out: list[DriftReport | None] = [None] * len(items)
-    layouts: dict[Layout, list[int]] = {}
-    for i, it in enumerate(items):
-        layouts.setdefault(it.totals.layout, []).append(i)
-    for layout, idx in layouts.items():
-        ints = np.stack([items[i].totals.ints for i in idx])
-        floats = np.stack([items[i].totals.floats for i in idx])
-        offsets = layout.offsets()
-        judged = [n for n, (_, _, bins) in offsets.items() if n in by_name and len(by_name[n].counts) == bins]
-        drifts = {n: _judge_column(by_name[n], n, offsets[n], ints, floats, t) for n in judged} if reference is not None else {}
-        for j, i in enumerate(idx):
-            it = items[i]
-            results = tuple(drifts[n][j] for n in judged) if it.totals.windows else ()
-            names = [n for n, _ in layout.features] if it.totals.windows else []
-            untracked = tuple(sorted(names if reference is None else (n for n in names if n not in drifts)))
-            out[i] = DriftReport(it.scope, it.name, it.model, it.version,
-                                 worst(f.level for f in results) if reference is not None else Level.NOT_ENOUGH_DATA, results,
-                                 it.totals.samples, it.totals.windows, tuple(sorted(it.devices)), it.start, it.end, untracked)
-    return [r for r in out if r is not None]
-
-
-def _judge_column(ref: FeatureProfile, name: str, place: tuple[int, int, int], ints: np.ndarray, floats: np.ndarray,
-                  t: DriftThresholds) -> list[FeatureDrift]:
-    """One feature judged in every row (merged span) of ``ints``/``floats``."""
-    fi, at, bins = place
-    cells = ints[:, at:at + bins + 2]
-    nan, n, fin = (ints[:, at + bins + k].tolist() for k in (2, 3, 4))
-    s1 = floats[:, 1 + 2 * fi].tolist()
-    samples = ints[:, 1].tolist()
-    r = np.concatenate([[0], np.asarray(ref.counts, np.float64), [0]])
-    q = cells.astype(np.float64)
-    rp = (r + PSEUDO_COUNT) / (r + PSEUDO_COUNT).sum()
-    qp = q + PSEUDO_COUNT
-    qp /= qp.sum(axis=1, keepdims=True)
-    psis = np.sum((qp - rp) * np.log(qp / rp), axis=1).tolist()
-    qs = q.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        gaps = np.max(np.abs(np.cumsum(q, axis=1) / qs - np.cumsum(r) / r.sum()), axis=1).tolist()
-    ok = (qs[:, 0] > 0).tolist() if r.sum() > 0 else [False] * len(samples)
-    under, over = cells[:, 0].tolist(), cells[:, -1].tolist()
-    need = min_samples_for(ref.counts, t)
-    expected_oor = 2.0 / (sum(ref.counts) + 1)
-    out = []
-    for j, row in enumerate(cells):
-        ks = gaps[j] if ok[j] else 0.0
-        rows = n[j] if not samples[j] else min(samples[j], n[j])
-        if n[j] and fin[j] and rows >= need:
-            # most rows are within every threshold: built here directly (what _feature_drift returns for them)
-            nan_share, oor, mean = nan[j] / n[j], (under[j] + over[j]) / fin[j], s1[j] / fin[j]
-            if max(0.0, nan_share - ref.nan_share) < t.nan_warn and psis[j] < t.psi_warn and _below(ks, t.ks_warn, t.ks_alert) \
-                    and max(0.0, oor - expected_oor) < t.range_warn:
-                shift = (mean - ref.mean) / ref.std if ref.std > 0 else None
-                out.append(FeatureDrift(name, Level.OK, rows, n[j], psis[j], ks, nan_share, oor, mean, shift, (), need))
-                continue
-        live = _Row(name, n[j], nan[j], fin[j], under[j], over[j], s1[j] / fin[j] if fin[j] else 0.0, row)
-        out.append(_feature_drift(ref, live, samples[j] or None, t, (psis[j], ks)))
-    return out
-
-
-def _below(value: float, warn: float | None, alert: float | None) -> bool:
-    return (warn is None or value < warn) and (alert is None or value < alert)
-
-
 def evaluate(windows: WindowSet, reference: Sequence[FeatureProfile], *, scope: str = "device", name: str = "",
              thresholds: DriftThresholds | None = None) -> DriftReport:
     """Judge every reference feature the windows carry; the report's level is the worst feature's."""
@@ -433,7 +322,7 @@ def evaluate(windows: WindowSet, reference: Sequence[FeatureProfile], *, scope: 
     by_name = {f.name: f for f in reference}
     pairs = [(by_name[n], live) for n, live in windows.features.items() if n in by_name and len(by_name[n].counts) == len(live.counts)]
     stats = _stats_at_once(pairs, windows.samples or None, t)
-    results = [_feature_drift(ref, live, windows.samples or None, t, stats.get(i)) for i, (ref, live) in enumerate(pairs)]
+    results = [feature_drift(ref, live, samples=windows.samples or None, thresholds=t, stats=stats.get(i)) for i, (ref, live) in enumerate(pairs)]
     untracked = tuple(sorted(n for n, s in windows.features.items() if n not in by_name or len(by_name[n].counts) != len(s.counts)))
     return DriftReport(scope, name, windows.model, windows.version, worst(f.level for f in results), tuple(results), windows.samples,
                        windows.windows, tuple(sorted(windows.devices)), windows.start, windows.end, untracked)

@@ -40,7 +40,8 @@ from device_agent.manifest import FeatureProfile
 from device_agent.protocol import DEFAULT_PREFIX, Topics
 from edgekit.errors import FleetError
 from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
-from edgekit.monitor.drift import DriftReport, DriftThresholds, Merged
+from edgekit.monitor.bulk import Merged
+from edgekit.monitor.drift import DriftReport, DriftThresholds
 from edgekit.monitor.reports import judge_merged, merge_spans
 from edgekit.monitor.store import FleetHistory, Layout, Reference, Totals
 from edgekit.monitor.windows import WindowSet

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from edgekit.monitor.alerts import fmt_time
-from edgekit.monitor.drift import DriftReport, DriftThresholds, Level, Merged, evaluate, evaluate_totals, level_of, worst
+from edgekit.monitor.bulk import Merged, evaluate_totals
+from edgekit.monitor.drift import DriftReport, DriftThresholds, Level, evaluate, level_of, worst
 from edgekit.monitor.store import ACCURACY, DriftState, FleetHistory, Reference, Span, Totals, VerdictStore
 from edgekit.monitor.windows import WindowSet
 

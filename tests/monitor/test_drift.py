@@ -149,7 +149,7 @@ def test_report_names_the_features_that_moved_most_first():
 
 def test_judging_many_running_totals_at_once_gives_the_same_reports_as_one_window_set_at_a_time():
     from device_agent.protocol import TelemetryMessage
-    from edgekit.monitor.drift import Merged, evaluate_totals
+    from edgekit.monitor.bulk import Merged, evaluate_totals
     from edgekit.monitor.store import Layout, Totals
 
     rng = np.random.default_rng(5)
