@@ -67,7 +67,8 @@ class Workers:
         self.judging: queue.Queue[list[TelemetryMessage]] = queue.Queue()
         self.stop = threading.Event()
         self.errors = 0
-        self.stats: dict[str, float] = {"batches": 0, "largest_batch": 0, "judged_batches": 0, "lag_p50_s": 0.0, "lag_p99_s": 0.0}
+        self.stats: dict[str, float] = {"batches": 0, "largest_batch": 0, "judged_batches": 0, "lag_p50_s": 0.0, "lag_p99_s": 0.0,
+                                        "filing_s": 0.0, "judging_s": 0.0, "groups_s": 0.0}  # wall seconds spent in each
         self._lags: deque[float] = deque(maxlen=10_000)
         self._threads: list[threading.Thread] = []
         #: set while a query is answered: judging waits (the threads share one interpreter lock)
@@ -126,7 +127,9 @@ class Workers:
                     batch.append(self.inbox.get_nowait())
                 except queue.Empty:
                     break
+            t = time.monotonic()
             new = self._file(batch)
+            self.stats["filing_s"] += time.monotonic() - t
             for msg in batch:
                 if new is not None:  # None: stopped before the batch was stored; unacknowledged, the broker sends it again
                     self.ack(msg)
@@ -180,9 +183,13 @@ class Workers:
                 self._yield()
                 # behind (or ingestion is): judge the newest window of each device, ingestion first
                 behind = len(windows) > COALESCE_AT or self.inbox.qsize() > BATCH_MAX
+                t = time.monotonic()
                 self.publish(self.monitor.judge(windows, coalesce=behind))
+                self.stats["judging_s"] += time.monotonic() - t
                 self.stats["judged_batches"] += 1
+            t = time.monotonic()
             self.publish(self.monitor.evaluate_groups())
+            self.stats["groups_s"] += time.monotonic() - t
 
     def _answer(self) -> None:
         while not self.stop.is_set():

@@ -215,9 +215,10 @@ class Reads:
         with self._read() as db:
             for i in range(0, len(unique), 200):
                 part = unique[i:i + 200]
+                # an OR of keys: an index search each (SQLite scans the table for "(a, b) IN (VALUES ...)")
                 for scope, name, model, version, *state in db.rows(
-                        "SELECT scope, name, model, version, feature, level, since, updated, psi FROM drift_state "
-                        f"WHERE (scope, name, model, version) IN (VALUES {','.join(['(?,?,?,?)'] * len(part))})", [x for k in part for x in k]):
+                        "SELECT scope, name, model, version, feature, level, since, updated, psi FROM drift_state WHERE "
+                        + " OR ".join(["(scope = ? AND name = ? AND model = ? AND version = ?)"] * len(part)), [x for k in part for x in k]):
                     out.setdefault((scope, name, model, version), {})[state[0]] = DriftState(*state)
         return out
 

@@ -111,10 +111,11 @@ class SqliteStore(SqlStore):
         # replaces a statement per row
         keys = [(r[0], r[1]) for r in rows]
         have: set[tuple[str, int]] = set()
-        for i in range(0, len(keys), 400):
-            part = keys[i:i + 400]
-            have |= {(d, int(s)) for d, s in db.rows(f"SELECT device, seq FROM telemetry WHERE (device, seq) IN "
-                                                       f"(VALUES {','.join(['(?,?)'] * len(part))})", [x for k in part for x in k])}
+        for i in range(0, len(keys), 200):
+            part = keys[i:i + 200]
+            # (device = ? AND seq = ?) OR ...: an index search per key ("(device, seq) IN (VALUES ...)" scans the table)
+            have |= {(d, int(s)) for d, s in db.rows("SELECT device, seq FROM telemetry WHERE "
+                                                       + " OR ".join(["(device = ? AND seq = ?)"] * len(part)), [x for k in part for x in k])}
         fresh = []
         for k in keys:
             fresh.append(k not in have)
