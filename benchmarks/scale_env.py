@@ -172,7 +172,7 @@ def start_simulators(broker: Broker, model: Path, *, devices: int, interval: flo
 
 def load_history(store: Any, model: Path, *, devices: int, interval: float, samples: int, span_s: float) -> dict[str, int]:
     """File ``span_s`` seconds of windows per device ending now (states first); returns each device's last sequence number."""
-    from device_agent.protocol import DeviceStatus, StateMessage, TelemetryMessage
+    from device_agent.contract.protocol import DeviceStatus, StateMessage, TelemetryMessage
 
     t = Templates(model, samples=samples)
     store.record_states([StateMessage(device_name(i), DeviceStatus.ONLINE, time.time(), 1, "sim", group_of(i),

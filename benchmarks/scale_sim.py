@@ -5,8 +5,8 @@ a Last Will, QoS 1 telemetry with its own sequence numbers, PUBACKs awaited and 
 on one asyncio loop by a minimal client (:class:`Link`: CONNECT, PUBLISH, PUBACK, PINGREQ — no
 subscriptions). Telemetry windows are the project's own: a :class:`device_agent.telemetry.Window`
 with its FeatureTracker bins inputs drawn from the reference profile (shifted on two features for
-drifted devices), its close() fields make a :class:`device_agent.protocol.TelemetryMessage`, and
-:func:`device_agent.protocol.encode` makes the payload; per window only the envelope changes
+drifted devices), its close() fields make a :class:`device_agent.contract.protocol.TelemetryMessage`, and
+:func:`device_agent.contract.protocol.encode` makes the payload; per window only the envelope changes
 (device, seq, timestamps), spliced into the encoded template with orjson.
 
 Run as ``python benchmarks/scale_sim.py --port P --model DIR --first 0 --count 2500 ...``; it
@@ -34,8 +34,9 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from device_agent.manifest import load_manifest  # noqa: E402
-from device_agent.protocol import DeviceStatus, StateMessage, TelemetryMessage, Topics, encode, state_seq  # noqa: E402
+from device_agent.contract.manifest import load_manifest  # noqa: E402
+from device_agent.contract.protocol import DeviceStatus, StateMessage, TelemetryMessage, Topics, encode, state_seq  # noqa: E402
+
 from device_agent.telemetry import FeatureTracker, Window  # noqa: E402
 
 GROUPS = 10

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from device_agent.contract.protocol import JobState
 
-from device_agent.protocol import JobState
 from edgekit.cli.fleet_monitor import add_drift_column
 from edgekit.cli.fleet_monitor import drift as drift_command
 from edgekit.cli.fleet_monitor import watch as watch_command
@@ -256,7 +256,8 @@ def jobs(*, link: BrokerOptions, state_dir: Path, job_id: str | None, wait_s: fl
 @click.option("--key", type=_KEY, required=True, help="Private key (a trusted signer).")
 def cancel(job_id: str, *, link: BrokerOptions, state_dir: Path, device: tuple[str, ...], group: str | None, key: Path) -> None:
     """Cancel JOB_ID on devices: dropped if queued, stopped if downloading, reverted if on probation."""
-    from device_agent.protocol import CommandKind
+    from device_agent.contract.protocol import CommandKind
+
     from edgekit.fleet.jobs import new_job_id, signed_command
     from edgekit.fleet.rollout import select
     from edgekit.signing import load_private_key

@@ -9,8 +9,8 @@ username/password), and one error says a broker cannot be reached.
 A session subscribes to its topic filters with one SUBSCRIBE on every (re)connect and counts as
 *ready* once the broker acknowledged all of them; callers wait for that with a bounded timeout,
 which ends early when the broker refuses the connection or a subscription (:attr:`BrokerSession.refusal`).
-The device's own adapter is :class:`device_agent.mqtt.MqttLink` (outbox, backoff, Last Will per
-device); the two share the protocol (:mod:`device_agent.protocol`), not code.
+The device's own adapter is :class:`device_agent.link.mqtt.MqttLink` (outbox, backoff, Last Will per
+device); the two share the protocol (:mod:`device_agent.contract.protocol`), not code.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from device_agent.protocol import DEFAULT_PREFIX, QOS
+from device_agent.contract.protocol import DEFAULT_PREFIX, QOS
+
 from edgekit.errors import FleetError, InputError
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ def rollout_topic(job: str = "+", prefix: str = DEFAULT_PREFIX) -> str:
     """Where ``fleet deploy`` keeps a rollout's record (retained) for the collectors' store: ``<prefix>/fleet/rollouts/<job>``.
 
     A topic between fleet-side programs only (devices never see it), so it lives here rather than in
-    :mod:`device_agent.protocol`; ``job="+"`` is the filter for all of them.
+    :mod:`device_agent.contract.protocol`; ``job="+"`` is the filter for all of them.
     """
     return f"{prefix}/fleet/rollouts/{job}"
 

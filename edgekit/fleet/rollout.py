@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_agent.job import chunk_plan
-from device_agent.manifest import Manifest
-from device_agent.protocol import CommandKind, JobState, JobUpdate
+from device_agent.contract.manifest import Manifest
+from device_agent.contract.protocol import CommandKind, JobState, JobUpdate
+from device_agent.ota.job import chunk_plan
+
 from edgekit.errors import FleetError, InputError
 from edgekit.fleet.client import DeviceView, FleetClient
 from edgekit.fleet.jobs import Release, new_job_id, signed_command

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from device_agent.contract.protocol import TelemetryMessage
 from pydantic import BaseModel, ConfigDict
 
-from device_agent.protocol import TelemetryMessage
 from edgekit.monitor.config import MonitorConfig
 from edgekit.monitor.drift import Level
 from edgekit.monitor.stats import wilson_bounds

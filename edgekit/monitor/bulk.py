@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from device_agent.contract.manifest import FeatureProfile
 
-from device_agent.manifest import FeatureProfile
 from edgekit.monitor.drift import DriftReport, DriftThresholds, FeatureDrift, Level, feature_drift, min_samples_for, worst
 from edgekit.monitor.stats import PSEUDO_COUNT
 from edgekit.monitor.store.totals import Layout, Totals

@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from device_agent.contract.manifest import load_manifest
+from device_agent.contract.protocol import DEFAULT_PREFIX, Topics, shared, valid_id
 
-from device_agent.manifest import load_manifest
-from device_agent.protocol import DEFAULT_PREFIX, Topics, shared, valid_id
 from edgekit.errors import InputError
 from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, rollout_topic, to_address
 from edgekit.monitor.config import MonitorConfig
@@ -93,7 +93,7 @@ class Collector:
         self.store: FleetStore = open_store(store, holder=f"{self.id}/{uuid.uuid4().hex[:8]}") if isinstance(store, (str, Path)) else store
         trusted = None
         if trusted_keys:
-            from device_agent.verify import load_trusted_keys
+            from device_agent.ota.verify import load_trusted_keys
 
             trusted = load_trusted_keys(trusted_keys)
         self.monitor = Monitor(self.store, config, collector=self.id, trusted=trusted)

@@ -1,7 +1,7 @@
 """Drift verdicts: one feature, one device or one group, against the manifest's reference profile.
 
 Live windows are merged per feature (:mod:`edgekit.monitor.windows`) and compared with the
-reference counts (:class:`device_agent.manifest.FeatureProfile`) by the statistics of
+reference counts (:class:`device_agent.contract.manifest.FeatureProfile`) by the statistics of
 :mod:`edgekit.monitor.stats`:
 
 - **PSI** over the cells ``[under, bin 0 … bin k-1, over]`` of finite values;
@@ -28,9 +28,9 @@ from enum import Enum
 from typing import Any, Protocol
 
 import numpy as np
+from device_agent.contract.manifest import FeatureProfile
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from device_agent.manifest import FeatureProfile
 from edgekit.monitor.stats import PSEUDO_COUNT, chi2_quantile, ks_statistic, psi
 from edgekit.monitor.windows import FeatureSummary, WindowSet
 

@@ -27,7 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from device_agent.protocol import TelemetryMessage
+from device_agent.contract.protocol import TelemetryMessage
+
 from edgekit.monitor.accuracy import group_accuracy_pairs, judge_accuracy, span_accuracy
 from edgekit.monitor.config import MonitorConfig
 from edgekit.monitor.drift import DriftReport, evaluate, min_samples_for, worst

@@ -9,7 +9,7 @@ can publish could otherwise plant one). :meth:`Ingest.file_batch` says what is n
 
 Decoding uses orjson (several times faster than the standard library on a telemetry window) and
 the protocol's own message classes; a payload orjson refuses goes through
-:func:`device_agent.protocol.decode`, so what is accepted does not change.
+:func:`device_agent.contract.protocol.decode`, so what is accepted does not change.
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-
-from device_agent.errors import OtaError as DeviceOtaError
-from device_agent.errors import ProtocolError
-from device_agent.manifest import Manifest, ManifestError
-from device_agent.protocol import (
+from device_agent.contract.errors import OtaError as DeviceOtaError
+from device_agent.contract.errors import ProtocolError
+from device_agent.contract.manifest import Manifest, ManifestError
+from device_agent.contract.protocol import (
     PROTOCOL_VERSION,
     Command,
     CommandKind,
@@ -37,7 +36,8 @@ from device_agent.protocol import (
     TelemetryMessage,
     decode,
 )
-from device_agent.verify import TrustedKeys, verify_manifest
+from device_agent.ota.verify import TrustedKeys, verify_manifest
+
 from edgekit.monitor.store import Reference, TelemetrySink
 
 __all__ = ["Filed", "Ingest", "fast_decode"]
@@ -48,7 +48,7 @@ _CLASSES: dict[str, Any] = {str(c.type): c for c in (StateMessage, TelemetryMess
 
 
 def fast_decode(payload: bytes) -> Message:
-    """:func:`device_agent.protocol.decode`, parsed with orjson (the same checks; the same errors)."""
+    """:func:`device_agent.contract.protocol.decode`, parsed with orjson (the same checks; the same errors)."""
     try:
         d = orjson.loads(payload)
     except orjson.JSONDecodeError:

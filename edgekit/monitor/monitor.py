@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from device_agent.manifest import Manifest
-from device_agent.protocol import Message, TelemetryMessage
-from device_agent.verify import TrustedKeys
+from device_agent.contract.manifest import Manifest
+from device_agent.contract.protocol import Message, TelemetryMessage
+from device_agent.ota.verify import TrustedKeys
+
 from edgekit.monitor.config import MonitorConfig
 from edgekit.monitor.drift import DriftReport
 from edgekit.monitor.evaluation import Evaluator

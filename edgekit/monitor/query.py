@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 import orjson
+from device_agent.contract.manifest import FeatureProfile
+from device_agent.contract.protocol import DEFAULT_PREFIX, Topics
 
-from device_agent.manifest import FeatureProfile
-from device_agent.protocol import DEFAULT_PREFIX, Topics
 from edgekit.errors import FleetError
 from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
 from edgekit.monitor.bulk import Merged

@@ -31,7 +31,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from device_agent.protocol import DEFAULT_PREFIX, Topics
+from device_agent.contract.protocol import DEFAULT_PREFIX, Topics
+
 from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
 from edgekit.monitor.query import one_per_store
 from edgekit.monitor.reports import drift_summary

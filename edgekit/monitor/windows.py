@@ -2,7 +2,7 @@
 
 Devices never send raw inputs. Each telemetry window carries, per tracked feature, counts over the
 manifest's reference bin edges plus under/overflow, a NaN count and moments
-(:class:`device_agent.protocol.FeatureWindow`). Counts are additive, so windows of one device (or
+(:class:`device_agent.contract.protocol.FeatureWindow`). Counts are additive, so windows of one device (or
 of every device of a group) on one model version merge by summing (:class:`FeatureSummary`,
 :class:`WindowSet`), and so do the shares of several collectors (``merge``). The drift verdicts
 (:mod:`edgekit.monitor.drift`) are computed from merged sets.
@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from device_agent.protocol import FeatureWindow, TelemetryMessage
+from device_agent.contract.protocol import FeatureWindow, TelemetryMessage
 
 __all__ = ["FeatureSummary", "WindowSet", "group_windows"]
 

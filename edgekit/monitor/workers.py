@@ -26,7 +26,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from device_agent.protocol import TelemetryMessage
+from device_agent.contract.protocol import TelemetryMessage
+
 from edgekit.fleet.mqtt import Received
 from edgekit.monitor.monitor import Monitor
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from device_agent.contract.manifest import load_manifest
 
-from device_agent.manifest import load_manifest
 from edgekit.cli.fleet_options import parse_duration
 from edgekit.cli.main import cli
 from edgekit.monitor import Monitor, SqliteStore

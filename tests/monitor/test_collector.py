@@ -8,8 +8,8 @@ import uuid
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from device_agent.contract.protocol import Command, CommandKind, Topics, encode
 
-from device_agent.protocol import Command, CommandKind, Topics, encode
 from edgekit.cli.fleet_monitor import drift, watch
 from edgekit.monitor.collector import Collector
 from edgekit.monitor.store import DeviceQuery, SqliteStore
@@ -237,7 +237,8 @@ def test_a_collector_with_a_stable_id_survives_a_broker_restart(mosquitto, colle
 
 def test_fleet_status_comes_from_the_collectors_store_complete_filtered_and_paged(mosquitto, collectors, publisher, make_device,
                                                                                     model_dir, rng, tmp_path):
-    from device_agent.protocol import JobState, JobUpdate
+    from device_agent.contract.protocol import JobState, JobUpdate
+
     from edgekit.cli.main import cli
     from edgekit.fleet.mqtt import rollout_topic
 

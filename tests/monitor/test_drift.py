@@ -2,10 +2,10 @@ import math
 
 import numpy as np
 import pytest
+from device_agent.contract.manifest import FeatureProfile
+from device_agent.contract.protocol import FeatureWindow
 from pydantic import ValidationError
 
-from device_agent.manifest import FeatureProfile
-from device_agent.protocol import FeatureWindow
 from edgekit.monitor.drift import DriftThresholds, Level, evaluate, feature_drift, min_samples_for
 from edgekit.monitor.stats import chi2_quantile, ks_statistic, psi
 from edgekit.monitor.windows import FeatureSummary, WindowSet
@@ -131,7 +131,7 @@ def test_merging_windows_equals_one_big_window():
 
 
 def test_report_names_the_features_that_moved_most_first():
-    from device_agent.protocol import TelemetryMessage
+    from device_agent.contract.protocol import TelemetryMessage
 
     rng = np.random.default_rng(5)
     refs = [profile(rng.normal(size=4000), name=f"x[{i}]") for i in range(4)]
@@ -148,7 +148,8 @@ def test_report_names_the_features_that_moved_most_first():
 
 
 def test_judging_many_running_totals_at_once_gives_the_same_reports_as_one_window_set_at_a_time():
-    from device_agent.protocol import TelemetryMessage
+    from device_agent.contract.protocol import TelemetryMessage
+
     from edgekit.monitor.bulk import Merged, evaluate_totals
     from edgekit.monitor.store import Layout, Totals
 

@@ -12,8 +12,7 @@ import time
 
 import numpy as np
 import pytest
-
-from device_agent.protocol import (
+from device_agent.contract.protocol import (
     DeviceStatus,
     FeatureWindow,
     FeedbackWindow,
@@ -24,6 +23,7 @@ from device_agent.protocol import (
     TelemetryMessage,
     encode,
 )
+
 from edgekit.monitor.store import DeviceQuery, DriftState, open_store
 from edgekit.monitor.windows import WindowSet
 
@@ -279,7 +279,8 @@ def test_a_newer_schema_is_refused_with_the_fix(url, store):
 
 
 def test_drift_over_time_reads_hourly_rollups_for_groups_and_running_totals_for_devices(store, rng):
-    from device_agent.manifest import FeatureProfile
+    from device_agent.contract.manifest import FeatureProfile
+
     from edgekit.monitor.reports import drift_over_time
     from edgekit.monitor.store import Reference
 

@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from device_agent.manifest import FeatureProfile, Manifest
-from device_agent.protocol import JobUpdate, StateMessage, TelemetryMessage
+from device_agent.contract.manifest import FeatureProfile, Manifest
+from device_agent.contract.protocol import JobUpdate, StateMessage, TelemetryMessage
+
 from edgekit.monitor.store.totals import Totals
 
 __all__ = [

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from device_agent.manifest import FeatureProfile
-from device_agent.protocol import TelemetryMessage, decode
+from device_agent.contract.manifest import FeatureProfile
+from device_agent.contract.protocol import TelemetryMessage, decode
+
 from edgekit.monitor.store.base import (
     Alert,
     DevicePage,

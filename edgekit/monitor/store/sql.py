@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from device_agent.protocol import JobUpdate, StateMessage, TelemetryMessage
+from device_agent.contract.protocol import JobUpdate, StateMessage, TelemetryMessage
+
 from edgekit.monitor.store.base import UNKNOWN, Alert, DriftState, Reference
 from edgekit.monitor.store.codec import pack
 from edgekit.monitor.store.db import Db, Dialect

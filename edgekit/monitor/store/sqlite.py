@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from device_agent.protocol import TelemetryMessage, decode
+from device_agent.contract.protocol import TelemetryMessage, decode
+
 from edgekit.errors import InputError
 from edgekit.monitor.store.codec import unpack
 from edgekit.monitor.store.db import SQLITE, Db

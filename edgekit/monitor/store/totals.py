@@ -25,8 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from device_agent.contract.protocol import TelemetryMessage
 
-from device_agent.protocol import TelemetryMessage
 from edgekit.monitor.windows import FeatureSummary, WindowSet
 
 __all__ = ["HEADER", "P95_BUCKETS", "Layout", "Totals", "p95_bucket"]

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from device_agent.protocol import TelemetryMessage
+from device_agent.contract.protocol import TelemetryMessage
+
 from edgekit.monitor.store.db import Db
 from edgekit.monitor.store.totals import Layout, Totals
 
