@@ -62,6 +62,7 @@ bench: install
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/ota.py
 	$(BIN)/python benchmarks/real_models.py
+	$(BIN)/python benchmarks/fleet_scale.py --quick
 
 check-arm64:
 	bash scripts/check-arm64.sh

@@ -6,6 +6,10 @@ cancel). After a wave, once at least ``min_devices`` devices finished, the share
 (FAILED — rolled back on the device —, REJECTED, TIMED_OUT, CANCELED) is compared with
 ``max_failures``; above it the rollout stops and says so. Devices that succeeded keep the new
 version: the operator decides whether to ``edgekit fleet rollback`` them.
+
+The rollout's record (waves, outcomes so far, abort reason) is published retained on
+``<prefix>/fleet/rollouts/<job>`` when it starts, after each wave and at the end
+(:func:`edgekit.fleet.mqtt.rollout_topic`): the fleet collectors keep it in their store.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from device_agent.ota.job import chunk_plan
 from edgekit.errors import FleetError, InputError
 from edgekit.fleet.client import DeviceView, FleetClient
 from edgekit.fleet.jobs import Release, new_job_id, signed_command
+from edgekit.fleet.mqtt import rollout_topic
 
 __all__ = ["Gate", "RolloutPolicy", "RolloutResult", "check_metrics", "deploy", "parse_share", "plan_waves", "rollback", "Journal"]
 
@@ -213,6 +218,7 @@ def deploy(fleet: FleetClient, release: Release, *, devices: list[str] | None = 
                        f"({release.size / 2**20:,.1f} MiB × {max(len(w) for w in waves)} devices in the largest wave; "
                        f"bound {MQTT_RETAINED_BUDGET >> 20} MiB): use --delivery http --url BASE_URL, or smaller waves")
     result = RolloutResult(job, {"name": release.manifest.name, "version": release.manifest.version}, waves, skipped=list(offline))
+    _announce(fleet, result, policy, "running", 0)
     params = release.job_params(method=policy.method, chunk_size=policy.chunk_size, base_url=policy.base_url, probation=policy.probation,
                                 allow_incompatible=policy.allow_incompatible, timeout_s=policy.device_timeout_s,
                                 allow_rolled_back=policy.allow_rolled_back)
@@ -232,9 +238,19 @@ def deploy(fleet: FleetClient, release: Release, *, devices: list[str] | None = 
                               f"{policy.max_failures}; {len(rest)} device(s) in later waves were not updated")
             result.skipped += rest
             break
+        _announce(fleet, result, policy, "running", i)
+    fleet.flush([_announce(fleet, result, policy, "aborted" if result.aborted else "done", len(waves))])
     if journal is not None:
         journal.record(result)
     return result
+
+
+def _announce(fleet: FleetClient, result: RolloutResult, policy: RolloutPolicy, status: str, wave: int) -> Any:
+    """Publish the rollout's record (retained) for the collectors' store; returns paho's message info."""
+    doc = {"v": 1, "type": "rollout", **result.to_dict(), "status": status, "wave": wave, "ts": round(time.time(), 3),
+           "policy": {"waves": list(policy.waves), "max_failures": policy.max_failures, "min_devices": policy.min_devices,
+                      "device_timeout_s": policy.device_timeout_s, "method": policy.method}}
+    return fleet.publish(rollout_topic(result.job, fleet.prefix), json.dumps(doc).encode(), retain=True)
 
 
 def _gate(release: Release, views: dict[str, DeviceView], online: list[str], gate: Gate, baseline: Manifest | None,
