@@ -73,7 +73,11 @@ def run_worker(
     (workdir / "job.json").write_text(json.dumps(job, indent=1))
     for stale in ("result.json", "error.json", "progress.txt"):
         (workdir / stale).unlink(missing_ok=True)
-    env = {**os.environ, **TF_ENV}
+    # TensorFlow's autograph writes its generated modules (__autograph_generated_file*.py) into the temp directory and
+    # never removes them: the child gets its own, inside the work directory that is removed with the run
+    tmp = workdir / "tmp"
+    tmp.mkdir(exist_ok=True)
+    env = {**os.environ, **TF_ENV, "TMPDIR": str(tmp), "TEMP": str(tmp), "TMP": str(tmp)}
     log_path = workdir / "worker.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", module, str(workdir)], cwd=workdir, env=env, stdout=log,

@@ -146,6 +146,7 @@ def _options(o: dict[str, Any], steps: list[StepSpec], formats: tuple[str, ...],
         data_desc=o["data_desc"], image_spec=ImageSpec.from_file(o["preprocess"]) if o["preprocess"] else None,
         data_layout=o["data_layout"], threads=o["threads"], max_eval_samples=o["max_eval_samples"], allow_mismatch=o["allow_mismatch"],
         recipe=plan.recipe if plan else None, origin=source.describe(o["weights"]), origin_check=source.check, label=o["label"],
+        input_shapes=source.input_shapes,
     )
 
 

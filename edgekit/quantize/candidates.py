@@ -97,7 +97,7 @@ class _Reader:
     @staticmethod
     def _batches(data: Dataset, batch: int, scalar: set[str]):
         for start in range(0, data.n - batch + 1 if batch > 1 else data.n, batch):
-            yield {k: (np.asarray(v[start]) if k in scalar else v[start : start + batch]) for k, v in data.inputs.items()}
+            yield data.take(start, batch)  # each input sliced on its own batch axis; a scalar takes the batch's first value
 
     def get_next(self):
         return next(self._it, None)
@@ -126,7 +126,7 @@ def pre_process(model: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelProto,
     Falls back to ONNX shape inference only, then to no pre-processing, when a model defeats
     the symbolic shape inference (it does for some control-flow graphs); the note says which ran.
     """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from edgekit.ort_tools import quant_pre_process  # ORT's, run where its temp files cannot land in the user's directory
 
     src = workdir / "pre_in.onnx"
     dst = workdir / "pre_out.onnx"
