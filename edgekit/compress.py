@@ -208,12 +208,22 @@ def _export_and_check(run: _Run, s: _Stepped, staging: Path, stem: str,
     source = ExportSource(s.model, s.precision, run.ref, workdir, log=run.log, threads=opts.threads, extra=s.extra,
                           float_model=s.float_model)
     exported, failures = export_all(source, opts.formats, staging, stem, options=opts.export, format_models=s.format_models)
-    results = [check_artifact(a, exported, run.ref, threads=opts.threads, allow_mismatch=opts.allow_mismatch, log=run.log)
-               for a in exported]
+    results = []
+    for a in exported:
+        try:
+            results.append(check_artifact(a, exported, run.ref, threads=opts.threads, allow_mismatch=opts.allow_mismatch, log=run.log))
+        except ExportError as e:
+            if a.format == Format.ONNX:
+                raise  # every other format was converted from it
+            failures.append(str(e))  # a format that fails its check costs only itself: not shipped, not in the manifest
+            for f in (a.path, *a.side_files):
+                f.unlink(missing_ok=True)
     if Format.ONNX not in opts.formats:
         # the .onnx was needed as the parity reference of the other formats; it was not asked for
         results = [r for r in results if r.exported.format != Format.ONNX]
         next(a for a in exported if a.format == Format.ONNX).path.unlink()
+    if failures and not results:
+        raise ExportError("; ".join(failures))  # nothing asked for could be written
     judge_artifacts(run.front, results, {r.file: r.outputs for r in results if r.outputs is not None}, run.ref,
                     allow_mismatch=opts.allow_mismatch, log=run.log)
     for r in results:

@@ -129,9 +129,9 @@ def load_data(
     ds.inputs = {s.name: _check(ds.inputs[s.name], s, p.name, ds.axes[s.name]) for s in inputs if s.name in ds.inputs}
     counts = {k: v.shape[ds.sample_axis(k)] if v.ndim else 0 for k, v in ds.inputs.items()}
     if len(set(counts.values())) > 1:
-        where = ", ".join(f"{k} {c} (axis {ds.sample_axis(k)})" for k, c in counts.items())
-        raise DataError(f"{p.name}: inputs have different sample counts: {where}; every array needs the same number of samples "
-                        "on its batch axis")
+        other = [f"{k!r} on axis {a}" for k in counts if (a := ds.sample_axis(k))]
+        raise DataError(f"{p.name}: inputs have different sample counts {sorted(set(counts.values()))}; every array needs the same first "
+                        "axis" + (f" (the batch axis: {', '.join(other)})" if other else ""))
     if ds.labels is not None and len(ds.labels) != ds.n:
         raise DataError(f"{p.name}: 'labels' has {len(ds.labels)} entries for {ds.n} samples")
     if ds.n == 0:

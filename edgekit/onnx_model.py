@@ -28,6 +28,7 @@ __all__ = [
     "io_specs",
     "iter_graphs",
     "load_onnx",
+    "upgrade_opset",
     "weight_stats",
 ]
 
@@ -301,17 +302,36 @@ def _int_range(name: str, consumers: dict[str, list[onnx.NodeProto]], known: dic
                 axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
                 dims = list(known[n.input[0]].dims)
                 if -len(dims) <= axis < len(dims):
-                    rows.append((int(dims[axis]), n.name or n.output[0]))
+                    rows.append((int(dims[axis]), n.input[0]))
             elif n.op_type == "Equal" and len(n.input) == 2:
                 other = n.input[1] if n.input[0] == t else n.input[0]
                 if other in known and 0 < int(np.prod(known[other].dims)) <= 16:
                     values.update(int(v) for v in numpy_helper.to_array(known[other]).ravel())
     if rows:
-        size, node = min(rows)
-        return IntRange(0, size, f"rows of the table {node} indexes")
+        size, table = min(rows)
+        return IntRange(0, size, f"the rows of {table} it indexes")
     if values:
         return IntRange(min(values), max(values) + 1, "the values the graph compares it with", tuple(sorted(values)))
     return None
+
+
+def upgrade_opset(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, int | None]:
+    """``model`` converted up to opset ``target`` (onnx.version_converter) when its default-domain opset is older.
+
+    Returns the model and the opset it had when converted; None (and the model as it is) when it was
+    already recent enough or the converter cannot take it.
+    """
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset >= target:
+        return model, None
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(model, target)
+        onnx.checker.check_model(converted)
+    except Exception:  # noqa: BLE001 - the converter raises many types; a model it cannot take keeps its opset
+        return model, None
+    return converted, opset
 
 
 def gzip_size(model: onnx.ModelProto | bytes) -> int:
