@@ -75,6 +75,7 @@ def _ort_refuses(path: Path) -> str:
     try:
         ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises several unrelated types; the reason is what matters
-        text = str(e).strip()
-        return (text.splitlines()[0] if text else type(e).__name__)[:200]
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        # the innermost reason: "Node (...) Op (Add) [ShapeInferenceError] Incompatible dimensions", not the temp path it was loaded from
+        return text.rsplit("inferencing failed: ", 1)[-1].rsplit(" failed:", 1)[-1].strip()[:200]
     return ""
