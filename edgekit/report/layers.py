@@ -82,10 +82,11 @@ class LayerRun:
     samples: int = 0
     batch: int = 0
     sample_bytes: int = 0  # intermediate tensors of both models for one sample
+    bounded: bool = False  # the activations' size cut the batch or the samples
 
     def note(self, wanted: int) -> str | None:
         """What the report says when the activations' size cut the samples or the batch (None: it did not)."""
-        if not self.sample_bytes or (self.samples >= wanted and self.batch >= MAX_BATCH):
+        if not self.bounded:
             return None
         return (f"intermediate tensors take {self.sample_bytes / 2**20:,.0f} MB per sample: measured on {self.samples} of {wanted} "
                 f"samples, {self.batch} at a time (at most {BATCH_BYTES // 2**20} MB per batch, {TOTAL_BYTES // 2**30} GB in all)")
@@ -262,8 +263,8 @@ def _session(m: onnx.ModelProto, path: Path, threads: int):
 
 
 def _accumulate(f_sess, q_sess, pairs: dict[str, tuple[str, str]], data: Dataset,
-                inputs: tuple[TensorSpec, ...]) -> tuple[dict[str, list[float]], tuple[int, int, int]]:
-    """tensor → [Σ float², Σ error², max |error|] over the data; and (samples, batch, bytes per sample) as run.
+                inputs: tuple[TensorSpec, ...]) -> tuple[dict[str, list[float]], tuple[int, int, int, bool]]:
+    """tensor → [Σ float², Σ error², max |error|] over the data; and (samples, batch, bytes per sample, bounded) as run.
 
     Every intermediate tensor of both models is an output here (PP-OCR's detector: 281 MB per 320x320
     sample), so the first batch measures them and the rest is sized to BATCH_BYTES per batch and
@@ -273,17 +274,19 @@ def _accumulate(f_sess, q_sess, pairs: dict[str, tuple[str, str]], data: Dataset
     stats: dict[str, list[float]] = {t: [0.0, 0.0, 0.0] for t in pairs}
     first = fixed or 1
     if data.n < first:
-        return stats, (0, first, 0)
+        return stats, (0, first, 0, False)
     sample_bytes = _add_batch(f_sess, q_sess, pairs, data.take(0, first), stats) // first
-    batch = fixed or batch_size(inputs, max(1, min(MAX_BATCH, BATCH_BYTES // max(1, sample_bytes))))
+    natural = batch_size(inputs, MAX_BATCH)
+    batch = fixed or min(natural, max(1, BATCH_BYTES // max(1, sample_bytes)))
     samples = min(data.n, max(first, TOTAL_BYTES // max(1, sample_bytes)))
+    bounded = batch < min(natural, data.n) or samples < data.n
     start = first
     while start < samples:
         if fixed and start + batch > samples:
             break
         _add_batch(f_sess, q_sess, pairs, data.take(start, min(batch, samples - start)), stats)
         start += batch
-    return stats, (min(start, samples), batch, sample_bytes)
+    return stats, (min(start, samples), batch, sample_bytes, bounded)
 
 
 def _add_batch(f_sess, q_sess, pairs: dict[str, tuple[str, str]], feeds: dict[str, np.ndarray], stats: dict[str, list[float]]) -> int:
