@@ -84,13 +84,14 @@ def _zoo() -> dict[str, ZooModel]:  # layout: table
                  "rapidocr/models/PP-OCRv6_det_small.onnx", input_shape=("x:1,3,320,320",), cnn=True),
         ZooModel("ppocr_rec", f"{OCR}: PP-OCRv6 text recognition (SVTR, CTC)", "ocr_rec", ("top1", "fetch_name_0"),
                  "rapidocr==3.10.0", "rapidocr/models/PP-OCRv6_rec_small.onnx", input_shape=("x:1,3,48,320",)),
-        # no --input-shape: its batch dim is -1 (a Paddle export's "dynamic"); the CLI refuses x:1,3,48,192 ("axis 0 is
-        # fixed to -1") and x:-1,3,48,192 ("needs positive sizes"), so a user runs it as the issue did, without one
+        # its batch dim is -1 (a Paddle export's "dynamic"), its height and width symbolic: rapidocr feeds 48x192 lines
         ZooModel("ppocr_cls", f"{OCR}: text-line orientation classifier (Paddle export, Constant weights)", "ocr_cls",
                  ("top1", "save_infer_model/scale_0.tmp_1"), "rapidocr==3.10.0",
-                 "rapidocr/models/ch_ppocr_mobile_v2.0_cls_mobile.onnx", cnn=True, fast=True),
+                 "rapidocr/models/ch_ppocr_mobile_v2.0_cls_mobile.onnx", input_shape=("x:1,3,48,192",), cnn=True, fast=True),
+        # silero_vad's OnnxWrapper feeds 512 samples + 64 of context at 16 kHz; the 8 kHz branch of its If takes other
+        # sizes, so onnxruntime refuses the model fixed to 576 and edgekit sizes its generated inputs with it instead
         ZooModel("silero_vad", "silero-vad 6.2.3 wheel: the default VAD (If on sr, LSTM state [2,N,128])", "vad",
-                 ("binary", "output"), "silero-vad==6.2.3", "silero_vad/data/silero_vad.onnx", fast=True),
+                 ("binary", "output"), "silero-vad==6.2.3", "silero_vad/data/silero_vad.onnx", input_shape=("input:1,576",), fast=True),
         ZooModel("dnsmos", "speechmos 0.0.1.1 wheel: DNSMOS P.835 (SIG, BAK, OVRL from 9 s of 16 kHz audio)", "dnsmos",
                  ("close", "Identity:0"), "speechmos==0.0.1.1", "speechmos/dnsmos_models/sig_bak_ovr.onnx", cnn=True),
         ZooModel("mtcnn_onet", "facenet-pytorch 2.6.0 wheel: MTCNN ONet face detector stage, exported", "faces",

@@ -29,7 +29,7 @@ from edgekit.errors import AccuracyError, ExportError, InputError
 from edgekit.evaluate import Latency, is_classifier, measure_latencies, one_sample, run_dataset
 from edgekit.export import ExportSource
 from edgekit.manifest import build_manifest
-from edgekit.onnx_model import io_specs, load_onnx
+from edgekit.onnx_model import int_input_ranges, io_specs, load_onnx
 from edgekit.options import CompressOptions
 from edgekit.origin import Front, judge_artifacts, open_front, raw_inputs
 from edgekit.pipeline import Context, StepConfig, StepSpec, file_tag, get_step, validate_step
@@ -39,6 +39,7 @@ from edgekit.reference import Reference
 from edgekit.report import compress_report, write_reports
 from edgekit.results import ArtifactResult, CompressResult
 from edgekit.runlog import RunLog, no_progress, silent
+from edgekit.signature import IntRange, batch_axes, unknown_axes
 
 __all__ = ["CompressOptions", "CompressResult", "compress", "compress_with_recipe", "default_output"]
 
@@ -170,11 +171,16 @@ def _start(src: Path, front: Front, source_backend: OrtBackend, data: str | Path
     inputs, outputs = io_specs(front.model)
     inputs = raw_inputs(front, inputs)
     log.say(f"model: {src.name} ({src.stat().st_size:,} bytes), inputs {_sig(inputs)}, outputs {_sig(outputs)}")
-    dataset = _data(data, inputs, opts, opts.data_desc)
+    dataset = _data(data, inputs, opts, opts.data_desc, int_input_ranges(front.model))
+    if dataset.generated and "integer inputs" in dataset.description:
+        log.say(f"generated inputs: {dataset.description.split('integer inputs: ', 1)[1]}")
     # held-out evaluation data when given; otherwise a subset of the data (calibration/training data)
     eval_data = (_data(opts.eval_data, inputs, opts, None) if opts.eval_data is not None else dataset).subset(opts.max_eval_samples)
     classifier = is_classifier(outputs)
-    ref_outputs = run_dataset(source_backend, eval_data, inputs)
+    try:
+        ref_outputs = run_dataset(source_backend, eval_data, inputs)
+    except BackendError as e:
+        raise InputError(_source_fails(src, inputs, eval_data, e)) from None
     ref_acc = None
     if classifier and eval_data.labels is not None:
         ref_acc = float((ref_outputs[outputs[0].name].argmax(1) == eval_data.labels).mean() * 100)
@@ -182,9 +188,10 @@ def _start(src: Path, front: Front, source_backend: OrtBackend, data: str | Path
     return _Run(src, front, source_backend, dataset, ref, opts, log)
 
 
-def _data(data: str | Path | None, inputs: tuple[TensorSpec, ...], opts: CompressOptions, description: str | None) -> Dataset:
+def _data(data: str | Path | None, inputs: tuple[TensorSpec, ...], opts: CompressOptions, description: str | None,
+          int_ranges: dict[str, IntRange] | None = None) -> Dataset:
     if data is None:
-        return generate(inputs, GENERATED_SAMPLES)
+        return generate(inputs, GENERATED_SAMPLES, int_ranges=int_ranges, sizes=opts.input_shapes)
     return load_data(data, inputs, image_spec=opts.image_spec, data_layout=opts.data_layout, description=description, label=opts.label,
                      classes=getattr(opts.origin_check, "classes", None))
 
@@ -212,12 +219,22 @@ def _export_and_check(run: _Run, s: _Stepped, staging: Path, stem: str,
     source = ExportSource(s.model, s.precision, run.ref, workdir, log=run.log, threads=opts.threads, extra=s.extra,
                           float_model=s.float_model)
     exported, failures = export_all(source, opts.formats, staging, stem, options=opts.export, format_models=s.format_models)
-    results = [check_artifact(a, exported, run.ref, threads=opts.threads, allow_mismatch=opts.allow_mismatch, log=run.log)
-               for a in exported]
+    results = []
+    for a in exported:
+        try:
+            results.append(check_artifact(a, exported, run.ref, threads=opts.threads, allow_mismatch=opts.allow_mismatch, log=run.log))
+        except ExportError as e:
+            if a.format == Format.ONNX:
+                raise  # every other format was converted from it
+            failures.append(str(e))  # a format that fails its check costs only itself: not shipped, not in the manifest
+            for f in (a.path, *a.side_files):
+                f.unlink(missing_ok=True)
     if Format.ONNX not in opts.formats:
         # the .onnx was needed as the parity reference of the other formats; it was not asked for
         results = [r for r in results if r.exported.format != Format.ONNX]
         next(a for a in exported if a.format == Format.ONNX).path.unlink()
+    if failures and not results:
+        raise ExportError("; ".join(failures))  # nothing asked for could be written
     judge_artifacts(run.front, results, {r.file: r.outputs for r in results if r.outputs is not None}, run.ref,
                     allow_mismatch=opts.allow_mismatch, log=run.log)
     for r in results:
@@ -287,3 +304,31 @@ def _ort_cannot_run(model: onnx.ModelProto, src: Path, e: Exception) -> str:
         return (f"{src.name} uses opset {opset}, which onnxruntime {ort.__version__} cannot run ({text.split(': ', 1)[-1][:200]}); "
                 "re-export with a lower opset or convert with onnx.version_converter")
     return f"onnxruntime {ort.__version__} cannot run {src.name}: {text[:300]}"
+
+
+def _source_fails(src: Path, inputs: tuple[TensorSpec, ...], data: Dataset, e: Exception) -> str:
+    """One line for a source model that does not run on the run's data: which input is the likely cause, and the fix."""
+    reason = str(e).rsplit("Status Message: ", 1)[-1].strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    axes = batch_axes(inputs)
+    if not data.generated:
+        stacked = [f"{s.name!r} on axis {axes[s.name]}" if axes[s.name] is not None else f"{s.name!r} one value per sample"
+                   for s in inputs if axes[s.name] != 0 and s.shape]
+        where = f" (samples stacked: {', '.join(stacked)})" if stacked else ""
+        return (f"{src.name} does not run on {Path(data.file).name if data.file else 'the data'}: {reason}. Check that each array "
+                f"holds what its input expects{where}")
+    guessed = [(s, unknown_axes(s, axes[s.name])) for s in inputs if unknown_axes(s, axes[s.name])]
+    if not guessed:
+        return f"{src.name} does not run on generated inputs: {reason}. Pass real inputs with --data"
+    which = "; ".join(f"input {s.name!r} {_shape(s.shape)} axis {', '.join(map(str, ax))}" for s, ax in guessed)
+    flags = " ".join(f"--input-shape {s.name}:{_shape_flag(s, axes[s.name])}" for s, _ in guessed)
+    return (f"{src.name} does not run on generated inputs ({reason}): edgekit cannot know the size of {which} without data and "
+            f"generated 1. Pass the sizes your application feeds, {flags} (SIZE filled in), or real inputs with --data")
+
+
+def _shape(shape: tuple[Any, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _shape_flag(s: TensorSpec, axis: int | None) -> str:
+    """``--input-shape`` value for ``s``: the batch as 1, fixed sizes as they are, SIZE where the user must say."""
+    return ",".join("1" if i == axis else (str(d) if isinstance(d, int) and d > 0 else "SIZE") for i, d in enumerate(s.shape))

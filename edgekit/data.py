@@ -17,6 +17,7 @@ from device_agent.contract.manifest import TensorSpec, file_sha256
 from edgekit.errors import DataError
 from edgekit.preprocess.pillow import IMAGE_SUFFIXES
 from edgekit.preprocess.spec import ImageSpec
+from edgekit.signature import IntRange, batch_axes, is_fixed
 from edgekit.tabular.table import TABLE_SUFFIXES
 
 __all__ = ["Dataset", "ImageSpec", "generate", "load_data"]
@@ -26,7 +27,12 @@ LABEL_KEYS = ("labels", "label", "y")
 
 @dataclass
 class Dataset:
-    """Named input arrays (sample axis first) and optional integer labels."""
+    """Named input arrays and optional integer labels.
+
+    Each array holds its input's samples stacked on that input's batch axis (``axes``, from
+    :func:`edgekit.signature.batch_axes`; axis 0 when not listed). An input without one (``None``: a
+    scalar, a state fed whole) holds one value per sample, stacked on a new leading axis.
+    """
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
@@ -35,10 +41,16 @@ class Dataset:
     sha256: str | None = None
     generated: bool = False
     class_names: list[str] | None = field(default=None)
+    axes: dict[str, int | None] = field(default_factory=dict)
+
+    def sample_axis(self, name: str) -> int:
+        """The axis of ``inputs[name]`` that counts samples."""
+        return self.axes.get(name, 0) or 0
 
     @property
     def n(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        name, x = next(iter(self.inputs.items()))
+        return int(x.shape[self.sample_axis(name)])
 
     def subset(self, n: int, *, seed: int = 0) -> Dataset:
         """At most ``n`` samples, drawn evenly (deterministic)."""
@@ -46,14 +58,28 @@ class Dataset:
             return self
         idx = np.sort(np.random.default_rng(seed).choice(self.n, size=n, replace=False))
         return Dataset(
-            {k: v[idx] for k, v in self.inputs.items()},
+            {k: np.take(v, idx, axis=self.sample_axis(k)) for k, v in self.inputs.items()},
             None if self.labels is None else self.labels[idx],
-            self.description, self.file, self.sha256, self.generated, self.class_names,
+            self.description, self.file, self.sha256, self.generated, self.class_names, dict(self.axes),
         )
+
+    def take(self, start: int, size: int) -> dict[str, np.ndarray]:
+        """Samples ``start .. start + size`` as one request: each input sliced on its batch axis; an input
+        without one takes sample ``start``'s value (a scalar: 0-d)."""
+        feeds = {}
+        for k, v in self.inputs.items():
+            axis = self.axes.get(k, 0)
+            if axis is None:
+                feeds[k] = np.asarray(v[start])
+            else:
+                index: list[slice] = [slice(None)] * v.ndim
+                index[axis] = slice(start, start + size)
+                feeds[k] = v[tuple(index)]
+        return feeds
 
     def batches(self, batch: int) -> Iterator[dict[str, np.ndarray]]:
         for i in range(0, self.n, batch):
-            yield {k: v[i : i + batch] for k, v in self.inputs.items()}
+            yield self.take(i, batch)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -99,10 +125,14 @@ def load_data(
                         "a folder of images, or a table (.csv, .parquet) for a model with one input per column")
     if data_layout:
         ds.inputs = {k: _to_layout(v, data_layout, k) for k, v in ds.inputs.items()}
-    ds.inputs = {s.name: _finite(_check(ds.inputs[s.name], s, p.name), s.name, p.name) for s in inputs if s.name in ds.inputs}
-    n = {len(v) for v in ds.inputs.values()}
-    if len(n) > 1:
-        raise DataError(f"{p.name}: inputs have different sample counts {sorted(n)}; every array needs the same first axis")
+    ds.axes = batch_axes(inputs)
+    ds.inputs = {s.name: _finite(_check(ds.inputs[s.name], s, p.name, ds.axes[s.name]), s.name, p.name) for s in inputs
+                 if s.name in ds.inputs}
+    counts = {k: v.shape[ds.sample_axis(k)] if v.ndim else 0 for k, v in ds.inputs.items()}
+    if len(set(counts.values())) > 1:
+        other = [f"{k!r} on axis {a}" for k in counts if (a := ds.sample_axis(k))]
+        raise DataError(f"{p.name}: inputs have different sample counts {sorted(set(counts.values()))}; every array needs the same first "
+                        "axis" + (f" (the batch axis: {', '.join(other)})" if other else ""))
     if ds.labels is not None and len(ds.labels) != ds.n:
         raise DataError(f"{p.name}: 'labels' has {len(ds.labels)} entries for {ds.n} samples")
     if ds.n == 0:
@@ -235,20 +265,25 @@ def _to_layout(x: np.ndarray, layout: str, name: str) -> np.ndarray:
     raise DataError(f"--data-layout is {layout!r}; allowed: NCHW, NHWC")
 
 
-def _check(x: np.ndarray, s: TensorSpec, where: str) -> np.ndarray:
+def _check(x: np.ndarray, s: TensorSpec, where: str, axis: int | None = 0) -> np.ndarray:
+    """``x`` as input ``s`` takes it, its samples on ``axis`` (None: one value per sample on a new leading axis)."""
     if s.dtype == "string":
         if x.dtype.kind not in "OUS" or x.ndim != len(s.shape):
             raise DataError(f"Input {s.name!r} expects strings {_fmt_shape(list(s.shape))}; {where} gives {x.dtype} {list(x.shape)}")
         return x.astype(object)
     want = np.dtype(s.dtype)
-    shape = list(s.shape)
+    shape: list[Any] = ["N", *s.shape] if axis is None else list(s.shape)  # a scalar (a sample rate): one value per sample
+    sample_axis = axis or 0
     given = list(x.shape)
-    if not shape and len(given) == 1:
-        shape = ["N"]  # a scalar input (e.g. a sample rate): one value per sample
-    ok = len(given) == len(shape) and all(not isinstance(d, int) or d == g for d, g in zip(shape[1:], given[1:], strict=True))
+    ok = len(given) == len(shape) and all(i == sample_axis or not is_fixed(d) or d == g
+                                          for i, (d, g) in enumerate(zip(shape, given, strict=True)))
     if not ok:
         hint = ""
-        if len(given) + 1 == len(shape):
+        if axis is None and s.shape:
+            hint = f" The input has no batch axis: stack one value per sample on a new first axis, {_fmt_shape(shape)}"
+        elif sample_axis:
+            hint = f" Its samples are stacked on axis {sample_axis}, the batch axis of {_fmt_shape(shape)}"
+        elif len(given) + 1 == len(shape):
             hint = " Add the missing axis (e.g. the channel axis: x[:, None])"
         elif (len(given) == len(shape) == 4 and shape[1] in (1, 3, 4) and given[3] == shape[1]
               and sorted(given[1:]) == sorted(d for d in shape[1:] if isinstance(d, int))):
@@ -285,17 +320,30 @@ def _finite(x: np.ndarray, name: str, where: str) -> np.ndarray:
                     "x = x[np.isfinite(x).reshape(len(x), -1).all(axis=1)]")
 
 
-def generate(inputs: tuple[TensorSpec, ...], n: int = 64, *, seed: int = 0, batch_dim: int = 1) -> Dataset:
-    """Random inputs for a model without data: N(0, 1) floats, small non-negative ints.
+#: an integer input nothing in the graph bounds: 0 and 1 are valid for an index, a mask, a flag or a count
+UNBOUNDED_INT = IntRange(0, 2, "nothing in the graph bounds it")
 
-    Used for agreement checks and drift references when the user gives no data; the manifest says so.
+
+def generate(inputs: tuple[TensorSpec, ...], n: int = 64, *, seed: int = 0, batch_dim: int = 1,
+             int_ranges: dict[str, IntRange] | None = None, sizes: dict[str, tuple[int, ...]] | None = None) -> Dataset:
+    """Random inputs for a model without data: N(0, 1) floats; integers in the range the graph gives them.
+
+    Each input's ``n`` samples are stacked on its batch axis (:func:`edgekit.signature.batch_axes`); a size
+    the signature does not give is taken from ``sizes`` (--input-shape, by input name), else ``batch_dim``. ``int_ranges`` (:func:`edgekit.onnx_model.int_input_ranges`)
+    bounds integer inputs (token ids by their embedding table); others get 0/1. The description says what
+    was used. Used for agreement checks and drift references when the user gives no data; the manifest says so.
     """
     rng = np.random.default_rng(seed)
-    arrays = {}
+    axes = batch_axes(inputs)
+    arrays: dict[str, np.ndarray] = {}
+    ints = []
     for s in inputs:
-        dims = [n] + [d if isinstance(d, int) and d > 0 else batch_dim for d in s.shape[1:]]
-        if not s.shape:
-            dims = [n]
+        given = (sizes or {}).get(s.name)
+        dims = [d if is_fixed(d) else (given[i] if given and len(given) == len(s.shape) else batch_dim) for i, d in enumerate(s.shape)]
+        if axes[s.name] is None:
+            dims = [n, *dims]
+        else:
+            dims[axes[s.name]] = n  # type: ignore[index]
         if s.dtype == "string":  # a table's categorical column: missing everywhere (imputed, or unknown to the encoder)
             arrays[s.name] = np.full(dims, "", dtype=object)
             continue
@@ -305,8 +353,12 @@ def generate(inputs: tuple[TensorSpec, ...], n: int = 64, *, seed: int = 0, batc
         elif dt == np.bool_:
             arrays[s.name] = rng.integers(0, 2, dims).astype(bool)
         else:
-            arrays[s.name] = rng.integers(0, 10, dims).astype(dt)
-    return Dataset(arrays, None, description=f"{n} generated samples (standard normal; no data given)", generated=True)
+            r = (int_ranges or {}).get(s.name, UNBOUNDED_INT)
+            values = rng.choice(np.array(r.values), dims) if r.values else rng.integers(r.low, r.high, dims)
+            arrays[s.name] = values.astype(dt)
+            ints.append(f"{s.name} {r.describe()}")
+    desc = f"{n} generated samples (standard normal; no data given)" + (f"; integer inputs: {', '.join(ints)}" if ints else "")
+    return Dataset(arrays, None, description=desc, generated=True, axes=axes)
 
 
 def _fmt_shape(shape: list) -> str:

@@ -55,6 +55,8 @@ class CompressOptions(FrozenConfig):
     origin_check: InstanceOf[OriginCheck] | None = Field(None, description="The model as the user ran it (a scikit-learn pipeline), which "
                                                                             "every artifact is also checked against (edgekit.importers sets it).")
     label: str | None = Field(None, description="The column of a table (--data .csv/.parquet) holding the true labels.")
+    input_shapes: dict[str, tuple[int, ...]] = Field(default_factory=dict, description="Sizes of generated inputs (no data) by input "
+                                                     "name, where the model leaves them symbolic (--input-shape).")
 
     @field_validator("formats")
     @classmethod

@@ -11,6 +11,7 @@ import numpy as np
 
 from device_agent.contract.manifest import FeatureProfile, TensorSpec, encode_tensor
 from edgekit.data import Dataset
+from edgekit.signature import fixed_batch
 
 __all__ = ["MAX_FEATURES", "drift_profile", "feature_axis", "selftest_vectors"]
 
@@ -82,14 +83,12 @@ def _feature(name: str, axis: int, index: int, v: np.ndarray, bins: int, *, name
 
 def selftest_inputs(data: Dataset, inputs: tuple[TensorSpec, ...], *, count: int = 3, max_bytes: int = 1 << 20) -> list[dict[str, np.ndarray]]:
     """Up to ``count`` single requests (batch 1 or the fixed batch), at most ``max_bytes`` in all (≥ 1)."""
-    fixed = [s.shape[0] for s in inputs if s.shape and isinstance(s.shape[0], int)]
-    b = min(fixed) if fixed else 1
-    scalar = {s.name for s in inputs if not s.shape}
+    b = fixed_batch(inputs) or 1
     out, used = [], 0
     for i in range(0, min(data.n, count * b), b):
         if i + b > data.n:
             break
-        vec = {k: (np.asarray(v[i]) if k in scalar else v[i : i + b]) for k, v in data.inputs.items()}
+        vec = data.take(i, b)
         size = sum(a.nbytes for a in vec.values())
         if out and used + size > max_bytes:
             break

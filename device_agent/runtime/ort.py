@@ -54,7 +54,7 @@ class OrtBackend:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, threads)
         opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # fatal only: a failed run raises BackendError with ORT's message, which it would also print
         if self.path.suffix == ".ort":
             # ORT-format models are already optimized for the reduced build; keep them as saved.
             opts.add_session_config_entry("session.load_model_format", "ORT")

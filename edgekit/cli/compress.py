@@ -121,8 +121,11 @@ def _plan(o: dict[str, Any]) -> tuple[RecipePlan | None, list[StepSpec], tuple[s
         steps, formats = list(plan.steps), plan.formats
     else:
         steps = prune_steps(o)  # pruning runs on the float model, before int8/fp16
-    if not (o["int8"] or o["fp16"] or steps or o.get("whole") or plan):
-        raise click.UsageError("nothing to do: pass --int8, --fp16, --prune RATIO or --recipe NAME (see edgekit recipes)")
+    # --format given with no step is a plain conversion: fp32 artifacts, checked against the source, with manifest and report
+    converting = click.get_current_context().get_parameter_source("formats") is click.core.ParameterSource.COMMANDLINE
+    if not (o["int8"] or o["fp16"] or steps or o.get("whole") or plan or converting):
+        raise click.UsageError("nothing to do: pass --int8, --fp16, --prune RATIO or --recipe NAME (see edgekit recipes), "
+                               "or --format onnx,ort,tflite for a plain fp32 conversion")
     if o["int8"]:
         steps.append(StepSpec("int8", {"max_drop": o["max_drop"], "calibration": o["calibration"], "calib_samples": o["calib_samples"],
                                        "search_time": o["search_time"], "exclude": list(o["exclude"])}))
@@ -150,6 +153,7 @@ def _options(o: dict[str, Any], steps: list[StepSpec], formats: tuple[str, ...],
         data_desc=o["data_desc"], image_spec=ImageSpec.from_file(o["preprocess"]) if o["preprocess"] else None,
         data_layout=o["data_layout"], threads=o["threads"], max_eval_samples=o["max_eval_samples"], allow_mismatch=o["allow_mismatch"],
         recipe=plan.recipe if plan else None, origin=source.describe(o["weights"]), origin_check=source.check, label=o["label"],
+        input_shapes=source.input_shapes,
     )
 
 

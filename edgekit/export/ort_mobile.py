@@ -26,8 +26,10 @@ __all__ = ["convert_to_ort", "export_ort"]
 
 def convert_to_ort(onnx_path: Path, out_dir: Path, stem: str) -> tuple[Path, Path | None]:
     """Convert one .onnx file to ``out_dir/<stem>.ort``; returns it and the operator config, if written."""
-    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+    from edgekit.ort_tools import ort_tool
 
+    tool = ort_tool("convert_onnx_models_to_ort")  # onnxruntime.tools itself would import torch (8 s) for nothing used here
+    OptimizationStyle, convert_onnx_models_to_ort = tool.OptimizationStyle, tool.convert_onnx_models_to_ort
     with tempfile.TemporaryDirectory(prefix="edgekit.ort.") as tmp:
         src = Path(tmp) / f"{stem}.onnx"
         shutil.copy(onnx_path, src)

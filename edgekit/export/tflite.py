@@ -55,7 +55,7 @@ from edgekit.export.base import ExportSource, exporter
 from edgekit.export.config import TfliteConfig, TfliteIO
 from edgekit.export.tflite_prep import explicit_maxpool_padding
 from edgekit.onnx_model import io_specs, load_onnx
-from edgekit.onnx_rewrites import space_to_depth_stem
+from edgekit.onnx_rewrites import ceil_mode_maxpool, space_to_depth_stem
 from edgekit.reference import Reference
 from edgekit.results import ExportedArtifact
 from edgekit.tf_process import require, run_worker
@@ -141,7 +141,8 @@ def _plan(source: ExportSource, precision: Precision, config: TfliteConfig) -> _
     rewrites: dict[str, int] = {}
     if mode == "int8" and not tf_source:
         prepared = float_model
-        for key, rewrite in (("maxpool_padding_made_explicit", explicit_maxpool_padding), ("space_to_depth_stem", space_to_depth_stem)):
+        for key, rewrite in (("maxpool_ceil_mode_made_explicit", ceil_mode_maxpool), ("maxpool_padding_made_explicit", explicit_maxpool_padding),
+                             ("space_to_depth_stem", space_to_depth_stem)):
             prepared, n = rewrite(prepared)
             if n:
                 rewrites[key] = n

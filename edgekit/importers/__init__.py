@@ -20,7 +20,7 @@ import contextlib
 import re
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekit.errors import InputError
@@ -41,6 +41,7 @@ class ImportedModel:
     origin: str  # the model argument as given
     base: Path  # default outputs are named after this: <base>.int8/
     check: OriginCheck | None = None  # what every artifact is also checked against (a scikit-learn pipeline)
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --input-shape by input name, for generated inputs
 
     @property
     def converted(self) -> bool:
@@ -162,9 +163,21 @@ def imported(
             say(f"converting {p.name} to ONNX (tf2onnx)")
             export_tf(p, kind, out, input_shapes=shapes, progress=progress)
         else:
-            from edgekit.importers.onnx_shapes import fix_input_shapes
-
-            fix_input_shapes(p, out, shapes)
-            fixed = ", ".join(f"{k or 'the input'} {list(v)}" for k, v in shapes.items())
-            say(f"input shapes fixed to {fixed}")
+            yield _onnx_with_shapes(p, out, shapes, text, say)
+            return
         yield ImportedModel(out, kind, text, p.with_name(stem))
+
+
+def _onnx_with_shapes(p: Path, out: Path, shapes: dict[str | None, tuple[int, ...]], text: str,
+                      say: Callable[[str], None]) -> ImportedModel:
+    """An ONNX model with --input-shape sizes written into a copy (``out``), or as it is when onnxruntime refuses them."""
+    from edgekit.importers.onnx_shapes import fix_input_shapes
+
+    fixed = fix_input_shapes(p, out, shapes)
+    sizes = ", ".join(f"{k} {list(v)}" for k, v in fixed.shapes.items())
+    if not fixed.written:
+        say(f"input shapes kept symbolic: onnxruntime does not load {p.name} with {sizes} ({fixed.why_not}); "
+            "generated inputs take these sizes")
+        return ImportedModel(p, "onnx", text, p.with_name(p.stem), input_shapes=fixed.shapes)
+    say(f"input shapes fixed to {sizes}")
+    return ImportedModel(out, "onnx", text, p.with_name(p.stem), input_shapes=fixed.shapes)

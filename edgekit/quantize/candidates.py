@@ -97,7 +97,7 @@ class _Reader:
     @staticmethod
     def _batches(data: Dataset, batch: int, scalar: set[str]):
         for start in range(0, data.n - batch + 1 if batch > 1 else data.n, batch):
-            yield {k: (np.asarray(v[start]) if k in scalar else v[start : start + batch]) for k, v in data.inputs.items()}
+            yield data.take(start, batch)  # each input sliced on its own batch axis; a scalar takes the batch's first value
 
     def get_next(self):
         return next(self._it, None)
@@ -126,7 +126,7 @@ def pre_process(model: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelProto,
     Falls back to ONNX shape inference only, then to no pre-processing, when a model defeats
     the symbolic shape inference (it does for some control-flow graphs); the note says which ran.
     """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from edgekit.ort_tools import quant_pre_process  # ORT's, run where its temp files cannot land in the user's directory
 
     src = workdir / "pre_in.onnx"
     dst = workdir / "pre_out.onnx"
@@ -138,10 +138,19 @@ def pre_process(model: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelProto,
         try:
             with _quiet():
                 quant_pre_process(str(src), str(dst), **kwargs)
-            return onnx.load(str(dst)), note
+            return _unless_grown(model, onnx.load(str(dst)), note)
         except Exception:  # noqa: BLE001 - any failure here falls back to the next, plainer pass
             continue
     return model, "pre-processing skipped (quant_pre_process failed on this model)"
+
+
+def _unless_grown(model: onnx.ModelProto, pre: onnx.ModelProto, note: str) -> tuple[onnx.ModelProto, str]:
+    """``pre``, unless pre-processing grew the model: ORT's optimizer copies weights an If branch reads from its outer
+    scope into each nested branch (silero-vad: 2.3 -> 3.3 MB, its LSTM weights twice), which no int8 candidate undoes."""
+    before, after = model.ByteSize(), pre.ByteSize()
+    if after > before * 1.05:
+        return model, f"pre-processing skipped: it grew the model from {before:,} to {after:,} bytes (weights copied into subgraphs)"
+    return pre, note
 
 
 def build(

@@ -6,8 +6,8 @@ import onnx
 from pydantic import Field
 
 from edgekit.choices import Format, Precision
-from edgekit.errors import EdgekitError, RecipeError
-from edgekit.onnx_model import fold_constants, weight_stats
+from edgekit.errors import RecipeError
+from edgekit.onnx_model import fold_constants, upgrade_opset, weight_stats
 from edgekit.pipeline import Context, StepConfig, StepOutcome, step
 from edgekit.quantize.candidates import CalibrationMethod, candidates_for, pre_process
 from edgekit.quantize.search import SearchSettings, search
@@ -35,6 +35,8 @@ def int8(model: onnx.ModelProto, config: Int8Config, ctx: Context) -> StepOutcom
         ctx.log.say(msg)
         return StepOutcome(model, Precision.INT8, {"skipped": msg, "weights": stats.to_dict()})
     folded, n_folded = fold_constants(model)
+    # static candidates write per-channel DequantizeLinear (its axis needs opset 13): an older model is converted up first
+    folded, old_opset = upgrade_opset(folded, 13) if ctx.ref.calib_data is not None and config.mode != "dynamic" else (folded, None)
     work = ctx.workdir / "int8"
     work.mkdir(parents=True, exist_ok=True)
     pre, pre_note = pre_process(folded, work)
@@ -57,13 +59,16 @@ def int8(model: onnx.ModelProto, config: Int8Config, ctx: Context) -> StepOutcom
                     settings=settings, workdir=work, on_progress=ctx.log.progress)
     record = {
         "constants_folded": n_folded,
+        **({"opset_upgraded": {"from": old_opset, "to": 13, "why": "per-channel int8 needs opset 13"}} if old_opset else {}),
         "pre_process": pre_note,
         "calibration": str(config.calibration) if use_static else None,
         "calibration_samples": min(config.calib_samples, calib.n) if calib is not None else 0,
         "search": result.to_dict(),
     }
-    if result.chosen is None:
-        raise EdgekitError(f"int8 quantization failed: {result.why}")
+    if result.chosen is None:  # not one candidate could be built: the fp32 model is still a valid answer, written with exit 3
+        ctx.log.say(f"warning: {result.why}; keeping the fp32 model")
+        return StepOutcome(model, None, record | {"kept": "fp32"}, failed_bound=f"int8 quantization failed: {result.why}; the fp32 model "
+                           "was kept")
     chosen = result.chosen
     if result.chosen_ort is not None and Format.ONNX not in ctx.formats:
         chosen = result.chosen_ort  # the .onnx is only the .ort's parity reference here: quantize for the .ort

@@ -27,6 +27,7 @@ from edgekit.export.compact import compact
 from edgekit.onnx_model import WeightStats, weight_stats
 from edgekit.quantize.candidates import CalibrationMethod, Candidate, Kind, build
 from edgekit.reference import Reference
+from edgekit.signature import calibration_batch
 
 __all__ = ["CandidateResult", "SearchResult", "SearchSettings", "search"]
 
@@ -160,8 +161,7 @@ def search(
     started = time.monotonic()
     progress = on_progress or (lambda message, fraction: None)
     inputs = ref.inputs
-    fixed = [s.shape[0] for s in inputs if s.shape and isinstance(s.shape[0], int)]
-    calib_batch = min(fixed) if fixed else min(16, calib_data.n if calib_data else 1)
+    calib_batch = calibration_batch(inputs, calib_data.n if calib_data else 1)
     build = _Build(workdir, calib_data, calib_batch, frozenset(s.name for s in inputs if not s.shape),
                    workdir / f"calibration.{settings.method}.json")
     static_path, rewrites = _static_source(fp32_path, workdir, settings.exclude) if calib_data is not None else (fp32_path, {})

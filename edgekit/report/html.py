@@ -149,6 +149,8 @@ def _layers(r: dict[str, Any]) -> str:
         )
         gen = " (generated inputs: indicative only)" if block.get("generated_data") else ""
         out.append(f"<h3>{escape(file)} vs {escape(block['reference'])}, {block['samples']} samples{gen}</h3>")
+        if block.get("note"):
+            out.append(f'<p class="meta">{escape(block["note"])}</p>')
         plot = layers_svg(file, block, top=LAYERS_SHOWN, index=i)
         if plot:
             out.append(plot)

@@ -11,7 +11,8 @@ model's, i.e. what ``edgekit compress --exclude NODE`` takes.
 For each matched tensor: SQNR in dB (cumulative: everything upstream included), relative RMS
 error, max abs error, and the *added* relative error: the noise this layer adds on top of what
 its inputs already carried (noise powers add), which is what ranks the layers to exclude.
-Statistics are accumulated batch by batch, so memory stays at one batch of activations.
+Statistics are accumulated batch by batch, so memory stays at one batch of activations, and
+batches are sized to the activations (at most BATCH_BYTES per batch, TOTAL_BYTES in all).
 """
 
 from __future__ import annotations
@@ -28,11 +29,18 @@ from onnx import helper
 from device_agent.contract.manifest import TensorSpec
 from edgekit.data import Dataset
 from edgekit.export.compact import restore_names
+from edgekit.signature import batch_size, fixed_batch
 
-__all__ = ["LayerError", "layer_errors"]
+__all__ = ["LayerError", "LayerRun", "layer_errors", "measure_layers"]
 
 #: at most this many samples are pushed through both models
 MAX_SAMPLES = 128
+#: samples per batch, at most; fewer when the intermediate tensors of one sample are large
+MAX_BATCH = 32
+#: intermediate tensors (both models) held for one batch, at most
+BATCH_BYTES = 512 * 2**20
+#: intermediate tensors pushed through in all, at most: fewer samples when each one is huge
+TOTAL_BYTES = 4 * 2**30
 #: the report lists at most this many layers (worst first)
 MAX_LAYERS = 200
 _QDQ = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
@@ -66,6 +74,24 @@ class LayerError:
         }
 
 
+@dataclass(frozen=True)
+class LayerRun:
+    """The ranked layers, and how many samples in batches of how many were pushed through both models."""
+
+    errors: list[LayerError]
+    samples: int = 0
+    batch: int = 0
+    sample_bytes: int = 0  # intermediate tensors of both models for one sample
+    bounded: bool = False  # the activations' size cut the batch or the samples
+
+    def note(self, wanted: int) -> str | None:
+        """What the report says when the activations' size cut the samples or the batch (None: it did not)."""
+        if not self.bounded:
+            return None
+        return (f"intermediate tensors take {self.sample_bytes / 2**20:,.0f} MB per sample: measured on {self.samples} of {wanted} "
+                f"samples, {self.batch} at a time (at most {BATCH_BYTES // 2**20} MB per batch, {TOTAL_BYTES // 2**30} GB in all)")
+
+
 def layer_errors(
     float_model: str | Path | onnx.ModelProto,
     quant_model: str | Path | onnx.ModelProto,
@@ -83,18 +109,32 @@ def layer_errors(
     ``names``: short → original tensor names of a compactly stored ``quant_model`` (the manifest's
     ``artifact.extra["tensor_names"]``), restored before matching.
     """
+    return measure_layers(float_model, quant_model, data, inputs, max_samples=max_samples, threads=threads, names=names).errors
+
+
+def measure_layers(
+    float_model: str | Path | onnx.ModelProto,
+    quant_model: str | Path | onnx.ModelProto,
+    data: Dataset,
+    inputs: tuple[TensorSpec, ...],
+    *,
+    max_samples: int = MAX_SAMPLES,
+    threads: int = 1,
+    names: dict[str, str] | None = None,
+) -> LayerRun:
+    """:func:`layer_errors`, with how many samples were measured in what batches (bounded by the activations' size)."""
     fm = _load(float_model)
     qm = restore_names(_load(quant_model), names or {})
     pairs, extra_nodes, q_producer = _match(fm, qm)
     if not pairs:
-        return []
+        return LayerRun([])
     f_names = [f for f, _ in pairs.values()]
     q_names = [q for _, q in pairs.values()]
     with tempfile.TemporaryDirectory(prefix="edgekit.layers.") as tmp:
         f_sess = _session(_with_outputs(fm, f_names, []), Path(tmp) / "float.onnx", threads)
         q_sess = _session(_with_outputs(qm, q_names, extra_nodes), Path(tmp) / "quant.onnx", threads)
-        stats = _accumulate(f_sess, q_sess, pairs, data.subset(max_samples), inputs)
-    return _rank(fm, pairs, stats, q_producer)
+        stats, run = _accumulate(f_sess, q_sess, pairs, data.subset(max_samples), inputs)
+    return LayerRun(_rank(fm, pairs, stats, q_producer), *run)
 
 
 def _load(m: str | Path | onnx.ModelProto) -> onnx.ModelProto:
@@ -222,33 +262,52 @@ def _session(m: onnx.ModelProto, path: Path, threads: int):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def _accumulate(f_sess, q_sess, pairs: dict[str, tuple[str, str]], data: Dataset, inputs: tuple[TensorSpec, ...]) -> dict[str, list[float]]:
-    """tensor → [Σ float², Σ error², max |error|] over the data."""
-    fixed = [s.shape[0] for s in inputs if s.shape and isinstance(s.shape[0], int)]
-    batch = min(fixed) if fixed else 32
-    scalar = {s.name for s in inputs if not s.shape}
+def _accumulate(f_sess, q_sess, pairs: dict[str, tuple[str, str]], data: Dataset,
+                inputs: tuple[TensorSpec, ...]) -> tuple[dict[str, list[float]], tuple[int, int, int, bool]]:
+    """tensor → [Σ float², Σ error², max |error|] over the data; and (samples, batch, bytes per sample, bounded) as run.
+
+    Every intermediate tensor of both models is an output here (PP-OCR's detector: 281 MB per 320x320
+    sample), so the first batch measures them and the rest is sized to BATCH_BYTES per batch and
+    TOTAL_BYTES in all.
+    """
+    fixed = fixed_batch(inputs)
+    stats: dict[str, list[float]] = {t: [0.0, 0.0, 0.0] for t in pairs}
+    first = fixed or 1
+    if data.n < first:
+        return stats, (0, first, 0, False)
+    sample_bytes = _add_batch(f_sess, q_sess, pairs, data.take(0, first), stats) // first
+    natural = batch_size(inputs, MAX_BATCH)
+    batch = fixed or min(natural, max(1, BATCH_BYTES // max(1, sample_bytes)))
+    samples = min(data.n, max(first, TOTAL_BYTES // max(1, sample_bytes)))
+    bounded = batch < min(natural, data.n) or samples < data.n
+    start = first
+    while start < samples:
+        if fixed and start + batch > samples:
+            break
+        _add_batch(f_sess, q_sess, pairs, data.take(start, min(batch, samples - start)), stats)
+        start += batch
+    return stats, (min(start, samples), batch, sample_bytes, bounded)
+
+
+def _add_batch(f_sess, q_sess, pairs: dict[str, tuple[str, str]], feeds: dict[str, np.ndarray], stats: dict[str, list[float]]) -> int:
+    """Run both models on one batch and add its errors to ``stats``; returns the bytes of their outputs."""
     f_outs = [o.name for o in f_sess.get_outputs()]
     q_outs = [o.name for o in q_sess.get_outputs()]
     q_feeds_names = {i.name for i in q_sess.get_inputs()}
-    stats: dict[str, list[float]] = {t: [0.0, 0.0, 0.0] for t in pairs}
-    for start in range(0, data.n, batch):
-        if fixed and start + batch > data.n:
-            break
-        feeds = {k: (np.asarray(v[start]) if k in scalar else v[start : start + batch]) for k, v in data.inputs.items()}
-        fr = dict(zip(f_outs, f_sess.run(f_outs, feeds), strict=True))
-        qr = dict(zip(q_outs, q_sess.run(q_outs, {k: v for k, v in feeds.items() if k in q_feeds_names}), strict=True))
-        for t, (fname, qname) in pairs.items():
-            f = fr.get(fname, feeds.get(fname))
-            q = qr.get(qname, feeds.get(qname))
-            if f is None or q is None or np.shape(f) != np.shape(q) or not np.issubdtype(np.asarray(f).dtype, np.floating):
-                continue
-            f64 = np.asarray(f, dtype=np.float64)
-            err = np.asarray(q, dtype=np.float64) - f64
-            s = stats[t]
-            s[0] += float(np.square(f64).sum())
-            s[1] += float(np.square(err).sum())
-            s[2] = max(s[2], float(np.abs(err).max(initial=0.0)))
-    return stats
+    fr = dict(zip(f_outs, f_sess.run(f_outs, feeds), strict=True))
+    qr = dict(zip(q_outs, q_sess.run(q_outs, {k: v for k, v in feeds.items() if k in q_feeds_names}), strict=True))
+    for t, (fname, qname) in pairs.items():
+        f = fr.get(fname, feeds.get(fname))
+        q = qr.get(qname, feeds.get(qname))
+        if f is None or q is None or np.shape(f) != np.shape(q) or not np.issubdtype(np.asarray(f).dtype, np.floating):
+            continue
+        f64 = np.asarray(f, dtype=np.float64)
+        err = np.asarray(q, dtype=np.float64) - f64
+        s = stats[t]
+        s[0] += float(np.square(f64).sum())
+        s[1] += float(np.square(err).sum())
+        s[2] = max(s[2], float(np.abs(err).max(initial=0.0)))
+    return sum(int(np.asarray(v).nbytes) for v in (*fr.values(), *qr.values()))
 
 
 def _rank(fm: onnx.ModelProto, pairs: dict[str, tuple[str, str]], stats: dict[str, list[float]],

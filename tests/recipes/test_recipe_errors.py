@@ -107,9 +107,9 @@ CASES = {
         "name: x\n",
         "my.yaml:1: missing 'steps', the list of steps to run",
     ),
-    "empty steps": (
-        "steps: []\n",
-        "invalid steps in my.yaml:1 (recipe): expected a list of steps, got an empty list",
+    "steps not a list": (
+        "steps: int8\n",
+        "invalid steps in my.yaml:1 (recipe): expected a list of steps, got text 'int8'",
     ),
     "unknown gate": (
         """
