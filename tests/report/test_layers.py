@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.data import Dataset
 from edgekit.onnx_model import io_specs
-from edgekit.report.layers import layer_errors
+from edgekit.quantize.layers import layer_errors
 
 
 def _three_layers(path) -> None:
