@@ -215,7 +215,7 @@ def _time_all(bench: Workbench, results: list[CandidateResult]) -> tuple[Latency
     bench.progress(f"int8: timing {len(timed)} models in plain sessions (short round)", 0.88)
     lat = measure_latencies(timed, runs=SHORT_RUNS, budget_s=0.3 * remaining, min_runs=10)
     _fill(ok, lat)
-    keep = {"fp32"} | _contenders(ok, lat["fp32"], settings)
+    keep = {"fp32"} | _contenders(ok, lat["fp32"], settings.objective)
     bench.progress(f"int8: timing {len(keep)} contenders in plain sessions", 0.93)
     lat |= measure_latencies({k: v for k, v in timed.items() if k in keep}, runs=settings.latency_runs, budget_s=0.6 * remaining)
     _fill(ok, lat)
@@ -231,12 +231,13 @@ def _fill(ok: list[CandidateResult], lat: dict[str, Latency]) -> None:
         r.ort_latency = lat.get(f"{r.candidate.name}.ort")
 
 
-def _contenders(ok: list[CandidateResult], baseline: Latency, settings: SearchSettings) -> set[str]:
+def _contenders(ok: list[CandidateResult], baseline: Latency, objective: Objective) -> set[str]:
     """Timing keys of the candidates that could still win after a short round, in either form.
 
-    Near the fastest, near the smallest, or near the float model's speed (the balanced objective's field);
-    ``CONTENDER_MARGIN`` covers what a short round on a busy CPU gets wrong. Only accurate candidates
-    compete, unless none is (then the most accurate one is what ships).
+    What can win depends on the objective: near the fastest (latency), near the smallest (size), near or
+    under the float model's latency (balanced: only those that are not slower compete). ``CONTENDER_MARGIN``
+    covers what a short round on a busy CPU gets wrong. Only accurate candidates compete, unless none is
+    (then the most accurate one is what ships).
     """
     keep: set[str] = set()
     for suffix, lat, size in (("", lambda r: r.latency, lambda r: r.size_bytes), (".ort", lambda r: r.ort_latency, lambda r: r.ort_size_bytes)):
@@ -248,7 +249,9 @@ def _contenders(ok: list[CandidateResult], baseline: Latency, settings: SearchSe
         smallest = min(size(r) for r in field_)
         for r in field_:
             p50 = lat(r).p50_ms
-            if p50 <= CONTENDER_MARGIN * fastest or p50 <= CONTENDER_MARGIN * baseline.p50_ms or size(r) <= 1.05 * smallest:
+            near = {Objective.LATENCY: p50 <= CONTENDER_MARGIN * fastest, Objective.SIZE: size(r) <= 1.05 * smallest,
+                    Objective.BALANCED: p50 <= CONTENDER_MARGIN * max(baseline.p50_ms, fastest)}[objective]
+            if near or len(field_) == 1:
                 keep.add(r.candidate.name + suffix)
     keep |= {f"{r.candidate.name}.ort" for r in ok if not r.is_int8 and r.ort_latency is not None}
     return keep
