@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,12 +58,12 @@ class FormSearch:
     model: CostModel
     float_us: float  # the float model's kernels, µs per run (the scale every profile was brought to)
     splits: list[Split] = field(default_factory=list)  # cost-model optimum first, then the regions
-    iterations: list[dict] = field(default_factory=list)
+    iterations: list[dict[str, Any]] = field(default_factory=list)
 
     def best(self) -> Split:
         return min(self.splits, key=lambda s: s.predicted_us)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "float_kernel_us": round(self.float_us, 1),
             "iterations": self.iterations,
@@ -129,7 +130,7 @@ def _scaled(c: Costs, int8_units: frozenset[str], k_float: float, k_int8: float)
 
 
 def _iteration(label: str, units: frozenset[str], model: CostModel, measured: Costs, *, predicted: float | None = None,
-               scale: float = 1.0) -> dict:
+               scale: float = 1.0) -> dict[str, Any]:
     return {
         "split": label, "int8_layers": len(units), "measured_kernel_us": round(measured.kernel_us, 1),
         **({"predicted_kernel_us": round(predicted, 1)} if predicted is not None else {}),
@@ -138,7 +139,7 @@ def _iteration(label: str, units: frozenset[str], model: CostModel, measured: Co
 
 
 def explain(graph: FloatGraph, model: CostModel, units: frozenset[str], *, excluded: frozenset[str],
-            too_lossy: dict[str, float]) -> list[dict]:
+            too_lossy: dict[str, float]) -> list[dict[str, Any]]:
     """Each layer with weights or an int8 kernel that stays float in ``units``' split, and why, with its measured costs."""
     out = []
     for u in graph.units.values():

@@ -15,6 +15,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -85,7 +86,7 @@ def profile(targets: dict[str, ProfileTarget], feeds: dict[str, np.ndarray], *, 
     return out
 
 
-def parse_events(events: list[dict], graph: dict[str, RunNode], *, skip: int = 0) -> Profile:
+def parse_events(events: list[dict[str, Any]], graph: dict[str, RunNode], *, skip: int = 0) -> Profile:
     """A :class:`Profile` from onnxruntime's profile JSON (``skip`` first runs dropped as warm-up)."""
     per_node: dict[str, list[float]] = {}
     ops: dict[str, str] = {}
@@ -109,7 +110,7 @@ def parse_events(events: list[dict], graph: dict[str, RunNode], *, skip: int = 0
     return Profile(kernel, frozenset(eight), ops, graph, run)
 
 
-def _options(ort, threads: int):
+def _options(ort: Any, threads: int) -> Any:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, threads)
     opts.inter_op_num_threads = 1
@@ -117,7 +118,7 @@ def _options(ort, threads: int):
     return opts
 
 
-def _save_ort_graph(ort, source: Path, saved: Path, threads: int) -> None:
+def _save_ort_graph(ort: Any, source: Path, saved: Path, threads: int) -> None:
     """The graph an ``.ort`` holds, as ONNX: its source optimized as the converter does (every optimization but x86's NCHWc)."""
     opts = _options(ort, threads)
     opts.optimized_model_filepath = str(saved)

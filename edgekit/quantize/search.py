@@ -76,6 +76,7 @@ class Workbench:
     started: float = field(default_factory=time.monotonic)
     progress: Callable[[str, float], None] = lambda message, fraction: None
     ort_files: dict[Path, Path] = field(default_factory=dict)  # .onnx -> its .ort
+    convs: bool = False  # the model has convolutions
 
     @property
     def cache(self) -> Path:
@@ -129,7 +130,8 @@ def search(
     static_path, rewrites = _static_source(fp32_path, workdir, settings.exclude) if calib_data is not None else (fp32_path, {})
     bench = Workbench(fp32_path, static_path, ref, settings, workdir, calib_data,
                       min(fixed) if fixed else min(16, calib_data.n if calib_data else 1), frozenset(s.name for s in inputs if not s.shape),
-                      progress=on_progress or (lambda message, fraction: None))
+                      progress=on_progress or (lambda message, fraction: None),
+                      convs=any(n.op_type in ("Conv", "ConvTranspose") for n in onnx.load(str(fp32_path), load_external_data=False).graph.node))
     results, mixed_record, phases = _check_all(bench, candidates)
     phases["candidates_s"] = bench.elapsed()
     baseline, baseline_ort = _time_all(bench, results)
@@ -155,15 +157,21 @@ def _check_all(bench: Workbench, candidates: list[Candidate]) -> tuple[list[Cand
         from edgekit.quantize.mixed_search import mixed_candidates
 
         phases["whole_static_s"] = bench.elapsed()
-        found, mixed_record[""] = mixed_candidates(bench, first_static)  # the first calibrated the ranges every split reuses
-        results.extend(found)
+        try:
+            found, mixed_record[""] = mixed_candidates(bench, first_static)  # the first calibrated the ranges every split reuses
+            results.extend(found)
+        except Exception as e:  # noqa: BLE001 - the whole-model candidates still stand without the per-layer search
+            mixed_record[""] = {"failed": _line(e)}
         phases["mixed_search_s"] = bench.elapsed() - phases["whole_static_s"]
 
     for i, cand in enumerate(candidates):
         if cand.kind is not Kind.STATIC:
             mixed_now()
         bench.progress(f"int8: candidate {cand.name}", 0.3 * i / max(1, len(candidates)))
-        if results and bench.elapsed() > WHOLE_SHARE * settings.time_budget_s and cand.kind is not Kind.FLOAT:
+        pointless = _pointless(cand, results, settings.objective, convs=bench.convs)
+        if pointless:
+            results.append(CandidateResult(cand, "skipped", pointless))
+        elif results and bench.elapsed() > WHOLE_SHARE * settings.time_budget_s and cand.kind is not Kind.FLOAT:
             results.append(CandidateResult(cand, "skipped", f"search time budget of {settings.time_budget_s:.0f} s spent"))
         elif cand.kind is Kind.STATIC and bench.calib_data is None:
             results.append(CandidateResult(cand, "skipped", "needs calibration data (--data)"))
@@ -171,6 +179,18 @@ def _check_all(bench: Workbench, candidates: list[Candidate]) -> tuple[list[Cand
             results.append(check(bench, cand))
     mixed_now()
     return results, mixed_record.get("", {}), phases
+
+
+def _pointless(cand: Candidate, done: list[CandidateResult], objective: Objective, *, convs: bool) -> str:
+    """Why building ``cand`` cannot change the answer, given the static candidates already built ("" when it can)."""
+    if not any(r.status == "ok" and r.candidate.kind is Kind.STATIC for r in done):
+        return ""  # without static int8, these are the only int8 answers
+    if cand.kind is Kind.WEIGHT_ONLY and objective is not Objective.SIZE:
+        return ("its weights are dequantized on every run, so it is slower than fp32 in a plain session and only "
+                "--objective size can take it; static int8 is as small")
+    if cand.kind is Kind.DYNAMIC and cand.op_types is None and convs:
+        return "static int8 (calibrated) runs convolutions faster and more accurately than ConvInteger; measured when there is no data"
+    return ""
 
 
 def check(bench: Workbench, cand: Candidate, *, source: Path | None = None, split: str = "") -> CandidateResult:
