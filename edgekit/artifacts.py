@@ -83,6 +83,8 @@ def _export_alternative(fmt: Format, alt_model: FormatModel, source: ExportSourc
         reference = run_dataset(open_backend(src_art.path, src_art.record(), threads=source.threads), ref.eval_data, ref.inputs)
         arts = _export(fmt, alt.converted_from(src_art), out_dir, stem, options)
         for a in arts:
+            if a.reference_outputs is not None:
+                continue  # converted from a model that is not an artifact (a .tflite from the float model): its own reference
             a.parent = f"the {alt_extra.get('candidate', 'int8')} model it was converted from"
             a.reference_outputs = reference
             a.extra["weights"] = weight_stats(model).to_dict()

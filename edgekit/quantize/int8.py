@@ -81,6 +81,10 @@ def int8(model: onnx.ModelProto, config: Int8Config, ctx: Context) -> StepOutcom
     if alt is not None and alt is not chosen:
         alt_model = onnx.load(str(alt.path)) if alt.is_int8 else model
         format_models[Format.ORT] = FormatModel(alt_model, _precision(alt, weight_stats(alt_model).quantized_share), _extra(alt))
+    whole = _whole_int8(result)
+    if Format.TFLITE in ctx.formats and not chosen.is_int8 and whole is not None:
+        # onnxruntime's timing says nothing about LiteRT: the .tflite stays int8, with the whole-int8 .onnx as its reference
+        format_models[Format.TFLITE] = FormatModel(onnx.load(str(whole.path)), Precision.INT8, _extra(whole))
     return StepOutcome(quantized, _precision(chosen, after.quantized_share), record, artifact_extra=_extra(chosen),
                        failed_bound=None if result.met_bound else result.why, format_models=format_models)
 
@@ -97,6 +101,13 @@ def _candidates(pre: onnx.ModelProto, config: Int8Config, use_static: bool, onnx
     if not onnx_ships:
         cands = [c for c in cands if c.kind is not Kind.FLOAT] or cands
     return cands
+
+
+def _whole_int8(result: SearchResult) -> CandidateResult | None:
+    """The most accurate whole-model int8 candidate (static first), for a format onnxruntime's timing does not speak for."""
+    whole = [r for r in result.results if r.status == "ok" and r.is_int8 and r.candidate.nodes is None and r.quality is not None]
+    static = [r for r in whole if r.candidate.kind is Kind.STATIC] or whole
+    return min(static, key=lambda r: (not r.accepted, r.quality.drop if r.quality else 0.0)) if static else None
 
 
 def _precision(r: CandidateResult, quantized_share: float) -> Precision:
