@@ -56,7 +56,7 @@ class FormSearch:
 
     form: str
     model: CostModel
-    float_us: float  # the float model's kernels, µs per run (the scale every profile was brought to)
+    float_us: float  # the float model's placed kernels, µs per run (what every prediction is a share of)
     splits: list[Split] = field(default_factory=list)  # cost-model optimum first, then the regions
     iterations: list[dict[str, Any]] = field(default_factory=list)
 
@@ -88,17 +88,19 @@ def search_form(form: str, graph: FloatGraph, allowed: list[str], tools: FormToo
     model = CostModel(graph)
     model.observe(frozenset(), first["float"])
     model.observe(whole, first["whole"])
-    found = FormSearch(form, model, first["float"].kernel_us)
+    # the scale of predictions: what the cost model places of the float model (unplaced kernels are the same in every split)
+    found = FormSearch(form, model, model.predict(frozenset()))
     found.iterations.append(_iteration("whole model int8", whole, model, first["whole"]))
     tried = {whole}
     for i in range(MAX_ITERATIONS):
         units, predicted = best_split(model, allowed)
-        if units in tried or not units or time.monotonic() > deadline:
+        # the first split is re-profiled whatever the clock says: its prediction rests on borders never measured
+        if units in tried or not units or (i and time.monotonic() > deadline):
             break
         tried.add(units)
         batch = _profile(graph, tools, whole, {"split": tools.target_for(units)}, feeds, threads, workdir)
         # the CPU's load changes between batches: bring each domain's numbers back to the first batch's scale
-        k_float = found.float_us / max(batch["float"].kernel_us, 1e-9)
+        k_float = first["float"].kernel_us / max(batch["float"].kernel_us, 1e-9)
         k_int8 = first["whole"].kernel_us / max(batch["whole"].kernel_us, 1e-9)
         measured = _scaled(batch["split"], units, k_float, k_int8)
         model.observe(units, measured)

@@ -4,6 +4,7 @@ onnxruntime renames what it rewrites, so an event is placed by these rules, in o
 
 - the float model's own node name (a float kernel, a ``QLinearAdd`` that kept the ``Add``'s name);
 - ``<node>_token_<n>``: a node made by a fusion (``QLinearConv`` from ``DequantizeLinear → Conv → QuantizeLinear``);
+- ``<node>/<Fusion>/``: a fusion named under its first node (``.../Mul/QuickGeluFusion/``: SiLU);
 - ``<tensor>_nchwc``: x86's blocked-layout float conv, named after the tensor it computes
   (with a fused activation, the activation's output: the unit holds both);
 - an output tensor of the float model: the node that computes it;
@@ -53,6 +54,11 @@ def owner(name: str, outputs: tuple[str, ...], graph: FloatGraph) -> str | None:
     m = _TOKEN.match(name)
     if m and m.group(1) in graph.unit_of:
         return m.group(1)
+    base = name
+    for _ in range(3):  # a fusion named under its first node: ".../Mul/QuickGeluFusion/" is SiLU's Sigmoid + Mul
+        base = base.rstrip("/").rpartition("/")[0]
+        if base in graph.unit_of:
+            return base
     if name.endswith("_nchwc") and name[: -len("_nchwc")] in graph.producer:
         return graph.producer[name[: -len("_nchwc")]]
     for o in outputs:
