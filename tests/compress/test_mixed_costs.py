@@ -105,13 +105,14 @@ def test_profile_events_are_placed_on_layers_and_borders_by_name_and_by_the_run_
            RunNode("dw_out_nchwc", "Conv", ("stem_relu",), ("dw_out_nchwc",)),
            RunNode("ReorderOutput_token_9", "ReorderOutput", ("dw_out_nchwc",), ("dw_out",)),
            RunNode("se/scale", "QLinearMul", ("a", "b"), ("se_out_q",)),
+           RunNode("pw_hswish/HardSwishFusion/", "HardSwish", ("pw_out",), ("fused_out",)),
            RunNode("MysteryOp_12", "Einsum", ("zz",), ("yy",))]
     us = {"x_QuantizeLinear": 10.0, "Transpose": 5.0, "stem_token_3": 40.0, "stem_relu_DequantizeLinear": 7.0, "dw_out_nchwc": 30.0,
-          "ReorderOutput_token_9": 3.0, "se/scale": 2.0, "MysteryOp_12": 1.0}
+          "ReorderOutput_token_9": 3.0, "se/scale": 2.0, "pw_hswish/HardSwishFusion/": 4.0, "MysteryOp_12": 1.0}
     ops = {n.name: n.op_type for n in run}
     prof = parse_events(_events(us, ops, {"stem_token_3", "se/scale"}), {n.name: n for n in run})
     c = map_profile(g, prof)
-    assert c.unit_us == {"stem": 40.0, "dw": 30.0, "se/scale": 2.0}
+    assert c.unit_us == {"stem": 40.0, "dw": 30.0, "se/scale": 2.0, "pw": 4.0}  # a fusion named under its first node
     assert c.edge_us == {"x": 15.0, "stem_relu": 7.0, "dw_out": 3.0}  # the Transpose walks up to x; the reorder to dw's output
     assert c.int8_units == {"stem", "se/scale"} and c.unmapped_us == 1.0
 
