@@ -190,14 +190,16 @@ def build(
         return
     with _quiet():
         if cand.kind is Kind.DYNAMIC:
+            # the dynamic quantizer first rewrites each Gemm as "<name>_MatMul" + "<name>_Add", then matches names
+            renamed = [f"{n}_{op}" for n in exclude for op in ("MatMul", "Add")]
             quantize_dynamic(
                 str(model_path), str(out_path),
                 op_types_to_quantize=list(cand.op_types) if cand.op_types else None,
-                per_channel=cand.per_channel, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                per_channel=cand.per_channel, weight_type=QuantType.QInt8, nodes_to_exclude=[*exclude, *renamed],
                 extra_options={"MatMulConstBOnly": True},
             )
             if cand.int8_leftovers:
-                _int8_leftovers(out_path, exclude)
+                _int8_leftovers(out_path, (*exclude, *renamed))
             return
         if calib is None:
             raise InputError("static quantization needs calibration data (--data)")

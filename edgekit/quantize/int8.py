@@ -121,8 +121,7 @@ def _extra(r: CandidateResult) -> dict:
     """What the manifest keeps about the artifact's candidate: its name and, for a mixed one, which layers stayed float."""
     extra: dict = {"candidate": r.candidate.name}
     if r.candidate.nodes is not None:
-        extra["mixed"] = {"split": r.split, "int8_nodes": len(r.candidate.nodes),
-                          "float_layers": [f["layer"] for f in r.float_layers]}
+        extra["mixed"] = {"split": r.split, "int8_layers": r.int8_layers, "float_layers": [f["layer"] for f in r.float_layers]}
     return extra
 
 

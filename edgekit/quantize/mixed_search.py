@@ -134,6 +134,7 @@ def _finalists(splits: _Splits, found: dict[str, FormSearch], allowed: list[str]
             r, units, lossy = _make_accurate(splits, found[form].model, allowed, r, units, errors, (name, label))
         if r.status == "ok":
             r.float_layers = explain(splits.graph, found[form].model, units, excluded=excluded, too_lossy=lossy)
+            r.int8_layers = [u for u in splits.graph.units if u in units]
         out.append(r)
     return out
 

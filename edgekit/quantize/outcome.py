@@ -34,6 +34,7 @@ class CandidateResult:
     ort_size_bytes: int = 0
     split: str = ""  # a mixed candidate: the split it came from ("cost model (.onnx)", "1x1 convs only", ...)
     float_layers: list[dict[str, Any]] = field(default_factory=list)  # a mixed candidate: the layers left float, and why
+    int8_layers: list[str] = field(default_factory=list)  # a mixed candidate: the layers quantized (what --exclude names)
 
     @property
     def is_int8(self) -> bool:
@@ -68,6 +69,8 @@ class CandidateResult:
         d["quality"] = self.quality.to_dict() if self.quality else None
         d["quantized_share"] = round(self.stats.quantized_share, 4) if self.stats else None
         d["accepted"] = self.accepted
+        if self.int8_layers:
+            d["int8_layers"] = self.int8_layers
         if self.float_layers:
             d["float_layers"] = self.float_layers
         d["build_and_check_s"] = round(self.seconds, 2)

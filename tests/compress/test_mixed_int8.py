@@ -104,3 +104,20 @@ def test_a_recipe_objective_reaches_the_options_and_the_flag_overrides_it(tmp_pa
     flagged = recipe.with_overrides([Override("--objective", ("objective",), "latency")])
     assert flagged.objective == "latency" and flagged.document()["objective"] == "latency"
     assert json.loads(json.dumps(flagged.document()))["resolved_from"]["overrides"] == {"--objective": "latency"}
+
+
+def test_exclude_keeps_a_layer_float_in_what_ships(tmp_path, mlp_model, mlp_data):
+    # objective size: an int8 model ships whatever this CPU times, so what --exclude left float can be read off it
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["compress", "--int8", "--objective", "size", "--exclude", "fc2", "--data", str(mlp_data), "-o", str(out),
+                                   str(mlp_model)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    search = load_manifest(out).raw["steps"][0]["result"]["search"]
+    shipped = onnx.load(str(out / "mlp.int8.onnx"))
+    float_weights = [t for t in shipped.graph.initializer if t.data_type == TensorProto.FLOAT and list(t.dims) == [64, 4]]
+    assert float_weights, f"fc2's weight stays float in what ships ({search['chosen']})"
+    # every int8 candidate left it float, whatever its quantizer calls the node (the dynamic one splits Gemm into MatMul + Add)
+    assert all(c["quantized_share"] < 0.9 for c in search["candidates"] if c["status"] == "ok" and c["kind"] != "float")
+    for c in search["candidates"]:
+        if c["status"] == "ok" and c.get("float_layers"):
+            assert {"layer": "fc2", "why": "--exclude"}.items() <= next(f for f in c["float_layers"] if f["layer"] == "fc2").items()
