@@ -275,7 +275,7 @@ def _splits(search: dict[str, Any]) -> str:
     """The float/int8 splits the per-layer search priced, per form: the measured alternatives."""
     rows = []
     for form, found in (search.get("mixed") or {}).items():
-        for sp in found.get("splits", []):
+        for sp in (found.get("splits", []) if isinstance(found, dict) else []):  # {"failed": "..."} when the search could not run
             rows.append(f'<tr><td class="text">.{escape(form)}</td><td class="text">{escape(sp["name"])}</td><td>{sp["int8_layers"]}</td>'
                         f'<td>{_num(sp.get("predicted_ratio"), ".2f")}×</td></tr>')
     if not rows:
