@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 import onnx
+from device_agent.contract.manifest import file_sha256
 
-from device_agent.manifest import file_sha256
 from device_agent.runtime import BackendError, open_backend
 from edgekit.choices import Format
 from edgekit.errors import ExportError

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from device_agent.contract.manifest import Manifest, TensorSpec
 
-from device_agent.manifest import Manifest, TensorSpec
 from device_agent.runtime import BackendError, OrtBackend, open_backend
 from edgekit.artifacts import check_artifact, export_all, warn_slower
 from edgekit.choices import Format, Precision

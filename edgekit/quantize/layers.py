@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from device_agent.contract.manifest import TensorSpec
 from onnx import helper
 
-from device_agent.manifest import TensorSpec
 from edgekit.data import Dataset
 from edgekit.export.compact import restore_names
 

@@ -9,9 +9,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from device_agent.contract.manifest import load_manifest
 from onnx import TensorProto, helper, numpy_helper
 
-from device_agent.manifest import load_manifest
 from edgekit.cli.main import cli
 from edgekit.export.compact import NAMES_KEY, compact, restore_names
 from tests.conftest import build_mlp

@@ -12,9 +12,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from device_agent.contract.manifest import load_manifest
 from onnx import TensorProto, helper, numpy_helper
 
-from device_agent.manifest import load_manifest
 from edgekit.choices import Objective
 from edgekit.cli.main import cli
 from edgekit.onnx_model import weight_stats

@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from device_agent.contract.manifest import load_manifest
 from onnx import TensorProto, helper, numpy_helper
 from pydantic import ValidationError
 
-from device_agent.manifest import load_manifest
 from edgekit.choices import Objective
 from edgekit.cli.main import cli
 from edgekit.errors import RecipeError

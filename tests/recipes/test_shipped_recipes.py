@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from device_agent.contract.manifest import load_manifest
 
-from device_agent.manifest import load_manifest
 from edgekit.cli.main import cli
 from edgekit.pipeline import STEPS
 from edgekit.recipes import RECIPES_DIR, load_recipe, recipe_comment, shipped_recipes
