@@ -32,7 +32,7 @@ from edgekit.manifest import build_manifest
 from edgekit.onnx_model import int_input_ranges, io_specs, load_onnx
 from edgekit.options import CompressOptions
 from edgekit.origin import Front, judge_artifacts, open_front, raw_inputs
-from edgekit.pipeline import Context, StepConfig, StepSpec, file_tag, get_step, validate_step
+from edgekit.pipeline import Context, FormatModel, StepConfig, StepSpec, file_tag, get_step, validate_step
 from edgekit.profile import drift_profile, selftest_inputs
 from edgekit.recipes import Recipe, check_data, evaluate_gates, raise_on_failed_gates
 from edgekit.reference import Reference
@@ -141,7 +141,7 @@ class _Stepped:
     float_model: onnx.ModelProto  # the last float model: the TFLite exporter quantizes it with its own converter
     records: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
-    format_models: dict[Format, tuple[onnx.ModelProto, dict[str, Any]]] = field(default_factory=dict)
+    format_models: dict[Format, FormatModel] = field(default_factory=dict)
     failed_bound: str | None = None
 
 
@@ -198,7 +198,8 @@ def _data(data: str | Path | None, inputs: tuple[TensorSpec, ...], opts: Compres
 
 def _run_steps(run: _Run, configs: list[tuple[StepSpec, StepConfig]], workdir: Path) -> _Stepped:
     """Each step on the previous one's model; a later step that changes the model makes earlier per-format models stale."""
-    ctx = Context(run.ref, workdir, threads=run.opts.threads, train_data=run.ref.calib_data, log=run.log, formats=run.opts.formats)
+    ctx = Context(run.ref, workdir, threads=run.opts.threads, train_data=run.ref.calib_data, log=run.log, formats=run.opts.formats,
+                  objective=run.opts.objective)
     s = _Stepped(run.front.model, Precision.FP32, run.front.model)
     for spec, cfg in configs:
         outcome = get_step(spec.name)(s.model, cfg, ctx)

@@ -25,7 +25,11 @@ _PER_CHANNEL = {"auto": None, "per-channel": True, "per-tensor": False}
 
 @click.command(context_settings={"max_content_width": 110})
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--int8", "int8", is_flag=True, help="int8 quantization (static with --data, else dynamic/weight-only), fastest accurate candidate on this CPU.")
+@click.option("--int8", "int8", is_flag=True, help="int8 quantization, measured on this CPU: static with --data (whole-model and per-layer "
+              "mixed candidates), else dynamic/weight-only; the float model is a candidate too.")
+@click.option("--objective", type=click.Choice(["balanced", "latency", "size"]), default="balanced", show_default=True,
+              help="Which accurate int8 candidate ships: balanced = the fastest within 0.35x the fp32 size, else the smallest "
+                   "not slower than fp32; latency = the fastest; size = the smallest, even if slower than fp32.")
 @click.option("--fp16", "fp16", is_flag=True, help="float16 weights and compute; fp32 inputs/outputs kept.")
 @click.option("--data", type=click.Path(path_type=Path),
               help=".npz (arrays named after inputs, optional 'labels'), .npy, an image folder, or a table (.csv, .parquet) for a scikit-learn pipeline.")
@@ -147,12 +151,14 @@ def _options(o: dict[str, Any], steps: list[StepSpec], formats: tuple[str, ...],
     from edgekit.options import CompressOptions
 
     tflite = TfliteConfig(io=o["tflite_io"], calib_samples=o["calib_samples"], per_channel=_PER_CHANNEL[o["tflite_weights"]])
+    # a recipe's objective, or --objective (given with a recipe, the flag has already overridden the recipe's)
+    objective = plan.recipe.objective if plan and plan.recipe.objective else o["objective"]
     return CompressOptions(
         steps=tuple(steps), formats=formats, export=ExportOptions(tflite=tflite), eval_data=o["eval_data"],
         output=o["output"] or default_output(source.base, steps), force=o["force"], name=o["name"], version=o["version"],
         data_desc=o["data_desc"], image_spec=ImageSpec.from_file(o["preprocess"]) if o["preprocess"] else None,
         data_layout=o["data_layout"], threads=o["threads"], max_eval_samples=o["max_eval_samples"], allow_mismatch=o["allow_mismatch"],
-        recipe=plan.recipe if plan else None, origin=source.describe(o["weights"]), origin_check=source.check, label=o["label"],
+        recipe=plan.recipe if plan else None, origin=source.describe(o["weights"]), origin_check=source.check, label=o["label"], objective=objective,
         input_shapes=source.input_shapes,
     )
 

@@ -70,9 +70,6 @@ def export_ort(source: ExportSource, out_dir: Path, stem: str, config: OrtConfig
     extra = dict(onnx_artifact.extra)
     extra.pop(NAMES_KEY, None)  # same names as its parent .onnx, whose record keeps the mapping
     extra["required_operators"] = side[0].name if side else None
-    # the .ort is saved fully optimized; load-time options such as QDQ folding are already applied or not needed
-    if extra.pop("session_config", None):
-        extra["weight_only"] = True
     return [ExportedArtifact(dst, Format.ORT, onnx_artifact.precision, onnx_artifact.inputs, onnx_artifact.outputs,
                              parent=onnx_artifact.path.name, extra=extra, side_files=side)]
 

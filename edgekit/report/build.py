@@ -228,12 +228,12 @@ def _artifact_stats(result: CompressResult, a: ArtifactResult, by_file: dict, pa
 
 
 def _compress_layers(result: CompressResult, notes: list[str]) -> dict[str, Any]:
-    from edgekit.report.layers import MAX_SAMPLES, measure_layers
+    from edgekit.quantize.layers import MAX_SAMPLES, measure_layers
 
     out: dict[str, Any] = {}
     data = result.eval_data
     for a in result.artifacts:
-        if a.exported.format != "onnx" or a.exported.precision != "int8":
+        if a.exported.format != "onnx" or a.exported.precision not in ("int8", "mixed"):
             continue
         if data is None:
             notes.append(f"per-layer error of {a.file} needs the evaluation data; not computed")
@@ -257,11 +257,11 @@ def _changed(result: CompressResult) -> bool:
 
 
 def _compare_layers(entries: list[Entry], data: Dataset, inputs: tuple[TensorSpec, ...], threads: int, notes: list[str]) -> dict:
-    from edgekit.report.layers import MAX_SAMPLES, measure_layers
+    from edgekit.quantize.layers import MAX_SAMPLES, measure_layers
 
     base = entries[0]
     out: dict[str, Any] = {}
-    candidates = [e for e in entries[1:] if e.format == "onnx" and e.precision == "int8"]
+    candidates = [e for e in entries[1:] if e.format == "onnx" and e.precision in ("int8", "mixed")]
     if not candidates:
         return out
     if base.format != "onnx" or base.precision not in ("fp32", "fp16"):

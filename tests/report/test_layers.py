@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.data import Dataset
 from edgekit.onnx_model import io_specs
-from edgekit.report.layers import layer_errors
+from edgekit.quantize.layers import layer_errors
 
 
 def _three_layers(path) -> None:
@@ -98,9 +98,8 @@ def test_an_unquantized_copy_has_no_error_and_unrelated_models_match_nothing(thr
 
 def test_large_activations_shrink_the_batch_and_the_samples(three, monkeypatch):
     """PP-OCR's detector exposes 281 MB of intermediate tensors per sample: batches and sample counts follow a byte budget."""
-    from onnxruntime.quantization import QuantFormat
-
     import edgekit.report.layers as layers
+    from onnxruntime.quantization import QuantFormat
 
     d, x = three
     inputs, _ = io_specs(onnx.load(d / "f.onnx"))
