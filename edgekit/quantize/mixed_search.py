@@ -140,8 +140,6 @@ def _finalists(splits: _Splits, found: dict[str, FormSearch], allowed: list[str]
 
 
 def _check_built(splits: _Splits, name: str, units: frozenset[str], label: str) -> CandidateResult:
-    from edgekit.quantize.search import check
-
     cand = splits.candidate(name, units, label)
     bench, built = splits.bench, splits.built[units]
     target = bench.workdir / f"{name}.onnx"
@@ -149,7 +147,7 @@ def _check_built(splits: _Splits, name: str, units: frozenset[str], label: str) 
         target.write_bytes(built.read_bytes())
         if built in bench.ort_files:  # converted while profiling as .ort: the same model
             bench.ort_files[target] = bench.ort_files[built]
-    return check(bench, cand, split=label)
+    return bench.check(cand, split=label)
 
 
 def _make_accurate(splits: _Splits, model: CostModel, allowed: list[str], r: CandidateResult, units: frozenset[str],

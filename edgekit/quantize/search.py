@@ -101,6 +101,10 @@ class Workbench:
                   method=self.settings.method, cache=self.cache, exclude=self.settings.exclude)
         return out
 
+    def check(self, cand: Candidate, *, source: Path | None = None, split: str = "") -> CandidateResult:
+        """:func:`check` on this bench (the per-layer search calls it without importing this module)."""
+        return check(self, cand, source=source, split=split)
+
     def ort_of(self, onnx_path: Path) -> Path:
         """The ``.ort`` of a built ``.onnx`` (converted once), as the ``.ort`` exporter converts it."""
         if onnx_path not in self.ort_files:
