@@ -58,10 +58,10 @@ class OrtBackend:
         if self.path.suffix == ".ort":
             # ORT-format models are already optimized for the reduced build; keep them as saved.
             opts.add_session_config_entry("session.load_model_format", "ORT")
-        # e.g. weight-only int8 artifacts ask ORT to fold their DequantizeLinear at load time
-        config = dict((artifact.extra.get("session_config") if artifact else None) or {})
-        config.update(session_config or {})
-        for key, value in config.items():
+        # only what the caller passes: a manifest's own session flags are not honoured (older edgekit wrote
+        # session.disable_quant_qdq for weight-only int8), so the device runs an artifact exactly as the plain
+        # InferenceSession it was judged in, and as any other program on the device would open it
+        for key, value in (session_config or {}).items():
             opts.add_session_config_entry(str(key), str(value))
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])

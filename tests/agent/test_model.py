@@ -78,11 +78,13 @@ def test_nhwc_artifact_answers_source_layout_requests_like_the_nchw_one(digits, 
     np.testing.assert_allclose(ya, yb, rtol=1e-5, atol=1e-5)
 
 
-def test_session_config_from_the_manifest_reaches_onnxruntime(tmp_path):
-    d = write_model_dir(two_input_model(), tmp_path / "m", extra={"session_config": {"session.not_a_real_key": "1"}})
-    # ORT ignores unknown keys but keeps them in the session options: prove they were applied
-    m = load_model(d)
-    assert m.backend.session.get_session_options().get_session_config_entry("session.not_a_real_key") == "1"
+def test_session_flags_in_a_manifest_are_not_honoured(tmp_path):
+    """The device opens an artifact as the plain InferenceSession it was judged in (older manifests carry
+    session.disable_quant_qdq): a flag in the manifest must not change how it runs."""
+    d = write_model_dir(two_input_model(), tmp_path / "m", extra={"session_config": {"session.disable_quant_qdq": "1"}})
+    options = load_model(d).backend.session.get_session_options()
+    with pytest.raises(RuntimeError):  # onnxruntime: no such entry in these options
+        options.get_session_config_entry("session.disable_quant_qdq")
 
 
 def test_bare_onnx_file_serves_with_its_own_signature(digits):
