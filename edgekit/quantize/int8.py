@@ -9,6 +9,7 @@ from edgekit.choices import Format, Precision
 from edgekit.errors import RecipeError
 from edgekit.onnx_model import fold_constants, upgrade_opset, weight_stats
 from edgekit.pipeline import Context, FormatModel, StepConfig, StepOutcome, step
+from edgekit.preprocess import PREFIX as PREPROCESS_PREFIX
 from edgekit.quantize.candidates import CalibrationMethod, Candidate, Kind, candidates_for, pre_process
 from edgekit.quantize.graph import name_nodes
 from edgekit.quantize.outcome import CandidateResult, SearchResult
@@ -56,8 +57,11 @@ def int8(model: onnx.ModelProto, config: Int8Config, ctx: Context) -> StepOutcom
     cands = _candidates(pre, config, use_static, onnx_ships)
     if not use_static:
         ctx.log.say("no calibration data: trying dynamic and weight-only int8. Calibration data (--data) gives a faster, more accurate model")
+    # baked image preprocessing (Cast, Resize, Sub/Div on uint8 pixels) stays float: int8 there adds Q/DQ pairs and
+    # rounding in front of the first layer and saves no weights; a Resize of any size breaks static int8 outright
+    baked = tuple(n.name for n in pre.graph.node if n.name.startswith(PREPROCESS_PREFIX) and n.name not in config.exclude)
     settings = SearchSettings(max_drop=config.max_drop, method=config.calibration, threads=ctx.threads, time_budget_s=config.search_time,
-                              exclude=config.exclude, ort=Format.ORT in ctx.formats, objective=ctx.objective,
+                              exclude=(*config.exclude, *baked), ort=Format.ORT in ctx.formats, objective=ctx.objective,
                               mixed=config.mixed and onnx_ships)
     result = search(fp32_path, cands, ctx.ref, calib_data=calib.subset(config.calib_samples) if calib is not None else None,
                     settings=settings, workdir=work, on_progress=ctx.log.progress)

@@ -11,10 +11,12 @@ from PIL import Image
 
 from device_agent.contract.manifest import load_manifest
 from device_agent.runtime.model import load_model
+from edgekit.choices import Objective
 from edgekit.compress import compress
 from edgekit.errors import DataError
 from edgekit.onnx_model import io_specs
 from edgekit.options import CompressOptions
+from edgekit.pipeline import StepSpec
 from edgekit.preprocess.bake import bake
 from edgekit.preprocess.pillow import fit_raw, reference_input
 from edgekit.preprocess.spec import ImageSpec
@@ -95,3 +97,28 @@ def test_spec_errors_name_the_key():
         ImageSpec.from_dict({"interpolation": "lanczos"})
     with pytest.raises(DataError, match=r"raw_size is \[0, 5\]; give two positive whole numbers \[H, W\]"):
         ImageSpec.from_dict({"raw_size": [0, 5]})
+
+
+@pytest.mark.parametrize("raw_size", [None, [300, 400]])
+def test_int8_keeps_the_baked_preprocessing_float(tmp_path, raw_size):
+    """Static int8 of a model with its preprocessing baked in: the edgekit_pre/ ops stay float (a Resize of any size
+    breaks static int8; int8 pixels would only add rounding), the network behind them is quantized."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, img in _photos().items():
+        Image.fromarray(img).save(photos / f"{name}.png")
+    onnx.save(_cnn(), str(tmp_path / "cnn.onnx"))
+    spec = ImageSpec.from_dict({"resize_short": 36, "center_crop": [32, 32], **NORM, "raw_size": raw_size})
+    opts = CompressOptions(image_spec=spec, steps=[StepSpec("int8", {"max_drop": 100.0, "mixed": False})], formats=("onnx",),
+                           objective=Objective.SIZE, output=tmp_path / "out")
+    result = compress(tmp_path / "cnn.onnx", photos, opts)
+    m = load_manifest(result.output)
+    art = next(a for a in m.artifacts if a.format == "onnx")
+    assert art.precision in ("int8", "mixed"), art.precision
+    model = onnx.load(str(result.output / art.file))
+    pre_ops = {n.op_type for n in model.graph.node if n.name.startswith("edgekit_pre/")}
+    assert pre_ops and not pre_ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "DynamicQuantizeLinear"}, pre_ops
+    assert any(n.op_type in ("QLinearConv", "ConvInteger", "DequantizeLinear", "QLinearMatMul", "MatMulInteger") for n in model.graph.node)
+    assert m.inputs[0].dtype == "uint8"
+    parity = m.metrics[art.file]["origin_parity"]
+    assert parity["ok"], parity
