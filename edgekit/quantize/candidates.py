@@ -10,8 +10,10 @@ keeps the best for the objective (:mod:`edgekit.quantize.search`). A candidate i
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
+import platform
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -205,7 +207,7 @@ def build(
                 str(model_path), str(out_path),
                 op_types_to_quantize=list(cand.op_types) if cand.op_types else None,
                 per_channel=cand.per_channel, weight_type=QuantType.QInt8, nodes_to_exclude=[*exclude, *renamed],
-                extra_options={"MatMulConstBOnly": True},
+                reduce_range=seven_bit_weights(), extra_options={"MatMulConstBOnly": True},
             )
             if cand.int8_leftovers:
                 _int8_leftovers(out_path, (*exclude, *renamed))
@@ -220,6 +222,7 @@ def build(
             per_channel=cand.per_channel,
             activation_type=QuantType.QUInt8 if cand.activations == "u8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
+            reduce_range=seven_bit_weights(),
             nodes_to_exclude=list(exclude),
             nodes_to_quantize=list(cand.nodes) if cand.nodes is not None else None,
             calibrate_method=ort_method,
@@ -228,6 +231,21 @@ def build(
         )
     if cand.nodes is None:  # a mixed model's float layers stay float: that is the point of it
         _int8_leftovers(out_path, exclude)
+
+
+@functools.cache
+def seven_bit_weights() -> bool:
+    """Whether int8 weights get 7 bits (ORT's ``reduce_range``) on this machine: on an x86-64 CPU without VNNI,
+    onnxruntime's u8 x s8 kernels add pairs of products in int16 (VPMADDUBSW) and saturate with 8-bit weights, so
+    the int8 model measured here would give other numbers than the same file on an ARM device or a VNNI CPU (the
+    self-test the agent runs would fail there). With 7-bit weights no pair saturates: every CPU computes the same."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return True  # unknown x86: the safe choice
+    return not any(f in flags for f in (" avx512_vnni", " avx_vnni", " amx_int8"))
 
 
 def _int8_leftovers(path: Path, exclude: tuple[str, ...]) -> None:

@@ -10,7 +10,7 @@ from edgekit.errors import RecipeError
 from edgekit.onnx_model import fold_constants, upgrade_opset, weight_stats
 from edgekit.pipeline import Context, FormatModel, StepConfig, StepOutcome, step
 from edgekit.preprocess import PREFIX as PREPROCESS_PREFIX
-from edgekit.quantize.candidates import CalibrationMethod, Candidate, Kind, candidates_for, pre_process
+from edgekit.quantize.candidates import CalibrationMethod, Candidate, Kind, candidates_for, pre_process, seven_bit_weights
 from edgekit.quantize.graph import name_nodes
 from edgekit.quantize.outcome import CandidateResult, SearchResult
 from edgekit.quantize.search import SearchSettings, search
@@ -57,18 +57,14 @@ def int8(model: onnx.ModelProto, config: Int8Config, ctx: Context) -> StepOutcom
     cands = _candidates(pre, config, use_static, onnx_ships)
     if not use_static:
         ctx.log.say("no calibration data: trying dynamic and weight-only int8. Calibration data (--data) gives a faster, more accurate model")
-    # baked image preprocessing (Cast, Resize, Sub/Div on uint8 pixels) stays float: int8 there adds Q/DQ pairs and
-    # rounding in front of the first layer and saves no weights; a Resize of any size breaks static int8 outright
-    baked = tuple(n.name for n in pre.graph.node if n.name.startswith(PREPROCESS_PREFIX) and n.name not in config.exclude)
-    settings = SearchSettings(max_drop=config.max_drop, method=config.calibration, threads=ctx.threads, time_budget_s=config.search_time,
-                              exclude=(*config.exclude, *baked), ort=Format.ORT in ctx.formats, objective=ctx.objective,
-                              mixed=config.mixed and onnx_ships)
+    settings = _settings(config, ctx, pre, mixed=config.mixed and onnx_ships)
     result = search(fp32_path, cands, ctx.ref, calib_data=calib.subset(config.calib_samples) if calib is not None else None,
                     settings=settings, workdir=work, on_progress=ctx.log.progress)
     record = {
         "constants_folded": n_folded,
         **({"opset_upgraded": {"from": old_opset, "to": 13, "why": "per-channel int8 needs opset 13"}} if old_opset else {}),
         "pre_process": pre_note,
+        **({"weights_7bit": SEVEN_BIT_WHY} if seven_bit_weights() else {}),
         "calibration": str(config.calibration) if use_static else None,
         "calibration_samples": min(config.calib_samples, calib.n) if calib is not None else 0,
         "search": result.to_dict(),
@@ -96,6 +92,19 @@ def int8(model: onnx.ModelProto, config: Int8Config, ctx: Context) -> StepOutcom
         format_models[Format.TFLITE] = FormatModel(onnx.load(str(whole.path)), Precision.INT8, _extra(whole))
     return StepOutcome(quantized, _precision(chosen, after.quantized_share), record, artifact_extra=_extra(chosen),
                        failed_bound=None if result.met_bound else result.why, format_models=format_models)
+
+
+#: what the int8 record says when this machine quantizes weights to 7 bits (:func:`seven_bit_weights`)
+SEVEN_BIT_WHY = ("x86-64 without VNNI: 8-bit weights would saturate onnxruntime's u8 x s8 kernels here and give other numbers "
+                 "than an ARM device; 7-bit weights compute the same everywhere")
+
+
+def _settings(config: Int8Config, ctx: Context, pre: onnx.ModelProto, *, mixed: bool) -> SearchSettings:
+    # baked image preprocessing (Cast, Resize, Sub/Div on uint8 pixels) stays float: int8 there adds Q/DQ pairs and
+    # rounding in front of the first layer and saves no weights; a Resize of any size breaks static int8 outright
+    baked = tuple(n.name for n in pre.graph.node if n.name.startswith(PREPROCESS_PREFIX) and n.name not in config.exclude)
+    return SearchSettings(max_drop=config.max_drop, method=config.calibration, threads=ctx.threads, time_budget_s=config.search_time,
+                          exclude=(*config.exclude, *baked), ort=Format.ORT in ctx.formats, objective=ctx.objective, mixed=mixed)
 
 
 def _candidates(pre: onnx.ModelProto, config: Int8Config, use_static: bool, onnx_ships: bool) -> list[Candidate]:
