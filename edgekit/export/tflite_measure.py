@@ -76,7 +76,7 @@ class Judge:
         parity = ref.parity(float_out, outs, self.precision, tolerance=self.tolerance)
         return quality.to_dict(), parity, bool(parity["ok"])
 
-    def latency(self, paths: dict[str, Path], *, rounds: int = 200, budget_s: float = 8.0, min_rounds: int = 20) -> dict[str, float]:
+    def latency(self, paths: dict[str, Path], *, rounds: int = 200, budget_s: float = 6.0, min_rounds: int = 15) -> dict[str, float]:
         """p50 ms of each file, timed round-robin (one call each per round) after a warm-up."""
         backends = {k: self.backend(p) for k, p in paths.items()}
         clock = time.thread_time if self.threads == 1 else time.perf_counter

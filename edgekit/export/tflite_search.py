@@ -41,7 +41,7 @@ __all__ = ["MAX_ROUNDS", "SearchContext", "SearchOutcome", "search"]
 #: local-move rounds after the first candidates
 MAX_ROUNDS = 3
 #: single op types tried on their own, the slowest in int8 first
-MAX_TYPES = 4
+MAX_TYPES = 3
 #: finalists re-timed together before the choice
 FINALISTS = 4
 #: the error path keeps at most a quarter of the ops float, and at least tries this many
@@ -256,7 +256,7 @@ def _finals(ctx: SearchContext, variants: list[Variant], baseline: Variant) -> S
             finalists.append(chosen)
         ctx.progress(f"tflite int8: re-timing {len(finalists)} finalists", 0.85)
         p50 = ctx.judge.latency({"float": ctx.float_path, **{str(i): Path(v.facts["path"]) for i, v in enumerate(finalists)}},
-                                rounds=400, budget_s=15.0, min_rounds=40)
+                                rounds=400, budget_s=10.0, min_rounds=25)
         for i, v in enumerate(finalists):
             v.p50_ms, v.base_ms = p50[str(i)], p50["float"]
         baseline.p50_ms = baseline.base_ms = p50["float"]

@@ -8,7 +8,8 @@ the rule every int8 .tflite is checked with (:func:`edgekit.evaluate.parity`).
 
 "As fast as the float .tflite" means a p50 no higher than the float's, or at most 5 µs higher
 (below that a difference is timing noise, as everywhere in edgekit). Among variants, latencies
-within 2 % (or 5 µs) of each other tie, and the smaller file wins the tie.
+within 2 % (or 5 µs) of each other tie, and the smaller file wins the tie (files within 1 % tie too, and
+then the variant with the fewest float ops wins).
 
 =========  ===================================================================================
 latency    the fastest accurate variant, the float .tflite included (never slower)
@@ -27,12 +28,14 @@ from typing import Any
 
 from edgekit.export.config import Objective
 
-__all__ = ["ABS_TIE_MS", "BALANCED_SIZE", "FAST_TIE", "Selection", "Variant", "as_fast", "select"]
+__all__ = ["ABS_TIE_MS", "BALANCED_SIZE", "FAST_TIE", "SIZE_TIE", "Selection", "Variant", "as_fast", "select"]
 
 #: p50 differences up to this many milliseconds are timing noise, whatever the model's latency
 ABS_TIE_MS = 0.005
 #: variants within this share of the fastest one's latency tie; the smaller file wins
 FAST_TIE = 0.02
+#: sizes within this share of each other tie (a float op's weights against its per-channel int8 parameters)
+SIZE_TIE = 0.01
 #: the balanced objective's size bound, as a share of the float .tflite
 BALANCED_SIZE = 0.35
 
@@ -141,10 +144,16 @@ def _balanced(ok: list[Variant], fast: list[Variant], baseline: Variant, none_fa
 
 
 def _fastest(vs: list[Variant]) -> Variant:
-    """The fastest of ``vs``; variants within FAST_TIE (or ABS_TIE_MS) of it tie and the smallest of them wins."""
+    """The fastest of ``vs``; variants within FAST_TIE (or ABS_TIE_MS) of it tie, and the smallest of them wins.
+
+    Sizes within SIZE_TIE of the smallest tie too, and then the variant with the fewest ops kept float wins:
+    a float op that buys nothing measurable is not worth shipping.
+    """
     top = min(vs, key=lambda v: (_ratio(v), v.size_bytes))
     near = [v for v in vs if _ratio(v) <= _ratio(top) * (1 + FAST_TIE) or (v.p50_ms or 0.0) - (top.p50_ms or 0.0) <= ABS_TIE_MS]
-    return min(near, key=lambda v: (v.size_bytes, _ratio(v)))
+    smallest = min(v.size_bytes for v in near)
+    small = [v for v in near if v.size_bytes <= smallest * (1 + SIZE_TIE)]
+    return min(small, key=lambda v: (len(v.deny_ops) + len(v.deny_nodes), v.size_bytes, _ratio(v)))
 
 
 def _ratio(v: Variant) -> float:
