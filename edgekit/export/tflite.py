@@ -107,15 +107,20 @@ def _describe(path: Path, result: dict[str, Any], conv: Conversion, source: Expo
     ref, mode = source.reference, conv.mode
     search = result.get("int8_search")
     precision = Precision(search["precision"]) if search else onnx_artifact.precision
-    io = TfliteIO.FLOAT if precision == Precision.FP32 else conv.io  # the float .tflite shipped: float I/O
+    shipped_float = bool(search) and precision == Precision.FP32  # the search shipped the float .tflite: float I/O
+    io = TfliteIO.FLOAT if shipped_float else conv.io
     quantized_io = io == TfliteIO.INT8
     calib_n = min(config.calib_samples, ref.calib_data.n) if mode == "int8" and ref.calib_data is not None else 0
-    quantization = QUANTIZATION[mode] if precision != Precision.FP32 else "none (every layer float: see int8_search)"
+    quantization = QUANTIZATION[mode]
+    if search and precision == Precision.FP32:
+        quantization = "none (every layer float: see int8_search)"
+    elif search and precision == Precision.MIXED:
+        quantization = "full-integer int8, some layers float"
     extra: dict[str, Any] = {
         "tflite": {
-            "quantization": quantization if precision != Precision.MIXED else "full-integer int8, some layers float",
+            "quantization": quantization,
             "io": str(io),
-            "weights": ("per-tensor" if config.per_channel is False else "per-channel") if mode == "int8" and precision != Precision.FP32 else None,
+            "weights": ("per-tensor" if config.per_channel is False else "per-channel") if mode == "int8" and not shipped_float else None,
             "converter": "TFLiteConverter (from the TensorFlow source)" if conv.tf_source else "onnx2tf + TFLiteConverter",
             "calibration_samples": calib_n,
             "ops": result.get("ops", {}),

@@ -7,6 +7,7 @@ import onnx
 
 from device_agent.manifest import load_manifest
 from edgekit.compress import CompressOptions, compress
+from edgekit.export import ExportOptions, TfliteConfig
 from edgekit.pipeline import StepSpec
 from tests.compress.test_onnx_rewrites import conv_model
 
@@ -15,7 +16,10 @@ def test_int8_tflite_of_a_stride_2_stem_gets_the_rewrite_and_passes_parity(tmp_p
     path = tmp_path / "stem.onnx"
     onnx.save(conv_model(size=32, head=True), str(path))
     np.savez(tmp_path / "data.npz", x=np.random.default_rng(2).random((64, 3, 32, 32)).astype(np.float32))
-    out = compress(path, tmp_path / "data.npz", CompressOptions(steps=[StepSpec("int8", {})], formats=("tflite",), output=tmp_path / "out")).output
+    # the whole-model int8 conversion (search=False): on a model this small the search may well ship the float .tflite
+    opts = CompressOptions(steps=[StepSpec("int8", {})], formats=("tflite",), output=tmp_path / "out",
+                           export=ExportOptions(tflite=TfliteConfig(search=False)))
+    out = compress(path, tmp_path / "data.npz", opts).output
     m = load_manifest(out)
     art = next(a for a in m.artifacts if a.format == "tflite")
     assert art.extra["tflite"]["onnx_rewrites"] == {"space_to_depth_stem": 1}
@@ -70,8 +74,6 @@ def test_hard_sigmoid_becomes_a_relu6_the_same_to_float_rounding():
 
 
 def test_int8_tflite_of_hard_swish_and_an_se_gate_has_no_op_xnnpack_lacks_in_int8(tmp_path):
-    from edgekit.export import ExportOptions, TfliteConfig
-
     path = tmp_path / "se.onnx"
     onnx.save(_se_block(), str(path))
     np.savez(tmp_path / "data.npz", x=np.random.default_rng(2).standard_normal((64, 3, 16, 16)).astype(np.float32))

@@ -110,3 +110,15 @@ def test_search_false_ships_the_whole_model_int8_conversion(tmp_path):
     art = load_manifest(compress(path, tmp_path / "data.npz", opts).output).artifact("softsign.int8.tflite")
     assert art.precision == "int8" and "int8_search" not in art.extra["tflite"]
     assert art.extra["tflite"]["quantization"] == "full-integer int8"
+
+
+def test_the_report_names_the_float_ops_and_every_variant(softsign):
+    import json
+
+    out, _, art = softsign
+    block = json.loads((out / "report.json").read_text())["tflite_int8"]
+    assert block["file"] == art.file and block["chosen"] == art.extra["tflite"]["int8_search"]["chosen"]
+    assert any(f["op"] == "DIV" and f["why"].startswith("slower in int8") for f in block["float_layers"])
+    assert [c["name"] for c in block["candidates"]][0] == "int8"
+    html = (out / "report.html").read_text()
+    assert "int8 .tflite: which ops stay float" in html and "✔ chosen" in html
