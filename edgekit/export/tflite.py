@@ -26,6 +26,15 @@ same for every precision, and shipped only if it computes bit-identical outputs.
 (``TfliteConfig(strip=False)``) keeps the names, e.g. to read the graph in Netron.
 ``extra["tflite"]["stripped"]`` records the converter's size beside the shipped one.
 
+A full-integer int8 conversion is never slower than the float .tflite by construction: LiteRT's
+XNNPACK delegate lacks int8 kernels for some ops (HARD_SWISH, DIV, SQRT, AVERAGE_POOL_2D, ...), and on
+a CPU without int8 dot products its int8 convolutions gain nothing. Ops with an exact int8-friendly form
+are rewritten first (:mod:`edgekit.export.tflite_plan`, :mod:`edgekit.export.tflite_prep`); then the
+model is calibrated once and quantized in variants that keep ops float, each checked for parity and
+timed against the float .tflite, and ``TfliteConfig.objective`` picks one
+(:mod:`edgekit.export.tflite_search`, :mod:`edgekit.export.tflite_select`). ``extra["tflite"]["int8_search"]``
+records every variant, which ops stayed float and why; ``search=False`` ships the whole-model conversion.
+
 Full-integer weights get per-channel scales (TFLiteConverter's default) or one scale per weight tensor,
 whichever is smaller while as accurate and as fast on the evaluation data: both are converted and
 measured (:mod:`edgekit.export.tflite_weights`). Per-tensor saves the float32 scale and int64 zero point

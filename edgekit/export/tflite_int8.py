@@ -32,7 +32,7 @@ DEBUG_SAMPLES = 32
 MAX_LISTED = 200
 
 
-def baseline_float(tf: Any, job: dict, saved: str, sample: dict[str, np.ndarray], *, in_perms: dict, workdir: Path,
+def baseline_float(tf: Any, job: dict[str, Any], saved: str, sample: dict[str, np.ndarray], *, in_perms: dict[str, Any], workdir: Path,
                    convert_fp32: Callable[[str], bytes]) -> Path:
     """The float .tflite (unstripped) every int8 variant is timed against, written under ``workdir``."""
     src = job.get("baseline")
@@ -49,8 +49,8 @@ def baseline_float(tf: Any, job: dict, saved: str, sample: dict[str, np.ndarray]
     return path
 
 
-def run_int8(tf: Any, saved: str, job: dict, *, gen: Callable[[], Iterator[dict[str, np.ndarray]]], names: dict,
-             in_perms: dict, out_perms: dict, float_path: Path, workdir: Path,
+def run_int8(tf: Any, saved: str, job: dict[str, Any], *, gen: Callable[[], Iterator[dict[str, np.ndarray]]], names: dict[str, Any],
+             in_perms: dict[str, Any], out_perms: dict[str, Any], float_path: Path, workdir: Path,
              progress: Callable[[str, float], None]) -> tuple[bytes, list[str], dict[str, Any], list[dict[str, Any]]]:
     """Calibrate, search, and return (chosen bytes, notes, the ``int8_search`` facts, per-tensor alternatives of the choice)."""
     progress("tflite int8: calibrating", 0.5)
@@ -91,11 +91,11 @@ def run_int8(tf: Any, saved: str, job: dict, *, gen: Callable[[], Iterator[dict[
     return blob if blob is not None else float_path.read_bytes(), notes, facts, alternatives
 
 
-def _record(job: dict, names: dict, in_perms: dict, out_perms: dict) -> Artifact:
+def _record(job: dict[str, Any], names: dict[str, Any], in_perms: dict[str, Any], out_perms: dict[str, Any]) -> Artifact:
     """The artifact record LiteRT backends open every variant with: artifact layout, signature names, int8 I/O."""
     int8_io = job.get("io") == "int8"
 
-    def spec(d: dict) -> TensorSpec:
+    def spec(d: dict[str, Any]) -> TensorSpec:
         return TensorSpec(d["name"], "int8" if int8_io and d["dtype"] == "float32" else d["dtype"], tuple(d["shape"]), d.get("layout"),
                           tuple(d["perm"]) if d.get("perm") else None)
 
@@ -104,7 +104,7 @@ def _record(job: dict, names: dict, in_perms: dict, out_perms: dict) -> Artifact
     return Artifact("variant.tflite", "tflite", "int8", 0, "0" * 64, "litert", ins, outs, {"tflite_names": names})
 
 
-def _debug_samples(calibrated: bytes, gen: Callable[[], Iterator[dict[str, np.ndarray]]], names: dict) -> list[list[np.ndarray]]:
+def _debug_samples(calibrated: bytes, gen: Callable[[], Iterator[dict[str, np.ndarray]]], names: dict[str, Any]) -> list[list[np.ndarray]]:
     """Up to DEBUG_SAMPLES calibration inputs as lists in the model's input order (what the quantization debugger feeds)."""
     from ai_edge_litert.interpreter import Interpreter
 
