@@ -46,6 +46,9 @@ MAX_TYPES = 3
 FINALISTS = 4
 #: the error path keeps at most a quarter of the ops float, and at least tries this many
 MIN_ERROR_OPS = 4
+#: an op's int8 error (RMS, in output quantization steps) above which it is a candidate for float: rounding
+#: alone gives 1/sqrt(12) = 0.29; TensorFlow's debugger guide calls 0.7 suspicious
+INACCURATE_STEPS = 0.5
 
 
 @dataclass
@@ -192,14 +195,16 @@ def _measure(ctx: SearchContext, variants: list[Variant], baseline: Variant, wha
 def _error_path(ctx: SearchContext, variants: list[Variant]) -> dict[str, float]:
     """The fewest worst-represented ops (1, 2, 4, ... up to a quarter of them) that, kept float, bring the int8 model within parity.
 
-    Beyond a quarter of the ops the model is mostly float: the float .tflite (or a variant that was
-    already accurate) is then the better answer, and the search stops looking.
+    Only ops whose own int8 error is well above rounding (``INACCURATE_STEPS``) are candidates; when the
+    error is spread over many ops, or needs more than a quarter of them float, the model is better off
+    as an accurate variant found by speed, or as the float .tflite, and the search stops looking.
     """
     ctx.progress("tflite int8: the int8 model is outside parity; ranking ops by int8 error", 0.65)
     if not ctx.samples:
         return {}
     errs = layer_errors(ctx.tf, ctx.calibrated, ctx.samples, per_channel=ctx.per_channel)
-    ranked = sorted(errs, key=lambda n: -errs[n])
+    # an op whose own error is its output's rounding (~0.29 steps) is not the problem: the error is spread over the model
+    ranked = [n for n in sorted(errs, key=lambda n: -errs[n]) if errs[n] >= INACCURATE_STEPS]
     limit = min(len(ranked), max(MIN_ERROR_OPS, len(ranked) // 4))
     k = 1
     while ranked:
