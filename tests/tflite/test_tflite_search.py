@@ -122,3 +122,40 @@ def test_the_report_names_the_float_ops_and_every_variant(softsign):
     assert [c["name"] for c in block["candidates"]][0] == "int8"
     html = (out / "report.html").read_text()
     assert "int8 .tflite: which ops stay float" in html and "✔ chosen" in html
+
+
+class _FakeJudge:
+    """Accurate exactly when the variant keeps ``needed`` float."""
+
+    def __init__(self, needed: set[str]) -> None:
+        self.needed, self.deny = needed, {}
+
+    def accuracy(self, path):
+        ok = self.needed <= self.deny[str(path)]
+        return {"drop_pts": 0.0}, {"ok": ok}, ok
+
+
+def test_the_error_path_keeps_float_the_fewest_worst_ops_and_never_rounding_level_ones(monkeypatch, tmp_path):
+    """Ops are kept float 1, 2, 4 ... at a time, worst first; ops at rounding-level error (0.29 steps) are never candidates."""
+    from edgekit.export import tflite_search
+    from edgekit.export.tflite_search import SearchContext
+    from edgekit.export.tflite_select import Variant
+
+    errs = {"conv_a": 2.0, "conv_b": 1.4, "mul_c": 0.9, "add_d": 0.6, **{f"ok{i}": 0.29 for i in range(40)}}
+    monkeypatch.setattr(tflite_search, "layer_errors", lambda *a, **k: errs)
+    judge = _FakeJudge({"conv_a", "conv_b", "mul_c"})
+
+    def build(self, name, deny_ops, deny_nodes, origin):
+        path = str(tmp_path / f"{name}.tflite")
+        judge.deny[path] = set(deny_nodes)
+        return Variant(name, deny_ops, deny_nodes, size_bytes=1, origin=origin, facts={"path": path})
+
+    monkeypatch.setattr(SearchContext, "build", build)
+    ctx = SearchContext(None, b"", per_channel=True, int8_io=False, work=tmp_path, judge=judge, float_path=tmp_path / "f.tflite",
+                        objective="balanced", samples=[[np.zeros(1)]])
+    variants: list = []
+    found = tflite_search._error_path(ctx, variants)  # noqa: SLF001
+    assert found == {"conv_a": 2.0, "conv_b": 1.4, "mul_c": 0.9, "add_d": 0.6}
+    assert [v.name for v in variants] == ["float 1 most inaccurate", "float 2 most inaccurate", "float 4 most inaccurate"]
+    judge.needed = {"ok3"}  # only a rounding-level op would help: not a candidate, nothing is kept float for accuracy
+    assert tflite_search._error_path(ctx, []) == {}  # noqa: SLF001
