@@ -65,7 +65,7 @@ def run_int8(tf: Any, saved: str, job: dict[str, Any], *, gen: Callable[[], Iter
     outcome = search(ctx)
     chosen = outcome.selection.chosen
     blob = outcome.blob(ctx)
-    notes = [outcome.selection.note] if outcome.selection.note else []
+    notes = ([outcome.selection.note] if outcome.selection.note else []) + ctx.notes
     whole = next(v for v in outcome.variants if v.name == "int8")
     leftover = [n.op for n in float_compute_ops(nodes(ctx.blobs[whole.facts["path"]]))]
     if leftover:
