@@ -104,7 +104,8 @@ def select(variants: list[Variant], baseline: Variant, objective: Objective | st
     objective = Objective(objective)
     ok = [v for v in variants if v.measured and v.accurate and not v.baseline]
     if not ok:
-        why = "no int8 variant passed parity with the float model" if any(v.measured for v in variants) else "no int8 variant could be measured"
+        judged = any(not v.error and v.accurate is not None for v in variants)
+        why = "no int8 variant passed parity with the float model" if judged else "no int8 variant could be built"
         return Selection(baseline, f"the float .tflite: {why}", f"{why}; the .tflite keeps every layer float")
     fast = [v for v in ok if as_fast(v)]
     best_ratio = min(_ratio(v) for v in ok)

@@ -91,6 +91,7 @@ def test_inaccurate_and_unbuilt_variants_never_ship(objective):
     sel = select([wrong, broken], FLOAT, objective)
     assert sel.chosen is FLOAT
     assert sel.note == "no int8 variant passed parity with the float model; the .tflite keeps every layer float"
+    assert select([broken], FLOAT, objective).why == "the float .tflite: no int8 variant could be built"
 
 
 def test_the_manifest_entry_of_a_variant_reads_like_the_numbers():
