@@ -46,6 +46,8 @@ MAX_TYPES = 3
 FINALISTS = 4
 #: the error path keeps at most a quarter of the ops float, and at least tries this many
 MIN_ERROR_OPS = 4
+#: op types tried whole, one at a time, when no few ops explain the int8 error
+MAX_ERROR_TYPES = 4
 #: an op's int8 error (RMS, in output quantization steps) above which it is a candidate for float: rounding
 #: alone gives 1/sqrt(12) = 0.29; TensorFlow's debugger guide calls 0.7 suspicious
 INACCURATE_STEPS = 0.5
@@ -129,13 +131,14 @@ def search(ctx: SearchContext) -> SearchOutcome:
     if not whole.accurate:
         # the ops int8 represents worst stay float in every variant that was not accurate without them
         first = list(variants)
-        error_nodes = _error_path(ctx, variants)
+        error_nodes, error_types = _error_path(ctx, variants, costs)
         extra = tuple(error_nodes)
-        if extra:
-            rebuilt = [ctx.build(f"{v.name} + {len(extra)} inaccurate", v.deny_ops, v.deny_nodes + extra, v.origin + "; too much int8 error")
-                       for v in first[1:] if not v.error and not v.accurate]
+        if extra or error_types:
+            what = f"{len(extra)} inaccurate" if extra else "+".join(error_types)
+            rebuilt = [ctx.build(f"{v.name} + float {what}", (*v.deny_ops, *error_types), v.deny_nodes + extra,
+                                 v.origin + "; too much int8 error") for v in first[1:] if not v.error and not v.accurate]
             for v in rebuilt:
-                v.facts["error_nodes"] = list(extra)
+                v.facts.update(error_nodes=list(extra), error_types=list(error_types))
             variants += rebuilt
             _measure(ctx, variants, baseline, "variants with the inaccurate ops float", 0.7)
         ctx.lap("int8 error")
@@ -196,38 +199,54 @@ def _measure(ctx: SearchContext, variants: list[Variant], baseline: Variant, wha
     baseline.p50_ms = baseline.base_ms = p50["float"]
 
 
-def _error_path(ctx: SearchContext, variants: list[Variant]) -> dict[str, float]:
-    """The fewest worst-represented ops (1, 2, 4, ... up to a quarter of them) that, kept float, bring the int8 model within parity.
+def _error_path(ctx: SearchContext, variants: list[Variant], costs: list[OpCost]) -> tuple[dict[str, float], tuple[str, ...]]:
+    """What, kept float, brings the int8 model within parity: (ops by name with their int8 error, op types kept float whole).
 
-    Only ops whose own int8 error is well above rounding (``INACCURATE_STEPS``) are candidates; when the
-    error is spread over many ops, or needs more than a quarter of them float, the model is better off
-    as an accurate variant found by speed, or as the float .tflite, and the search stops looking.
+    First the fewest worst-represented ops, 1, 2, 4, ... up to a quarter of the model's, taking only ops
+    whose own int8 error is well above rounding (``INACCURATE_STEPS``). When the error is spread over
+    many ops instead, one op type at a time (the largest summed error first): int8 error often sits in
+    one kind of op (a gating MUL, a classifier head). Nothing found: the model is better off as an
+    accurate variant found by speed, or as the float .tflite.
     """
     ctx.progress("tflite int8: the int8 model is outside parity; ranking ops by int8 error", 0.65)
     if not ctx.samples:
-        return {}
+        return {}, ()
     try:
         errs = layer_errors(ctx.tf, ctx.calibrated, ctx.samples, per_channel=ctx.per_channel)
     except Exception as e:  # noqa: BLE001 - TensorFlow's debugger on a model it cannot instrument: no ranking by error
         ctx.notes.append(f"ops could not be ranked by int8 error ({type(e).__name__}: {str(e)[:120]})")
-        return {}
-    # an op whose own error is its output's rounding (~0.29 steps) is not the problem: the error is spread over the model
+        return {}, ()
+    # an op whose own error is its output's rounding (~0.29 steps) is not the problem on its own
     ranked = [n for n in sorted(errs, key=lambda n: -errs[n]) if errs[n] >= INACCURATE_STEPS]
-    limit = min(len(ranked), max(MIN_ERROR_OPS, len(ranked) // 4))
+    limit = min(len(ranked), max(MIN_ERROR_OPS, len(errs) // 4))
     k = 1
     while ranked:
         k = min(k, limit)
-        v = ctx.build(f"float {k} most inaccurate", (), tuple(ranked[:k]), "too much int8 error")
-        if not v.error:
-            v.facts["error_nodes"] = list(ranked[:k])
-            v.quality, v.parity, v.accurate = ctx.judge.accuracy(Path(v.facts["path"]))
-            variants.append(v)
-            if v.accurate:
-                return {n: round(errs[n], 4) for n in ranked[:k]}
+        if _try_accuracy(ctx, variants, f"float {k} most inaccurate", (), tuple(ranked[:k])):
+            return {n: round(errs[n], 4) for n in ranked[:k]}, ()
         if k >= limit:
             break
         k *= 2
-    return {}
+    kind = {c.name: c.op for c in costs}
+    by_type: dict[str, float] = {}
+    for n, e in errs.items():
+        if kind.get(n) and kind[n] not in DATA_MOVEMENT:
+            by_type[kind[n]] = by_type.get(kind[n], 0.0) + e
+    for t in sorted(by_type, key=lambda t: -by_type[t])[:MAX_ERROR_TYPES]:
+        if _try_accuracy(ctx, variants, f"float {t} (int8 error)", (t,), ()):
+            return {}, (t,)
+    return {}, ()
+
+
+def _try_accuracy(ctx: SearchContext, variants: list[Variant], name: str, ops: tuple[str, ...], nodes: tuple[str, ...]) -> bool:
+    """Build a variant keeping ``ops``/``nodes`` float for accuracy, screen its parity, keep it; whether it is within parity."""
+    v = ctx.build(name, ops, nodes, "too much int8 error")
+    if v.error:
+        return False
+    v.facts.update(error_nodes=list(nodes), error_types=list(ops))
+    v.quality, v.parity, v.accurate = ctx.judge.accuracy(Path(v.facts["path"]))
+    variants.append(v)
+    return bool(v.accurate)
 
 
 def _converge(ctx: SearchContext, variants: list[Variant], baseline: Variant, costs: list[OpCost]) -> int:
@@ -246,7 +265,7 @@ def _converge(ctx: SearchContext, variants: list[Variant], baseline: Variant, co
                 tried.add(key)
                 sign = "-" if t in best.deny_ops else "+"
                 move = ctx.build(f"{best.name} {sign}{t}", ops, best.deny_nodes, f"local move from {best.name}")
-                move.facts["error_nodes"] = best.facts.get("error_nodes", [])
+                move.facts.update(error_nodes=best.facts.get("error_nodes", []), error_types=best.facts.get("error_types", []))
                 moves.append(move)
         if not moves:
             return r
@@ -297,6 +316,8 @@ def float_layers(outcome: SearchOutcome, ctx: SearchContext) -> list[dict[str, A
         c = by_name.get(n.name)
         if n.name in chosen.facts.get("error_nodes", ()):
             why = f"too much error in int8 (RMS error {outcome.error_nodes[n.name]:.2f} output steps; parity failed with it in int8)"
+        elif n.op in chosen.facts.get("error_types", ()):
+            why = f"too much error in int8 (parity failed with every {n.op} in int8)"
         elif n.op in chosen.deny_ops or n.name in chosen.deny_nodes:
             why = "slower in int8" + (f" ({c.int8_us:.0f} µs vs {c.float_us:.0f} µs in float"
                                       + (", off XNNPACK" if c.int8_xnnpack is False else "") + ")" if c and c.float_us is not None

@@ -135,27 +135,35 @@ class _FakeJudge:
         return {"drop_pts": 0.0}, {"ok": ok}, ok
 
 
-def test_the_error_path_keeps_float_the_fewest_worst_ops_and_never_rounding_level_ones(monkeypatch, tmp_path):
-    """Ops are kept float 1, 2, 4 ... at a time, worst first; ops at rounding-level error (0.29 steps) are never candidates."""
+def test_the_error_path_keeps_float_the_fewest_worst_ops_else_one_op_type(monkeypatch, tmp_path):
+    """Ops kept float 1, 2, 4 ... at a time, worst first, never ones at rounding-level error (0.29 steps); else one op type whole."""
     from edgekit.export import tflite_search
+    from edgekit.export.tflite_opcost import OpCost
     from edgekit.export.tflite_search import SearchContext
     from edgekit.export.tflite_select import Variant
 
     errs = {"conv_a": 2.0, "conv_b": 1.4, "mul_c": 0.9, "add_d": 0.6, **{f"ok{i}": 0.29 for i in range(40)}}
+    kinds = {"conv_a": "CONV_2D", "conv_b": "CONV_2D", "mul_c": "MUL", "add_d": "ADD", **{f"ok{i}": "MUL" for i in range(40)}}
+    costs = [OpCost(op, name, 1.0, 1.0, True, True) for name, op in kinds.items()]
     monkeypatch.setattr(tflite_search, "layer_errors", lambda *a, **k: errs)
     judge = _FakeJudge({"conv_a", "conv_b", "mul_c"})
 
     def build(self, name, deny_ops, deny_nodes, origin):
         path = str(tmp_path / f"{name}.tflite")
-        judge.deny[path] = set(deny_nodes)
+        judge.deny[path] = set(deny_nodes) | {f"type:{t}" for t in deny_ops}
         return Variant(name, deny_ops, deny_nodes, size_bytes=1, origin=origin, facts={"path": path})
 
     monkeypatch.setattr(SearchContext, "build", build)
     ctx = SearchContext(None, b"", per_channel=True, int8_io=False, work=tmp_path, judge=judge, float_path=tmp_path / "f.tflite",
                         objective="balanced", samples=[[np.zeros(1)]])
     variants: list = []
-    found = tflite_search._error_path(ctx, variants)  # noqa: SLF001
-    assert found == {"conv_a": 2.0, "conv_b": 1.4, "mul_c": 0.9, "add_d": 0.6}
+    assert tflite_search._error_path(ctx, variants, costs) == ({"conv_a": 2.0, "conv_b": 1.4, "mul_c": 0.9, "add_d": 0.6}, ())  # noqa: SLF001
     assert [v.name for v in variants] == ["float 1 most inaccurate", "float 2 most inaccurate", "float 4 most inaccurate"]
-    judge.needed = {"ok3"}  # only a rounding-level op would help: not a candidate, nothing is kept float for accuracy
-    assert tflite_search._error_path(ctx, []) == {}  # noqa: SLF001
+    assert variants[-1].facts["error_nodes"] == ["conv_a", "conv_b", "mul_c", "add_d"]
+    # the error is spread over the rounding-level MULs: no few ops help, MUL as a type does (the largest summed error)
+    judge.needed = {"type:MUL"}
+    variants = []
+    assert tflite_search._error_path(ctx, variants, costs) == ({}, ("MUL",))  # noqa: SLF001
+    assert variants[-1].name == "float MUL (int8 error)" and variants[-1].facts["error_types"] == ["MUL"]
+    judge.needed = {"type:RESHAPE"}  # nothing that can be tried helps: nothing is kept float for accuracy
+    assert tflite_search._error_path(ctx, [], costs) == ({}, ())  # noqa: SLF001
