@@ -229,9 +229,9 @@ def _error_path(ctx: SearchContext, variants: list[Variant], costs: list[OpCost]
         k *= 2
     kind = {c.name: c.op for c in costs}
     by_type: dict[str, float] = {}
-    for n, e in errs.items():
+    for n, err in errs.items():
         if kind.get(n) and kind[n] not in DATA_MOVEMENT:
-            by_type[kind[n]] = by_type.get(kind[n], 0.0) + e
+            by_type[kind[n]] = by_type.get(kind[n], 0.0) + err
     for t in sorted(by_type, key=lambda t: -by_type[t])[:MAX_ERROR_TYPES]:
         if _try_accuracy(ctx, variants, f"float {t} (int8 error)", (t,), ()):
             return {}, (t,)
