@@ -13,8 +13,9 @@ a choice of which ops to keep float, made here by measurement:
    node, every node off XNNPACK); each is quantized from the same calibration (about a second),
    checked for parity with the float model on the evaluation data and timed round-robin with
    the float .tflite;
-3. when no variant is accurate, the ops int8 represents worst (the quantization debugger's
-   per-layer RMS error in output steps) stay float too, 1, 2, 4, ... of them until parity holds;
+3. when the whole-model int8 is outside parity, the ops int8 represents worst (the quantization
+   debugger's per-layer RMS error in output steps, well above rounding) stay float too, 1, 2, 4, ...
+   of them until parity holds, else one op type at a time; every variant outside parity gets them;
 4. local moves by op type around the best variant (keep one more type float, or one fewer) until
    it stops changing (at most ``MAX_ROUNDS``); the finalists are re-timed together, the objective
    picks one (:mod:`edgekit.export.tflite_select`), and its parity is confirmed on every sample.
@@ -36,7 +37,7 @@ from edgekit.export.tflite_opcost import OpCost, op_costs, summarize
 from edgekit.export.tflite_quant import DATA_MOVEMENT, float_compute_ops, layer_errors, nodes, quantize
 from edgekit.export.tflite_select import Selection, Variant, select
 
-__all__ = ["MAX_ROUNDS", "SearchContext", "SearchOutcome", "search"]
+__all__ = ["MAX_ROUNDS", "SearchContext", "SearchOutcome", "float_layers", "search"]
 
 #: local-move rounds after the first candidates
 MAX_ROUNDS = 3
