@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from device_agent.contract.manifest import Artifact, TensorSpec
 
-from device_agent.manifest import Artifact, TensorSpec
 from edgekit.data import Dataset
 from edgekit.evaluate import one_sample, run_dataset
 from edgekit.reference import Reference
@@ -63,7 +63,7 @@ class Judge:
         self.feeds = one_sample(data, src_in)
 
     def backend(self, path: Path) -> Any:
-        from device_agent.litert import LiteRTBackend
+        from device_agent.runtime.litert import LiteRTBackend
 
         return LiteRTBackend(path, replace(self.record, file=path.name), threads=self.threads)
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
+from device_agent.contract.manifest import TensorSpec
 
-from device_agent.manifest import TensorSpec
 from edgekit.errors import ExportError
 from edgekit.export.config import TfliteConfig, TfliteIO
 from edgekit.export.tflite_prep import count_ops, explicit_maxpool_padding, hard_sigmoid_as_relu6

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from device_agent.contract.manifest import TensorSpec
 
-from device_agent.manifest import TensorSpec
 from device_agent.runtime import BackendError, open_backend
 from edgekit.errors import DataError, InputError
 from edgekit.export.compact import NAMES_KEY

@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from device_agent.contract.manifest import load_manifest
 
-from device_agent.manifest import load_manifest
 from device_agent.runtime import OrtBackend, open_backend
 from edgekit.cli.main import cli
 from edgekit.compress import CompressOptions, compress
@@ -129,7 +129,7 @@ def test_manifest_selftest_vectors_replay_on_the_tflite(digits_int8):
 
 
 def test_bare_tflite_loads_without_a_manifest_in_its_own_layout(digits_int8, digits):
-    from device_agent.litert import LiteRTBackend
+    from device_agent.runtime.litert import LiteRTBackend
 
     out, _ = digits_int8
     backend = LiteRTBackend(out / "digits.int8.tflite")
@@ -143,7 +143,7 @@ def test_the_agent_side_imports_no_tensorflow(digits_int8):
     out, _ = digits_int8
     code = textwrap.dedent(f"""
         import sys, numpy as np
-        from device_agent.manifest import load_manifest
+        from device_agent.contract.manifest import load_manifest
         from device_agent.runtime import open_backend
         m = load_manifest({str(out)!r})
         b = open_backend({str(out / 'digits.int8.tflite')!r}, m.artifact('digits.int8.tflite'))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from device_agent.contract.manifest import load_manifest
 
-from device_agent.manifest import load_manifest
 from edgekit.compress import CompressOptions, compress
 from edgekit.export import ExportOptions, TfliteConfig
 from edgekit.pipeline import StepSpec
