@@ -38,14 +38,20 @@ test-debs:
 
 install-test: install mosquitto test-debs
 
-test: install-test
+test: install-test lint
 	$(BIN)/python -m pytest -q --basetemp=$(CURDIR)/.pytest_tmp -o cache_dir=$(CURDIR)/.pytest_cache tests || { rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc; }
 
 demo: install
 	$(BIN)/python -m edgekit.demo
 
+# The house rules, checked: style (ruff), types (mypy: the agent, the fleet side, the library's public API),
+# architecture (import-linter contracts in pyproject.toml: layers, no cycles, the agent stays light) and size
+# (scripts/check_layout.py: modules <= 400 lines, functions <= 60, <= 6 positional parameters).
 lint: install
-	$(BIN)/ruff check edgekit device_agent tests benchmarks
+	$(BIN)/ruff check edgekit device_agent tests benchmarks scripts
+	$(BIN)/python scripts/check_layout.py
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # Performance targets live here, printed as ratios measured in one run (not in timed unit tests).
 bench: install
@@ -53,7 +59,10 @@ bench: install
 	$(BIN)/python benchmarks/tflite_export.py
 	$(BIN)/python benchmarks/prune_distill.py
 	$(BIN)/python benchmarks/agent.py
+	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/ota.py
+	$(BIN)/python benchmarks/real_models.py
+	$(BIN)/python benchmarks/fleet_scale.py --quick
 
 check-arm64:
 	bash scripts/check-arm64.sh

@@ -139,11 +139,12 @@ def start_broker(work: Path) -> tuple[subprocess.Popen | None, str]:
     return None, ""
 
 
-def bench_model(name: str, model_dir: Path, x: np.ndarray, broker: str, work: Path, runs: int, threads: int) -> dict:
+def bench_model(name: str, model_dir: Path, x: np.ndarray, *, broker: str, work: Path, runs: int, threads: int) -> dict:
     import onnxruntime as ort
 
-    from device_agent.agent import Agent
     from device_agent.config import parse_config
+    from device_agent.daemon import Daemon
+    from device_agent.serve.agent import Agent
 
     state = work / f"state-{name}"
     shutil.rmtree(state, ignore_errors=True)
@@ -151,27 +152,51 @@ def bench_model(name: str, model_dir: Path, x: np.ndarray, broker: str, work: Pa
         "state_dir": str(state), "device": {"id": f"bench-{name}"}, "broker": {"url": broker},
         "model": {"path": str(model_dir), "threads": threads}, "api": {"port": 0}, "telemetry": {"interval_s": 1.0},
     }, base_dir=work)
-    agent = Agent.from_config(cfg)
-    agent.start()
+    daemon = Daemon.from_config(cfg)
+    daemon.start()
+    agent = daemon.agent
     # One InferenceSession for every variant: a second session's idle worker threads would spin and
     # steal the CPU from the one being measured (2 cores here), which skews any comparison.
     quiet = Agent(agent.model, telemetry=False)  # same model and session, no telemetry
     # ...and the same OTA updater (its per-request latency bookkeeping is OTA's cost, not telemetry's):
     # the two then differ by telemetry alone
-    quiet.updater = agent.updater
+    quiet.observer = daemon.updater
     # an A/A control: a second agent identical to ``quiet``; how far apart two identical agents measure is
     # the noise floor of the telemetry comparison on this machine
     control = Agent(agent.model, telemetry=False)
-    control.updater = agent.updater
-    artifact = agent.model.file
+    control.observer = daemon.updater
     sess = agent.model.backend.session
     assert isinstance(sess, ort.InferenceSession) and sess.get_session_options().intra_op_num_threads == threads
     feeds = {"x": x}
-    conn = http.client.HTTPConnection("127.0.0.1", agent.server.port, timeout=30)
+    times = _latencies(sess, agent, feeds, x, port=daemon.server.port, runs=runs)
+    tput, costs, aa, per_segment = _telemetry_cost(agent, quiet, control, feeds, runs=runs, agent_p50=p50(times["agent"]))
+    daemon.stop()
+    raw, inproc = p50(times["raw"]), p50(times["agent"])
+    out = {
+        "artifact": agent.model.file.name, "threads": threads, "runs": runs, "telemetry_calls": per_segment * TELEMETRY_SEGMENTS,
+        "telemetry_cost_segments_pct": costs, "telemetry_cost_range": f"{min(costs):+.1f} … {max(costs):+.1f} %",
+        "raw_p50_ms": raw * 1e3, "agent_p50_ms": inproc * 1e3, "agent_overhead_us": (inproc - raw) * 1e6,
+        "agent_overhead_pct": (inproc / raw - 1) * 100, "http_npy_p50_ms": p50(times["http_npy"]) * 1e3,
+        "http_npy_added_ms": (p50(times["http_npy"]) - inproc) * 1e3,
+        "http_binary_p50_ms": p50(times["http_binary"]) * 1e3, "http_binary_added_ms": (p50(times["http_binary"]) - inproc) * 1e3,
+        "telemetry_on_per_s": tput["telemetry_on"], "telemetry_off_per_s": tput["telemetry_off"],
+        "telemetry_cost_pct": sorted(costs)[len(costs) // 2],  # the median segment's (the one ``tput`` comes from)
+        "telemetry_aa_pct": statistics.median(aa), "telemetry_aa_range": f"{min(aa):+.1f} … {max(aa):+.1f} %",
+        "telemetry_record_us": _record_cost_us(agent, quiet, feeds),
+        "outbox_delivered": daemon.outbox.depth == 0 if daemon.outbox else None,
+    }
+    if "http_json" in times:
+        out["http_json_p50_ms"] = p50(times["http_json"]) * 1e3
+        out["http_json_added_ms"] = (p50(times["http_json"]) - inproc) * 1e3
+    return out
+
+
+def _latencies(sess, agent, feeds: dict, x: np.ndarray, *, port: int, runs: int) -> dict[str, list[float]]:
+    """Raw session, in-process agent and HTTP (.npy → JSON, .npy → .npz, JSON → JSON for small inputs), interleaved."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     buf = io.BytesIO()
     np.save(buf, x)
-    npy = buf.getvalue()
-    body_json = json.dumps({"inputs": {"x": x.tolist()}}).encode()
+    npy, body_json = buf.getvalue(), json.dumps({"inputs": {"x": x.tolist()}}).encode()
 
     def http_post(body: bytes, ctype: str, accept: str = "application/json") -> None:
         conn.request("POST", "/v1/predict", body=body, headers={"Content-Type": ctype, "Accept": accept})
@@ -180,22 +205,25 @@ def bench_model(name: str, model_dir: Path, x: np.ndarray, broker: str, work: Pa
         if r.status != 200:
             raise RuntimeError(f"HTTP {r.status}")
 
-    fns = {
-        "raw": lambda: sess.run(None, feeds),
-        "agent": lambda: agent.predict(feeds),
-        "quiet": lambda: quiet.predict(feeds),
-        "http_npy": lambda: http_post(npy, "application/x-npy"),
-        "http_binary": lambda: http_post(npy, "application/x-npy", "application/x-npz"),
-    }
+    fns = {"raw": lambda: sess.run(None, feeds), "agent": lambda: agent.predict(feeds), "http_npy": lambda: http_post(npy, "application/x-npy"),
+           "http_binary": lambda: http_post(npy, "application/x-npy", "application/x-npz")}
     if x.size <= 4096:
         fns["http_json"] = lambda: http_post(body_json, "application/json")
-    times = interleaved(fns, runs)
-    # telemetry's cost, as throughput: mean time per call (not p50) so that the binning, the telemetry
-    # thread and the MQTT link count, measured in the same interleaved blocks. The median over
-    # segments of ≥ 1 s per variant (each spans a published window and dozens of binned blocks):
-    # one long mean is at the mercy of a neighbour's CPU burst — two identical agents measured ±3 %
-    # apart here — while a burst spoils one segment of five.
-    per_segment = max(runs * 2 // TELEMETRY_SEGMENTS, int(TELEMETRY_SEGMENT_S / max(p50(times["agent"]), 1e-6)))
+    try:
+        return interleaved(fns, runs)
+    finally:
+        conn.close()
+
+
+def _telemetry_cost(agent, quiet, control, feeds: dict, *, runs: int, agent_p50: float) -> tuple[dict[str, float], list[float], list[float], int]:
+    """Telemetry's cost, as throughput: mean time per call (not p50) so that the binning, the telemetry
+    thread and the MQTT link count, measured in the same interleaved blocks. The median over
+    segments of ≥ 1 s per variant (each spans a published window and dozens of binned blocks):
+    one long mean is at the mercy of a neighbour's CPU burst — two identical agents measured ±3 %
+    apart here — while a burst spoils one segment of five.
+
+    Returns the median segment's throughputs, every segment's cost and A/A difference (%), and the calls per segment."""
+    per_segment = max(runs * 2 // TELEMETRY_SEGMENTS, int(TELEMETRY_SEGMENT_S / max(agent_p50, 1e-6)))
     segments = []
     for _ in range(TELEMETRY_SEGMENTS):
         extra = interleaved({"telemetry_on": lambda: agent.predict(feeds), "telemetry_off": lambda: quiet.predict(feeds),
@@ -204,27 +232,7 @@ def bench_model(name: str, model_dir: Path, x: np.ndarray, broker: str, work: Pa
     costs = [(1 - t["telemetry_on"] / t["telemetry_off"]) * 100 for t in segments]
     aa = [(1 - t["control"] / t["telemetry_off"]) * 100 for t in segments]
     mid = sorted(range(len(costs)), key=costs.__getitem__)[len(costs) // 2]
-    tput = segments[mid]
-    conn.close()
-    agent.stop()
-    raw, inproc = p50(times["raw"]), p50(times["agent"])
-    out = {
-        "artifact": artifact.name, "threads": threads, "runs": runs, "telemetry_calls": per_segment * TELEMETRY_SEGMENTS,
-        "telemetry_cost_segments_pct": costs, "telemetry_cost_range": f"{min(costs):+.1f} … {max(costs):+.1f} %",
-        "raw_p50_ms": raw * 1e3, "agent_p50_ms": inproc * 1e3, "agent_overhead_us": (inproc - raw) * 1e6,
-        "agent_overhead_pct": (inproc / raw - 1) * 100, "http_npy_p50_ms": p50(times["http_npy"]) * 1e3,
-        "http_npy_added_ms": (p50(times["http_npy"]) - inproc) * 1e3,
-        "http_binary_p50_ms": p50(times["http_binary"]) * 1e3, "http_binary_added_ms": (p50(times["http_binary"]) - inproc) * 1e3,
-        "telemetry_on_per_s": tput["telemetry_on"], "telemetry_off_per_s": tput["telemetry_off"],
-        "telemetry_cost_pct": costs[mid],
-        "telemetry_aa_pct": statistics.median(aa), "telemetry_aa_range": f"{min(aa):+.1f} … {max(aa):+.1f} %",
-        "telemetry_record_us": _record_cost_us(agent, quiet, feeds),
-        "outbox_delivered": agent.outbox.depth == 0 if agent.outbox else None,
-    }
-    if "http_json" in times:
-        out["http_json_p50_ms"] = p50(times["http_json"]) * 1e3
-        out["http_json_added_ms"] = (p50(times["http_json"]) - inproc) * 1e3
-    return out
+    return segments[mid], costs, aa, per_segment
 
 
 def _record_cost_us(agent, quiet, feeds, n: int = 200_000) -> float:
@@ -368,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models.split(","):
             model_dir, x = builders[name](work)
             mobilenet = name == "mobilenetv2"
-            r = bench_model(name, model_dir, x, broker, work, max(200, args.runs // 5) if mobilenet else args.runs, threads)
+            r = bench_model(name, model_dir, x, broker=broker, work=work, runs=max(200, args.runs // 5) if mobilenet else args.runs,
+                            threads=threads)
             r.update(bench_process(name, model_dir, x, broker, work, threads))
             results[name] = r
     finally:

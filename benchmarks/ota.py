@@ -22,8 +22,6 @@ import argparse
 import http.client
 import json
 import os
-import random
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,168 +33,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ota_kills import bench_kills, make_pool  # noqa: E402 - benchmarks/ is on sys.path when this runs as a script
 
 # --- fixtures --------------------------------------------------------------------------------------
 
-def make_pool(root: Path, n: int, key) -> list[Path]:
-    """Signed releases 1.0.1 .. 1.0.n of the 16→4 MLP; every 4th gives NaN on live inputs."""
-    from edgekit.signing import sign_dir
-    from tests.ota.models import make_model_dir, mlp, nan_mlp
-
-    out = []
-    base = make_model_dir(root / "v1.0.0", mlp(0), version="1.0.0")
-    sign_dir(base, key)
-    out.append(base)
-    for i in range(1, n + 1):
-        broken = i % 4 == 0
-        d = make_model_dir(root / f"v1.0.{i}", nan_mlp(i) if broken else mlp(i), version=f"1.0.{i}", vectors=0 if broken else 2)
-        sign_dir(d, key)
-        out.append(d)
-    return out
-
-
 def percentile(xs, q):
     return float(np.percentile(np.asarray(xs, float), q)) if len(xs) else float("nan")
-
-
-# --- 1. random kill -9 ----------------------------------------------------------------------------
-
-def device_process(root: str, pool_dir: str, pub: str, final: str = "") -> None:
-    """The device side of part 1 (run as a subprocess): boot, say how it came up, keep updating."""
-    from device_agent.job import ProbationPolicy
-    from device_agent.manifest import version_key
-    from device_agent.ota import OtaSettings, OtaState
-    from device_agent.protocol import Command, CommandKind
-    from device_agent.verify import load_trusted_keys
-    from edgekit.fleet.jobs import Release
-    from tests.ota.harness import Device, FakeBroker
-
-    pool = sorted(Path(pool_dir).iterdir(), key=lambda p: version_key(p.name[1:]))
-    by_job = {f"job-{p.name[1:]}": p for p in pool}
-
-    class LazyChunks(dict):  # "retained" chunks of every release, read only when a job subscribes
-        def get(self, job, default=None):
-            return list(Release.open(by_job[job]).chunks(job, 1024)) if job in by_job else default
-
-    broker = FakeBroker()
-    broker.chunks = LazyChunks()
-    settings = OtaSettings(probation=ProbationPolicy(requests=25, seconds=30, min_requests=10, max_latency_ratio=1000.0, latency_floor_ms=50.0))
-
-    def say(**kw):
-        sys.stdout.write(json.dumps(kw) + "\n")
-        sys.stdout.flush()
-
-    dev = Device(Path(root), pool[0], trusted=load_trusted_keys([pub]), settings=settings, broker=broker, start=False)
-    x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
-    out = dev.predict(x)  # what it serves right after recovery, before the updater resumes any job
-    say(event="boot", version=dev.version, state=str(dev.updater.state), problems=dev.store.check(), answered=out is not None,
-        current=dev.store.current)
-    dev.updater.start()
-    reported = 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        dev.predict(x)
-        for r in dev.reports[reported:]:
-            say(event="report", ota_state=r.ota_state, state=str(r.state))
-        reported = len(dev.reports)
-        u = dev.updater
-        if u.state == OtaState.IDLE and not u._rec["queue"] and not u._rec.get("job"):
-            if final:  # the check run: finish what was interrupted, start nothing new
-                say(event="settled", version=dev.version, problems=dev.store.check())
-                break
-            seen = u._rec.get("seen", {})
-            nxt = next((p for p in pool if version_key(p.name[1:]) > version_key(dev.version) and f"job-{p.name[1:]}" not in seen), None)
-            if nxt is None:
-                say(event="exhausted", version=dev.version)
-                break
-            job = f"job-{nxt.name[1:]}"
-            dev.updater.handle(Command(kind=CommandKind.DEPLOY, job=job, ts=1.0, params=Release.open(nxt).job_params(chunk_size=1024)))
-        time.sleep(0.001)
-    dev.stop()
-
-
-def bench_kills(work: Path, pool: Path, pub: Path, kills: int, workers: int, seed: int) -> dict:
-    rng = random.Random(seed)
-    lock = threading.Lock()
-    stats = {"kills": 0, "boots": 0, "bad_boots": [], "killed_in": {}, "versions_served": set(), "jobs_finished": 0}
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("EDGEKIT_CRASHPOINT", None)
-    per_root = 5
-    attempts = {"left": 3 * kills}
-
-    def one_root(index: int, n: int) -> None:
-        root = work / f"dev{index}"
-        for k in range(n + 1):  # n kills, then one clean run to check the last restart
-            with lock:
-                if k < n and (stats["kills"] >= kills or attempts["left"] <= 0):
-                    k = n  # enough kills overall: finish this root with the check run
-                attempts["left"] -= 1
-            proc = subprocess.Popen([sys.executable, __file__, "_device", str(root), str(pool), str(pub), "final" if k == n else ""],
-                                    stdout=subprocess.PIPE,
-                                    stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
-            last = "booting"
-            lines: list[dict] = []
-            killer = None
-            with lock:
-                during_boot = rng.random() < 0.1  # 1 in 10 during start-up recovery, the rest while updating
-                delay = rng.uniform(0.0, 0.8) if during_boot else rng.uniform(0.0, 1.5)
-            if k < n and during_boot:
-                killer = threading.Timer(delay, proc.kill)
-                killer.start()
-            for line in proc.stdout:  # type: ignore[union-attr]
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    continue
-                lines.append(msg)
-                if msg["event"] == "report":
-                    last = msg["ota_state"]
-                elif msg["event"] == "boot":
-                    last = "IDLE"
-                    if k < n and killer is None:
-                        killer = threading.Timer(delay, proc.kill)
-                        killer.start()
-            proc.wait(90)
-            if killer is not None:
-                killer.cancel()
-            boot = next((m for m in lines if m["event"] == "boot"), None)
-            settled = next((m for m in lines if m["event"] == "settled"), None)
-            with lock:
-                if boot is not None:
-                    stats["boots"] += 1
-                    stats["versions_served"].add(boot["version"])
-                    if boot["problems"] or not boot["answered"] or boot["current"] != boot["version"]:
-                        stats["bad_boots"].append(boot)
-                if k == n and (settled is None or settled["problems"]):
-                    stats["bad_boots"].append({"final": settled, "root": str(root)})
-                stats["jobs_finished"] += sum(1 for m in lines if m["event"] == "report" and m["state"] != "IN_PROGRESS")
-                if k < n and proc.returncode == -9:
-                    stats["kills"] += 1
-                    stats["killed_in"][last] = stats["killed_in"].get(last, 0) + 1
-            if k == n:
-                break
-
-    t0 = time.perf_counter()
-    next_root = {"i": 0}
-
-    def worker() -> None:  # roots one after another until enough kills landed (a run may finish before its kill)
-        while True:
-            with lock:
-                if stats["kills"] >= kills or attempts["left"] <= 0:
-                    return
-                i = next_root["i"]
-                next_root["i"] += 1
-            one_root(i, per_root)
-
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    stats["roots"] = next_root["i"]
-    stats["seconds"] = round(time.perf_counter() - t0, 1)
-    stats["versions_served"] = len(stats["versions_served"])
-    return stats
 
 
 # --- 2. load through an update and a rollback ---------------------------------------------------------
@@ -252,13 +94,15 @@ class HttpLoad:
 
 
 def bench_load(work: Path, releases: dict, keys, rate: float) -> dict:
-    from device_agent.agent import Agent
     from device_agent.config import parse_config
+    from device_agent.daemon import Daemon
     from edgekit.fleet.client import FleetClient
     from edgekit.fleet.jobs import Release
     from edgekit.fleet.rollout import RolloutPolicy, deploy
+    from edgekit.signing import load_private_key
     from tests.conftest import Mosquitto
 
+    signer = load_private_key(keys.private)
     broker = Mosquitto(work / "mosquitto").start()
     cfg = parse_config({
         "state_dir": str(work / "state"), "device": {"id": "bench-1", "group": "bench"},
@@ -267,7 +111,8 @@ def bench_load(work: Path, releases: dict, keys, rate: float) -> dict:
         "telemetry": {"interval_s": 5.0}, "security": {"trusted_keys": [str(keys.public)]},
         "ota": {"probation_requests": 300, "probation_seconds": 20, "probation_min_requests": 30},
     }, base_dir=work)
-    agent = Agent.from_config(cfg)
+    daemon = Daemon.from_config(cfg)
+    agent = daemon.agent
     swaps: list[tuple[float, float]] = []  # (start, duration)
     real_swap = agent.swap_model
 
@@ -278,84 +123,92 @@ def bench_load(work: Path, releases: dict, keys, rate: float) -> dict:
         return old
 
     agent.swap_model = timed_swap  # the updater is attached in start(): it takes this one
-    agent.start()
-    port = agent.server.port
+    daemon.start()
     out: dict = {"rate_target": rate}
     policy = RolloutPolicy(device_timeout_s=60, chunk_size=16384)
     try:
-        with HttpLoad(port, rate) as load, FleetClient(broker.url) as fc:
+        with HttpLoad(daemon.server.port, rate) as load, FleetClient(broker.url) as fc:
             time.sleep(1.0)
-            r_up = deploy(fc, Release.open(releases["v2"]), devices=["bench-1"], policy=policy)
+            jobs, rollback_s = {}, {}
+            for name in ("v2", "nan", "slow"):  # an update, then two that must be rolled back
+                jobs[name] = deploy(fc, Release.open(releases[name]), devices=["bench-1"], policy=policy, key=signer).outcomes["bench-1"]
+                rollback_s[name] = daemon.updater.last_rollback_s
+                time.sleep(0.5)
+            many, window = _many_swaps(daemon)
             time.sleep(0.5)
-            r_nan = deploy(fc, Release.open(releases["nan"]), devices=["bench-1"], policy=policy)
-            rollback_internal = agent.updater.last_rollback_s
-            time.sleep(0.5)
-            r_slow = deploy(fc, Release.open(releases["slow"]), devices=["bench-1"], policy=policy)
-            rollback_latency = agent.updater.last_rollback_s
-            time.sleep(0.5)
-            # 2000 swaps between two loaded models under the same load: what requests in flight feel
-            a, b = agent.model, agent.updater.loader(agent.updater.store.path(agent.updater.store.previous))
-            many = []
-            t_many = time.perf_counter()
-            for _ in range(2000):
-                t0 = time.perf_counter()
-                agent.swap_model(b)
-                many.append(time.perf_counter() - t0)
-                a, b = b, a
-                time.sleep(0.005)
-            t_many_end = time.perf_counter()
-            if agent.model is not a:
-                agent.swap_model(a)
-            time.sleep(0.5)
-        recs = sorted(load.records)
-        dur = recs[-1][0] - recs[0][0] if recs else 1.0
-        failed = [r for r in recs if r[2] != 200]
-        lat = [r[1] for r in recs]
-        # requests in flight while a swap ran (the 5 OTA swaps and the 2000 under load)
-        import bisect
-
-        starts = [s for s, _ in swaps]
-        ends = [s + d for s, d in swaps]
-
-        def overlaps(r) -> bool:
-            i = bisect.bisect_right(starts, r[0] + r[1])  # swaps that started before the request ended
-            return i > 0 and ends[i - 1] >= r[0]
-
-        during = [r[1] for r in recs if overlaps(r)]
-        # requests started while the 2000 swaps ran, vs all others (by start time: overlap-based selection would favour long requests)
-        in_window = [r[1] for r in recs if t_many <= r[0] <= t_many_end]
-        outside = [r[1] for r in recs if not t_many <= r[0] <= t_many_end]
-        # client-visible rollback: first answer from the NaN version → first answer from 1.1.0 after it
-        first_bad = next((r[0] + r[1] for r in recs if r[3] == "1.5.0"), None)
-        back = next((r[0] + r[1] for r in recs if first_bad is not None and r[0] + r[1] > first_bad and r[3] == "1.1.0"), None)
-        out.update({
-            "requests": len(recs), "rate_achieved": round(len(recs) / dur, 1), "failed": len(failed), "errors": load.errors[:5],
-            "outcomes": [r_up.outcomes["bench-1"]["state"], f"{r_nan.outcomes['bench-1']['state']}:{r_nan.outcomes['bench-1']['reason']}",
-                         f"{r_slow.outcomes['bench-1']['state']}:{r_slow.outcomes['bench-1']['reason']}"],
-            "versions_seen": sorted({r[3] for r in recs}),
-            "ota_swaps_ms": [round(d * 1e3, 4) for _, d in swaps[:5]], "requests_during_swaps": len(during),
-            "swap_call_p99_ms": round(percentile(many, 99) * 1e3, 4), "swap_call_max_ms": round(max(many) * 1e3, 4),
-            "p99_swapping_ms": round(percentile(in_window, 99) * 1e3, 3), "p99_not_swapping_ms": round(percentile(outside, 99) * 1e3, 3),
-            "requests_swapping": len(in_window), "requests_not_swapping": len(outside),
-            "latency_p50_ms": round(percentile(lat, 50) * 1e3, 3), "latency_p99_ms": round(percentile(lat, 99) * 1e3, 3),
-            "latency_p99_during_swaps_ms": round(percentile(during, 99) * 1e3, 3) if during else None,
-            "rollback_nan_s": round(rollback_internal, 4) if rollback_internal is not None else None,
-            "rollback_latency_s": round(rollback_latency, 4) if rollback_latency is not None else None,
-            "rollback_client_s": round(back - first_bad, 4) if first_bad and back else None,
-        })
+        out.update(_load_figures(sorted(load.records), load.errors, swaps, many, window))
+        out["outcomes"] = [jobs["v2"]["state"], f"{jobs['nan']['state']}:{jobs['nan']['reason']}",
+                           f"{jobs['slow']['state']}:{jobs['slow']['reason']}"]
+        for key, name in (("rollback_nan_s", "nan"), ("rollback_latency_s", "slow")):
+            out[key] = round(rollback_s[name], 4) if rollback_s[name] is not None else None
     finally:
-        agent.stop()
+        daemon.stop()
         broker.stop()
     return out
 
 
+def _many_swaps(daemon, n: int = 2000) -> tuple[list[float], tuple[float, float]]:
+    """``n`` swaps between two loaded models under the same load: what requests in flight feel. Returns their
+    durations and the (start, end) of the run."""
+    agent, updater = daemon.agent, daemon.updater
+    a, b = agent.model, updater.loader(updater.store.path(updater.store.previous))
+    many = []
+    t_many = time.perf_counter()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        agent.swap_model(b)
+        many.append(time.perf_counter() - t0)
+        a, b = b, a
+        time.sleep(0.005)
+    t_many_end = time.perf_counter()
+    if agent.model is not a:
+        agent.swap_model(a)
+    return many, (t_many, t_many_end)
+
+
+def _load_figures(recs: list, errors: list[str], swaps: list[tuple[float, float]], many: list[float], window: tuple[float, float]) -> dict:
+    """What the clients saw: rate, failures, latency while swaps ran and not, the client-visible rollback."""
+    import bisect
+
+    dur = recs[-1][0] - recs[0][0] if recs else 1.0
+    failed = [r for r in recs if r[2] != 200]
+    lat = [r[1] for r in recs]
+    # requests in flight while a swap ran (the 5 OTA swaps and the 2000 under load)
+    starts = [s for s, _ in swaps]
+    ends = [s + d for s, d in swaps]
+
+    def overlaps(r) -> bool:
+        i = bisect.bisect_right(starts, r[0] + r[1])  # swaps that started before the request ended
+        return i > 0 and ends[i - 1] >= r[0]
+
+    during = [r[1] for r in recs if overlaps(r)]
+    # requests started while the 2000 swaps ran, vs all others (by start time: overlap-based selection would favour long requests)
+    t_many, t_many_end = window
+    in_window = [r[1] for r in recs if t_many <= r[0] <= t_many_end]
+    outside = [r[1] for r in recs if not t_many <= r[0] <= t_many_end]
+    # client-visible rollback: first answer from the NaN version → first answer from 1.1.0 after it
+    first_bad = next((r[0] + r[1] for r in recs if r[3] == "1.5.0"), None)
+    back = next((r[0] + r[1] for r in recs if first_bad is not None and r[0] + r[1] > first_bad and r[3] == "1.1.0"), None)
+    return {
+        "requests": len(recs), "rate_achieved": round(len(recs) / dur, 1), "failed": len(failed), "errors": errors[:5],
+        "versions_seen": sorted({r[3] for r in recs}),
+        "ota_swaps_ms": [round(d * 1e3, 4) for _, d in swaps[:5]], "requests_during_swaps": len(during),
+        "swap_call_p99_ms": round(percentile(many, 99) * 1e3, 4), "swap_call_max_ms": round(max(many) * 1e3, 4),
+        "p99_swapping_ms": round(percentile(in_window, 99) * 1e3, 3), "p99_not_swapping_ms": round(percentile(outside, 99) * 1e3, 3),
+        "requests_swapping": len(in_window), "requests_not_swapping": len(outside),
+        "latency_p50_ms": round(percentile(lat, 50) * 1e3, 3), "latency_p99_ms": round(percentile(lat, 99) * 1e3, 3),
+        "latency_p99_during_swaps_ms": round(percentile(during, 99) * 1e3, 3) if during else None,
+        "rollback_client_s": round(back - first_bad, 4) if first_bad and back else None,
+    }
+
+
 # --- 3. fleet simulation ------------------------------------------------------------------------------
 
-def bench_fleet(work: Path, releases: dict, trusted, n: int) -> dict:
+def bench_fleet(work: Path, releases: dict, trusted, n: int, signer) -> dict:
     import math
 
-    from device_agent.job import ProbationPolicy
     from device_agent.ota import OtaSettings
+    from device_agent.ota.job import ProbationPolicy
     from edgekit.fleet.client import FleetClient
     from edgekit.fleet.jobs import Release
     from edgekit.fleet.rollout import RolloutPolicy, deploy
@@ -373,7 +226,7 @@ def bench_fleet(work: Path, releases: dict, trusted, n: int) -> dict:
     try:
         with Traffic(devs, rate=3000.0), FleetClient(broker.url) as fc:
             t1 = time.perf_counter()
-            r = deploy(fc, Release.open(releases["v2"]), group="sim",
+            r = deploy(fc, Release.open(releases["v2"]), group="sim", key=signer,
                        policy=RolloutPolicy(waves=("1", "10%", "50%", "100%"), max_failures="5%", min_devices=1, device_timeout_s=120,
                                             chunk_size=16384))
             out["rollout"] = {"waves": [len(w) for w in r.waves], "succeeded": r.succeeded, "failed": r.failed, "aborted": r.aborted,
@@ -385,7 +238,7 @@ def bench_fleet(work: Path, releases: dict, trusted, n: int) -> dict:
             for d in devs:
                 d.faulty = d.topics.device in broken
             t2 = time.perf_counter()
-            r2 = deploy(fc, Release.open(releases["v3"]), group="sim",
+            r2 = deploy(fc, Release.open(releases["v3"]), group="sim", key=signer,
                         policy=RolloutPolicy(waves=("10%", "50%", "100%"), max_failures="20%", min_devices=5, device_timeout_s=120,
                                              chunk_size=16384))
             untouched = sum(1 for d in devs if d.serving.get().version == "1.1.0" and d.topics.device not in r2.outcomes)
@@ -401,9 +254,6 @@ def bench_fleet(work: Path, releases: dict, trusted, n: int) -> dict:
 # --- main ---------------------------------------------------------------------------------------------
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "_device":
-        device_process(*sys.argv[2:6])
-        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=200)
     ap.add_argument("--workers", type=int, default=max(2, min(4, os.cpu_count() or 2)))
@@ -414,8 +264,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="Also write the figures here.")
     args = ap.parse_args()
 
-    from device_agent.verify import load_trusted_keys
-    from edgekit.signing import generate_keys, sign_dir
+    from device_agent.ota.verify import load_trusted_keys
+    from edgekit.signing import generate_keys, load_private_key, sign_dir
     from tests.ota.models import make_model_dir, mlp, nan_mlp, slow_mlp
 
     work = Path(tempfile.mkdtemp(prefix="edgekit-ota-bench-"))
@@ -434,13 +284,13 @@ def main() -> None:
         pool = work / "pool"
         make_pool(pool, 120, kp.private)
         print(f"[1/3] kill -9 at {args.kills} random moments ({args.workers} device processes at a time)...", flush=True)
-        results["kills"] = bench_kills(work / "kills", pool, kp.public, args.kills, args.workers, args.seed)
+        results["kills"] = bench_kills(work / "kills", pool, kp.public, kills=args.kills, workers=args.workers, seed=args.seed)
     if args.only in (None, "load"):
         print(f"[2/3] {args.rate:.0f} req/s over HTTP through an update, two rollbacks and 2000 swaps...", flush=True)
         results["load"] = bench_load(work / "load", releases, kp, args.rate)
     if args.only in (None, "fleet"):
         print(f"[3/3] fleet of {args.devices} simulated agents on one Mosquitto...", flush=True)
-        results["fleet"] = bench_fleet(work / "fleet", releases, load_trusted_keys([kp.public]), args.devices)
+        results["fleet"] = bench_fleet(work / "fleet", releases, load_trusted_keys([kp.public]), args.devices, load_private_key(kp.private))
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))

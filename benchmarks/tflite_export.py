@@ -144,7 +144,6 @@ def measure(arts: dict[str, tuple[Path, object]], feeds: dict[str, np.ndarray], 
 
 def bench_model(name: str, model: Path, eval_data: Path, out: Path, *, per_tensor: bool = False) -> list[dict]:
     from device_agent.contract.manifest import load_manifest
-
     from edgekit.evaluate import one_sample
     from edgekit.onnx_model import io_specs, load_onnx
 

@@ -88,7 +88,6 @@ def export_torchvision(arch: str, work: Path) -> tuple[Path, Path]:
 def compress_pair(model: Path, data: Path, out: Path, *, search: bool = True) -> dict[str, dict]:
     """The fp32 and int8 .tflite of ``model``: {precision: {path, seconds, artifact}}."""
     from device_agent.contract.manifest import load_manifest
-
     from edgekit.compress import CompressOptions, compress
     from edgekit.export import ExportOptions, TfliteConfig
     from edgekit.pipeline import StepSpec

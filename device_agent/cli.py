@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 from device_agent import __version__
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "example-config":
-            from device_agent.config import example_toml
+            from device_agent.config.render import example_toml
 
             sys.stdout.write(example_toml())
             return 0
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
-        from device_agent.errors import AgentError
-        from device_agent.manifest import ManifestError
+        from device_agent.contract.errors import AgentError
+        from device_agent.contract.manifest import ManifestError
 
         if args.debug or not isinstance(e, (AgentError, ManifestError)):
             raise
@@ -63,36 +64,45 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(path: str, as_json: bool) -> int:
-    from device_agent.agent import Agent
-    from device_agent.config import load_config
+    from device_agent.config.read import load_config
+    from device_agent.daemon import Daemon
 
     cfg = load_config(path)
-    agent = Agent.from_config(cfg)
+    daemon = Daemon.from_config(cfg)
+    agent = daemon.agent
     try:
-        info = {"config": str(path), "device": cfg.device.id, "model": agent.model.summary(), "selftest": agent.model.selftest.to_dict(),
-                "ready": agent.ready, "broker": cfg.broker.url or None}
+        info: dict[str, Any] = {"config": str(path), "device": cfg.device.id, "model": agent.model.summary(), "selftest": agent.model.selftest.to_dict(),
+                "runtime_check": agent.model.runtime_check.to_dict(), "ready": agent.ready, "reason": agent.not_ready_reason,
+                "broker": cfg.broker.url or None}
     finally:
-        agent.stop()
+        daemon.stop()
     if as_json:
         print(json.dumps(info, indent=2))
     else:
         m = info["model"]
         print(f"config ok: device {cfg.device.id}, broker {cfg.broker.url or '(none)'}")
         print(f"model: {m['name']} {m['version']} — {m['artifact']} via {m['runtime']}")
-        print(f"self-test: {'passed' if info['ready'] else 'FAILED'} ({agent.model.selftest.detail})")
+        rc = agent.model.runtime_check
+        print(f"runtime: {rc.status} ({rc.detail})")
+        if rc.refused:
+            print(f"not ready: {agent.not_ready_reason}")
+        else:
+            print(f"self-test: {'passed' if info['ready'] else 'FAILED'} ({agent.model.selftest.detail})")
     return 0 if info["ready"] else 1
 
 
 def _run(path: str) -> int:
-    from device_agent.agent import Agent
-    from device_agent.config import load_config
+    from device_agent.config.read import load_config
+    from device_agent.contract.runtimes import RuntimeStatus
+    from device_agent.daemon import Daemon
 
     t0 = time.perf_counter()
     cfg = load_config(path)
+    _tune_malloc()
     logging.basicConfig(level=getattr(logging, cfg.log.level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("edgekit.agent")
-    agent = Agent.from_config(cfg)
+    daemon = Daemon.from_config(cfg)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -101,18 +111,47 @@ def _run(path: str) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    agent.start()
+    daemon.start()
+    agent = daemon.agent
     m = agent.model
-    where = agent.server.url if agent.server else "no HTTP API"
-    log.info("serving %s %s (%s via %s) on %s; %s in %.2f s", m.name, m.version, m.file.name, m.backend.runtime, where,
-             "ready" if agent.ready else f"NOT READY: {agent.not_ready_reason}", time.perf_counter() - t0)
+    where = daemon.server.url if daemon.server else "no HTTP API"
+    if m.runtime_check.refused:  # one line: the model is loaded but never served; the fleet sees why in the state message
+        log.error("NOT READY: %s %s is not served: %s", m.name, m.version, agent.not_ready_reason)
+    else:
+        if m.runtime_check.status == RuntimeStatus.MISMATCH:
+            log.warning("runtime mismatch: %s", m.runtime_check.detail)
+        log.info("serving %s %s (%s via %s) on %s; %s in %.2f s", m.name, m.version, m.file.name, m.backend.runtime, where,
+                 "ready" if agent.ready else f"NOT READY: {agent.not_ready_reason}", time.perf_counter() - t0)
     try:
         while not stop.wait(1.0):
             pass
     finally:
-        agent.stop()
+        daemon.stop()
         log.info("stopped")
     return 0
+
+
+def _tune_malloc() -> None:
+    """Give memory back to the system as requests come and go (glibc only; elsewhere nothing happens).
+
+    glibc keeps freed blocks in per-thread arenas and, after a large block is freed, raises the size
+    from which it maps blocks of their own: under load each worker thread ends up holding its own
+    megabytes of request bodies and tensors. A fixed threshold maps every block from 128 KB on (and
+    unmaps it when freed) and two arenas are shared by all threads: measured with 16 clients sending
+    3 MB JSON bodies, the agent's peak RSS drops by ~20 MB, at the cost of a page fault per new page."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only: musl's mallopt does nothing useful
+    except (OSError, AttributeError):
+        return
+    m_mmap_threshold, m_arena_max = -3, -8  # <malloc.h>
+    mallopt(m_mmap_threshold, 128 * 1024)
+    mallopt(m_arena_max, 2)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -42,12 +42,12 @@ _LAZY = {
     "Layout": "edgekit.choices:Layout",
     "Precision": "edgekit.choices:Precision",
     "StepSpec": "edgekit.pipeline:StepSpec",
-    "load_manifest": "device_agent.manifest:load_manifest",
+    "load_manifest": "device_agent.contract.manifest:load_manifest",
     "load_recipe": "edgekit.recipes:load_recipe",
 }
 
 if TYPE_CHECKING:  # what type checkers see; at run time each name is imported on first use (below)
-    from device_agent.manifest import load_manifest
+    from device_agent.contract.manifest import load_manifest
     from edgekit.choices import Format, Layout, Precision
     from edgekit.compress import compress, compress_with_recipe
     from edgekit.errors import EdgekitError

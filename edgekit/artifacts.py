@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from device_agent.manifest import file_sha256
+from device_agent.contract.manifest import file_sha256
 from device_agent.runtime import BackendError, open_backend
 from edgekit.choices import Format
 from edgekit.errors import ExportError
 from edgekit.evaluate import Latency, parity, run_dataset
 from edgekit.export import ExportOptions, ExportSource, get_exporter
 from edgekit.onnx_model import weight_stats
+from edgekit.pipeline import FormatModel
 from edgekit.reference import Reference
 from edgekit.results import ArtifactResult, ExportedArtifact
 from edgekit.runlog import RunLog
@@ -32,7 +33,7 @@ __all__ = ["artifact_parity", "check_artifact", "export_all", "warn_slower"]
 
 
 def export_all(source: ExportSource, formats: tuple[Format, ...], out_dir: Path, stem: str, *, options: ExportOptions,
-               format_models: dict[Format, tuple[onnx.ModelProto, dict[str, Any]]]) -> tuple[list[ExportedArtifact], list[str]]:
+               format_models: dict[Format, FormatModel]) -> tuple[list[ExportedArtifact], list[str]]:
     """Write ``stem.<ext>`` for the ``.onnx`` and every format in ``formats``; return the artifacts and the failures.
 
     ``format_models`` gives a format another model than the ``.onnx``'s (the int8 search's fastest as
@@ -48,8 +49,7 @@ def export_all(source: ExportSource, formats: tuple[Format, ...], out_dir: Path,
             continue
         try:
             if fmt in format_models:
-                model, alt_extra = format_models[fmt]
-                arts += _export_alternative(fmt, model, alt_extra, source, out_dir, stem, options)
+                arts += _export_alternative(fmt, format_models[fmt], source, out_dir, stem, options)
             else:
                 arts += _export(fmt, converted, out_dir, stem, options)
         except ExportError as e:
@@ -65,22 +65,26 @@ def _export(fmt: Format, source: ExportSource, out_dir: Path, stem: str, options
     return get_exporter(fmt)(source, out_dir, stem, options.for_format(fmt))
 
 
-def _export_alternative(fmt: Format, model: onnx.ModelProto, alt_extra: dict[str, Any], source: ExportSource, out_dir: Path, stem: str,
+def _export_alternative(fmt: Format, alt_model: FormatModel, source: ExportSource, out_dir: Path, stem: str,
                         options: ExportOptions) -> list[ExportedArtifact]:
     """Export ``fmt`` from another model than the .onnx artifact's (not shipped as .onnx itself).
 
-    Parity is checked against that model, the one the artifact was converted from.
+    Parity is checked against that model, the one the artifact was converted from. What the step recorded
+    about the .onnx's model (its keys in ``alt_model.extra``) is replaced by what it recorded about this one.
     """
     side = out_dir / f".{fmt}-source"
     side.mkdir()
+    model, alt_extra = alt_model.model, alt_model.extra
     try:
-        extra = {k: v for k, v in source.extra.items() if k not in ("session_config", "candidate")} | alt_extra
-        alt = replace(source, model=model, extra=extra, onnx_artifact=None)
+        extra = {k: v for k, v in source.extra.items() if k not in alt_extra and k != "mixed"} | alt_extra
+        alt = replace(source, model=model, precision=alt_model.precision, extra=extra, onnx_artifact=None)
         src_art = _export(Format.ONNX, alt, side, stem, options)[0]
         ref = source.reference
         reference = run_dataset(open_backend(src_art.path, src_art.record(), threads=source.threads), ref.eval_data, ref.inputs)
         arts = _export(fmt, alt.converted_from(src_art), out_dir, stem, options)
         for a in arts:
+            if a.reference_outputs is not None:
+                continue  # converted from a model that is not an artifact (a .tflite from the float model): its own reference
             a.parent = f"the {alt_extra.get('candidate', 'int8')} model it was converted from"
             a.reference_outputs = reference
             a.extra["weights"] = weight_stats(model).to_dict()
@@ -114,7 +118,7 @@ def check_artifact(a: ExportedArtifact, all_arts: list[ExportedArtifact], ref: R
             raise ExportError(_mismatch(a, checked))
     # an artifact converted from a model not shipped as .onnx carries that model's weight facts
     stats = weight_stats(onnx.load(str(a.path))).to_dict() if a.format == Format.ONNX else a.extra.get("weights")
-    return ArtifactResult(a, a.path.stat().st_size, file_sha256(a.path), quality, None, checked, stats, backend=backend)
+    return ArtifactResult(a, a.path.stat().st_size, file_sha256(a.path), quality, None, checked, stats, backend=backend, outputs=outs)
 
 
 def artifact_parity(a: ExportedArtifact, parent: dict[str, np.ndarray], outputs: dict[str, np.ndarray], *, classifier: bool,
@@ -139,12 +143,15 @@ def warn_slower(results: list[ArtifactResult], source: Latency, *, calibrated: b
             continue
         ratio = r.latency.p50_ms / source.p50_ms
         # below 5% or 5 µs per inference a difference is timing noise on a shared CPU, not a regression
-        if r.exported.precision != "int8" or ratio <= 1.05 or r.latency.p50_ms - source.p50_ms < 0.005:
+        if r.exported.precision not in ("int8", "mixed") or ratio <= 1.05 or r.latency.p50_ms - source.p50_ms < 0.005:
             continue
         why = "int8 kernels for this model are slower than fp32 ones on this CPU"
-        if r.exported.format == Format.ORT and r.exported.extra.get("weight_only"):
-            why = ("ORT-format models are not re-optimized at load, so its weight-only int8 weights are dequantized on every run; "
-                   + ("calibration data (--data) gives a static int8 .ort that is fast, or deploy the .onnx" if not calibrated
-                      else "no static int8 candidate was faster as .ort on this CPU; deploy the .onnx"))
+        if r.exported.extra.get("candidate") == "weight-only":
+            why = ("its weight-only int8 weights are dequantized on every run (--objective size asked for the smallest file); "
+                   + ("calibration data (--data) gives a static int8 model that is fast" if not calibrated
+                      else "--objective balanced keeps the file at least as fast as fp32"))
+        elif r.exported.format == Format.ORT:
+            why = ("an .ort is built for ARM (no x86 blocked-layout float kernels), so its float layers are slower here than the "
+                   "fp32 .onnx's; on x86, deploy the .onnx")
         msg = f"warning: {r.file} runs at {ratio:.2f}x the fp32 latency: {why}"
         log.note(msg, shown=msg)

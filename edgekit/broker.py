@@ -43,7 +43,7 @@ class EmbeddedBroker:
 
     def start(self) -> EmbeddedBroker:
         try:
-            import amqtt.broker  # type: ignore[import-untyped]  # noqa: F401 - amqtt ships no type information
+            import amqtt.broker  # noqa: F401 - amqtt ships no type information (mypy: ignore_missing_imports)
         except ImportError:
             raise MissingExtraError("The embedded MQTT broker", "demo") from None
         for name in ("amqtt", "transitions", "passlib"):

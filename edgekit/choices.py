@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["Format", "Layout", "Precision", "StrChoice"]
+__all__ = ["Format", "Layout", "Objective", "Precision", "StrChoice"]
 
 
 class StrChoice(str, Enum):
@@ -50,3 +50,11 @@ class Layout(StrChoice):
 
     NCHW = "NCHW"
     NHWC = "NHWC"
+
+
+class Objective(StrChoice):
+    """What a quantized artifact is chosen for, among those within the accuracy bound."""
+
+    BALANCED = "balanced"  # the fastest within 0.35x the float size, else the smallest that is not slower than float
+    LATENCY = "latency"  # the fastest
+    SIZE = "size"  # the smallest, even when slower than float

@@ -20,7 +20,7 @@ from typing import Any
 
 import onnx
 
-from device_agent.manifest import Manifest, TensorSpec
+from device_agent.contract.manifest import Manifest, ManifestError, TensorSpec
 from device_agent.runtime import BackendError, OrtBackend, open_backend
 from edgekit.artifacts import check_artifact, export_all, warn_slower
 from edgekit.choices import Format, Precision
@@ -29,15 +29,17 @@ from edgekit.errors import AccuracyError, ExportError, InputError
 from edgekit.evaluate import Latency, is_classifier, measure_latencies, one_sample, run_dataset
 from edgekit.export import ExportSource
 from edgekit.manifest import build_manifest
-from edgekit.onnx_model import io_specs, load_onnx
+from edgekit.onnx_model import int_input_ranges, io_specs, load_onnx
 from edgekit.options import CompressOptions
-from edgekit.pipeline import Context, StepConfig, StepSpec, file_tag, get_step, validate_step
+from edgekit.origin import Front, judge_artifacts, open_front, raw_inputs
+from edgekit.pipeline import Context, FormatModel, StepConfig, StepSpec, file_tag, get_step, validate_step
 from edgekit.profile import drift_profile, selftest_inputs
 from edgekit.recipes import Recipe, check_data, evaluate_gates, raise_on_failed_gates
 from edgekit.reference import Reference
 from edgekit.report import compress_report, write_reports
 from edgekit.results import ArtifactResult, CompressResult
 from edgekit.runlog import RunLog, no_progress, silent
+from edgekit.signature import IntRange, batch_axes, unknown_axes
 
 __all__ = ["CompressOptions", "CompressResult", "compress", "compress_with_recipe", "default_output"]
 
@@ -77,23 +79,27 @@ def compress(
     if opts.recipe is not None:
         check_data(opts.recipe, data)
     source_model = load_onnx(src)
-    try:
-        source_backend = OrtBackend(src, threads=opts.threads)
-    except BackendError as e:
-        raise InputError(_ort_cannot_run(source_model, src, e)) from None
-    out = _output_dir(src, opts)
-    run = _start(src, source_model, source_backend, data, opts, log)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgekit.work.") as work:
-            stepped = _run_steps(run, configs, Path(work))
-            results, failures, source_latency = _export_and_check(run, stepped, staging, f"{src.stem}.{file_tag(opts.steps)}", Path(work))
-            result = _write(run, stepped, results, source_latency, staging, out)
-        _move_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with tempfile.TemporaryDirectory(prefix="edgekit.front.") as front_dir:
+        # the model the run works on: the source, or the source with its image preprocessing baked in front
+        front = open_front(src, source_model, image_spec=opts.image_spec, check=opts.origin_check, data=Path(data) if data else None,
+                           workdir=Path(front_dir), threads=opts.threads)
+        try:
+            source_backend = OrtBackend(front.path, threads=opts.threads)
+        except BackendError as e:
+            raise InputError(_ort_cannot_run(source_model, src, e)) from None
+        out = _output_dir(src, opts)
+        staging = _staging(out)  # before any work: an output that cannot be written is said at once
+        try:
+            run = _start(src, front, source_backend, data, opts, log)
+            with tempfile.TemporaryDirectory(prefix="edgekit.work.") as work:
+                stepped = _run_steps(run, configs, Path(work))
+                results, failures, source_latency = _export_and_check(run, stepped, staging, f"{src.stem}.{file_tag(opts.steps)}",
+                                                                      Path(work))
+                result = _write(run, stepped, results, source_latency, staging, out)
+            _move_into_place(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     if failures:
         raise ExportError(f"{'; '.join(failures)}. Still written to {out}: " + ", ".join(r.file for r in results))
     if stepped.failed_bound:
@@ -118,7 +124,7 @@ class _Run:
     """What the phases of one run share."""
 
     src: Path
-    source_model: onnx.ModelProto
+    front: Front  # the model the run works on (``front.model``), and the origin its artifacts are also checked against
     source_backend: OrtBackend
     dataset: Dataset  # the data given (or generated): calibration, training, drift profile
     ref: Reference
@@ -135,7 +141,7 @@ class _Stepped:
     float_model: onnx.ModelProto  # the last float model: the TFLite exporter quantizes it with its own converter
     records: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
-    format_models: dict[Format, tuple[onnx.ModelProto, dict[str, Any]]] = field(default_factory=dict)
+    format_models: dict[Format, FormatModel] = field(default_factory=dict)
     failed_bound: str | None = None
 
 
@@ -148,33 +154,53 @@ def _output_dir(src: Path, opts: CompressOptions) -> Path:
     return out
 
 
-def _start(src: Path, source_model: onnx.ModelProto, source_backend: OrtBackend, data: str | Path | None, opts: CompressOptions,
-           log: RunLog) -> _Run:
+def _staging(out: Path) -> Path:
+    """The temporary directory beside ``out`` the run writes into (renamed to ``out`` at the end); InputError when
+    ``out``'s parent cannot be written (read-only mount, permissions), naming it and the fix."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        where = out.parent if out.parent.exists() else next((p for p in out.parents if p.exists()), out.parent)
+        raise InputError(f"cannot write the output directory {out}: {where} is not writable ({e.strerror or e}); "
+                         f"pass -o a directory you can write, or fix the permissions of {where}") from None
+
+
+def _start(src: Path, front: Front, source_backend: OrtBackend, data: str | Path | None, opts: CompressOptions, log: RunLog) -> _Run:
     """Load the data, run the source over the evaluation data: the reference every artifact is judged against."""
-    inputs, outputs = io_specs(source_model)
+    inputs, outputs = io_specs(front.model)
+    inputs = raw_inputs(front, inputs)
     log.say(f"model: {src.name} ({src.stat().st_size:,} bytes), inputs {_sig(inputs)}, outputs {_sig(outputs)}")
-    dataset = _data(data, inputs, opts, opts.data_desc)
+    dataset = _data(data, inputs, opts, opts.data_desc, int_input_ranges(front.model))
+    if dataset.generated and "integer inputs" in dataset.description:
+        log.say(f"generated inputs: {dataset.description.split('integer inputs: ', 1)[1]}")
     # held-out evaluation data when given; otherwise a subset of the data (calibration/training data)
     eval_data = (_data(opts.eval_data, inputs, opts, None) if opts.eval_data is not None else dataset).subset(opts.max_eval_samples)
     classifier = is_classifier(outputs)
-    ref_outputs = run_dataset(source_backend, eval_data, inputs)
+    try:
+        ref_outputs = run_dataset(source_backend, eval_data, inputs)
+    except BackendError as e:
+        raise InputError(_source_fails(src, inputs, eval_data, e)) from None
     ref_acc = None
     if classifier and eval_data.labels is not None:
         ref_acc = float((ref_outputs[outputs[0].name].argmax(1) == eval_data.labels).mean() * 100)
-    ref = Reference(src, inputs, outputs, classifier, eval_data, None if dataset.generated else dataset, ref_outputs, ref_acc)
-    return _Run(src, source_model, source_backend, dataset, ref, opts, log)
+    ref = Reference(front.path, inputs, outputs, classifier, eval_data, None if dataset.generated else dataset, ref_outputs, ref_acc)
+    return _Run(src, front, source_backend, dataset, ref, opts, log)
 
 
-def _data(data: str | Path | None, inputs: tuple[TensorSpec, ...], opts: CompressOptions, description: str | None) -> Dataset:
+def _data(data: str | Path | None, inputs: tuple[TensorSpec, ...], opts: CompressOptions, description: str | None,
+          int_ranges: dict[str, IntRange] | None = None) -> Dataset:
     if data is None:
-        return generate(inputs, GENERATED_SAMPLES)
-    return load_data(data, inputs, image_spec=opts.image_spec, data_layout=opts.data_layout, description=description)
+        return generate(inputs, GENERATED_SAMPLES, int_ranges=int_ranges, sizes=opts.input_shapes)
+    return load_data(data, inputs, image_spec=opts.image_spec, data_layout=opts.data_layout, description=description, label=opts.label,
+                     classes=getattr(opts.origin_check, "classes", None))
 
 
 def _run_steps(run: _Run, configs: list[tuple[StepSpec, StepConfig]], workdir: Path) -> _Stepped:
     """Each step on the previous one's model; a later step that changes the model makes earlier per-format models stale."""
-    ctx = Context(run.ref, workdir, threads=run.opts.threads, train_data=run.ref.calib_data, log=run.log, formats=run.opts.formats)
-    s = _Stepped(run.source_model, Precision.FP32, run.source_model)
+    ctx = Context(run.ref, workdir, threads=run.opts.threads, train_data=run.ref.calib_data, log=run.log, formats=run.opts.formats,
+                  objective=run.opts.objective)
+    s = _Stepped(run.front.model, Precision.FP32, run.front.model)
     for spec, cfg in configs:
         outcome = get_step(spec.name)(s.model, cfg, ctx)
         s.model = outcome.model
@@ -194,12 +220,26 @@ def _export_and_check(run: _Run, s: _Stepped, staging: Path, stem: str,
     source = ExportSource(s.model, s.precision, run.ref, workdir, log=run.log, threads=opts.threads, extra=s.extra,
                           float_model=s.float_model)
     exported, failures = export_all(source, opts.formats, staging, stem, options=opts.export, format_models=s.format_models)
-    results = [check_artifact(a, exported, run.ref, threads=opts.threads, allow_mismatch=opts.allow_mismatch, log=run.log)
-               for a in exported]
+    results = []
+    for a in exported:
+        try:
+            results.append(check_artifact(a, exported, run.ref, threads=opts.threads, allow_mismatch=opts.allow_mismatch, log=run.log))
+        except ExportError as e:
+            if a.format == Format.ONNX:
+                raise  # every other format was converted from it
+            failures.append(str(e))  # a format that fails its check costs only itself: not shipped, not in the manifest
+            for f in (a.path, *a.side_files):
+                f.unlink(missing_ok=True)
     if Format.ONNX not in opts.formats:
         # the .onnx was needed as the parity reference of the other formats; it was not asked for
         results = [r for r in results if r.exported.format != Format.ONNX]
         next(a for a in exported if a.format == Format.ONNX).path.unlink()
+    if failures and not results:
+        raise ExportError("; ".join(failures))  # nothing asked for could be written
+    judge_artifacts(run.front, results, {r.file: r.outputs for r in results if r.outputs is not None}, run.ref,
+                    allow_mismatch=opts.allow_mismatch, log=run.log)
+    for r in results:
+        r.outputs = None
     run.log.progress("timing the artifacts against the source", 0.9)
     feeds = one_sample(run.ref.eval_data, run.ref.inputs)
     timed = {"source": (run.source_backend, feeds)} | {r.file: (r.backend, feeds) for r in results if r.backend is not None}
@@ -221,8 +261,13 @@ def _write(run: _Run, s: _Stepped, results: list[ArtifactResult], source_latency
         classifier=ref.classifier, labels=run.dataset.class_names, artifacts=results, steps=s.records, dataset=run.dataset,
         source_latency=source_latency, source_quality=source_quality, profile=drift_profile(run.dataset, ref.inputs), vectors=vectors,
         expected=expected, recipe=opts.recipe.document() if opts.recipe else None, threads=opts.threads, origin=opts.origin,
+        sections=run.front.sections(run.dataset),
     ))
-    (staging / "edgekit.json").write_text(manifest.to_json())
+    try:
+        text = manifest.to_json()
+    except ManifestError as e:  # a measurement came out NaN/Inf: say which, rather than write JSON nothing else reads
+        raise ExportError(f"{e}. This is a bug in a measurement: please report it") from None
+    (staging / "edgekit.json").write_text(text)
     gates = None
     if opts.recipe is not None and opts.recipe.gates.active():
         gates = evaluate_gates(opts.recipe.gates, [{"file": r.file, **manifest.metrics[r.file]} for r in results])
@@ -260,3 +305,31 @@ def _ort_cannot_run(model: onnx.ModelProto, src: Path, e: Exception) -> str:
         return (f"{src.name} uses opset {opset}, which onnxruntime {ort.__version__} cannot run ({text.split(': ', 1)[-1][:200]}); "
                 "re-export with a lower opset or convert with onnx.version_converter")
     return f"onnxruntime {ort.__version__} cannot run {src.name}: {text[:300]}"
+
+
+def _source_fails(src: Path, inputs: tuple[TensorSpec, ...], data: Dataset, e: Exception) -> str:
+    """One line for a source model that does not run on the run's data: which input is the likely cause, and the fix."""
+    reason = str(e).rsplit("Status Message: ", 1)[-1].strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    axes = batch_axes(inputs)
+    if not data.generated:
+        stacked = [f"{s.name!r} on axis {axes[s.name]}" if axes[s.name] is not None else f"{s.name!r} one value per sample"
+                   for s in inputs if axes[s.name] != 0 and s.shape]
+        where = f" (samples stacked: {', '.join(stacked)})" if stacked else ""
+        return (f"{src.name} does not run on {Path(data.file).name if data.file else 'the data'}: {reason}. Check that each array "
+                f"holds what its input expects{where}")
+    guessed = [(s, unknown_axes(s, axes[s.name])) for s in inputs if unknown_axes(s, axes[s.name])]
+    if not guessed:
+        return f"{src.name} does not run on generated inputs: {reason}. Pass real inputs with --data"
+    which = "; ".join(f"input {s.name!r} {_shape(s.shape)} axis {', '.join(map(str, ax))}" for s, ax in guessed)
+    flags = " ".join(f"--input-shape {s.name}:{_shape_flag(s, axes[s.name])}" for s, _ in guessed)
+    return (f"{src.name} does not run on generated inputs ({reason}): edgekit cannot know the size of {which} without data and "
+            f"generated 1. Pass the sizes your application feeds, {flags} (SIZE filled in), or real inputs with --data")
+
+
+def _shape(shape: tuple[Any, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _shape_flag(s: TensorSpec, axis: int | None) -> str:
+    """``--input-shape`` value for ``s``: the batch as 1, fixed sizes as they are, SIZE where the user must say."""
+    return ",".join("1" if i == axis else (str(d) if isinstance(d, int) and d > 0 else "SIZE") for i, d in enumerate(s.shape))

@@ -6,7 +6,6 @@ are checked against the model's inputs before anything runs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,65 +13,26 @@ from typing import Any
 
 import numpy as np
 
-from device_agent.manifest import TensorSpec, file_sha256
+from device_agent.contract.manifest import TensorSpec, file_sha256
 from edgekit.errors import DataError
+from edgekit.preprocess.pillow import IMAGE_SUFFIXES
+from edgekit.preprocess.spec import ImageSpec
+from edgekit.signature import IntRange, batch_axes, is_fixed
+from edgekit.tabular.table import TABLE_SUFFIXES
 
 __all__ = ["Dataset", "ImageSpec", "generate", "load_data"]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 LABEL_KEYS = ("labels", "label", "y")
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """How to turn image files into model inputs.
-
-    ``size`` (H, W) defaults to the model's input; pixel values are ``(p * scale - mean) / std``
-    per channel, in ``channels`` order (rgb, bgr or gray), laid out as the model expects.
-    """
-
-    size: tuple[int, int] | None = None
-    scale: float = 1 / 255
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    channels: str = "rgb"
-    layout: str | None = None  # NCHW / NHWC; default from the model's input shape
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> ImageSpec:
-        p = Path(path)
-        try:
-            text = p.read_text()
-            doc = json.loads(text) if p.suffix == ".json" else _yaml(text)
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read the preprocessing spec {p}: {e}") from None
-        allowed = {"size", "scale", "mean", "std", "channels", "layout"}
-        unknown = set(doc or {}) - allowed
-        if unknown:
-            raise DataError(f"{p}: unknown preprocessing key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
-        doc = dict(doc or {})
-        for key in ("size", "mean", "std"):
-            if key in doc and not isinstance(doc[key], (list, tuple)):
-                doc[key] = [doc[key]] * (2 if key == "size" else 1)
-            if key in doc:
-                doc[key] = tuple(doc[key])
-        spec = cls(**doc)
-        if spec.channels not in ("rgb", "bgr", "gray"):
-            raise DataError(f"{p}: channels is {spec.channels!r}; allowed: rgb, bgr, gray")
-        if spec.layout not in (None, "NCHW", "NHWC"):
-            raise DataError(f"{p}: layout is {spec.layout!r}; allowed: NCHW, NHWC")
-        return spec
-
-
-def _yaml(text: str) -> Any:
-    import yaml
-
-    return yaml.safe_load(text)
 
 
 @dataclass
 class Dataset:
-    """Named input arrays (sample axis first) and optional integer labels."""
+    """Named input arrays and optional integer labels.
+
+    Each array holds its input's samples stacked on that input's batch axis (``axes``, from
+    :func:`edgekit.signature.batch_axes`; axis 0 when not listed). An input without one (``None``: a
+    scalar, a state fed whole) holds one value per sample, stacked on a new leading axis.
+    """
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
@@ -81,10 +41,16 @@ class Dataset:
     sha256: str | None = None
     generated: bool = False
     class_names: list[str] | None = field(default=None)
+    axes: dict[str, int | None] = field(default_factory=dict)
+
+    def sample_axis(self, name: str) -> int:
+        """The axis of ``inputs[name]`` that counts samples."""
+        return self.axes.get(name, 0) or 0
 
     @property
     def n(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        name, x = next(iter(self.inputs.items()))
+        return int(x.shape[self.sample_axis(name)])
 
     def subset(self, n: int, *, seed: int = 0) -> Dataset:
         """At most ``n`` samples, drawn evenly (deterministic)."""
@@ -92,14 +58,28 @@ class Dataset:
             return self
         idx = np.sort(np.random.default_rng(seed).choice(self.n, size=n, replace=False))
         return Dataset(
-            {k: v[idx] for k, v in self.inputs.items()},
+            {k: np.take(v, idx, axis=self.sample_axis(k)) for k, v in self.inputs.items()},
             None if self.labels is None else self.labels[idx],
-            self.description, self.file, self.sha256, self.generated, self.class_names,
+            self.description, self.file, self.sha256, self.generated, self.class_names, dict(self.axes),
         )
+
+    def take(self, start: int, size: int) -> dict[str, np.ndarray]:
+        """Samples ``start .. start + size`` as one request: each input sliced on its batch axis; an input
+        without one takes sample ``start``'s value (a scalar: 0-d)."""
+        feeds = {}
+        for k, v in self.inputs.items():
+            axis = self.axes.get(k, 0)
+            if axis is None:
+                feeds[k] = np.asarray(v[start])
+            else:
+                index: list[slice] = [slice(None)] * v.ndim
+                index[axis] = slice(start, start + size)
+                feeds[k] = v[tuple(index)]
+        return feeds
 
     def batches(self, batch: int) -> Iterator[dict[str, np.ndarray]]:
         for i in range(0, self.n, batch):
-            yield {k: v[i : i + batch] for k, v in self.inputs.items()}
+            yield self.take(i, batch)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -119,25 +99,40 @@ def load_data(
     image_spec: ImageSpec | None = None,
     data_layout: str | None = None,
     description: str | None = None,
+    label: str | None = None,
+    classes: list[str] | None = None,
 ) -> Dataset:
-    """Read a data file or image folder and check it against the model's inputs."""
+    """Read a data file, image folder or table and check it against the model's inputs.
+
+    ``label`` names a table's column of true labels, mapped to ``classes`` (the model's, in the order of its scores).
+    """
     p = Path(path)
     if not p.exists():
         raise DataError(f"data not found: {p}")
-    if p.is_dir():
+    if label is not None and p.suffix.lower() not in TABLE_SUFFIXES:
+        raise DataError(f"--label {label!r} names a table column; {p.name} is not a table (.csv, .parquet). "
+                        "In a .npz the labels are the 'labels' array; in an image folder, the class sub-folders")
+    if p.suffix.lower() in TABLE_SUFFIXES:
+        ds = _load_table(p, inputs, label, classes)
+    elif p.is_dir():
         ds = _load_images(p, inputs, image_spec or ImageSpec())
     elif p.suffix == ".npz":
         ds = _load_npz(p, inputs)
     elif p.suffix == ".npy":
         ds = _load_npy(p, inputs)
     else:
-        raise DataError(f"{p.name}: unsupported data file; use .npz (arrays named after the inputs, optional 'labels'), .npy, or a folder of images")
+        raise DataError(f"{p.name}: unsupported data file; use .npz (arrays named after the inputs, optional 'labels'), .npy, "
+                        "a folder of images, or a table (.csv, .parquet) for a model with one input per column")
     if data_layout:
         ds.inputs = {k: _to_layout(v, data_layout, k) for k, v in ds.inputs.items()}
-    ds.inputs = {s.name: _check(ds.inputs[s.name], s, p.name) for s in inputs if s.name in ds.inputs}
-    n = {len(v) for v in ds.inputs.values()}
-    if len(n) > 1:
-        raise DataError(f"{p.name}: inputs have different sample counts {sorted(n)}; every array needs the same first axis")
+    ds.axes = batch_axes(inputs)
+    ds.inputs = {s.name: _finite(_check(ds.inputs[s.name], s, p.name, ds.axes[s.name]), s.name, p.name) for s in inputs
+                 if s.name in ds.inputs}
+    counts = {k: v.shape[ds.sample_axis(k)] if v.ndim else 0 for k, v in ds.inputs.items()}
+    if len(set(counts.values())) > 1:
+        other = [f"{k!r} on axis {a}" for k in counts if (a := ds.sample_axis(k))]
+        raise DataError(f"{p.name}: inputs have different sample counts {sorted(set(counts.values()))}; every array needs the same first "
+                        "axis" + (f" (the batch axis: {', '.join(other)})" if other else ""))
     if ds.labels is not None and len(ds.labels) != ds.n:
         raise DataError(f"{p.name}: 'labels' has {len(ds.labels)} entries for {ds.n} samples")
     if ds.n == 0:
@@ -147,6 +142,14 @@ def load_data(
     if p.is_file():
         ds.sha256 = file_sha256(p)
     return ds
+
+
+def _load_table(p: Path, inputs: tuple[TensorSpec, ...], label: str | None, classes: list[str] | None) -> Dataset:
+    from edgekit.tabular.table import read_table, table_inputs
+
+    table = read_table(p)
+    arrays, labels, classes = table_inputs(table, inputs, label=label, classes=classes, where=p.name)
+    return Dataset(arrays, labels, description=f"{p.name} ({len(table)} rows)", class_names=classes)
 
 
 def _load_npz(p: Path, inputs: tuple[TensorSpec, ...]) -> Dataset:
@@ -200,14 +203,44 @@ def _load_npy(p: Path, inputs: tuple[TensorSpec, ...]) -> Dataset:
 
 
 def _load_images(p: Path, inputs: tuple[TensorSpec, ...], spec: ImageSpec) -> Dataset:
-    from PIL import Image
-
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise DataError(f"an image folder feeds a model with one 4-D image input; this model's inputs are {_fmt_inputs(inputs)}")
     files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{p} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    s = inputs[0]
+    # class folders: <root>/<class>/<image>; labels are the sorted folder names' indices
+    classes = sorted({f.parent.name for f in files}) if all(f.parent != p for f in files) else None
+    labels = np.array([classes.index(f.parent.name) for f in files], dtype=np.int64) if classes else None
+    if _takes_raw(inputs[0]):
+        x, desc = _raw_images(files, inputs[0], spec)
+    else:
+        x, desc = _model_inputs(files, inputs[0], spec)
+    return Dataset({inputs[0].name: x}, labels, description=f"{len(files)} images from {p.name}/ ({desc})", class_names=classes)
+
+
+def _takes_raw(s: TensorSpec) -> bool:
+    """A model whose image preprocessing is baked in takes raw uint8 RGB images [N, H, W, 3]."""
+    return s.dtype == "uint8" and s.shape[3] == 3
+
+
+def _raw_images(files: list[Path], s: TensorSpec, spec: ImageSpec) -> tuple[np.ndarray, str]:
+    """The images as a device decodes them, uint8 [N, H, W, 3]; brought to one size (the model's, or the commonest) to batch."""
+    from collections import Counter
+
+    from edgekit.preprocess.pillow import fit_raw, load_rgb
+
+    raws = [load_rgb(f) for f in files]
+    fixed = (s.shape[1], s.shape[2]) if isinstance(s.shape[1], int) and isinstance(s.shape[2], int) else None
+    size = fixed or spec.raw_size or Counter(r.shape[:2] for r in raws).most_common(1)[0][0]
+    resized = sum(r.shape[:2] != tuple(size) for r in raws)
+    note = f"; {resized} framed to that size (centre, bilinear)" if resized else ""
+    return np.stack([fit_raw(r, (int(size[0]), int(size[1]))) for r in raws]), f"raw RGB uint8, {size[0]}x{size[1]}{note}"
+
+
+def _model_inputs(files: list[Path], s: TensorSpec, spec: ImageSpec) -> tuple[np.ndarray, str]:
+    """The images preprocessed in Python (the spec's Pillow reference), as the network's float input."""
+    from edgekit.preprocess.pillow import load_rgb, reference_input
+
     layout = spec.layout or ("NHWC" if isinstance(s.shape[3], int) and s.shape[3] in (1, 3) and s.shape[1] not in (1, 3) else "NCHW")
     c_axis = 1 if layout == "NCHW" else 3
     h_axis, w_axis = (2, 3) if layout == "NCHW" else (1, 2)
@@ -215,28 +248,10 @@ def _load_images(p: Path, inputs: tuple[TensorSpec, ...], spec: ImageSpec) -> Da
     if not all(isinstance(d, int) for d in size):
         raise DataError(f"input {s.name!r} has symbolic height/width {list(s.shape)}; give the image size in the preprocessing spec (size: [H, W])")
     channels = s.shape[c_axis] if isinstance(s.shape[c_axis], int) else (1 if spec.channels == "gray" else 3)
-    mean = np.array(spec.mean if len(spec.mean) == channels else spec.mean * channels, dtype=np.float32)[:channels]
-    std = np.array(spec.std if len(spec.std) == channels else spec.std * channels, dtype=np.float32)[:channels]
-    # class folders: <root>/<class>/<image>; labels are the sorted folder names' indices
-    classes = sorted({f.parent.name for f in files}) if all(f.parent != p for f in files) else None
-    arrays, labels = [], []
-    for f in files:
-        try:
-            img = Image.open(f)
-            img = img.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.BILINEAR)
-        except OSError as e:
-            raise DataError(f"cannot read image {f}: {e}") from None
-        a = np.asarray(img, dtype=np.float32)
-        a = a[..., None] if a.ndim == 2 else a
-        if spec.channels == "bgr" and channels == 3:
-            a = a[..., ::-1]
-        a = (a * spec.scale - mean) / std
-        arrays.append(a.transpose(2, 0, 1) if layout == "NCHW" else a)
-        if classes:
-            labels.append(classes.index(f.parent.name))
-    x = np.stack(arrays).astype(s.dtype)
-    desc = f"{len(files)} images from {p.name}/ ({layout}, {size[0]}x{size[1]}, scale {spec.scale:g}, mean {list(mean)}, std {list(std)})"
-    return Dataset({s.name: x}, np.array(labels, dtype=np.int64) if classes else None, description=desc, class_names=classes)
+    full = spec.for_model((int(size[0]), int(size[1])), layout, int(channels))
+    x = np.stack([reference_input(load_rgb(f), full, where=str(f)) for f in files]).astype(s.dtype)
+    return x, (f"{layout}, {size[0]}x{size[1]}, scale {full.scale:g}, mean {[np.float32(m) for m in full.mean]}, "
+               f"std {[np.float32(v) for v in full.std]}")
 
 
 def _to_layout(x: np.ndarray, layout: str, name: str) -> np.ndarray:
@@ -250,16 +265,25 @@ def _to_layout(x: np.ndarray, layout: str, name: str) -> np.ndarray:
     raise DataError(f"--data-layout is {layout!r}; allowed: NCHW, NHWC")
 
 
-def _check(x: np.ndarray, s: TensorSpec, where: str) -> np.ndarray:
+def _check(x: np.ndarray, s: TensorSpec, where: str, axis: int | None = 0) -> np.ndarray:
+    """``x`` as input ``s`` takes it, its samples on ``axis`` (None: one value per sample on a new leading axis)."""
+    if s.dtype == "string":
+        if x.dtype.kind not in "OUS" or x.ndim != len(s.shape):
+            raise DataError(f"Input {s.name!r} expects strings {_fmt_shape(list(s.shape))}; {where} gives {x.dtype} {list(x.shape)}")
+        return x.astype(object)
     want = np.dtype(s.dtype)
-    shape = list(s.shape)
+    shape: list[Any] = ["N", *s.shape] if axis is None else list(s.shape)  # a scalar (a sample rate): one value per sample
+    sample_axis = axis or 0
     given = list(x.shape)
-    if not shape and len(given) == 1:
-        shape = ["N"]  # a scalar input (e.g. a sample rate): one value per sample
-    ok = len(given) == len(shape) and all(not isinstance(d, int) or d == g for d, g in zip(shape[1:], given[1:], strict=True))
+    ok = len(given) == len(shape) and all(i == sample_axis or not is_fixed(d) or d == g
+                                          for i, (d, g) in enumerate(zip(shape, given, strict=True)))
     if not ok:
         hint = ""
-        if len(given) + 1 == len(shape):
+        if axis is None and s.shape:
+            hint = f" The input has no batch axis: stack one value per sample on a new first axis, {_fmt_shape(shape)}"
+        elif sample_axis:
+            hint = f" Its samples are stacked on axis {sample_axis}, the batch axis of {_fmt_shape(shape)}"
+        elif len(given) + 1 == len(shape):
             hint = " Add the missing axis (e.g. the channel axis: x[:, None])"
         elif (len(given) == len(shape) == 4 and shape[1] in (1, 3, 4) and given[3] == shape[1]
               and sorted(given[1:]) == sorted(d for d in shape[1:] if isinstance(d, int))):
@@ -281,25 +305,60 @@ def _check(x: np.ndarray, s: TensorSpec, where: str) -> np.ndarray:
     raise DataError(f"Input {s.name!r} expects {s.dtype}; {where} gives {x.dtype}, which does not convert safely. Save the array as {s.dtype}")
 
 
-def generate(inputs: tuple[TensorSpec, ...], n: int = 64, *, seed: int = 0, batch_dim: int = 1) -> Dataset:
-    """Random inputs for a model without data: N(0, 1) floats, small non-negative ints.
+def _finite(x: np.ndarray, name: str, where: str) -> np.ndarray:
+    """``x``, or DataError naming the first NaN/±inf: calibration ranges, accuracy and the manifest's profile need finite data."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return x
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return x
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    value = x[index]
+    kind = "NaN" if np.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+    raise DataError(f"Input {name!r}: {where} holds {kind} at index {list(index)} (sample {index[0]}; {int(bad.sum())} non-finite "
+                    "value(s) in all); calibration and evaluation data must be finite. Drop or repair those samples, e.g. "
+                    "x = x[np.isfinite(x).reshape(len(x), -1).all(axis=1)]")
 
-    Used for agreement checks and drift references when the user gives no data; the manifest says so.
+
+#: an integer input nothing in the graph bounds: 0 and 1 are valid for an index, a mask, a flag or a count
+UNBOUNDED_INT = IntRange(0, 2, "nothing in the graph bounds it")
+
+
+def generate(inputs: tuple[TensorSpec, ...], n: int = 64, *, seed: int = 0, batch_dim: int = 1,
+             int_ranges: dict[str, IntRange] | None = None, sizes: dict[str, tuple[int, ...]] | None = None) -> Dataset:
+    """Random inputs for a model without data: N(0, 1) floats; integers in the range the graph gives them.
+
+    Each input's ``n`` samples are stacked on its batch axis (:func:`edgekit.signature.batch_axes`); a size
+    the signature does not give is taken from ``sizes`` (--input-shape, by input name), else ``batch_dim``. ``int_ranges`` (:func:`edgekit.onnx_model.int_input_ranges`)
+    bounds integer inputs (token ids by their embedding table); others get 0/1. The description says what
+    was used. Used for agreement checks and drift references when the user gives no data; the manifest says so.
     """
     rng = np.random.default_rng(seed)
-    arrays = {}
+    axes = batch_axes(inputs)
+    arrays: dict[str, np.ndarray] = {}
+    ints = []
     for s in inputs:
-        dims = [n] + [d if isinstance(d, int) and d > 0 else batch_dim for d in s.shape[1:]]
-        if not s.shape:
-            dims = [n]
+        given = (sizes or {}).get(s.name)
+        dims = [d if is_fixed(d) else (given[i] if given and len(given) == len(s.shape) else batch_dim) for i, d in enumerate(s.shape)]
+        if axes[s.name] is None:
+            dims = [n, *dims]
+        else:
+            dims[axes[s.name]] = n  # type: ignore[index]
+        if s.dtype == "string":  # a table's categorical column: missing everywhere (imputed, or unknown to the encoder)
+            arrays[s.name] = np.full(dims, "", dtype=object)
+            continue
         dt = np.dtype(s.dtype)
         if np.issubdtype(dt, np.floating):
             arrays[s.name] = rng.standard_normal(dims).astype(dt)
         elif dt == np.bool_:
             arrays[s.name] = rng.integers(0, 2, dims).astype(bool)
         else:
-            arrays[s.name] = rng.integers(0, 10, dims).astype(dt)
-    return Dataset(arrays, None, description=f"{n} generated samples (standard normal; no data given)", generated=True)
+            r = (int_ranges or {}).get(s.name, UNBOUNDED_INT)
+            values = rng.choice(np.array(r.values), dims) if r.values else rng.integers(r.low, r.high, dims)
+            arrays[s.name] = values.astype(dt)
+            ints.append(f"{s.name} {r.describe()}")
+    desc = f"{n} generated samples (standard normal; no data given)" + (f"; integer inputs: {', '.join(ints)}" if ints else "")
+    return Dataset(arrays, None, description=desc, generated=True, axes=axes)
 
 
 def _fmt_shape(shape: list) -> str:

@@ -11,6 +11,7 @@
     ├── AccuracyError     no candidate met the accuracy bound (CLI exit 3)
     ├── GateError         an artifact missed a recipe gate: accuracy, size or latency (CLI exit 3)
     ├── MissingExtraError an optional dependency group is not installed
+    ├── Interrupted       Ctrl-C; the message says what was kept and what was cleaned up (exit 130)
     ├── TrainingInterrupted  Ctrl-C while training; names the kept best checkpoint (exit 130; edgekit.torchbench.trainer)
     └── FleetError        signing, deployment, the broker connection and fleet operations
 """
@@ -25,6 +26,7 @@ __all__ = [
     "FleetError",
     "GateError",
     "InputError",
+    "Interrupted",
     "MissingExtraError",
     "RecipeError",
 ]
@@ -64,6 +66,12 @@ class GateError(EdgekitError):
     exit_code = 3
 
 
+class Interrupted(EdgekitError):
+    """Ctrl-C stopped an operation; the message says what was kept (exit 130, as a shell reports SIGINT)."""
+
+    exit_code = 130
+
+
 class MissingExtraError(EdgekitError):
     """An optional dependency is missing; the message says which extra to install."""
 
@@ -73,4 +81,4 @@ class MissingExtraError(EdgekitError):
 
 
 class FleetError(EdgekitError):
-    """Signing, deployment, the broker connection and fleet operations (not the device's ``device_agent.errors.OtaError``)."""
+    """Signing, deployment, the broker connection and fleet operations (not the device's ``device_agent.contract.errors.OtaError``)."""

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device_agent.manifest import TensorSpec
+from device_agent.contract.manifest import TensorSpec
 from device_agent.runtime import Backend
 from edgekit.data import Dataset
+from edgekit.signature import batch_size, fixed_batch, is_fixed
 
 __all__ = ["PARITY", "PARITY_COSINE", "Latency", "Quality", "compare", "is_classifier", "measure_latencies", "measure_latency", "parity",
            "run_dataset"]
@@ -23,53 +24,44 @@ __all__ = ["PARITY", "PARITY_COSINE", "Latency", "Quality", "compare", "is_class
 MAX_EVAL_BATCH = 32
 
 
-def _batch_size(specs: tuple[TensorSpec, ...]) -> int:
-    """How many samples one ``run`` takes: the fixed batch dim if any, else up to MAX_EVAL_BATCH."""
-    fixed = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int)}
-    if any(not s.shape for s in specs):
-        return 1
-    if fixed:
-        return min(fixed)
-    return MAX_EVAL_BATCH
-
-
 def run_dataset(backend: Backend, data: Dataset, specs: tuple[TensorSpec, ...], *, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """Outputs for every sample of ``data`` (source layout), concatenated along the sample axis.
+    """Outputs for every sample of ``data`` (source layout), concatenated along axis 0.
 
-    ``specs`` is the source signature (decides batching). A fixed batch size b is honoured by
-    padding the last batch, so fixed-batch models see exactly what they were exported for.
+    ``specs`` is the source signature (decides batching: :func:`edgekit.signature.batch_size`). A
+    fixed batch size b is honoured by padding the last batch on each input's batch axis, so
+    fixed-batch models see exactly what they were exported for.
     """
-    b = _batch_size(specs)
-    scalar = {s.name for s in specs if not s.shape}
+    b = batch_size(specs, MAX_EVAL_BATCH)
+    padded = {s.name for s in specs if _fixed_on_batch_axis(s, data)}
     chunks: dict[str, list[np.ndarray]] = {}
     for start in range(0, data.n, b):
-        feeds = {}
         count = min(b, data.n - start)
-        for name, x in data.inputs.items():
-            part = x[start : start + b]
-            if name in scalar:
-                part = np.asarray(part[0])
-            elif len(part) < b and _fixed_batch(specs, name):
-                part = np.concatenate([part, np.repeat(part[-1:], b - len(part), axis=0)])
-            feeds[name] = part
+        feeds = data.take(start, b)
+        if count < b:
+            feeds = {k: _pad(v, data.sample_axis(k), b) if k in padded else v for k, v in feeds.items()}
         out = backend.run(feeds)
         for k, y in out.items():
-            chunks.setdefault(k, []).append(y[:count] if y.ndim and y.shape[0] >= count else y)
+            # only a padded batch is cut back: an output without a batch axis first (a state [2, N, 128]) stays whole
+            chunks.setdefault(k, []).append(y[:count] if count < b and y.ndim and y.shape[0] >= count else y)
         if progress:
             progress(count)
     return {k: np.concatenate(v) if v[0].ndim else np.stack(v) for k, v in chunks.items()}
 
 
-def _fixed_batch(specs: tuple[TensorSpec, ...], name: str) -> bool:
-    return any(s.name == name and s.shape and isinstance(s.shape[0], int) for s in specs)
+def _fixed_on_batch_axis(s: TensorSpec, data: Dataset) -> bool:
+    axis = data.axes.get(s.name, 0)
+    return axis is not None and len(s.shape) > axis and is_fixed(s.shape[axis])
+
+
+def _pad(x: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """``x`` with its last sample repeated up to ``size`` samples on ``axis``."""
+    last = np.take(x, [-1], axis=axis)
+    return np.concatenate([x, np.repeat(last, size - x.shape[axis], axis=axis)], axis=axis)
 
 
 def one_sample(data: Dataset, specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
     """A single request as the model takes it (batch 1, or the fixed batch)."""
-    fixed = [s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int)]
-    b = min(fixed) if fixed else 1
-    scalar = {s.name for s in specs if not s.shape}
-    return {k: (np.asarray(v[0]) if k in scalar else v[:b]) for k, v in data.inputs.items()}
+    return data.take(0, fixed_batch(specs) or 1)
 
 
 @dataclass(frozen=True)
@@ -200,6 +192,8 @@ def compare(
     cos, mae = 1.0, 0.0
     for name, r in ref.items():
         n = new[name]
+        if r.dtype.kind in "OUS":  # class labels as strings: decided by the scores compared below
+            continue
         if not np.issubdtype(r.dtype, np.floating):
             mae = max(mae, float(np.abs(r.astype(np.float64) - n.astype(np.float64)).max(initial=0.0)))
             continue
@@ -250,6 +244,8 @@ def parity(ref: dict[str, np.ndarray], new: dict[str, np.ndarray], precision: st
     """
     worst, worst_err, worst_scale = None, 0.0, 1.0
     for k, r in ref.items():
+        if r.dtype.kind in "OUS":  # string labels follow the scores; a mismatch shows there as agreement
+            continue
         err = float(np.abs(r.astype(np.float64) - new[k].astype(np.float64)).max(initial=0.0))
         scale = max(1.0, float(np.abs(r).max(initial=0.0)))
         if worst is None or err / scale > worst_err / worst_scale:

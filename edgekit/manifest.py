@@ -1,4 +1,4 @@
-"""Writing the manifest (``edgekit.json``). Reading and the schema live in ``device_agent.manifest``."""
+"""Writing the manifest (``edgekit.json``). Reading and the schema live in ``device_agent.contract.manifest``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from device_agent.manifest import SCHEMA, SCHEMA_VERSION, TensorSpec, file_sha256
+from device_agent.contract.manifest import SCHEMA, SCHEMA_VERSION, TensorSpec, file_sha256, schema_version_for
 from edgekit.data import Dataset
 from edgekit.evaluate import Latency
 from edgekit.profile import selftest_vectors, tolerance
@@ -52,12 +52,17 @@ def build_manifest(
     recipe: dict[str, Any] | None,
     threads: int,
     origin: dict[str, Any] | None = None,
+    sections: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest document of a run (validated by ``device_agent.manifest.Manifest.from_dict`` before it is written)."""
+    """The manifest document of a run (validated by ``device_agent.contract.manifest.Manifest.from_dict`` before it is written).
+
+    ``sections`` are what the model's origin adds (:mod:`edgekit.origin`): ``preprocessing``, ``signature.fields``,
+    ``drift_profile.categories``; merged in, one level deep.
+    """
     src_size = src.stat().st_size
     precision = {r.file: r.exported.precision for r in artifacts}
     tolerances = {art: tolerance(precision[art], outs) for art, outs in expected.items()}
-    return {
+    doc = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "name": name,
@@ -78,6 +83,10 @@ def build_manifest(
         "drift_profile": profile,
         "selftest": {"vectors": selftest_vectors(vectors, expected), "tolerance": tolerances},
     }
+    for key, value in (sections or {}).items():
+        doc[key] = doc[key] | value if isinstance(doc.get(key), dict) and isinstance(value, dict) else value
+    doc["schema_version"] = schema_version_for(doc)
+    return doc
 
 
 def _artifact(r: ArtifactResult) -> dict[str, Any]:
@@ -116,5 +125,7 @@ def _metrics(artifacts: list[ArtifactResult], src_size: int, source_latency: Lat
         }
         if r.parity:
             m["parity"] = {k: v for k, v in r.parity.items() if k != "ok"} | {"ok": r.parity["ok"]}
+        if r.origin_parity:
+            m["origin_parity"] = r.origin_parity
         metrics[r.file] = m
     return metrics

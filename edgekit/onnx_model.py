@@ -14,8 +14,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from device_agent.manifest import TensorSpec
+from device_agent.contract.manifest import TensorSpec
 from edgekit.errors import InputError
+from edgekit.signature import IntRange
 
 __all__ = [
     "QUANTIZED_OPS",
@@ -23,9 +24,11 @@ __all__ = [
     "WeightStats",
     "fold_constants",
     "gzip_size",
+    "int_input_ranges",
     "io_specs",
     "iter_graphs",
     "load_onnx",
+    "upgrade_opset",
     "weight_stats",
 ]
 
@@ -241,8 +244,12 @@ def io_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[Tens
 
     def spec(v: onnx.ValueInfoProto) -> TensorSpec:
         tt = v.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else "float32"
-        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim)
+        if tt.elem_type == onnx.TensorProto.STRING:
+            dtype = "string"
+        else:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else "float32"
+        # a size <= 0 is "dynamic" in some exporters (Paddle writes -1): symbolic, like a dim without a value
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in tt.shape.dim)
         layout = "NCHW" if len(shape) == 4 and isinstance(shape[1], int) and shape[1] in (1, 3, 4) else None
         return TensorSpec(v.name, dtype, shape, layout)
 
@@ -250,6 +257,81 @@ def io_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[Tens
         tuple(spec(v) for v in model.graph.input if v.name not in inits),
         tuple(spec(v) for v in model.graph.output),
     )
+
+
+#: ops that carry an index tensor's values through unchanged (only its type or shape changes)
+_INDEX_PASSTHROUGH = frozenset({"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Transpose"})
+_INT_TYPES = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+                        onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64})
+
+
+def int_input_ranges(model: onnx.ModelProto) -> dict[str, IntRange]:
+    """The values each integer graph input can take, read off how the graph uses it.
+
+    An input that ``Gather`` uses as indices into a table (token ids into an embedding, token types
+    into a 2-row table) takes 0 .. rows - 1; one the graph compares with constants (``Equal(sr, 16000)``)
+    takes those constants. Inputs nothing bounds are left out (generated inputs give them 0/1).
+    """
+    g = model.graph
+    known = {t.name: t for t in g.initializer} | {
+        n.output[0]: a.t for n in g.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    out = {}
+    for vi in g.input:
+        if vi.name not in known and vi.type.tensor_type.elem_type in _INT_TYPES:
+            r = _int_range(vi.name, consumers, known)
+            if r is not None:
+                out[vi.name] = r
+    return out
+
+
+def _int_range(name: str, consumers: dict[str, list[onnx.NodeProto]], known: dict[str, onnx.TensorProto]) -> IntRange | None:
+    rows: list[tuple[int, str]] = []
+    values: set[int] = set()
+    frontier, seen = [name], {name}
+    while frontier:
+        t = frontier.pop()
+        for n in consumers.get(t, []):
+            if n.op_type in _INDEX_PASSTHROUGH and n.input[0] == t and n.output[0] not in seen:
+                seen.add(n.output[0])
+                frontier.append(n.output[0])
+            elif n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == t and n.input[0] in known:
+                axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+                dims = list(known[n.input[0]].dims)
+                if -len(dims) <= axis < len(dims):
+                    rows.append((int(dims[axis]), n.input[0]))
+            elif n.op_type == "Equal" and len(n.input) == 2:
+                other = n.input[1] if n.input[0] == t else n.input[0]
+                if other in known and 0 < int(np.prod(known[other].dims)) <= 16:
+                    values.update(int(v) for v in numpy_helper.to_array(known[other]).ravel())
+    if rows:
+        size, table = min(rows)
+        return IntRange(0, size, f"the rows of {table} it indexes")
+    if values:
+        return IntRange(min(values), max(values) + 1, "the values the graph compares it with", tuple(sorted(values)))
+    return None
+
+
+def upgrade_opset(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, int | None]:
+    """``model`` converted up to opset ``target`` (onnx.version_converter) when its default-domain opset is older.
+
+    Returns the model and the opset it had when converted; None (and the model as it is) when it was
+    already recent enough or the converter cannot take it.
+    """
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset >= target:
+        return model, None
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(model, target)
+        onnx.checker.check_model(converted)
+    except Exception:  # noqa: BLE001 - the converter raises many types; a model it cannot take keeps its opset
+        return model, None
+    return converted, opset
 
 
 def gzip_size(model: onnx.ModelProto | bytes) -> int:

@@ -4,6 +4,9 @@
 conv on 2x2 pixel blocks (12 channels), the same convolution, which int8 kernels run at full width.
 Applied to the float model before static int8 quantization (ONNX candidates) and before an int8
 ``.tflite`` conversion; never to float artifacts, where it is slower.
+
+``ceil_mode_maxpool``: a ceil-mode MaxPool becomes an edge Pad and a floor-mode MaxPool (no -inf padding for
+TFLite's int8 calibrator to see). Applied before an int8 ``.tflite`` conversion.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-__all__ = ["space_to_depth_stem", "unique_name"]
+__all__ = ["ceil_mode_maxpool", "space_to_depth_stem", "unique_name"]
 
 #: a stride-2 convolution with this few input channels wastes most of an int8 kernel's lanes
 S2D_MAX_CHANNELS = 4
@@ -113,6 +116,73 @@ def _s2d_plan(node, inits: dict, shapes: dict) -> tuple[np.ndarray, list[int]] |
                     if 0 <= th < kh and 0 <= tw < kw:
                         w2[:, (dh * 2 + dw) * c:(dh * 2 + dw + 1) * c, bh, bw] = w[:, :, th, tw]
     return w2, [ph, pw, qh, qw]
+def ceil_mode_maxpool(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Rewrite each ``MaxPool(ceil_mode=1)`` as ``Pad(edge) → MaxPool(ceil_mode=0)``: the same outputs, no -inf anywhere.
+
+    PyTorch's ``MaxPool2d(ceil_mode=True)`` (MTCNN's ONet) adds a last window that hangs past the input.
+    onnx2tf pads for it with -inf (a PADV2), TFLite's int8 calibrator sees -inf in that tensor's range,
+    and the next conv's bias gets a scale of ~3e33 (the int8 .tflite is refused). Padding with the edge
+    values instead is exact: that last window starts inside the input, so it holds the edge value and
+    the pad never wins a max it should not. Needs static spatial sizes, no pads and no dilation; other
+    ceil-mode pools are left as they are. Applied before an int8 ``.tflite`` conversion.
+    """
+    if not any(o.domain in ("", "ai.onnx") and o.version >= 11 for o in model.opset_import):
+        return model, 0  # Pad takes its pads as an input from opset 11
+    if not any(n.op_type == "MaxPool" and _attrs(n).get("ceil_mode") for n in model.graph.node):
+        return model, 0
+    out = copy.deepcopy(model)
+    g = out.graph
+    shapes = _static_shapes(out)
+    nodes, count = [], 0
+    for node in g.node:
+        extra = _ceil_extra(node, shapes)
+        if extra is None:
+            nodes.append(node)
+            continue
+        pool = copy.deepcopy(node)
+        del pool.attribute[:]
+        pool.attribute.extend(helper.make_attribute(k, v) for k, v in _attrs(node).items() if k != "ceil_mode")
+        if any(extra):  # else the windows fit: ceil and floor agree, ceil_mode just goes
+            base = node.name or node.output[0]
+            pads = unique_name(f"{base}_ceil_pads", g)
+            g.initializer.append(numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 0, *extra], dtype=np.int64), pads))
+            pool.input[0] = unique_name(f"{node.output[0]}_ceil_padded", g)
+            nodes.append(helper.make_node("Pad", [node.input[0], pads], [pool.input[0]], name=unique_name(f"{base}_ceil_pad", g),
+                                          mode="edge"))
+        nodes.append(pool)
+        count += 1
+    if count:
+        del g.node[:]
+        g.node.extend(nodes)
+    return (out, count) if count else (model, 0)
+
+
+def _ceil_extra(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> list[int] | None:
+    """The rows and columns a ceil-mode 2-D MaxPool's last windows read past the input, when edge padding is exact for them."""
+    attrs = _attrs(node)
+    shape = shapes.get(node.input[0]) if node.input else None
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    if (node.op_type != "MaxPool" or node.domain not in ("", "ai.onnx") or not attrs.get("ceil_mode") or shape is None
+            or len(node.output) != 1 or any(attrs.get("pads") or []) or auto_pad not in (b"NOTSET", "NOTSET", b"", "")
+            or any(d != 1 for d in attrs.get("dilations") or [1])):
+        return None
+    kernel, strides = list(attrs.get("kernel_shape") or []), list(attrs.get("strides") or [1, 1])
+    if len(kernel) != 2 or len(strides) != 2:
+        return None
+    extra = []
+    for size, k, s in zip(shape[2:], kernel, strides, strict=True):
+        windows = -(-(size - k) // s) + 1  # ceil
+        start = (windows - 1) * s
+        if size < k or start >= size:
+            return None  # a window starting past the input: edge values would make up a max the pool has no value for
+        extra.append(start + k - size)
+    return extra
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
 def _names_read(g: onnx.GraphProto) -> set[str]:
     """Every tensor name a node reads, in ``g`` and in the subgraphs of its If/Loop/Scan nodes (outer-scope names)."""
     names = set()
@@ -133,7 +203,7 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     out = {}
     for vi in [*inferred.graph.input, *inferred.graph.value_info]:
         dims = vi.type.tensor_type.shape.dim
-        values = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        values = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]  # -1: Paddle's "dynamic"
         if len(values) == 4 and all(v for v in values[1:]):
             out[vi.name] = [values[0] or 1, *values[1:]]
     return out

@@ -19,12 +19,13 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, InstanceOf, field_validator
 
-from edgekit.choices import Format, Layout
+from edgekit.choices import Format, Layout, Objective
 from edgekit.config import FrozenConfig
 from edgekit.data import ImageSpec
 from edgekit.export.config import ExportOptions
 from edgekit.pipeline import StepSpec
 from edgekit.recipes.model import Recipe
+from edgekit.reference import OriginCheck
 
 __all__ = ["CompressOptions"]
 
@@ -45,12 +46,20 @@ class CompressOptions(FrozenConfig):
     image_spec: InstanceOf[ImageSpec] | None = Field(None, description="How a folder of images becomes model inputs.")
     data_layout: Layout | None = Field(None, description="Layout of 4-D arrays in the data when it differs from the model's.")
     threads: int = Field(1, ge=1, description="Threads for evaluation, latency and training.")
+    objective: Objective = Field(Objective.BALANCED, description="What the int8 search optimizes among accurate models: latency (the "
+                                 "fastest), size (the smallest, even if slower than fp32) or balanced (the fastest within 0.35x the "
+                                 "fp32 size, else the smallest that is not slower).")
     allow_mismatch: bool = Field(False, description="Keep artifacts whose parity check against their source fails.")
     name: str | None = Field(None, description="Model name in the manifest (default: the file's stem).")
     version: str | None = Field(None, description="Model version in the manifest (default: the UTC date-time).")
     recipe: InstanceOf[Recipe] | None = Field(None, description="The recipe the steps and formats were compiled from: recorded "
                                                                 "resolved in the manifest, its data needs checked, its gates judged.")
     origin: dict[str, Any] | None = Field(None, description="What the ONNX model was exported from (PyTorch, TensorFlow), for the manifest.")
+    origin_check: InstanceOf[OriginCheck] | None = Field(None, description="The model as the user ran it (a scikit-learn pipeline), which "
+                                                                            "every artifact is also checked against (edgekit.importers sets it).")
+    label: str | None = Field(None, description="The column of a table (--data .csv/.parquet) holding the true labels.")
+    input_shapes: dict[str, tuple[int, ...]] = Field(default_factory=dict, description="Sizes of generated inputs (no data) by input "
+                                                     "name, where the model leaves them symbolic (--input-shape).")
 
     @field_validator("formats")
     @classmethod
@@ -66,6 +75,9 @@ class CompressOptions(FrozenConfig):
         return cls(**fields).with_recipe(recipe)
 
     def with_recipe(self, recipe: Recipe) -> CompressOptions:
-        """These options running ``recipe`` instead: its resolved steps and formats, recorded and judged by its gates."""
+        """These options running ``recipe`` instead: its resolved steps, formats and objective, recorded and judged by its gates."""
         formats = tuple(Format(f) for f in recipe.export)  # the recipe loader has checked them: known, each once
-        return self.model_copy(update={"steps": tuple(recipe.resolved_steps()), "formats": formats, "recipe": recipe})
+        update: dict[str, Any] = {"steps": tuple(recipe.resolved_steps()), "formats": formats, "recipe": recipe}
+        if recipe.objective is not None:
+            update["objective"] = Objective(recipe.objective)
+        return self.model_copy(update=update)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from edgekit.choices import Format, Precision
+from edgekit.choices import Format, Objective, Precision
 from edgekit.config import FrozenConfig
 from edgekit.errors import RecipeError
 from edgekit.runlog import RunLog
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # annotations only: validating a recipe's steps imports neith
     from edgekit.data import Dataset
     from edgekit.reference import Reference
 
-__all__ = ["STEPS", "Context", "Step", "StepConfig", "StepOutcome", "StepSpec", "file_tag", "get_step", "step", "validate_step"]
+__all__ = ["STEPS", "Context", "FormatModel", "Step", "StepConfig", "StepOutcome", "StepSpec", "file_tag", "get_step", "step", "validate_step"]
 
 
 class StepConfig(FrozenConfig):
@@ -63,6 +63,17 @@ class Context:
     log: RunLog = field(default_factory=RunLog)
     #: the artifact formats the run will write: a step choosing between models judges them as they will ship
     formats: tuple[Format, ...] = (Format.ONNX, Format.ORT)
+    #: what a step choosing between measured models optimizes (int8: latency, size, or balanced)
+    objective: Objective = Objective.BALANCED
+
+
+@dataclass(frozen=True)
+class FormatModel:
+    """Another model for one export format than the .onnx's, its precision, and that artifact's extra."""
+
+    model: onnx.ModelProto
+    precision: Precision
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,11 +83,11 @@ class StepOutcome:
     model: onnx.ModelProto
     precision: Precision | None = None  # None: unchanged
     record: dict[str, Any] = field(default_factory=dict)
-    artifact_extra: dict[str, Any] = field(default_factory=dict)  # e.g. session_config for the runtime
+    artifact_extra: dict[str, Any] = field(default_factory=dict)  # what the manifest keeps about the artifact (e.g. the int8 candidate)
     failed_bound: str | None = None  # set when an accuracy bound was not met (exit 3 after writing)
-    #: another model for one export format, with that artifact's extra: the int8 search may find a different
-    #: candidate fastest as .ort than as .onnx (an .ort is not re-optimized at load), and each ships the best
-    format_models: dict[Format, tuple[onnx.ModelProto, dict[str, Any]]] = field(default_factory=dict)
+    #: another model for one export format: the int8 search may find another candidate best as .ort than as .onnx
+    #: (an .ort is not re-optimized at load and has no x86 blocked float kernels), and each ships its best
+    format_models: dict[Format, FormatModel] = field(default_factory=dict)
 
 
 class Step(Protocol):

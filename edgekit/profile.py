@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from device_agent.manifest import FeatureProfile, TensorSpec, encode_tensor
+from device_agent.contract.manifest import FeatureProfile, TensorSpec, encode_tensor
 from edgekit.data import Dataset
+from edgekit.signature import fixed_batch
 
 __all__ = ["MAX_FEATURES", "drift_profile", "feature_axis", "selftest_vectors"]
 
@@ -35,8 +36,8 @@ def drift_profile(data: Dataset, inputs: tuple[TensorSpec, ...], *, bins: int = 
     rng = np.random.default_rng(seed)
     features: list[dict] = []
     for spec in inputs:
-        if not np.issubdtype(np.dtype(spec.dtype), np.floating) or spec.name not in data.inputs:
-            continue  # token ids, masks and flags are not binned
+        if spec.name not in data.inputs or not (_floating(spec) or _raw_image(spec)):
+            continue  # token ids, masks, flags and strings are not binned (a table's string columns get category counts)
         x = np.asarray(data.inputs[spec.name], dtype=np.float64)
         axis = feature_axis(spec)
         count = 1 if axis is None else x.shape[axis]
@@ -46,11 +47,22 @@ def drift_profile(data: Dataset, inputs: tuple[TensorSpec, ...], *, bins: int = 
             v = (x if axis is None else np.take(x, i, axis=axis)).reshape(-1)
             if v.size > MAX_VALUES:
                 v = rng.choice(v, MAX_VALUES, replace=False)
-            features.append(_feature(spec.name, axis if axis is not None else 0, i, v, bins).to_dict())
+            # a table column ([N, 1]) is one feature: named after its column
+            name = spec.name if count == 1 and len(spec.shape) == 2 else None
+            features.append(_feature(spec.name, axis if axis is not None else 0, i, v, bins, name_as=name).to_dict())
     return {"samples": data.n, "bins": bins, "generated": data.generated, "features": features}
 
 
-def _feature(name: str, axis: int, index: int, v: np.ndarray, bins: int) -> FeatureProfile:
+def _floating(spec: TensorSpec) -> bool:
+    return spec.dtype != "string" and bool(np.issubdtype(np.dtype(spec.dtype), np.floating))
+
+
+def _raw_image(spec: TensorSpec) -> bool:
+    """A raw uint8 RGB image input (preprocessing baked in): its channels are binned on pixel values."""
+    return spec.dtype == "uint8" and len(spec.shape) == 4 and spec.layout == "NHWC"
+
+
+def _feature(name: str, axis: int, index: int, v: np.ndarray, bins: int, *, name_as: str | None = None) -> FeatureProfile:
     finite = v[np.isfinite(v)]
     nan_share = float(1 - finite.size / v.size) if v.size else 0.0
     if finite.size == 0:
@@ -61,7 +73,7 @@ def _feature(name: str, axis: int, index: int, v: np.ndarray, bins: int) -> Feat
             edges = np.array([edges[0] - 0.5, edges[0] + 0.5])
     counts, _ = np.histogram(finite, bins=edges)
     return FeatureProfile(
-        input=name, axis=axis, index=index, name=f"{name}[{index}]" if axis is not None else name,
+        input=name, axis=axis, index=index, name=name_as or (f"{name}[{index}]" if axis is not None else name),
         edges=tuple(float(e) for e in edges), counts=tuple(int(c) for c in counts),
         min=float(finite.min()) if finite.size else 0.0, max=float(finite.max()) if finite.size else 0.0,
         mean=float(finite.mean()) if finite.size else 0.0, std=float(finite.std()) if finite.size else 0.0,
@@ -71,14 +83,12 @@ def _feature(name: str, axis: int, index: int, v: np.ndarray, bins: int) -> Feat
 
 def selftest_inputs(data: Dataset, inputs: tuple[TensorSpec, ...], *, count: int = 3, max_bytes: int = 1 << 20) -> list[dict[str, np.ndarray]]:
     """Up to ``count`` single requests (batch 1 or the fixed batch), at most ``max_bytes`` in all (≥ 1)."""
-    fixed = [s.shape[0] for s in inputs if s.shape and isinstance(s.shape[0], int)]
-    b = min(fixed) if fixed else 1
-    scalar = {s.name for s in inputs if not s.shape}
+    b = fixed_batch(inputs) or 1
     out, used = [], 0
     for i in range(0, min(data.n, count * b), b):
         if i + b > data.n:
             break
-        vec = {k: (np.asarray(v[i]) if k in scalar else v[i : i + b]) for k, v in data.inputs.items()}
+        vec = data.take(i, b)
         size = sum(a.nbytes for a in vec.values())
         if out and used + size > max_bytes:
             break

@@ -9,15 +9,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from device_agent.manifest import TensorSpec
+from device_agent.contract.manifest import TensorSpec
 from edgekit.data import Dataset
 from edgekit.evaluate import Quality, compare, parity
 
-__all__ = ["Reference"]
+__all__ = ["OriginCheck", "Reference"]
+
+
+@runtime_checkable
+class OriginCheck(Protocol):
+    """The model as the user ran it before edgekit made it one ONNX graph, which every artifact is also checked against.
+
+    A scikit-learn pipeline (``predict``/``predict_proba``), or an image network fed by Pillow
+    preprocessing: the artifacts take the same raw inputs, so their outputs must match the original's.
+    """
+
+    #: what the artifacts are compared with, for the manifest and messages ("scikit-learn predict_proba")
+    against: str
+
+    def expected(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The original's outputs on a batch of raw inputs, named like the ONNX model's outputs."""
+        ...
+
+    def judge(self, expected: dict[str, np.ndarray], got: dict[str, np.ndarray], *, precision: str) -> dict[str, Any]:
+        """The parity record of an artifact's outputs ``got`` against ``expected`` (JSON-clean; ``ok`` says whether it passes)."""
+        ...
+
+    def manifest_sections(self, data: Any) -> dict[str, Any]:
+        """What the manifest records about the original (top-level sections), given the training data (a Dataset)."""
+        ...
 
 
 @dataclass(frozen=True)

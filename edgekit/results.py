@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-    from device_agent.manifest import Artifact, Manifest, TensorSpec
+    from device_agent.contract.manifest import Artifact, Manifest, TensorSpec
     from device_agent.runtime import Backend
     from edgekit.choices import Format, Precision
     from edgekit.data import Dataset
@@ -49,7 +49,7 @@ class ExportedArtifact:
 
     def record(self) -> Artifact:
         """The manifest record a runtime backend opens this file with (layout perms, session config), before size and hash are known."""
-        from device_agent.manifest import Artifact
+        from device_agent.contract.manifest import Artifact
 
         runtime = "litert" if self.format == "tflite" else "onnxruntime"
         return Artifact(self.path.name, self.format, self.precision, 0, "0" * 64, runtime, self.inputs, self.outputs, self.extra)
@@ -67,6 +67,10 @@ class ArtifactResult:
     parity: dict[str, Any] | None = None
     stats: dict[str, Any] | None = None
     backend: Backend | None = field(default=None, repr=False)  # open until the interleaved timing
+    #: parity against the model as the user ran it (scikit-learn, Pillow + the network): :mod:`edgekit.origin`
+    origin_parity: dict[str, Any] | None = None
+    #: the outputs over the evaluation data, kept until the origin check has read them
+    outputs: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def file(self) -> str:

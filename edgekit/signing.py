@@ -1,13 +1,14 @@
 """ed25519 keys and detached manifest signatures (operator side).
 
-``edgekit keys generate -o keys/`` writes ``keys/edgekit.key`` (PKCS#8 PEM, mode 0600) and
+``edgekit keys generate -o keys/`` writes ``keys/edgekit.key`` (PKCS#8 PEM, mode 0600 whatever the umask; a key
+file group or others can access is refused wherever edgekit reads one) and
 ``keys/edgekit.pub`` (SubjectPublicKeyInfo PEM, for the devices' ``[security] trusted_keys``).
 ``edgekit sign out/ --key keys/edgekit.key`` writes ``out/edgekit.json.sig`` over the exact bytes of
 ``out/edgekit.json``; the manifest holds every artifact's sha256, so the signature covers them all.
 Before signing, every artifact is checked against the manifest: a signature must never vouch for
 files that already differ from what the manifest says.
 
-The signature format and the verification live in :mod:`device_agent.verify` (the devices run it).
+The signature format and the verification live in :mod:`device_agent.ota.verify` (the devices run it).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device_agent.errors import OtaError as _DeviceOtaError
-from device_agent.manifest import MANIFEST_NAME, SIGNATURE_NAME, ManifestError, load_manifest
-from device_agent.verify import Signature, key_id, load_trusted_keys, verify_manifest
+from device_agent.contract.errors import OtaError as _DeviceOtaError
+from device_agent.contract.files import loose_key_problem, open_private
+from device_agent.contract.manifest import MANIFEST_NAME, SIGNATURE_NAME, ManifestError, load_manifest
+from device_agent.ota.verify import Signature, key_id, load_trusted_keys, verify_manifest
 from edgekit.errors import FleetError, InputError
 
 __all__ = ["KeyPair", "generate_keys", "load_private_key", "sign_dir", "verify_dir"]
@@ -48,20 +50,21 @@ def generate_keys(out_dir: str | Path, *, name: str = "edgekit", overwrite: bool
             raise InputError(f"{p} already exists; refusing to overwrite a key (pass --force to replace it, and re-sign every model)")
     key = Ed25519PrivateKey.generate()
     data = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    with os.fdopen(open_private(priv), "wb") as f:
         f.write(data)
-    os.chmod(priv, 0o600)
     pub.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     return KeyPair(priv, pub, key_id(key.public_key()))
 
 
 def load_private_key(path: str | Path) -> Any:
-    """Read an ed25519 private key (PEM)."""
+    """Read an ed25519 private key (PEM). Refuses a key file group or others may access (fix: ``chmod 600``)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     p = Path(path)
+    problem = loose_key_problem(p)
+    if problem:
+        raise InputError(problem)
     try:
         key = load_pem_private_key(p.read_bytes(), password=None)
     except FileNotFoundError:

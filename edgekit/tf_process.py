@@ -15,8 +15,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -73,9 +75,36 @@ def run_worker(
     (workdir / "job.json").write_text(json.dumps(job, indent=1))
     for stale in ("result.json", "error.json", "progress.txt"):
         (workdir / stale).unlink(missing_ok=True)
-    env = {**os.environ, **TF_ENV}
-    log_path = workdir / "worker.log"
-    with open(log_path, "wb") as log:
+    # the child's own temporary directory: TensorFlow's autograph leaves generated files in $TMPDIR, and a child
+    # killed by Ctrl-C (or the deadline) cleans nothing up, so its whole TMPDIR goes when the child is done
+    tmp = Path(tempfile.mkdtemp(prefix="edgekit-tf-"))
+    env = {**os.environ, **TF_ENV, "TMPDIR": str(tmp), "TEMP": str(tmp), "TMP": str(tmp)}
+    try:
+        returncode = _run_child(module, workdir, env, what=what, error_cls=error_cls, progress=progress, timeout_s=timeout_s)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    err_file, res_file = workdir / "error.json", workdir / "result.json"
+    if returncode == 0 and res_file.is_file():
+        return json.loads(res_file.read_text())
+    if err_file.is_file():
+        err = json.loads(err_file.read_text())
+        raise error_cls(on_error(err) if on_error else f"{what} failed: {err['message']}")
+    tail = _log_tail(workdir / "worker.log")
+    if returncode < 0:
+        import signal
+
+        try:
+            sig = signal.Signals(-returncode).name
+        except ValueError:
+            sig = f"signal {-returncode}"
+        raise error_cls(f"{what} crashed inside TensorFlow ({sig}){': ' + tail if tail else ''}")
+    raise error_cls(f"{what} failed (exit {returncode}){': ' + tail if tail else ''}")
+
+
+def _run_child(module: str, workdir: Path, env: dict[str, str], *, what: str, error_cls: type[EdgekitError],
+               progress: Callable[[str, float], None], timeout_s: float) -> int:
+    """Run ``python -m module workdir`` to its end (or its deadline); the child is killed and reaped on any exit, Ctrl-C too."""
+    with open(workdir / "worker.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", module, str(workdir)], cwd=workdir, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
@@ -93,22 +122,7 @@ def run_worker(
                 proc.kill()
                 proc.wait()
             raise
-    err_file, res_file = workdir / "error.json", workdir / "result.json"
-    if proc.returncode == 0 and res_file.is_file():
-        return json.loads(res_file.read_text())
-    if err_file.is_file():
-        err = json.loads(err_file.read_text())
-        raise error_cls(on_error(err) if on_error else f"{what} failed: {err['message']}")
-    tail = _log_tail(log_path)
-    if proc.returncode < 0:
-        import signal
-
-        try:
-            sig = signal.Signals(-proc.returncode).name
-        except ValueError:
-            sig = f"signal {-proc.returncode}"
-        raise error_cls(f"{what} crashed inside TensorFlow ({sig}){': ' + tail if tail else ''}")
-    raise error_cls(f"{what} failed (exit {proc.returncode}){': ' + tail if tail else ''}")
+    return proc.returncode
 
 
 def _forward_progress(path: Path, last: str, progress: Callable[[str, float], None]) -> str:

@@ -2,9 +2,11 @@
 # make check-arm64 — prove the Raspberry Pi path on an emulated arm64 Debian (opt-in: minutes).
 #
 # In the arm64 root built by ../shared/tools/arm64-root.sh (Debian bookworm, Python 3.11, qemu-user):
-# the bundle from `edgekit agent bundle` installs with install.sh (base dependencies only, from the
-# package index, onnxruntime pinned to a version the emulator runs), the agent starts, passes its
-# self-test, answers a prediction over HTTP and publishes telemetry to a Mosquitto on this machine.
+# the bundle from `edgekit agent bundle --with-deps`, locked for aarch64 / Python 3.11 under a
+# constraint that pins onnxruntime to a version the emulator runs, installs offline with install.sh
+# (every wheel checked against the lock's sha256), the agent starts, reports its runtime against the
+# one the model was validated with (here: another minor release, so the self-test decides), passes
+# its self-test, answers a prediction over HTTP and publishes telemetry to a Mosquitto on this machine.
 # Then the agent's LiteRT backend runs edgekit's .tflite files (stripped; full-int8 and fp16) there and
 # must give the outputs it gives here.
 #
@@ -65,24 +67,31 @@ print(*ports)")
 printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n' "$MQTT_PORT" > "$WORK/mosquitto.conf"
 "$MOSQUITTO" -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
 BROKER_PID=$!
+echo "onnxruntime==$ORT_VERSION" > "$WORK/constraints.txt"
 "$PY" -c "import sys; from edgekit.cli.main import main; main(sys.argv[1:])" agent bundle --device-id "$DEVICE" \
   --broker "mqtt://127.0.0.1:$MQTT_PORT" --model "$WORK/model" --set "api.port=$API_PORT" --set telemetry.interval_s=2 \
-  --set model.threads=1 -o "$WORK/bundle.tar.gz"
+  --set model.threads=1 --with-deps --platform manylinux_2_36_aarch64 --python-version 3.11 \
+  --constraint "$WORK/constraints.txt" --lock "$WORK/aarch64.lock" -o "$WORK/bundle.tar.gz" | sed 's/^/  /' \
+  || fail "edgekit agent bundle failed"
 
-say "4/7 install.sh inside the arm64 root (pip from the package index; onnxruntime==$ORT_VERSION)"
+say "4/7 install.sh inside the arm64 root (offline, from the bundle's lock for aarch64: onnxruntime==$ORT_VERSION)"
 rm -rf "$R/root/edgekit-bundle" "$R/opt/edgekit-agent" "$R/etc/edgekit" "$R/var/lib/edgekit"
 mkdir -p "$R/root/edgekit-bundle"
 tar xzf "$WORK/bundle.tar.gz" -C "$R/root/edgekit-bundle"
-echo "onnxruntime==$ORT_VERSION" > "$R/root/edgekit-bundle/constraints.txt"
 T0=$(date +%s)
 chroot "$R" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
-  bash /root/edgekit-bundle/install.sh --no-systemd --constraint /root/edgekit-bundle/constraints.txt 2>&1 | sed 's/^/  /'
+  bash /root/edgekit-bundle/install.sh --no-systemd --offline 2>&1 | sed 's/^/  /' || fail "install.sh failed in the arm64 root"
 say "   installed in $(( $(date +%s) - T0 )) s"
+grep -qE '^(MemoryMax|TasksMax)=' "$R/etc/systemd/system/edgekit-agent.service" || fail "the unit has no MemoryMax/TasksMax"
+cp "$WORK/aarch64.lock" "$R/root/aarch64.lock"
 chroot "$R" /opt/edgekit-agent/venv/bin/python -c "
-import importlib.util as u, platform, onnxruntime
-heavy = [m for m in ('onnx', 'torch', 'tensorflow', 'pydantic') if u.find_spec(m)]
+import importlib.metadata as m, importlib.util as u, platform, re
+heavy = [x for x in ('onnx', 'torch', 'tensorflow', 'pydantic') if u.find_spec(x)]
 assert not heavy, heavy
-print('  ', platform.machine(), 'onnxruntime', onnxruntime.__version__, '- no onnx/torch/tensorflow/pydantic')"
+pins = dict(re.findall(r'^([A-Za-z0-9._-]+)==(\\S+)', open('/root/aarch64.lock').read(), re.M))
+got = {n: m.version(n) for n in pins}
+assert got == pins, (got, pins)
+print('  ', platform.machine(), 'onnxruntime', got['onnxruntime'], '- the lock exactly (%d wheels); no onnx/torch/tensorflow/pydantic' % len(pins))"
 
 say "5/7 start the agent (as user edgekit, inside the root)"
 chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/var/lib/edgekit LANG=C.UTF-8 bash -c \
@@ -127,6 +136,9 @@ assert len(body["outputs"]["logits"]) == 2, body
 print(f"   prediction: top-1 {[t[0]['label'] for t in body['top_k']]} in {body['latency_ms']:.1f} ms (runtime)")
 info = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{api}/v1/model", timeout=30).read())
 print(f"   model {info['name']} {info['version']} via {info['runtime']} ({info['artifact']}), self-test {info['selftest']['detail']}")
+rc = info["runtime_check"]
+print(f"   runtime check: {rc['status']} ({rc['detail']})")
+assert rc["installed"] and rc["validated"] and rc["status"] in ("match", "drift", "mismatch"), rc
 deadline = time.monotonic() + 300
 while time.monotonic() < deadline:
     tel = [p for t, p in got if t.endswith("/telemetry") and p.get("requests", 0) >= 1]
@@ -138,6 +150,8 @@ else:
 state = [p for t, p in got if t.endswith("/state")]
 print(f"   telemetry seq {tel[0]['seq']}: {tel[0]['requests']} request(s), latency p50 {tel[0]['latency_ms']['p50']} ms; "
       f"state {state[-1]['status'] if state else '?'} on {state[-1]['hardware'].get('machine') if state else '?'}")
+assert tel[0]["agent_version"] and tel[0]["runtime"].get("onnxruntime") == rc["installed"] and tel[0]["runtime_check"] == rc, tel[0]
+assert state and state[-1]["runtime_check"] == rc and state[-1]["runtime"].get("onnxruntime") == rc["installed"], state[-1:]
 c.loop_stop()
 PY
 stop_chroot_agent
@@ -151,7 +165,7 @@ EDGEKIT=(-c "import sys; from edgekit.cli.main import main; main(sys.argv[1:])")
 CHECK='
 import sys
 import numpy as np
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from device_agent.runtime import open_backend
 x = np.load(sys.argv[2])["x"][:16]
 out = {}

@@ -282,6 +282,7 @@ def make_tls_files(directory: Path, *, host: str = "127.0.0.1") -> dict[str, Pat
     def write_key(k, name):
         p = directory / name
         p.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        p.chmod(0o600)  # a private key: edgekit and the agent refuse one others can read
         return p
 
     def cert(subject, k, issuer, issuer_key, *, ca=False, san=None, client=False):

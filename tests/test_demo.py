@@ -16,7 +16,7 @@ def test_demo_tells_the_whole_story(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = {int(m.group(1)): m.group(2) for m in re.finditer(r"^\[(\d)\] (.*)$", proc.stdout, re.M)}
     assert sorted(lines) == list(range(1, 10)), proc.stdout
-    assert "compressed v1 to int8" in lines[2] and "digits.int8.ort" in lines[2]
+    assert "compressed v1 with --int8" in lines[2] and "digits.int8.ort" in lines[2]
     assert "serves digits 1.0.0" in lines[3]
     assert "signed and deployed v2: job SUCCEEDED" in lines[5] and "now serving 2.0.0" in lines[5]
     assert "refusing to deploy digits 3.0.0" in lines[6] and "job FAILED (rolled back 3.0.0" in lines[6]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
-    from device_agent.manifest import Manifest
+    from device_agent.contract.manifest import Manifest
     from edgekit.fleet.mqtt import BrokerAddress
     from edgekit.fleet.rollout import Gate, RolloutPolicy
     from edgekit.monitor.drift import DriftThresholds
@@ -80,11 +80,15 @@ class BrokerOptions:
 
     def address(self) -> BrokerAddress:
         """The broker URL parsed, with the credentials (the password read from its file); InputError names what is wrong."""
+        from device_agent.contract.files import loose_key_problem
         from edgekit.errors import InputError
         from edgekit.fleet.mqtt import parse_broker_url
 
         if not self.broker:
             raise InputError("no broker given: pass --broker mqtt://host:1883 (or set EDGEKIT_BROKER)")
+        problem = loose_key_problem(self.client_key) if self.client_key else None
+        if problem:
+            raise InputError(f"--client-key: {problem}")
         return parse_broker_url(self.broker, username=self.username,
                                 password=self.password_file.read_text().strip() if self.password_file else None,
                                 ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.client_key)
@@ -178,6 +182,7 @@ class RolloutOptions:
     shadow: bool
     shadow_agreement: float | None
     allow_incompatible: bool
+    allow_rolled_back: bool
 
     def check(self) -> None:
         """InputError naming the option when a wave size or --max-failures is not a count or a share."""
@@ -196,7 +201,8 @@ class RolloutOptions:
                                        "shadow_min_agreement": self.shadow_agreement}.items() if v is not None}
         return RolloutPolicy(waves=tuple(w.strip() for w in self.waves.split(",")), max_failures=self.max_failures,
                              min_devices=self.min_devices, device_timeout_s=self.timeout_s, method=self.delivery, chunk_size=self.chunk_size,
-                             base_url=self.base_url, probation=probation or None, allow_incompatible=self.allow_incompatible)
+                             base_url=self.base_url, probation=probation or None, allow_incompatible=self.allow_incompatible,
+                             allow_rolled_back=self.allow_rolled_back)
 
 
 rollout_options = _grouped("rollout", tuple(RolloutOptions.__dataclass_fields__), RolloutOptions, [
@@ -214,10 +220,13 @@ rollout_options = _grouped("rollout", tuple(RolloutOptions.__dataclass_fields__)
                  help="Requests the new model must serve before it is committed (device default: 200)."),
     click.option("--probation-seconds", type=click.FloatRange(0), help="...or seconds on probation, whichever comes first (device default: 300)."),
     click.option("--max-latency-ratio", "probation_latency", type=click.FloatRange(1),
-                 help="Roll back when p95 exceeds this × the previous model's."),
+                 help="Roll back when the new model takes more than this × the previous model's time (the device runs both in "
+                      "pairs on live inputs; device default 3)."),
     click.option("--shadow", is_flag=True, help="Run the new model beside the old on sampled live inputs before promoting it."),
     click.option("--shadow-agreement", type=click.FloatRange(0, 1), help="Top-1 agreement needed to promote in shadow mode (default 0.95)."),
     click.option("--allow-incompatible", is_flag=True, help="Allow inputs/outputs that differ from the served model's."),
+    click.option("--allow-rolled-back", is_flag=True,
+                 help="Deploy a release the devices rolled back before (they refuse it otherwise); signed into the job."),
 ])
 
 
@@ -238,7 +247,7 @@ class GateOptions:
 
     def baseline_manifest(self) -> Manifest | None:
         """The manifest of ``--baseline DIR`` (None: compare with what the devices serve)."""
-        from device_agent.manifest import load_manifest
+        from device_agent.contract.manifest import load_manifest
 
         return load_manifest(self.baseline) if self.baseline else None
 

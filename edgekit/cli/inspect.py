@@ -20,7 +20,7 @@ def inspect_cmd(path: Path, as_json: bool) -> None:
 
     console = Console() if Console().is_terminal else Console(width=160)
     if path.is_dir():
-        from device_agent.manifest import ManifestError, load_manifest
+        from device_agent.contract.manifest import ManifestError, load_manifest
         from edgekit.errors import InputError
 
         try:

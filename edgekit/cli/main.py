@@ -68,6 +68,11 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except KeyboardInterrupt:
+            # click would say "Aborted!" and exit 1; an interrupt is 130 (128 + SIGINT) and one line. Commands that know what an
+            # interrupt leaves behind say so themselves (edgekit.errors.Interrupted, exit 130 like any EdgekitError's code)
+            click.echo(f"interrupted (Ctrl-C): edgekit {ctx.invoked_subcommand or ''} stopped".replace("  ", " "), err=True)
+            raise click.exceptions.Exit(130) from None
         except Exception as e:
             from edgekit.errors import EdgekitError
 

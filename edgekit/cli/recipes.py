@@ -26,6 +26,7 @@ _TRAINING = ("epochs", "lr", "batch_size", "temperature", "alpha", "val_split", 
 #: compress parameter → (flag, what it sets in a recipe). See ``edgekit.recipes.Override``.
 OVERRIDES: dict[str, tuple[str, tuple[str, ...]]] = {
     "formats": ("--format", ("export",)),
+    "objective": ("--objective", ("objective",)),
     "max_drop": ("--max-drop", ("int8.max_drop", "gates.max_accuracy_drop")),
     "calibration": ("--calibration", ("int8.calibration",)),
     "calib_samples": ("--calib-samples", ("int8.calib_samples",)),

@@ -18,7 +18,7 @@ __all__ = ["sign"]
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def sign(directory: Path, key: Path | None, verify_with: tuple[Path, ...], as_json: bool) -> None:
     """Sign DIRECTORY/edgekit.json (it covers every artifact by sha256) → edgekit.json.sig."""
-    from device_agent.verify import Signature
+    from device_agent.ota.verify import Signature
     from edgekit.signing import sign_dir, verify_dir
 
     if verify_with:

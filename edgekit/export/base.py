@@ -51,7 +51,7 @@ class ExportSource:
     workdir: Path
     log: RunLog = field(default_factory=RunLog)
     threads: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)  # what the steps recorded for the artifact (candidate, session_config)
+    extra: dict[str, Any] = field(default_factory=dict)  # what the steps recorded for the artifact (e.g. the int8 candidate)
     float_model: onnx.ModelProto | None = None
     onnx_artifact: ExportedArtifact | None = None
 

@@ -20,7 +20,7 @@ __all__ = ["export_onnx"]
 def export_onnx(source: ExportSource, out_dir: Path, stem: str, config: OnnxConfig) -> list[ExportedArtifact]:
     """Write ``<stem>.onnx``: the model without what runtimes never read; an int8 model's internal tensors get short names."""
     path = out_dir / f"{stem}.onnx"
-    small, names = compact(source.model, rename=source.precision == Precision.INT8)
+    small, names = compact(source.model, rename=source.precision in (Precision.INT8, Precision.MIXED))
     onnx.save(small, str(path))
     ins, outs = io_specs(small)
     extra = dict(source.extra)

@@ -26,8 +26,10 @@ __all__ = ["convert_to_ort", "export_ort"]
 
 def convert_to_ort(onnx_path: Path, out_dir: Path, stem: str) -> tuple[Path, Path | None]:
     """Convert one .onnx file to ``out_dir/<stem>.ort``; returns it and the operator config, if written."""
-    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+    from edgekit.ort_tools import ort_tool
 
+    tool = ort_tool("convert_onnx_models_to_ort")  # onnxruntime.tools itself would import torch (8 s) for nothing used here
+    OptimizationStyle, convert_onnx_models_to_ort = tool.OptimizationStyle, tool.convert_onnx_models_to_ort
     with tempfile.TemporaryDirectory(prefix="edgekit.ort.") as tmp:
         src = Path(tmp) / f"{stem}.onnx"
         shutil.copy(onnx_path, src)
@@ -68,9 +70,6 @@ def export_ort(source: ExportSource, out_dir: Path, stem: str, config: OrtConfig
     extra = dict(onnx_artifact.extra)
     extra.pop(NAMES_KEY, None)  # same names as its parent .onnx, whose record keeps the mapping
     extra["required_operators"] = side[0].name if side else None
-    # the .ort is saved fully optimized; load-time options such as QDQ folding are already applied or not needed
-    if extra.pop("session_config", None):
-        extra["weight_only"] = True
     return [ExportedArtifact(dst, Format.ORT, onnx_artifact.precision, onnx_artifact.inputs, onnx_artifact.outputs,
                              parent=onnx_artifact.path.name, extra=extra, side_files=side)]
 

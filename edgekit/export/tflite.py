@@ -53,8 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from device_agent.contract.manifest import TensorSpec
 
+from device_agent.contract.manifest import TensorSpec
 from edgekit.choices import Format, Precision
 from edgekit.export.base import ExportSource, exporter
 from edgekit.export.config import TfliteConfig, TfliteIO

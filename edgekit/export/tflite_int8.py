@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from device_agent.contract.manifest import Artifact, TensorSpec
 
+from device_agent.contract.manifest import Artifact, TensorSpec
 from edgekit.export.tflite_keras import artifact_spec, input_perms, onnx_to_keras, save_serving, serving_function
 from edgekit.export.tflite_measure import Judge
 from edgekit.export.tflite_opcost import summarize

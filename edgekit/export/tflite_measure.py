@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from device_agent.contract.manifest import Artifact, TensorSpec
 
+from device_agent.contract.manifest import Artifact, TensorSpec
 from edgekit.data import Dataset
 from edgekit.evaluate import one_sample, run_dataset
 from edgekit.reference import Reference

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from device_agent.contract.manifest import TensorSpec
 
+from device_agent.contract.manifest import TensorSpec
 from edgekit.errors import ExportError
 from edgekit.export.config import TfliteConfig, TfliteIO
 from edgekit.export.tflite_prep import count_ops, explicit_maxpool_padding, hard_sigmoid_as_relu6
 from edgekit.onnx_model import io_specs, load_onnx
-from edgekit.onnx_rewrites import space_to_depth_stem
+from edgekit.onnx_rewrites import ceil_mode_maxpool, space_to_depth_stem
 
 if TYPE_CHECKING:
     from edgekit.export.base import ExportSource
@@ -36,8 +36,8 @@ TF_SOURCE_KIND_KEY = "edgekit.tf_source_kind"
 SAMPLE_COUNT = 8
 QUANTIZATION = {"fp32": "none", "fp16": "float16", "dynamic": "dynamic-range int8", "int8": "full-integer int8"}
 #: rewrites of the float model before a full-integer int8 conversion, in order (each exact; see their docstrings)
-INT8_REWRITES = (("maxpool_padding_made_explicit", explicit_maxpool_padding), ("space_to_depth_stem", space_to_depth_stem),
-                 ("hard_sigmoid_as_relu6", hard_sigmoid_as_relu6))
+INT8_REWRITES = (("maxpool_ceil_mode_made_explicit", ceil_mode_maxpool), ("maxpool_padding_made_explicit", explicit_maxpool_padding),
+                 ("space_to_depth_stem", space_to_depth_stem), ("hard_sigmoid_as_relu6", hard_sigmoid_as_relu6))
 
 
 def tflite_mode(precision: str, has_calibration_data: bool) -> str:

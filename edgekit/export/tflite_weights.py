@@ -75,7 +75,7 @@ def measure(cands: list[WeightsCandidate], ref: Reference, art: ExportedArtifact
     ``art`` is the .tflite's record (precision, signature, layout); ``parent_outputs`` are the outputs of the
     float model the candidates were converted from, over ``ref.eval_data``.
     """
-    from device_agent.litert import LiteRTBackend
+    from device_agent.runtime.litert import LiteRTBackend
 
     timed = {}
     for c in cands:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from device_agent.protocol import (
+from device_agent.contract.protocol import (
     DEFAULT_PREFIX,
     Command,
     DeviceStatus,
@@ -129,8 +129,8 @@ class FleetClient:
             elif isinstance(m, JobUpdate):
                 v = self._view(m.device)
                 old = v.jobs.get(m.job)
-                if m.reason == "duplicate_job" and old is not None:
-                    pass  # a refused reuse of this job id: not this job's outcome
+                if m.reason == "replayed" or (old is not None and (m.seq == 0 or m.reason == "duplicate_job")):
+                    pass  # a command run once already, a refused reuse, an answer outside the sequence: not this job's outcome
                 elif old is None or (m.boot, m.seq) >= (old.boot, old.seq):
                     v.jobs[m.job] = m
                 v.last_seen = max(v.last_seen, m.ts)

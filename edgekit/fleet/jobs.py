@@ -1,12 +1,15 @@
 """Building update jobs from an output directory: the job document, its chunks, signed commands.
 
-The device parses what this writes with :func:`device_agent.job.parse_job`; both sides compute
-the chunk plan with :func:`device_agent.job.chunk_plan`.
+The device parses what this writes with :func:`device_agent.ota.job.parse_job`; both sides compute
+the chunk plan with :func:`device_agent.ota.job.chunk_plan`. Commands are command version 2: bound
+to one device or group, valid from now for ``ttl_s``, every field signed (the device's checks are
+:mod:`device_agent.ota.gate`).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import secrets
 import time
 from collections.abc import Iterator
@@ -14,14 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device_agent.delivery import encode_chunk
-from device_agent.job import JOB_SCHEMA, JOB_VERSION, ArtifactRef, chunk_plan
-from device_agent.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, ManifestError, load_manifest
-from device_agent.protocol import Command, CommandKind
-from device_agent.verify import sign_command
+from device_agent.contract.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, ManifestError, load_manifest
+from device_agent.contract.protocol import Command, CommandKind
+from device_agent.ota.delivery import encode_chunk
+from device_agent.ota.job import JOB_SCHEMA, JOB_VERSION, ArtifactRef, chunk_plan
+from device_agent.ota.verify import sign_command
 from edgekit.errors import InputError
 
-__all__ = ["Release", "new_job_id", "signed_command"]
+__all__ = ["COMMAND_TTL_S", "Release", "new_job_id", "signed_command"]
+
+#: how long a command stays valid after it was signed: long enough to cross a busy broker, short
+#: enough that a captured command is void soon after (devices accept at most a day)
+COMMAND_TTL_S = 600.0
 
 
 def new_job_id(prefix: str = "job") -> str:
@@ -57,8 +64,9 @@ class Release:
         return sum(a.size for a in self.artifacts)
 
     def job_params(self, *, method: str = "mqtt", chunk_size: int = 64 * 1024, base_url: str | None = None,
-                   probation: dict[str, Any] | None = None, allow_incompatible: bool = False, timeout_s: float = 900.0) -> dict[str, Any]:
-        """The deploy command's params (see :mod:`device_agent.job`)."""
+                   probation: dict[str, Any] | None = None, allow_incompatible: bool = False, timeout_s: float = 900.0,
+                   allow_rolled_back: bool = False) -> dict[str, Any]:
+        """The deploy command's params (see :mod:`device_agent.ota.job`); the command's signature covers them all."""
         arts = []
         for a in self.artifacts:
             entry: dict[str, Any] = {"file": a.file, "size": a.size, "sha256": a.sha256}
@@ -80,6 +88,8 @@ class Release:
             params["probation"] = probation
         if allow_incompatible:
             params["allow_incompatible"] = True
+        if allow_rolled_back:
+            params["allow_rolled_back"] = True
         return params
 
     def chunks(self, job: str, chunk_size: int) -> Iterator[tuple[int, bytes]]:
@@ -92,10 +102,12 @@ class Release:
             yield n, encode_chunk(job=job, n=n, count=len(plan), file=file, offset=offset, data=data)
 
 
-def signed_command(kind: CommandKind, job: str, *, device: str = "", params: dict[str, Any] | None = None, key: Any = None) -> Command:
-    """A command; with ``key`` (an ed25519 private key) its params carry the ``auth`` block."""
+def signed_command(kind: CommandKind, job: str, *, device: str = "", group: str = "", params: dict[str, Any] | None = None,
+                   key: Any = None, ttl_s: float = COMMAND_TTL_S) -> Command:
+    """A command for one ``device`` or ``group`` (exactly one), valid for ``ttl_s`` from now; with ``key`` (an ed25519
+    private key) its ``auth`` signs every field. Without a key only devices with ``allow_unsigned`` take it."""
+    if bool(device) == bool(group):
+        raise InputError(f"a {kind} command names exactly one target, a device or a group; got {'both' if device else 'neither'}")
     ts = round(time.time(), 3)
-    p = dict(params or {})
-    if key is not None:
-        p["auth"] = sign_command(key, kind=str(kind), job=job, ts=ts, device=device, params=p)
-    return Command(kind=kind, job=job, ts=ts, params=p, device=device)
+    cmd = Command(kind=kind, job=job, ts=ts, params=dict(params or {}), device=device, group=group, expires=round(ts + ttl_s, 3))
+    return dataclasses.replace(cmd, auth=sign_command(key, cmd)) if key is not None else cmd

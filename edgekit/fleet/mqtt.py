@@ -9,8 +9,8 @@ username/password), and one error says a broker cannot be reached.
 A session subscribes to its topic filters with one SUBSCRIBE on every (re)connect and counts as
 *ready* once the broker acknowledged all of them; callers wait for that with a bounded timeout,
 which ends early when the broker refuses the connection or a subscription (:attr:`BrokerSession.refusal`).
-The device's own adapter is :class:`device_agent.mqtt.MqttLink` (outbox, backoff, Last Will per
-device); the two share the protocol (:mod:`device_agent.protocol`), not code.
+The device's own adapter is :class:`device_agent.link.mqtt.MqttLink` (outbox, backoff, Last Will per
+device); the two share the protocol (:mod:`device_agent.contract.protocol`), not code.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from device_agent.protocol import QOS
+from device_agent.contract.protocol import DEFAULT_PREFIX, QOS
 from edgekit.errors import FleetError, InputError
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
 
-__all__ = ["BrokerAddress", "BrokerSession", "Received", "check_reachable", "parse_broker_url", "to_address"]
+__all__ = ["BrokerAddress", "BrokerSession", "Received", "check_reachable", "parse_broker_url", "rollout_topic", "to_address"]
 
 log = logging.getLogger("edgekit.fleet.mqtt")
 
@@ -99,6 +99,15 @@ def parse_broker_url(url: str, *, username: str | None = None, password: str | N
 def to_address(broker: str | BrokerAddress) -> BrokerAddress:
     """A URL (no credentials) or an address built with :func:`parse_broker_url`."""
     return broker if isinstance(broker, BrokerAddress) else parse_broker_url(broker)
+
+
+def rollout_topic(job: str = "+", prefix: str = DEFAULT_PREFIX) -> str:
+    """Where ``fleet deploy`` keeps a rollout's record (retained) for the collectors' store: ``<prefix>/fleet/rollouts/<job>``.
+
+    A topic between fleet-side programs only (devices never see it), so it lives here rather than in
+    :mod:`device_agent.contract.protocol`; ``job="+"`` is the filter for all of them.
+    """
+    return f"{prefix}/fleet/rollouts/{job}"
 
 
 def unreachable(address: BrokerAddress, error: object) -> FleetError:

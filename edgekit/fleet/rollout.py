@@ -6,6 +6,10 @@ cancel). After a wave, once at least ``min_devices`` devices finished, the share
 (FAILED — rolled back on the device —, REJECTED, TIMED_OUT, CANCELED) is compared with
 ``max_failures``; above it the rollout stops and says so. Devices that succeeded keep the new
 version: the operator decides whether to ``edgekit fleet rollback`` them.
+
+The rollout's record (waves, outcomes so far, abort reason) is published retained on
+``<prefix>/fleet/rollouts/<job>`` when it starts, after each wave and at the end
+(:func:`edgekit.fleet.mqtt.rollout_topic`): the fleet collectors keep it in their store.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_agent.job import chunk_plan
-from device_agent.manifest import Manifest
-from device_agent.protocol import CommandKind, JobState, JobUpdate
+from device_agent.contract.manifest import Manifest
+from device_agent.contract.protocol import CommandKind, JobState, JobUpdate
+from device_agent.ota.job import chunk_plan
 from edgekit.errors import FleetError, InputError
 from edgekit.fleet.client import DeviceView, FleetClient
 from edgekit.fleet.jobs import Release, new_job_id, signed_command
+from edgekit.fleet.mqtt import rollout_topic
 
 __all__ = ["Gate", "RolloutPolicy", "RolloutResult", "check_metrics", "deploy", "parse_share", "plan_waves", "rollback", "Journal"]
 
@@ -115,6 +120,7 @@ class RolloutPolicy:
     base_url: str | None = None
     probation: dict[str, Any] | None = None
     allow_incompatible: bool = False
+    allow_rolled_back: bool = False
 
 
 @dataclass
@@ -189,8 +195,9 @@ def deploy(fleet: FleetClient, release: Release, *, devices: list[str] | None = 
            key: Any = None) -> RolloutResult:
     """Roll ``release`` out. Raises FleetError before sending anything when the metric gate refuses.
 
-    ``key`` (an ed25519 private key) signs the cancel sent to devices that exceed the per-device
-    timeout; without it devices that only accept signed commands ignore that cancel.
+    ``key`` (an ed25519 private key) signs every command: the deploy (its target device, expiry and
+    job settings) and the cancel sent to devices that exceed the per-device timeout. Without it
+    only devices with ``allow_unsigned`` act on them; the others answer REJECTED ``unsigned``.
     """
     fleet.settle(2.0)
     views = fleet.snapshot()
@@ -211,8 +218,10 @@ def deploy(fleet: FleetClient, release: Release, *, devices: list[str] | None = 
                        f"({release.size / 2**20:,.1f} MiB × {max(len(w) for w in waves)} devices in the largest wave; "
                        f"bound {MQTT_RETAINED_BUDGET >> 20} MiB): use --delivery http --url BASE_URL, or smaller waves")
     result = RolloutResult(job, {"name": release.manifest.name, "version": release.manifest.version}, waves, skipped=list(offline))
+    _announce(fleet, result, policy, "running", 0)
     params = release.job_params(method=policy.method, chunk_size=policy.chunk_size, base_url=policy.base_url, probation=policy.probation,
-                                allow_incompatible=policy.allow_incompatible, timeout_s=policy.device_timeout_s)
+                                allow_incompatible=policy.allow_incompatible, timeout_s=policy.device_timeout_s,
+                                allow_rolled_back=policy.allow_rolled_back)
     kind, bound = parse_share(policy.max_failures, "--max-failures")
     count = len(chunk_plan(release.artifacts, policy.chunk_size)) if policy.method == "mqtt" else 0
     for i, wave in enumerate(waves, 1):
@@ -229,9 +238,19 @@ def deploy(fleet: FleetClient, release: Release, *, devices: list[str] | None = 
                               f"{policy.max_failures}; {len(rest)} device(s) in later waves were not updated")
             result.skipped += rest
             break
+        _announce(fleet, result, policy, "running", i)
+    fleet.flush([_announce(fleet, result, policy, "aborted" if result.aborted else "done", len(waves))])
     if journal is not None:
         journal.record(result)
     return result
+
+
+def _announce(fleet: FleetClient, result: RolloutResult, policy: RolloutPolicy, status: str, wave: int) -> Any:
+    """Publish the rollout's record (retained) for the collectors' store; returns paho's message info."""
+    doc = {"v": 1, "type": "rollout", **result.to_dict(), "status": status, "wave": wave, "ts": round(time.time(), 3),
+           "policy": {"waves": list(policy.waves), "max_failures": policy.max_failures, "min_devices": policy.min_devices,
+                      "device_timeout_s": policy.device_timeout_s, "method": policy.method}}
+    return fleet.publish(rollout_topic(result.job, fleet.prefix), json.dumps(doc).encode(), retain=True)
 
 
 def _gate(release: Release, views: dict[str, DeviceView], online: list[str], gate: Gate, baseline: Manifest | None,
@@ -263,7 +282,7 @@ def _run_wave(fleet: FleetClient, release: Release, job: str, params: dict[str, 
     for d in wave:
         if policy.method == "mqtt":
             infos += fleet.publish_chunks(d, job, release.chunks(job, policy.chunk_size))
-        infos.append(fleet.send(d, signed_command(CommandKind.DEPLOY, job, device=d, params=params)))
+        infos.append(fleet.send(d, signed_command(CommandKind.DEPLOY, job, device=d, params=params, key=key)))
     fleet.flush(infos, timeout=max(30.0, policy.device_timeout_s))
 
     def done(views: dict[str, DeviceView]) -> bool:

@@ -6,6 +6,8 @@
 ``model.pt2``                  a ``torch.export`` ExportedProgram
 ``saved_model_dir/``           a TensorFlow SavedModel (converted with tf2onnx)
 ``model.keras`` / ``.h5``       a Keras file (converted with tf2onnx)
+``pipe.joblib`` / ``.pkl``      a fitted scikit-learn Pipeline (skl2onnx, onnxmltools), with ``data``: its table
+``pipe.skops``                 the same, loaded with skops' trusted-type check
 =============================  ===============================================================
 
 :func:`imported` yields the ONNX file to compress (inside a temporary directory that lives as
@@ -18,14 +20,16 @@ import contextlib
 import re
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekit.errors import InputError
+from edgekit.reference import OriginCheck
+from edgekit.tabular.load import SKLEARN_SUFFIXES
 
 __all__ = ["ImportedModel", "detect_kind", "imported", "parse_input_shapes"]
 
-KINDS = ("onnx", "torch_factory", "pt2", "saved_model", "keras")
+KINDS = ("onnx", "torch_factory", "pt2", "saved_model", "keras", "sklearn")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class ImportedModel:
     kind: str  # one of KINDS
     origin: str  # the model argument as given
     base: Path  # default outputs are named after this: <base>.int8/
+    check: OriginCheck | None = None  # what every artifact is also checked against (a scikit-learn pipeline)
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --input-shape by input name, for generated inputs
 
     @property
     def converted(self) -> bool:
@@ -45,7 +51,7 @@ class ImportedModel:
         """For the manifest's ``source.origin``: the model the compressed ONNX was exported from (None: it is the input)."""
         if not self.converted:
             return None
-        from device_agent.manifest import file_sha256
+        from device_agent.contract.manifest import file_sha256
 
         p = Path(self.origin)
         d: dict = {"kind": self.kind, "file": p.name if p.exists() else self.origin}
@@ -70,6 +76,8 @@ def detect_kind(model: str) -> str:
         return "pt2"
     if suffix in (".keras", ".h5"):
         return "keras"
+    if suffix in SKLEARN_SUFFIXES:
+        return "sklearn"
     if re.fullmatch(r"[^:]+:[A-Za-z_][A-Za-z0-9_]*", model) and not p.exists():
         return "torch_factory"
     if suffix in (".pt", ".pth", ".bin", ".ckpt"):
@@ -108,10 +116,11 @@ def imported(
     *,
     weights: Path | None = None,
     input_shapes: dict[str | None, tuple[int, ...]] | None = None,
+    data: Path | None = None,
     say: Callable[[str], None] = lambda m: None,
     progress: Callable[[str, float], None] = lambda m, f: None,
 ) -> Iterator[ImportedModel]:
-    """Yield the ONNX model for ``model``, converting PyTorch/TensorFlow inputs into a temporary directory."""
+    """Yield the ONNX model for ``model``, converting PyTorch/TensorFlow/scikit-learn (``data``: its table) inputs in a temporary directory."""
     text = str(model)
     kind = detect_kind(text)
     shapes = input_shapes or {}
@@ -133,6 +142,14 @@ def imported(
         p = Path(text)
         stem = p.name if kind == "saved_model" else p.stem
         out = Path(tmp) / f"{stem}.onnx"
+        if kind == "sklearn":
+            from edgekit.importers.sklearn import export_sklearn
+
+            if shapes:
+                raise InputError(f"{p.name} takes one input per column; drop --input-shape")
+            check = export_sklearn(p, out, data=data, say=say)
+            yield ImportedModel(out, kind, text, p.with_name(stem), check)
+            return
         if kind == "pt2":
             from edgekit.importers.pytorch import export_pt2
 
@@ -146,9 +163,21 @@ def imported(
             say(f"converting {p.name} to ONNX (tf2onnx)")
             export_tf(p, kind, out, input_shapes=shapes, progress=progress)
         else:
-            from edgekit.importers.onnx_shapes import fix_input_shapes
-
-            fix_input_shapes(p, out, shapes)
-            fixed = ", ".join(f"{k or 'the input'} {list(v)}" for k, v in shapes.items())
-            say(f"input shapes fixed to {fixed}")
+            yield _onnx_with_shapes(p, out, shapes, text, say)
+            return
         yield ImportedModel(out, kind, text, p.with_name(stem))
+
+
+def _onnx_with_shapes(p: Path, out: Path, shapes: dict[str | None, tuple[int, ...]], text: str,
+                      say: Callable[[str], None]) -> ImportedModel:
+    """An ONNX model with --input-shape sizes written into a copy (``out``), or as it is when onnxruntime refuses them."""
+    from edgekit.importers.onnx_shapes import fix_input_shapes
+
+    fixed = fix_input_shapes(p, out, shapes)
+    sizes = ", ".join(f"{k} {list(v)}" for k, v in fixed.shapes.items())
+    if not fixed.written:
+        say(f"input shapes kept symbolic: onnxruntime does not load {p.name} with {sizes} ({fixed.why_not}); "
+            "generated inputs take these sizes")
+        return ImportedModel(p, "onnx", text, p.with_name(p.stem), input_shapes=fixed.shapes)
+    say(f"input shapes fixed to {sizes}")
+    return ImportedModel(out, "onnx", text, p.with_name(p.stem), input_shapes=fixed.shapes)

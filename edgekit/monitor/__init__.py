@@ -1,23 +1,26 @@
 """Fleet monitoring: input drift and model accuracy from the telemetry devices send.
 
-Ingest is separate from evaluation: what arrives is filed first, and only new windows are judged.
+Ingest is separate from evaluation: what arrives is filed first (and added to running totals as it
+is stored), and only new windows are judged; nothing re-reads raw windows.
 
 ::
 
     stats.py      PSI, KS, χ² and normal quantiles, Wilson bounds (counts only; no scipy)
     windows.py    telemetry windows merged per feature: additive counts and moments
     drift.py      thresholds, per-feature and per-report drift verdicts
+    bulk.py       the same verdicts on running totals, many spans at once (a group and its thousand devices)
     accuracy.py   late labels against the manifest's accuracy
     config.py     MonitorConfig: thresholds, lookback, accuracy bounds, retention
-    store/        the FleetStore contract (base.py) and its SQLite backend (sqlite.py)
-    ingest.py     messages decoded and filed: windows, device states, references from deploy commands
+    store/        the FleetStore contract (base.py), running totals (totals.py), SQLite and PostgreSQL backends
+    ingest.py     messages decoded and filed in batches: windows, device and job states, rollouts, references
     evaluation.py what a new window (or the group timer) means for drift and accuracy
-    verdicts.py   verdict state per feature; the alerts its changes raise
-    reports.py    ``fleet drift`` reports and the ``fleet status`` drift column, from the store
+    verdicts.py   verdict state per feature (read and written per batch); the alerts its changes raise
+    reports.py    ``fleet drift`` reports, drift over time, the ``fleet status`` drift column, from the store
     monitor.py    Monitor: ingest + evaluation, no I/O of its own
     alerts.py     the alert message published on ``<prefix>/fleet/alerts/<scope>/<name>``
-    query.py      ``fleet drift --broker``: ask every collector, merge their counts
-    status.py     the ``fleet status`` drift column from the broker's retained summaries
+    query.py      ``fleet drift --broker``: ask one collector per store, add the stores' totals up
+    status.py     ``fleet status`` from a store: the devices page, status queries; the retained drift summaries
+    workers.py    the collector's threads: ingest batches, judging, answering queries, retention
     collector.py  ``fleet watch``: MQTT shared subscription → Monitor → alerts on MQTT
 
 MQTT goes through the fleet side's one adapter, :mod:`edgekit.fleet.mqtt`. Nothing here loads
@@ -29,7 +32,7 @@ from edgekit.monitor.collector import Collector
 from edgekit.monitor.config import MonitorConfig
 from edgekit.monitor.drift import DriftReport, DriftThresholds, FeatureDrift, Level, evaluate, feature_drift
 from edgekit.monitor.monitor import Monitor
-from edgekit.monitor.reports import drift_reports, drift_summary
+from edgekit.monitor.reports import drift_over_time, drift_reports, drift_summary
 from edgekit.monitor.stats import ks_statistic, psi
 from edgekit.monitor.store import ACCURACY, FleetStore, Reference, SqliteStore, open_store
 from edgekit.monitor.windows import FeatureSummary, WindowSet
@@ -50,6 +53,7 @@ __all__ = [
     "SqliteStore",
     "WindowSet",
     "accuracy_report",
+    "drift_over_time",
     "drift_reports",
     "drift_summary",
     "evaluate",

@@ -14,13 +14,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from device_agent.protocol import TelemetryMessage
+from device_agent.contract.protocol import TelemetryMessage
 from edgekit.monitor.config import MonitorConfig
 from edgekit.monitor.drift import Level
 from edgekit.monitor.stats import wilson_bounds
-from edgekit.monitor.store import FleetHistory
+from edgekit.monitor.store import UNKNOWN, FleetHistory, Span
 
-__all__ = ["AccuracyReport", "accuracy_counts", "accuracy_report", "judge_accuracy"]
+__all__ = ["AccuracyReport", "accuracy_counts", "accuracy_report", "group_accuracy_pairs", "judge_accuracy", "span_accuracy"]
 
 
 class AccuracyReport(BaseModel):
@@ -61,6 +61,21 @@ def accuracy_counts(messages: Iterable[TelemetryMessage], model: str, version: s
     return labelled, correct
 
 
+def span_accuracy(spans: Iterable[Span], model: str, version: str) -> tuple[int, int]:
+    """(labelled, correct) rows for predictions of ``model`` ``version`` in these spans (windows that named no model count for any)."""
+    labelled = correct = 0
+    for s in spans:
+        if s.version == version and s.model in (model, UNKNOWN):
+            labelled += s.totals.labelled
+            correct += s.totals.correct
+    return labelled, correct
+
+
+def group_accuracy_pairs(spans: Iterable[Span]) -> list[tuple[str, str]]:
+    """(model, version) of every prediction version with late labels in these spans, sorted."""
+    return sorted({(s.model, s.version) for s in spans if s.totals.labelled})
+
+
 def judge_accuracy(scope: str, name: str, *, model: str, version: str, labelled: int, correct: int, baseline: float | None,
                    config: MonitorConfig) -> AccuracyReport:
     """The verdict on ``correct`` of ``labelled`` rows of ``name`` (a device or group) against ``baseline`` (a fraction)."""
@@ -88,7 +103,7 @@ def judge_accuracy(scope: str, name: str, *, model: str, version: str, labelled:
 def accuracy_report(store: FleetHistory, device: str, model: str, version: str, *, since: float, config: MonitorConfig,
                     artifact: str | None = None) -> AccuracyReport:
     """Joined late labels of one device and model version since ``since`` against the manifest's accuracy."""
-    labelled, correct = accuracy_counts(store.telemetry(device=device, since=since), model, version)
+    labelled, correct = span_accuracy(store.spans(device=device, since=since), model, version)
     ref = store.reference(model, version)
     return judge_accuracy("device", device, model=model, version=version, labelled=labelled, correct=correct,
                           baseline=ref.baseline_accuracy(artifact) if ref else None, config=config)

@@ -2,7 +2,7 @@
 
 ::
 
-    with Collector("mqtt://127.0.0.1:1883", "fleet.sqlite") as c:   # starts a background thread
+    with Collector("mqtt://127.0.0.1:1883", "fleet.sqlite") as c:   # starts its threads
         c.register("out/")                                          # judge this model version
         c.wait_ready(10)
         ...                                                         # c.alerts holds what it raised
@@ -11,52 +11,54 @@ Subscriptions (QoS 1):
 
 - telemetry through the shared subscription ``$share/<share>/<prefix>/+/telemetry``: start more
   collectors with the same ``share`` and the broker splits the windows between them;
-- device states (retained; groups come from them) and deploy commands (the manifests they carry
-  become drift references) without sharing: every collector needs all of them, and the broker
-  does not hand retained messages to shared subscriptions;
-- drift queries from ``fleet drift --broker`` (:mod:`edgekit.monitor.query`).
+- device states (retained; groups come from them), job states (retained), rollouts that
+  ``fleet deploy`` published and deploy commands (the manifests they carry become drift
+  references) without sharing: every collector needs all of them, and the broker does not hand
+  retained messages to shared subscriptions;
+- drift and status queries from ``fleet drift --broker`` / ``fleet status --broker``
+  (:mod:`edgekit.monitor.query`, :mod:`edgekit.monitor.status`).
 
 The broker hands each telemetry window to one collector of the share. With a store of its own,
 each collector judges its share of every device's windows — a random subsample, so still a valid
-test, on fewer samples — and ``fleet drift --broker`` adds the shares up. Collectors on one machine
-can share one database file and then judge the whole history.
+test, on fewer samples — and ``fleet drift --broker`` adds the shares up. Collectors that share one
+database (a SQLite file on one machine, or PostgreSQL across hosts) store every window once and
+keep one set of running totals (each under its own writer slot), and queries ask one of them.
 
-Messages are acknowledged after they are stored (paho manual acks), so a collector that dies
-between receipt and storage gets them again. Alerts go to ``<prefix>/fleet/alerts/<scope>/<name>``,
-and each device's drift summary (the ``fleet status`` column) is kept retained on
-``<prefix>/fleet/drift/<device>``.
-The presence of each collector is a retained message with a Last Will, so ``fleet drift`` knows
-whom to wait for.
+The work runs on four threads (:mod:`edgekit.monitor.workers`): ingestion files whatever is
+waiting in one transaction and acknowledges the messages after they are stored (paho manual acks),
+so a collector that dies between receipt and storage gets them again; judging, answering queries
+and retention never hold it up. Alerts go to ``<prefix>/fleet/alerts/<scope>/<name>``, and each
+device's drift summary is kept retained on ``<prefix>/fleet/drift/<device>`` when it changes.
+The presence of each collector is a retained message with a Last Will (naming the store it writes),
+so queries know whom to ask.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from device_agent.manifest import load_manifest
-from device_agent.protocol import DEFAULT_PREFIX, Topics, shared, valid_id
+import orjson
+
+from device_agent.contract.manifest import load_manifest
+from device_agent.contract.protocol import DEFAULT_PREFIX, Topics, shared, valid_id
 from edgekit.errors import InputError
-from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
+from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, rollout_topic, to_address
 from edgekit.monitor.config import MonitorConfig
 from edgekit.monitor.monitor import Monitor
 from edgekit.monitor.query import answer
-from edgekit.monitor.reports import drift_summary
-from edgekit.monitor.store import FleetStore, Reference, SqliteStore
+from edgekit.monitor.status import status_answer
+from edgekit.monitor.store import FleetStore, Reference, open_store
+from edgekit.monitor.workers import Workers
 
 __all__ = ["Collector"]
 
 log = logging.getLogger("edgekit.monitor.collector")
-
-#: messages waiting for the worker; past this the MQTT thread blocks (and the broker holds the rest)
-QUEUE_SIZE = 10_000
 
 
 class Collector:
@@ -65,14 +67,14 @@ class Collector:
     Args:
         broker: ``mqtt://`` / ``mqtts://`` URL, or an address with credentials, CA and client
             certificate (:func:`edgekit.fleet.mqtt.parse_broker_url`).
-        store: a :class:`FleetStore`, or the path of the SQLite file (``":memory:"`` works).
-        config: monitor thresholds and windows.
+        store: a :class:`FleetStore`, a SQLite file (``":memory:"`` works) or a ``postgresql://`` URL.
+        config: monitor thresholds, windows and retention.
         share: the shared-subscription group; collectors with the same share split the telemetry.
             None subscribes plainly (one collector only; for brokers without shared subscriptions).
         prefix: the fleet's topic prefix.
         collector_id: MQTT client id. Given, the broker keeps this collector's session (and queues its
             share of the telemetry) while it restarts; default: a random id and a clean session.
-        on_alert: called with each alert payload (on the worker thread) after it is published.
+        on_alert: called with each alert payload (on the judging thread) after it is published.
         trusted_keys: ed25519 public keys (PEM); given, only signed manifests from deploy commands
             become references.
     """
@@ -87,24 +89,26 @@ class Collector:
         if not valid_id(self.id):
             raise InputError(f"collector id {self.id!r} is not usable in a topic: use 1-64 of A-Z a-z 0-9 _ . -")
         self.address = to_address(broker)
-        self.store: FleetStore = store if not isinstance(store, (str, Path)) else SqliteStore(store)
         self._own_store = isinstance(store, (str, Path))
+        self.store: FleetStore = open_store(store, holder=f"{self.id}/{uuid.uuid4().hex[:8]}") if isinstance(store, (str, Path)) else store
         trusted = None
         if trusted_keys:
-            from device_agent.verify import load_trusted_keys
+            from device_agent.ota.verify import load_trusted_keys
 
             trusted = load_trusted_keys(trusted_keys)
         self.monitor = Monitor(self.store, config, collector=self.id, trusted=trusted)
+        self.monitor.evaluator.verdicts.on_summary = self._publish_summary
         self.share = share
         self.prefix = prefix
         self.on_alert = on_alert
         self.alerts: list[dict[str, Any]] = []
-        self.errors = 0
-        self._queue: queue.Queue[Received] = queue.Queue(QUEUE_SIZE)
-        self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
+        self.workers = Workers(self.monitor, ack=self._ack, publish=self._publish, answer=self._answer, route=self._route, name=self.id)
         self._session: BrokerSession | None = None
-        self._summaries: dict[str, str] = {}
+
+    @property
+    def errors(self) -> int:
+        """Failures the threads recovered from (logged)."""
+        return self.workers.errors
 
     # --- references ----------------------------------------------------------------------------------
 
@@ -120,7 +124,8 @@ class Collector:
         # share=None: a plain subscription, for brokers without MQTT 5 shared subscriptions (amqtt)
         telemetry = Topics.all_telemetry(self.prefix) if self.share is None else shared(self.share, Topics.all_telemetry(self.prefix))
         return {"shared": (telemetry,),
-                "own": (Topics.all_states(self.prefix), *Topics.all_cmds(self.prefix), Topics.fleet_query(self.prefix))}
+                "own": (Topics.all_states(self.prefix), Topics.all_jobs(self.prefix), *Topics.all_cmds(self.prefix),
+                        rollout_topic(prefix=self.prefix), Topics.fleet_query(self.prefix))}
 
     def start(self) -> Collector:
         """Connect (in the background, reconnecting) and start consuming; see :meth:`wait_ready`."""
@@ -131,10 +136,9 @@ class Collector:
         # process and keep taking its turn of the shared telemetry into a queue nobody reads;
         # messages are acknowledged after they are stored, so a collector that dies in between gets them again
         self._session = BrokerSession(self.address, self.id, topics=(*self.topics["shared"], *self.topics["own"]),
-                                      on_message=self._on_message, on_connect=self._announce, clean=not self._stable_id,
+                                      on_message=self.workers.offer, on_connect=self._announce, clean=not self._stable_id,
                                       will=(presence, self._presence("offline")), manual_ack=True)
-        self._worker = threading.Thread(target=self._work, name=f"edgekit-collector-{self.id}", daemon=True)
-        self._worker.start()
+        self.workers.start()
         self._session.start()
         return self
 
@@ -148,16 +152,13 @@ class Collector:
         return self._session.refusal if self._session is not None else None
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Finish the queued messages (bounded by ``timeout``), mark this collector offline, disconnect."""
+        """Finish what is queued (bounded by ``timeout``), mark this collector offline, disconnect."""
         session = self._session
         if session is None:
             return
         deadline = time.monotonic() + timeout
-        while not self._queue.empty() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        self._stop.set()
-        if self._worker is not None:
-            self._worker.join(max(0.1, deadline - time.monotonic()))
+        self.workers.drain(timeout)
+        self.workers.join(max(0.1, deadline - time.monotonic()))
         try:
             info = session.publish(Topics.fleet_collector(self.id, self.prefix), self._presence("offline"), retain=True)
             info.wait_for_publish(max(0.1, min(2.0, deadline - time.monotonic())))
@@ -176,50 +177,22 @@ class Collector:
 
     def _presence(self, status: str) -> bytes:
         return json.dumps({"v": 1, "type": "collector", "collector": self.id, "status": status, "share": self.share,
-                           "ts": round(time.time(), 3)}).encode()
+                           "store": self.store.store_id, "ts": round(time.time(), 3)}).encode()
 
-    # --- MQTT callbacks (paho's thread) ------------------------------------------------------------------
+    # --- MQTT (paho's thread, and the workers') --------------------------------------------------------------
 
     def _announce(self) -> None:
         if self._session is not None:
             self._session.publish(Topics.fleet_collector(self.id, self.prefix), self._presence("online"), retain=True)
 
-    def _on_message(self, msg: Received) -> None:
-        # bounded: when the worker falls behind, paho's thread waits here and the broker keeps the rest
-        while not self._stop.is_set():
-            try:
-                self._queue.put(msg, timeout=0.5)
-                return
-            except queue.Full:
-                continue
+    def _route(self, topic: str) -> str:
+        if topic == Topics.fleet_query(self.prefix):
+            return "query"
+        if topic.startswith(rollout_topic("", self.prefix)):
+            return "rollout"
+        return "message"
 
-    # --- worker ----------------------------------------------------------------------------------------
-
-    def _work(self) -> None:
-        last_prune = 0.0
-        while not self._stop.is_set():
-            try:
-                msg: Received | None = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                msg = None
-            try:
-                if msg is not None:
-                    self._take(msg)
-                self._publish(self.monitor.evaluate_groups())
-                if time.monotonic() - last_prune > 3600:
-                    last_prune = time.monotonic()
-                    self.monitor.prune()
-            except Exception:  # one bad message or a store hiccup must not stop the collector
-                self.errors += 1
-                log.exception("collector %s: failed to process a message", self.id)
-
-    def _take(self, msg: Received) -> None:
-        if msg.topic == Topics.fleet_query(self.prefix):
-            self._answer(msg.payload)
-        else:
-            self._publish(self.monitor.handle(msg.topic, msg.payload))
-            if msg.topic.endswith("/telemetry"):
-                self._publish_summary(msg.topic.split("/")[-2])
+    def _ack(self, msg: Received) -> None:
         if self._session is not None:
             self._session.ack(msg.mid, msg.qos)
 
@@ -232,22 +205,26 @@ class Collector:
             if self.on_alert is not None:
                 self.on_alert(a)
 
-    def _publish_summary(self, device: str) -> None:
-        """Keep the retained drift summary of ``device`` current (only when its text changes)."""
-        summary = drift_summary(self.store, device)
-        if summary is None or self._session is None or self._summaries.get(device) == summary["text"]:
-            return
-        self._summaries[device] = summary["text"]
-        self._session.publish(Topics.fleet_drift(device, self.prefix), json.dumps({"device": device, **summary}).encode(), retain=True)
+    def _publish_summary(self, device: str, summary: dict[str, Any]) -> None:
+        """Keep the retained drift summary of ``device`` current (called when it changed)."""
+        if self._session is not None:
+            self._session.publish(Topics.fleet_drift(device, self.prefix), json.dumps({"device": device, **summary}).encode(), retain=True)
 
-    def _answer(self, payload: bytes) -> None:
+    def _answer(self, msg: Received) -> None:
         try:
-            q = json.loads(payload)
+            q = json.loads(msg.payload)
             reply = q["reply"]
             if not isinstance(reply, str) or not reply.startswith(f"{self.prefix}/fleet/monitor/reply/") or any(c in reply for c in "+#"):
                 raise ValueError(f"reply topic {reply!r} is not under {self.prefix}/fleet/monitor/reply/")
         except (ValueError, KeyError, TypeError) as e:
-            log.warning("collector %s: ignoring a malformed drift query: %s", self.id, e)
+            log.warning("collector %s: ignoring a malformed query: %s", self.id, e)
             return
+        to = q.get("to")
+        if isinstance(to, list) and self.id not in to:
+            return  # another collector of this store answers
+        if q.get("type") == "status_query":
+            doc = status_answer(self.store, q, collector=self.id)
+        else:
+            doc = answer(self.store, q, collector=self.id)
         if self._session is not None:
-            self._session.publish(reply, json.dumps(answer(self.store, q, collector=self.id)).encode())
+            self._session.publish(reply, orjson.dumps(doc))

@@ -21,4 +21,13 @@ class MonitorConfig(BaseModel):
     accuracy_min_labelled: int = Field(default=100, ge=1, description="Labelled rows needed before accuracy is judged.")
     accuracy_confidence: float = Field(default=0.95, gt=0.5, lt=1, description="One-sided confidence for an accuracy alert.")
     max_features_in_alert: int = Field(default=5, ge=1, description="Features named in one alert (the most moved).")
-    retention_s: float = Field(default=30 * 86400.0, gt=0, description="Telemetry history kept in the store.")
+    retention_s: float = Field(default=30 * 86400.0, gt=0, description="Hourly roll-ups and alerts kept in the store.")
+    raw_retention_s: float = Field(default=86400.0, gt=0, description="Raw windows kept (PostgreSQL drops them a day partition at a time), "
+                                   "and how far back device-level running totals reach (hourly resolution).")
+    minute_retention_s: float | None = Field(default=None, gt=0, description="Running totals kept at minute resolution "
+                                             "(None: twice the lookback); older ones keep one row an hour.")
+
+    @property
+    def minutes_s(self) -> float:
+        """How long running totals keep minute resolution."""
+        return self.minute_retention_s if self.minute_retention_s is not None else 2 * self.lookback_s

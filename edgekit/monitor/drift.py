@@ -1,7 +1,7 @@
 """Drift verdicts: one feature, one device or one group, against the manifest's reference profile.
 
 Live windows are merged per feature (:mod:`edgekit.monitor.windows`) and compared with the
-reference counts (:class:`device_agent.manifest.FeatureProfile`) by the statistics of
+reference counts (:class:`device_agent.contract.manifest.FeatureProfile`) by the statistics of
 :mod:`edgekit.monitor.stats`:
 
 - **PSI** over the cells ``[under, bin 0 … bin k-1, over]`` of finite values;
@@ -20,17 +20,18 @@ values: the pixels of one image move together, so rows are the conservative coun
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from device_agent.manifest import FeatureProfile
-from edgekit.monitor.stats import chi2_quantile, ks_statistic, psi
+from device_agent.contract.manifest import FeatureProfile
+from edgekit.monitor.stats import PSEUDO_COUNT, chi2_quantile, ks_statistic, psi
 from edgekit.monitor.windows import FeatureSummary, WindowSet
 
 __all__ = [
@@ -38,8 +39,10 @@ __all__ = [
     "DriftThresholds",
     "FeatureDrift",
     "Level",
+    "LiveCounts",
     "evaluate",
     "feature_drift",
+    "level_of",
     "min_samples_for",
     "worst",
 ]
@@ -69,11 +72,29 @@ class Level(str, Enum):
 
 
 _RANK = {Level.NOT_ENOUGH_DATA: -1, Level.OK: 0, Level.WARN: 1, Level.ALERT: 2}
+_BY_VALUE = {lv.value: lv for lv in Level}
+
+
+def level_of(value: str) -> Level:
+    """``Level(value)``, without the enum machinery's cost (verdicts read thousands of stored levels a second)."""
+    try:
+        return _BY_VALUE[value]
+    except KeyError:
+        return Level(value)  # its error names the allowed values
+
+
+def _severest_first(verdict: tuple[Level, str | None]) -> int:
+    return -_RANK[verdict[0]]
 
 
 def worst(levels: Iterable[Level]) -> Level:
-    """The most severe level (``NOT_ENOUGH_DATA`` for an empty or all-unknown input)."""
-    return max(levels, key=lambda x: x.rank, default=Level.NOT_ENOUGH_DATA)
+    """The most severe level (``NOT_ENOUGH_DATA`` for an empty or all-unknown input); the first of equals."""
+    out, rank = Level.NOT_ENOUGH_DATA, -2
+    for lv in levels:  # a loop, not max(key=...): judging a thousand devices calls this tens of thousands of times
+        r = _RANK[lv]
+        if r > rank:
+            out, rank = lv, r
+    return out
 
 
 class DriftThresholds(BaseModel):
@@ -104,8 +125,19 @@ def min_samples_for(reference_counts: Sequence[int], thresholds: DriftThresholds
     """Samples needed before a feature with these reference counts gets a verdict (see the module docs)."""
     if thresholds.min_samples is not None:
         return thresholds.min_samples
-    c = chi2_quantile(1 - FALSE_POSITIVE_RATE, max(1, len(reference_counts) - 1)) / thresholds.psi_warn
-    big_n = float(sum(reference_counts))
+    if isinstance(reference_counts, tuple):  # a profile's: judged on every window, so remembered
+        return _auto_for(reference_counts, thresholds.psi_warn)
+    return _auto_min_samples(len(reference_counts), float(sum(reference_counts)), thresholds.psi_warn)
+
+
+@functools.lru_cache(maxsize=4096)
+def _auto_for(counts: tuple[int, ...], psi_warn: float) -> int:
+    return _auto_min_samples(len(counts), float(sum(counts)), psi_warn)
+
+
+@functools.lru_cache(maxsize=1024)
+def _auto_min_samples(bins: int, big_n: float, psi_warn: float) -> int:
+    c = chi2_quantile(1 - FALSE_POSITIVE_RATE, max(1, bins - 1)) / psi_warn
     # both samples are noisy: n·N/(n+N)·PSI ~ χ²; a reference barely larger than c caps the need at 5c
     n = c * big_n / (big_n - c) if big_n > 1.25 * c else 5 * c
     return max(30, math.ceil(n))
@@ -132,17 +164,20 @@ class FeatureDrift:
     min_samples: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        def r(x: float | None, nd: int = 4) -> float | None:
-            return None if x is None or not math.isfinite(x) else round(x, nd)
-
-        return {"name": self.name, "level": str(self.level), "samples": self.samples, "values": self.values, "psi": r(self.psi),
-                "ks": r(self.ks), "nan_share": r(self.nan_share), "out_of_range_share": r(self.out_of_range_share), "mean": r(self.mean, 6),
-                "mean_shift_std": r(self.mean_shift_std, 3), "reasons": list(self.reasons), "min_samples": self.min_samples}
+        r = _rounded
+        return {"name": self.name, "level": self.level.value, "samples": self.samples, "values": self.values, "psi": r(self.psi, 4),
+                "ks": r(self.ks, 4), "nan_share": r(self.nan_share, 4), "out_of_range_share": r(self.out_of_range_share, 4),
+                "mean": r(self.mean, 6), "mean_shift_std": r(self.mean_shift_std, 3), "reasons": list(self.reasons),
+                "min_samples": self.min_samples}
 
     @property
     def severity(self) -> tuple[int, float]:
         """Sort key: level first, then how far the feature moved."""
         return (self.level.rank, max(self.psi or 0.0, 0.0) + 10 * (self.nan_share or 0.0) + (self.out_of_range_share or 0.0))
+
+
+def _rounded(x: float | None, nd: int) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, nd)
 
 
 def _judge(value: float, warn: float | None, alert: float | None, label: str, fmt: str) -> tuple[Level, str | None]:
@@ -153,15 +188,30 @@ def _judge(value: float, warn: float | None, alert: float | None, label: str, fm
     return Level.OK, None
 
 
-def feature_drift(reference: FeatureProfile, live: FeatureSummary, *, samples: int | None = None,
-                  thresholds: DriftThresholds | None = None) -> FeatureDrift:
+class LiveCounts(Protocol):
+    """What judging reads of a feature's live counts (a :class:`FeatureSummary`, or a row of running totals)."""
+
+    name: str
+    n: int
+    nan: int
+    finite: int
+    under: int
+    over: int
+    mean: float
+
+    def cells(self) -> np.ndarray: ...
+
+
+def feature_drift(reference: FeatureProfile, live: LiveCounts, *, samples: int | None = None,
+                  thresholds: DriftThresholds | None = None, stats: tuple[float, float] | None = None) -> FeatureDrift:
     """Judge one feature's merged live counts against its reference.
 
     Args:
         reference: the manifest's profile of the feature.
-        live: the merged live summary (same edges).
+        live: the merged live summary (same edges): a :class:`FeatureSummary`, or a row of running totals.
         samples: batch rows behind ``live`` (None: the number of values).
         thresholds: warn/alert levels and the minimum sample count.
+        stats: (PSI, KS) when computed already for many features at once (:func:`evaluate`, :mod:`edgekit.monitor.bulk`).
     """
     t = thresholds or DriftThresholds()
     need = min_samples_for(reference.counts, t)
@@ -180,10 +230,11 @@ def feature_drift(reference: FeatureProfile, live: FeatureSummary, *, samples: i
     verdicts: list[tuple[Level, str | None]] = [nan_verdict]
     psi_value = ks_value = oor = shift = None
     if live.finite:
-        ref_cells = np.concatenate([[0], np.asarray(reference.counts, np.float64), [0]])
-        cells = live.cells()
-        psi_value = psi(ref_cells, cells)
-        ks_value = ks_statistic(ref_cells, cells)
+        if stats is None:
+            ref_cells = np.concatenate([[0], np.asarray(reference.counts, np.float64), [0]])
+            cells = live.cells()
+            stats = psi(ref_cells, cells), ks_statistic(ref_cells, cells)
+        psi_value, ks_value = stats
         oor = (live.under + live.over) / live.finite
         # quantile edges span the reference sample: a new value falls outside with chance 2/(N+1)
         expected_oor = 2.0 / (sum(reference.counts) + 1)
@@ -193,7 +244,7 @@ def feature_drift(reference: FeatureProfile, live: FeatureSummary, *, samples: i
         if reference.std > 0:
             shift = (live.mean - reference.mean) / reference.std
     level = worst(v for v, _ in verdicts)
-    reasons = tuple(r for v, r in sorted(verdicts, key=lambda x: -x[0].rank) if r)
+    reasons = tuple(r for v, r in sorted(verdicts, key=_severest_first) if r)
     return FeatureDrift(live.name, level, rows, live.n, psi_value, ks_value, nan_share, oor, live.mean if live.finite else None, shift,
                         reasons, need)
 
@@ -226,16 +277,52 @@ class DriftReport:
                 "moved": [f.name for f in self.moved], "features": [f.to_dict() for f in self.features], "untracked": list(self.untracked)}
 
 
+def _stats_at_once(pairs: list[tuple[FeatureProfile, FeatureSummary]], samples: int | None,
+                   t: DriftThresholds) -> dict[int, tuple[float, float]]:
+    """PSI and KS of every pair that will be judged, one numpy pass per bin count (the same formulas as
+    :func:`~edgekit.monitor.stats.psi` and :func:`~edgekit.monitor.stats.ks_statistic`; a report judges
+    a dozen features, and numpy's per-call overhead was most of the time)."""
+    todo: dict[int, list[int]] = {}
+    for i, (ref, live) in enumerate(pairs):
+        rows = live.n if not samples else min(samples, live.n)
+        if live.finite and live.n and rows >= min_samples_for(ref.counts, t):
+            todo.setdefault(len(ref.counts), []).append(i)
+    out: dict[int, tuple[float, float]] = {}
+    for bins, idx in todo.items():
+        r = _reference_cells(tuple(pairs[i][0].counts for i in idx))
+        q = np.empty((len(idx), bins + 2), np.float64)
+        for j, i in enumerate(idx):
+            live = pairs[i][1]
+            q[j, 0], q[j, 1:-1], q[j, -1] = live.under, live.counts, live.over
+        rp, qp = r + PSEUDO_COUNT, q + PSEUDO_COUNT
+        rp /= rp.sum(axis=1, keepdims=True)
+        qp /= qp.sum(axis=1, keepdims=True)
+        psis = np.sum((qp - rp) * np.log(qp / rp), axis=1).tolist()
+        rs, qs = r.sum(axis=1, keepdims=True), q.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gaps = np.max(np.abs(np.cumsum(q, axis=1) / qs - np.cumsum(r, axis=1) / rs), axis=1).tolist()
+        ok = ((rs[:, 0] > 0) & (qs[:, 0] > 0)).tolist()
+        for j, i in enumerate(idx):
+            out[i] = psis[j], gaps[j] if ok[j] else 0.0
+    return out
+
+
+@functools.lru_cache(maxsize=512)
+def _reference_cells(counts: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """Reference counts as cells ``[0, bins…, 0]``, one row per feature (read-only: shared between calls)."""
+    out = np.array([[0, *c, 0] for c in counts], np.float64)
+    out.setflags(write=False)
+    return out
+
+
 def evaluate(windows: WindowSet, reference: Sequence[FeatureProfile], *, scope: str = "device", name: str = "",
              thresholds: DriftThresholds | None = None) -> DriftReport:
     """Judge every reference feature the windows carry; the report's level is the worst feature's."""
+    t = thresholds or DriftThresholds()
     by_name = {f.name: f for f in reference}
-    results = []
-    for fname, live in windows.features.items():
-        ref = by_name.get(fname)
-        if ref is None or len(ref.counts) != len(live.counts):
-            continue
-        results.append(feature_drift(ref, live, samples=windows.samples or None, thresholds=thresholds))
+    pairs = [(by_name[n], live) for n, live in windows.features.items() if n in by_name and len(by_name[n].counts) == len(live.counts)]
+    stats = _stats_at_once(pairs, windows.samples or None, t)
+    results = [feature_drift(ref, live, samples=windows.samples or None, thresholds=t, stats=stats.get(i)) for i, (ref, live) in enumerate(pairs)]
     untracked = tuple(sorted(n for n, s in windows.features.items() if n not in by_name or len(by_name[n].counts) != len(s.counts)))
     return DriftReport(scope, name, windows.model, windows.version, worst(f.level for f in results), tuple(results), windows.samples,
                        windows.windows, tuple(sorted(windows.devices)), windows.start, windows.end, untracked)

@@ -3,9 +3,14 @@
 Drift, per device: on each new window, the newest windows of that device *and model version* are
 merged, newest first, until they cover the minimum sample count — a single window when it is
 large enough, so a shift shows up within one window of sufficient size; several small windows on a
-quiet device. Per group: every ``group_interval_s``, all windows of the group's devices over the
-lookback, per model version. Accuracy: the late labels of the lookback, per device and per group
-(:mod:`edgekit.monitor.accuracy`). Verdict changes become alerts in :mod:`edgekit.monitor.verdicts`.
+quiet device. The evaluator keeps those windows itself (as running totals, with their running sum
+per device and version), so judging a window reads nothing back; until it has seen enough (after a
+restart, or with windows shared between collectors), it merges the newest *minutes* of the store's
+running totals instead (:meth:`FleetHistory.recent_span`). Per group: every
+``group_interval_s``, the running totals of the group's devices over the lookback, per model
+version — one subtraction per device, however many windows (:meth:`FleetHistory.spans`).
+Accuracy: the late labels of the lookback, per device and per group (:mod:`edgekit.monitor.accuracy`).
+Verdict changes become alerts in :mod:`edgekit.monitor.verdicts`.
 
 The store is only read here (and written through :class:`~edgekit.monitor.verdicts.Verdicts`);
 what arrives is filed by :mod:`edgekit.monitor.ingest` first.
@@ -17,21 +22,33 @@ import dataclasses
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from device_agent.protocol import TelemetryMessage
-from edgekit.monitor.accuracy import accuracy_counts, accuracy_report, judge_accuracy
+from device_agent.contract.protocol import TelemetryMessage
+from edgekit.monitor.accuracy import group_accuracy_pairs, judge_accuracy, span_accuracy
 from edgekit.monitor.config import MonitorConfig
 from edgekit.monitor.drift import DriftReport, evaluate, min_samples_for, worst
-from edgekit.monitor.reports import drift_reports
-from edgekit.monitor.store import FleetStore, Reference
+from edgekit.monitor.reports import judge_merged, merge_spans
+from edgekit.monitor.store import FleetStore, Layout, Reference, Totals
 from edgekit.monitor.verdicts import Verdicts
 from edgekit.monitor.windows import WindowSet
 
 __all__ = ["Evaluator"]
 
 log = logging.getLogger("edgekit.monitor")
+
+
+@dataclass
+class _Recent:
+    """The newest windows of one device and model version (oldest first), enough to cover the minimum samples, and their sum."""
+
+    #: (start, end, samples, its totals — or the message itself when it is enough alone)
+    windows: deque[tuple[float, float, int, Totals | TelemetryMessage]] = field(default_factory=deque)
+    total: Totals | None = None
+    samples: int = 0
 
 
 class Evaluator:
@@ -56,6 +73,11 @@ class Evaluator:
         self.missing_reference: set[tuple[str, str]] = set()
         self._last_groups = 0.0
         self._references: dict[tuple[str, str], Reference] = {}
+        self._recent: dict[tuple[str, str, str], _Recent] = {}
+        self._layouts: dict[tuple[str, str], Layout] = {}
+        self._needs: dict[tuple[str, str, int], int] = {}
+        #: called between groups (the collector makes it wait while a query is answered)
+        self.pause: Callable[[], None] = lambda: None
 
     def known(self, ref: Reference) -> None:
         """A reference was registered: use it from now on."""
@@ -79,7 +101,7 @@ class Evaluator:
         if not (model and version):
             return []
         alerts: list[dict[str, Any]] = []
-        report = self.device_drift(msg.device, model, version)
+        report = self.device_drift(msg.device, model, version, msg=msg)
         if report is not None:
             rec = self.store.device(msg.device)
             alerts += self.verdicts.drift(report, device=msg.device, group=rec.group if rec and rec.status != "unknown" else None)
@@ -88,8 +110,19 @@ class Evaluator:
                 alerts += self._device_accuracy(msg.device, model, v)
         return alerts
 
-    def device_drift(self, device: str, model: str, version: str) -> DriftReport | None:
-        """The device's newest windows on this version, merged until they are enough, judged (None: no reference)."""
+    def remember(self, msg: TelemetryMessage) -> None:
+        """Count a stored window among its device's newest without judging it (a backlog judges the newest of each device only)."""
+        model, version = (msg.model or {}).get("name"), (msg.model or {}).get("version")
+        ref = self.reference(model, version) if model and version else None
+        if ref is not None:
+            need = max((min_samples_for(f.counts, self.config.thresholds) for f in ref.features), default=1)
+            self._remember((msg.device, model, version), msg, need, self.clock() - self.config.lookback_s)  # type: ignore[arg-type]
+
+    def device_drift(self, device: str, model: str, version: str, *, msg: TelemetryMessage | None = None) -> DriftReport | None:
+        """The device's newest windows on this version, merged until they are enough, judged (None: no reference).
+
+        ``msg``: a window just stored, to be counted first.
+        """
         ref = self.reference(model, version)
         if ref is None:
             if (model, version) not in self.missing_reference:
@@ -98,26 +131,96 @@ class Evaluator:
                             "edgekit fleet watch --model DIR, or deploy it with edgekit fleet deploy", model, version, device)
             return None
         t = self.config.thresholds
-        need = max((min_samples_for(f.counts, t) for f in ref.features), default=1)
-        msgs = self.store.recent(device, model, version, samples=need, since=self.clock() - self.config.lookback_s)
-        ws = WindowSet(model, version)
-        for m in msgs:
-            ws.add(m)
+        need = self._need(ref)
+        since = self.clock() - self.config.lookback_s
+        key = (device, model, version)
+        if msg is not None:
+            self._remember(key, msg, need, since)
+        if msg is not None and msg.samples >= need:
+            ws: WindowSet | None = WindowSet.of_message(model, version, msg)  # large enough alone: the common case
+        else:
+            ws = self._merged(key, need, since)
+        if ws is None:
+            return None
         report = evaluate(ws, ref.features, scope="device", name=device, thresholds=t)
-        if len(msgs) > 1 and any(f.nan for f in msgs[0].features):
+        if msg is not None and ws.windows > 1 and any(f.nan for f in msg.features):
             # merging dilutes a burst: a small newest window still gets its own NaN verdict (valid at any size)
             newest = WindowSet(model, version)
-            newest.add(msgs[0])
+            newest.add(msg)
             alone = {f.name: f for f in evaluate(newest, ref.features, scope="device", name=device, thresholds=t).features}
             features = tuple(alone[f.name] if f.name in alone and alone[f.name].level.rank > f.level.rank else f for f in report.features)
             report = dataclasses.replace(report, features=features, level=worst(f.level for f in features))
         return report
 
+    def _need(self, ref: Reference) -> int:
+        """Samples a verdict on ``ref``'s version needs (its most demanding feature)."""
+        key = (ref.model, ref.version, id(ref))
+        need = self._needs.get(key)
+        if need is None:
+            need = self._needs[key] = max((min_samples_for(f.counts, self.config.thresholds) for f in ref.features), default=1)
+        return need
+
+    def _remember(self, key: tuple[str, str, str], msg: TelemetryMessage, need: int, since: float) -> None:
+        """Keep ``msg`` among the newest windows of its device and version; drop those no longer needed."""
+        rec = self._recent.setdefault(key, _Recent())
+        start, end = float(msg.window.get("start", msg.ts)), float(msg.window.get("end", msg.ts))
+        if msg.samples >= need:  # enough alone: nothing older will be merged with it, and no totals are needed
+            rec.windows.clear()
+            rec.windows.append((start, end, msg.samples, msg))
+            rec.total, rec.samples = None, msg.samples
+            return
+        layout = self._layouts.get(key[1:], Layout()).extended(msg)
+        self._layouts[key[1:]] = layout
+        t = Totals.of_window(msg, layout)
+        if rec.windows and isinstance(rec.windows[0][3], TelemetryMessage):  # after a large window: start over
+            rec.windows.clear()
+            rec.total, rec.samples = None, 0
+        rec.windows.append((start, end, msg.samples, t))
+        rec.total = t.copy() if rec.total is None else rec.total.add(t)
+        rec.samples += msg.samples
+        while len(rec.windows) > 1 and (rec.samples - rec.windows[0][2] >= need or rec.windows[0][1] < since):
+            _, _, n, old = rec.windows.popleft()
+            if isinstance(old, Totals):
+                rec.total.add(old, -1)
+            rec.samples -= n
+
+    def _merged(self, key: tuple[str, str, str], need: int, since: float) -> WindowSet | None:
+        """The newest windows covering ``need`` samples: the ones kept here, else (after a restart) the store's newest minutes."""
+        device, model, version = key
+        rec = self._recent.get(key)
+        if rec is not None and rec.windows and isinstance(rec.windows[-1][3], TelemetryMessage) and rec.windows[-1][1] >= since:
+            return WindowSet.of_message(model, version, rec.windows[-1][3])
+        if rec is not None and rec.total is not None and rec.samples >= need:
+            kept = [w for w in rec.windows if w[1] >= since]
+            if len(kept) < len(rec.windows):
+                total = Totals(rec.total.layout)
+                for w in kept:
+                    if isinstance(w[3], Totals):
+                        total.add(w[3])
+            else:
+                total = rec.total
+            if not kept:
+                return None
+            return total.window_set(model, version, devices=(device,), start=min(w[0] for w in kept), end=max(w[1] for w in kept))
+        span = self.store.recent_span(device, model, version, samples=need, since=since)
+        if span is None:
+            return None
+        return span.totals.window_set(model, version, devices=(device,), start=span.start, end=span.end)
+
     def _device_accuracy(self, device: str, model: str, version: str) -> list[dict[str, Any]]:
         rec = self.store.device(device)
-        rep = accuracy_report(self.store, device, model, version, since=self.clock() - self.config.lookback_s, config=self.config,
-                              artifact=rec.artifact if rec and rec.version == version else None)
+        since = self.clock() - self.config.lookback_s
+        labelled, correct = span_accuracy(self.store.spans(device=device, since=since), model, version)
+        ref = self.reference(model, version)
+        rep = judge_accuracy("device", device, model=model, version=version, labelled=labelled, correct=correct,
+                             baseline=ref.baseline_accuracy(rec.artifact if rec and rec.version == version else None) if ref else None,
+                             config=self.config)
         return self.verdicts.accuracy(rep, device=device, group=rec.group if rec else None)
+
+    def _forget(self, since: float) -> None:
+        """Drop the kept windows of devices quiet for the whole lookback."""
+        for key in [k for k, r in self._recent.items() if not r.windows or r.windows[-1][1] < since]:
+            del self._recent[key]
 
     # --- groups -------------------------------------------------------------------------------------
 
@@ -127,27 +230,21 @@ class Evaluator:
         if not force and now - self._last_groups < self.config.group_interval_s:
             return []
         self._last_groups = now
+        self._forget(now - self.config.lookback_s)
         alerts: list[dict[str, Any]] = []
-        for g in sorted({d.group for d in self.store.devices()}):
-            # the merged report is the slow part: ingest goes on meanwhile; verdict updates take turns with it
-            for report in drift_reports(self.store, group=g, window_s=self.config.lookback_s, thresholds=self.config.thresholds,
-                                        now=now, per_device=False):
+        for g in self.store.groups():
+            self.pause()  # a group at a time: a query waiting goes first
+            mine = self.store.spans(group=g, since=now - self.config.lookback_s)
+            merged = merge_spans(mine, lambda s: s.group, scope="group")
+            for report in judge_merged((m for _, m in sorted(merged.items())), self.reference, self.config.thresholds):
                 if report.features:
-                    with self.lock:
+                    with self.lock:  # verdict updates take turns with the ingest path
                         alerts += self.verdicts.drift(report, group=g)
-            with self.lock:
-                alerts += self._group_accuracy(g, now)
-        return alerts
-
-    def _group_accuracy(self, group: str, now: float) -> list[dict[str, Any]]:
-        """Late labels of every device of the group together, per model version judged against the manifest."""
-        msgs = self.store.telemetry(group=group, since=now - self.config.lookback_s)
-        pairs = {((m.model or {}).get("name") or "?", v) for m in msgs if m.feedback for v in m.feedback.accuracy}
-        alerts: list[dict[str, Any]] = []
-        for model, version in sorted(pairs):
-            labelled, correct = accuracy_counts(msgs, model, version)
-            ref = self.reference(model, version)
-            rep = judge_accuracy("group", group, model=model, version=version, labelled=labelled, correct=correct,
-                                 baseline=ref.baseline_accuracy() if ref else None, config=self.config)
-            alerts += self.verdicts.accuracy(rep, group=group)
+            for model, version in group_accuracy_pairs(mine):
+                labelled, correct = span_accuracy(mine, model, version)
+                ref = self.reference(model, version)
+                rep = judge_accuracy("group", g, model=model, version=version, labelled=labelled, correct=correct,
+                                     baseline=ref.baseline_accuracy() if ref else None, config=self.config)
+                with self.lock:
+                    alerts += self.verdicts.accuracy(rep, group=g)
         return alerts

@@ -3,8 +3,9 @@
 :class:`Monitor` joins the two halves: :class:`~edgekit.monitor.ingest.Ingest` files each decoded
 message in a :class:`~edgekit.monitor.store.FleetStore`, and only what is new goes on to
 :class:`~edgekit.monitor.evaluation.Evaluator`, which judges drift and accuracy and returns the
-alerts to publish. The collector (:mod:`edgekit.monitor.collector`) feeds it from MQTT; tests and
-``fleet drift --db`` use it directly.
+alerts to publish. :meth:`Monitor.handle` does both for one message; the collector
+(:mod:`edgekit.monitor.collector`) files batches on one thread (:meth:`Monitor.ingest_batch`) and
+judges what they stored on another (:meth:`Monitor.judge`), so judging never holds up ingestion.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from device_agent.manifest import Manifest
-from device_agent.protocol import TelemetryMessage
-from device_agent.verify import TrustedKeys
+from device_agent.contract.manifest import Manifest
+from device_agent.contract.protocol import Message, TelemetryMessage
+from device_agent.ota.verify import TrustedKeys
 from edgekit.monitor.config import MonitorConfig
 from edgekit.monitor.drift import DriftReport
 from edgekit.monitor.evaluation import Evaluator
-from edgekit.monitor.ingest import Ingest
+from edgekit.monitor.ingest import Filed, Ingest
 from edgekit.monitor.store import FleetStore, Reference
 
 __all__ = ["Monitor"]
@@ -63,17 +64,45 @@ class Monitor:
 
     def handle(self, topic: str, payload: bytes) -> list[dict[str, Any]]:
         """Take one MQTT message; returns the alerts it raised. Never raises on bad payloads."""
-        msg = self.ingest.decode(topic, payload)
-        if msg is None:
+        return self.judge(self.ingest_batch([(topic, payload)]))
+
+    def ingest_batch(self, messages: list[tuple[str, bytes]]) -> Filed:
+        """File MQTT messages (topic, payload) in the store, in one transaction per kind; returns what was new."""
+        decoded: list[tuple[Message, bytes]] = []
+        for topic, payload in messages:
+            msg = self.ingest.decode(topic, payload)
+            if msg is not None:
+                decoded.append((msg, payload))
+        filed = self.ingest.file_batch(decoded)
+        for ref in filed.references:
+            self.evaluator.known(ref)
+        return filed
+
+    def judge(self, filed: Filed | list[TelemetryMessage], *, coalesce: bool = False) -> list[dict[str, Any]]:
+        """Judge windows stored for the first time, in order; returns the alerts they raised.
+
+        ``coalesce``: judge only the newest window of each device and version (and any window with a
+        NaN burst); the others only count among the device's newest. For a backlog: verdicts catch
+        up with one judgement per device instead of one per window.
+        """
+        windows = filed.telemetry if isinstance(filed, Filed) else filed
+        if not windows:
             return []
-        with self._lock:
-            filed = self.ingest.file(msg, payload)
-            if isinstance(filed, Reference):
-                self.evaluator.known(filed)
-            if not isinstance(filed, TelemetryMessage):
-                return []
-            alerts = self.evaluator.on_telemetry(filed)
+        newest = {_key(m): i for i, m in enumerate(windows)}
+        nan_warn = self.config.thresholds.nan_warn
+        judged = [i == newest[_key(m)] or not coalesce or any(f.n and f.nan / f.n >= nan_warn for f in m.features)
+                  for i, m in enumerate(windows)]
+        keys = {("device", m.device, (m.model or {}).get("name") or "?", v) for m, j in zip(windows, judged, strict=True) if j
+                for v in ([(m.model or {}).get("version") or "?"] + list(m.feedback.accuracy if m.feedback else ()))}
+        alerts: list[dict[str, Any]] = []
+        with self._lock, self.evaluator.verdicts.batch(keys):
+            for m, j in zip(windows, judged, strict=True):
+                if j:
+                    alerts += self.evaluator.on_telemetry(m)
+                else:
+                    self.evaluator.remember(m)
         self.stats["alerts"] += len(alerts)
+        self.stats["coalesced"] = self.stats.get("coalesced", 0) + judged.count(False)
         return alerts
 
     def device_drift(self, device: str, model: str, version: str) -> DriftReport | None:
@@ -87,5 +116,11 @@ class Monitor:
         return alerts
 
     def prune(self) -> int:
-        """Forget history older than the configured retention; returns the windows removed."""
-        return self.store.prune(self.clock() - self.config.retention_s)
+        """Forget what is older than the configured retentions (roll-ups, raw windows, minute totals); returns the raw windows removed."""
+        now = self.clock()
+        c = self.config
+        return self.store.prune(now - c.retention_s, raw_before=now - c.raw_retention_s, minutes_before=now - c.minutes_s)
+
+
+def _key(m: TelemetryMessage) -> tuple[str, str | None, str | None]:
+    return m.device, (m.model or {}).get("name"), (m.model or {}).get("version")

@@ -1,22 +1,28 @@
-"""Drift over MQTT: ``fleet drift --broker`` asks every running collector, merges their answers.
+"""Queries over MQTT: ``fleet drift --broker`` and ``fleet status --broker`` ask the running collectors.
 
-Several collectors may split the telemetry through one shared subscription, each with its own
-store: every one holds a share of every device's windows. Counts are additive, so a collector
-answers a query with the *merged counts* of the windows it ingested itself (never the raw
-windows), and the asking side sums the answers and judges them against the references the
-collectors send along. Collectors that share one database answer for their own rows only, so
-nothing is counted twice.
+Each collector's presence (retained) names the store it writes (``store``: the store's id).
+Collectors that share one database answer alike, so the asking side picks one collector per store
+(the query's ``to``) and keeps one answer per store; collectors with stores of their own each hold
+a share of every device's windows (one shared subscription split the telemetry), and their answers
+are added up. A collector answers from its store's running totals (:meth:`FleetHistory.spans`),
+on a thread of its own: ingestion does not wait for it, nor it for ingestion. A set is a device's
+or the group's running totals over the span (:class:`~edgekit.monitor.store.Totals` as two arrays
+over its feature layout); answers of earlier collectors, with window sets (``"set"``), are read too.
 
-Query (``<prefix>/fleet/monitor/query``, QoS 1)::
+Drift query (``<prefix>/fleet/monitor/query``, QoS 1)::
 
-    {"v": 1, "type": "drift_query", "id": "…", "reply": "<prefix>/fleet/monitor/reply/<id>",
+    {"v": 1, "type": "drift_query", "id": "…", "reply": "<prefix>/fleet/monitor/reply/<id>", "to": ["watch-1a2b"] | null,
      "device": "pi-07" | null, "group": "cameras" | null, "window_s": 3600}
 
 Answer (on ``reply``)::
 
-    {"v": 1, "type": "drift_reply", "id": "…", "collector": "watch-1a2b",
-     "sets": [{"scope", "name", "set": WindowSet}], "references": [{"model", "version", "features", "accuracy"}],
+    {"v": 1, "type": "drift_reply", "id": "…", "collector": "watch-1a2b", "store": "…",
+     "sets": [{"scope", "name", "model", "version", "layout" (an index of "layouts"), "ints", "floats", "devices", "start", "end"}],
+     "layouts": [[[feature, bins], ...], ...],
+     "references": [{"model", "version", "features", "accuracy"}],
      "accuracy": [{"device", "model", "version", "labelled", "correct"}]}
+
+Status queries and answers are described in :mod:`edgekit.monitor.status`.
 """
 
 from __future__ import annotations
@@ -27,16 +33,24 @@ import time
 import uuid
 from typing import Any
 
-from device_agent.manifest import FeatureProfile
-from device_agent.protocol import DEFAULT_PREFIX, Topics
+import numpy as np
+import orjson
+
+from device_agent.contract.manifest import FeatureProfile
+from device_agent.contract.protocol import DEFAULT_PREFIX, Topics
 from edgekit.errors import FleetError
 from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
+from edgekit.monitor.bulk import Merged
 from edgekit.monitor.drift import DriftReport, DriftThresholds
-from edgekit.monitor.reports import judge_set
-from edgekit.monitor.store import FleetHistory, Reference
-from edgekit.monitor.windows import WindowSet, group_windows
+from edgekit.monitor.reports import judge_merged, merge_spans
+from edgekit.monitor.store import FleetHistory, Layout, Reference, Totals
+from edgekit.monitor.windows import WindowSet
 
-__all__ = ["answer", "ask_collectors", "merge_answers", "query"]
+__all__ = ["NoCollector", "answer", "ask", "ask_collectors", "merge_answers", "one_per_store", "query"]
+
+
+class NoCollector(FleetError):
+    """The broker answers, but no fleet collector is online there."""
 
 
 def query(query_id: str, reply: str, *, device: str | None = None, group: str | None = None, window_s: float = 3600.0) -> dict[str, Any]:
@@ -46,43 +60,74 @@ def query(query_id: str, reply: str, *, device: str | None = None, group: str | 
 
 
 def answer(store: FleetHistory, q: dict[str, Any], *, collector: str, now: float | None = None) -> dict[str, Any]:
-    """A collector's share of the answer to query ``q``: merged counts of the windows it ingested."""
+    """A collector's answer to drift query ``q``: the running totals of the span, summed per device (and the group)."""
     since = (time.time() if now is None else now) - float(q.get("window_s") or 3600.0)
     device, group = q.get("device"), q.get("group")
-    msgs = store.telemetry(device=device, group=group, since=since, collector=collector)
-    sets: list[dict[str, Any]] = []
-    if group:
-        sets += [{"scope": "group", "name": k[0], "set": ws.to_dict()} for k, ws in group_windows(msgs, lambda m: group).items()]
-    sets += [{"scope": "device", "name": k[0], "set": ws.to_dict()} for k, ws in group_windows(msgs, lambda m: m.device).items()]
+    spans = store.spans(device=device, group=group, since=since)
+    merged = list(merge_spans(spans, lambda s: group, scope="group").values()) if group else []
+    merged += list(merge_spans(spans, lambda s: s.device, scope="device").values())
+    layouts: dict[Any, int] = {}
+    sets = [to_wire(m, layouts) for m in merged]
     refs = []
-    for model, version in sorted({(s["set"]["model"], s["set"]["version"]) for s in sets}):
+    for model, version in sorted({(m.model, m.version) for m in merged}):
         ref = store.reference(model, version)
         if ref is not None:
             refs.append({"model": model, "version": version, "features": [f.to_dict() for f in ref.features], "accuracy": ref.accuracy})
-    acc: dict[tuple[str, str, str], list[int]] = {}
-    for m in msgs:
-        if m.feedback:
-            for version, c in m.feedback.accuracy.items():
-                a = acc.setdefault((m.device, (m.model or {}).get("name") or "?", version), [0, 0])
-                a[0] += int(c.get("labelled", 0))
-                a[1] += int(c.get("correct", 0))
-    return {"v": 1, "type": "drift_reply", "id": q.get("id"), "collector": collector, "sets": sets, "references": refs,
-            "accuracy": [{"device": d, "model": mo, "version": v, "labelled": a[0], "correct": a[1]} for (d, mo, v), a in sorted(acc.items())]}
+    acc = [{"device": s.device, "model": s.model, "version": s.version, "labelled": s.totals.labelled, "correct": s.totals.correct}
+           for s in spans if s.totals.labelled]
+    return {"v": 1, "type": "drift_reply", "id": q.get("id"), "collector": collector, "store": store.store_id, "sets": sets,
+            "layouts": [[list(f) for f in layout.features] for layout in layouts], "references": refs, "accuracy": acc}
+
+
+def to_wire(m: Merged, layouts: dict[Any, int]) -> dict[str, Any]:
+    """A merged span in a drift answer: its running totals as arrays over a layout of the answer's ``layouts`` (its index)."""
+    index = layouts.setdefault(m.totals.layout, len(layouts))
+    return {"scope": m.scope, "name": m.name, "model": m.model, "version": m.version, "layout": index,
+            "ints": m.totals.ints.tolist(), "floats": m.totals.floats.tolist(), "devices": sorted(m.devices), "start": m.start, "end": m.end}
+
+
+def from_wire(s: dict[str, Any], layouts: list[Layout]) -> Merged:
+    """A merged span of a drift answer (also the window sets earlier collectors sent)."""
+    if "set" in s:
+        ws = WindowSet.from_dict(s["set"])
+        return Merged(s["scope"], s["name"], ws.model, ws.version, Totals.from_window_set(ws), set(ws.devices), ws.start, ws.end)
+    layout = layouts[s["layout"]]
+    totals = Totals(layout, np.asarray(s["ints"], np.int64), np.asarray(s["floats"], np.float64))
+    return Merged(s["scope"], s["name"], s["model"], s["version"], totals, set(s.get("devices") or ()), s.get("start"), s.get("end"))
+
+
+def one_per_store(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The answers, keeping one of those from collectors that share a database (answers naming no store all count)."""
+    seen: set[str] = set()
+    out = []
+    for a in answers:
+        store = a.get("store")
+        if isinstance(store, str):
+            if store in seen:
+                continue
+            seen.add(store)
+        out.append(a)
+    return out
 
 
 def merge_answers(answers: list[dict[str, Any]], *, thresholds: DriftThresholds | None = None) -> tuple[list[DriftReport], list[dict[str, Any]]]:
-    """Sum the collectors' answers; judge each (scope, name, model, version). Returns (drift reports, accuracy rows)."""
-    sets: dict[tuple[str, str, str, str], WindowSet] = {}
+    """Sum the collectors' answers (one per store); judge each (scope, name, model, version). Returns (drift reports, accuracy rows)."""
+    sets: dict[tuple[str, str, str, str], Merged] = {}
     refs: dict[tuple[str, str], Reference] = {}
     acc: dict[tuple[str, str, str], list[int]] = {}
-    for a in answers:
+    for a in one_per_store(answers):
+        layouts = [Layout(tuple((str(n), int(b)) for n, b in features)) for features in a.get("layouts", [])]
         for s in a.get("sets", []):
-            ws = WindowSet.from_dict(s["set"])
-            key = (s["scope"], s["name"], ws.model, ws.version)
+            m = from_wire(s, layouts)
+            key = (m.scope, m.name, m.model, m.version)
             if key in sets:
-                sets[key].merge(ws)
+                mine = sets[key]
+                mine.totals.add(m.totals)
+                mine.devices |= m.devices
+                mine.start = min((x for x in (mine.start, m.start) if x is not None), default=None)
+                mine.end = max((x for x in (mine.end, m.end) if x is not None), default=None)
             else:
-                sets[key] = ws
+                sets[key] = m
         for r in a.get("references", []):
             refs[(r["model"], r["version"])] = Reference(r["model"], r["version"],
                                                          tuple(FeatureProfile.from_dict(f, "reference") for f in r["features"]),
@@ -91,8 +136,8 @@ def merge_answers(answers: list[dict[str, Any]], *, thresholds: DriftThresholds 
             x = acc.setdefault((row["device"], row["model"], row["version"]), [0, 0])
             x[0] += int(row["labelled"])
             x[1] += int(row["correct"])
-    reports = [judge_set(ws, refs.get((model, version)), scope=scope, name=name, thresholds=thresholds)
-               for (scope, name, model, version), ws in sorted(sets.items(), key=lambda kv: (kv[0][0] != "group", kv[0][1:]))]
+    ordered = [m for _, m in sorted(sets.items(), key=lambda kv: (kv[0][0] != "group", kv[0][1:]))]
+    reports = judge_merged(ordered, lambda model, version: refs.get((model, version)), thresholds)
     rows = []
     for (device, model, version), (n, k) in sorted(acc.items()):
         ref = refs.get((model, version))
@@ -102,63 +147,84 @@ def merge_answers(answers: list[dict[str, Any]], *, thresholds: DriftThresholds 
 
 
 class _Replies:
-    """Collector presence and drift replies as they arrive (paho's thread), awaited by the asking thread."""
+    """Collector presence and replies as they arrive (paho's thread), awaited by the asking thread."""
 
-    def __init__(self, reply: str) -> None:
+    def __init__(self, reply: str, kind: str) -> None:
         self.reply = reply
-        self.online: dict[str, bool] = {}
+        self.kind = kind
+        self.online: dict[str, str | None] = {}  # collector -> the store it writes (None: not said)
         self.answers: dict[str, dict[str, Any]] = {}
         self.changed = threading.Condition()
 
     def on_message(self, msg: Received) -> None:
         try:
-            d = json.loads(msg.payload) if msg.payload else {}
+            d = orjson.loads(msg.payload) if msg.payload else {}
         except ValueError:
             return
         with self.changed:
-            if msg.topic == self.reply and d.get("type") == "drift_reply":
+            if msg.topic == self.reply and isinstance(d, dict) and d.get("type") == self.kind:
                 self.answers[str(d.get("collector"))] = d
             elif msg.topic != self.reply and isinstance(d, dict):
-                self.online[msg.topic.rsplit("/", 1)[-1]] = d.get("status") == "online"
+                who = msg.topic.rsplit("/", 1)[-1]
+                if d.get("status") == "online":
+                    self.online[who] = d.get("store") if isinstance(d.get("store"), str) else None
+                else:
+                    self.online.pop(who, None)
             self.changed.notify_all()
 
     def expected(self) -> set[str]:
+        """One online collector per store (every one that names no store)."""
         with self.changed:
-            return {c for c, up in self.online.items() if up}
+            chosen: dict[str, str] = {}
+            for who, store in sorted(self.online.items()):
+                chosen.setdefault(store or f"collector:{who}", who)
+            return set(chosen.values())
 
     def wait(self, expected: set[str], timeout: float) -> tuple[list[dict[str, Any]], list[str]]:
         """(answers, collectors that did not answer) once all of ``expected`` answered or ``timeout`` passed."""
         with self.changed:
             self.changed.wait_for(lambda: expected <= set(self.answers), timeout=timeout)
-            return list(self.answers.values()), sorted(expected - set(self.answers))
+            return [self.answers[c] for c in sorted(self.answers)], sorted(expected - set(self.answers))
 
 
-def ask_collectors(broker: str | BrokerAddress, *, device: str | None = None, group: str | None = None, window_s: float = 3600.0,
-                   prefix: str = DEFAULT_PREFIX, timeout: float = 5.0) -> tuple[list[dict[str, Any]], list[str]]:
-    """Send a drift query to every online collector; returns (answers, collectors that did not answer in time).
-
-    Args:
-        broker: ``mqtt://`` URL or an address with credentials (:func:`edgekit.fleet.mqtt.parse_broker_url`).
+def ask(broker: str | BrokerAddress, body: dict[str, Any], *, reply_type: str, prefix: str = DEFAULT_PREFIX,
+        timeout: float = 5.0) -> tuple[list[dict[str, Any]], list[str]]:
+    """Send query ``body`` (its type and parameters) to one online collector per store; returns (answers, collectors that did not answer).
 
     Raises FleetError when the broker is unreachable or no collector is online.
     """
     address = to_address(broker)
     url = address.url
     qid = uuid.uuid4().hex[:16]
-    replies = _Replies(f"{prefix}/fleet/monitor/reply/{qid}")
-    session = BrokerSession(address, f"edgekit-drift-{qid[:8]}", topics=(Topics.fleet_collector("+", prefix), replies.reply),
+    replies = _Replies(f"{prefix}/fleet/monitor/reply/{qid}", reply_type)
+    session = BrokerSession(address, f"edgekit-ask-{qid[:8]}", topics=(Topics.fleet_collector("+", prefix), replies.reply),
                             on_message=replies.on_message).open()
     try:
         deadline = time.monotonic() + timeout
         if not session.wait_ready(max(0.1, deadline - time.monotonic())):
             raise FleetError(session.refusal or f"the broker at {url} did not confirm a subscription within {timeout:g} s")
-        time.sleep(min(0.3, max(0.0, deadline - time.monotonic())))  # retained presence arrives right after the SUBACK
+        with replies.changed:  # retained presence arrives right after the SUBACK
+            replies.changed.wait_for(lambda: bool(replies.online), timeout=min(0.3, max(0.0, deadline - time.monotonic())))
+        time.sleep(0.05)  # the rest of the retained presence messages
         expected = replies.expected()
         if not expected:
-            raise FleetError(f"no fleet collector is online at {url}: start one with `edgekit fleet watch --broker {url} --db fleet.sqlite`, "
+            raise NoCollector(f"no fleet collector is online at {url}: start one with `edgekit fleet watch --broker {url} --db fleet.sqlite`, "
                              "or read a collector's database with --db")
-        q = query(qid, replies.reply, device=device, group=group, window_s=window_s)
+        q = {"v": 1, **body, "id": qid, "reply": replies.reply, "to": sorted(expected), "ts": round(time.time(), 3)}
         session.publish(Topics.fleet_query(prefix), json.dumps(q).encode())
         return replies.wait(expected, max(0.0, deadline - time.monotonic()))
     finally:
         session.close()
+
+
+def ask_collectors(broker: str | BrokerAddress, *, device: str | None = None, group: str | None = None, window_s: float = 3600.0,
+                   prefix: str = DEFAULT_PREFIX, timeout: float = 5.0) -> tuple[list[dict[str, Any]], list[str]]:
+    """Send a drift query to the online collectors (one per store); returns (answers, collectors that did not answer in time).
+
+    Args:
+        broker: ``mqtt://`` URL or an address with credentials (:func:`edgekit.fleet.mqtt.parse_broker_url`).
+
+    Raises FleetError when the broker is unreachable or no collector is online.
+    """
+    return ask(broker, {"type": "drift_query", "device": device, "group": group, "window_s": window_s}, reply_type="drift_reply",
+               prefix=prefix, timeout=timeout)

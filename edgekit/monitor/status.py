@@ -1,14 +1,29 @@
-"""The drift column of ``fleet status``, from the broker or from a collector's database.
+"""``fleet status`` from the fleet store: the devices page (every device, filtered and paged), and the drift column.
 
-The collectors keep one retained summary per device on ``<prefix>/fleet/drift/<device>``
-(:func:`edgekit.monitor.monitor.drift_summary`): ``{device, level, model, version, features,
-since, accuracy, text}``. ``fleet status`` reads them with :func:`read_drift` (one short extra
-connection) or, next to a collector, from its database with :func:`drift_from_db`, and shows
-``text``: ``ok``, ``not enough data``, ``alert: x[3], x[7] since 08:31:02Z``, ``…; accuracy alert``.
+The collectors keep each device's state, latest telemetry, latest job and drift verdict in their
+store (:meth:`FleetHistory.device_page`). ``fleet status --broker`` asks them (answered from the
+store: complete at any fleet size, in well under a second), ``fleet status --db`` reads a store
+directly. Without any collector, ``fleet status`` still reads the broker's retained messages
+(:mod:`edgekit.fleet.status`), with their limits.
+
+Status query (``<prefix>/fleet/monitor/query``, QoS 1; see :mod:`edgekit.monitor.query`)::
+
+    {"v": 1, "type": "status_query", "id": "…", "reply": "…", "to": ["watch-1a2b"],
+     "filter": {"group", "version", "online", "drift", "job_state", "offset", "limit"}}
+
+Answer::
+
+    {"v": 1, "type": "status_reply", "id": "…", "collector": "watch-1a2b", "store": "…", "total": 10000, "offset": 0,
+     "rows": [{"device", "group", "status", "model", "version", "artifact", "last_seen", "agent_version", "requests",
+               "p95_ms", "outbox", "job", "job_state", "job_reason", "drift_level", "drift"}]}
+
+The collectors also keep one retained summary per device on ``<prefix>/fleet/drift/<device>``
+(:func:`edgekit.monitor.reports.drift_summary`), read by :func:`read_drift` for that fallback.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -16,12 +31,84 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from device_agent.protocol import DEFAULT_PREFIX, Topics
+from device_agent.contract.protocol import DEFAULT_PREFIX, Topics
 from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
+from edgekit.monitor.query import one_per_store
 from edgekit.monitor.reports import drift_summary
-from edgekit.monitor.store import SqliteStore
+from edgekit.monitor.store import DevicePage, DeviceQuery, DeviceRow, FleetHistory, open_store
 
-__all__ = ["drift_cell", "drift_from_db", "read_drift"]
+__all__ = ["device_rows", "drift_cell", "drift_from_db", "merge_status", "read_drift", "read_status", "status_answer", "status_query"]
+
+
+def status_query(query: DeviceQuery) -> dict[str, Any]:
+    """The body of a status query for :func:`edgekit.monitor.query.ask`."""
+    return {"type": "status_query", "filter": dataclasses.asdict(query)}
+
+
+def status_answer(store: FleetHistory, q: dict[str, Any], *, collector: str) -> dict[str, Any]:
+    """A collector's answer to status query ``q``: a page of its store's devices."""
+    f = q.get("filter") or {}
+    query = DeviceQuery(**{k: f[k] for k in ("group", "version", "online", "drift", "job_state", "offset", "limit") if k in f})
+    page = store.device_page(query)
+    return {"v": 1, "type": "status_reply", "id": q.get("id"), "collector": collector, "store": store.store_id, "total": page.total,
+            "offset": page.offset, "rows": [vars(r) for r in page.rows]}  # flat records: their fields as they are
+
+
+def merge_status(answers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The collectors' answers as one page of rows (the fields of :class:`DeviceRow`) and how many devices match in all:
+    per device the newest row (by last seen), its gaps filled from the other stores'."""
+    answers = one_per_store(answers)
+    if len(answers) == 1:  # one store (the usual case): its page as it is
+        return list(answers[0].get("rows", [])), int(answers[0].get("total") or 0)
+    rows: dict[str, dict[str, Any]] = {}
+    total = 0
+    for a in answers:
+        total = max(total, int(a.get("total") or 0))
+        for r in a.get("rows", []):
+            mine = rows.get(r["device"])
+            if mine is None:
+                rows[r["device"]] = r
+                continue
+            newer, older = (r, mine) if r.get("last_seen", 0) > mine.get("last_seen", 0) else (mine, r)
+            rows[r["device"]] = {k: older.get(k) if v is None else v for k, v in newer.items()}
+    return [r for _, r in sorted(rows.items())], total
+
+
+def read_status(db: str | Path, query: DeviceQuery) -> DevicePage:
+    """A page of devices read from a collector's store (a SQLite file or a ``postgresql://`` URL)."""
+    store = open_store(db)
+    try:
+        return store.device_page(query)
+    finally:
+        store.close()
+
+
+def device_rows(rows: list[DeviceRow] | list[dict[str, Any]], *, now: float | None = None) -> list[dict[str, Any]]:
+    """The ``fleet status`` rows (the keys of :func:`edgekit.fleet.status.status_rows`, with ``drift`` and ``drift_level``)
+    of a devices page (its records, or their fields as a status answer carries them)."""
+    now = now or time.time()
+    out = []
+    for row in rows:
+        r = vars(row) if isinstance(row, DeviceRow) else row
+        seen = r["last_seen"]
+        out.append({
+            "device": r["device"],
+            "group": r["group"] if r["status"] != "unknown" else "?",  # as the broker's view: no state message, no group
+            "online": r["status"] == "online",
+            "model": r["model"],
+            "version": r["version"],
+            "job": r["job"],
+            "job_state": r["job_state"],
+            "job_reason": r["job_reason"],
+            "last_seen": round(seen, 3) if seen else None,
+            "last_seen_ago_s": round(now - seen, 1) if seen else None,
+            "p95_ms": r["p95_ms"],
+            "requests": r["requests"],
+            "outbox": r["outbox"],
+            "drift": (r["drift"] or {}).get("text") or "—",
+            "drift_level": r["drift_level"],
+        })
+    return out
 
 
 def read_drift(broker: str | BrokerAddress, *, prefix: str = DEFAULT_PREFIX, settle_s: float = 0.3,
@@ -59,9 +146,12 @@ def read_drift(broker: str | BrokerAddress, *, prefix: str = DEFAULT_PREFIX, set
 
 
 def drift_from_db(db: str | Path, devices: list[str]) -> dict[str, dict[str, Any]]:
-    """The same summaries computed from a collector's database."""
-    with SqliteStore(db) as store:
+    """The same summaries computed from a collector's store (a SQLite file or a ``postgresql://`` URL)."""
+    store = open_store(db)
+    try:
         return {d: s for d in devices if (s := drift_summary(store, d)) is not None}
+    finally:
+        store.close()
 
 
 def drift_cell(summaries: dict[str, dict[str, Any]], device: str) -> str:

@@ -5,26 +5,43 @@ rises to warn or alert (naming the features that moved most and since when), and
 message when every feature is back to ok. Results are per model version, so a model update starts
 a new state, and a drift that starts right after an update names the update. Accuracy verdicts
 follow the same rule on their own row (:data:`~edgekit.monitor.store.ACCURACY`).
+
+Inside :meth:`Verdicts.batch` the verdicts of a whole batch of windows are read in one query and
+written in one transaction, and a row is written only when its level or start changed (or it was
+last written ``REFRESH_S`` ago: ``updated`` still says which version was judged last). Each
+device's summary (the ``fleet status`` drift column) is kept in the store as it changes.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from edgekit.monitor.accuracy import AccuracyReport
 from edgekit.monitor.alerts import alert_payload, fmt_time
 from edgekit.monitor.config import MonitorConfig
-from edgekit.monitor.drift import DriftReport, FeatureDrift, Level, worst
+from edgekit.monitor.drift import DriftReport, FeatureDrift, Level, level_of, worst
+from edgekit.monitor.reports import summary_of
 from edgekit.monitor.store import ACCURACY, DriftState, FleetStore
 
-__all__ = ["Verdicts"]
+__all__ = ["REFRESH_S", "Verdicts"]
+
+#: an unchanged verdict row is written again after this long (its ``updated`` time)
+REFRESH_S = 60.0
+
+Key = tuple[str, str, str, str]
+
+
+def _changed(old: DriftState | None, new: DriftState) -> bool:
+    return old is None or old.level != new.level or old.since != new.since or new.updated - old.updated >= REFRESH_S
 
 
 def _bad(level: Level) -> bool:
-    return level.rank >= Level.WARN.rank
+    return level is Level.WARN or level is Level.ALERT
 
 
 @dataclass
@@ -52,19 +69,73 @@ class Verdicts:
         self.config = config
         self.collector = collector
         self.clock = clock
+        self._cache: dict[Key, dict[str, DriftState]] | None = None  # inside a batch: what the store holds, as updated
+        self._writes: dict[Key, dict[str, DriftState]] = {}
+        self._summaries: dict[str, str] = {}  # device -> the summary last written
+        self._pending_summaries: dict[str, dict[str, Any]] = {}
+        #: called with (device, summary) after a device's summary changed and was stored (the collector publishes it)
+        self.on_summary: Callable[[str, dict[str, Any]], None] | None = None
+
+    # --- reading and writing verdicts ---------------------------------------------------------------
+
+    @contextmanager
+    def batch(self, keys: Iterable[Key]) -> Iterator[None]:
+        """Judge many: the verdicts of ``keys`` are read at once, what changed is written at the end."""
+        self._cache = self.store.drift_states(list(keys))
+        try:
+            yield
+        finally:
+            self._cache = None
+            self.flush()
+
+    def _states(self, key: Key) -> dict[str, DriftState]:
+        if self._cache is not None:
+            if key not in self._cache:  # not announced to the batch: read it
+                self._cache[key] = self.store.drift_state(*key)
+            return dict(self._cache[key])
+        return self.store.drift_state(*key)
+
+    def _put(self, key: Key, prev: dict[str, DriftState], states: list[DriftState]) -> None:
+        merged = {**prev, **{s.feature: s for s in states}}
+        changed = {s.feature: s for s in states if _changed(prev.get(s.feature), s)}
+        if changed:
+            self._writes.setdefault(key, {}).update(changed)
+        if key[0] == "device":
+            summary = summary_of(key[2], key[3], merged)
+            text = json.dumps(summary, sort_keys=True)
+            if self._summaries.get(key[1]) != text:
+                self._summaries[key[1]] = text
+                self._pending_summaries[key[1]] = summary
+        if self._cache is not None:
+            self._cache[key] = merged
+        else:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the verdict rows and device summaries that changed."""
+        writes, self._writes = self._writes, {}
+        summaries, self._pending_summaries = self._pending_summaries, {}
+        if writes:
+            self.store.set_drift_states([(k, list(v.values())) for k, v in writes.items()])
+        if summaries:
+            self.store.set_device_drifts(list(summaries.items()))
+        if self.on_summary is not None:
+            for device, summary in summaries.items():
+                self.on_summary(device, summary)
 
     # --- drift --------------------------------------------------------------------------------------
 
     def drift(self, report: DriftReport, *, device: str | None = None, group: str | None = None) -> list[dict[str, Any]]:
         """Store the verdicts of ``report``; returns a drift alert when a feature rose, "resolved" when all are back."""
-        prev = self.store.drift_state(report.scope, report.name, report.model, report.version)
-        prev.pop(ACCURACY, None)
+        key = (report.scope, report.name, report.model, report.version)
+        stored = self._states(key)
+        prev = {k: v for k, v in stored.items() if k != ACCURACY}
         step = self._step(report, prev)
         if not step.states:
             return []
-        self.store.set_drift_state(report.scope, report.name, report.model, report.version, step.states)
-        current = {**{k: Level(v.level) for k, v in prev.items()}, **{s.feature: Level(s.level) for s in step.states}}
-        was_bad = any(_bad(Level(v.level)) for v in prev.values())
+        self._put(key, stored, step.states)
+        current = {**{k: level_of(v.level) for k, v in prev.items()}, **{s.feature: level_of(s.level) for s in step.states}}
+        was_bad = any(_bad(level_of(v.level)) for v in prev.values())
         ts = round(self.clock(), 3)
         base: dict[str, Any] = {"scope": report.scope, "name": report.name, "device": device, "group": group,
                                 "model": {"name": report.model, "version": report.version},
@@ -88,7 +159,7 @@ class Verdicts:
             if f.level is Level.NOT_ENOUGH_DATA:
                 continue
             p = prev.get(f.name)
-            prev_level = Level(p.level) if p else Level.OK
+            prev_level = level_of(p.level) if p else Level.OK
             same_side = p is not None and _bad(prev_level) == _bad(f.level)
             step.since[f.name] = p.since if same_side and p is not None else start
             step.states.append(DriftState(f.name, str(f.level), step.since[f.name], now, f.psi))
@@ -123,12 +194,13 @@ class Verdicts:
         if rep.level is Level.NOT_ENOUGH_DATA:
             return []
         scope, name, model, version = rep.scope, rep.name, rep.model, rep.version
-        prev = self.store.drift_state(scope, name, model, version).get(ACCURACY)
-        prev_level = Level(prev.level) if prev else Level.OK
+        stored = self._states((scope, name, model, version))
+        prev = stored.get(ACCURACY)
+        prev_level = level_of(prev.level) if prev else Level.OK
         now = self.clock()
         bad, was_bad = _bad(rep.level), _bad(prev_level)
         since = prev.since if prev is not None and bad == was_bad else now
-        self.store.set_drift_state(scope, name, model, version, [DriftState(ACCURACY, str(rep.level), since, now, None)])
+        self._put((scope, name, model, version), stored, [DriftState(ACCURACY, str(rep.level), since, now, None)])
         base: dict[str, Any] = {"scope": scope, "name": name, "device": device, "group": group, "model": {"name": model, "version": version},
                 "collector": self.collector, "ts": round(now, 3), "features": [],
                 "accuracy": {"value": rep.accuracy, "baseline": rep.baseline, "labelled": rep.labelled, "correct": rep.correct,

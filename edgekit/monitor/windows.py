@@ -2,7 +2,7 @@
 
 Devices never send raw inputs. Each telemetry window carries, per tracked feature, counts over the
 manifest's reference bin edges plus under/overflow, a NaN count and moments
-(:class:`device_agent.protocol.FeatureWindow`). Counts are additive, so windows of one device (or
+(:class:`device_agent.contract.protocol.FeatureWindow`). Counts are additive, so windows of one device (or
 of every device of a group) on one model version merge by summing (:class:`FeatureSummary`,
 :class:`WindowSet`), and so do the shares of several collectors (``merge``). The drift verdicts
 (:mod:`edgekit.monitor.drift`) are computed from merged sets.
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from device_agent.protocol import FeatureWindow, TelemetryMessage
+from device_agent.contract.protocol import FeatureWindow, TelemetryMessage
 
 __all__ = ["FeatureSummary", "WindowSet", "group_windows"]
 
@@ -93,9 +93,9 @@ class FeatureSummary:
 
     def to_dict(self) -> dict[str, Any]:
         fin = self.finite > 0
-        return {"name": self.name, "counts": [int(c) for c in self.counts], "under": self.under, "over": self.over, "nan": self.nan,
+        return {"name": self.name, "counts": self.counts.tolist(), "under": self.under, "over": self.over, "nan": self.nan,
                 "n": self.n, "finite": self.finite, "mean": self.mean, "m2": self.m2,
-                "min": self.min if fin else None, "max": self.max if fin else None}
+                "min": self.min if fin and math.isfinite(self.min) else None, "max": self.max if fin and math.isfinite(self.max) else None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSummary:
@@ -117,6 +117,26 @@ class WindowSet:
     devices: set[str] = field(default_factory=set)
     start: float | None = None
     end: float | None = None
+
+    @classmethod
+    def of_message(cls, model: str, version: str, msg: TelemetryMessage) -> WindowSet:
+        """``WindowSet(model, version)`` with ``msg`` added: the same numbers, built directly (judging does this per window)."""
+        ws = cls(model, version, samples=msg.samples, requests=msg.requests, windows=1, devices={msg.device})
+        ws.start, ws.end = float(msg.window.get("start", msg.ts)), float(msg.window.get("end", msg.ts))
+        for w in msg.features:
+            if w.name in ws.features:  # a feature sent twice: merged as add() would
+                if len(w.counts) == len(ws.features[w.name].counts):
+                    ws.features[w.name].add(w)
+                continue
+            fin = w.n - w.nan
+            f = ws.features[w.name] = FeatureSummary(w.name, np.asarray(w.counts, np.int64), w.under, w.over, w.nan, w.n)
+            if fin > 0 and w.mean is not None:
+                std = w.std or 0.0
+                # add() into an empty summary: the same arithmetic, so the same floats
+                f.mean, f.m2, f.finite = 0.0 + w.mean * fin / fin, std * std * fin + w.mean * w.mean * 0 * fin / fin, fin
+                f.min = min(math.inf, w.min if w.min is not None else math.inf)
+                f.max = max(-math.inf, w.max if w.max is not None else -math.inf)
+        return ws
 
     def add(self, msg: TelemetryMessage) -> None:
         self.windows += 1

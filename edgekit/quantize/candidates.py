@@ -1,8 +1,10 @@
-"""int8 quantization candidates: each one way of turning an fp32 ONNX model into an int8 one.
+"""int8 quantization candidates: each one way of turning an fp32 ONNX model into an int8 (or partly int8) one.
 
-ORT's defaults are often *slower* than fp32 on a given CPU (S8S8 QDQ, ConvInteger), so edgekit
-builds several candidates, measures each on this machine and keeps the fastest accurate one
-(:mod:`edgekit.quantize.search`). A candidate is data; :func:`build` turns it into a model.
+ORT's defaults are often *slower* than fp32 on a given CPU (S8S8 QDQ, ConvInteger), and int8 pays
+off per layer, not per model, so edgekit builds whole-model candidates and mixed ones (static int8
+on the layers where it is faster, :mod:`edgekit.quantize.mixed`), measures each on this machine and
+keeps the best for the objective (:mod:`edgekit.quantize.search`). A candidate is data;
+:func:`build` turns it into a model.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,10 +27,11 @@ from edgekit.data import Dataset
 from edgekit.errors import InputError
 from edgekit.onnx_model import MIN_WEIGHT_ELEMENTS, iter_graphs
 
-__all__ = ["CalibrationMethod", "Candidate", "Kind", "build", "candidates_for", "pre_process"]
+__all__ = ["FLOAT", "CalibrationMethod", "Candidate", "Kind", "build", "candidates_for", "pre_process"]
 
 
 class Kind(StrChoice):
+    FLOAT = "float"  # the float model itself: what "keep every layer float" ships
     STATIC = "static"
     DYNAMIC = "dynamic"
     WEIGHT_ONLY = "weight_only"
@@ -48,8 +52,14 @@ class Candidate:
     per_channel: bool = True
     op_types: tuple[str, ...] | None = None  # None: every op ORT can quantize
     note: str = ""
+    #: static only: quantize just these nodes (None: all); the mixed-precision search fills it
+    nodes: tuple[str, ...] | None = None
+    #: store weights the quantizer leaves fp32 as int8 (dequantized at run time: smaller, slower in a plain session)
+    int8_leftovers: bool = True
 
     def params(self) -> dict:
+        if self.kind is Kind.FLOAT:
+            return {"kind": str(self.kind)}
         return {
             "kind": str(self.kind),
             "format": self.quant_format,
@@ -57,6 +67,7 @@ class Candidate:
             "weights": "s8",
             "per_channel": self.per_channel,
             "op_types": list(self.op_types) if self.op_types else "all",
+            **({"int8_nodes": len(self.nodes)} if self.nodes is not None else {}),
         }
 
 
@@ -70,21 +81,32 @@ STATIC_CANDIDATES = (
 )
 DYNAMIC_CANDIDATES = (
     Candidate("dynamic", Kind.DYNAMIC, "QOperator", "u8", False, note="ORT quantize_dynamic defaults (ConvInteger/MatMulInteger)"),
-    Candidate("dynamic-linear-only", Kind.DYNAMIC, "QOperator", "u8", False, _LINEAR, note="dynamic int8 MatMul/Gemm, other weights int8-stored"),
+    # convs stay fp32: their weights stored int8 would be dequantized on every run in a plain session
+    Candidate("dynamic-linear-only", Kind.DYNAMIC, "QOperator", "u8", False, _LINEAR, note="dynamic int8 MatMul/Gemm, the rest float",
+              int8_leftovers=False),
 )
-WEIGHT_ONLY = Candidate("weight-only", Kind.WEIGHT_ONLY, "QDQ", "-", True, note="int8 weights, dequantized on load; float compute")
+WEIGHT_ONLY = Candidate("weight-only", Kind.WEIGHT_ONLY, "QDQ", "-", True,
+                        note="int8 weights dequantized on every run (float compute): the smallest file, slower than fp32")
+FLOAT = Candidate("float", Kind.FLOAT, "-", "-", False, note="every layer float: int8 did not pay off")
 
 
 def candidates_for(model: onnx.ModelProto, *, has_data: bool) -> list[Candidate]:
-    """The candidates worth trying for this model, most promising first."""
+    """The whole-model candidates worth trying for this model, most promising first (the mixed ones are found by measuring).
+
+    The search builds them in this order until its time budget is spent: the first static one also
+    calibrates, and the per-layer search starts from it.
+    """
     ops = {n.op_type for g in iter_graphs(model.graph) for n in g.node}
-    out: list[Candidate] = list(STATIC_CANDIDATES) if has_data else []
+    qdq_pc, qdq_pt, qop_pc, s8s8 = STATIC_CANDIDATES
+    out: list[Candidate] = [qdq_pc, qop_pc, qdq_pt] if has_data else []
     has_linear = bool(ops & set(_LINEAR))
     has_conv = bool(ops & {"Conv", "ConvTranspose"})
+    out.append(WEIGHT_ONLY)
     if has_linear and has_conv:
         out.append(DYNAMIC_CANDIDATES[1])
+    out += [s8s8] if has_data else []
     out.append(DYNAMIC_CANDIDATES[0])
-    out.append(WEIGHT_ONLY)
+    out.append(FLOAT)  # keeping every layer float is always an answer: never slower than the model given
     return out
 
 
@@ -97,7 +119,7 @@ class _Reader:
     @staticmethod
     def _batches(data: Dataset, batch: int, scalar: set[str]):
         for start in range(0, data.n - batch + 1 if batch > 1 else data.n, batch):
-            yield {k: (np.asarray(v[start]) if k in scalar else v[start : start + batch]) for k, v in data.inputs.items()}
+            yield data.take(start, batch)  # each input sliced on its own batch axis; a scalar takes the batch's first value
 
     def get_next(self):
         return next(self._it, None)
@@ -126,7 +148,7 @@ def pre_process(model: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelProto,
     Falls back to ONNX shape inference only, then to no pre-processing, when a model defeats
     the symbolic shape inference (it does for some control-flow graphs); the note says which ran.
     """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from edgekit.ort_tools import quant_pre_process  # ORT's, run where its temp files cannot land in the user's directory
 
     src = workdir / "pre_in.onnx"
     dst = workdir / "pre_out.onnx"
@@ -138,10 +160,19 @@ def pre_process(model: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelProto,
         try:
             with _quiet():
                 quant_pre_process(str(src), str(dst), **kwargs)
-            return onnx.load(str(dst)), note
+            return _unless_grown(model, onnx.load(str(dst)), note)
         except Exception:  # noqa: BLE001 - any failure here falls back to the next, plainer pass
             continue
     return model, "pre-processing skipped (quant_pre_process failed on this model)"
+
+
+def _unless_grown(model: onnx.ModelProto, pre: onnx.ModelProto, note: str) -> tuple[onnx.ModelProto, str]:
+    """``pre``, unless pre-processing grew the model: ORT's optimizer copies weights an If branch reads from its outer
+    scope into each nested branch (silero-vad: 2.3 -> 3.3 MB, its LSTM weights twice), which no int8 candidate undoes."""
+    before, after = model.ByteSize(), pre.ByteSize()
+    if after > before * 1.05:
+        return model, f"pre-processing skipped: it grew the model from {before:,} to {after:,} bytes (weights copied into subgraphs)"
+    return pre, note
 
 
 def build(
@@ -160,18 +191,24 @@ def build(
     from onnxruntime.quantization import CalibrationMethod as OrtCalib
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
+    if cand.kind is Kind.FLOAT or (cand.nodes is not None and not cand.nodes):
+        shutil.copyfile(model_path, out_path)  # an empty node list means "none" here, where ORT would read "all"
+        return
     if cand.kind is Kind.WEIGHT_ONLY:
         onnx.save(weight_only_int8(onnx.load(str(model_path)), exclude=exclude), out_path)
         return
     with _quiet():
         if cand.kind is Kind.DYNAMIC:
+            # the dynamic quantizer first rewrites each Gemm as "<name>_MatMul" + "<name>_Add", then matches names
+            renamed = [f"{n}_{op}" for n in exclude for op in ("MatMul", "Add")]
             quantize_dynamic(
                 str(model_path), str(out_path),
                 op_types_to_quantize=list(cand.op_types) if cand.op_types else None,
-                per_channel=cand.per_channel, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                per_channel=cand.per_channel, weight_type=QuantType.QInt8, nodes_to_exclude=[*exclude, *renamed],
                 extra_options={"MatMulConstBOnly": True},
             )
-            _int8_leftovers(out_path, exclude)
+            if cand.int8_leftovers:
+                _int8_leftovers(out_path, (*exclude, *renamed))
             return
         if calib is None:
             raise InputError("static quantization needs calibration data (--data)")
@@ -184,11 +221,13 @@ def build(
             activation_type=QuantType.QUInt8 if cand.activations == "u8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=list(exclude),
+            nodes_to_quantize=list(cand.nodes) if cand.nodes is not None else None,
             calibrate_method=ort_method,
             calibration_cache_path=str(cache),
             extra_options={"ActivationSymmetric": cand.activations == "s8", "WeightSymmetric": True},
         )
-    _int8_leftovers(out_path, exclude)
+    if cand.nodes is None:  # a mixed model's float layers stay float: that is the point of it
+        _int8_leftovers(out_path, exclude)
 
 
 def _int8_leftovers(path: Path, exclude: tuple[str, ...]) -> None:
@@ -208,7 +247,8 @@ def weight_only_int8(model: onnx.ModelProto, *, exclude: tuple[str, ...] = ()) -
 
     onnxruntime has no weight-only int8 for Conv (``MatMulNBits`` covers MatMul only), and this
     is a pure storage change: symmetric per-output-channel int8, dequantized to float in the graph,
-    compute unchanged. It is the candidate that is always int8-sized and as fast as fp32.
+    compute unchanged. It is always int8-sized; in a plain session onnxruntime runs every
+    DequantizeLinear on every inference (and cannot pre-pack the weights), so it is slower than fp32.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)

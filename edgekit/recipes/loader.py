@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from edgekit.choices import Format
+from edgekit.choices import Format, Objective
 from edgekit.errors import RecipeError
 from edgekit.pipeline import STEPS, StepSpec, get_step
 from edgekit.recipes.model import QUANTIZE_STEPS, TOP_LEVEL_KEYS, Recipe
@@ -68,6 +68,7 @@ def parse_recipe(text: str, where: str, *, default_name: str = "recipe", path: P
     name = name or re.sub(r"[^A-Za-z0-9._-]+", "-", default_name).strip("-.") or "recipe"
     steps = _steps(doc["steps"], loc)
     export = _export(doc.get("export"), loc)
+    objective = _objective(doc.get("objective"), loc)
     data = _section(DataNeeds, doc.get("data"), "data", loc)
     gates = _section(Gates, doc.get("gates"), "gates", loc)
     return Recipe(
@@ -77,6 +78,7 @@ def parse_recipe(text: str, where: str, *, default_name: str = "recipe", path: P
         export=export,
         data=data,
         gates=gates,
+        objective=objective,
         source=source or (str(path) if path else where),
         sha256=hashlib.sha256(text.encode()).hexdigest(),
     )
@@ -164,9 +166,8 @@ def _string(doc: dict, key: str, loc: _Locator) -> str | None:
 
 
 def _steps(raw: Any, loc: _Locator) -> tuple[StepSpec, ...]:
-    if not isinstance(raw, list) or not raw:
-        got = "an empty list" if raw == [] else f"{_kind(raw)} {raw!r}"
-        raise RecipeError(f"invalid steps in {loc.at(('steps',))} (recipe): expected a list of steps, got {got}; e.g.\n"
+    if not isinstance(raw, list):  # [] is a recipe too: the model exported as it is (a plain conversion, a whole pipeline)
+        raise RecipeError(f"invalid steps in {loc.at(('steps',))} (recipe): expected a list of steps, got {_kind(raw)} {raw!r}; e.g.\n"
                           "  steps:\n    - int8: {max_drop: 1.0}")
     known = sorted(STEPS)
     specs: list[StepSpec] = []
@@ -223,6 +224,16 @@ def _export(raw: Any, loc: _Locator) -> tuple[str, ...]:
             raise RecipeError(f"export format {fmt!r} in {loc.at(('export', i))} (export) is listed twice; keep one")
         seen.append(fmt)
     return tuple(seen)
+
+
+def _objective(raw: Any, loc: _Locator) -> str | None:
+    if raw is None:
+        return None
+    known = Objective.values()
+    if raw not in known:
+        raise RecipeError(f"unknown objective {_q(raw)} in {loc.at(('objective',))} (objective){_near(str(raw), known)} "
+                          f"Allowed: {', '.join(known)}")
+    return str(raw)
 
 
 def _section(cls: type[BaseModel], raw: Any, key: str, loc: _Locator):

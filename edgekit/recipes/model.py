@@ -16,7 +16,7 @@ __all__ = ["QUANTIZE_STEPS", "TOP_LEVEL_KEYS", "Override", "Recipe"]
 #: steps that set the model's precision: at most one, and it runs last
 QUANTIZE_STEPS = ("int8", "fp16")
 #: keys a recipe document may have; ``resolved_from`` is written by edgekit into manifests and ignored on load
-TOP_LEVEL_KEYS = ("name", "description", "steps", "export", "data", "gates", "resolved_from")
+TOP_LEVEL_KEYS = ("name", "description", "steps", "export", "objective", "data", "gates", "resolved_from")
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,8 @@ class Override:
     """A command-line flag given together with a recipe.
 
     ``targets`` are what the flag sets, in the recipe's terms: ``"<step>.<field>"`` (only if the
-    recipe has that step), ``"gates.<gate>"`` (only if the recipe sets that gate) or ``"export"``.
+    recipe has that step), ``"gates.<gate>"`` (only if the recipe sets that gate), ``"export"`` or
+    ``"objective"``.
     A flag that finds none of its targets is an error, not silently dropped.
     """
 
@@ -43,6 +44,7 @@ class Recipe:
     export: tuple[str, ...] = ("onnx", "ort")
     data: DataNeeds = field(default_factory=DataNeeds)
     gates: Gates = field(default_factory=Gates)
+    objective: str | None = None  # latency | size | balanced; None: the run's (balanced by default)
     source: str = ""
     sha256: str = ""
     overrides: tuple[Override, ...] = ()
@@ -58,12 +60,15 @@ class Recipe:
     def with_overrides(self, overrides: list[Override]) -> Recipe:
         """A copy with the flags applied; a flag that fits nothing in this recipe raises RecipeError."""
         steps = [StepSpec(s.name, dict(s.params)) for s in self.steps]
-        export, gates = self.export, self.gates.model_dump()
+        export, gates, objective = self.export, self.gates.model_dump(), self.objective
         for o in overrides:
             applied = []
             for target in o.targets:
                 if target == "export":
                     export = tuple(o.value)
+                    applied.append(target)
+                elif target == "objective":
+                    objective = str(o.value)
                     applied.append(target)
                 elif target.startswith("gates."):
                     gate = target.split(".", 1)[1]
@@ -86,7 +91,8 @@ class Recipe:
             new_gates = Gates(**gates)
         except ValidationError as e:
             raise RecipeError(f"recipe {self.name!r} with the given flags: gates: {e.errors()[0]['msg']}") from None
-        return replace(self, steps=tuple(steps), export=export, gates=new_gates, overrides=self.overrides + tuple(overrides))
+        return replace(self, steps=tuple(steps), export=export, gates=new_gates, objective=objective,
+                       overrides=self.overrides + tuple(overrides))
 
     def resolved_steps(self) -> list[StepSpec]:
         """Every step with all its parameters (defaults filled in), ready for :func:`edgekit.compress.compress`.
@@ -114,6 +120,7 @@ class Recipe:
             "description": self.description,
             "steps": [{s.name: s.params} for s in self.resolved_steps()],
             "export": list(self.export),
+            **({"objective": self.objective} if self.objective is not None else {}),
             "data": self.data.model_dump(),
             "gates": self.gates.active(),
             "resolved_from": {
@@ -138,6 +145,8 @@ def _check_params(spec: StepSpec, where: str):
 def _target_words(target: str) -> str:
     if target == "export":
         return "the export formats"
+    if target == "objective":
+        return "the objective"
     if target.startswith("gates."):
         return f"the {target.split('.', 1)[1]} gate"
     step, param = target.split(".", 1)

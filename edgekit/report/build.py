@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from device_agent.contract.manifest import TensorSpec
 
+from device_agent.contract.manifest import TensorSpec
 from device_agent.runtime import BackendError, open_backend
 from edgekit.errors import DataError, InputError
 from edgekit.export.compact import NAMES_KEY
@@ -230,12 +230,12 @@ def _artifact_stats(result: CompressResult, a: ArtifactResult, by_file: dict, pa
 
 
 def _compress_layers(result: CompressResult, notes: list[str]) -> dict[str, Any]:
-    from edgekit.report.layers import MAX_SAMPLES, layer_errors
+    from edgekit.quantize.layers import MAX_SAMPLES, measure_layers
 
     out: dict[str, Any] = {}
     data = result.eval_data
     for a in result.artifacts:
-        if a.exported.format != "onnx" or a.exported.precision != "int8":
+        if a.exported.format != "onnx" or a.exported.precision not in ("int8", "mixed"):
             continue
         if data is None:
             notes.append(f"per-layer error of {a.file} needs the evaluation data; not computed")
@@ -244,12 +244,12 @@ def _compress_layers(result: CompressResult, notes: list[str]) -> dict[str, Any]
         reference = result.float_model if result.float_model is not None else result.source
         ref_name = result.source.name if reference is result.source or not _changed(result) else "the float model before int8"
         try:
-            errs = layer_errors(reference, _artifact_path(result, a), data, result.manifest.inputs, threads=result.threads,
-                                names=a.exported.extra.get(NAMES_KEY))
+            run = measure_layers(reference, _artifact_path(result, a), data, result.manifest.inputs, threads=result.threads,
+                                 names=a.exported.extra.get(NAMES_KEY))
         except Exception as e:  # noqa: BLE001 - a diagnostic must never fail the compression it describes
             notes.append(f"per-layer error of {a.file} could not be computed: {type(e).__name__}: {str(e)[:200]}")
             continue
-        out[a.file] = _layer_block(ref_name, min(data.n, MAX_SAMPLES), data.generated, errs)
+        out[a.file] = _layer_block(ref_name, run, min(data.n, MAX_SAMPLES), data.generated, a.file, notes)
     return out
 
 
@@ -259,11 +259,11 @@ def _changed(result: CompressResult) -> bool:
 
 
 def _compare_layers(entries: list[Entry], data: Dataset, inputs: tuple[TensorSpec, ...], threads: int, notes: list[str]) -> dict:
-    from edgekit.report.layers import MAX_SAMPLES, layer_errors
+    from edgekit.quantize.layers import MAX_SAMPLES, measure_layers
 
     base = entries[0]
     out: dict[str, Any] = {}
-    candidates = [e for e in entries[1:] if e.format == "onnx" and e.precision == "int8"]
+    candidates = [e for e in entries[1:] if e.format == "onnx" and e.precision in ("int8", "mixed")]
     if not candidates:
         return out
     if base.format != "onnx" or base.precision not in ("fp32", "fp16"):
@@ -277,14 +277,14 @@ def _compare_layers(entries: list[Entry], data: Dataset, inputs: tuple[TensorSpe
                          "before int8; the report.json written by compress has it against the model int8 quantized")
             continue
         try:
-            errs = layer_errors(base.path, e.path, data, inputs, threads=threads, names=_tensor_names(e.artifact))
+            run = measure_layers(base.path, e.path, data, inputs, threads=threads, names=_tensor_names(e.artifact))
         except Exception as ex:  # noqa: BLE001 - diagnostics are best effort
             notes.append(f"per-layer error of {e.file} could not be computed: {type(ex).__name__}: {str(ex)[:200]}")
             continue
-        if not errs:
+        if not run.errors:
             notes.append(f"per-layer error of {e.file}: no tensor of {base.file} could be matched by name")
             continue
-        out[e.file] = _layer_block(base.file, min(data.n, MAX_SAMPLES), data.generated, errs)
+        out[e.file] = _layer_block(base.file, run, min(data.n, MAX_SAMPLES), data.generated, e.file, notes)
     return out
 
 
@@ -293,8 +293,15 @@ def _tensor_names(artifact) -> dict[str, str]:
     return dict((artifact.extra or {}).get(NAMES_KEY) or {}) if artifact is not None else {}
 
 
-def _layer_block(reference: str, samples: int, generated: bool, errs) -> dict:
-    return {"reference": reference, "samples": samples, "generated_data": bool(generated), "layers": [e.to_dict() for e in errs]}
+def _layer_block(reference: str, run, wanted: int, generated: bool, file: str, notes: list[str]) -> dict:
+    """The report's per-layer block; when the activations' size cut the samples or the batch, it says so (and a note)."""
+    block = {"reference": reference, "samples": run.samples or wanted, "generated_data": bool(generated),
+             "layers": [e.to_dict() for e in run.errors]}
+    note = run.note(wanted)
+    if note:
+        block["note"] = note
+        notes.append(f"per-layer error of {file}: {note}")
+    return block
 
 
 def _run(backend, dataset, inputs, file: str, run_dataset) -> dict[str, np.ndarray]:

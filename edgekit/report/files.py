@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from device_agent.manifest import MANIFEST_NAME, Artifact, Manifest, ManifestError, file_sha256, load_manifest
+from device_agent.contract.manifest import MANIFEST_NAME, Artifact, Manifest, ManifestError, file_sha256, load_manifest
 from edgekit.errors import InputError
 
 __all__ = ["Entry", "expand", "file_facts", "gzip_size", "onnx_facts", "tflite_weight_stats"]

@@ -151,6 +151,8 @@ def _layers(r: dict[str, Any]) -> str:
         )
         gen = " (generated inputs: indicative only)" if block.get("generated_data") else ""
         out.append(f"<h3>{escape(file)} vs {escape(block['reference'])}, {block['samples']} samples{gen}</h3>")
+        if block.get("note"):
+            out.append(f'<p class="meta">{escape(block["note"])}</p>')
         plot = layers_svg(file, block, top=LAYERS_SHOWN, index=i)
         if plot:
             out.append(plot)
@@ -247,10 +249,44 @@ def _search(search: dict[str, Any]) -> str:
             f'<td>{_num(q.get("drop_pts"), "+.2f")}</td>'
             f'<td>{_num(c.get("quantized_share"), ".0%")}</td></tr>'
         )
-    return (f"<p>int8 chose <b>{escape(str(search.get('chosen')))}</b>: {escape(search.get('why', ''))}</p>"
-            '<div class="scroll"><table><thead><tr><th class="text">candidate</th><th class="text">verdict</th><th>size</th>'
+    chose = f"<p>int8 ({escape(str(search.get('objective', 'balanced')))}) chose <b>{escape(str(search.get('chosen')))}</b>: " \
+            f"{escape(search.get('why', ''))}</p>"
+    if search.get("chosen_ort") and search["chosen_ort"] != search.get("chosen"):
+        chose += f"<p>The .ort: <b>{escape(str(search['chosen_ort']))}</b>: {escape(search.get('why_ort', ''))}</p>"
+    return (chose + '<div class="scroll"><table><thead><tr><th class="text">candidate</th><th class="text">verdict</th><th>size</th>'
             "<th>latency × fp32</th><th>.ort latency × fp32</th><th>drop (pts)</th><th>int8 weights</th></tr></thead>"
-            f'<tbody>{"".join(trs)}</tbody></table></div>')
+            f'<tbody>{"".join(trs)}</tbody></table></div>' + _float_layers(search) + _splits(search))
+
+
+def _float_layers(search: dict[str, Any]) -> str:
+    """The chosen mixed candidates' float layers, each with why and its measured float and int8 cost."""
+    by_name = {c["name"]: c for c in search["candidates"]}
+    out = []
+    for name in dict.fromkeys(n for n in (search.get("chosen"), search.get("chosen_ort")) if n):
+        floats = (by_name.get(name) or {}).get("float_layers") or []
+        if not floats:
+            continue
+        trs = "".join(f'<tr><td class="text">{escape(f["layer"])}</td><td class="text">{escape(f["op"])}</td>'
+                      f'<td>{_num(f.get("float_us"), ".0f")}</td><td>{_num(f.get("int8_us"), ".0f")}</td>'
+                      f'<td class="text">{escape(f["why"])}</td></tr>' for f in floats)
+        out.append(f"<p>Layers {escape(name)} keeps in float ({len(floats)}), and why (µs per run, from onnxruntime's profiler):</p>"
+                   '<div class="scroll"><table><thead><tr><th class="text">layer</th><th class="text">op</th><th>float µs</th>'
+                   f'<th>int8 µs</th><th class="text">why</th></tr></thead><tbody>{trs}</tbody></table></div>')
+    return "".join(out)
+
+
+def _splits(search: dict[str, Any]) -> str:
+    """The float/int8 splits the per-layer search priced, per form: the measured alternatives."""
+    rows = []
+    for form, found in (search.get("mixed") or {}).items():
+        for sp in (found.get("splits", []) if isinstance(found, dict) else []):  # {"failed": "..."} when the search could not run
+            rows.append(f'<tr><td class="text">.{escape(form)}</td><td class="text">{escape(sp["name"])}</td><td>{sp["int8_layers"]}</td>'
+                        f'<td>{_num(sp.get("predicted_ratio"), ".2f")}×</td></tr>')
+    if not rows:
+        return ""
+    return ("<p>Float/int8 splits priced by the per-layer costs (kernel time × the float model's, before the end-to-end check):</p>"
+            '<div class="scroll"><table><thead><tr><th class="text">form</th><th class="text">split</th><th>int8 layers</th>'
+            f'<th>predicted × fp32</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
 
 
 def _num(v: float | None, spec: str, none: str = fmt.DASH) -> str:

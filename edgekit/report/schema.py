@@ -65,7 +65,8 @@ ROW_KEYS: dict[str, tuple[str, str]] = {
     "parity": ("object|null", "compress only: check against the artifact it was converted from {against, max_abs_error, allowed, agreement, ok}"),
 }
 
-#: a LayerBlock is {reference, samples, generated_data, layers: [Layer]}; Layer key → (type, meaning)
+#: a LayerBlock is {reference, samples, generated_data, layers: [Layer]} (+ note: why fewer samples or smaller batches, when the
+#: activations were too large); Layer key → (type, meaning)
 LAYER_KEYS: dict[str, tuple[str, str]] = {
     "node": ("string", "node name in the quantized model: what `edgekit compress --exclude NODE` takes"),
     "op_type": ("string", "the op computing the tensor"),

@@ -9,7 +9,7 @@ from edgekit.report import fmt
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["render_search", "render_table"]
+__all__ = ["float_layers_line", "render_search", "render_table"]
 
 #: worst layers shown per int8 artifact in the terminal (report.html and report.json have more)
 LAYERS_SHOWN = 5
@@ -86,14 +86,34 @@ def render_search(report: dict[str, Any], console: Console) -> None:
         search = (s.get("result") or {}).get("search")
         if not search:
             continue
-        console.print(f"int8: chose [bold]{search['chosen']}[/bold] — {search['why']}", soft_wrap=True)
+        objective = f" ({search['objective']})" if search.get("objective") else ""
+        console.print(f"int8{objective}: chose [bold]{search['chosen']}[/bold] — {search['why']}", soft_wrap=True)
         if search.get("chosen_ort") and search["chosen_ort"] != search["chosen"]:
             console.print(f"      .ort: chose [bold]{search['chosen_ort']}[/bold] — {search['why_ort']}", soft_wrap=True)
+        by_name = {c["name"]: c for c in search["candidates"]}
+        for name in dict.fromkeys(n for n in (search.get("chosen"), search.get("chosen_ort")) if n):
+            line = float_layers_line(by_name.get(name) or {})
+            if line:
+                console.print(f"      {name}: {line}", style="dim", soft_wrap=True)
         with_ort = any(c.get("ort_latency_ratio") is not None for c in search["candidates"])
         tried = ", ".join(_candidate(c) for c in search["candidates"])
         what = "latency × fp32 .onnx/.ort" if with_ort else "latency × fp32"
         console.print(f"      candidates ({what} / accuracy drop): {tried}", style="dim", soft_wrap=True)
     tflite_lines(report, console)
+
+
+def float_layers_line(c: dict[str, Any]) -> str:
+    """``int8 on 41 layers; 51 float: 30 slower in int8, 21 for their borders (e.g. ...)`` for a mixed candidate, else ""."""
+    floats = c.get("float_layers") or []
+    if not floats:
+        return ""
+    reasons: dict[str, list[str]] = {}
+    for f in floats:
+        key = ("slower in int8" if f["why"].startswith("slower") else "their float/int8 borders" if "borders" in f["why"]
+               else "too much error" if f["why"].startswith("too much") else f["why"])
+        reasons.setdefault(key, []).append(f["layer"])
+    parts = ", ".join(f"{len(v)} {k}" for k, v in sorted(reasons.items(), key=lambda kv: -len(kv[1])))
+    return f"{len(floats)} layers float ({parts}; each named with its measured µs in report.json)"
 
 
 def _candidate(c: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from device_agent.manifest import TensorSpec
+from device_agent.contract.manifest import TensorSpec
 from edgekit.data import Dataset
 from edgekit.errors import InputError
 from edgekit.pipeline import Context

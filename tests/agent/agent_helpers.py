@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import datetime
+import io
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from device_agent.manifest import SCHEMA, SCHEMA_VERSION, TensorSpec, encode_tensor, file_sha256
+from device_agent.contract.manifest import SCHEMA, SCHEMA_VERSION, TensorSpec, encode_tensor, file_sha256
 from tests.conftest import wait_until  # noqa: F401 - re-exported for the agent tests
 
 
@@ -114,3 +115,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def bomb_npz(name: str, shape: tuple[int, ...], dtype: str = "<f4", *, crc: bool = False) -> bytes:
+    """An .npz archive whose one member ``name.npy`` inflates to an array of zeros of ``shape`` — a
+    decompression bomb (2**28 float32 zeros: 1 GiB in ~1 MB), built without ever holding the zeros.
+
+    Deflate output is repeatable after a full flush, so one compressed megabyte of zeros is repeated;
+    the CRC is only computed when ``crc`` (a reader that refuses the sizes never gets that far)."""
+    import struct
+    import zlib
+
+    header = {"descr": dtype, "fortran_order": False, "shape": shape}
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    head = buf.getvalue()
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    mb, rest = divmod(nbytes, 1 << 20)
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    parts = [c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)]
+    block = c.compress(bytes(1 << 20)) + c.flush(zlib.Z_FULL_FLUSH)
+    parts.append(block * (mb - 1) if mb else b"")
+    parts.append(c.compress(bytes(rest)) + c.flush(zlib.Z_FINISH))
+    data = b"".join(parts)
+    size = len(head) + nbytes
+    checksum = 0
+    if crc:
+        checksum = zlib.crc32(head)
+        zero = bytes(1 << 20)
+        for _ in range(mb):
+            checksum = zlib.crc32(zero, checksum)
+        checksum = zlib.crc32(bytes(rest), checksum)
+    fname = f"{name}.npy".encode()
+    local = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 8, 0, 0, checksum, len(data), size, len(fname), 0) + fname
+    central = struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, checksum, len(data), size, len(fname), 0, 0, 0, 0, 0, 0) + fname
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, len(central), len(local) + len(data), 0)
+    return local + data + central + end

@@ -121,8 +121,9 @@ def test_port_in_use_is_a_clear_error(tmp_path, digits_dir):
 def test_device_agent_imports_no_heavy_framework(tmp_path, digits_dir):
     code = f"""
 import sys
-from device_agent.agent import Agent
-import device_agent.cli, device_agent.config, device_agent.mqtt, device_agent.openapi, device_agent.outbox, device_agent.server
+from device_agent.serve.agent import Agent
+import device_agent.cli, device_agent.config, device_agent.link.mqtt, device_agent.serve.openapi, device_agent.link.outbox, device_agent.serve.server
+import device_agent.daemon, device_agent.link.reporter, device_agent.link.commands
 import numpy as np
 a = Agent.open({str(digits_dir)!r})
 a.predict({{"x": np.zeros((1, 1, 8, 8), np.float32)}})

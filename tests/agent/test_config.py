@@ -4,7 +4,7 @@ import pytest
 import tomllib
 
 from device_agent.config import load_config, parse_config, render_toml
-from device_agent.errors import ConfigError
+from device_agent.contract.errors import ConfigError
 
 
 def write(tmp_path, text):
@@ -61,6 +61,14 @@ def test_broker_url_parts(tmp_path):
         ('[device]\nid = "d"\n[broker]\nurl = "mqtts://b"\nca_file = "missing.pem"', "broker.ca_file", "does not exist"),
         ('[device]\nid = "d"\n[broker]\nreconnect_min_s = 10.0\nreconnect_max_s = 5.0', "broker.reconnect_max_s", "below reconnect_min_s"),
         ('[device]\nid = "d"\n[log]\nlevel = "loud"', "log.level", "allowed: debug, info, warning, error"),
+        ('[device]\nid = "d"\n[api]\nhost = "0.0.0.0"', "api.token_file",
+         "[api] host '0.0.0.0' listens beyond loopback without authentication: set [api] token_file"),
+        ('[device]\nid = "d"\n[api]\nhost = "pi-07.lan"', "api.token_file", "listens beyond loopback"),
+        ('[device]\nid = "d"\n[api]\nhost = "0.0.0.0"\ntoken_file = "missing-tokens"', "api.token_file", "[api] token_file"),
+        ('[device]\nid = "d"\n[api]\ntls_cert = "api.crt"', "api.tls_key", "[api] tls_cert and tls_key go together; tls_key is missing"),
+        ('[device]\nid = "d"\n[api]\nmax_body_bytes = 20000000', "api.max_inflight_bytes", "max_inflight_bytes 16777216 is below max_body_bytes"),
+        ('[device]\nid = "d"\n[api]\nworkers = 0', "api.workers", "[api] workers 0 must be between 1 and 256"),
+        ('[device]\nid = "d"\n[telemetry]\nfeedback_max_bytes = 10', "telemetry.feedback_max_bytes", "must be ≥ 1024"),
     ],
 )
 def test_every_field_is_validated_and_named(tmp_path, body, field, message):
@@ -70,6 +78,24 @@ def test_every_field_is_validated_and_named(tmp_path, body, field, message):
     assert e.value.field == field
     assert message in str(e.value)
     assert str(tmp_path / "agent.toml") in str(e.value)
+
+
+def test_api_security_and_limits(tmp_path):
+    (tmp_path / "tokens").write_text("a" * 40 + "\n")
+    cfg = load_config(write(tmp_path, """
+        [device]
+        id = "pi-07"
+        [model]
+        path = "model"
+        [api]
+        host = "0.0.0.0"
+        token_file = "tokens"
+        request_timeout_s = 5
+    """))
+    assert cfg.api.token_file == tmp_path / "tokens" and cfg.api.request_timeout_s == 5.0
+    assert (cfg.api.max_connections, cfg.api.max_inflight_bytes, cfg.api.workers) == (512, 16 << 20, 4)
+    assert (cfg.api.header_timeout_s, cfg.api.idle_timeout_s, cfg.api.queue_timeout_s) == (10.0, 30.0, 10.0)
+    assert cfg.telemetry.feedback_max_bytes == 8 << 20
 
 
 def test_missing_model_path_and_bad_toml(tmp_path):

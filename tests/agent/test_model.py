@@ -4,10 +4,10 @@ import numpy as np
 import onnx
 import pytest
 
-from device_agent.agent import Agent
-from device_agent.errors import ModelError
-from device_agent.manifest import load_manifest
-from device_agent.model import load_model, top_k
+from device_agent.contract.errors import ModelError
+from device_agent.contract.manifest import load_manifest
+from device_agent.runtime.model import load_model, top_k
+from device_agent.serve.agent import Agent
 from tests.agent.agent_helpers import nhwc_variant, two_input_model, write_model_dir
 
 
@@ -48,7 +48,7 @@ def test_wrong_expected_outputs_fail_the_selftest_and_the_agent_is_not_ready(dig
     for tol in manifest["selftest"]["tolerance"].values():
         tol["atol"], tol["rtol"] = 1e-9, 1e-9
     v = manifest["selftest"]["vectors"][0]
-    from device_agent.manifest import decode_tensor, encode_tensor
+    from device_agent.contract.manifest import decode_tensor, encode_tensor
 
     for outs in v["expected"].values():
         for name, t in outs.items():
@@ -58,7 +58,7 @@ def test_wrong_expected_outputs_fail_the_selftest_and_the_agent_is_not_ready(dig
     assert not m.selftest.passed and "vector 0: output 'logits' differs from the expected values" in m.selftest.detail
     agent = Agent(m)
     assert not agent.ready
-    from device_agent.errors import NotReady
+    from device_agent.contract.errors import NotReady
 
     with pytest.raises(NotReady, match="self-test failed"):
         agent.predict({"x": np.zeros((1, 1, 8, 8), np.float32)})

@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 
-from device_agent.agent import Agent
 from device_agent.config import parse_config
-from device_agent.errors import InvalidInput
-from device_agent.manifest import load_manifest
-from device_agent.protocol import Command, CommandKind, JobState, Topics, encode
+from device_agent.contract.errors import InvalidInput
+from device_agent.contract.manifest import load_manifest
+from device_agent.contract.protocol import Command, CommandKind, JobState, Topics, encode
+from device_agent.daemon import Daemon
 from tests.agent.agent_helpers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -32,9 +32,9 @@ def make_config(tmp_path, broker, model_dir, *, device="pi-07", telemetry=None, 
 
 
 def started(cfg):
-    agent = Agent.from_config(cfg)
-    agent.start()
-    return agent
+    daemon = Daemon.from_config(cfg)
+    daemon.start()
+    return daemon
 
 
 def seqs(collector, device="pi-07"):
@@ -42,18 +42,18 @@ def seqs(collector, device="pi-07"):
 
 
 def test_birth_is_retained_and_clean_stop_publishes_offline(tmp_path, mosquitto, mqtt_collector, digits_dir):
-    agent = started(make_config(tmp_path, mosquitto, digits_dir))
+    daemon = started(make_config(tmp_path, mosquitto, digits_dir))
     try:
-        wait_until(lambda: agent.link.connected, 10, what="the agent to connect")
+        wait_until(lambda: daemon.link.connected, 10, what="the agent to connect")
     finally:
-        agent.stop()
+        daemon.stop()
     # a collector that subscribes afterwards still gets the retained state: the clean shutdown's "offline"
     late = mqtt_collector(mosquitto, ["edgekit/v1/+/state"])
     late.wait_for(lambda c: c.payloads("pi-07/state"), 5, "the retained state")
     state = late.payloads("pi-07/state")[-1]
     assert state["status"] == "offline" and state["reason"] == "shutdown"
     # and a new start publishes a retained "online" birth with the model and the hardware
-    agent = started(make_config(tmp_path, mosquitto, digits_dir))
+    daemon = started(make_config(tmp_path, mosquitto, digits_dir))
     try:
         late.wait_for(lambda c: any(s["status"] == "online" for s in c.payloads("pi-07/state")), 10, "the birth message")
         birth = [s for s in late.payloads("pi-07/state") if s["status"] == "online"][-1]
@@ -62,26 +62,26 @@ def test_birth_is_retained_and_clean_stop_publishes_offline(tmp_path, mosquitto,
         assert birth["hardware"]["cpus"] >= 1 and birth["runtime"]["onnxruntime"]
         assert birth["boot"] == 2 and birth["group"] == "lab"  # the boot counter persists in the state dir
     finally:
-        agent.stop()
+        daemon.stop()
 
 
 def test_telemetry_counts_and_histograms_for_known_inputs(tmp_path, mosquitto, mqtt_collector, digits_dir, digits):
     c = mqtt_collector(mosquitto, ["edgekit/v1/+/telemetry"])
-    agent = started(make_config(tmp_path, mosquitto, digits_dir))
+    daemon = started(make_config(tmp_path, mosquitto, digits_dir))
     try:
         x = np.load(digits["eval"])["x"][:20]
         for i in range(0, 20, 4):
-            agent.predict({"x": x[i:i + 4]})
+            daemon.agent.predict({"x": x[i:i + 4]})
         bad = x[:1].copy()
         bad[0, 0, 0, :3] = np.nan
         for feeds in ({"x": bad}, {"x": x[0]}):
             with pytest.raises(InvalidInput):
-                agent.predict(feeds)
-        seq = agent.publish_telemetry()
+                daemon.agent.predict(feeds)
+        seq = daemon.publish_telemetry()
         c.wait_for(lambda c: c.payloads("pi-07/telemetry"), 10, "a telemetry message")
         t = c.payloads("pi-07/telemetry")[0]
     finally:
-        agent.stop()
+        daemon.stop()
     assert t["seq"] == seq == 1 and t["device"] == "pi-07" and t["v"] == 1
     assert t["requests"] == 7 and t["errors"] == {"nonfinite": 1, "shape": 1}
     assert t["latency_ms"]["count"] == 5 and 0 < t["latency_ms"]["p50"] <= t["latency_ms"]["p99"] <= t["latency_ms"]["max"]
@@ -101,36 +101,36 @@ def test_telemetry_counts_and_histograms_for_known_inputs(tmp_path, mosquitto, m
 
 def test_broker_outage_under_load_loses_nothing_and_keeps_order(tmp_path, mosquitto, mqtt_collector, digits_dir, digits):
     c = mqtt_collector(mosquitto, ["edgekit/v1/+/telemetry"])
-    agent = started(make_config(tmp_path, mosquitto, digits_dir, telemetry={"interval_s": 0.05}))
+    daemon = started(make_config(tmp_path, mosquitto, digits_dir, telemetry={"interval_s": 0.05}))
     x = np.load(digits["eval"])["x"][:8]
     stop = threading.Event()
 
     def load():
         while not stop.is_set():
-            agent.predict({"x": x})
+            daemon.agent.predict({"x": x})
 
     worker = threading.Thread(target=load, daemon=True)
     worker.start()
     try:
         c.wait_for(lambda c: len(seqs(c)) >= 3, 10, "telemetry before the outage")
         mosquitto.stop()
-        wait_until(lambda: not agent.link.connected, 10, what="the agent to notice the outage")
-        wait_until(lambda: agent.outbox.depth >= 10, 10, what="messages queued during the outage")
+        wait_until(lambda: not daemon.link.connected, 10, what="the agent to notice the outage")
+        wait_until(lambda: daemon.outbox.depth >= 10, 10, what="messages queued during the outage")
         mosquitto.start()
-        wait_until(lambda: agent.link.connected, 15, what="the agent to reconnect")
+        wait_until(lambda: daemon.link.connected, 15, what="the agent to reconnect")
         time.sleep(0.3)
     finally:
         stop.set()
         worker.join(5)
-    last = agent.outbox.last_seq
+    last = daemon.outbox.last_seq
     c.wait_for(lambda c: last in seqs(c), 15, f"seq {last} after the broker came back")
-    agent.stop()
+    daemon.stop()
     got = seqs(c)
     unique = list(dict.fromkeys(got))  # duplicates (QoS 1 redelivery) are dropped by seq
     assert unique == sorted(unique), "telemetry arrived out of order"
     assert unique == list(range(1, unique[-1] + 1)), f"gaps in the sequence: {sorted(set(range(1, unique[-1] + 1)) - set(unique))[:10]}"
     payloads = c.payloads("pi-07/telemetry")
-    assert sum(p["requests"] for p in {p["seq"]: p for p in payloads}.values()) == agent.metrics.snapshot()["predictions"]
+    assert sum(p["requests"] for p in {p["seq"]: p for p in payloads}.values()) == daemon.agent.metrics.snapshot()["predictions"]
     assert all(p["dropped"] == 0 for p in payloads)
 
 
@@ -138,17 +138,17 @@ def test_agent_restart_with_a_non_empty_outbox_delivers_after_restart(tmp_path, 
     c = mqtt_collector(mosquitto, ["edgekit/v1/+/telemetry"])
     mosquitto.stop()
     cfg = make_config(tmp_path, mosquitto, digits_dir)
-    agent = started(cfg)
+    daemon = started(cfg)
     for _ in range(3):
-        agent.publish_telemetry()
-    agent.stop()  # the stop queues the partial window as well: 4 messages wait on disk
+        daemon.publish_telemetry()
+    daemon.stop()  # the stop queues the partial window as well: 4 messages wait on disk
     mosquitto.start()
-    agent = started(cfg)
+    daemon = started(cfg)
     try:
-        agent.publish_telemetry()
+        daemon.publish_telemetry()
         c.wait_for(lambda c: 5 in seqs(c), 15, "the queued messages after the restart")
     finally:
-        agent.stop()
+        daemon.stop()
     assert list(dict.fromkeys(seqs(c)))[:5] == [1, 2, 3, 4, 5]
     assert {p["boot"] for p in c.payloads("pi-07/telemetry") if p["seq"] <= 4} == {1}
 
@@ -156,17 +156,17 @@ def test_agent_restart_with_a_non_empty_outbox_delivers_after_restart(tmp_path, 
 def test_bounded_outbox_drops_oldest_and_reports_the_count(tmp_path, mosquitto, mqtt_collector, digits_dir):
     c = mqtt_collector(mosquitto, ["edgekit/v1/+/telemetry"])
     mosquitto.stop()
-    agent = started(make_config(tmp_path, mosquitto, digits_dir, outbox={"max_messages": 3}))
+    daemon = started(make_config(tmp_path, mosquitto, digits_dir, outbox={"max_messages": 3}))
     try:
         for _ in range(6):
-            agent.publish_telemetry()
-        assert agent.outbox.depth == 3 and agent.outbox.dropped_total == 3
+            daemon.publish_telemetry()
+        assert daemon.outbox.depth == 3 and daemon.outbox.dropped_total == 3
         mosquitto.start()
         c.wait_for(lambda c: 6 in seqs(c), 15, "the surviving messages")
-        agent.publish_telemetry()
+        daemon.publish_telemetry()
         c.wait_for(lambda c: 7 in seqs(c), 10, "the next message")
     finally:
-        agent.stop()
+        daemon.stop()
     got = {p["seq"]: p for p in c.payloads("pi-07/telemetry")}
     assert sorted(got)[:4] == [4, 5, 6, 7]
     assert sum(got[s]["dropped"] for s in (4, 5, 6, 7)) == 3  # every drop is reported once, in a later message
@@ -182,20 +182,20 @@ def test_mutual_tls_with_password(tmp_path, mosquitto_factory, tls_files, digits
     broker = mosquitto_factory(tls={**tls, "require_certificate": True}, password_file=pw)
     (tmp_path / "pw.txt").write_text("s3cret\n")
     creds = {"ca_file": str(tls["ca"]), "cert_file": str(tls["client_cert"]), "key_file": str(tls["client_key"]), "username": "pi-07"}
-    agent = started(make_config(tmp_path, broker, digits_dir, broker_extra={**creds, "password_file": str(tmp_path / "pw.txt")}))
+    daemon = started(make_config(tmp_path, broker, digits_dir, broker_extra={**creds, "password_file": str(tmp_path / "pw.txt")}))
     try:
-        wait_until(lambda: agent.link.connected, 15, what="a TLS connection")
-        assert agent.link.last_error is None
+        wait_until(lambda: daemon.link.connected, 15, what="a TLS connection")
+        assert daemon.link.last_error is None
     finally:
-        agent.stop()
+        daemon.stop()
     (tmp_path / "bad.txt").write_text("wrong\n")
-    agent = started(make_config(tmp_path / "b", broker, digits_dir, device="pi-08", broker_extra={**creds, "password_file": str(tmp_path / "bad.txt")}))
+    daemon = started(make_config(tmp_path / "b", broker, digits_dir, device="pi-08", broker_extra={**creds, "password_file": str(tmp_path / "bad.txt")}))
     try:
-        wait_until(lambda: agent.link.last_error and "refused" in agent.link.last_error, 15, what="the refusal")
-        assert not agent.link.connected
-        assert agent.predict({"x": np.zeros((1, 1, 8, 8), np.float32)}).outputs  # serving does not depend on the broker
+        wait_until(lambda: daemon.link.last_error and "refused" in daemon.link.last_error, 15, what="the refusal")
+        assert not daemon.link.connected
+        assert daemon.agent.predict({"x": np.zeros((1, 1, 8, 8), np.float32)}).outputs  # serving does not depend on the broker
     finally:
-        agent.stop()
+        daemon.stop()
 
 
 def test_commands_without_a_handler_are_rejected_and_handlers_are_called(tmp_path, mosquitto, mqtt_collector, digits_dir):
@@ -207,11 +207,11 @@ def test_commands_without_a_handler_are_rejected_and_handlers_are_called(tmp_pat
 
     c = mqtt_collector(mosquitto, ["edgekit/v1/+/jobs/+"])
     # OTA off: this test is about commands no handler takes (with OTA on, the updater takes deploy/rollback/cancel)
-    agent = started(dataclasses.replace(make_config(tmp_path, mosquitto, digits_dir), ota=OtaConfig(enabled=False)))
+    daemon = started(dataclasses.replace(make_config(tmp_path, mosquitto, digits_dir), ota=OtaConfig(enabled=False)))
     seen = []
-    agent.register_command(CommandKind.CANCEL, seen.append)
+    daemon.register_command(CommandKind.CANCEL, seen.append)
     try:
-        wait_until(lambda: agent.link.connected, 10, what="the agent to connect")
+        wait_until(lambda: daemon.link.connected, 10, what="the agent to connect")
         time.sleep(0.2)  # the subscription is sent right after CONNACK
         t = Topics("pi-07", "lab")
         publish.single(t.cmd, encode(Command(CommandKind.DEPLOY, "job-1", time.time(), {"url": "https://example/model.tar"})), qos=1,
@@ -221,9 +221,9 @@ def test_commands_without_a_handler_are_rejected_and_handlers_are_called(tmp_pat
         c.wait_for(lambda c: c.payloads("jobs/job-1"), 10, "the job rejection")
         wait_until(lambda: seen, 10, what="the cancel handler")
     finally:
-        agent.stop()
+        daemon.stop()
     job = c.payloads("jobs/job-1")[0]
     assert job["state"] == str(JobState.REJECTED) and "does not handle deploy commands; it handles: cancel" in job["detail"]
     assert seen[0].job == "job-2"
     with pytest.raises(ValueError, match="already registered"):
-        agent.register_command(CommandKind.CANCEL, seen.append)
+        daemon.register_command(CommandKind.CANCEL, seen.append)

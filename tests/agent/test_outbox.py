@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from device_agent.errors import OutboxError
-from device_agent.outbox import Outbox
+from device_agent.contract.errors import OutboxError
+from device_agent.link.outbox import Outbox
 
 
 def put(box, n, topic="t", size=10):

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from device_agent.errors import ProtocolError
-from device_agent.protocol import (
+from device_agent.contract.errors import ProtocolError
+from device_agent.contract.protocol import (
     PROTOCOL_VERSION,
     Command,
     CommandKind,
@@ -89,7 +89,7 @@ def test_decode_rejects_with_a_precise_message(payload, message):
 
 
 def test_state_order_puts_a_late_last_will_before_the_next_birth():
-    from device_agent.protocol import STATE_SEQ_OFFLINE, state_seq
+    from device_agent.contract.protocol import STATE_SEQ_OFFLINE, state_seq
 
     birth1, birth1b = state_seq(1, 1), state_seq(1, 2)  # a re-published birth on the same connection
     will1 = state_seq(1, STATE_SEQ_OFFLINE)

@@ -4,10 +4,10 @@ import threading
 import numpy as np
 import pytest
 
-from device_agent import telemetry
-from device_agent.manifest import FeatureProfile, TensorSpec
-from device_agent.protocol import TELEMETRY_MAX_BYTES, encode
+from device_agent.contract.manifest import FeatureProfile, TensorSpec
+from device_agent.contract.protocol import TELEMETRY_MAX_BYTES, encode
 from device_agent.telemetry import FeatureTracker, LatencySketch, Metrics, Window, select_features
+from device_agent.telemetry import window as telemetry
 
 
 def feature(name="x[0]", edges=(0.0, 1.0, 2.0, 3.0), index=0, axis=1, input="x"):
@@ -53,7 +53,7 @@ def test_large_inputs_are_strided_per_sample():
 
 def test_image_striding_visits_every_column_of_a_row():
     """A stride sharing a factor with the width would sample the same few columns of every row."""
-    from device_agent.telemetry import _stride
+    from device_agent.telemetry.features import _stride
 
     for width in (224, 256, 160, 7):
         step = _stride(width * width, 256, width)

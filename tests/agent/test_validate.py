@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from device_agent.errors import InvalidInput, PayloadTooLarge
-from device_agent.manifest import TensorSpec
-from device_agent.validate import Validator
+from device_agent.contract.errors import InvalidInput, PayloadTooLarge
+from device_agent.contract.manifest import TensorSpec
+from device_agent.serve.validate import Validator
 
 IMG = (TensorSpec("x", "float32", ("N", 1, 8, 8), "NCHW"),)
 TWO = (TensorSpec("a", "float32", ("N", 3)), TensorSpec("k", "int64", ("N", 3)))

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from edgekit.cli.main import cli
 from edgekit.export.compact import NAMES_KEY, compact, restore_names
 from tests.conftest import build_mlp
@@ -76,8 +76,11 @@ def test_restore_names_inverts_the_renaming():
 
 @pytest.fixture(scope="module")
 def digits_int8_onnx(digits, tmp_path_factory):
+    # one QDQ candidate, so that what is stored does not depend on which candidate this CPU finds fastest
     out = tmp_path_factory.mktemp("compact") / "out"
-    res = CliRunner().invoke(cli, ["compress", "--int8", "--data", str(digits["eval"]), "--format", "onnx", "-o", str(out),
+    recipe = tmp_path_factory.mktemp("recipe") / "qdq.yaml"
+    recipe.write_text("steps:\n  - int8: {candidates: [static-qdq-u8s8-perchannel], mixed: false}\nexport: [onnx]\n")
+    res = CliRunner().invoke(cli, ["compress", "--recipe", str(recipe), "--data", str(digits["eval"]), "-o", str(out),
                                    str(digits["model"])], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     return out

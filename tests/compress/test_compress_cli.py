@@ -14,9 +14,11 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
+from edgekit.choices import Objective
 from edgekit.cli.main import cli
 from edgekit.onnx_model import weight_stats
+from edgekit.quantize.choose import Option, choose
 from tests.conftest import build_mlp
 
 
@@ -32,6 +34,15 @@ def digits_int8(digits, tmp_path_factory):
     return out, res.output
 
 
+@pytest.fixture(scope="module")
+def digits_smallest(digits, tmp_path_factory):
+    """--objective size: the smallest accurate candidate, whatever its speed on this CPU (int8 whatever the timing)."""
+    out = tmp_path_factory.mktemp("int8-size") / "out"
+    res = run("compress", "--int8", "--objective", "size", "--data", str(digits["eval"]), "-o", str(out), str(digits["model"]))
+    assert res.exit_code == 0, res.output
+    return out
+
+
 def test_int8_static_writes_every_artifact_and_a_valid_manifest(digits_int8):
     out, output = digits_int8
     names = sorted(p.name for p in out.iterdir())
@@ -40,15 +51,18 @@ def test_int8_static_writes_every_artifact_and_a_valid_manifest(digits_int8):
     m = load_manifest(out, verify_files=True)
     assert m.task == "classification"
     assert [a.format for a in m.artifacts] == ["onnx", "ort"]
-    assert all(a.precision == "int8" for a in m.artifacts)
+    # the float model is a candidate too: an artifact is fp32 exactly when int8 did not pay off for it on this CPU
+    assert all((a.precision == "fp32") == (a.extra["candidate"] == "float") for a in m.artifacts)
+    assert all(a.precision in ("fp32", "int8", "mixed") for a in m.artifacts)
+    # every artifact runs as any program opens it: no session option lives in the manifest
+    assert not any("session_config" in a.extra for a in m.artifacts)
     assert "ai.onnx;" in (out / "digits.int8.required_operators.config").read_text()
     # printed table: size, latency and accuracy before/after, and the chosen candidate with why
-    assert "digits.int8.onnx" in output and "accuracy" in output and "int8: chose " in output and "candidates (latency" in output
+    assert "digits.int8.onnx" in output and "accuracy" in output and "int8 (balanced): chose " in output and "candidates (latency" in output
 
 
-def test_int8_static_keeps_accuracy_and_shrinks(digits_int8):
-    out, _ = digits_int8
-    m = load_manifest(out)
+def test_int8_static_keeps_accuracy_and_shrinks(digits_smallest):
+    m = load_manifest(digits_smallest)
     src_acc = m.metrics["source"]["accuracy"]
     for art in ("digits.int8.onnx", "digits.int8.ort"):
         assert src_acc - m.metrics[art]["accuracy"] <= 0.5
@@ -58,27 +72,26 @@ def test_int8_static_keeps_accuracy_and_shrinks(digits_int8):
     assert weights["quantized_share"] > 0.95 and weights["quantized_nodes"] == weights["weighted_nodes"] == 5
 
 
-def _fastest_then_smallest(candidates: list[dict], latency, size) -> set[str]:
-    """Names the search may choose: fastest accepted, ties within the 5% noise band go to the smallest file."""
-    fastest = min(latency(c) for c in candidates)
-    band = [c for c in candidates if latency(c) <= fastest * 1.05 + 1e-4]  # JSON rounds latencies to 0.1 µs
-    strict = [c for c in candidates if latency(c) <= fastest * 1.05 - 1e-4]
-    smallest = min(size(c) for c in strict)
-    return {c["name"] for c in band if size(c) <= smallest}
+def _options(search: dict, *, ort: bool) -> list[Option]:
+    lat, size = ("ort_latency", "ort_size_bytes") if ort else ("latency", "size_bytes")
+    return [Option(c["name"], c[lat]["p50_ms"], c[size], c["quality"]["drop_pts"], c["accepted"], c["kind"] != "float")
+            for c in search["candidates"] if c["status"] == "ok" and c.get(lat)]
 
 
-def test_int8_search_keeps_the_fastest_accepted_candidate_for_each_artifact(digits_int8):
+def test_int8_search_ships_what_its_rule_picks_from_the_numbers_it_recorded(digits_int8):
     out, _ = digits_int8
     search = json.loads((out / "report.json").read_text())["steps"][0]["result"]["search"]
     ok = [c for c in search["candidates"] if c["status"] == "ok"]
-    assert {c["name"] for c in ok} >= {"static-qdq-u8s8-perchannel", "static-qdq-s8s8-perchannel", "dynamic", "weight-only"}
-    accepted = [c for c in ok if c["accepted"]]
-    assert search["met_accuracy_bound"] is True
-    # the .onnx: fastest as .onnx
-    assert search["chosen"] in _fastest_then_smallest(accepted, lambda c: c["latency"]["p50_ms"], lambda c: c["size_bytes"])
-    # the run ships an .ort too: every candidate's .ort was converted and timed, and the .ort gets the fastest as .ort
+    assert {c["name"] for c in ok} >= {"static-qdq-u8s8-perchannel", "static-qdq-s8s8-perchannel", "dynamic", "weight-only", "float"}
+    assert search["objective"] == "balanced" and search["met_accuracy_bound"] is True
+    base, size = search["baseline"]["latency"]["p50_ms"], search["baseline"]["size_bytes"]
+    # the run ships an .ort too: every candidate's .ort was converted and timed, and the .ort gets its own choice
     assert all(c["ort_latency"]["p50_ms"] > 0 and c["ort_size_bytes"] > 0 for c in ok)
-    assert search["chosen_ort"] in _fastest_then_smallest(accepted, lambda c: c["ort_latency"]["p50_ms"], lambda c: c["ort_size_bytes"])
+    for ort_form, key in ((False, "chosen"), (True, "chosen_ort")):
+        fallback = search["baseline"]["ort_latency"]["p50_ms"] if ort_form else None
+        picked = choose(_options(search, ort=ort_form), baseline_ms=base, baseline_size=size, objective=Objective.BALANCED,
+                        max_drop=1.0, label=" as .ort" if ort_form else "", fallback_ms=fallback)
+        assert search[key] == picked.name
     m = load_manifest(out)
     assert m.artifact("digits.int8.onnx").extra["candidate"] == search["chosen"]
     assert m.artifact("digits.int8.ort").extra["candidate"] == search["chosen_ort"]
@@ -111,7 +124,7 @@ def test_manifest_records_signature_steps_profile_and_selftests(digits_int8):
 def test_int8_without_data_goes_next_to_the_model_and_says_data_helps(digits, tmp_path):
     model = tmp_path / "model.onnx"
     shutil.copy(digits["model"], model)
-    res = run("compress", "--int8", str(model))
+    res = run("compress", "--int8", "--objective", "size", str(model))
     assert res.exit_code == 0, res.output
     out = tmp_path / "model.int8"
     assert (out / "model.int8.onnx").is_file() and (out / "model.int8.ort").is_file()
@@ -139,7 +152,7 @@ def test_weights_in_constant_nodes_are_folded_and_quantized(tmp_path, mlp_data):
     model = tmp_path / "const.onnx"
     onnx.save(build_mlp(constant_weights=True), model)
     assert not onnx.load(str(model)).graph.initializer
-    res = run("compress", "--int8", "--data", str(mlp_data), "-o", str(tmp_path / "out"), str(model))
+    res = run("compress", "--int8", "--objective", "size", "--data", str(mlp_data), "-o", str(tmp_path / "out"), str(model))
     assert res.exit_code == 0, res.output
     m = load_manifest(tmp_path / "out")
     assert m.raw["steps"][0]["result"]["constants_folded"] == 4
@@ -174,18 +187,19 @@ def _if_model() -> onnx.ModelProto:
 def test_weights_inside_if_subgraphs_are_quantized(tmp_path, mlp_data):
     model = tmp_path / "ifnet.onnx"
     onnx.save(_if_model(), model)
-    res = run("compress", "--int8", "--data", str(mlp_data), "-o", str(tmp_path / "out"), str(model))
+    res = run("compress", "--int8", "--objective", "size", "--data", str(mlp_data), "-o", str(tmp_path / "out"), str(model))
     assert res.exit_code == 0, res.output
     q = onnx.load(str(tmp_path / "out" / "ifnet.int8.onnx"))
     stats = weight_stats(q)
     assert stats.quantized_share > 0.9, stats
-    # every candidate is int8-sized: ORT's quantizers skip subgraphs, edgekit stores the rest as int8
+    # every whole-model int8 candidate is int8-sized: ORT's quantizers skip subgraphs, edgekit stores the rest as int8
     search = load_manifest(tmp_path / "out").raw["steps"][0]["result"]["search"]
-    assert all(c["quantized_share"] > 0.9 for c in search["candidates"] if c["status"] == "ok")
+    whole = [c for c in search["candidates"] if c["status"] == "ok" and c["kind"] != "float" and "int8_nodes" not in c]
+    assert whole and all(c["quantized_share"] > 0.9 for c in whole)
 
 
-def test_an_already_quantized_model_is_reported_not_quantized_twice(digits_int8, tmp_path):
-    out, _ = digits_int8
+def test_an_already_quantized_model_is_reported_not_quantized_twice(digits_smallest, tmp_path):
+    out = digits_smallest
     res = run("compress", "--int8", "-o", str(tmp_path / "again"), str(out / "digits.int8.onnx"))
     assert res.exit_code == 0, res.output
     assert "model is already quantized" in res.output and "not quantizing it again" in res.output
@@ -245,7 +259,7 @@ def test_unmet_accuracy_bound_keeps_the_best_and_exits_3(tmp_path, mlp_data):
     onnx.save(build_mlp(classes=1), model)  # one output column: a regressor, judged by cosine
     res = CliRunner().invoke(cli, ["compress", "--int8", "--max-drop", "0", "--data", str(mlp_data), "-o", str(tmp_path / "o"), str(model)])
     assert res.exit_code == 3, res.output
-    assert "no candidate met the 0-pt accuracy bound; kept the most accurate" in res.output
+    assert "no int8 candidate met the 0-pt accuracy bound; kept the most accurate" in res.output
     assert (tmp_path / "o" / "reg.int8.onnx").is_file()
     assert load_manifest(tmp_path / "o").raw["steps"][0]["result"]["search"]["met_accuracy_bound"] is False
 

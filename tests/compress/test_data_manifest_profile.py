@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from device_agent.manifest import ManifestError, TensorSpec, decode_tensor, encode_tensor, load_manifest, version_key
+from device_agent.contract.manifest import ManifestError, TensorSpec, decode_tensor, encode_tensor, load_manifest, version_key
 from edgekit.data import ImageSpec, generate, load_data
 from edgekit.errors import DataError
 from edgekit.profile import drift_profile
@@ -51,8 +51,11 @@ def test_mismatched_sample_counts_and_label_counts(tmp_path):
 def test_unsupported_and_missing_data_files(tmp_path):
     with pytest.raises(DataError, match="data not found"):
         load_data(tmp_path / "none.npz", VEC)
-    (tmp_path / "d.csv").write_text("1,2\n")
-    with pytest.raises(DataError, match=r"d.csv: unsupported data file; use .npz"):
+    (tmp_path / "d.txt").write_text("1,2\n")
+    with pytest.raises(DataError, match=r"d.txt: unsupported data file; use .npz"):
+        load_data(tmp_path / "d.txt", VEC)
+    (tmp_path / "d.csv").write_text("a,b\n1,2\n")  # a table feeds one input per column
+    with pytest.raises(DataError, match=r"d.csv: a table feeds a model with one input per column \(\[N, 1\]\); this model's inputs are x"):
         load_data(tmp_path / "d.csv", VEC)
 
 
@@ -83,7 +86,7 @@ def test_image_folder_nhwc_model_and_bad_spec(tmp_path):
     assert ds.inputs["image"].shape == (2, 16, 16, 3)
     bad = tmp_path / "bad.yaml"
     bad.write_text("scale: 1\ncolour: rgb\n")
-    with pytest.raises(DataError, match=r"unknown preprocessing key\(s\) colour; allowed: channels, layout, mean, scale, size, std"):
+    with pytest.raises(DataError, match=r"unknown preprocessing key\(s\) colour; allowed: bake, center_crop, channels, interpolation, layout, mean, raw_size, resize_short, scale, size, std"):
         ImageSpec.from_file(bad)
     with pytest.raises(DataError, match="an image folder feeds a model with one 4-D image input"):
         load_data(tmp_path / "imgs", VEC)

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from edgekit.compress import CompressOptions, compress
 from edgekit.onnx_rewrites import space_to_depth_stem
 from edgekit.pipeline import StepSpec
@@ -105,3 +105,41 @@ def test_static_int8_candidates_quantize_the_rewritten_stem_and_the_choice_recor
 def test_an_excluded_stem_is_not_rewritten():
     model = conv_model()
     assert space_to_depth_stem(model, skip=("stem",)) == (model, 0)
+
+
+def ceil_pool_model(size: int = 12, *, head: bool = False) -> onnx.ModelProto:
+    """MTCNN ONet's front, as facenet-pytorch exports it: Conv → PRelu → MaxPool(3, 2, ceil_mode=True) (+ a small head)."""
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) / 3).astype(np.float32), "w"),
+             numpy_helper.from_array(np.full((8, 1, 1), 0.25, np.float32), "slope")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv1"), helper.make_node("PRelu", ["c"] + ["slope"], ["a"], name="prelu1"),
+             helper.make_node("MaxPool", ["a"], ["p"], name="pool1", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)]
+    pooled = -(-(size - 2 - 3) // 2) + 1
+    out = helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 8, pooled, pooled])
+    if head:
+        inits.append(numpy_helper.from_array((rng.standard_normal((8, 2)) / 3).astype(np.float32), "fc"))
+        nodes += [helper.make_node("GlobalMaxPool", ["p"], ["g"], name="gmp"), helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+                  helper.make_node("MatMul", ["f", "fc"], ["prob"], name="fc")]
+        out = helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 2])
+    g = helper.make_graph(nodes, "onet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])], [out], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("size", [12, 13])  # 10 and 11 rows into the pool: a last window past the input, and none
+def test_a_ceil_mode_maxpool_becomes_an_edge_pad_and_computes_the_same(size):
+    from edgekit.onnx_rewrites import ceil_mode_maxpool
+
+    model = ceil_pool_model(size)
+    rewritten, n = ceil_mode_maxpool(model)
+    assert n == 1
+    ops = [node.op_type for node in rewritten.graph.node]
+    assert ops == (["Conv", "PRelu", "Pad", "MaxPool"] if size == 12 else ["Conv", "PRelu", "MaxPool"])
+    pool = next(node for node in rewritten.graph.node if node.op_type == "MaxPool")
+    assert "ceil_mode" not in {a.name for a in pool.attribute}
+    x = -np.abs(np.random.default_rng(0).standard_normal((2, 3, size, size))).astype(np.float32)  # negative: a 0 pad would show
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    got = ort.InferenceSession(rewritten.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
+    assert ceil_mode_maxpool(rewritten) == (rewritten, 0)

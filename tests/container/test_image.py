@@ -165,6 +165,23 @@ def test_image_is_small_runs_as_non_root_and_carries_no_build_tools(agent_image:
     assert heavy.returncode == 0 and heavy.stdout.strip() == "[]", heavy.stdout + heavy.stderr
 
 
+def test_image_holds_exactly_the_lock_a_bundle_for_this_machine_ships(agent_image: AgentImage, buildah: Buildah):
+    from device_agent.bundle import Lock, lock_name
+
+    # the local base is Debian 12: Python 3.11, glibc 2.36
+    lock_file = Path(__file__).resolve().parents[2] / "device_agent/deploy/locks" / lock_name(f"manylinux_2_36_{platform.machine()}", "3.11")
+    lock = Lock.parse(lock_file.read_text(), source=lock_file.name)
+    probe = Container(buildah, agent_image.tag)
+    try:
+        r = probe.run("python", "-c", "import json, importlib.metadata as m; "
+                      "print(json.dumps({d.metadata['Name'].lower().replace('_', '-'): d.version for d in m.distributions()}))")
+    finally:
+        probe.remove()
+    assert r.returncode == 0, r.stderr
+    installed = json.loads(r.stdout)
+    assert installed.pop("edgekit") and installed == lock.pins
+
+
 def test_agent_in_the_container_answers_like_onnxruntime_here(served: Served, digits: dict[str, Path], digits_dir: Path):
     import onnxruntime as ort
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from device_agent.job import ProbationPolicy
 from device_agent.ota import OtaSettings
+from device_agent.ota.job import ProbationPolicy
 from tests.fleet.sim import SimDevice, Traffic
-from tests.ota.conftest import keys, releases, trusted  # noqa: F401 - shared fixtures
+from tests.ota.conftest import keys, releases, signer, trusted  # noqa: F401 - shared fixtures
 
 SIM_SETTINGS = OtaSettings(probation=ProbationPolicy(requests=20, seconds=5, min_requests=5, max_latency_ratio=50.0, latency_floor_ms=50.0))
 

@@ -1,7 +1,7 @@
 """Lightweight simulated devices for fleet tests and benchmarks/ota.py.
 
-Each :class:`SimDevice` is the real update path — :class:`device_agent.updater.Updater`, a
-:class:`device_agent.store.ModelStore`, signature and sha256 checks, chunk assembly, probation —
+Each :class:`SimDevice` is the real update path — :class:`device_agent.ota.updater.Updater`, a
+:class:`device_agent.ota.store.ModelStore`, signature and sha256 checks, chunk assembly, probation —
 on its own paho client (retained birth state, Last Will, QoS 1, retained job updates), without
 the HTTP server or telemetry. What is shared to keep hundreds of them in one process: the ONNX
 Runtime session of each distinct artifact (sessions are thread-safe for ``run``), and one traffic
@@ -20,14 +20,15 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device_agent import __version__
-from device_agent.errors import AgentError
-from device_agent.manifest import load_manifest
-from device_agent.model import load_model
+from device_agent.contract.errors import AgentError
+from device_agent.contract.manifest import load_manifest
+from device_agent.contract.protocol import QOS, Command, DeviceStatus, JobUpdate, StateMessage, Topics, decode, encode
 from device_agent.ota import JobReport, OtaSettings, ServingModel
-from device_agent.protocol import QOS, Command, DeviceStatus, JobUpdate, StateMessage, Topics, decode, encode
-from device_agent.store import ModelStore
-from device_agent.updater import Updater
-from device_agent.verify import TrustedKeys
+from device_agent.ota.gate import Identity
+from device_agent.ota.store import ModelStore
+from device_agent.ota.updater import Updater
+from device_agent.ota.verify import TrustedKeys
+from device_agent.runtime.model import load_model
 
 _CACHE: dict[str, object] = {}
 _CACHE_LOCK = threading.Lock()
@@ -63,7 +64,7 @@ class SimDevice:
         self.client.on_message = self._on_message
         self.updater = Updater(self.store, root / "ota.json", trusted=trusted, get_model=self.serving.get, swap=self.serving.swap,
                                loader=self._load, report=self._report, settings=settings or OtaSettings(), transport=self,
-                               chunk_filter=self.topics.ota_chunks)
+                               chunk_filter=self.topics.ota_chunks, identity=Identity(device, group))
         self.serving.model = self._load(self.updater.boot())
         self.connected = threading.Event()
         self.client.connect("127.0.0.1", broker_port, keepalive=30)
@@ -117,11 +118,11 @@ class SimDevice:
 
     def _report(self, r: JobReport) -> None:
         with self._lock:
-            self.seq += 1
-            u = JobUpdate(device=self.topics.device, seq=self.seq, boot=1, ts=round(time.time(), 3), job=r.job, state=r.state,
-                          detail=r.detail, model=r.model, reason=r.reason, ota_state=r.ota_state)
+            self.seq += r.record  # an answer to a refused command is outside the sequence (seq 0), and not retained
+            u = JobUpdate(device=self.topics.device, seq=self.seq if r.record else 0, boot=1, ts=round(time.time(), 3), job=r.job,
+                          state=r.state, detail=r.detail, model=r.model, reason=r.reason, ota_state=r.ota_state)
         self.client.publish(self.topics.state, encode(self._state(DeviceStatus.ONLINE)), qos=QOS, retain=True)
-        self.client.publish(self.topics.job(r.job), encode(u), qos=QOS, retain=True)
+        self.client.publish(self.topics.job(r.job), encode(u), qos=QOS, retain=r.record)
 
     # --- serving ----------------------------------------------------------------------------------
     def predict(self, x: np.ndarray) -> None:

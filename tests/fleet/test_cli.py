@@ -40,7 +40,7 @@ def test_fleet_deploy_status_jobs_rollback(sim_fleet, mosquitto, releases, keys,
     sim_fleet(3)
     common = ["--broker", mosquitto.url, "--state-dir", tmp_path / "fleet"]
     r = run("fleet", "deploy", releases["v2"], *common, "--group", "cams", "--waves", "1,100%", "--timeout", "30", "--chunk-size", "2048",
-            "--json")
+            "--key", keys["good"].private, "--json")
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     assert res["succeeded"] == 3 and res["aborted"] is None
@@ -63,10 +63,10 @@ def test_fleet_deploy_status_jobs_rollback(sim_fleet, mosquitto, releases, keys,
     assert json.loads(r.output)["pi-01"]["state"] == "SUCCEEDED"
 
 
-def test_fleet_deploy_reports_an_abort_with_exit_1(sim_fleet, mosquitto, releases, tmp_path):
+def test_fleet_deploy_reports_an_abort_with_exit_1(sim_fleet, mosquitto, releases, keys, tmp_path):
     sim_fleet(4, faulty=(0,))
     r = run("fleet", "deploy", releases["v2"], "--broker", mosquitto.url, "--state-dir", tmp_path / "f", "--group", "cams",
-            "--waves", "1,100%", "--max-failures", "0", "--timeout", "30", "--chunk-size", "2048")
+            "--waves", "1,100%", "--max-failures", "0", "--timeout", "30", "--chunk-size", "2048", "--key", keys["good"].private)
     assert r.exit_code == 1
     assert "ROLLOUT ABORTED: aborted after wave 1: 1 of 1 finished devices failed" in r.output
     assert "nan_outputs" in r.output
@@ -81,6 +81,15 @@ def test_fleet_deploy_usage_errors(releases, args, words, tmp_path):
     assert r.exit_code in (1, 2) and words in r.output
 
 
+def test_fleet_deploy_without_a_key_is_refused_by_devices_that_need_signatures(sim_fleet, mosquitto, releases, tmp_path):
+    sim_fleet(1)
+    r = run("fleet", "deploy", releases["v2"], "--broker", mosquitto.url, "--state-dir", tmp_path / "f", "--device", "pi-00",
+            "--timeout", "30", "--chunk-size", "2048")
+    assert r.exit_code == 1
+    assert "warning: no --key: the deploy commands are not signed" in r.output
+    assert "unsigned" in r.output and "pass --key to `edgekit fleet deploy`" in r.output
+
+
 def test_fleet_unreachable_broker_is_one_clean_line(releases, tmp_path):
     r = run("fleet", "status", "--broker", "mqtt://127.0.0.1:1", "--state-dir", tmp_path)
     assert r.exit_code == 1
@@ -92,7 +101,7 @@ def test_compress_sign_deploy_cancel_end_to_end(tmp_path, mosquitto):
     import numpy as np
     import onnx
 
-    from device_agent.verify import load_trusted_keys
+    from device_agent.ota.verify import load_trusted_keys
     from tests.conftest import build_mlp
     from tests.fleet.conftest import SIM_SETTINGS
     from tests.fleet.sim import SimDevice, Traffic
@@ -115,7 +124,8 @@ def test_compress_sign_deploy_cancel_end_to_end(tmp_path, mosquitto):
         assert dev.serving.get().file.suffix == ".ort"
         common = ["--broker", mosquitto.url, "--state-dir", tmp_path / "fleet"]
         with Traffic([dev], rate=200):
-            r = run("fleet", "deploy", outs["2.1.0"], *common, "--device", "cam-01", "--timeout", "60", "--json")
+            r = run("fleet", "deploy", outs["2.1.0"], *common, "--device", "cam-01", "--timeout", "60", "--json", "--key",
+                    tmp_path / "keys" / "edgekit.key")
         assert r.exit_code == 0, r.output
         assert json.loads(r.output)["outcomes"]["cam-01"]["state"] == "SUCCEEDED"
         assert dev.serving.get().version == "2.1.0" and dev.store.check() == []

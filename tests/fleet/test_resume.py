@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from device_agent.contract.protocol import CommandKind
 from device_agent.ota import OtaState
-from device_agent.protocol import CommandKind
 from edgekit.fleet.client import FleetClient
 from edgekit.fleet.jobs import Release, signed_command
 from tests.fleet.conftest import SIM_SETTINGS
@@ -25,7 +25,7 @@ def crash(dev: SimDevice) -> None:
     dev.client.loop_stop()
 
 
-def test_download_resumes_after_a_crash(mosquitto, releases, trusted, tmp_path):
+def test_download_resumes_after_a_crash(mosquitto, releases, trusted, signer, tmp_path):
     rel = Release.open(releases["v2"])
     chunks = list(rel.chunks("j1", 1024))
     assert len(chunks) >= 4
@@ -34,15 +34,16 @@ def test_download_resumes_after_a_crash(mosquitto, releases, trusted, tmp_path):
     with FleetClient(mosquitto.url) as fc:
         half = len(chunks) // 2
         fc.flush(fc.publish_chunks("pi-00", "j1", chunks[:half]))
-        fc.flush([fc.send("pi-00", signed_command(CommandKind.DEPLOY, "j1", device="pi-00", params=rel.job_params(chunk_size=1024)))])
-        assert wait_until(lambda: dev.updater._receiver is not None and dev.updater._receiver.progress[0] == half, 10)
+        fc.flush([fc.send("pi-00", signed_command(CommandKind.DEPLOY, "j1", device="pi-00", params=rel.job_params(chunk_size=1024),
+                                                  key=signer))])
+        assert wait_until(lambda: dev.updater.runner.receiver is not None and dev.updater.runner.receiver.progress[0] == half, 10)
         crash(dev)
         assert wait_until(lambda: not fc.snapshot()["pi-00"].online, 10)  # the Last Will told the fleet
 
         again = SimDevice("pi-00", tmp_path / "pi-00", releases["v1"], broker_port=mosquitto.port, trusted=trusted, settings=SIM_SETTINGS)
         try:
             assert again.updater.state == OtaState.DOWNLOADING
-            assert wait_until(lambda: again.updater._receiver is not None and again.updater._receiver.progress[0] == half, 10)
+            assert wait_until(lambda: again.updater.runner.receiver is not None and again.updater.runner.receiver.progress[0] == half, 10)
             fc.flush(fc.publish_chunks("pi-00", "j1", chunks[half:]))  # the rest arrives; the first half was kept on disk
             x = __import__("numpy").zeros((1, 16), "float32")
 

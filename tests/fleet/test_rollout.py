@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from edgekit.errors import FleetError, InputError
 from edgekit.fleet.client import FleetClient
 from edgekit.fleet.jobs import Release
@@ -44,11 +44,11 @@ def test_metric_gate(releases, tmp_path):
     assert check_metrics(load_manifest(releases["v2"]), old, Gate()) == []
 
 
-def test_rollout_in_waves_updates_every_device(sim_fleet, mosquitto, releases, tmp_path):
+def test_rollout_in_waves_updates_every_device(sim_fleet, signer, mosquitto, releases, tmp_path):
     devs = sim_fleet(6)
     with FleetClient(mosquitto.url) as fc:
         lines = []
-        r = deploy(fc, Release.open(releases["v2"]), group="cams", policy=RolloutPolicy(waves=("1", "50%", "100%"), **FAST),
+        r = deploy(fc, Release.open(releases["v2"]), key=signer, group="cams", policy=RolloutPolicy(waves=("1", "50%", "100%"), **FAST),
                    journal=Journal(tmp_path / "journal"), progress=lines.append)
         assert r.aborted is None and r.succeeded == 6 and r.failed == 0
         assert [len(w) for w in r.waves] == [1, 2, 3]
@@ -63,10 +63,10 @@ def test_rollout_in_waves_updates_every_device(sim_fleet, mosquitto, releases, t
     assert (tmp_path / "journal" / "manifests" / "mlp" / "1.1.0.json").is_file()
 
 
-def test_broken_canaries_abort_the_rollout_after_the_first_wave(sim_fleet, mosquitto, releases):
+def test_broken_canaries_abort_the_rollout_after_the_first_wave(sim_fleet, signer, mosquitto, releases):
     devs = sim_fleet(10, faulty=(0, 2))  # 2 of the 4 canaries get a broken model
     with FleetClient(mosquitto.url) as fc:
-        r = deploy(fc, Release.open(releases["v2"]), group="cams", policy=RolloutPolicy(waves=("40%", "100%"), max_failures="20%",
+        r = deploy(fc, Release.open(releases["v2"]), key=signer, group="cams", policy=RolloutPolicy(waves=("40%", "100%"), max_failures="20%",
                                                                                           min_devices=3, **FAST))
     assert r.aborted is not None and r.aborted.startswith("aborted after wave 1: 2 of 4 finished devices failed")
     assert "6 device(s) in later waves were not updated" in r.aborted
@@ -78,7 +78,7 @@ def test_broken_canaries_abort_the_rollout_after_the_first_wave(sim_fleet, mosqu
     assert all(versions[f"pi-{i:02d}"] == "1.0.0" for i in range(4, 10))  # never sent
 
 
-def test_metric_gate_refuses_a_worse_release_unless_forced(sim_fleet, mosquitto, releases, keys, tmp_path):
+def test_metric_gate_refuses_a_worse_release_unless_forced(sim_fleet, signer, mosquitto, releases, keys, tmp_path):
     sim_fleet(2)
     worse = tmp_path / "worse"
     shutil.copytree(releases["v2"], worse)
@@ -91,28 +91,28 @@ def test_metric_gate_refuses_a_worse_release_unless_forced(sim_fleet, mosquitto,
     journal.save_manifest(v1, (releases["v1"] / "edgekit.json").read_bytes())  # shipped earlier: the served version's card
     with FleetClient(mosquitto.url) as fc:
         with pytest.raises(FleetError, match=r"refusing to deploy mlp 1.1.0: .*accuracy 80.00% vs 90.00% .*pass --force"):
-            deploy(fc, Release.open(worse), group="cams", policy=RolloutPolicy(**FAST), journal=journal)
+            deploy(fc, Release.open(worse), key=signer, group="cams", policy=RolloutPolicy(**FAST), journal=journal)
         assert all(v.version == "1.0.0" for v in fc.snapshot().values())  # nothing was sent
-        r = deploy(fc, Release.open(worse), group="cams", policy=RolloutPolicy(**FAST), journal=journal, gate=None)
+        r = deploy(fc, Release.open(worse), key=signer, group="cams", policy=RolloutPolicy(**FAST), journal=journal, gate=None)
     assert r.succeeded == 2
 
 
-def test_device_that_never_answers_times_out(sim_fleet, mosquitto, releases):
+def test_device_that_never_answers_times_out(sim_fleet, signer, mosquitto, releases):
     devs = sim_fleet(2)
     devs[1].updater._stop.set()  # online, but its updater is wedged
     devs[1].updater._thread.join(5)
     with FleetClient(mosquitto.url) as fc:
-        r = deploy(fc, Release.open(releases["v2"]), group="cams",
+        r = deploy(fc, Release.open(releases["v2"]), key=signer, group="cams",
                    policy=RolloutPolicy(max_failures="1", device_timeout_s=3.0, chunk_size=2048))
     assert r.outcomes["pi-00"]["state"] == "SUCCEEDED"
     assert (r.outcomes["pi-01"]["state"], r.outcomes["pi-01"]["reason"]) == ("TIMED_OUT", "fleet_timeout")
     assert r.aborted is None  # 1 failure is within --max-failures 1
 
 
-def test_signed_rollback_of_a_group(sim_fleet, mosquitto, releases, keys):
+def test_signed_rollback_of_a_group(sim_fleet, signer, mosquitto, releases, keys):
     devs = sim_fleet(3)
     with FleetClient(mosquitto.url) as fc:
-        assert deploy(fc, Release.open(releases["v2"]), group="cams", policy=RolloutPolicy(**FAST)).succeeded == 3
+        assert deploy(fc, Release.open(releases["v2"]), key=signer, group="cams", policy=RolloutPolicy(**FAST)).succeeded == 3
         out = rollback(fc, key=load_private_key(keys["good"].private), group="cams", timeout_s=20)
         assert {o["state"] for o in out.values()} == {"SUCCEEDED"}
         bad = rollback(fc, key=load_private_key(keys["other"].private), devices=["pi-00"], timeout_s=20)
@@ -120,18 +120,18 @@ def test_signed_rollback_of_a_group(sim_fleet, mosquitto, releases, keys):
     assert [d.serving.get().version for d in devs] == ["1.0.0"] * 3
 
 
-def test_mqtt_delivery_that_would_flood_the_broker_is_refused(sim_fleet, mosquitto, releases, monkeypatch):
+def test_mqtt_delivery_that_would_flood_the_broker_is_refused(sim_fleet, signer, mosquitto, releases, monkeypatch):
     import edgekit.fleet.rollout as rollout
 
     sim_fleet(3)
     monkeypatch.setattr(rollout, "MQTT_RETAINED_BUDGET", 10_000)  # the release is ~6 kB: 3 devices at once exceed 10 kB
     with FleetClient(mosquitto.url) as fc:
         with pytest.raises(FleetError, match=r"retained chunks on the broker at once .* use --delivery http"):
-            deploy(fc, Release.open(releases["v2"]), group="cams", policy=RolloutPolicy(**FAST))
+            deploy(fc, Release.open(releases["v2"]), key=signer, group="cams", policy=RolloutPolicy(**FAST))
         assert all(v.version == "1.0.0" and not v.jobs for v in fc.snapshot().values())
 
 
-def test_rollout_with_http_delivery(sim_fleet, mosquitto, releases, tmp_path):
+def test_rollout_with_http_delivery(sim_fleet, signer, mosquitto, releases, tmp_path):
     import functools
     import http.server
     import threading
@@ -144,7 +144,7 @@ def test_rollout_with_http_delivery(sim_fleet, mosquitto, releases, tmp_path):
     try:
         devs = sim_fleet(3)
         with FleetClient(mosquitto.url) as fc:
-            r = deploy(fc, Release.open(releases["v2"]), group="cams",
+            r = deploy(fc, Release.open(releases["v2"]), key=signer, group="cams",
                        policy=RolloutPolicy(method="http", base_url=f"http://127.0.0.1:{srv.server_address[1]}/v2", device_timeout_s=30))
         assert r.succeeded == 3
         assert all(d.serving.get().version == "1.1.0" for d in devs)

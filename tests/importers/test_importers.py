@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from device_agent.runtime import OrtBackend
 from edgekit.cli.main import cli
 from edgekit.errors import InputError
@@ -266,3 +266,53 @@ def test_missing_tensorflow_says_which_extra(tmp_path, monkeypatch):
     (tmp_path / "m.keras").write_bytes(b"x")
     res = run("compress", "--int8", str(tmp_path / "m.keras"))
     assert_clean(res, 1, "error: TensorFlow input needs the tflite extra: pip install 'edgekit[tflite]'")
+
+
+def _branchy(path) -> None:
+    """silero-vad's shape: an If on the sample rate whose other branch takes other sizes (here: 5 columns, the input has 6)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(name: str, c: str):
+        return helper.make_graph([helper.make_node("Mul", ["x", c], [f"{name}_y"])], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["N", None])])
+
+    inits = [numpy_helper.from_array(np.full((6, 4), 0.5, np.float32), "m6"), numpy_helper.from_array(np.full(5, 2, np.float32), "c5"),
+             numpy_helper.from_array(np.array(16000, np.int64), "k")]
+    nodes = [helper.make_node("Equal", ["sr", "k"], ["is16k"]),
+             helper.make_node("If", ["is16k"], ["y"], then_branch=helper.make_graph(
+                 [helper.make_node("MatMul", ["x", "m6"], ["then_y"])], "then", [],
+                 [helper.make_tensor_value_info("then_y", TensorProto.FLOAT, ["N", None])]), else_branch=branch("else", "c5"))]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", None]),
+                                       helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", None])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_input_shapes_onnxruntime_refuses_to_fix_only_size_the_generated_inputs(tmp_path):
+    from edgekit.importers.onnx_shapes import fix_input_shapes
+
+    _branchy(tmp_path / "vad.onnx")
+    fixed = fix_input_shapes(tmp_path / "vad.onnx", tmp_path / "fixed.onnx", {"x": (1, 6)})
+    assert fixed.shapes == {"x": (1, 6)} and not fixed.written and "Incompatible dimensions" in fixed.why_not
+    res = run("compress", "--fp16", "--input-shape", "x:1,6", "-o", str(tmp_path / "out"), str(tmp_path / "vad.onnx"))
+    assert_clean(res, 0, "input shapes kept symbolic: onnxruntime does not load vad.onnx with x [1, 6] (",
+                 "generated inputs take these sizes", "generated inputs: sr 16000")
+    assert load_manifest(tmp_path / "out").inputs[0].shape == ("N", "?")
+
+
+def test_a_paddle_minus_one_batch_takes_an_input_shape(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.importers.onnx_shapes import fix_input_shapes
+
+    w = numpy_helper.from_array(np.ones((4, 2), np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "p", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, -1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 2])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)]), str(tmp_path / "p.onnx"))
+    assert fix_input_shapes(tmp_path / "p.onnx", tmp_path / "fixed.onnx", {None: (1, 4)}).written
+    dims = onnx.load(str(tmp_path / "fixed.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_value == -1 and dims[1].dim_value == 4  # the batch stays dynamic, the -1 length takes the given size

@@ -3,7 +3,7 @@
 ``model_dir`` builds an MLP (8 features, 4 classes) with ``onnx.helper``, draws a seeded reference
 set (each feature its own mean and std), and writes a manifest whose drift profile comes from
 ``edgekit.profile.drift_profile`` — the code ``edgekit compress`` uses. ``SimDevice`` is a real
-:class:`device_agent.agent.Agent` (validation, telemetry windows, outbox, feedback) whose outbox is
+:class:`device_agent.daemon.Daemon` (validation, telemetry windows, outbox, feedback) whose outbox is
 drained by the test instead of an MQTT link, so telemetry goes through the agent's own code path.
 """
 
@@ -17,10 +17,10 @@ import numpy as np
 import onnx
 import pytest
 
-from device_agent.agent import Agent
 from device_agent.config import parse_config
-from device_agent.manifest import SCHEMA, SCHEMA_VERSION, TensorSpec, file_sha256
-from device_agent.protocol import DeviceStatus, encode
+from device_agent.contract.manifest import SCHEMA, SCHEMA_VERSION, TensorSpec, file_sha256
+from device_agent.contract.protocol import DeviceStatus, encode
+from device_agent.daemon import Daemon
 from edgekit.data import Dataset
 from edgekit.profile import drift_profile
 from tests.conftest import build_mlp
@@ -80,7 +80,8 @@ class SimDevice:
                                  "state_dir": str(state_dir)},
                                 base_dir=state_dir, check_files=False)
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.agent = Agent.from_config(self.cfg)
+        self.daemon = Daemon.from_config(self.cfg)
+        self.agent = self.daemon.agent
         self.rng = np.random.default_rng(abs(hash(device)) % 2**32)
 
     @property
@@ -88,13 +89,13 @@ class SimDevice:
         return self.cfg.device.id
 
     def state(self) -> tuple[str, bytes]:
-        from device_agent.protocol import Topics
+        from device_agent.contract.protocol import Topics
 
-        return Topics(self.id, self.cfg.device.group).state, encode(self.agent.state_message(DeviceStatus.ONLINE))
+        return Topics(self.id, self.cfg.device.group).state, encode(self.daemon.state_message(DeviceStatus.ONLINE))
 
     def predict(self, x: np.ndarray, batch: int = 50) -> list[str]:
         """Request ids, one per row batch; rows with NaN are rejected by the agent (and still summarised)."""
-        from device_agent.errors import InvalidInput
+        from device_agent.contract.errors import InvalidInput
 
         ids = []
         for i in range(0, len(x), batch):
@@ -108,16 +109,16 @@ class SimDevice:
         """Predict ``x``, close the telemetry window and return the queued (topic, payload) messages."""
         if x is not None:
             self.predict(x, batch)
-        self.agent.publish_telemetry()
+        self.daemon.publish_telemetry()
         return self.drain()
 
     def drain(self) -> list[tuple[str, bytes]]:
-        msgs = self.agent.outbox.peek(10_000)
-        self.agent.outbox.ack([m.id for m in msgs])
+        msgs = self.daemon.outbox.peek(10_000)
+        self.daemon.outbox.ack([m.id for m in msgs])
         return [(m.topic, m.payload) for m in msgs]
 
     def close(self) -> None:
-        self.agent.outbox.close()
+        self.daemon.outbox.close()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from edgekit.cli.fleet_options import parse_duration
 from edgekit.cli.main import cli
 from edgekit.monitor import Monitor, SqliteStore
@@ -86,3 +86,31 @@ def test_unreachable_broker_is_one_clean_line(tmp_path):
     for cmd in (["watch", "--db", str(tmp_path / "w.sqlite")], ["drift"]):
         r = run(*cmd, "--broker", f"mqtt://127.0.0.1:{port}")
         assert r.exit_code == 1 and r.output.startswith(f"error: cannot reach the broker at 127.0.0.1:{port}"), r.output
+
+
+@pytest.mark.parametrize("args", [[], ["--broker", "mqtt://127.0.0.1:1", "--db", "x.sqlite"]])
+def test_status_needs_a_broker_or_a_store_exactly(args, tmp_path):
+    r = run("status", "--state-dir", tmp_path, *args)
+    assert r.exit_code == 2 and "give --broker (ask the collectors, or read the broker) or --db (read a collector's store), exactly one" in r.output
+
+
+def test_status_and_drift_read_a_postgresql_store(postgres, tmp_path, model_dir, make_device, rng):
+    from edgekit.monitor.store import open_store
+
+    store = open_store(postgres)
+    try:
+        m = Monitor(store)
+        m.register(load_manifest(model_dir))
+        dev = make_device(model_dir, device="pi-07")
+        for t, p in [dev.state(), *dev.window(reference_inputs(700, rng))]:
+            m.handle(t, p)
+    finally:
+        store.close()
+    r = run("status", "--db", postgres, "--state-dir", tmp_path, "--json")
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads(r.output)
+    assert row["device"] == "pi-07" and row["online"] and row["requests"] == 14 and row["drift_level"] == "ok"
+    r = run("drift", "--db", postgres, "--device", "pi-07", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["reports"][0]["samples"] == 700
+    r = run("drift", "--db", "postgresql://nobody@127.0.0.1:1/none")
+    assert r.exit_code == 1 and r.output.startswith("error: cannot use the fleet database postgresql://nobody@127.0.0.1:1/none:")

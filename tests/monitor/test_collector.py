@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from device_agent.protocol import Command, CommandKind, Topics, encode
+from device_agent.contract.protocol import Command, CommandKind, Topics, encode
 from edgekit.cli.fleet_monitor import drift, watch
 from edgekit.monitor.collector import Collector
-from edgekit.monitor.store import SqliteStore
+from edgekit.monitor.store import DeviceQuery, SqliteStore
 from tests.conftest import wait_until
 from tests.monitor.conftest import STDS, reference_inputs
 
@@ -128,17 +128,17 @@ def test_a_live_agent_over_mqtt_to_an_alert(mosquitto, mqtt_collector, collector
     alerts_seen = mqtt_collector(mosquitto, [Topics.fleet_alerts()])
     c = collectors(store=tmp_path / "fleet.sqlite")
     dev = make_device(model_dir, device="pi-07", broker=mosquitto.url, interval_s=3600)
-    dev.agent.start()
+    dev.daemon.start()
     try:
         dev.predict(reference_inputs(WINDOW, rng))
-        dev.agent.publish_telemetry()
+        dev.daemon.publish_telemetry()
         x = reference_inputs(WINDOW, rng)
         x[:, 4] += 1.2 * STDS[4]
         dev.predict(x)
-        dev.agent.publish_telemetry()
+        dev.daemon.publish_telemetry()
         got = alerts_seen.wait_for(lambda m: m.payloads("/fleet/alerts/device/pi-07"), 20, what="the drift alert")
     finally:
-        dev.agent.stop()
+        dev.daemon.stop()
     assert [f["name"] for f in got[0]["features"]] == ["x[4]"] and got[0]["group"] in (None, "cameras")  # None: no state seen yet
     wait_until(lambda: c.store.device("pi-07") is not None and c.store.device("pi-07").group == "cameras", 10, what="the device state")
     # the database serves fleet drift --db and the status column
@@ -233,3 +233,58 @@ def test_a_collector_with_a_stable_id_survives_a_broker_restart(mosquitto, colle
     p.publish(dev.window(reference_inputs(100, rng)))
     p.close()
     wait_until(lambda: [m.seq for m in c.store.telemetry()] == [1, 2], 10, what="the window sent after the restart")
+
+
+def test_fleet_status_comes_from_the_collectors_store_complete_filtered_and_paged(mosquitto, collectors, publisher, make_device,
+                                                                                    model_dir, rng, tmp_path):
+    from device_agent.contract.protocol import JobState, JobUpdate
+    from edgekit.cli.main import cli
+    from edgekit.fleet.mqtt import rollout_topic
+
+    db = tmp_path / "fleet.sqlite"
+    c = collectors(store=db, collector_id="watch-status")
+    devices = [make_device(model_dir, device=f"cam-{i}", group="cameras" if i < 3 else "doors") for i in range(5)]
+    publisher.publish([d.state() for d in devices], retain=True)
+    publisher.publish([(Topics("cam-1").job("job-7"), encode(JobUpdate("cam-1", 1, 1, time.time(), "job-7", JobState.FAILED,
+                                                                       reason="nan_outputs")))], retain=True)
+    publisher.publish([(rollout_topic("job-7"), json.dumps({"v": 1, "type": "rollout", "job": "job-7", "status": "aborted",
+                                                            "aborted": "aborted after wave 1", "waves": [["cam-1"]]}).encode())], retain=True)
+    x = reference_inputs(WINDOW, rng)
+    x[:, 3] += 2 * STDS[3]
+    publisher.publish(devices[2].window(x) + devices[0].window(reference_inputs(WINDOW, rng)))
+    wait_until(lambda: c.store.device_page(DeviceQuery(drift="alert")).total == 1 and c.store.jobs(job="job-7")
+               and c.store.rollouts(), 15, what="the devices page, the job and the rollout in the store")
+    assert c.store.rollouts()[0]["aborted"] == "aborted after wave 1"
+
+    def status(*args):
+        r = CliRunner().invoke(cli, ["fleet", "status", *args, "--state-dir", str(tmp_path / "state"), "--json"])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout), r.stderr
+
+    rows, _ = status("--broker", mosquitto.url)
+    assert [r["device"] for r in rows] == [f"cam-{i}" for i in range(5)] and all(r["online"] for r in rows)
+    assert rows[1]["job_state"] == "FAILED" and rows[1]["job_reason"] == "nan_outputs" and rows[0]["requests"] >= 1
+    assert rows[2]["drift_level"] == "alert" and rows[2]["drift"].startswith("alert: x[3] since ") and rows[3]["drift"] == "—"
+    rows, note = status("--broker", mosquitto.url, "--group", "cameras", "--limit", "2", "--offset", "1")
+    assert [r["device"] for r in rows] == ["cam-1", "cam-2"] and "devices 2-3 of 3: --offset 3 for more" in note
+    assert [r["device"] for r in status("--db", str(db), "--drift", "alert")[0]] == ["cam-2"]
+    assert [r["device"] for r in status("--db", str(db), "--job-state", "FAILED")[0]] == ["cam-1"]
+    text = CliRunner().invoke(cli, ["fleet", "status", "--db", str(db), "--state-dir", str(tmp_path / "state")]).output
+    assert text.splitlines()[0].split()[:3] == ["device", "online", "model"] and len(text.splitlines()) == 6
+
+
+def test_collectors_sharing_postgresql_store_each_window_once(postgres, mosquitto, collectors, publisher, make_device, model_dir, rng):
+    a, b = collectors(store=postgres, collector_id="watch-pg-a"), collectors(store=postgres, collector_id="watch-pg-b")
+    devs = [make_device(model_dir, device=f"pg-{i}") for i in range(3)]
+    publisher.publish([d.state() for d in devs], retain=True)
+    msgs = [m for _ in range(4) for d in devs for m in d.window(reference_inputs(WINDOW, rng))]
+    publisher.publish(msgs + msgs[::2])  # every other window delivered twice: one copy may reach each collector
+    wait_until(lambda: len(a.store.telemetry()) == 12, 20, what="twelve windows in the shared database")
+    time.sleep(0.5)
+    assert len(b.store.telemetry()) == 12
+    assert a.monitor.stats["telemetry"] + b.monitor.stats["telemetry"] == 12
+    assert sum(s.totals.windows for s in a.store.spans(since=0)) == 12
+    r = CliRunner().invoke(drift, ["--broker", mosquitto.url, "--group", "cameras", "--json"])
+    assert r.exit_code == 0, r.output
+    group = json.loads(r.output)["reports"][0]
+    assert group["windows"] == 12 and group["samples"] == 12 * WINDOW  # one collector answered for the shared store

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from device_agent.manifest import FeatureProfile
-from device_agent.protocol import FeatureWindow
+from device_agent.contract.manifest import FeatureProfile
+from device_agent.contract.protocol import FeatureWindow
 from edgekit.monitor.drift import DriftThresholds, Level, evaluate, feature_drift, min_samples_for
 from edgekit.monitor.stats import chi2_quantile, ks_statistic, psi
 from edgekit.monitor.windows import FeatureSummary, WindowSet
@@ -131,7 +131,7 @@ def test_merging_windows_equals_one_big_window():
 
 
 def test_report_names_the_features_that_moved_most_first():
-    from device_agent.protocol import TelemetryMessage
+    from device_agent.contract.protocol import TelemetryMessage
 
     rng = np.random.default_rng(5)
     refs = [profile(rng.normal(size=4000), name=f"x[{i}]") for i in range(4)]
@@ -145,3 +145,31 @@ def test_report_names_the_features_that_moved_most_first():
     assert report.level is Level.ALERT and report.to_dict()["moved"] == ["x[3]", "x[1]"]
     round_trip = WindowSet.from_dict(ws.to_dict())
     assert evaluate(round_trip, refs, name="pi-07").to_dict() == report.to_dict()
+
+
+def test_judging_many_running_totals_at_once_gives_the_same_reports_as_one_window_set_at_a_time():
+    from device_agent.contract.protocol import TelemetryMessage
+    from edgekit.monitor.bulk import Merged, evaluate_totals
+    from edgekit.monitor.store import Layout, Totals
+
+    rng = np.random.default_rng(5)
+    refs = [profile(rng.normal(j, 1 + j, 3000), name=f"x[{j}]") for j in range(4)]
+    items, sets = [], []
+    for k in range(12):
+        ws, total = WindowSet("m", "1"), None
+        for w in range(1 + k % 4):
+            shift = 0.6 if k % 3 == 0 else 0.0
+            vals = [rng.normal(j + shift * (j == 2), 1 + j, 40 + 35 * k) for j in range(4)]
+            vals[1][: k % 5] = np.nan
+            msg = TelemetryMessage(f"d{k}", w, 1, 0.0, {"name": "m", "version": "1"}, {"start": 0.0, "end": 1.0}, 1, {}, None,
+                                   [window(r, v) for r, v in zip(refs, vals, strict=True)], samples=len(vals[0]))
+            ws.add(msg)
+            t = Totals.of_window(msg, Layout().extended(msg))
+            total = t if total is None else total.add(t)
+        items.append(Merged("device", f"d{k}", "m", "1", total, {f"d{k}"}, 0.0, 1.0))
+        sets.append(ws)
+    bulk = evaluate_totals(items, refs)
+    for ws, got in zip(sets, bulk, strict=True):
+        want = evaluate(ws, refs, scope="device", name=got.name).to_dict()
+        assert got.to_dict() == want
+    assert [r.level for r in evaluate_totals(items[:2], None)] == [Level.NOT_ENOUGH_DATA] * 2

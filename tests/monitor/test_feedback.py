@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from device_agent.feedback import FeedbackLog
-from device_agent.protocol import TelemetryMessage, decode
+from device_agent.contract.protocol import TelemetryMessage, decode
+from device_agent.telemetry.feedback import FeedbackLog
 
 
 class Clock:
@@ -119,8 +119,8 @@ def test_the_agent_reports_feedback_in_telemetry(model_dir, make_device, rng):
 
 @pytest.fixture
 def api(model_dir):
-    from device_agent.agent import Agent
-    from device_agent.server import serve
+    from device_agent.serve.agent import Agent
+    from device_agent.serve.server import serve
 
     agent = Agent.open(model_dir)
     server = serve(agent, "127.0.0.1", 0)
@@ -166,3 +166,32 @@ def test_feedback_over_http_never_crashes_the_agent(api, rng):
     w = agent.feedback.take()
     assert w.rejected == {"duplicate": 2, "unknown_id": 2, "bad_label": 1, "malformed": 3}
     assert w.accuracy["1.0.0"]["labelled"] == 3
+
+
+def test_memory_is_bounded_in_bytes_and_the_bound_holds_in_the_process():
+    """max_bytes is charged per prediction (ENTRY_BYTES + the id + ROW_BYTES per extra row): an upper
+    bound of what the log really takes, measured here with tracemalloc, whatever the mix."""
+    import tracemalloc
+
+    from device_agent.telemetry.feedback import ENTRY_BYTES
+
+    rng = np.random.default_rng(0)
+    one = [rng.standard_normal((1, 1000)).astype(np.float32) for _ in range(16)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        log = FeedbackLog(classes=1000, max_rows=10_000_000, max_bytes=2 << 20)
+        for i in range(0, 60_000, 500):
+            items = [(f"7f3a9c1d2e4b-{j:x}", "1.0.0", one[j % 16]) for j in range(i, i + 500)]
+            items[0] = ("reused-id", "1.0.0", scores_for([1, 2], 1000))  # a caller reusing its id, with a batch
+            log.record_many(items)
+            assert log.size_bytes <= 2 << 20
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held <= log.max_bytes + 64 * 1024, f"the log holds {held:,} bytes for a bound of {log.max_bytes:,}"
+    assert log.size_bytes > (2 << 20) - 2 * (ENTRY_BYTES + 20)  # it is full, not evicting too early
+    assert log.submit({"request_id": "7f3a9c1d2e4b-0", "label": 1}).outcome == "unknown_id"  # the oldest went first
+    assert log.submit({"request_id": f"7f3a9c1d2e4b-{59_999:x}", "label": 1}).outcome in ("accepted",)
+    with pytest.raises(ValueError, match="max_bytes ≥ 1024"):
+        FeedbackLog(max_bytes=10)

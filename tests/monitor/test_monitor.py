@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from edgekit.monitor import ACCURACY, Monitor, MonitorConfig, accuracy_report, drift_reports, drift_summary
 from edgekit.monitor.drift import Level, min_samples_for
 from edgekit.monitor.store import SqliteStore
@@ -202,8 +202,8 @@ def test_with_trusted_keys_only_signed_deployed_manifests_become_references(tmp_
     import shutil
     import time
 
-    from device_agent.protocol import Command, CommandKind, Topics, encode
-    from device_agent.verify import load_trusted_keys
+    from device_agent.contract.protocol import Command, CommandKind, Topics, encode
+    from device_agent.ota.verify import load_trusted_keys
     from edgekit.signing import generate_keys, sign_dir
 
     keys = generate_keys(tmp_path / "keys")

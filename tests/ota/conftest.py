@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from device_agent.job import ProbationPolicy
 from device_agent.ota import OtaSettings
-from device_agent.verify import load_trusted_keys
-from edgekit.signing import generate_keys, sign_dir
+from device_agent.ota.job import ProbationPolicy
+from device_agent.ota.verify import load_trusted_keys
+from edgekit.signing import generate_keys, load_private_key, sign_dir
 from tests.ota.harness import Device
 from tests.ota.models import make_model_dir, mlp, nan_mlp, slow_mlp, wide_mlp
 
@@ -56,11 +56,18 @@ def settings():
 
 
 @pytest.fixture
-def device(tmp_path, releases, trusted, settings):
+def signer(keys):
+    """The trusted private key (what `edgekit fleet --key` loads)."""
+    return load_private_key(keys["good"].private)
+
+
+@pytest.fixture
+def device(tmp_path, releases, trusted, settings, signer):
     devices = []
 
-    def make(initial="v1", *, settings=settings, trusted=trusted, root=None):
-        d = Device(root or tmp_path / f"dev{len(devices)}", releases[initial] if initial else None, trusted=trusted, settings=settings)
+    def make(initial="v1", *, settings=settings, trusted=trusted, root=None, key=signer, group="default"):
+        d = Device(root or tmp_path / f"dev{len(devices)}", releases[initial] if initial else None, trusted=trusted, settings=settings,
+                   key=key, group=group)
         devices.append(d)
         return d
 

@@ -13,14 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from device_agent.errors import AgentError
-from device_agent.model import load_model
+from device_agent.contract.errors import AgentError
+from device_agent.contract.protocol import Command, CommandKind, JobState
 from device_agent.ota import FINAL, JobReport, OtaSettings, OtaState, ServingModel
-from device_agent.protocol import Command, CommandKind, JobState
-from device_agent.store import ModelStore
-from device_agent.updater import Updater
-from device_agent.verify import TrustedKeys
+from device_agent.ota.gate import Identity
+from device_agent.ota.store import ModelStore
+from device_agent.ota.updater import Updater
+from device_agent.ota.verify import TrustedKeys
+from device_agent.runtime.model import load_model
 from edgekit.fleet.jobs import Release, signed_command
+
+#: the simulated device's identity: commands name it
+DEVICE = "dev"
 
 FINAL_JOB = (JobState.SUCCEEDED, JobState.FAILED, JobState.REJECTED, JobState.TIMED_OUT, JobState.CANCELED)
 
@@ -58,11 +62,15 @@ class FakeBroker:
 
 
 class Device:
-    """One simulated device. ``predict`` goes through the served model and reports to the updater."""
+    """One simulated device. ``predict`` goes through the served model and reports to the updater.
+
+    ``key`` signs the deploy commands :meth:`deploy` sends (the fleet's ``--key``); None sends them unsigned.
+    """
 
     def __init__(self, root: Path, initial: Path | None, *, trusted: TrustedKeys, settings: OtaSettings | None = None,
-                 broker: FakeBroker | None = None, start: bool = True) -> None:
+                 broker: FakeBroker | None = None, start: bool = True, key=None, group: str = "default") -> None:
         self.root = Path(root)
+        self.key = key
         self.store = ModelStore(self.root / "models", keep=3)
         if self.store.current is None and initial is not None:
             self.store.adopt(initial)
@@ -72,7 +80,7 @@ class Device:
         self.broker.device = self
         self.updater = Updater(self.store, self.root / "ota.json", trusted=trusted, get_model=self.serving.get, swap=self.serving.swap,
                                loader=lambda p: load_model(p, threads=1), report=self.reports.append,
-                               settings=settings or OtaSettings(), transport=self.broker,
+                               settings=settings or OtaSettings(), transport=self.broker, identity=Identity(DEVICE, group),
                                chunk_filter=lambda job: f"edgekit/v1/dev/ota/{job}/chunk/+")
         path = self.updater.boot()
         self.serving.model = load_model(path, threads=1) if path else None
@@ -100,30 +108,39 @@ class Device:
     # --- fleet side ----------------------------------------------------------------------------
     def deploy(self, release_dir: Path, job: str, *, chunk_size: int = 4096, tamper: Callable[[list], list] | None = None,
                params: dict | None = None, **kw) -> Command:
+        """Send a deploy command for ``release_dir`` (signed with the device's ``key``), its chunks "retained"."""
         rel = Release.open(release_dir)
         p = params if params is not None else rel.job_params(chunk_size=chunk_size, **kw)
         chunks = list(rel.chunks(job, chunk_size))
         self.broker.chunks[job] = tamper(chunks) if tamper else chunks
-        cmd = Command(kind=CommandKind.DEPLOY, job=job, ts=time.time(), params=p, device="dev")
+        cmd = signed_command(CommandKind.DEPLOY, job, device=DEVICE, params=p, key=self.key)
         self.updater.handle(cmd)
         return cmd
 
-    def command(self, kind: CommandKind, job: str, *, key=None, params: dict | None = None) -> None:
-        self.updater.handle(signed_command(kind, job, device="dev", params=params, key=key))
+    def command(self, kind: CommandKind, job: str, *, key=None, params: dict | None = None) -> Command:
+        cmd = signed_command(kind, job, device=DEVICE, params=params, key=key)
+        self.updater.handle(cmd)
+        return cmd
 
     def final(self, job: str) -> JobReport | None:
-        for r in reversed(self.reports):
-            if r.job == job and r.state in FINAL_JOB:
-                return r
-        return None
+        """The job's final state as the fleet keeps it (recorded reports); for a job never accepted, the answer to its command."""
+        recorded = [r for r in self.reports if r.job == job and r.record]
+        if not recorded:
+            return self.answer(job)
+        return next((r for r in reversed(recorded) if r.state in FINAL_JOB), None)
+
+    def answer(self, job: str) -> JobReport | None:
+        """The last answer to a command of ``job`` the device did not accept (not recorded, not retained)."""
+        return next((r for r in reversed(self.reports) if r.job == job and not r.record), None)
 
     def wait_final(self, job: str, *, load: bool = True, timeout: float = 30.0) -> JobReport:
-        """Serve requests (so probation can decide) until the job has a final report and the updater is idle."""
+        """Serve requests (so probation can decide) until the job has a final recorded report and the updater is idle."""
         rng = np.random.default_rng(0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.final(job) is not None and self.updater.state == OtaState.IDLE:
-                return self.final(job)
+            done = self.final(job)
+            if done is not None and done.record and self.updater.state == OtaState.IDLE:
+                return done
             if load:
                 self.predict(rng.standard_normal((1, 16)).astype(np.float32))
             else:
@@ -144,4 +161,4 @@ class Device:
         u.stop = lambda *a, **k: None  # the fixture's teardown must not mark this run clean
 
 
-__all__ = ["FINAL", "Device", "FakeBroker", "wait_until"]
+__all__ = ["DEVICE", "FINAL", "Device", "FakeBroker", "wait_until"]

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from device_agent.manifest import encode_tensor
+from device_agent.contract.manifest import encode_tensor
 from tests.conftest import build_mlp
 
 __all__ = ["inputs", "make_model_dir", "mlp", "nan_mlp", "slow_mlp", "wide_mlp"]
@@ -42,9 +42,10 @@ def nan_mlp(seed: int = 0) -> onnx.ModelProto:
     return m
 
 
-def slow_mlp(seed: int = 0, *, tile: int = 32, depth: int = 2) -> onnx.ModelProto:
+def slow_mlp(seed: int = 0, *, tile: int = 32, depth: int = 2, shared: bool = False) -> onnx.ModelProto:
     """Same outputs as ``mlp(seed)`` plus a dead-weight branch: xᵀx tiled to a [16·tile]² matrix and
-    ``depth`` square MatMuls on it, multiplied by zero and added. Much slower, numerically identical."""
+    ``depth`` square MatMuls on it, multiplied by zero and added. Much slower, numerically identical.
+    ``shared``: every MatMul uses one weight matrix, so the cost grows with ``depth`` and not the cache misses."""
     m = mlp(seed)
     g = m.graph
     rng = np.random.default_rng(99)
@@ -57,8 +58,9 @@ def slow_mlp(seed: int = 0, *, tile: int = 32, depth: int = 2) -> onnx.ModelProt
     g.node.append(helper.make_node("Tile", ["gram", "reps"], ["slow0"]))
     prev = "slow0"
     for i in range(depth):
-        g.initializer.append(numpy_helper.from_array((rng.standard_normal((w, w)) * (0.5 / w)).astype(np.float32), f"wb{i}"))
-        g.node.append(helper.make_node("MatMul", [prev, f"wb{i}"], [f"slow{i + 1}"]))
+        if i == 0 or not shared:
+            g.initializer.append(numpy_helper.from_array((rng.standard_normal((w, w)) * (0.5 / w)).astype(np.float32), f"wb{i}"))
+        g.node.append(helper.make_node("MatMul", [prev, "wb0" if shared else f"wb{i}"], [f"slow{i + 1}"]))
         prev = f"slow{i + 1}"
     g.node.append(helper.make_node("ReduceMean", [prev], ["m"], keepdims=0))
     g.node.append(helper.make_node("Mul", ["m", "zero"], ["z"]))

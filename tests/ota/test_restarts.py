@@ -8,25 +8,25 @@ import threading
 
 import pytest
 
-from device_agent.job import ProbationPolicy
+from device_agent.contract.protocol import JobState
 from device_agent.ota import OtaSettings, OtaState
-from device_agent.protocol import JobState
+from device_agent.ota.job import ProbationPolicy
 from tests.ota.harness import Device, wait_until
 from tests.ota.test_updates import serves
 
 LONG = OtaSettings(probation=ProbationPolicy(requests=100_000, seconds=600, min_requests=10, max_crashes=2, latency_floor_ms=50.0))
 
 
-def test_repeated_crashes_on_probation_roll_back_across_restarts(tmp_path, releases, trusted):
+def test_repeated_crashes_on_probation_roll_back_across_restarts(tmp_path, releases, trusted, signer):
     root = tmp_path / "dev"
-    dev = Device(root, releases["v1"], trusted=trusted, settings=LONG)
+    dev = Device(root, releases["v1"], trusted=trusted, settings=LONG, key=signer)
     dev.deploy(releases["v2"], "j1")
     assert wait_until(lambda: dev.updater.state == OtaState.PROBATION and dev.version == "1.1.0")
     dev.crash()
 
     again = Device(root, None, trusted=trusted, settings=LONG)  # 1st crash counted: still on probation
     assert again.updater.state == OtaState.PROBATION and again.version == "1.1.0"
-    assert again.updater._rec["crashes"] == 1
+    assert again.updater.record.crashes == 1
     again.crash()
 
     last = Device(root, None, trusted=trusted, settings=LONG)  # 2nd crash: rolled back before 1.1.0 is even loaded
@@ -40,15 +40,15 @@ def test_repeated_crashes_on_probation_roll_back_across_restarts(tmp_path, relea
         last.stop()
 
 
-def test_clean_restart_on_probation_is_not_a_crash(tmp_path, releases, trusted):
+def test_clean_restart_on_probation_is_not_a_crash(tmp_path, releases, trusted, signer):
     root = tmp_path / "dev"
-    dev = Device(root, releases["v1"], trusted=trusted, settings=LONG)
+    dev = Device(root, releases["v1"], trusted=trusted, settings=LONG, key=signer)
     dev.deploy(releases["v2"], "j1")
     assert wait_until(lambda: dev.updater.state == OtaState.PROBATION and dev.version == "1.1.0")
     dev.stop()
     again = Device(root, None, trusted=trusted, settings=LONG)
     try:
-        assert again.updater._rec["crashes"] == 0 and again.version == "1.1.0"
+        assert again.updater.record.crashes == 0 and again.version == "1.1.0"
     finally:
         again.stop()
 

@@ -7,15 +7,15 @@ import shutil
 
 import pytest
 
-from device_agent.errors import OtaError
-from device_agent.store import ModelStore, slot_name
+from device_agent.contract.errors import OtaError
+from device_agent.ota.store import ModelStore, slot_name
 
 
 def install(store, release, job):
     d = store.incoming(job)
     for p in release.iterdir():
         shutil.copy(p, d / p.name)
-    from device_agent.manifest import load_manifest
+    from device_agent.contract.manifest import load_manifest
 
     return store.install(job, slot_name(load_manifest(d).version))
 

@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from device_agent.delivery import decode_chunk, encode_chunk
-from device_agent.job import Limits, ProbationPolicy
+from device_agent.contract.protocol import CommandKind, JobState
 from device_agent.ota import OtaSettings, OtaState
-from device_agent.protocol import CommandKind, JobState
-from device_agent.verify import load_trusted_keys
+from device_agent.ota.delivery import decode_chunk, encode_chunk
+from device_agent.ota.job import Limits, ProbationPolicy
+from device_agent.ota.verify import load_trusted_keys
 from edgekit.fleet.jobs import Release
 from edgekit.signing import load_private_key
 from tests.ota.harness import wait_until
@@ -346,15 +346,17 @@ def test_downgrade_is_refused(device, releases):
 def test_duplicate_job_id_is_refused_and_redelivery_ignored(device, releases):
     dev = device()
     cmd = dev.deploy(releases["v2"], "j1")
-    dev.updater.handle(cmd)  # QoS 1 redelivery of the same command: silently ignored
+    dev.updater.handle(cmd)  # QoS 1 redelivery of the same command: answered "replayed" (not recorded), not run again
+    assert (dev.answer("j1").reason, dev.answer("j1").record) == ("replayed", False)
     assert dev.wait_final("j1").state == JobState.SUCCEEDED
     dev.deploy(releases["v3"], "j1")  # a different command reusing the id
     r = [x for x in dev.reports if x.job == "j1"][-1]
-    assert (r.state, r.reason) == (JobState.REJECTED, "duplicate_job")
+    assert (r.state, r.reason, r.record) == (JobState.REJECTED, "duplicate_job", False)  # the committed record stands
     assert "single-use" in r.detail
     time.sleep(0.3)
     serves(dev, "1.1.0")
     assert sum(1 for x in dev.reports if x.job == "j1" and x.ota_state == "DOWNLOADING") == 1
+    assert dev.final("j1").state == JobState.SUCCEEDED
 
 
 def test_second_job_while_one_runs_is_queued_then_runs(device, releases):

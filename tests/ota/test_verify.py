@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from device_agent.errors import OtaError
-from device_agent.manifest import TensorSpec
-from device_agent.verify import (
+from device_agent.contract.errors import OtaError
+from device_agent.contract.manifest import TensorSpec
+from device_agent.contract.protocol import Command, CommandKind
+from device_agent.ota.verify import (
     check_compatible,
     check_file,
     check_version,
@@ -64,14 +66,16 @@ def test_sign_refuses_a_directory_whose_artifacts_changed(tmp_path, releases, ke
 def test_command_signatures_cover_every_field(keys):
     key = load_private_key(keys["good"].private)
     trusted = load_trusted_keys([keys["good"].public])
-    params = {"to": "1.0.0"}
-    params["auth"] = sign_command(key, kind="rollback", job="rb1", ts=5.0, device="pi-07", params=params)
-    assert verify_command(kind="rollback", job="rb1", ts=5.0, device="pi-07", params=params, trusted=trusted) == keys["good"].key_id
-    for change in ({"device": "pi-08"}, {"job": "rb2"}, {"ts": 6.0}):
-        kw = {"kind": "rollback", "job": "rb1", "ts": 5.0, "device": "pi-07", **change}
-        assert reason(verify_command, params=params, trusted=trusted, **kw) == "bad_signature"
-    assert reason(verify_command, kind="rollback", job="rb1", ts=5.0, device="pi-07", params={**params, "to": "0.1"}, trusted=trusted) \
-        == "bad_signature"
+    cmd = Command(CommandKind.ROLLBACK, "rb1", 5.0, {"to": "1.0.0"}, device="pi-07", expires=65.0)
+    signed = dataclasses.replace(cmd, auth=sign_command(key, cmd))
+    assert verify_command(signed, trusted) == keys["good"].key_id
+    for change in ({"device": "pi-08"}, {"group": "lab"}, {"job": "rb2"}, {"ts": 6.0}, {"expires": 99.0}, {"params": {"to": "0.1"}},
+                   {"kind": CommandKind.CANCEL}, {"command_version": 1}):
+        assert reason(verify_command, dataclasses.replace(signed, **change), trusted) == "bad_signature", change
+    assert reason(verify_command, dataclasses.replace(signed, auth=None), trusted) == "unsigned"
+    assert reason(verify_command, dataclasses.replace(signed, auth={"key_id": "x", "signature": "%%"}), trusted) == "bad_signature"
+    other = load_private_key(keys["other"].private)
+    assert reason(verify_command, dataclasses.replace(cmd, auth=sign_command(other, cmd)), trusted) == "untrusted_key"
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/b", "a\\b", ".hidden", "..", "", "x" * 200, "a..b", None, 5])

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from edgekit.cli.main import cli
 from edgekit.compress import CompressOptions, compress
 from edgekit.pipeline import StepSpec

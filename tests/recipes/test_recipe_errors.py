@@ -100,16 +100,16 @@ CASES = {
         """
         step: [int8]
         """,
-        "unknown key 'step' in my.yaml:1 (recipe); did you mean 'steps'? Allowed: name, description, steps, export, data, gates, "
+        "unknown key 'step' in my.yaml:1 (recipe); did you mean 'steps'? Allowed: name, description, steps, export, objective, data, gates, "
         "resolved_from",
     ),
     "missing steps": (
         "name: x\n",
         "my.yaml:1: missing 'steps', the list of steps to run",
     ),
-    "empty steps": (
-        "steps: []\n",
-        "invalid steps in my.yaml:1 (recipe): expected a list of steps, got an empty list",
+    "steps not a list": (
+        "steps: int8\n",
+        "invalid steps in my.yaml:1 (recipe): expected a list of steps, got text 'int8'",
     ),
     "unknown gate": (
         """
@@ -176,7 +176,7 @@ CASES = {
     ),
     "not a mapping": (
         "- int8\n",
-        "my.yaml:1: a recipe is a mapping with 'steps' (and optionally name, description, export, data, gates, resolved_from); got a list",
+        "my.yaml:1: a recipe is a mapping with 'steps' (and optionally name, description, export, objective, data, gates, resolved_from); got a list",
     ),
     "empty file": (
         "# only a comment\n",

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from edgekit.cli.main import cli
 from edgekit.compress import CompressOptions, compress_with_recipe
 from edgekit.errors import GateError, RecipeError
@@ -147,3 +147,15 @@ def test_library_api_applies_overrides_and_raises_on_gates(digits, tmp_path):
         compress_with_recipe(digits["model"], None, load_recipe(p), CompressOptions(output=tmp_path / "lib"))
     assert (tmp_path / "lib" / "report.json").is_file()
     assert GateError.exit_code == 3
+
+
+def test_a_recipe_without_steps_exports_the_model_as_it_is(mlp_model, tmp_path):
+    """steps: [] is a plain conversion (and what a whole pipeline, baked preprocessing or a scikit-learn one, runs)."""
+    recipe = tmp_path / "convert.yaml"
+    recipe.write_text("# export only: fp32 .onnx and .ort, checked against the source\nsteps: []\nexport: [onnx, ort]\n")
+    result = compress_with_recipe(mlp_model, None, load_recipe(str(recipe)), CompressOptions(output=tmp_path / "out"))
+    m = load_manifest(result.output, verify_files=True)
+    assert [(a.format, a.precision) for a in m.artifacts] == [("onnx", "fp32"), ("ort", "fp32")]
+    assert m.metrics[m.artifacts[1].file]["parity"]["ok"] and m.raw["recipe"]["steps"] == []
+    res = CliRunner().invoke(cli, ["compress", "--recipe", str(recipe), "-o", str(tmp_path / "cli"), str(mlp_model)])
+    assert res.exit_code == 0, res.output

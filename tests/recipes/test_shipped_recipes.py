@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from edgekit.cli.main import cli
 from edgekit.pipeline import STEPS
 from edgekit.recipes import RECIPES_DIR, load_recipe, recipe_comment, shipped_recipes
@@ -105,19 +105,25 @@ def test_shipped_recipe_runs_end_to_end_on_digits_within_its_gates(name, digits,
     assert m.raw["recipe"] == recipe.document()  # the resolved recipe, reproducible
     assert [a.format for a in m.artifacts] == list(recipe.export)
     precision = recipe.steps[-1].name
-    assert all(a.precision == precision for a in m.artifacts)
+    if precision == "int8":  # an ONNX Runtime artifact is fp32 exactly when int8 did not pay off for it on this CPU
+        assert all((a.precision == "fp32") == (a.extra.get("candidate") == "float") for a in m.artifacts)
+        assert all(a.precision in ("int8", "mixed", "fp32") and (a.format != "tflite" or a.precision == "int8") for a in m.artifacts)
+    else:
+        assert all(a.precision == precision for a in m.artifacts)
     rep = json.loads((out / "report.json").read_text())
     assert rep["gates"]["passed"] is True
     assert {g["file"] for g in rep["gates"]["results"]} == {a.file for a in m.artifacts}
     assert "gates passed" in res.output
     assert (out / "report.html").is_file()
     for row in rep["rows"]:
-        assert row["size_ratio"] < (0.6 if precision == "fp16" else 0.4)
+        if row["precision"] != "fp32":
+            assert row["size_ratio"] < (0.6 if precision == "fp16" else 0.4)
         if data_key:
             assert rep["baseline"]["accuracy"] - row["accuracy"] <= recipe.gates.max_accuracy_drop
     if precision == "int8":
-        assert all(r["quantized_share"] > 0.9 for r in rep["rows"])
-        assert rep["layers"], "int8 .onnx artifacts carry the per-layer error table"
+        assert all(r["quantized_share"] > 0.9 for r in rep["rows"] if r["precision"] == "int8")
+        if any(r["format"] == "onnx" and r["precision"] != "fp32" for r in rep["rows"]):
+            assert rep["layers"], "int8 .onnx artifacts carry the per-layer error table"
     if name == "prune50-distill-int8":
         assert rep["rows"][0]["params"] < 0.35 * rep["baseline"]["params"]  # channels removed for real
     if name == "tiny":

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.data import Dataset
 from edgekit.onnx_model import io_specs
-from edgekit.report.layers import layer_errors
+from edgekit.quantize.layers import layer_errors
 
 
 def _three_layers(path) -> None:
@@ -94,3 +94,23 @@ def test_an_unquantized_copy_has_no_error_and_unrelated_models_match_nothing(thr
     other.ir_version = 8
     onnx.save(other, tmp_path / "other.onnx")
     assert [e.tensor for e in layer_errors(d / "f.onnx", tmp_path / "other.onnx", Dataset({"x": x}), inputs)] == ["x"]
+
+
+def test_large_activations_shrink_the_batch_and_the_samples(three, monkeypatch):
+    """PP-OCR's detector exposes 281 MB of intermediate tensors per sample: batches and sample counts follow a byte budget."""
+    import edgekit.report.layers as layers
+    from onnxruntime.quantization import QuantFormat
+
+    d, x = three
+    inputs, _ = io_specs(onnx.load(d / "f.onnx"))
+    q = _quantize(d, x, "q_budget.onnx", QuantFormat.QDQ)
+    full = layers.measure_layers(d / "f.onnx", q, Dataset({"x": x}), inputs)
+    assert (full.samples, full.batch) == (128, 32) and full.note(128) is None
+    per_sample = full.sample_bytes
+    monkeypatch.setattr(layers, "BATCH_BYTES", 3 * per_sample)
+    monkeypatch.setattr(layers, "TOTAL_BYTES", 10 * per_sample)
+    small = layers.measure_layers(d / "f.onnx", q, Dataset({"x": x}), inputs)
+    assert (small.samples, small.batch, small.sample_bytes) == (10, 3, per_sample)
+    assert small.errors[0].node == "fc2"  # the same answer from fewer samples
+    assert small.note(128) == (f"intermediate tensors take {per_sample / 2**20:,.0f} MB per sample: measured on 10 of 128 samples, "
+                               f"3 at a time (at most {3 * per_sample // 2**20} MB per batch, {10 * per_sample // 2**30} GB in all)")

@@ -100,7 +100,9 @@ def test_several_plots_share_the_page_without_id_clashes(compare_html):
 
 def test_compress_page_shows_steps_gates_recipe_and_int8_search(digits, tmp_path):
     recipe = tmp_path / "gated.yaml"
-    recipe.write_text("name: gated\nsteps:\n  - int8: {mode: static}\nexport: [onnx]\ngates:\n  max_accuracy_drop: 2.0\n  max_size: 1 MB\n")
+    # objective size: an int8 .onnx whatever this CPU times (the page's per-layer section is about one)
+    recipe.write_text("name: gated\nsteps:\n  - int8: {mode: static}\nexport: [onnx]\nobjective: size\n"
+                      "gates:\n  max_accuracy_drop: 2.0\n  max_size: 1 MB\n")
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["compress", "--recipe", str(recipe), "--data", str(digits["eval"]), "-o", str(out),
                                    str(digits["model"])])

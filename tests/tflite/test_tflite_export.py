@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from device_agent.contract.manifest import load_manifest
 
+from device_agent.contract.manifest import load_manifest
 from device_agent.runtime import OrtBackend, open_backend
 from edgekit.cli.main import cli
 from edgekit.compress import CompressOptions, compress
@@ -446,8 +446,10 @@ def test_a_tflite_that_disagrees_with_its_float_model_fails_naming_the_output(tm
     res = run("compress", "--fp16", "--format", "onnx,tflite", "-o", str(tmp_path / "out"), str(mlp_model))
     assert res.exit_code == 1, res.output
     assert "error: mlp.fp16.tflite does not match mlp.onnx (float source): output 'logits' max abs error" in res.output
-    assert "pass --allow-mismatch to keep it anyway" in res.output
-    assert not (tmp_path / "out").exists()
+    assert f"pass --allow-mismatch to keep it anyway. Still written to {tmp_path / 'out'}: mlp.fp16.onnx" in res.output
+    # the failing format costs only itself: the .onnx is written, checked and listed; no .tflite ships
+    assert [a.file for a in load_manifest(tmp_path / "out", verify_files=True).artifacts] == ["mlp.fp16.onnx"]
+    assert not (tmp_path / "out" / "mlp.fp16.tflite").exists()
 
 
 @pytest.mark.parametrize("after", ["Relu", "Identity"])

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from device_agent.contract.manifest import load_manifest
 from onnx import TensorProto, helper, numpy_helper
 
+from device_agent.contract.manifest import load_manifest
 from edgekit.compress import CompressOptions, compress
 from edgekit.export import ExportOptions, TfliteConfig
 from edgekit.pipeline import StepSpec

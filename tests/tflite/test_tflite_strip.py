@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from device_agent.runtime import open_backend
 from edgekit.compress import CompressOptions, compress
 from edgekit.export import ExportOptions, TfliteConfig

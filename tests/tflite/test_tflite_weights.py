@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from device_agent.manifest import load_manifest
+from device_agent.contract.manifest import load_manifest
 from edgekit.compress import CompressOptions, compress
 from edgekit.evaluate import Latency, Quality
 from edgekit.export.tflite_weights import WeightsCandidate, choose

@@ -3,15 +3,19 @@
 :class:`FleetStore` is everything the collector, ``fleet drift`` and ``fleet status`` need from
 storage, split by who uses it:
 
-- :class:`TelemetrySink` — the ingest path (:mod:`edgekit.monitor.ingest`): device states,
-  telemetry windows (deduplicated on ``(device, seq)``), references, retention;
-- :class:`FleetHistory` — what evaluation and queries read: windows, devices, references;
-- :class:`VerdictStore` — the judged state per feature and the alerts raised.
+- :class:`TelemetrySink` — the ingest path (:mod:`edgekit.monitor.ingest`): device states, job
+  states, rollouts, telemetry windows (deduplicated on ``(device, seq)``; the running totals of
+  :mod:`edgekit.monitor.store.totals` grow with every window stored for the first time),
+  references, retention;
+- :class:`FleetHistory` — what evaluation, queries and ``fleet status`` read: the totals of any
+  span of time per device and model version (:class:`Span`), the devices page, hourly history,
+  jobs and rollouts, references — and, for inspection, the raw windows;
+- :class:`VerdictStore` — the judged state per feature, the alerts raised, each device's verdict.
 
-:class:`edgekit.monitor.store.sqlite.SqliteStore` is the embedded backend. Another backend (a
-server database for a fleet that outgrows one machine) implements the same protocols; keeping
-aggregates incrementally belongs behind :class:`TelemetrySink` and :class:`FleetHistory`, so the
-monitor does not change with it. Implementations must be safe to call from several threads.
+Two backends implement it: :class:`~edgekit.monitor.store.sqlite.SqliteStore` (embedded, one
+file) and :class:`~edgekit.monitor.store.postgres.PostgresStore` (several collectors on several
+hosts); the monitor does not know which one it runs on. Implementations are safe to call from
+several threads.
 """
 
 from __future__ import annotations
@@ -20,15 +24,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from device_agent.manifest import FeatureProfile, Manifest
-from device_agent.protocol import StateMessage, TelemetryMessage
+from device_agent.contract.manifest import FeatureProfile, Manifest
+from device_agent.contract.protocol import JobUpdate, StateMessage, TelemetryMessage
+from edgekit.monitor.store.totals import Totals
 
 __all__ = [
     "ACCURACY",
     "UNKNOWN",
     "Alert",
+    "DeviceQuery",
     "DeviceRecord",
+    "DeviceRow",
+    "DevicePage",
     "DriftState",
+    "HourRow",
+    "JobRecord",
+    "Span",
     "FleetHistory",
     "FleetStore",
     "Reference",
@@ -99,6 +110,101 @@ class DriftState:
 
 
 @dataclass(frozen=True)
+class DeviceRow:
+    """One row of the devices page: the device's state, its latest telemetry, latest job and drift verdict."""
+
+    device: str
+    group: str
+    status: str
+    model: str | None
+    version: str | None
+    artifact: str | None
+    last_seen: float
+    agent_version: str | None
+    requests: int | None = None
+    p95_ms: float | None = None
+    outbox: int | None = None
+    job: str | None = None
+    job_state: str | None = None
+    job_reason: str | None = None
+    drift_level: str | None = None
+    drift: dict[str, Any] | None = None  # the summary of edgekit.monitor.reports.drift_summary
+
+
+@dataclass(frozen=True)
+class DeviceQuery:
+    """Which devices a page shows (every filter optional), by id, from ``offset``, at most ``limit``."""
+
+    group: str | None = None
+    version: str | None = None
+    online: bool | None = None
+    drift: str | None = None  # a verdict level (ok, warn, alert, not_enough_data) or "none": never judged
+    job_state: str | None = None
+    offset: int = 0
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class DevicePage:
+    """A page of devices and how many match the query in all."""
+
+    rows: list[DeviceRow]
+    total: int
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Span:
+    """What one device sent on one model version over a span of time, summed (:class:`Totals`).
+
+    ``start``/``end`` bound the windows summed (minute resolution); ``group`` is the device's group now.
+    """
+
+    device: str
+    group: str
+    model: str
+    version: str
+    totals: Totals
+    start: float | None
+    end: float | None
+
+
+@dataclass(frozen=True)
+class HourRow:
+    """One hour of a device's or group's roll-up (every collector's share summed); ``totals`` for groups only."""
+
+    scope: str
+    name: str
+    model: str
+    version: str
+    hour: float
+    windows: int
+    samples: int
+    requests: int
+    errors: int
+    latency_mean_ms: float | None
+    latency_max_ms: float | None
+    p95_max_ms: float | None
+    labelled: int
+    correct: int
+    totals: Totals | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """The latest state one device reported for one job."""
+
+    device: str
+    job: str
+    state: str
+    reason: str
+    detail: str
+    ota_state: str
+    version: str | None
+    ts: float
+
+
+@dataclass(frozen=True)
 class Alert:
     """One alert; ``payload`` is the message published on the fleet alert topic."""
 
@@ -124,27 +230,56 @@ class TelemetrySink(Protocol):
     """The ingest path: what arrives from the broker (and the operator's references)."""
 
     def record_state(self, msg: StateMessage) -> None:
-        """Keep the device's group, status and model (a missing model keeps the known one)."""
+        """Keep the device's group, status and model (a missing model keeps the known one; an older state changes nothing)."""
+
+    def record_states(self, msgs: Sequence[StateMessage]) -> None:
+        """:meth:`record_state` for many, in one transaction."""
+
+    def record_jobs(self, updates: Sequence[JobUpdate]) -> None:
+        """Keep the latest state per device and job (and each device's latest job), in one transaction."""
+
+    def record_rollout(self, doc: dict[str, Any]) -> None:
+        """Keep (or replace) a rollout as the operator published it (``doc["job"]`` names it)."""
 
     def add_telemetry(self, msg: TelemetryMessage, payload: bytes, *, collector: str = "") -> bool:
         """Store one window as received, tagged with the collector; False when ``(device, seq)`` was already stored."""
 
+    def add_batch(self, items: Sequence[tuple[TelemetryMessage, bytes]], *, collector: str = "") -> list[bool]:
+        """Store windows in one transaction; per window, True when it was stored for the first time.
+
+        Only those windows are added to the running totals and roll-ups (in the same transaction),
+        so a window delivered twice — to this collector or to another on the same database — counts once.
+        """
+
     def add_reference(self, ref: Reference) -> None:
         """Keep (or replace) the reference of ``ref.model`` ``ref.version``."""
 
-    def prune(self, before: float) -> int:
-        """Forget windows that ended, and alerts raised, before ``before``; returns the windows removed."""
+    def prune(self, before: float, *, raw_before: float | None = None, minutes_before: float | None = None) -> int:
+        """Forget what is older than the retention; returns the raw windows removed.
+
+        ``before``: roll-ups and alerts; ``raw_before`` (default ``before``): raw windows, and running
+        totals beyond hourly resolution; ``minutes_before``: running totals thinned to one row an hour.
+        """
+
+    def renew(self) -> None:
+        """Renew this process's writer lease (an idle collector keeps its slot; see :mod:`edgekit.monitor.store.writer`)."""
 
 
 class FleetHistory(Protocol):
-    """What evaluation, ``fleet drift`` and drift queries read."""
+    """What evaluation, ``fleet drift``, ``fleet status`` and queries read."""
 
-    def telemetry(self, *, device: str | None = None, group: str | None = None, since: float | None = None,
-                  model: str | None = None, version: str | None = None, collector: str | None = None) -> list[TelemetryMessage]:
-        """Windows matching every given filter, oldest first (``since`` applies to the window's end)."""
+    @property
+    def store_id(self) -> str:
+        """This database's id: collectors that share one answer a query once."""
 
-    def recent(self, device: str, model: str, version: str, *, samples: int, since: float) -> list[TelemetryMessage]:
-        """The newest windows of one device and model version, newest first, until ``samples`` rows are covered."""
+    def spans(self, *, device: str | None = None, group: str | None = None, since: float,
+              until: float | None = None) -> list[Span]:
+        """Per device and model version (of ``device``, of the devices now in ``group``, or all), what was sent since
+        ``since`` (until ``until``, default: everything); only spans with windows or labels. Minute resolution."""
+
+    def recent_span(self, device: str, model: str, version: str, *, samples: int, since: float) -> Span | None:
+        """The newest minutes of one device and model version summed, back until ``samples`` rows are covered
+        (or ``since``); None when nothing was sent since ``since``."""
 
     def version_history(self, device: str) -> list[tuple[str, str, float]]:
         """(model, version, first window start) per model version the device reported, oldest first."""
@@ -152,8 +287,23 @@ class FleetHistory(Protocol):
     def devices(self, *, group: str | None = None) -> list[DeviceRecord]:
         """Every known device (of ``group``), by id."""
 
+    def groups(self) -> list[str]:
+        """Every group some device is in, sorted."""
+
     def device(self, device: str) -> DeviceRecord | None:
         """One device, or None when it never reported."""
+
+    def device_page(self, query: DeviceQuery) -> DevicePage:
+        """The devices page: every field ``fleet status`` shows, filtered and paged by ``query``."""
+
+    def hours(self, *, scope: str, name: str | None = None, since: float, until: float | None = None) -> list[HourRow]:
+        """Hourly roll-ups of devices or groups (``scope``), of ``name`` or all, oldest first."""
+
+    def jobs(self, *, job: str | None = None, device: str | None = None) -> list[JobRecord]:
+        """The latest state per device and job, by device then time."""
+
+    def rollouts(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        """Rollouts as the operator published them (waves, outcomes, abort reason), newest first."""
 
     def reference(self, model: str, version: str) -> Reference | None:
         """The reference of one model version, or None when none was registered."""
@@ -161,9 +311,15 @@ class FleetHistory(Protocol):
     def references(self) -> list[tuple[str, str]]:
         """(model, version) of every registered reference, sorted."""
 
+    def telemetry(self, *, device: str | None = None, group: str | None = None, since: float | None = None,
+                  model: str | None = None, version: str | None = None, collector: str | None = None) -> list[TelemetryMessage]:
+        """Raw windows still kept (``raw_retention_s``) matching every filter, oldest first (``since``: the window's end).
+
+        For inspection: evaluation, reports and queries read :meth:`spans`."""
+
 
 class VerdictStore(Protocol):
-    """The last verdict per (scope, name, model, version, feature) and every alert raised."""
+    """The last verdict per (scope, name, model, version, feature), every alert raised, each device's verdict."""
 
     def drift_state(self, scope: str, name: str, model: str, version: str) -> dict[str, DriftState]:
         """The stored verdicts of one device or group on one model version, by feature."""
@@ -173,6 +329,18 @@ class VerdictStore(Protocol):
 
     def set_drift_state(self, scope: str, name: str, model: str, version: str, states: Sequence[DriftState]) -> None:
         """Replace these features' verdicts, all or none."""
+
+    def drift_states(self, keys: Sequence[tuple[str, str, str, str]]) -> dict[tuple[str, str, str, str], dict[str, DriftState]]:
+        """:meth:`drift_state` of many (scope, name, model, version) at once (keys without verdicts are left out)."""
+
+    def set_drift_states(self, items: Sequence[tuple[tuple[str, str, str, str], Sequence[DriftState]]]) -> None:
+        """:meth:`set_drift_state` of many, in one transaction."""
+
+    def set_device_drift(self, device: str, summary: dict[str, Any] | None) -> None:
+        """Keep the device's verdict as ``fleet status`` shows it (:func:`edgekit.monitor.reports.drift_summary`)."""
+
+    def set_device_drifts(self, items: Sequence[tuple[str, dict[str, Any] | None]]) -> None:
+        """:meth:`set_device_drift` of many, in one transaction."""
 
     def add_alert(self, payload: dict[str, Any], *, ts: float | None = None) -> Alert:
         """Keep an alert message (:func:`edgekit.monitor.alerts.alert_payload`); ``ts`` defaults to now."""

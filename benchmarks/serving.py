@@ -1,0 +1,230 @@
+"""Serving (issue 17): the agent against FastAPI + uvicorn (uvloop, httptools) + orjson, around the same
+int8 .ort with the same threads, one process each, under wrk — and the agent's bounds under abuse.
+
+    python benchmarks/serving.py                 # ~25 minutes; models built (and cached) as benchmarks/agent.py does
+    python benchmarks/serving.py --long          # memory flatness over 1,000,000 requests instead of 200,000
+    python benchmarks/serving.py --only cells --models digits --duration 5 --rounds 2 --json out.json
+
+Cells: digits CNN and MobileNetV2 × JSON and .npy bodies × 1, 4 and 16 keep-alive connections. The agent
+runs as deployed (``edgekit-agent run``: validation, telemetry to a local Mosquitto when one is installed,
+feedback log, metrics); the baseline serves the same endpoint written two ways (inline ``async def``, and
+on FastAPI's thread pool) and counts as the faster of the two in each round. Rounds interleave the
+servers in alternating order; the medians over rounds are compared. Throughput counts 2xx answers only.
+
+Targets, each printed PASS or FAIL:
+  throughput ≥ 1.0x the baseline in every cell, p99 ≤ the baseline's;
+  RSS ≤ 150 MB under 16 concurrent JSON clients on MobileNetV2 for 60 s;
+  memory flat: ≤ 10 MB growth after a 100,000-request warm-up (to 200,000; --long: 1,000,000);
+  V2 over tritonclient.http, binary tensors, MobileNetV2: round trip ≤ 0.5 ms over raw onnxruntime;
+  200 slow clients (a header line every 10 s) + 16 connections of traffic for 30 s: ≥ 99 % 2xx, every /healthz ≤ 1 s;
+  a 1 MB .npz holding 2**28 float32 zeros: a 4xx within 50 ms, RSS growth < 20 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+from agent import digits_model, mobilenet_model, start_broker  # noqa: E402 - benchmarks/agent.py builds the models
+from serving_abuse import bomb, memory_over_requests, peak_rss_under_load, slow_clients  # noqa: E402
+from serving_load import Server, ensure_wrk, start_agent, start_baseline, wrk  # noqa: E402
+
+CONNECTIONS = (1, 4, 16)
+
+
+def bodies(x: np.ndarray) -> dict[str, tuple[bytes, str]]:
+    buf = io.BytesIO()
+    np.save(buf, x)
+    return {"json": (json.dumps({"inputs": {"x": x.tolist()}}).encode(), "application/json"), "npy": (buf.getvalue(), "application/x-npy")}
+
+
+def cell(agent: Server, base: Server, body: bytes, ctype: str, *, connections: int, seconds: float, rounds: int) -> dict[str, float]:
+    """One cell: the agent and the baseline's two endpoints in interleaved rounds; medians over rounds."""
+    urls = {"agent": f"http://127.0.0.1:{agent.port}/v1/predict", "async": f"http://127.0.0.1:{base.port}/v1/predict",
+            "threaded": f"http://127.0.0.1:{base.port}/threaded/v1/predict"}
+    got: dict[str, list] = {k: [] for k in urls}
+    for r in range(rounds):
+        for name in (list(urls) if r % 2 == 0 else list(urls)[::-1]):
+            got[name].append(wrk(urls[name], body, ctype, connections=connections, seconds=seconds, timeout_s=60))
+    best = [max(a, t, key=lambda x: x.ok_per_s) for a, t in zip(got["async"], got["threaded"], strict=True)]
+    agent_tput = statistics.median(x.ok_per_s for x in got["agent"])
+    base_tput = statistics.median(x.ok_per_s for x in best)
+    return {"agent_per_s": agent_tput, "baseline_per_s": base_tput, "ratio": agent_tput / base_tput,
+            "agent_p99_ms": statistics.median(x.p99_ms for x in got["agent"]), "baseline_p99_ms": statistics.median(x.p99_ms for x in best),
+            "agent_p50_ms": statistics.median(x.p50_ms for x in got["agent"]), "baseline_p50_ms": statistics.median(x.p50_ms for x in best),
+            "agent_failed": float(sum(x.failed for x in got["agent"])),
+            "baseline_async_per_s": statistics.median(x.ok_per_s for x in got["async"]),
+            "baseline_threaded_per_s": statistics.median(x.ok_per_s for x in got["threaded"])}
+
+
+def v2_round_trip(agent: Server, model_dir: Path, x: np.ndarray, *, threads: int, runs: int = 300) -> dict[str, float]:
+    """tritonclient.http with binary tensors against the agent vs ``InferenceSession.run`` on the same .ort, interleaved."""
+    import onnxruntime as ort
+    import tritonclient.http as th
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(next(model_dir.glob("*.ort"))), opts, providers=["CPUExecutionProvider"])
+    client = th.InferenceServerClient(f"127.0.0.1:{agent.port}")
+    name = client.get_model_metadata(json.loads((model_dir / "edgekit.json").read_text())["name"])["name"]
+    inp = th.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    out = [th.InferRequestedOutput("logits", binary_data=True)]
+    fns = {"raw": lambda: sess.run(None, {"x": x}), "v2": lambda: client.infer(name, [inp], outputs=out)}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():
+        for _ in range(20):
+            f()
+    for block in range(runs // 20):
+        for k, f in (fns.items() if block % 2 == 0 else list(fns.items())[::-1]):
+            for _ in range(20):
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+    client.close()
+    raw, v2 = statistics.median(times["raw"]) * 1000, statistics.median(times["v2"]) * 1000
+    return {"raw_p50_ms": raw, "v2_p50_ms": v2, "overhead_ms": v2 - raw}
+
+
+def run(args: argparse.Namespace) -> dict[str, dict]:
+    from device_agent.runtime import default_threads
+
+    threads = args.threads or default_threads()
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    ensure_wrk()
+    broker_proc, broker = start_broker(work)
+    results: dict[str, dict] = {"setup": {"threads": threads, "telemetry": "to Mosquitto" if broker else "off (no broker)",
+                                          "duration_s": args.duration, "rounds": args.rounds, "cpus": os.cpu_count()}}
+    try:
+        models = {"digits": digits_model, "mobilenetv2": mobilenet_model}
+        for name in args.models.split(","):
+            model_dir, x = models[name](work)
+            results.update(_model(name, model_dir, x, args, threads=threads, broker=broker, work=work))
+        if "abuse" in args.only:
+            results.update(_abuse(args, work, threads=threads, broker=broker))
+    finally:
+        if broker_proc is not None:
+            broker_proc.terminate()
+            broker_proc.wait(10)
+    return results
+
+
+def _model(name: str, model_dir: Path, x: np.ndarray, args: argparse.Namespace, *, threads: int, broker: str, work: Path) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    agent = start_agent(model_dir, work, threads=threads, broker=broker)
+    try:
+        if "cells" in args.only:
+            base = start_baseline(next(model_dir.glob("*.ort")), threads=threads)
+            try:
+                for kind, (body, ctype) in bodies(x).items():
+                    for c in CONNECTIONS:
+                        r = cell(agent, base, body, ctype, connections=c, seconds=args.duration, rounds=args.rounds)
+                        out[f"{name} {kind} c={c}"] = r
+                        print(f"  {name:12} {kind:4} c={c:<2}  agent {r['agent_per_s']:8.1f}/s p99 {r['agent_p99_ms']:8.2f} ms   "
+                              f"baseline {r['baseline_per_s']:8.1f}/s p99 {r['baseline_p99_ms']:8.2f} ms   x{r['ratio']:.2f}", flush=True)
+            finally:
+                base.stop()
+        if name == "mobilenetv2" and "v2" in args.only:
+            out["v2 tritonclient binary (mobilenetv2)"] = v2_round_trip(agent, model_dir, x, threads=threads)
+    finally:
+        agent.stop()
+    if name == "mobilenetv2" and "memory" in args.only:
+        fresh = start_agent(model_dir, work, threads=threads, broker=broker)
+        try:
+            body, ctype = bodies(x)["json"]
+            out["rss 16 JSON clients 60 s (mobilenetv2)"] = peak_rss_under_load(fresh, body, ctype, connections=16, seconds=args.rss_seconds)
+        finally:
+            fresh.stop()
+    return out
+
+
+def _abuse(args: argparse.Namespace, work: Path, *, threads: int, broker: str) -> dict[str, dict]:
+    from tests.agent.agent_helpers import bomb_npz
+
+    model_dir, x = digits_model(work)
+    body, ctype = bodies(x)["npy"]
+    out: dict[str, dict] = {}
+    agent = start_agent(model_dir, work, threads=threads, broker=broker)
+    try:
+        out["slow clients"] = slow_clients(agent, body, ctype)
+        out["decompression bomb"] = bomb(agent, bomb_npz("x", (1 << 28,)))
+    finally:
+        agent.stop()
+    agent = start_agent(model_dir, work, threads=threads, broker=broker)
+    try:
+        total = 1_000_000 if args.long else 200_000
+        print(f"  memory over {total:,} requests (digits, .npy, 16 connections):", flush=True)
+        out["memory flat (digits)"] = memory_over_requests(agent, body, ctype, warmup=100_000, total=total)
+    finally:
+        agent.stop()
+    return out
+
+
+def verdicts(results: dict[str, dict]) -> list[tuple[str, str, bool]]:
+    """(what, measured, PASS?) for every target measured."""
+    out = []
+    for key, r in results.items():
+        if "c=" in key:
+            out.append((f"{key}: throughput ≥ 1.0x baseline", f"x{r['ratio']:.2f} ({r['agent_per_s']:.1f} vs {r['baseline_per_s']:.1f}/s)",
+                        r["ratio"] >= 1.0 and r["agent_failed"] == 0))
+            out.append((f"{key}: p99 ≤ baseline's", f"{r['agent_p99_ms']:.2f} vs {r['baseline_p99_ms']:.2f} ms",
+                        r["agent_p99_ms"] <= r["baseline_p99_ms"]))
+        elif key.startswith("rss"):
+            out.append((f"{key}: peak RSS ≤ 150 MB", f"{r['peak_rss_mb']:.0f} MB ({r['ok_per_s']:.1f}/s, {r['failed']:.0f} failed)",
+                        r["peak_rss_mb"] <= 150 and r["failed"] == 0))
+        elif key.startswith("memory"):
+            out.append((f"{key}: growth ≤ 10 MB after {r['warmup_requests']:,.0f} requests",
+                        f"{r['growth_mb']:+.1f} MB over {r['requests']:,.0f} requests", r["growth_mb"] <= 10))
+        elif key.startswith("v2"):
+            out.append((f"{key}: overhead ≤ 0.5 ms", f"{r['overhead_ms']:.3f} ms ({r['v2_p50_ms']:.2f} vs {r['raw_p50_ms']:.2f} ms)",
+                        r["overhead_ms"] <= 0.5))
+        elif key == "slow clients":
+            out.append(("200 slow clients: ≥ 99 % of normal requests 2xx", f"{r['ok_share_pct']:.2f} % of {r['requests']:,.0f}",
+                        r["ok_share_pct"] >= 99))
+            out.append(("200 slow clients: every /healthz within 1 s", f"{r['probe_failures']:.0f} of {r['probes']:.0f} late or failed "
+                        f"(max {r['probe_max_ms']:.0f} ms)", r["probe_failures"] == 0 and r["probes"] > 0))
+        elif key == "decompression bomb":
+            out.append(("bomb: a 4xx within 50 ms", f"{r['status']:.0f} in {r['ms_max']:.1f} ms (median {r['ms_median']:.1f})",
+                        bool(r["all_4xx"]) and r["ms_max"] <= 50))
+            out.append(("bomb: RSS growth < 20 MB", f"{r['rss_growth_mb']:.1f} MB", r["rss_growth_mb"] < 20))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "edgekit-bench-serve", help="model cache")
+    ap.add_argument("--models", default="digits,mobilenetv2")
+    ap.add_argument("--only", default="cells,memory,v2,abuse", help="comma-separated: cells, memory, v2, abuse")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run in a cell")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rss-seconds", type=float, default=60.0)
+    ap.add_argument("--threads", type=int, default=0, help="inference threads (0: min(4, cpus))")
+    ap.add_argument("--long", action="store_true", help="memory flatness over 1,000,000 requests")
+    ap.add_argument("--json", type=Path, help="also write the results as JSON")
+    args = ap.parse_args(argv)
+    results = run(args)
+    checks = verdicts(results)
+    s = results["setup"]
+    print(f"\nedgekit serving benchmark — {s['threads']} inference thread(s), {s['cpus']} CPU(s), telemetry {s['telemetry']}, "
+          f"{s['rounds']} rounds of {s['duration_s']:g} s per cell")
+    for what, measured, ok in checks:
+        print(f"  {'PASS' if ok else 'FAIL'}  {what:70} {measured}")
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "verdicts": [list(c) for c in checks]}, indent=2))
+    return 0 if all(ok for _, _, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The fleet store past one machine: PostgreSQL (``--db postgresql://user@host:5432/fleet``), psycopg 3 and a connection pool.
+
+Several collectors on several hosts share one database (and one MQTT shared subscription): raw
+inserts are idempotent on ``(device, seq)`` and only the insert that won adds the window to the
+running totals, each collector under its own writer slot (:mod:`edgekit.monitor.store.writer`), so
+nothing is counted twice and collectors never wait for each other's rows.
+
+Raw windows are partitioned by day (declarative range partitions on ``window_end``, one table per
+UTC day, created ahead and on demand); retention drops whole partitions, so a day of raw windows
+goes at once, without a ``DELETE`` or the vacuum it would need. A partition goes as soon as it
+begins before the raw retention's cut, so the disk never holds more than the retention: with the
+default day, between a few minutes (just after midnight UTC) and 24 hours of raw windows. (Running
+totals and roll-ups are unaffected: reports and verdicts never read raw windows.) The schema is versioned
+(:mod:`edgekit.monitor.store.schema`); concurrent collectors migrate one at a time (an advisory lock).
+"""
+
+from __future__ import annotations
+
+import calendar
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from edgekit.errors import InputError
+from edgekit.monitor.store.db import POSTGRES, Db
+from edgekit.monitor.store.maintenance import migrate, prune_aggregates, record_pruned
+from edgekit.monitor.store.schema import POSTGRES as STEPS
+from edgekit.monitor.store.sql import SqlStore
+
+__all__ = ["PostgresStore"]
+
+DAY = 86400
+#: serialises schema migrations between processes
+_MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(7224151)"
+
+
+def _needs() -> Any:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError:
+        raise InputError("a postgresql:// fleet database needs the postgres extra (psycopg 3): pip install 'edgekit[postgres]'") from None
+    return psycopg, psycopg_pool
+
+
+def shown(url: str) -> str:
+    """``url`` without its password (for messages)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    if u.password is None:
+        return url
+    return u._replace(netloc=u.netloc.replace(f":{u.password}@", ":***@")).geturl()
+
+
+class PostgresStore(SqlStore):
+    """The server store (see the module docs).
+
+    Args:
+        url: ``postgresql://user[:password]@host[:port]/database`` (libpq's other parameters as query arguments).
+        holder: this process's name in the writer leases.
+        max_connections: the pool's size (ingest, evaluation and queries each take one).
+    """
+
+    def __init__(self, url: str, *, holder: str | None = None, max_connections: int = 6) -> None:
+        super().__init__(POSTGRES, holder=holder)
+        psycopg, psycopg_pool = _needs()
+        self.url = url
+        self.where = shown(url)
+        self._psycopg = psycopg
+        self._days: set[int] = set()
+        self._days_lock = threading.Lock()
+        try:
+            psycopg.connect(url, connect_timeout=10).close()  # fail at once, with the server's word, rather than after the pool's retries
+            self._pool = psycopg_pool.ConnectionPool(url, min_size=1, max_size=max_connections, kwargs={"autocommit": True},
+                                                     open=True, timeout=30, name="edgekit-fleet")
+            self._pool.wait(timeout=15)
+            migrate(self._write, STEPS, where=self.where, lock=_MIGRATION_LOCK)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
+            self._close_pool()
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"cannot use the fleet database {self.where}: {first}; check --db and that PostgreSQL runs there") from None
+        today = int(time.time() // DAY)
+        self._ensure_days({today, today + 1})
+
+    # --- connections -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Db]:
+        with self._pool.connection() as conn, conn.transaction():
+            yield Db(conn, POSTGRES)
+
+    @contextmanager
+    def _read(self) -> Iterator[Db]:
+        with self._pool.connection() as conn:
+            yield Db(conn, POSTGRES)
+
+
+    def close(self) -> None:
+        self._close_pool()
+
+    def _close_pool(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.close()
+
+    # --- raw windows: day partitions --------------------------------------------------------------------
+
+    def _before_insert(self, rows: list[tuple[Any, ...]]) -> None:
+        self._ensure_days({int(r[5] // DAY) for r in rows})
+
+    def _ensure_days(self, days: set[int]) -> None:
+        with self._days_lock:
+            missing = days - self._days
+        for day in sorted(missing):
+            name = time.strftime("telemetry_p%Y%m%d", time.gmtime(day * DAY))
+            try:
+                with self._pool.connection() as conn:
+                    conn.execute(f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF telemetry FOR VALUES FROM ({day * DAY}) TO ({(day + 1) * DAY})")
+            except (self._psycopg.errors.DuplicateTable, self._psycopg.errors.InvalidObjectDefinition,
+                    self._psycopg.errors.UniqueViolation):
+                pass  # another collector created it at the same moment
+            with self._days_lock:
+                self._days.add(day)
+
+    def _insert_raw(self, db: Db, rows: list[tuple[Any, ...]]) -> list[bool]:
+        if not rows:
+            return []
+        values = ",".join(["(?,?,?,?,?,?)"] * len(rows))
+        won = {(d, int(s)) for d, s in db.rows(
+            f"INSERT INTO telemetry (device, seq, window_end, collector, stored, payload) VALUES {values} ON CONFLICT DO NOTHING "
+            "RETURNING device, seq", [x for r in rows for x in (r[0], r[1], r[5], r[10], r[12], r[11])])}
+        out = []
+        for r in rows:
+            key = (r[0], int(r[1]))
+            out.append(key in won)
+            won.discard(key)  # a repeat inside the batch is not new
+        return out
+
+    def partitions(self) -> list[tuple[str, int]]:
+        """(table, first day) of every raw-window partition, oldest first."""
+        with self._read() as db:
+            rows = db.rows("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                           "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'telemetry' ORDER BY c.relname")
+        return [(str(name), calendar.timegm(time.strptime(name[len("telemetry_p"):], "%Y%m%d")) // DAY) for (name,) in rows]
+
+    # --- retention -------------------------------------------------------------------------------------
+
+    def prune(self, before: float, *, raw_before: float | None = None, minutes_before: float | None = None) -> int:
+        raw_before = before if raw_before is None else raw_before
+        removed = 0
+        with self._pool.connection() as lock:  # a session lock: one collector prunes at a time
+            got = lock.execute("SELECT pg_try_advisory_lock(7224152)").fetchone()
+            if not (got and got[0]):
+                return 0
+            try:
+                for name, day in self.partitions():
+                    if day * DAY >= raw_before:
+                        continue  # a partition goes once it *begins* before the cut: never more than the retention on disk
+                    with self._write() as db:
+                        record_pruned(db, name, (day + 1) * DAY)
+                        row = db.one(f"SELECT COUNT(*) FROM {name}")
+                        removed += int(row[0]) if row else 0
+                        db.run(f"DROP TABLE {name}")
+                    with self._days_lock:
+                        self._days.discard(day)
+                prune_aggregates(self._write, before=before, raw_before=raw_before,
+                                 minutes_before=raw_before if minutes_before is None else max(minutes_before, raw_before))
+            finally:
+                lock.execute("SELECT pg_advisory_unlock(7224152)")
+        with self._lock:
+            self._groups.clear()
+            self._pruned.clear()
+        today = int(time.time() // DAY)
+        self._ensure_days({today, today + 1})
+        return removed

@@ -1,0 +1,141 @@
+# layout: table
+"""The fleet store's schema, per backend, as numbered migrations (applied in order, recorded in ``schema_version``).
+
+Version 1 of SQLite is the layout fleet databases had before versions were recorded: a file
+without ``schema_version`` gets it and goes on from 2 (the scale tables, and a backfill of the
+running totals from the windows it holds: :mod:`edgekit.monitor.store.migrate`). PostgreSQL
+starts at 2 with the same tables; its raw windows are partitioned by day.
+
+Tables (both backends):
+
+- ``devices``     last known state per device, and what ``fleet status`` shows: latest telemetry
+                  (requests, p95, outbox), latest job, the drift verdict; ``pruned_seq`` is the
+                  highest sequence number whose raw window was dropped (a later repeat is no news)
+- ``telemetry``   raw windows as received (:mod:`edgekit.monitor.store.codec`), unique per
+                  ``(device, seq)``, kept ``raw_retention_s``, with when they were stored; SQLite's
+                  also repeats some fields of the message as columns (its earlier layout),
+                  PostgreSQL's keeps the key columns only (a raw window is most of the disk)
+- ``series``      one per (device, model, version, writer): the feature layout of its totals, the
+                  start of its first window (the device's version history) and, once older rows were
+                  pruned, ``floor``: the minute of its oldest row, the base every older span starts from
+- ``totals``      running totals per series and minute (:mod:`edgekit.monitor.store.totals`):
+                  everything up to that minute; ``lo``/``hi`` span the windows of the minute itself
+- ``rollups``     hourly sums per (scope, name, model, version, writer), kept ``retention_s``:
+                  devices' counts and latency, groups' also with their feature totals
+- ``writers``     leases: a collector writes totals and roll-ups only under the slot it holds
+- ``refs``, ``drift_state``, ``alerts``   references, verdicts, alerts (as before)
+- ``jobs``, ``rollouts``   the latest state per device and job; rollouts as the operator published them
+- ``meta``        ``store_id``: collectors sharing a database answer queries once
+"""
+
+from __future__ import annotations
+
+__all__ = ["LATEST", "POSTGRES", "SQLITE"]
+
+LATEST = 2
+
+_SQLITE_1 = """
+CREATE TABLE IF NOT EXISTS devices (
+    device TEXT PRIMARY KEY, grp TEXT NOT NULL DEFAULT 'default', status TEXT NOT NULL DEFAULT 'unknown',
+    model TEXT, version TEXT, artifact TEXT, last_seen REAL NOT NULL, agent_version TEXT);
+CREATE TABLE IF NOT EXISTS telemetry (
+    device TEXT NOT NULL, seq INTEGER NOT NULL, boot INTEGER NOT NULL, ts REAL NOT NULL,
+    window_start REAL NOT NULL, window_end REAL NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL,
+    samples INTEGER NOT NULL, requests INTEGER NOT NULL, collector TEXT NOT NULL, payload TEXT NOT NULL,
+    PRIMARY KEY (device, seq));
+CREATE INDEX IF NOT EXISTS telemetry_by_end ON telemetry (window_end);
+CREATE INDEX IF NOT EXISTS telemetry_by_device ON telemetry (device, model, version, window_end);
+CREATE TABLE IF NOT EXISTS refs (
+    model TEXT NOT NULL, version TEXT NOT NULL, features TEXT NOT NULL, accuracy TEXT NOT NULL, source TEXT NOT NULL,
+    registered REAL NOT NULL, PRIMARY KEY (model, version));
+CREATE TABLE IF NOT EXISTS drift_state (
+    scope TEXT NOT NULL, name TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL, feature TEXT NOT NULL,
+    level TEXT NOT NULL, since REAL NOT NULL, updated REAL NOT NULL, psi REAL,
+    PRIMARY KEY (scope, name, model, version, feature));
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, kind TEXT NOT NULL, scope TEXT NOT NULL, name TEXT NOT NULL,
+    model TEXT NOT NULL, version TEXT NOT NULL, level TEXT NOT NULL, payload TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS alerts_by_name ON alerts (scope, name, ts);
+"""
+
+_DEVICE_COLUMNS = [
+    ("boot", "INTEGER"), ("state_seq", "INTEGER"), ("tel_boot", "INTEGER"), ("tel_seq", "INTEGER"), ("requests", "INTEGER"),
+    ("p95_ms", "REAL"), ("outbox", "INTEGER"), ("job", "TEXT"), ("job_state", "TEXT"), ("job_reason", "TEXT"), ("job_ts", "REAL"),
+    ("drift_level", "TEXT"), ("drift", "TEXT"), ("pruned_seq", "INTEGER"),
+]
+
+_SCALE_TABLES = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE writers (slot INTEGER PRIMARY KEY, holder TEXT NOT NULL, heartbeat REAL NOT NULL);
+CREATE TABLE series (
+    id {serial} PRIMARY KEY, device TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL, writer INTEGER NOT NULL,
+    layout TEXT NOT NULL, first_start {real}, floor BIGINT, UNIQUE (device, model, version, writer));
+CREATE INDEX series_by_device ON series (device);
+CREATE TABLE totals (
+    series INTEGER NOT NULL, minute BIGINT NOT NULL, windows BIGINT NOT NULL, samples BIGINT NOT NULL,
+    lo {real} NOT NULL, hi {real} NOT NULL, data {blob} NOT NULL, PRIMARY KEY (series, minute)){without_rowid}{fill};
+CREATE TABLE rollups (
+    scope TEXT NOT NULL, name TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL, hour BIGINT NOT NULL, writer INTEGER NOT NULL,
+    windows BIGINT NOT NULL, samples BIGINT NOT NULL, requests BIGINT NOT NULL, errors BIGINT NOT NULL, lat_count BIGINT NOT NULL,
+    lat_sum {real} NOT NULL, lat_max {real}, p95_max {real}, labelled BIGINT NOT NULL, correct BIGINT NOT NULL,
+    layout TEXT, data {blob}, PRIMARY KEY (scope, name, model, version, hour, writer)){fill_hour};
+CREATE INDEX rollups_by_hour ON rollups (hour);
+CREATE TABLE jobs (
+    device TEXT NOT NULL, job TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL, ota_state TEXT NOT NULL,
+    version TEXT, ts {real} NOT NULL, boot INTEGER NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (device, job));
+CREATE INDEX jobs_by_job ON jobs (job);
+CREATE TABLE rollouts (job TEXT PRIMARY KEY, ts {real} NOT NULL, doc TEXT NOT NULL);
+"""
+
+_SQLITE_TYPES = {"serial": "INTEGER", "real": "REAL", "blob": "BLOB", "without_rowid": " WITHOUT ROWID", "fill": "", "fill_hour": ""}
+# rows rewritten with every batch (the newest totals, devices): room in each page for the new version of a row (a
+# heap-only update: no index entry, the old version reclaimed within the page); roll-ups only during their hour
+_PG_TYPES = {"serial": "BIGINT GENERATED BY DEFAULT AS IDENTITY", "real": "DOUBLE PRECISION", "blob": "BYTEA", "without_rowid": "",
+             "fill": " WITH (fillfactor = 70)", "fill_hour": " WITH (fillfactor = 90)"}
+
+
+def _sqlite_2() -> list[str]:
+    return ([f"ALTER TABLE devices ADD COLUMN {name} {kind}" for name, kind in _DEVICE_COLUMNS]
+            + ["ALTER TABLE telemetry ADD COLUMN stored REAL",
+               "DROP INDEX IF EXISTS telemetry_by_device",  # device drift reads running totals now, not raw windows
+               *[s for s in _SCALE_TABLES.format(**_SQLITE_TYPES).split(";") if s.strip()],
+               "CREATE INDEX devices_by_group ON devices (grp)"])
+
+
+_PG_2 = f"""
+CREATE TABLE devices (
+    device TEXT PRIMARY KEY, grp TEXT NOT NULL DEFAULT 'default', status TEXT NOT NULL DEFAULT 'unknown',
+    model TEXT, version TEXT, artifact TEXT, last_seen DOUBLE PRECISION NOT NULL, agent_version TEXT,
+    {", ".join(f"{n} {'BIGINT' if k == 'INTEGER' else 'DOUBLE PRECISION' if k == 'REAL' else k}" for n, k in _DEVICE_COLUMNS)})
+    WITH (fillfactor = 70);
+CREATE INDEX devices_by_group ON devices (grp);
+CREATE TABLE telemetry (
+    device TEXT NOT NULL, seq BIGINT NOT NULL, window_end DOUBLE PRECISION NOT NULL, collector TEXT NOT NULL,
+    stored DOUBLE PRECISION NOT NULL, payload BYTEA NOT NULL,
+    PRIMARY KEY (device, seq, window_end)) PARTITION BY RANGE (window_end);
+CREATE TABLE refs (
+    model TEXT NOT NULL, version TEXT NOT NULL, features TEXT NOT NULL, accuracy TEXT NOT NULL, source TEXT NOT NULL,
+    registered DOUBLE PRECISION NOT NULL, PRIMARY KEY (model, version));
+CREATE TABLE drift_state (
+    scope TEXT NOT NULL, name TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL, feature TEXT NOT NULL,
+    level TEXT NOT NULL, since DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL, psi DOUBLE PRECISION,
+    PRIMARY KEY (scope, name, model, version, feature));
+CREATE TABLE alerts (
+    id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL, scope TEXT NOT NULL,
+    name TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL, level TEXT NOT NULL, payload TEXT NOT NULL);
+CREATE INDEX alerts_by_name ON alerts (scope, name, ts);
+CREATE INDEX alerts_by_ts ON alerts (ts);
+{_SCALE_TABLES.format(**_PG_TYPES)}
+"""
+
+#: version -> (description, statements) for SQLite
+SQLITE: dict[int, tuple[str, list[str]]] = {
+    1: ("the fleet database before versions were recorded", [s for s in _SQLITE_1.split(";") if s.strip()]),
+    2: ("running totals, hourly roll-ups, writer leases, jobs, rollouts; devices carry what fleet status shows", _sqlite_2()),
+}
+
+#: version -> (description, statements) for PostgreSQL (version 1 never existed there)
+POSTGRES: dict[int, tuple[str, list[str]]] = {
+    2: ("the fleet store: raw windows partitioned by day, running totals, hourly roll-ups, leases, jobs, rollouts",
+        [s for s in _PG_2.split(";") if s.strip()]),
+}

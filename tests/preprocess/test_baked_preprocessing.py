@@ -1,0 +1,97 @@
+"""Image preprocessing baked into the artifacts, checked against Pillow on real photos (scikit-image's bundled images)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from device_agent.contract.manifest import load_manifest
+from device_agent.runtime.model import load_model
+from edgekit.compress import compress
+from edgekit.errors import DataError
+from edgekit.onnx_model import io_specs
+from edgekit.options import CompressOptions
+from edgekit.preprocess.bake import bake
+from edgekit.preprocess.pillow import fit_raw, reference_input
+from edgekit.preprocess.spec import ImageSpec
+
+skdata = pytest.importorskip("skimage.data")
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina")
+NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def _photos() -> dict[str, np.ndarray]:
+    return {n: getattr(skdata, n)()[..., :3] for n in PHOTOS}
+
+
+def _cnn(size: int = 32, classes: int = 5, seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((8, classes))).astype(np.float32), "fc")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"), helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"), helper.make_node("MatMul", ["f", "fc"], ["logits"], name="fc")]
+    g = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+@pytest.mark.parametrize("raw_size", [None, (480, 640)])
+def test_the_baked_ops_match_pillow_within_one_pixel_level_on_photos(interpolation, raw_size):
+    model = _cnn(224)
+    spec = ImageSpec.from_dict({"resize_short": 256, "center_crop": [224, 224], "interpolation": interpolation, **NORM,
+                                "raw_size": list(raw_size) if raw_size else None})
+    baked = bake(model, spec, io_specs(model)[0])
+    sess = ort.InferenceSession(baked.preprocess.SerializeToString(), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for img in _photos().values():
+        raw = fit_raw(img, raw_size) if raw_size else img  # any size: each photo at its own size
+        got = sess.run(None, {"x": raw[None]})[0][0]
+        want = reference_input(raw, baked.spec)
+        worst = max(worst, float((np.abs(got - want) * np.array(NORM["std"]).reshape(3, 1, 1) * 255).max()))
+    if interpolation == "nearest" and raw_size is None:
+        assert worst <= 255  # Pillow's tie-breaking is not replayed at any size: documented
+    else:
+        assert worst <= 1.0 + 1e-3
+    if interpolation == "nearest" and raw_size is not None:
+        assert worst < 1e-3  # Pillow's own sampling, replayed exactly
+
+
+@pytest.mark.parametrize("raw_size", [None, [300, 400]])
+def test_compress_bakes_the_preprocessing_agrees_with_pillow_and_the_agent_serves_raw_images(tmp_path, raw_size):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, img in _photos().items():
+        Image.fromarray(img).save(photos / f"{name}.png")
+    onnx.save(_cnn(), str(tmp_path / "cnn.onnx"))
+    spec = ImageSpec.from_dict({"resize_short": 36, "center_crop": [32, 32], **NORM, "raw_size": raw_size})
+    result = compress(tmp_path / "cnn.onnx", photos, CompressOptions(image_spec=spec, output=tmp_path / "out"))
+    m = load_manifest(result.output)
+    assert m.inputs[0].dtype == "uint8" and m.inputs[0].layout == "NHWC"
+    assert list(m.inputs[0].shape) == (["N", *raw_size, 3] if raw_size else ["N", "height", "width", 3])
+    pre = m.raw["preprocessing"]
+    assert pre["model_input"]["dtype"] == "float32" and pre["spec"]["center_crop"] == [32, 32] and pre["any_size"] is (raw_size is None)
+    assert pre["parity"]["max_levels"] <= 1.0 and pre["parity"]["images"] >= len(PHOTOS)
+    for art in ("cnn.fp32.onnx", "cnn.fp32.ort"):
+        parity = m.metrics[art]["origin_parity"]
+        assert parity["ok"] and parity["agreement"] >= 99.0, parity
+    assert [f["name"] for f in m.raw["drift_profile"]["features"]] == ["x[0]", "x[1]", "x[2]"]  # raw pixel values, per channel
+    served = load_model(result.output)
+    assert served.selftest.passed, served.selftest.detail
+    assert served.run({"x": fit_raw(_photos()["coffee"], tuple(raw_size) if raw_size else (400, 600))[None]})["logits"].shape == (1, 5)
+
+
+def test_spec_errors_name_the_key():
+    with pytest.raises(DataError, match="resize_short keeps the aspect ratio, so the network's fixed H x W needs a center_crop too"):
+        ImageSpec.from_dict({"resize_short": 256})
+    with pytest.raises(DataError, match="interpolation is 'lanczos'; allowed: bilinear, bicubic, nearest"):
+        ImageSpec.from_dict({"interpolation": "lanczos"})
+    with pytest.raises(DataError, match=r"raw_size is \[0, 5\]; give two positive whole numbers \[H, W\]"):
+        ImageSpec.from_dict({"raw_size": [0, 5]})
