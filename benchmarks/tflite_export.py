@@ -30,7 +30,11 @@ int32 biases and graph already come to 0.270x its fp32 .tflite, and per-channel 
 Latency: XNNPACK's int8 kernels gain ~3.5x over fp32 on every ResNet-18 conv but its RGB stem, where
 3 input channels leave most of an int8 kernel's lanes idle (0.8x its fp32 time, 18 % of the int8
 model). edgekit rewrites that conv as a stride-1 conv on 2x2 pixel blocks (12 channels) before an
-int8 conversion: 5.15 → 4.50 ms here, 0.32x → 0.28x fp32.
+int8 conversion: 5.15 → 4.50 ms here, 0.32x → 0.28x fp32. That was a CPU with int8 dot products: on one
+without (the 2-core AVX2 AMD EPYC these notes were last measured on), XNNPACK's int8 3x3 and 1x1
+convolutions take 1.1-1.4x their fp32 time, the whole-model int8 ResNet-18 runs at ~1.0x fp32 and the
+0.32x target cannot be met there; the int8 search keeps the convolutions that lose in int8 float
+(0.97x). ``benchmarks/tflite_int8_matrix.py`` measures the never-slower rule on eight CNNs.
 
     python benchmarks/tflite_export.py [--models digits,resnet18,mobilenet_v2] [--out DIR] [--json FILE] [--per-tensor]
 """

@@ -15,7 +15,7 @@ from pydantic import Field
 from edgekit.choices import Format, StrChoice
 from edgekit.config import FrozenConfig
 
-__all__ = ["ExportConfig", "ExportOptions", "OnnxConfig", "OrtConfig", "TfliteConfig", "TfliteIO"]
+__all__ = ["ExportConfig", "ExportOptions", "Objective", "OnnxConfig", "OrtConfig", "TfliteConfig", "TfliteIO"]
 
 
 class ExportConfig(FrozenConfig):
@@ -37,6 +37,14 @@ class TfliteIO(StrChoice):
     INT8 = "int8"  # for integer-only accelerators
 
 
+class Objective(StrChoice):
+    """What a full-integer int8 .tflite is chosen for among its measured variants (:mod:`edgekit.export.tflite_select`)."""
+
+    LATENCY = "latency"  # the fastest accurate variant, the float .tflite included
+    SIZE = "size"  # the smallest accurate variant, however fast
+    BALANCED = "balanced"  # the fastest within 0.35x the float size that is as fast as float, else the smallest that is
+
+
 class TfliteConfig(ExportConfig):
     """How the ``.tflite`` is converted (:mod:`edgekit.export.tflite`)."""
 
@@ -45,6 +53,10 @@ class TfliteConfig(ExportConfig):
     strip: bool = Field(True, description="Drop what LiteRT never reads (tensor names, description, min/max) when outputs stay bit-identical.")
     per_channel: bool | None = Field(None, description="Full-integer weights: True per channel, False per tensor, "
                                                        "None converts both and ships per-tensor only if as accurate and as fast.")
+    objective: Objective = Field(Objective.BALANCED, description="Full-integer int8: which measured variant ships (latency, size, "
+                                                                 "balanced: fastest within 0.35x the float size that is as fast as float).")
+    search: bool = Field(True, description="Full-integer int8: keep ops float where int8 is slower or too inaccurate, measured against "
+                                           "the float .tflite; False ships the whole-model int8 conversion.")
 
 
 class ExportOptions(FrozenConfig):

@@ -22,15 +22,16 @@ __all__ = ["artifact_spec", "as_tf_input", "first_line", "fixed_batch", "input_p
 # ---------------------------------------------------------------- ONNX → Keras (onnx2tf), offline
 
 
-def onnx_to_keras(path: Path, job: dict, sample: dict[str, np.ndarray], workdir: Path):
+def onnx_to_keras(path: Path, job: dict, sample: dict[str, np.ndarray], workdir: Path, *, pseudo_ops: tuple[str, ...] = ()):
     """The Keras model onnx2tf builds from the ONNX file at ``path``; a WorkerError naming the op when it cannot."""
     import onnx2tf
 
     offline_onnx2tf(sample, job)
     try:
-        # disable_model_save: onnx2tf only builds the Keras model; edgekit writes the .tflite itself
+        # disable_model_save: onnx2tf only builds the Keras model; edgekit writes the .tflite itself.
+        # pseudo_ops: ops onnx2tf should write as elementwise ops (["hardswish"] for int8, see tflite_prep)
         model = onnx2tf.convert(input_onnx_file_path=str(path), output_folder_path=str(workdir / "onnx2tf"),
-                                disable_model_save=True, non_verbose=True)
+                                disable_model_save=True, non_verbose=True, replace_to_pseudo_operators=list(pseudo_ops) or None)
     except SystemExit:
         raise onnx2tf_failure(workdir) from None
     except Exception as e:  # noqa: BLE001

@@ -13,9 +13,15 @@ Job (``job.json``, written by :mod:`edgekit.export.tflite`)::
     per_channel true (default) | false            int8: one weight scale per channel, or per tensor
     alternatives [{"out": path, option: value}]   the same model converted again with other options
                                                   (e.g. per_channel false), for the caller to choose from
+    pseudo_ops  ["hardswish"] | []                ONNX ops onnx2tf writes as elementwise ops (int8: see tflite_prep)
+    judge       what the int8 search measures variants with (:mod:`edgekit.export.tflite_measure`); with it,
+                int8 keeps float the ops that are slower or too inaccurate in int8 (:mod:`edgekit.export.tflite_search`)
+    baseline    {"path": float .onnx}: the float .tflite the search times int8 against, when ``source`` was rewritten
+    objective, threads                            which variant ships (:mod:`edgekit.export.tflite_select`); LiteRT threads
 
 Result: the artifact-layout signature (``perm`` per tensor), the signature names inside the
-.tflite, the quantization each I/O tensor got, the op histogram, what stripping removed and notes.
+.tflite, the quantization each I/O tensor got, the op histogram, what stripping removed, notes,
+and for a searched int8 conversion ``int8_search`` (the variants, the choice and why).
 
 ONNX → TF goes through onnx2tf, which returns a Keras model (NHWC inside); the TensorFlow model
 handling (offline onnx2tf, layouts, the serving signature) is :mod:`edgekit.export.tflite_keras`.
@@ -60,27 +66,33 @@ def run(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     src = job["source"]
     if src["kind"] == "onnx":
         report_progress(workdir, "tflite: ONNX → TensorFlow (onnx2tf)", 0.15)
-        model = onnx_to_keras(Path(src["path"]), job, sample, workdir)
+        model = onnx_to_keras(Path(src["path"]), job, sample, workdir, pseudo_ops=tuple(job.get("pseudo_ops") or ()))
     else:
         model = load_tf(src)
     in_perms = input_perms(model, job["inputs"], onnx2tf_made=src["kind"] == "onnx")
     fn, names = serving_function(tf, model, job, in_perms)
-    report_progress(workdir, f"tflite: converting ({job['mode']})", 0.5)
+    report_progress(workdir, "tflite: checking layout", 0.3)
+    out_perms = output_perms(tf, fn, job, sample, in_perms, names)
     calib = _load_npz(job["calib"]) if job.get("calib") else None
     saved = save_serving(tf, fn, model, workdir / "serving")
-    blob, notes = _convert(tf, saved, job, calib, in_perms, names["inputs"])
-    _smoke_check(blob)  # on the converter's file: its errors name tensors, which stripping drops
     feeds = _signature_feeds(job, sample, in_perms, names["inputs"])
+    search = None
+    if job["mode"] == "int8" and job.get("judge"):
+        blob, notes, search, alternatives = _searched(tf, saved, job, sample, calib, in_perms, out_perms, names, workdir)
+    else:
+        report_progress(workdir, f"tflite: converting ({job['mode']})", 0.5)
+        blob, notes = _convert(tf, saved, job, calib, in_perms, names["inputs"])
+    _smoke_check(blob)  # on the converter's file: its errors name tensors, which stripping drops
     blob, stripped = _strip(blob, feeds, job, notes)
-    out = Path(job["out"])
-    out.write_bytes(blob)
-    alternatives = []
-    for i, alt in enumerate(job.get("alternatives") or []):
-        report_progress(workdir, f"tflite: converting the alternative ({', '.join(f'{k}={v}' for k, v in alt.items() if k != 'out')})",
-                        0.6 + 0.2 * i / len(job["alternatives"]))
-        alternatives.append(_alternative(tf, saved, job, alt, calib, in_perms, names["inputs"], feeds))
-    report_progress(workdir, "tflite: checking layout", 0.9)
-    out_perms = output_perms(tf, fn, job, sample, in_perms, names)
+    Path(job["out"]).write_bytes(blob)
+    if search is not None:
+        alternatives = [_finish_alternative(alt, feeds, job) for alt in alternatives]
+    else:
+        alternatives = []
+        for i, alt in enumerate(job.get("alternatives") or []):
+            report_progress(workdir, f"tflite: converting the alternative ({', '.join(f'{k}={v}' for k, v in alt.items() if k != 'out')})",
+                            0.6 + 0.2 * i / len(job["alternatives"]))
+            alternatives.append(_alternative(tf, saved, job, alt, calib, in_perms, names["inputs"], feeds))
     return {
         "inputs": [artifact_spec(s, in_perms[s["name"]]) for s in job["inputs"]],
         "outputs": [artifact_spec(s, out_perms[s["name"]]) for s in job["outputs"]],
@@ -89,8 +101,37 @@ def run(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "stripped": stripped,
         "notes": notes,
         "alternatives": alternatives,
+        "int8_search": search,
         "versions": _versions(),
     }
+
+
+def _searched(tf, saved: str, job: dict, sample: dict, calib, in_perms: dict, out_perms: dict, names: dict,
+              workdir: Path) -> tuple[bytes, list[str], dict[str, Any], list[dict[str, Any]]]:
+    """The int8 variant the search chooses (:mod:`edgekit.export.tflite_int8`), its facts and its per-tensor alternatives."""
+    from edgekit.export.tflite_int8 import baseline_float, run_int8
+
+    report_progress(workdir, "tflite: converting the float .tflite to time int8 against", 0.4)
+    float_path = baseline_float(tf, job, saved, sample, in_perms=in_perms, workdir=workdir,
+                                convert_fp32=lambda path: _convert(tf, path, {**job, "mode": "fp32"}, None, in_perms, names["inputs"])[0])
+    gen = _representative(job, calib, in_perms, names["inputs"])
+    return run_int8(tf, saved, job, gen=gen, names=names, in_perms=in_perms, out_perms=out_perms, float_path=float_path,
+                    workdir=workdir, progress=lambda m, f: report_progress(workdir, m, f))
+
+
+def _finish_alternative(alt: dict, feeds: dict, job: dict) -> dict[str, Any]:
+    """An alternative the search quantized (bytes in ``alt["blob"]``): checked, stripped and written to ``alt["out"]``."""
+    options = {k: v for k, v in alt.items() if k not in ("out", "blob", "error")}
+    if alt.get("error"):
+        return {**options, "error": alt["error"]}
+    notes: list[str] = []
+    try:
+        _smoke_check(alt["blob"])
+        blob, stripped = _strip(alt["blob"], feeds, job, notes)
+    except WorkerError as e:
+        return {**options, "error": str(e)}
+    Path(alt["out"]).write_bytes(blob)
+    return {**options, "out": alt["out"], "ops": _op_histogram(blob), "stripped": stripped, "notes": notes}
 
 
 def _alternative(tf, saved: str, job: dict, alt: dict, calib, in_perms: dict, sig_names: dict, feeds: dict) -> dict[str, Any]:

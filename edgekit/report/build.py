@@ -15,6 +15,7 @@ from edgekit.errors import DataError, InputError
 from edgekit.export.compact import NAMES_KEY
 from edgekit.report.files import Entry, expand, gzip_size, onnx_facts, tflite_weight_stats
 from edgekit.report.schema import REPORT_SCHEMA, REPORT_VERSION, ROW_KEYS
+from edgekit.report.tflite import tflite_block
 
 if TYPE_CHECKING:
     from edgekit.data import Dataset
@@ -63,7 +64,7 @@ def compress_report(result: CompressResult) -> dict[str, Any]:
         kind="compress", model=m.name, version=m.version, output=str(result.output), threads=result.threads,
         data=m.raw.get("data"), quality_metric=_metric(labelled, m.task == "classification", (m.raw.get("data") or {}).get("generated")),
         baseline=baseline, rows=rows, layers=layers, steps=result.steps, recipe=m.raw.get("recipe"), gates=result.gates, notes=notes,
-        accuracy_bound_failed=result.failed_bound,
+        accuracy_bound_failed=result.failed_bound, tflite_int8=tflite_block(result),
     )
 
 
@@ -156,7 +157,7 @@ def _compare_rows(entries: list[Entry], results: list[dict[str, np.ndarray]], la
 def _report(*, kind: str, model: str, version: str | None, output: str | None, threads: int, data: dict[str, Any] | None,
             quality_metric: str, baseline: dict[str, Any], rows: list[dict[str, Any]], layers: dict[str, Any],
             steps: list[dict[str, Any]], recipe: dict[str, Any] | None, gates: dict[str, Any] | None, notes: list[str],
-            accuracy_bound_failed: str | None) -> dict[str, Any]:
+            accuracy_bound_failed: str | None, tflite_int8: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "schema": REPORT_SCHEMA,
         "schema_version": REPORT_VERSION,
@@ -176,6 +177,7 @@ def _report(*, kind: str, model: str, version: str | None, output: str | None, t
         "gates": gates,
         "notes": notes,
         "accuracy_bound_failed": accuracy_bound_failed,
+        "tflite_int8": tflite_int8,
     }
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from edgekit.report import fmt
 from edgekit.report.plots import latency_svg, layers_svg, pareto_svg
+from edgekit.report.tflite import tflite_html
 
 __all__ = ["render_html"]
 
@@ -58,6 +59,7 @@ def render_html(report: dict[str, Any]) -> str:
         _layers(report),
         _gates(report),
         _steps(report),
+        tflite_html(report),
         _recipe(report),
         _notes(report),
         f'<footer class="meta"><p>schema {escape(report["schema"])} v{report["schema_version"]}: the same data as report.json '

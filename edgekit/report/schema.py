@@ -34,6 +34,9 @@ REPORT_KEYS: dict[str, tuple[str, str]] = {
     "gates": ("object|null", "{limits, results: [{gate, file, value, limit, ok}], passed} when the recipe sets gates"),
     "notes": ("[string]", "what was assumed or could not be measured"),
     "accuracy_bound_failed": ("string|null", "compress only: why no int8 candidate met --max-drop"),
+    "tflite_int8": ("object|null", "compress only: the int8 .tflite's search {file, objective, chosen, why, note, precision, clock, "
+                                   "float_tflite, float_layers: [{op, node, why}], candidates: [{name, origin, deny_ops, deny_nodes, "
+                                   "size_ratio, latency_ratio, accurate, ...}], seconds}"),
 }
 
 #: row key → (JSON type, meaning). Sizes in bytes, latency in ms, quality in percent / points.

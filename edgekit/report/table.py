@@ -79,7 +79,9 @@ def _gates(report: dict[str, Any], console: Console) -> None:
 
 
 def render_search(report: dict[str, Any], console: Console) -> None:
-    """The int8 search lines of a compress report: what was chosen and why, every candidate's numbers."""
+    """The int8 search lines of a compress report: what was chosen and why, every candidate's numbers (.onnx/.ort, then .tflite)."""
+    from edgekit.report.tflite import tflite_lines
+
     for s in report.get("steps") or []:
         search = (s.get("result") or {}).get("search")
         if not search:
@@ -97,6 +99,7 @@ def render_search(report: dict[str, Any], console: Console) -> None:
         tried = ", ".join(_candidate(c) for c in search["candidates"])
         what = "latency × fp32 .onnx/.ort" if with_ort else "latency × fp32"
         console.print(f"      candidates ({what} / accuracy drop): {tried}", style="dim", soft_wrap=True)
+    tflite_lines(report, console)
 
 
 def float_layers_line(c: dict[str, Any]) -> str:

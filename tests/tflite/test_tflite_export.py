@@ -382,10 +382,12 @@ def test_library_refuses_an_unknown_tflite_option_before_any_work():
     with pytest.raises(RecipeError, match=r"^export: tflite\.io: Input should be 'float' or 'int8' \(given 'int4'\)$"):
         ExportOptions.parse({"tflite": {"io": "int4"}}, what="export")
     with pytest.raises(RecipeError, match=r"^export: unknown field 'tflite\.stirp' \(did you mean 'strip'\?\); allowed: calib_samples, io, "
-                                          r"per_channel, strip$"):
+                                          r"objective, per_channel, search, strip$"):
         ExportOptions.parse({"tflite": {"stirp": False}}, what="export")
     with pytest.raises(ValidationError, match=r"export\.tflite\.io\n  Input should be 'float' or 'int8'"):
         CompressOptions(formats=("tflite",), export={"tflite": {"io": "int4"}})
+    with pytest.raises(RecipeError, match=r"^export: tflite\.objective: Input should be 'latency', 'size' or 'balanced' \(given 'speed'\)$"):
+        ExportOptions.parse({"tflite": {"objective": "speed"}}, what="export")
 
 
 def _two_input_model() -> onnx.ModelProto:
