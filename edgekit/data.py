@@ -126,8 +126,10 @@ def load_data(
     if data_layout:
         ds.inputs = {k: _to_layout(v, data_layout, k) for k, v in ds.inputs.items()}
     ds.axes = batch_axes(inputs)
-    ds.inputs = {s.name: _finite(_check(ds.inputs[s.name], s, p.name, ds.axes[s.name]), s.name, p.name) for s in inputs
-                 if s.name in ds.inputs}
+    # in a table an empty cell is NaN: a missing value the pipeline imputes, not broken data (±inf still is)
+    missing_ok = p.suffix.lower() in TABLE_SUFFIXES
+    ds.inputs = {s.name: _finite(_check(ds.inputs[s.name], s, p.name, ds.axes[s.name]), s.name, p.name, missing_ok=missing_ok)
+                 for s in inputs if s.name in ds.inputs}
     counts = {k: v.shape[ds.sample_axis(k)] if v.ndim else 0 for k, v in ds.inputs.items()}
     if len(set(counts.values())) > 1:
         other = [f"{k!r} on axis {a}" for k in counts if (a := ds.sample_axis(k))]
@@ -305,11 +307,11 @@ def _check(x: np.ndarray, s: TensorSpec, where: str, axis: int | None = 0) -> np
     raise DataError(f"Input {s.name!r} expects {s.dtype}; {where} gives {x.dtype}, which does not convert safely. Save the array as {s.dtype}")
 
 
-def _finite(x: np.ndarray, name: str, where: str) -> np.ndarray:
+def _finite(x: np.ndarray, name: str, where: str, *, missing_ok: bool = False) -> np.ndarray:
     """``x``, or DataError naming the first NaN/±inf: calibration ranges, accuracy and the manifest's profile need finite data."""
     if not np.issubdtype(x.dtype, np.floating):
         return x
-    bad = ~np.isfinite(x)
+    bad = np.isinf(x) if missing_ok else ~np.isfinite(x)
     if not bad.any():
         return x
     index = tuple(int(i) for i in np.argwhere(bad)[0])
