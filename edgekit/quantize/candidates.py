@@ -272,39 +272,52 @@ def weight_only_int8(model: onnx.ModelProto, *, exclude: tuple[str, ...] = ()) -
     out.CopyFrom(model)
     opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 13)
     for g in iter_graphs(out.graph):
-        inits = {t.name: t for t in g.initializer}
-        consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in g.node:
-            for i in n.input:
-                consumers.setdefault(i, []).append(n)
         new_nodes = []
-        done: set[str] = set()
-        for node in g.node:
-            if node.name in exclude or node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2:
-                continue
-            w_name = node.input[1]
-            t = inits.get(w_name)
-            if w_name in done or t is None or t.data_type != onnx.TensorProto.FLOAT or np.prod(t.dims) < MIN_WEIGHT_ELEMENTS:
-                continue
-            # only rewrite weights read by weighted ops as their weight (not shared with other ops)
-            if any(c.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or c.input[1] != w_name for c in consumers[w_name]):
-                continue
-            w = numpy_helper.to_array(t).astype(np.float32)
-            axis = _channel_axis(node, w)
-            if opset < 13:
-                axis = None  # per-axis DequantizeLinear needs opset 13
-            q, scale = _sym_int8(w, axis)
+        for w_name, axis in _weights(g, exclude).items():
+            t = next(t for t in g.initializer if t.name == w_name)
+            q, scale = _sym_int8(numpy_helper.to_array(t).astype(np.float32), axis if opset >= 13 else None)  # per-axis DQ: opset 13
             g.initializer.remove(t)
             qn, sn = f"{w_name}_wq", f"{w_name}_wscale"
             g.initializer.extend([numpy_helper.from_array(q, qn), numpy_helper.from_array(scale, sn)])
-            attrs = {"axis": axis} if axis is not None else {}
+            attrs = {"axis": axis} if axis is not None and opset >= 13 else {}
             # symmetric: no zero point (optional in DequantizeLinear, 0 by default for an int8 input)
             new_nodes.append(onnx.helper.make_node("DequantizeLinear", [qn, sn], [w_name], name=f"{w_name}_DequantizeLinear", **attrs))
-            done.add(w_name)
         if new_nodes:
             nodes = new_nodes + list(g.node)
             del g.node[:]
             g.node.extend(nodes)
+    return out
+
+
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: ops that only cut or reshape a weight on its way to a weighted op (an LSTM cell exported from PyTorch slices its
+#: gate matrices out of one weight): storing that weight as int8 is the same storage change
+_LAYOUT = ("Slice", "Split", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Identity")
+_RECURRENT = ("LSTM", "GRU", "RNN")  # W (input 1) and R (input 2): [directions, gates x hidden, size]
+
+
+def _weights(g: onnx.GraphProto, exclude: tuple[str, ...]) -> dict[str, int | None]:
+    """fp32 weights of this graph to store as int8 → the axis of their per-channel scale. A weight qualifies when
+    every consumer reads it as a weight (Conv/Gemm/MatMul input 1, LSTM/GRU/RNN inputs 1-2) or only cuts or reshapes
+    it (input 0 of a layout op); constants that are not weights (shapes, biases, tables) are left alone."""
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    # nodes of nested graphs (Loop/If bodies) read the weights of the graph around them too (silero-vad's LSTM)
+    for sub in iter_graphs(g):
+        for n in sub.node:
+            for i, name in enumerate(n.input):
+                consumers.setdefault(name, []).append((n, i))
+    out: dict[str, int | None] = {}
+    for t in g.initializer:
+        uses = consumers.get(t.name, [])
+        if t.data_type != onnx.TensorProto.FLOAT or len(t.dims) < 2 or np.prod(t.dims) < MIN_WEIGHT_ELEMENTS or not uses:
+            continue
+        if any(n.name in exclude for n, _ in uses):
+            continue
+        weighted = [n for n, i in uses if n.op_type in _WEIGHTED and i == 1]
+        if len(weighted) == len(uses):
+            out[t.name] = _channel_axis(weighted[0], numpy_helper.to_array(t))
+        elif all((n.op_type in _LAYOUT and i == 0) or (n.op_type in _RECURRENT and i in (1, 2)) for n, i in uses):
+            out[t.name] = 1 if any(n.op_type in _RECURRENT for n, _ in uses) else 0
     return out
 
 
