@@ -86,7 +86,12 @@ class Reference:
 
 @dataclass(frozen=True)
 class DeviceRecord:
-    """The last known state of one device (``status`` "unknown" until its retained state arrived)."""
+    """The last known state of one device (``status`` "unknown" until its retained state arrived).
+
+    ``runtime*``: the runtime check of the device's newest state message or telemetry window
+    (:class:`~device_agent.contract.runtimes.RuntimeCheck`): which runtime serves the model, the version
+    the model card validated it with, the check's status and why.
+    """
 
     device: str
     group: str
@@ -96,6 +101,10 @@ class DeviceRecord:
     artifact: str | None
     last_seen: float
     agent_version: str | None
+    runtime: str | None = None  # "onnxruntime 1.27.0": the runtime serving the model
+    runtime_validated: str | None = None
+    runtime_status: str | None = None
+    runtime_detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,10 @@ class DeviceRow:
     job_reason: str | None = None
     drift_level: str | None = None
     drift: dict[str, Any] | None = None  # the summary of edgekit.monitor.reports.drift_summary
+    runtime: str | None = None  # as in DeviceRecord
+    runtime_validated: str | None = None
+    runtime_status: str | None = None  # a RuntimeStatus (match, drift, mismatch, refused, unknown); None: never reported
+    runtime_detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,9 @@ class DeviceQuery:
     online: bool | None = None
     drift: str | None = None  # a verdict level (ok, warn, alert, not_enough_data) or "none": never judged
     job_state: str | None = None
+    agent_version: str | None = None
+    runtime: str | None = None  # a runtime name ("onnxruntime"), or name and version ("onnxruntime 1.27" matches 1.27.x)
+    runtime_status: str | None = None  # a RuntimeStatus, or "none": never reported
     offset: int = 0
     limit: int | None = None
 
