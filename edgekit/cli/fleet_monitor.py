@@ -206,15 +206,18 @@ def _fmt_window(s: float) -> str:
 @click.option("--retention", "retention_s", default="30d", show_default=True, callback=duration, help="Hourly roll-ups and alerts kept.")
 @click.option("--duration", "duration_s", callback=duration, help="Stop after this long (default: until Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="Print each alert as one JSON line.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics for Prometheus on this port (0: a free one, printed).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address /metrics listens on (0.0.0.0: every interface).")
 @threshold_options
 @broker_options(broker=False)
 def watch(*, link: BrokerOptions, db_path: str, models: tuple[Path, ...], share: str, collector_id: str | None, lookback_s: float,
           accuracy_drop: float, trusted_keys: tuple[Path, ...], raw_retention_s: float, retention_s: float, duration_s: float | None,
-          as_json: bool, limits: ThresholdOptions) -> None:
-    """Collect fleet telemetry into a database and raise drift and accuracy alerts (on MQTT and here).
+          as_json: bool, metrics_port: int | None, metrics_host: str, limits: ThresholdOptions) -> None:
+    """Collect fleet telemetry into a database and raise drift and accuracy alerts (on MQTT and here); optionally serve /metrics.
 
     \b
       edgekit fleet watch --broker mqtt://127.0.0.1:1883 --db fleet.sqlite --model out/
+      edgekit fleet watch --broker mqtt://127.0.0.1:1883 --db fleet.sqlite --metrics-port 9464
     """
     from edgekit.fleet.mqtt import check_reachable
     from edgekit.monitor.alerts import fmt_time
@@ -234,6 +237,9 @@ def watch(*, link: BrokerOptions, db_path: str, models: tuple[Path, ...], share:
         if not as_json:
             click.echo(f"reference: {ref.model} {ref.version} ({len(ref.features)} features) from {m}")
     check_reachable(collector.address)
+    if metrics_port is not None:
+        served = collector.serve_metrics(metrics_port, host=metrics_host)
+        click.echo(f"metrics: {served.url}", err=as_json)  # on stderr under --json: stdout is one alert per line
     _run(collector, db_path=db_path, duration_s=duration_s, quiet=as_json)
     if not as_json:
         s = collector.monitor.stats

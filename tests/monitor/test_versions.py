@@ -144,3 +144,20 @@ def test_fleet_status_shows_and_filters_versions(tmp_path):
     assert [x["device"] for x in json.loads(r.output)] == ["d1"]
     r = CliRunner().invoke(cli, ["fleet", "status", "--db", str(db), "--runtime-status", "sideways"])
     assert r.exit_code == 2 and "'sideways' is not one of 'match', 'drift', 'mismatch', 'refused', 'unknown', 'none'" in r.output
+
+
+def test_the_census_counts_devices_verdicts_and_alerts(fleet):
+    from edgekit.monitor.store import DriftState
+
+    counts = {(c.agent_version, c.runtime, c.runtime_status): c.devices for c in fleet.device_counts()}
+    assert counts == {("0.9.0", "onnxruntime 1.32.1", "match"): 1, ("0.9.0", "onnxruntime 1.31.0", "drift"): 1,
+                      ("0.9.1", "onnxruntime 1.27.0", "mismatch"): 1, ("0.9.1", "litert 2.19.0", "refused"): 1, ("0.8.0", None, None): 1}
+    assert {(c.group, c.model, c.version, c.status) for c in fleet.device_counts()} == {("cams", "mlp", "1.0.0", "online")}
+    fleet.set_drift_states([(("group", "cams", "mlp", "1.0.0"), [DriftState("x[1]", "alert", 1.0, 2.0, 0.4), DriftState("x[0]", "ok", 1.0, 2.0, 0.01)]),
+                            (("device", "d1", "mlp", "1.0.0"), [DriftState("x[0]", "warn", 1.0, 2.0, 0.12)])])
+    assert [(v.name, v.feature, v.level, v.psi) for v in fleet.verdicts("group")] == [("cams", "x[0]", "ok", 0.01), ("cams", "x[1]", "alert", 0.4)]
+    for level in ("warn", "alert", "alert"):
+        fleet.add_alert({"kind": "drift", "scope": "group", "name": "cams", "level": level, "model": {"name": "mlp", "version": "1"}})
+    fleet.add_alert({"kind": "drift", "scope": "device", "name": "d1", "level": "warn", "model": {}}, ts=time.time() - 7200)
+    assert [(a.kind, a.scope, a.level, a.alerts) for a in fleet.alert_counts(since=time.time() - 3600)] == \
+        [("drift", "group", "alert", 2), ("drift", "group", "warn", 1)]

@@ -10,7 +10,8 @@ storage, split by who uses it:
 - :class:`FleetHistory` — what evaluation, queries and ``fleet status`` read: the totals of any
   span of time per device and model version (:class:`Span`), the devices page, hourly history,
   jobs and rollouts, references — and, for inspection, the raw windows;
-- :class:`VerdictStore` — the judged state per feature, the alerts raised, each device's verdict.
+- :class:`VerdictStore` — the judged state per feature, the alerts raised, each device's verdict;
+- :class:`~edgekit.monitor.store.census.FleetCensus` — the fleet counted, for ``/metrics`` and the fleet page.
 
 Two backends implement it: :class:`~edgekit.monitor.store.sqlite.SqliteStore` (embedded, one
 file) and :class:`~edgekit.monitor.store.postgres.PostgresStore` (several collectors on several
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 
 from device_agent.contract.manifest import FeatureProfile, Manifest
 from device_agent.contract.protocol import JobUpdate, StateMessage, TelemetryMessage
+from edgekit.monitor.store.census import FleetCensus
 from edgekit.monitor.store.totals import Totals
 
 __all__ = [
@@ -365,7 +367,7 @@ class VerdictStore(Protocol):
         """Alerts matching the filters, newest first."""
 
 
-class FleetStore(TelemetrySink, FleetHistory, VerdictStore, Protocol):
+class FleetStore(TelemetrySink, FleetHistory, VerdictStore, FleetCensus, Protocol):
     """The whole storage seam of the fleet monitor."""
 
     def close(self) -> None:

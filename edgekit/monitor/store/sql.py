@@ -26,6 +26,7 @@ from typing import Any
 from device_agent.contract.protocol import JobUpdate, StateMessage, TelemetryMessage
 from edgekit.fleet.versions import runtime_columns
 from edgekit.monitor.store.base import UNKNOWN, Alert, DriftState, Reference
+from edgekit.monitor.store.census import CensusReads
 from edgekit.monitor.store.codec import pack
 from edgekit.monitor.store.db import Db, Dialect
 from edgekit.monitor.store.reads import Reads
@@ -51,7 +52,7 @@ def _when(cond: str, col: str, value: str | None = None) -> str:
     return f"{col} = CASE WHEN {cond} THEN {value or 'excluded.' + col} ELSE devices.{col} END"
 
 
-class SqlStore(Reads):
+class SqlStore(Reads, CensusReads):
     """The :class:`~edgekit.monitor.store.base.FleetStore` over SQL (see the module docs); a backend subclasses it.
 
     Args:
