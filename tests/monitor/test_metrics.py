@@ -124,3 +124,40 @@ def test_a_real_prometheus_scrapes_a_live_collector_fed_over_mosquitto(mosquitto
     finally:
         pub.close()
         c.stop()
+
+
+def test_fleet_watch_serves_metrics_on_the_port_asked(mosquitto, tmp_path):
+    import socket
+    import threading
+
+    from click.testing import CliRunner
+
+    from edgekit.cli.fleet_monitor import watch
+    from edgekit.cli.main import cli
+    from tests.conftest import free_port
+
+    port = free_port()
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=CliRunner().invoke(watch, [
+        "--broker", mosquitto.url, "--db", str(tmp_path / "w.sqlite"), "--duration", "3s", "--metrics-port", str(port)])))
+    t.start()
+    text = wait_until(lambda: _try_scrape(f"http://127.0.0.1:{port}/metrics"), 15, interval=0.1, what="/metrics served by fleet watch")
+    t.join(20)
+    assert result["r"].exit_code == 0 and f"metrics: http://127.0.0.1:{port}/metrics\n" in result["r"].output
+    assert "# TYPE edgekit_devices gauge" in text and 'edgekit_collector_errors_total{collector="watch-' in text
+    assert _try_scrape(f"http://127.0.0.1:{port}/metrics") is None  # stopped with the collector
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        r = CliRunner().invoke(cli, ["fleet", "watch", "--broker", mosquitto.url, "--db", str(tmp_path / "w.sqlite"),
+                                     "--metrics-port", str(taken)])
+    assert r.exit_code == 1 and r.output.startswith(f"error: cannot serve /metrics on 127.0.0.1:{taken}: ")
+    assert r.output.rstrip().endswith("; choose another --metrics-port") and len(r.output.splitlines()) == 1
+
+
+def _try_scrape(url: str) -> str | None:
+    try:
+        return scrape(url)
+    except OSError:
+        return None
