@@ -16,6 +16,7 @@ from device_agent.contract.protocol import JobState
 from device_agent.contract.runtimes import RuntimeStatus
 from edgekit.cli.fleet_monitor import add_drift_column
 from edgekit.cli.fleet_monitor import drift as drift_command
+from edgekit.cli.fleet_monitor import serve as serve_command
 from edgekit.cli.fleet_monitor import watch as watch_command
 from edgekit.cli.fleet_options import (
     DEFAULT_STATE,
@@ -51,11 +52,12 @@ def _targets(device: tuple[str, ...], group: str | None) -> None:
 
 @click.group()
 def fleet() -> None:
-    """Ship signed models to devices and watch them: deploy, status, rollback, jobs, cancel."""
+    """Ship signed models to devices and watch them: deploy, status, rollback, jobs, cancel; watch, drift, serve (the monitor)."""
 
 
 fleet.add_command(drift_command)
 fleet.add_command(watch_command)
+fleet.add_command(serve_command)
 
 
 @fleet.command()

@@ -1,6 +1,7 @@
-"""``edgekit fleet drift`` and ``edgekit fleet watch``: the fleet monitor's commands.
+"""``edgekit fleet drift``, ``edgekit fleet watch`` and ``edgekit fleet serve``: the fleet monitor's commands.
 
-    edgekit fleet watch --broker mqtt://broker:1883 --db fleet.sqlite --model out/
+    edgekit fleet watch --broker mqtt://broker:1883 --db fleet.sqlite --model out/ --metrics-port 9464
+    edgekit fleet serve --db fleet.sqlite --port 8080 --token-file page.token
     edgekit fleet drift --broker mqtt://broker:1883 --group cameras --window 1h
     edgekit fleet drift --db fleet.sqlite --device pi-07 --json
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from edgekit.monitor.drift import DriftReport, DriftThresholds
     from edgekit.monitor.store import FleetHistory, FleetStore, Span
 
-__all__ = ["add_drift_column", "drift", "open_existing", "render_reports", "watch"]
+__all__ = ["add_drift_column", "drift", "open_existing", "render_reports", "serve", "watch"]
 
 
 def add_drift_column(rows: list[dict[str, Any]], link: BrokerOptions) -> None:
@@ -272,3 +273,41 @@ def _run(collector: Collector, *, db_path: str, duration_s: float | None, quiet:
         collector.stop()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+# --- fleet serve ------------------------------------------------------------------------------------
+
+
+@click.command("serve")
+@click.option("--db", "db_path", default="fleet.sqlite", show_default=True, help="The collectors' store: a SQLite file or a postgresql:// URL.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (any other than loopback needs --token-file).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port (0: a free one, printed).")
+@click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="File holding the access token: requests need 'Authorization: Bearer <token>' or ?token=<token> once (a cookie).")
+@click.option("--duration", "duration_s", callback=duration, help="Stop after this long (default: until Ctrl-C).")
+def serve(*, db_path: str, host: str, port: int, token_file: Path | None, duration_s: float | None) -> None:
+    """A read-only web page over the fleet store: devices and versions, rollouts, drift heat maps, alerts, each device's history.
+
+    \b
+      edgekit fleet serve --db fleet.sqlite --port 8080
+      edgekit fleet serve --db postgresql://fleet@db:5432/fleet --host 0.0.0.0 --token-file /etc/edgekit/page.token
+    """
+    from edgekit.monitor.page import FleetPage
+
+    token = token_file.read_text(encoding="utf-8").strip() if token_file is not None else None
+    store = open_existing(db_path)
+    try:
+        page = FleetPage(store, token=token, host=host, port=port).start()
+        click.echo(f"fleet page: {page.url}" + (" (token needed)" if token else ""))
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGTERM, lambda *a: stop.set()) if threading.current_thread() is threading.main_thread() else None
+        try:
+            stop.wait(duration_s)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            page.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+    finally:
+        store.close()
