@@ -13,7 +13,7 @@ from edgekit.monitor.page.html import Html, esc
 
 __all__ = ["heatmap", "lines"]
 
-_CELL_W, _CELL_H, _LEFT, _TOP = 26, 18, 150, 40
+_CELL_W, _CELL_H, _LEFT, _TOP = 26, 18, 150, 70
 _PALETTE = ("#2563eb", "#16a34a", "#9333ea", "#ea580c")
 
 
@@ -33,7 +33,7 @@ def _colour(psi: float | None, warn: float, alert: float) -> str:
 def heatmap(rows: Sequence[str], columns: Sequence[str], values: Sequence[Sequence[float | None]], *, title: str,
             warn: float = 0.1, alert: float = 0.25) -> Html:
     """A heat map: one row per feature, one column per time step, PSI as colour (``values[row][column]``, None: no data)."""
-    width = _LEFT + _CELL_W * max(1, len(columns)) + 20
+    width = max(_LEFT + _CELL_W * max(1, len(columns)) + 20, _LEFT + 4 * 110)  # room for the legend
     height = _TOP + _CELL_H * max(1, len(rows)) + 40
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title)}"><title>{esc(title)}</title>']
@@ -60,7 +60,7 @@ def heatmap(rows: Sequence[str], columns: Sequence[str], values: Sequence[Sequen
 
 def lines(x_labels: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]], *, title: str, unit: str = "") -> Html:
     """A line plot of a few series over the same steps (None: a gap), with the axis' maximum and the series named."""
-    w, h, left, top, bottom = 640, 220, 60, 20, 40
+    w, h, left, top, bottom = 640, 220, 84, 20, 40
     n = max(1, len(x_labels))
     top_value = max([v for _, vs in series for v in vs if v is not None and math.isfinite(v)] or [1.0]) or 1.0
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="lines" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '

@@ -81,7 +81,7 @@ def devices(store: FleetStore, q: Mapping[str, str], now: float) -> tuple[str, H
                        [(link(g, "/", {"group": g}), m, link(v, "/", {"version": v}) if v != "—" else v, n, on)
                         for (g, m, v), (n, on) in sorted(versions.items())], numeric=(3, 4))
     rows = [(link(r.device, "/device/", segment=r.device), r.group, r.status, r.model, r.version, r.agent_version, r.runtime,
-             r.runtime_validated, status(r.runtime_status), ago(r.last_seen, now), r.p95_ms, r.requests, status(r.job_state),
+             r.runtime_validated, status(r.runtime_status), ago(r.last_seen, now), _num(r.p95_ms), r.requests, status(r.job_state),
              status(r.drift_level) if r.drift_level else None) for r in page.rows]
     listing = table(["device", "group", "status", "model", "version", "agent", "runtime", "validated", "runtime status", "last seen",
                      "p95 ms", "requests", "job state", "drift"], rows, numeric=(10, 11), empty="no device matches", cls="devices")
@@ -111,8 +111,8 @@ def device(store: FleetStore, name: str, q: Mapping[str, str], now: float) -> tu
     if rec is None:
         raise NotFound(f"no device {name!r} in this fleet store")
     hours = _int(q, "hours", 24, 1, 24 * 90)
-    since = now - hours * 3600
-    facts = table(["", ""], [("group", rec.group), ("status", status(rec.status)), ("model", f"{rec.model or '—'} {rec.version or ''}"),
+    since, until = _span(hours, now)
+    facts = table(["field", "value"], [("group", rec.group), ("status", status(rec.status)), ("model", f"{rec.model or '—'} {rec.version or ''}"),
                              ("artifact", rec.artifact), ("agent", rec.agent_version), ("runtime", rec.runtime),
                              ("validated with", rec.runtime_validated), ("runtime check", status(rec.runtime_status)),
                              ("runtime detail", rec.runtime_detail), ("last seen", Html(f"{when(rec.last_seen)} ({ago(rec.last_seen, now)})"))])
@@ -125,9 +125,9 @@ def device(store: FleetStore, name: str, q: Mapping[str, str], now: float) -> tu
                  title=f"latency of {name} per hour", unit=" ms") if rows else Html('<p class="muted">no telemetry in this span</p>')
     hour_table = table(["hour", "model", "version", "windows", "samples", "requests", "errors", "mean ms", "p95 max ms", "labelled", "correct"],
                        [(when(h.hour), h.model, h.version, h.windows, h.samples, h.requests, h.errors,
-                         None if h.latency_mean_ms is None else round(h.latency_mean_ms, 2), h.p95_max_ms, h.labelled, h.correct)
+                         _num(h.latency_mean_ms), _num(h.p95_max_ms), h.labelled, h.correct)
                         for h in rows], numeric=range(3, 11))
-    maps = _heatmaps(drift_over_time(store, device=name, since=since, until=now), now)
+    maps = _heatmaps(drift_over_time(store, device=name, since=since, until=until), since, until)
     raised = _alert_table(store.alerts(scope="device", name=name, limit=50))
     return f"Device {name}", Html(f"{facts}<h2>Model versions</h2>{versions}<h2>Jobs</h2>{jobs}<h2>Last {hours} h</h2>{plot}{hour_table}"
                                   f"<h2>Drift per feature</h2>{maps}<h2>Alerts</h2>{raised}")
@@ -146,7 +146,8 @@ def rollouts(store: FleetStore, q: Mapping[str, str], now: float) -> tuple[str, 
         waves: list[list[str]] = d.get("waves") or []
         head = table(["job", "model", "status", "wave", "succeeded", "failed", "not updated", "updated"],
                      [(link(d.get("job"), "/rollouts", {"job": d.get("job")}), f"{model.get('name', '?')} {model.get('version', '?')}",
-                       status(d.get("status")), f"{d.get('wave', 0)} of {len(waves)}", d.get("succeeded"), d.get("failed"),
+                       status(d.get("status")), f"{d.get('wave', 0)} of {len(waves)}", d.get("succeeded", _count(outcomes, "SUCCEEDED")),
+                       d.get("failed", _count(outcomes, "FAILED")),
                        len(d.get("skipped") or []), when(d.get("ts")))], numeric=(4, 5, 6))
         abort = f'<p class="aborted">{esc(d["aborted"])}</p>' if d.get("aborted") else ""
         per_wave = []
@@ -165,26 +166,42 @@ def rollouts(store: FleetStore, q: Mapping[str, str], now: float) -> tuple[str, 
     return "Rollouts", Html("<hr>".join(parts) if parts else '<p class="muted">no rollout published yet (edgekit fleet deploy)</p>')
 
 
+def _num(v: float | None) -> str | None:
+    return None if v is None else f"{v:.3g}"
+
+
+def _span(hours: int, now: float) -> tuple[float, float]:
+    """The last ``hours`` clock hours, the current one included (steps of the heat maps fall on the hour)."""
+    top = (int(now) // 3600 + 1) * 3600
+    return float(top - hours * 3600), float(top)
+
+
+def _count(outcomes: Mapping[str, Mapping[str, Any]], state: str) -> int:
+    return sum(1 for o in outcomes.values() if o.get("state") == state)
+
+
 def drift(store: FleetStore, q: Mapping[str, str], now: float) -> tuple[str, Html]:
     """Drift per feature over time: a heat map per group and model version, from the groups' hourly roll-ups."""
     hours = _int(q, "hours", 24, 1, 24 * 90)
+    since, until = _span(hours, now)
     groups = [q["group"]] if q.get("group") else store.groups()
     parts = []
     for g in groups[:50]:
-        reports = drift_over_time(store, group=g, since=now - hours * 3600, until=now)
-        parts.append(f"<h2>group {link(g, '/drift', {'group': g, 'hours': hours})}</h2>{_heatmaps(reports, now)}")
+        reports = drift_over_time(store, group=g, since=since, until=until)
+        parts.append(f"<h2>group {link(g, '/drift', {'group': g, 'hours': hours})}</h2>{_heatmaps(reports, since, until)}")
     head = f'<p class="muted">PSI per feature per hour, last {hours} h (?hours= for more); hover a cell for its value.</p>'
     return "Drift", Html(head + ("".join(parts) or '<p class="muted">no group has reported yet</p>'))
 
 
-def _heatmaps(reports: list[DriftReport], now: float, thresholds: DriftThresholds | None = None) -> Html:
+def _heatmaps(reports: list[DriftReport], since: float, until: float, thresholds: DriftThresholds | None = None) -> Html:
+    """A heat map per model version: every hour of the span a column (grey without telemetry), every feature a row."""
     t = thresholds or DriftThresholds()
     by_version: dict[tuple[str, str], list[DriftReport]] = {}
     for r in reports:
         by_version.setdefault((r.model, r.version), []).append(r)
     out = []
     for (model, version), reps in sorted(by_version.items()):
-        steps = sorted({r.start or 0.0 for r in reps})
+        steps = [since + 3600.0 * i for i in range(int((until - since) // 3600))]
         features = sorted({f.name for r in reps for f in r.features})
         if not features:
             out.append(f'<p class="muted">{esc(model)} {esc(version)}: no reference profile registered</p>')
