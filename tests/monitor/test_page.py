@@ -148,7 +148,7 @@ def png_size(path: Path) -> tuple[int, int]:
 @pytest.mark.parametrize(("name", "path", "expect"), [
     ("devices", "/", {r'<table class="devices">': 1, r'<tr><td><a href="/device/': 8}),
     ("device", "/device/cam-1", {r'<svg [^>]*class="lines"': 1, r'<svg [^>]*class="heatmap"': 1, r'<rect class="cell"': 8}),
-    ("rollouts", "/rollouts", {r'<table class="waves">': 1, r"aborted: &lt;img": 1, r'href="/rollouts\?job=deploy-7"': 1}),
+    ("rollouts", "/rollouts", {r'<table class="waves">': 2, r"aborted: &lt;img": 1, r'href="/rollouts\?job=deploy-7"': 1}),
     ("drift", "/drift?group=cameras", {r'<svg [^>]*class="heatmap"': 1, r'<rect class="cell"': 8, r"<title>x\[3\] at ": 1}),
     ("alerts", "/alerts", {r'<table class="alerts">': 1}),
 ])

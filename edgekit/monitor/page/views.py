@@ -143,7 +143,7 @@ def rollouts(store: FleetStore, q: Mapping[str, str], now: float) -> tuple[str, 
     for d in docs:
         model = d.get("model") or {}
         outcomes: dict[str, dict[str, Any]] = d.get("outcomes") or {}
-        waves: list[list[str]] = d.get("waves") or []
+        waves: list[list[str]] = d.get("waves") or _waves_of(outcomes)
         head = table(["job", "model", "status", "wave", "succeeded", "failed", "not updated", "updated"],
                      [(link(d.get("job"), "/rollouts", {"job": d.get("job")}), f"{model.get('name', '?')} {model.get('version', '?')}",
                        status(d.get("status")), f"{d.get('wave', 0)} of {len(waves)}", d.get("succeeded", _count(outcomes, "SUCCEEDED")),
@@ -174,6 +174,17 @@ def _span(hours: int, now: float) -> tuple[float, float]:
     """The last ``hours`` clock hours, the current one included (steps of the heat maps fall on the hour)."""
     top = (int(now) // 3600 + 1) * 3600
     return float(top - hours * 3600), float(top)
+
+
+def _waves_of(outcomes: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
+    """The waves of a rollout record without its plan: its devices by the wave their outcome names."""
+    waves: list[list[str]] = []
+    for dev, o in sorted(outcomes.items()):
+        w = o.get("wave")
+        i = w if isinstance(w, int) and 0 <= w < 1000 else 0  # a record is operator input, not always well formed
+        waves += [[] for _ in range(i + 1 - len(waves))]
+        waves[i].append(dev)
+    return waves
 
 
 def _count(outcomes: Mapping[str, Mapping[str, Any]], state: str) -> int:
