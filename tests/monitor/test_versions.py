@@ -161,3 +161,38 @@ def test_the_census_counts_devices_verdicts_and_alerts(fleet):
     fleet.add_alert({"kind": "drift", "scope": "device", "name": "d1", "level": "warn", "model": {}}, ts=time.time() - 7200)
     assert [(a.kind, a.scope, a.level, a.alerts) for a in fleet.alert_counts(since=time.time() - 3600)] == \
         [("drift", "group", "alert", 2), ("drift", "group", "warn", 1)]
+
+
+def test_a_real_agent_on_another_runtime_than_validated_shows_in_fleet_status_over_the_broker(mosquitto, model_dir, make_device, tmp_path):
+    import shutil
+
+    from edgekit.monitor.collector import Collector
+    from tests.conftest import wait_until
+    from tests.monitor.conftest import reference_inputs
+    from tests.monitor.test_collector import Publisher
+
+    old = tmp_path / "validated-on-1.0"
+    shutil.copytree(model_dir, old)
+    doc = json.loads((old / "edgekit.json").read_text())
+    (old / "edgekit.json").write_text(json.dumps({**doc, "tools": {"onnxruntime": "1.0.0"}}))  # as if validated on onnxruntime 1.0
+    far, near = make_device(old, device="pi-far"), make_device(model_dir, device="pi-near")
+    c = Collector(mosquitto.url, tmp_path / "fleet.sqlite", collector_id="watch-v")
+    c.start()
+    pub = Publisher(mosquitto)
+    try:
+        assert c.wait_ready(10)
+        pub.publish([far.state(), near.state()], retain=True)
+        pub.publish(far.window(reference_inputs(100, np.random.default_rng(0))))
+        wait_until(lambda: c.monitor.stats["telemetry"] == 1 and len(c.store.devices()) == 2, 15, what="states and the window stored")
+        r = CliRunner().invoke(cli, ["fleet", "status", "--broker", mosquitto.url, "--runtime-status", "mismatch", "--json"])
+        assert r.exit_code == 0, r.output
+        (row,) = json.loads(r.output)
+        installed = far.agent.model.runtime_check.installed
+        assert (row["device"], row["runtime"], row["runtime_validated"], row["runtime_status"], row["agent_version"]) == \
+            ("pi-far", f"onnxruntime {installed}", "1.0.0", "mismatch", far.daemon.state_message(DeviceStatus.ONLINE).agent_version)
+        assert "1.0.0" in row["runtime_detail"]
+        r = CliRunner().invoke(cli, ["fleet", "status", "--broker", mosquitto.url, "--runtime", "onnxruntime", "--json"])
+        assert sorted(x["device"] for x in json.loads(r.output)) == ["pi-far", "pi-near"]
+    finally:
+        pub.close()
+        c.stop()
