@@ -121,6 +121,8 @@ def test_a_real_prometheus_scrapes_a_live_collector_fed_over_mosquitto(mosquitto
         assert [float(s["value"][1]) for s in by_runtime] == [3.0]
         (up,) = prom.query('up{job="edgekit"}')
         assert up["value"][1] == "1"
+        live = promtool_check(scrape(served.url))  # the live collector's own scrape, lag and counters included
+        assert live.returncode == 0 and not live.stderr, live.stderr
     finally:
         pub.close()
         c.stop()
