@@ -6,6 +6,8 @@
   on a free 127.0.0.1 port. As root it runs as the ``postgres`` system user (``nobody`` without
   it): initdb and the server refuse to run as root.
 - ``postgres``: a DSN to a fresh, empty database on that server, dropped after the test.
+- ``prometheus``: ``start(targets)`` runs Debian's Prometheus on a free 127.0.0.1 port, scraping
+  ``targets`` (host:port) every second, with a temporary config and data directory; stopped after the test.
 
 Nothing here touches the system's own PostgreSQL cluster or service.
 """
@@ -21,7 +23,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,90 @@ def postgres(postgres_server: Postgres) -> Iterator[str]:
     dsn = postgres_server.createdb(name)
     yield dsn
     postgres_server.dropdb(name)
+
+
+PROMETHEUS_BIN = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").is_file() else None)
+
+
+class Prometheus:
+    """One Prometheus server scraping ``targets`` every second (job ``edgekit``); its HTTP API at :attr:`url`."""
+
+    def __init__(self, workdir: Path, targets: list[str]) -> None:
+        self.dir = workdir
+        self.port = free_port()
+        self.targets = targets
+        self.proc: subprocess.Popen | None = None
+        self.log_path = workdir / "prometheus.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> Prometheus:
+        import json
+        import urllib.request
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        config = self.dir / "prometheus.yml"
+        config.write_text(json.dumps({  # JSON is YAML
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "edgekit", "static_configs": [{"targets": self.targets}]}]}))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([str(PROMETHEUS_BIN), f"--config.file={config}", f"--storage.tsdb.path={self.dir / 'data'}",
+                                          f"--web.listen-address=127.0.0.1:{self.port}"], stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=self.dir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.proc = None
+                raise RuntimeError(f"prometheus exited before it was ready:\n{self.log()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"prometheus was not ready on {self.port} within {timeout} s:\n{self.log()[-2000:]}")
+
+    def query(self, expr: str) -> list[dict]:
+        """The instant vector of ``expr`` now (the API's ``data.result``)."""
+        import json
+        import urllib.parse
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", timeout=10) as r:
+            doc = json.loads(r.read())
+        assert doc["status"] == "success", doc
+        return list(doc["data"]["result"])
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout)
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[[list[str]], Prometheus]]:
+    """``start(["127.0.0.1:PORT", ...])``: a running Prometheus scraping those targets; stopped after the test."""
+    need(PROMETHEUS_BIN, "Prometheus is not installed", "run 'make test-debs' (Debian package prometheus)")
+    made: list[Prometheus] = []
+
+    def start(targets: list[str]) -> Prometheus:
+        p = Prometheus(tmp_path / f"prometheus-{len(made)}", targets)
+        made.append(p)
+        return p.start()
+
+    yield start
+    for p in made:
+        p.stop()

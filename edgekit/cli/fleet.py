@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from device_agent.contract.protocol import JobState
+from device_agent.contract.runtimes import RuntimeStatus
 from edgekit.cli.fleet_monitor import add_drift_column
 from edgekit.cli.fleet_monitor import drift as drift_command
+from edgekit.cli.fleet_monitor import serve as serve_command
 from edgekit.cli.fleet_monitor import watch as watch_command
 from edgekit.cli.fleet_options import (
     DEFAULT_STATE,
@@ -50,11 +52,12 @@ def _targets(device: tuple[str, ...], group: str | None) -> None:
 
 @click.group()
 def fleet() -> None:
-    """Ship signed models to devices and watch them: deploy, status, rollback, jobs, cancel."""
+    """Ship signed models to devices and watch them: deploy, status, rollback, jobs, cancel; watch, drift, serve (the monitor)."""
 
 
 fleet.add_command(drift_command)
 fleet.add_command(watch_command)
+fleet.add_command(serve_command)
 
 
 @fleet.command()
@@ -121,6 +124,11 @@ def _show_rollout(result: RolloutResult, *, as_json: bool) -> None:
 @click.option("--drift", "drift_level", type=click.Choice(["ok", "warn", "alert", "not_enough_data", "none"]),
               help="Only devices with this drift verdict (none: never judged).")
 @click.option("--job-state", type=click.Choice([str(s) for s in JobState]), help="Only devices whose latest job is in this state.")
+@click.option("--agent-version", help="Only devices running this agent version.")
+@click.option("--runtime", help="Only devices serving with this runtime: a name (onnxruntime), a release (onnxruntime 1.27) or a version "
+                                "(onnxruntime 1.27.0).")
+@click.option("--runtime-status", type=click.Choice([*(str(s) for s in RuntimeStatus), "none"]),
+              help="Only devices whose runtime check says this (the runtime against the model card's; none: never reported).")
 @click.option("--limit", type=click.IntRange(1), help="At most this many devices (by id).")
 @click.option("--offset", type=click.IntRange(0), default=0, show_default=True, help="Skip this many devices first (paging).")
 @click.option("--wait", "wait_s", type=click.FloatRange(0.1, 600), default=2.0, show_default=True,
@@ -128,19 +136,23 @@ def _show_rollout(result: RolloutResult, *, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print rows as JSON.")
 @broker_options(broker=False)
 def status(*, link: BrokerOptions, db_path: str | None, state_dir: Path, group: str | None, model_version: str | None, online: bool | None,
-           drift_level: str | None, job_state: str | None, limit: int | None, offset: int, wait_s: float, as_json: bool) -> None:
-    """Devices: online, model version, job state, last seen, p95 latency, requests, outbox, drift — every device, or a filtered page.
+           drift_level: str | None, job_state: str | None, agent_version: str | None, runtime: str | None, runtime_status: str | None,
+           limit: int | None, offset: int, wait_s: float, as_json: bool) -> None:
+    """Devices: online, model version, job state, last seen, p95 latency, requests, outbox, drift, agent and runtime versions
+    (the runtime serving the model, the one the model card validated, the check) — every device, or a filtered page.
 
     \b
       edgekit fleet status --broker mqtt://127.0.0.1:1883 --group cameras --drift alert
       edgekit fleet status --db fleet.sqlite --offline --limit 50 --json
+      edgekit fleet status --db fleet.sqlite --runtime-status mismatch --runtime "onnxruntime 1.27"
     """
     from edgekit.fleet.status import STATUS_COLUMNS, render
     from edgekit.monitor.store import DeviceQuery
 
     if bool(link.broker) == bool(db_path):
         raise click.UsageError("give --broker (ask the collectors, or read the broker) or --db (read a collector's store), exactly one")
-    query = DeviceQuery(group=group, version=model_version, online=online, drift=drift_level, job_state=job_state, offset=offset, limit=limit)
+    query = DeviceQuery(group=group, version=model_version, online=online, drift=drift_level, job_state=job_state, agent_version=agent_version,
+                        runtime=runtime, runtime_status=runtime_status, offset=offset, limit=limit)
     rows, total = _status_rows(link, db_path, query, wait_s)
     if as_json:
         click.echo(_json(rows))
@@ -185,6 +197,7 @@ def _status_rows(link: BrokerOptions, db_path: str | None, query: Any, wait_s: f
 def _retained_rows(link: BrokerOptions, query: Any, wait_s: float) -> tuple[list[dict[str, Any]], int]:
     """The rows without a collector: the broker's retained states and job states, filtered here."""
     from edgekit.fleet.status import status_rows
+    from edgekit.fleet.versions import runtime_matches
 
     with _client(link) as fc:
         fc.settle(wait_s, quiet=min(0.5, wait_s))
@@ -192,7 +205,10 @@ def _retained_rows(link: BrokerOptions, query: Any, wait_s: float) -> tuple[list
     add_drift_column(rows, link)  # the fleet monitor's verdict per device (edgekit fleet watch)
     keep = [r for r in rows if (query.version is None or r["version"] == query.version)
             and (query.online is None or r["online"] == query.online) and (query.job_state is None or r["job_state"] == query.job_state)
-            and (query.drift is None or r["drift_level"] == (None if query.drift == "none" else query.drift))]
+            and (query.drift is None or r["drift_level"] == (None if query.drift == "none" else query.drift))
+            and (query.agent_version is None or r["agent_version"] == query.agent_version)
+            and (query.runtime is None or runtime_matches(r["runtime"], query.runtime))
+            and (query.runtime_status is None or r["runtime_status"] == (None if query.runtime_status == "none" else query.runtime_status))]
     end = None if query.limit is None else query.offset + query.limit
     return keep[query.offset:end], len(keep)
 

@@ -1,6 +1,7 @@
-"""``edgekit fleet drift`` and ``edgekit fleet watch``: the fleet monitor's commands.
+"""``edgekit fleet drift``, ``edgekit fleet watch`` and ``edgekit fleet serve``: the fleet monitor's commands.
 
-    edgekit fleet watch --broker mqtt://broker:1883 --db fleet.sqlite --model out/
+    edgekit fleet watch --broker mqtt://broker:1883 --db fleet.sqlite --model out/ --metrics-port 9464
+    edgekit fleet serve --db fleet.sqlite --port 8080 --token-file page.token
     edgekit fleet drift --broker mqtt://broker:1883 --group cameras --window 1h
     edgekit fleet drift --db fleet.sqlite --device pi-07 --json
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from edgekit.monitor.drift import DriftReport, DriftThresholds
     from edgekit.monitor.store import FleetHistory, FleetStore, Span
 
-__all__ = ["add_drift_column", "drift", "open_existing", "render_reports", "watch"]
+__all__ = ["add_drift_column", "drift", "open_existing", "render_reports", "serve", "watch"]
 
 
 def add_drift_column(rows: list[dict[str, Any]], link: BrokerOptions) -> None:
@@ -206,15 +207,18 @@ def _fmt_window(s: float) -> str:
 @click.option("--retention", "retention_s", default="30d", show_default=True, callback=duration, help="Hourly roll-ups and alerts kept.")
 @click.option("--duration", "duration_s", callback=duration, help="Stop after this long (default: until Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="Print each alert as one JSON line.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics for Prometheus on this port (0: a free one, printed).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address /metrics listens on (0.0.0.0: every interface).")
 @threshold_options
 @broker_options(broker=False)
 def watch(*, link: BrokerOptions, db_path: str, models: tuple[Path, ...], share: str, collector_id: str | None, lookback_s: float,
           accuracy_drop: float, trusted_keys: tuple[Path, ...], raw_retention_s: float, retention_s: float, duration_s: float | None,
-          as_json: bool, limits: ThresholdOptions) -> None:
-    """Collect fleet telemetry into a database and raise drift and accuracy alerts (on MQTT and here).
+          as_json: bool, metrics_port: int | None, metrics_host: str, limits: ThresholdOptions) -> None:
+    """Collect fleet telemetry into a database and raise drift and accuracy alerts (on MQTT and here); optionally serve /metrics.
 
     \b
       edgekit fleet watch --broker mqtt://127.0.0.1:1883 --db fleet.sqlite --model out/
+      edgekit fleet watch --broker mqtt://127.0.0.1:1883 --db fleet.sqlite --metrics-port 9464
     """
     from edgekit.fleet.mqtt import check_reachable
     from edgekit.monitor.alerts import fmt_time
@@ -234,6 +238,9 @@ def watch(*, link: BrokerOptions, db_path: str, models: tuple[Path, ...], share:
         if not as_json:
             click.echo(f"reference: {ref.model} {ref.version} ({len(ref.features)} features) from {m}")
     check_reachable(collector.address)
+    if metrics_port is not None:
+        served = collector.serve_metrics(metrics_port, host=metrics_host)
+        click.echo(f"metrics: {served.url}", err=as_json)  # on stderr under --json: stdout is one alert per line
     _run(collector, db_path=db_path, duration_s=duration_s, quiet=as_json)
     if not as_json:
         s = collector.monitor.stats
@@ -266,3 +273,41 @@ def _run(collector: Collector, *, db_path: str, duration_s: float | None, quiet:
         collector.stop()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+# --- fleet serve ------------------------------------------------------------------------------------
+
+
+@click.command("serve")
+@click.option("--db", "db_path", default="fleet.sqlite", show_default=True, help="The collectors' store: a SQLite file or a postgresql:// URL.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (any other than loopback needs --token-file).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port (0: a free one, printed).")
+@click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="File holding the access token: requests need 'Authorization: Bearer <token>' or ?token=<token> once (a cookie).")
+@click.option("--duration", "duration_s", callback=duration, help="Stop after this long (default: until Ctrl-C).")
+def serve(*, db_path: str, host: str, port: int, token_file: Path | None, duration_s: float | None) -> None:
+    """A read-only web page over the fleet store: devices and versions, rollouts, drift heat maps, alerts, each device's history.
+
+    \b
+      edgekit fleet serve --db fleet.sqlite --port 8080
+      edgekit fleet serve --db postgresql://fleet@db:5432/fleet --host 0.0.0.0 --token-file /etc/edgekit/page.token
+    """
+    from edgekit.monitor.page import FleetPage
+
+    token = token_file.read_text(encoding="utf-8").strip() if token_file is not None else None
+    store = open_existing(db_path)
+    try:
+        page = FleetPage(store, token=token, host=host, port=port).start()
+        click.echo(f"fleet page: {page.url}" + (" (token needed)" if token else ""))
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGTERM, lambda *a: stop.set()) if threading.current_thread() is threading.main_thread() else None
+        try:
+            stop.wait(duration_s)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            page.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+    finally:
+        store.close()

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from edgekit.fleet.client import DeviceView
+from edgekit.fleet.versions import VERSION_COLUMNS, VERSION_FIELDS, runtime_columns
 
 __all__ = ["job_rows", "render", "status_rows"]
 
@@ -34,8 +35,19 @@ def status_rows(views: dict[str, DeviceView], *, group: str | None = None, now: 
             "p95_ms": t.latency_ms.p95 if t and t.latency_ms else None,
             "requests": t.requests if t else None,
             "outbox": getattr(t, "outbox", None) if t else None,
+            **_versions(v),
         })
     return rows
+
+
+def _versions(v: DeviceView) -> dict[str, str | None]:
+    """The version fields of the newer of the device's state and latest telemetry (a Last Will says none: the known ones stay)."""
+    said = sorted((x for x in (v.state, v.telemetry) if x is not None), key=lambda x: x.boot)  # stable: telemetry after the state
+    out: dict[str, str | None] = dict.fromkeys(VERSION_FIELDS)
+    for m in said:
+        for k, value in zip(VERSION_FIELDS, runtime_columns(m), strict=True):
+            out[k] = value if value is not None else out[k]
+    return out
 
 
 def job_rows(views: dict[str, DeviceView], *, job: str | None = None) -> list[dict[str, Any]]:
@@ -77,5 +89,6 @@ def render(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
 
 
 STATUS_COLUMNS = [("device", "device"), ("online", "online"), ("version", "model version"), ("job_state", "job state"),
-                  ("last_seen_ago_s", "last seen"), ("p95_ms", "p95 ms"), ("requests", "requests"), ("outbox", "outbox"), ("drift", "drift")]
+                  ("last_seen_ago_s", "last seen"), ("p95_ms", "p95 ms"), ("requests", "requests"), ("outbox", "outbox"), ("drift", "drift"),
+                  *VERSION_COLUMNS]
 JOB_COLUMNS = [("job", "job"), ("device", "device"), ("state", "state"), ("reason", "reason"), ("model", "version"), ("detail", "detail")]

@@ -30,7 +30,8 @@ so a collector that dies between receipt and storage gets them again; judging, a
 and retention never hold it up. Alerts go to ``<prefix>/fleet/alerts/<scope>/<name>``, and each
 device's drift summary is kept retained on ``<prefix>/fleet/drift/<device>`` when it changes.
 The presence of each collector is a retained message with a Last Will (naming the store it writes),
-so queries know whom to ask.
+so queries know whom to ask. :meth:`Collector.serve_metrics` serves ``/metrics`` for Prometheus
+(:mod:`edgekit.monitor.metrics`, read from the store when scraped).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from device_agent.contract.protocol import DEFAULT_PREFIX, Topics, shared, valid
 from edgekit.errors import InputError
 from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, rollout_topic, to_address
 from edgekit.monitor.config import MonitorConfig
+from edgekit.monitor.metrics import FleetMetrics, MetricsServer, serve_metrics
 from edgekit.monitor.monitor import Monitor
 from edgekit.monitor.query import answer
 from edgekit.monitor.status import status_answer
@@ -104,6 +106,7 @@ class Collector:
         self.alerts: list[dict[str, Any]] = []
         self.workers = Workers(self.monitor, ack=self._ack, publish=self._publish, answer=self._answer, route=self._route, name=self.id)
         self._session: BrokerSession | None = None
+        self._metrics: MetricsServer | None = None
 
     @property
     def errors(self) -> int:
@@ -115,6 +118,22 @@ class Collector:
     def register(self, model_dir: str | Path) -> Reference:
         """Judge the model in ``model_dir`` (its ``edgekit.json``) against its drift profile and accuracy."""
         return self.monitor.register(load_manifest(model_dir), source=str(model_dir))
+
+    # --- /metrics -------------------------------------------------------------------------------------
+
+    def metrics(self) -> FleetMetrics:
+        """This collector's Prometheus metrics: its store's fleet, and its own counters (:mod:`edgekit.monitor.metrics`)."""
+        return FleetMetrics(self.store, collector=self.id, stats=lambda: dict(self.monitor.stats), process=self._process)
+
+    def serve_metrics(self, port: int, *, host: str = "127.0.0.1") -> MetricsServer:
+        """Serve :meth:`metrics` on ``http://host:port/metrics`` until :meth:`stop` (port 0: a free one)."""
+        if self._metrics is None:
+            self._metrics = serve_metrics(self.metrics(), port=port, host=host)
+        return self._metrics
+
+    def _process(self) -> dict[str, float]:
+        p50, p99 = self.workers.lag()
+        return {"errors": self.errors, "inbox": self.workers.inbox.qsize(), "lag_p50_s": p50, "lag_p99_s": p99}
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -153,6 +172,9 @@ class Collector:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Finish what is queued (bounded by ``timeout``), mark this collector offline, disconnect."""
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
         session = self._session
         if session is None:
             return

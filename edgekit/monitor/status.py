@@ -9,13 +9,14 @@ directly. Without any collector, ``fleet status`` still reads the broker's retai
 Status query (``<prefix>/fleet/monitor/query``, QoS 1; see :mod:`edgekit.monitor.query`)::
 
     {"v": 1, "type": "status_query", "id": "…", "reply": "…", "to": ["watch-1a2b"],
-     "filter": {"group", "version", "online", "drift", "job_state", "offset", "limit"}}
+     "filter": {"group", "version", "online", "drift", "job_state", "agent_version", "runtime", "runtime_status", "offset", "limit"}}
 
 Answer::
 
     {"v": 1, "type": "status_reply", "id": "…", "collector": "watch-1a2b", "store": "…", "total": 10000, "offset": 0,
      "rows": [{"device", "group", "status", "model", "version", "artifact", "last_seen", "agent_version", "requests",
-               "p95_ms", "outbox", "job", "job_state", "job_reason", "drift_level", "drift"}]}
+               "p95_ms", "outbox", "job", "job_state", "job_reason", "drift_level", "drift", "runtime", "runtime_validated",
+               "runtime_status", "runtime_detail"}]}
 
 The collectors also keep one retained summary per device on ``<prefix>/fleet/drift/<device>``
 (:func:`edgekit.monitor.reports.drift_summary`), read by :func:`read_drift` for that fallback.
@@ -33,11 +34,16 @@ from typing import Any
 
 from device_agent.contract.protocol import DEFAULT_PREFIX, Topics
 from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
+from edgekit.fleet.versions import VERSION_FIELDS
 from edgekit.monitor.query import one_per_store
 from edgekit.monitor.reports import drift_summary
 from edgekit.monitor.store import DevicePage, DeviceQuery, DeviceRow, FleetHistory, open_store
 
 __all__ = ["device_rows", "drift_cell", "drift_from_db", "merge_status", "read_drift", "read_status", "status_answer", "status_query"]
+
+
+#: the filters a status query may carry (a collector of an older release ignores those it does not know)
+_FILTERS = ("group", "version", "online", "drift", "job_state", "agent_version", "runtime", "runtime_status", "offset", "limit")
 
 
 def status_query(query: DeviceQuery) -> dict[str, Any]:
@@ -48,7 +54,7 @@ def status_query(query: DeviceQuery) -> dict[str, Any]:
 def status_answer(store: FleetHistory, q: dict[str, Any], *, collector: str) -> dict[str, Any]:
     """A collector's answer to status query ``q``: a page of its store's devices."""
     f = q.get("filter") or {}
-    query = DeviceQuery(**{k: f[k] for k in ("group", "version", "online", "drift", "job_state", "offset", "limit") if k in f})
+    query = DeviceQuery(**{k: f[k] for k in _FILTERS if k in f})
     page = store.device_page(query)
     return {"v": 1, "type": "status_reply", "id": q.get("id"), "collector": collector, "store": store.store_id, "total": page.total,
             "offset": page.offset, "rows": [vars(r) for r in page.rows]}  # flat records: their fields as they are
@@ -107,6 +113,7 @@ def device_rows(rows: list[DeviceRow] | list[dict[str, Any]], *, now: float | No
             "outbox": r["outbox"],
             "drift": (r["drift"] or {}).get("text") or "—",
             "drift_level": r["drift_level"],
+            **{k: r.get(k) for k in VERSION_FIELDS},
         })
     return out
 

@@ -51,7 +51,8 @@ def test_fleet_deploy_status_jobs_rollback(sim_fleet, mosquitto, releases, keys,
     assert [(x["device"], x["online"], x["version"], x["job_state"]) for x in rows] == [(f"pi-0{i}", True, "1.1.0", "SUCCEEDED") for i in range(3)]
     text = run("fleet", "status", *common, "--wait", "1").output
     assert text.splitlines()[0].split() == ["device", "online", "model", "version", "job", "state", "last", "seen", "p95", "ms", "requests",
-                                            "outbox", "drift"]
+                                            "outbox", "drift", "agent", "runtime", "validated", "runtime", "status"]
+    assert {x["agent_version"] for x in rows} == {"0.1.0"}  # from the retained states (no collector runs here)
 
     r = run("fleet", "jobs", *common, "--job", job, "--json", "--wait", "1")
     doc = json.loads(r.output)

@@ -274,7 +274,7 @@ def test_a_newer_schema_is_refused_with_the_fix(url, store):
 
     with store._write() as db:
         db.run("INSERT INTO schema_version (version, applied, description) VALUES (99, 0, 'from the future')")
-    with pytest.raises(InputError, match="has schema version 99; this edgekit knows versions up to 2: upgrade edgekit"):
+    with pytest.raises(InputError, match="has schema version 99; this edgekit knows versions up to 3: upgrade edgekit"):
         open_store(url)
 
 

@@ -1,6 +1,7 @@
 """Where the fleet monitor keeps history, references, verdicts and alerts.
 
 - :mod:`edgekit.monitor.store.base`     the records and the :class:`FleetStore` contract (three protocols)
+- :mod:`edgekit.monitor.store.census`   the fleet counted (devices per version, verdicts of a scope, alerts): /metrics, the page
 - :mod:`edgekit.monitor.store.totals`   running totals: what windows add up to, in a form that also subtracts
 - :mod:`edgekit.monitor.store.schema`   the tables, as numbered migrations per backend
 - :mod:`edgekit.monitor.store.sql`      what both SQL backends share (writes; reads in ``reads``, totals in ``writer``)
@@ -30,6 +31,7 @@ from edgekit.monitor.store.base import (
     TelemetrySink,
     VerdictStore,
 )
+from edgekit.monitor.store.census import AlertCount, DeviceCount, FleetCensus, Verdict
 from edgekit.monitor.store.sqlite import SqliteStore
 from edgekit.monitor.store.totals import Layout, Totals
 
@@ -37,6 +39,10 @@ __all__ = [
     "ACCURACY",
     "UNKNOWN",
     "Alert",
+    "AlertCount",
+    "DeviceCount",
+    "FleetCensus",
+    "Verdict",
     "DeviceQuery",
     "DevicePage",
     "DeviceRecord",

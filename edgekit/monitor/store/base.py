@@ -10,7 +10,8 @@ storage, split by who uses it:
 - :class:`FleetHistory` — what evaluation, queries and ``fleet status`` read: the totals of any
   span of time per device and model version (:class:`Span`), the devices page, hourly history,
   jobs and rollouts, references — and, for inspection, the raw windows;
-- :class:`VerdictStore` — the judged state per feature, the alerts raised, each device's verdict.
+- :class:`VerdictStore` — the judged state per feature, the alerts raised, each device's verdict;
+- :class:`~edgekit.monitor.store.census.FleetCensus` — the fleet counted, for ``/metrics`` and the fleet page.
 
 Two backends implement it: :class:`~edgekit.monitor.store.sqlite.SqliteStore` (embedded, one
 file) and :class:`~edgekit.monitor.store.postgres.PostgresStore` (several collectors on several
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 
 from device_agent.contract.manifest import FeatureProfile, Manifest
 from device_agent.contract.protocol import JobUpdate, StateMessage, TelemetryMessage
+from edgekit.monitor.store.census import FleetCensus
 from edgekit.monitor.store.totals import Totals
 
 __all__ = [
@@ -86,7 +88,12 @@ class Reference:
 
 @dataclass(frozen=True)
 class DeviceRecord:
-    """The last known state of one device (``status`` "unknown" until its retained state arrived)."""
+    """The last known state of one device (``status`` "unknown" until its retained state arrived).
+
+    ``runtime*``: the runtime check of the device's newest state message or telemetry window
+    (:class:`~device_agent.contract.runtimes.RuntimeCheck`): which runtime serves the model, the version
+    the model card validated it with, the check's status and why.
+    """
 
     device: str
     group: str
@@ -96,6 +103,10 @@ class DeviceRecord:
     artifact: str | None
     last_seen: float
     agent_version: str | None
+    runtime: str | None = None  # "onnxruntime 1.27.0": the runtime serving the model
+    runtime_validated: str | None = None
+    runtime_status: str | None = None
+    runtime_detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,10 @@ class DeviceRow:
     job_reason: str | None = None
     drift_level: str | None = None
     drift: dict[str, Any] | None = None  # the summary of edgekit.monitor.reports.drift_summary
+    runtime: str | None = None  # as in DeviceRecord
+    runtime_validated: str | None = None
+    runtime_status: str | None = None  # a RuntimeStatus (match, drift, mismatch, refused, unknown); None: never reported
+    runtime_detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,9 @@ class DeviceQuery:
     online: bool | None = None
     drift: str | None = None  # a verdict level (ok, warn, alert, not_enough_data) or "none": never judged
     job_state: str | None = None
+    agent_version: str | None = None
+    runtime: str | None = None  # a runtime name ("onnxruntime"), or name and version ("onnxruntime 1.27" matches 1.27.x)
+    runtime_status: str | None = None  # a RuntimeStatus, or "none": never reported
     offset: int = 0
     limit: int | None = None
 
@@ -349,7 +367,7 @@ class VerdictStore(Protocol):
         """Alerts matching the filters, newest first."""
 
 
-class FleetStore(TelemetrySink, FleetHistory, VerdictStore, Protocol):
+class FleetStore(TelemetrySink, FleetHistory, VerdictStore, FleetCensus, Protocol):
     """The whole storage seam of the fleet monitor."""
 
     def close(self) -> None:

@@ -35,7 +35,7 @@ from edgekit.monitor.store.writer import minute_of
 
 __all__ = ["Reads"]
 
-_DEVICE = "device, grp, status, model, version, artifact, last_seen, agent_version"
+_DEVICE = "device, grp, status, model, version, artifact, last_seen, agent_version, runtime, runtime_validated, runtime_status, runtime_detail"
 _ROW = f"{_DEVICE}, requests, p95_ms, outbox, job, job_state, job_reason, drift_level, drift"
 # a span starting before a series' floor (older rows pruned) starts at the floor
 _SPAN = ("SELECT s.device, COALESCE(d.grp, 'default'), s.model, s.version, s.layout, "
@@ -173,8 +173,7 @@ class Reads:
             total = db.one(f"SELECT COUNT(*) FROM devices{where}", args)
             limit = 2**62 if query.limit is None else int(query.limit)  # both databases take LIMIT n OFFSET m
             rows = db.rows(f"SELECT {_ROW} FROM devices{where} ORDER BY device LIMIT {limit} OFFSET {int(query.offset)}", args)
-        return DevicePage([DeviceRow(*r[:-1], drift=json.loads(r[-1]) if r[-1] else None) for r in rows],  # type: ignore[misc]
-                          int(total[0]) if total else 0, query.offset)
+        return DevicePage([_device_row(r) for r in rows], int(total[0]) if total else 0, query.offset)
 
     def jobs(self, *, job: str | None = None, device: str | None = None) -> list[JobRecord]:
         where = [c for c, v in (("job = ?", job), ("device = ?", device)) if v is not None]
@@ -279,13 +278,32 @@ def _cut(rows: Sequence[tuple[Any, ...]], bases: dict[int, tuple[int, int]], sam
     return minutes[-1]
 
 
+def _device_row(r: Sequence[Any]) -> DeviceRow:
+    """A row of :data:`_ROW` as a record."""
+    device = DeviceRecord(*r[:12])
+    requests, p95, outbox, job, job_state, job_reason, drift_level, drift = r[12:]
+    return DeviceRow(**vars(device), requests=requests, p95_ms=p95, outbox=outbox, job=job, job_state=job_state, job_reason=job_reason,
+                     drift_level=drift_level, drift=json.loads(drift) if drift else None)
+
+
 def _device_filter(q: DeviceQuery) -> tuple[str, list[Any]]:
     where: list[str] = []
     args: list[Any] = []
-    for col, value in (("grp", q.group), ("version", q.version), ("job_state", q.job_state)):
+    for col, value in (("grp", q.group), ("version", q.version), ("job_state", q.job_state), ("agent_version", q.agent_version)):
         if value is not None:
             where.append(f"{col} = ?")
             args.append(value)
+    if q.runtime is not None:
+        # "onnxruntime": any version of it; "onnxruntime 1.27": that release and its patches; "onnxruntime 1.27.0": that one
+        name, _, version = q.runtime.replace("==", " ").partition(" ")
+        exact = f"{name} {version.strip()}".strip()
+        where.append("(runtime = ? OR runtime LIKE ? ESCAPE '\\')")
+        args += [exact, _like(exact) + ("." if version.strip() else " ") + "%"]
+    if q.runtime_status == "none":
+        where.append("runtime_status IS NULL")
+    elif q.runtime_status is not None:
+        where.append("runtime_status = ?")
+        args.append(q.runtime_status)
     if q.online is not None:
         where.append("status = 'online'" if q.online else "status <> 'online'")
     if q.drift == "none":
@@ -294,6 +312,11 @@ def _device_filter(q: DeviceQuery) -> tuple[str, list[Any]]:
         where.append("drift_level = ?")
         args.append(q.drift)
     return (" WHERE " + " AND ".join(where) if where else ""), args
+
+
+def _like(text: str) -> str:
+    """``text`` as a literal in a LIKE pattern (escaped with a backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _max(a: float | None, b: float | None) -> float | None:

@@ -26,13 +26,17 @@ Tables (both backends):
 - ``refs``, ``drift_state``, ``alerts``   references, verdicts, alerts (as before)
 - ``jobs``, ``rollouts``   the latest state per device and job; rollouts as the operator published them
 - ``meta``        ``store_id``: collectors sharing a database answer queries once
+
+Version 3 (both backends) adds the runtime to ``devices`` (issue 19): the runtime serving the model
+(``runtime``: name and installed version), the version the model card validated it with, the check's
+status and detail, from the device's newest state message or telemetry window.
 """
 
 from __future__ import annotations
 
 __all__ = ["LATEST", "POSTGRES", "SQLITE"]
 
-LATEST = 2
+LATEST = 3
 
 _SQLITE_1 = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -128,14 +132,20 @@ CREATE INDEX alerts_by_ts ON alerts (ts);
 {_SCALE_TABLES.format(**_PG_TYPES)}
 """
 
+_RUNTIME_COLUMNS = [("runtime", "TEXT"), ("runtime_validated", "TEXT"), ("runtime_status", "TEXT"), ("runtime_detail", "TEXT")]
+_RUNTIME = [f"ALTER TABLE devices ADD COLUMN {name} {kind}" for name, kind in _RUNTIME_COLUMNS]
+_RUNTIME_DESCRIPTION = "devices carry their runtime, the version their model was validated with and the check's status"
+
 #: version -> (description, statements) for SQLite
 SQLITE: dict[int, tuple[str, list[str]]] = {
     1: ("the fleet database before versions were recorded", [s for s in _SQLITE_1.split(";") if s.strip()]),
     2: ("running totals, hourly roll-ups, writer leases, jobs, rollouts; devices carry what fleet status shows", _sqlite_2()),
+    3: (_RUNTIME_DESCRIPTION, _RUNTIME),
 }
 
 #: version -> (description, statements) for PostgreSQL (version 1 never existed there)
 POSTGRES: dict[int, tuple[str, list[str]]] = {
     2: ("the fleet store: raw windows partitioned by day, running totals, hourly roll-ups, leases, jobs, rollouts",
         [s for s in _PG_2.split(";") if s.strip()]),
+    3: (_RUNTIME_DESCRIPTION, _RUNTIME),
 }

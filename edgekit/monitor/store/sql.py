@@ -24,7 +24,9 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from device_agent.contract.protocol import JobUpdate, StateMessage, TelemetryMessage
+from edgekit.fleet.versions import runtime_columns
 from edgekit.monitor.store.base import UNKNOWN, Alert, DriftState, Reference
+from edgekit.monitor.store.census import CensusReads
 from edgekit.monitor.store.codec import pack
 from edgekit.monitor.store.db import Db, Dialect
 from edgekit.monitor.store.reads import Reads
@@ -40,13 +42,17 @@ _NEWER_STATE = ("(devices.boot IS NULL OR excluded.boot > devices.boot "
                 "OR (excluded.boot = devices.boot AND excluded.state_seq >= devices.state_seq))")
 _NEWER_TELEMETRY = ("(devices.tel_boot IS NULL OR excluded.tel_boot > devices.tel_boot "
                     "OR (excluded.tel_boot = devices.tel_boot AND excluded.tel_seq >= devices.tel_seq))")
+# the runtime comes from state messages and telemetry windows alike: either may set it unless the other is of a later boot
+_STATE_RUNTIME = f"({_NEWER_STATE} AND (devices.tel_boot IS NULL OR excluded.boot >= devices.tel_boot))"
+_TELEMETRY_RUNTIME = f"({_NEWER_TELEMETRY} AND (devices.boot IS NULL OR excluded.tel_boot >= devices.boot))"
+_RUNTIME = ("agent_version", "runtime", "runtime_validated", "runtime_status", "runtime_detail")
 
 
 def _when(cond: str, col: str, value: str | None = None) -> str:
     return f"{col} = CASE WHEN {cond} THEN {value or 'excluded.' + col} ELSE devices.{col} END"
 
 
-class SqlStore(Reads):
+class SqlStore(Reads, CensusReads):
     """The :class:`~edgekit.monitor.store.base.FleetStore` over SQL (see the module docs); a backend subclasses it.
 
     Args:
@@ -62,17 +68,21 @@ class SqlStore(Reads):
         self._pruned: dict[str, int] = {}  # device -> highest sequence number whose raw window was pruned
         self._store_id: str | None = None
         g = dialect.greatest
+        # a message without a runtime (an older agent, the Last Will) keeps the one known
+        keep = [(c, f"COALESCE(excluded.{c}, devices.{c})") for c in _RUNTIME]
         self._seen_sql = (
-            "INSERT INTO devices (device, status, model, version, last_seen, tel_boot, tel_seq, requests, p95_ms, outbox) "
-            "VALUES (?, 'unknown', ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device) DO UPDATE SET "
+            "INSERT INTO devices (device, status, model, version, last_seen, tel_boot, tel_seq, requests, p95_ms, outbox, "
+            f"{', '.join(_RUNTIME)}) VALUES (?, 'unknown', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device) DO UPDATE SET "
             f"last_seen = {g}(devices.last_seen, excluded.last_seen), model = COALESCE(excluded.model, devices.model), "
             "version = COALESCE(excluded.version, devices.version), "
-            + ", ".join(_when(_NEWER_TELEMETRY, c) for c in ("requests", "p95_ms", "outbox", "tel_seq", "tel_boot")))
+            + ", ".join([_when(_TELEMETRY_RUNTIME, c, v) for c, v in keep]
+                        + [_when(_NEWER_TELEMETRY, c) for c in ("requests", "p95_ms", "outbox", "tel_seq", "tel_boot")]))
         self._state_sql = (
-            "INSERT INTO devices (device, grp, status, model, version, artifact, last_seen, agent_version, boot, state_seq) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (device) DO UPDATE SET "
+            "INSERT INTO devices (device, grp, status, model, version, artifact, last_seen, boot, state_seq, "
+            f"{', '.join(_RUNTIME)}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (device) DO UPDATE SET "
             f"last_seen = {g}(devices.last_seen, excluded.last_seen), "
-            + ", ".join([_when(_NEWER_STATE, c) for c in ("grp", "status", "agent_version")]
+            + ", ".join([_when(_NEWER_STATE, c) for c in ("grp", "status")]
+                        + [_when(_STATE_RUNTIME, c, v) for c, v in keep]
                         + [_when(_NEWER_STATE, c, f"COALESCE(excluded.{c}, devices.{c})") for c in ("model", "version", "artifact")]
                         + [_when(_NEWER_STATE, c) for c in ("state_seq", "boot")]))
 
@@ -117,7 +127,7 @@ class SqlStore(Reads):
 
     def record_states(self, msgs: Sequence[StateMessage]) -> None:
         rows = [(m.device, m.group or "default", str(m.status), (m.model or {}).get("name"), (m.model or {}).get("version"),
-                 (m.model or {}).get("artifact"), m.ts, m.agent_version, m.boot, m.seq) for m in msgs]
+                 (m.model or {}).get("artifact"), m.ts, m.boot, m.seq, *runtime_columns(m)) for m in msgs]
         with self._write() as db:
             db.many(self._state_sql, rows)
             for m in msgs:
@@ -205,7 +215,8 @@ class SqlStore(Reads):
         for m in msgs:
             last[m.device] = max(last.get(m.device, m.ts), m.ts)
         db.many(self._seen_sql, [(d, (m.model or {}).get("name"), (m.model or {}).get("version"), last[d], m.boot, m.seq, m.requests,
-                                  m.latency_ms.p95 if m.latency_ms else None, m.outbox) for d, m in sorted(newest.items())])
+                                  m.latency_ms.p95 if m.latency_ms else None, m.outbox, *runtime_columns(m))
+                                 for d, m in sorted(newest.items())])
 
     def renew(self) -> None:
         with self._lock, self._write() as db:
@@ -265,3 +276,4 @@ def _raw_row(m: TelemetryMessage, payload: bytes, collector: str) -> tuple[Any, 
     data = payload if isinstance(payload, bytes) else str(payload).encode()
     return (m.device, m.seq, m.boot, m.ts, float(m.window.get("start", m.ts)), float(m.window.get("end", m.ts)),
             model.get("name") or UNKNOWN, model.get("version") or UNKNOWN, m.samples, m.requests, collector, pack(data), time.time())
+
