@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 from pydantic import Field
 
@@ -11,6 +13,7 @@ from edgekit.onnx_model import fold_constants, upgrade_opset, weight_stats
 from edgekit.pipeline import Context, FormatModel, StepConfig, StepOutcome, step
 from edgekit.preprocess import PREFIX as PREPROCESS_PREFIX
 from edgekit.quantize.candidates import CalibrationMethod, Candidate, Kind, candidates_for, pre_process, seven_bit_weights
+from edgekit.quantize.classical import classical_parts
 from edgekit.quantize.graph import name_nodes
 from edgekit.quantize.outcome import CandidateResult, SearchResult
 from edgekit.quantize.search import SearchSettings, search
@@ -46,10 +49,8 @@ def int8(model: onnx.ModelProto, config: Int8Config, ctx: Context) -> StepOutcom
     folded, old_opset = upgrade_opset(folded, 13) if ctx.ref.calib_data is not None and config.mode != "dynamic" else (folded, None)
     work = ctx.workdir / "int8"
     work.mkdir(parents=True, exist_ok=True)
-    pre, pre_note = pre_process(folded, work)
-    pre = name_nodes(pre)  # the profiler and the mixed search name layers by node name; pre-processing leaves some unnamed
+    pre, pre_note, classical = _prepare(folded, work, ctx)
     fp32_path = work / "fp32.onnx"
-    onnx.save(pre, str(fp32_path))
     calib = ctx.ref.calib_data if config.mode != "dynamic" else None  # static quantization calibrates on the given data
     use_static = calib is not None
     # a run that ships no ONNX Runtime artifact (only a .tflite) needs the int8 .onnx only as a reference: the whole model
@@ -64,6 +65,7 @@ def int8(model: onnx.ModelProto, config: Int8Config, ctx: Context) -> StepOutcom
         "constants_folded": n_folded,
         **({"opset_upgraded": {"from": old_opset, "to": 13, "why": "per-channel int8 needs opset 13"}} if old_opset else {}),
         "pre_process": pre_note,
+        **classical,
         **({"weights_7bit": SEVEN_BIT_WHY} if seven_bit_weights() else {}),
         "calibration": str(config.calibration) if use_static else None,
         "calibration_samples": min(config.calib_samples, calib.n) if calib is not None else 0,
@@ -97,6 +99,17 @@ def int8(model: onnx.ModelProto, config: Int8Config, ctx: Context) -> StepOutcom
 #: what the int8 record says when this machine quantizes weights to 7 bits (:func:`seven_bit_weights`)
 SEVEN_BIT_WHY = ("x86-64 without VNNI: 8-bit weights would saturate onnxruntime's u8 x s8 kernels here and give other numbers "
                  "than an ARM device; 7-bit weights compute the same everywhere")
+
+
+def _prepare(folded: onnx.ModelProto, work: Path, ctx: Context) -> tuple[onnx.ModelProto, str, dict[str, object]]:
+    """The float model every candidate starts from (saved as ``work/fp32.onnx``), the pre-processing note, the classical parts."""
+    pre, pre_note = pre_process(folded, work)
+    pre = name_nodes(pre)  # the profiler and the mixed search name layers by node name; pre-processing leaves some unnamed
+    pre, classical = classical_parts(pre)  # tree ensembles stay float; a pipeline's double linear layers become quantizable
+    if "trees_float" in classical:
+        ctx.log.say(f"int8: {classical['trees_float']}")
+    onnx.save(pre, str(work / "fp32.onnx"))
+    return pre, pre_note, classical
 
 
 def _settings(config: Int8Config, ctx: Context, pre: onnx.ModelProto, *, mixed: bool) -> SearchSettings:

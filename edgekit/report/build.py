@@ -14,6 +14,7 @@ from device_agent.runtime import BackendError, open_backend
 from edgekit.errors import DataError, InputError
 from edgekit.export.compact import NAMES_KEY
 from edgekit.report.files import Entry, expand, gzip_size, onnx_facts, tflite_weight_stats
+from edgekit.report.origin import origin_block
 from edgekit.report.schema import REPORT_SCHEMA, REPORT_VERSION, ROW_KEYS
 from edgekit.report.tflite import tflite_block
 
@@ -60,12 +61,14 @@ def compress_report(result: CompressResult) -> dict[str, Any]:
         rows.append(row)
     notes = list(result.notes)
     layers = _compress_layers(result, notes)
-    return _report(
+    report = _report(
         kind="compress", model=m.name, version=m.version, output=str(result.output), threads=result.threads,
         data=m.raw.get("data"), quality_metric=_metric(labelled, m.task == "classification", (m.raw.get("data") or {}).get("generated")),
         baseline=baseline, rows=rows, layers=layers, steps=result.steps, recipe=m.raw.get("recipe"), gates=result.gates, notes=notes,
         accuracy_bound_failed=result.failed_bound, tflite_int8=tflite_block(result),
     )
+    origin = origin_block(metrics, rows)  # a pipeline's original (the scikit-learn pickle) as its library runs it
+    return report | ({"origin": origin} if origin else {})
 
 
 def compare_report(

@@ -12,6 +12,7 @@ from html import escape
 from typing import Any
 
 from edgekit.report import fmt
+from edgekit.report.origin import origin_html
 from edgekit.report.plots import latency_svg, layers_svg, pareto_svg
 from edgekit.report.tflite import tflite_html
 
@@ -55,6 +56,7 @@ def render_html(report: dict[str, Any]) -> str:
         f"<header><h1>{escape(title)}</h1><p class=\"meta\">{_meta(report)}</p></header>",
         _summary(report),
         _comparison(report),
+        origin_html(report),
         _plots(report),
         _layers(report),
         _gates(report),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from edgekit.report import fmt
+from edgekit.report.origin import origin_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -45,6 +46,8 @@ def render_table(report: dict[str, Any], console: Console, *, layers: int = LAYE
     bigger = [r["file"] for r in report["rows"] if (r.get("size_ratio") or 0) > 1]
     if bigger:
         console.print(f"[red]larger than {report['baseline']['file']}:[/red] {', '.join(bigger)}", soft_wrap=True)
+    if report.get("origin"):
+        console.print(origin_line(report["origin"]), soft_wrap=True, highlight=False)
     _layers(report, console, layers)
     _gates(report, console)
     for n in report.get("notes") or []:

@@ -83,7 +83,11 @@ def test_compress_a_pipeline_end_to_end_manifest_fields_and_the_agent_loads_it(p
     assert "TreeEnsembleClassifier" in (out / "penguins.fp32.required_operators.config").read_text()
     served = load_model(out)
     assert served.selftest.passed, served.selftest.detail
-    assert json.loads(res.output)  # the report, as JSON
+    origin = json.loads(res.output)["origin"]  # the report, as JSON: the pickle in scikit-learn against each artifact
+    assert origin["kind"] == "scikit-learn" and origin["file"] == "penguins.joblib" and origin["latency_p50_ms"] > 0
+    assert set(origin["artifacts"]) == {"penguins.fp32.onnx", "penguins.fp32.ort"}
+    assert all(r["latency_x"] > 0 and r["size_x"] > 0 for r in origin["artifacts"].values())
+    assert "Against the original" in (out / "report.html").read_text()
 
 
 @pytest.mark.parametrize(("case", "message"), [
@@ -117,3 +121,43 @@ def test_bad_inputs_are_one_line_and_exit_1(penguins, tmp_path, case, message):
     assert res.exit_code == 1, res.output
     assert message in res.output and "Traceback" not in res.output
     assert isinstance(Pipeline, type)
+
+
+def _int8_record(out) -> dict:
+    doc = json.loads((out / "edgekit.json").read_text())
+    return next(s for s in doc["steps"] if s["name"] == "int8")["result"]
+
+
+def test_int8_quantizes_an_mlp_pipelines_linear_layers_and_keeps_its_transformers(penguins, tmp_path):
+    """The MLP head is converted in double (scikit-learn's precision); for int8 its layers run in float32 and are quantized."""
+    from sklearn.neural_network import MLPClassifier
+
+    pipe = fit(pipeline(MLPClassifier((64, 64), max_iter=2000, random_state=0)), penguins["train"])
+    joblib.dump(pipe, tmp_path / "mlp.joblib")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["compress", "--int8", "--objective", "size", "--format", "onnx", "--data", str(penguins["train"]),
+                                   "--label", "species", "-o", str(out), str(tmp_path / "mlp.joblib")])
+    assert res.exit_code == 0, res.output
+    assert _int8_record(out)["double_linear_as_float"] == 3  # two hidden layers and the output layer
+    m = load_manifest(out)
+    art = next(a for a in m.artifacts if a.format == "onnx")
+    metrics = m.metrics[art.file]
+    assert art.precision in ("int8", "mixed") and metrics["size_ratio"] < 0.6, (art.precision, metrics["size_ratio"])
+    assert metrics["drop_pts"] <= 1.0
+    parity = m.metrics[art.file]["origin_parity"]
+    assert parity["agreement"] >= 97.0, parity  # int8 against scikit-learn's own predict
+
+
+def test_int8_says_a_tree_ensemble_stays_float(penguins, tmp_path):
+    from sklearn.ensemble import RandomForestClassifier
+
+    pipe = fit(pipeline(RandomForestClassifier(20, random_state=0)), penguins["train"])
+    joblib.dump(pipe, tmp_path / "forest.joblib")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["compress", "--int8", "--format", "onnx", "--data", str(penguins["train"]), "--label", "species",
+                                   "-o", str(out), str(tmp_path / "forest.joblib")])
+    assert res.exit_code == 0, res.output
+    said = [line for line in res.output.splitlines() if "tree ensemble" in line]
+    assert len(said) == 1 and "stay float" in said[0] and "decision nodes" in said[0], res.output
+    assert "against forest.joblib in scikit-learn (" in res.output  # the terminal table's line for the original
+    assert "stay float" in _int8_record(out)["trees_float"]
