@@ -57,6 +57,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/compress_int8.py
 	$(BIN)/python benchmarks/tflite_export.py
+	$(BIN)/python benchmarks/tflite_int8_matrix.py
 	$(BIN)/python benchmarks/prune_distill.py
 	$(BIN)/python benchmarks/agent.py
 	$(BIN)/python benchmarks/serving.py
