@@ -38,7 +38,7 @@ def baseline_float(tf: Any, job: dict[str, Any], saved: str, sample: dict[str, n
     src = job.get("baseline")
     if src:
         model = onnx_to_keras(Path(src["path"]), job, sample, workdir / "baseline")
-        perms = input_perms(model, job["inputs"], onnx2tf_made=True)
+        perms = input_perms(model, job["inputs"], onnx2tf_made=True, keep=job.get("keep_inputs") or ())
         if perms != in_perms:
             raise WorkerError("signature", f"the float and the int8 TensorFlow models take their inputs in different layouts "
                                            f"({perms} vs {in_perms}); convert with TfliteConfig(search=False)")

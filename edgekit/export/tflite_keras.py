@@ -31,7 +31,8 @@ def onnx_to_keras(path: Path, job: dict, sample: dict[str, np.ndarray], workdir:
         # disable_model_save: onnx2tf only builds the Keras model; edgekit writes the .tflite itself.
         # pseudo_ops: ops onnx2tf should write as elementwise ops (["hardswish"] for int8, see tflite_prep)
         model = onnx2tf.convert(input_onnx_file_path=str(path), output_folder_path=str(workdir / "onnx2tf"),
-                                disable_model_save=True, non_verbose=True, replace_to_pseudo_operators=list(pseudo_ops) or None)
+                                disable_model_save=True, non_verbose=True, replace_to_pseudo_operators=list(pseudo_ops) or None,
+                                keep_shape_absolutely_input_names=list(job.get("keep_inputs") or []) or None)
     except SystemExit:
         raise onnx2tf_failure(workdir) from None
     except Exception as e:  # noqa: BLE001
@@ -141,8 +142,9 @@ def _fits(src_shape: list, art_shape: list, perm: tuple[int, ...] | None) -> boo
     return True
 
 
-def input_perms(model, inputs: list[dict], *, onnx2tf_made: bool) -> dict[str, tuple[int, ...] | None]:
-    """Each input's perm from the source layout to the TensorFlow model's (None: the same)."""
+def input_perms(model, inputs: list[dict], *, onnx2tf_made: bool, keep: tuple[str, ...] | list[str] = ()) -> dict[str, tuple[int, ...] | None]:
+    """Each input's perm from the source layout to the TensorFlow model's (None: the same). ``keep``: inputs onnx2tf
+    was told to leave as they are (raw NHWC images in front of baked preprocessing)."""
     shapes = _tf_input_shapes(model)
     if len(shapes) != len(inputs):
         raise WorkerError("signature", f"the TensorFlow model has {len(shapes)} inputs; the source has {len(inputs)}")
@@ -152,7 +154,7 @@ def input_perms(model, inputs: list[dict], *, onnx2tf_made: bool) -> dict[str, t
         if not fit:
             raise WorkerError("signature", f"input {s['name']!r}: TensorFlow shape {shape} does not match the source {s['shape']} in any layout")
         # both fit only when the dims are equal (e.g. [1, 8, 8, 8]); onnx2tf always makes 3-5-D inputs channel-last
-        perms[s["name"]] = fit[-1] if len(fit) > 1 and onnx2tf_made else fit[0]
+        perms[s["name"]] = fit[-1] if len(fit) > 1 and onnx2tf_made and s["name"] not in keep else fit[0]
     return perms
 
 

@@ -23,6 +23,7 @@ from edgekit.export.config import TfliteConfig, TfliteIO
 from edgekit.export.tflite_prep import count_ops, explicit_maxpool_padding, hard_sigmoid_as_relu6
 from edgekit.onnx_model import io_specs, load_onnx
 from edgekit.onnx_rewrites import ceil_mode_maxpool, space_to_depth_stem
+from edgekit.preprocess import PREFIX as PREPROCESS_PREFIX
 
 if TYPE_CHECKING:
     from edgekit.export.base import ExportSource
@@ -77,7 +78,7 @@ def plan(source: ExportSource, precision: str, config: TfliteConfig) -> Conversi
         source.log.note(note, shown=f"tflite: {note}")
         io = TfliteIO.FLOAT
     inputs, _ = io_specs(float_model)
-    _check_static(inputs)
+    _check_static(inputs, baked=[s.name for s in inputs if _feeds_baked_preprocessing(float_model, s.name)])
     _check_ops(float_model)
     work = source.workdir.resolve() / "tflite"
     work.mkdir(parents=True, exist_ok=True)
@@ -88,7 +89,10 @@ def plan(source: ExportSource, precision: str, config: TfliteConfig) -> Conversi
     pseudo: tuple[str, ...] = ()
     if mode == "int8" and not tf_source:
         prepared = float_model
+        baked = any(n.name.startswith(PREPROCESS_PREFIX) for n in prepared.graph.node)
         for key, rewrite in INT8_REWRITES:
+            if baked and key == "space_to_depth_stem":
+                continue  # onnx2tf cannot lay out a SpaceToDepth behind baked preprocessing (its input stays NHWC)
             prepared, n = rewrite(prepared)
             if n:
                 rewrites[key] = n
@@ -123,6 +127,8 @@ def job(conv: Conversion, ref: Reference, out: Path, stem: str, config: TfliteCo
         "sample": str(save_npz(conv.work / "sample.npz", ref.eval_data.subset(SAMPLE_COUNT).inputs)),
         "calib": str(save_npz(conv.work / "calib.npz", calib.subset(config.calib_samples).inputs)) if conv.mode == "int8" and calib else None,
         "pseudo_ops": list(conv.pseudo_ops),
+        # a raw uint8 NHWC image in front of baked preprocessing is already channel-last: onnx2tf must not transpose it
+        "keep_inputs": [s.name for s in inputs if _feeds_baked_preprocessing(conv.float_model, s.name)],
         "judge": judge,
         "baseline": {"path": str(conv.float_path)} if judge and rewritten else None,
         "objective": str(config.objective),
@@ -158,9 +164,12 @@ def onnx2tf_ops() -> set[str] | None:
     return {p.stem for p in ops_dir.glob("*.py") if not p.stem.startswith("_")} or None
 
 
-def _check_static(inputs: tuple[TensorSpec, ...]) -> None:
+def _check_static(inputs: tuple[TensorSpec, ...], *, baked: list[str]) -> None:
     for s in inputs:
         dynamic = [i for i, d in enumerate(s.shape) if i > 0 and not isinstance(d, int)]
+        if dynamic and s.name in baked:
+            raise ExportError(f"input {s.name!r} takes images of any size {shape_text(s.shape)}; a .tflite needs one size. Add "
+                              "raw_size: [height, width] (the camera's frame) to the --preprocess spec")
         if dynamic:
             example = ",".join(str(d) if isinstance(d, int) else ("1" if i == 0 else "?") for i, d in enumerate(s.shape))
             raise ExportError(
@@ -203,3 +212,8 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
 def shape_text(shape: tuple[Any, ...]) -> str:
     """``[N, 3, 224, 224]``."""
     return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _feeds_baked_preprocessing(model: onnx.ModelProto, name: str) -> bool:
+    readers = [n for n in model.graph.node if name in n.input]
+    return bool(readers) and all(n.name.startswith(PREPROCESS_PREFIX) for n in readers)

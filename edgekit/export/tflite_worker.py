@@ -69,7 +69,7 @@ def run(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         model = onnx_to_keras(Path(src["path"]), job, sample, workdir, pseudo_ops=tuple(job.get("pseudo_ops") or ()))
     else:
         model = load_tf(src)
-    in_perms = input_perms(model, job["inputs"], onnx2tf_made=src["kind"] == "onnx")
+    in_perms = input_perms(model, job["inputs"], onnx2tf_made=src["kind"] == "onnx", keep=job.get("keep_inputs") or ())
     fn, names = serving_function(tf, model, job, in_perms)
     report_progress(workdir, "tflite: checking layout", 0.3)
     out_perms = output_perms(tf, fn, job, sample, in_perms, names)

@@ -122,3 +122,41 @@ def test_int8_keeps_the_baked_preprocessing_float(tmp_path, raw_size):
     assert m.inputs[0].dtype == "uint8"
     parity = m.metrics[art.file]["origin_parity"]
     assert parity["ok"], parity
+
+
+def test_a_tflite_of_baked_preprocessing_takes_raw_nhwc_images_in_a_plain_interpreter(tmp_path):
+    """onnx2tf would transpose a 4-D input as if it were NCHW: the raw uint8 image must stay [N, H, W, 3]."""
+    pytest.importorskip("onnx2tf")
+    from ai_edge_litert.interpreter import Interpreter
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, img in _photos().items():
+        Image.fromarray(img).save(photos / f"{name}.png")
+    onnx.save(_cnn(), str(tmp_path / "cnn.onnx"))
+    spec = ImageSpec.from_dict({"resize_short": 36, "center_crop": [32, 32], **NORM, "raw_size": [300, 400]})
+    result = compress(tmp_path / "cnn.onnx", photos, CompressOptions(image_spec=spec, formats=("onnx", "tflite"), output=tmp_path / "out"))
+    m = load_manifest(result.output)
+    art = next(a for a in m.artifacts if a.format == "tflite")
+    assert list(art.inputs[0].shape) == ["N", 300, 400, 3] and art.inputs[0].dtype == "uint8"
+    assert m.metrics[art.file]["origin_parity"]["ok"]
+    interp = Interpreter(model_path=str(result.output / art.file))  # as a user opens it
+    interp.allocate_tensors()
+    detail = interp.get_input_details()[0]
+    assert list(detail["shape"]) == [1, 300, 400, 3] and detail["dtype"] == np.uint8
+    interp.set_tensor(detail["index"], fit_raw(_photos()["coffee"], (300, 400))[None])
+    interp.invoke()
+    got = interp.get_tensor(interp.get_output_details()[0]["index"])
+    want = ort.InferenceSession(str(result.output / "cnn.fp32.onnx")).run(None, {"x": fit_raw(_photos()["coffee"], (300, 400))[None]})[0]
+    np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_a_tflite_of_any_size_images_asks_for_raw_size(tmp_path):
+    pytest.importorskip("onnx2tf")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(_photos()["coffee"]).save(photos / "coffee.png")
+    onnx.save(_cnn(), str(tmp_path / "cnn.onnx"))
+    spec = ImageSpec.from_dict({"resize_short": 36, "center_crop": [32, 32], **NORM})
+    with pytest.raises(Exception, match=r"a \.tflite needs one size\. Add raw_size: \[height, width\]"):
+        compress(tmp_path / "cnn.onnx", photos, CompressOptions(image_spec=spec, formats=("tflite",), output=tmp_path / "out"))
