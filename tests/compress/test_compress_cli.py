@@ -239,14 +239,17 @@ def test_int_and_scalar_inputs_pass_through_untouched(tmp_path):
     onnx.save(_embedding_model(), model)
     rng = np.random.default_rng(0)
     data = tmp_path / "d.npz"
-    np.savez(data, x=rng.standard_normal((64, 16)).astype(np.float32), ids=rng.integers(0, 50, 64), rate=np.full(64, 0.5, np.float32))
-    res = run("compress", "--int8", "--data", str(data), "-o", str(tmp_path / "out"), str(model))
+    n = 256  # random weights give near-tied logits: one flipped sample of 64 (1.56 pts) was over a 1-pt bound with 7-bit weights
+    np.savez(data, x=rng.standard_normal((n, 16)).astype(np.float32), ids=rng.integers(0, 50, n), rate=np.full(n, 0.5, np.float32))
+    # objective size: an int8 model ships (balanced keeps the float one where int8 is not faster), within a 3-pt bound
+    res = run("compress", "--int8", "--objective", "size", "--max-drop", "3", "--data", str(data), "-o", str(tmp_path / "out"), str(model))
     assert res.exit_code == 0, res.output
     sess = ort.InferenceSession(str(tmp_path / "out" / "emb.int8.onnx"), providers=["CPUExecutionProvider"])
     types = {i.name: i.type for i in sess.get_inputs()}
     assert types == {"x": "tensor(float)", "ids": "tensor(int64)", "rate": "tensor(float)"}
     m = load_manifest(tmp_path / "out")
-    assert m.metrics["emb.int8.onnx"]["agreement"] >= 99.0
+    assert m.artifact("emb.int8.onnx").precision == "int8"
+    assert m.metrics["emb.int8.onnx"]["agreement"] >= 97.0  # ids fed wrong would pick other table rows: far below this
     assert [f.input for f in m.features].count("ids") == 0  # token ids are not binned for drift
 
 
