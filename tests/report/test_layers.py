@@ -98,8 +98,9 @@ def test_an_unquantized_copy_has_no_error_and_unrelated_models_match_nothing(thr
 
 def test_large_activations_shrink_the_batch_and_the_samples(three, monkeypatch):
     """PP-OCR's detector exposes 281 MB of intermediate tensors per sample: batches and sample counts follow a byte budget."""
-    import edgekit.quantize.layers as layers
     from onnxruntime.quantization import QuantFormat
+
+    import edgekit.quantize.layers as layers
 
     d, x = three
     inputs, _ = io_specs(onnx.load(d / "f.onnx"))
