@@ -30,6 +30,8 @@ __all__ = ["distill"]
 @click.option("--keep", multiple=True, metavar="NAME", help="auto:W: keep this layer's width (node name or glob; repeatable).")
 @click.option("--round-to", type=click.IntRange(1), help="auto:W: channel counts a multiple of this.")
 @click.option("--int8", is_flag=True, help="Quantize the trained student to int8 (static, calibrated on --data).")
+@click.option("--objective", type=click.Choice(["balanced", "latency", "size"]), default="balanced", show_default=True,
+              help="With --int8: which accurate candidate ships, as for compress (size: the smallest, even if slower than fp32).")
 @click.option("--fp16", is_flag=True, help="Convert the trained student to float16.")
 @click.option("--max-drop", type=float, default=1.5, show_default=True,
               help="Largest accuracy drop (points) vs the teacher an int8 student may have; exit 3 if none meets it.")
@@ -70,7 +72,8 @@ def distill(**options: Any) -> None:
     if o["fp16"]:
         steps.append(StepSpec("fp16", {}))
     opts = CompressOptions(steps=tuple(steps), formats=o["formats"], output=o["output"], force=o["force"], name=o["name"],
-                           version=o["version"], data_layout=o["data_layout"], threads=o["threads"], max_eval_samples=o["max_eval_samples"])
+                           version=o["version"], data_layout=o["data_layout"], threads=o["threads"], max_eval_samples=o["max_eval_samples"],
+                           objective=o["objective"])
     console = Console(stderr=True, quiet=o["as_json"])
     with Progress(console, enabled=not o["as_json"]) as progress:
         result = run(source, o["data"], opts, say=progress.say, progress=progress.update)

@@ -24,13 +24,17 @@ from edgekit.results import ExportedArtifact
 __all__ = ["convert_to_ort", "export_ort"]
 
 
-def convert_to_ort(onnx_path: Path, out_dir: Path, stem: str) -> tuple[Path, Path | None]:
-    """Convert one .onnx file to ``out_dir/<stem>.ort``; returns it and the operator config, if written."""
+def convert_to_ort(onnx_path: Path, out_dir: Path, stem: str, *, scratch: Path | None = None) -> tuple[Path, Path | None]:
+    """Convert one .onnx file to ``out_dir/<stem>.ort``; returns it and the operator config, if written.
+
+    The converter works in a temporary directory inside ``scratch`` (a run's work directory): a Ctrl-C that lands
+    while that directory is created or removed cannot leave it behind, since the run removes its work directory.
+    """
     from edgekit.ort_tools import ort_tool
 
     tool = ort_tool("convert_onnx_models_to_ort")  # onnxruntime.tools itself would import torch (8 s) for nothing used here
     OptimizationStyle, convert_onnx_models_to_ort = tool.OptimizationStyle, tool.convert_onnx_models_to_ort
-    with tempfile.TemporaryDirectory(prefix="edgekit.ort.") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgekit.ort.", dir=scratch) as tmp:
         src = Path(tmp) / f"{stem}.onnx"
         shutil.copy(onnx_path, src)
         log = io.StringIO()
@@ -65,7 +69,7 @@ def convert_to_ort(onnx_path: Path, out_dir: Path, stem: str) -> tuple[Path, Pat
 def export_ort(source: ExportSource, out_dir: Path, stem: str, config: OrtConfig) -> list[ExportedArtifact]:
     """Convert the ``.onnx`` artifact to ``<stem>.ort`` (and its operator config); parity is checked against that ``.onnx``."""
     onnx_artifact = source.parent(Format.ORT)
-    dst, operators = convert_to_ort(onnx_artifact.path, out_dir, stem)
+    dst, operators = convert_to_ort(onnx_artifact.path, out_dir, stem, scratch=source.workdir)
     side = [operators] if operators is not None else []
     extra = dict(onnx_artifact.extra)
     extra.pop(NAMES_KEY, None)  # same names as its parent .onnx, whose record keeps the mapping

@@ -15,6 +15,7 @@ from edgekit.preprocess import PREFIX as PREPROCESS_PREFIX
 from edgekit.quantize.candidates import CalibrationMethod, Candidate, Kind, candidates_for, pre_process, seven_bit_weights
 from edgekit.quantize.classical import classical_parts
 from edgekit.quantize.graph import name_nodes
+from edgekit.quantize.mixed import NO_INT8_KERNEL
 from edgekit.quantize.outcome import CandidateResult, SearchResult
 from edgekit.quantize.search import SearchSettings, search
 
@@ -142,10 +143,16 @@ def _whole_int8(result: SearchResult) -> CandidateResult | None:
 
 
 def _precision(r: CandidateResult, quantized_share: float) -> Precision:
-    """fp32 for the float model, int8 when (nearly) every weight is int8, mixed when layers were left float."""
+    """fp32 for the float model, int8 when (nearly) every weight is int8, mixed when layers were left float.
+
+    A split that keeps layers float is mixed even when their weights are few (depthwise convs): the
+    README promises ``mixed`` for a partly quantized model, and the layers only int8 lacks a kernel
+    for stay float in the whole-int8 model too.
+    """
     if not r.is_int8:
         return Precision.FP32
-    return Precision.INT8 if quantized_share >= INT8_SHARE else Precision.MIXED
+    split_float = any(f["why"] != NO_INT8_KERNEL for f in r.float_layers)
+    return Precision.INT8 if quantized_share >= INT8_SHARE and not split_float else Precision.MIXED
 
 
 def _extra(r: CandidateResult) -> dict:

@@ -101,15 +101,18 @@ def layer_errors(
     max_samples: int = MAX_SAMPLES,
     threads: int = 1,
     names: dict[str, str] | None = None,
+    scratch: Path | None = None,
 ) -> list[LayerError]:
     """Layers of ``quant_model`` ranked by the error they add (worst first), measured on ``data``.
 
     ``data`` is in the float model's layout (both models are ONNX with the same signature).
     Returns [] when no tensor can be matched (e.g. a model rewritten beyond recognition).
     ``names``: short → original tensor names of a compactly stored ``quant_model`` (the manifest's
-    ``artifact.extra["tensor_names"]``), restored before matching.
+    ``artifact.extra["tensor_names"]``), restored before matching. ``scratch``: where the temporary models go (a run's
+    work directory, which a Ctrl-C run removes whole); None: the system's temporary directory.
     """
-    return measure_layers(float_model, quant_model, data, inputs, max_samples=max_samples, threads=threads, names=names).errors
+    return measure_layers(float_model, quant_model, data, inputs, max_samples=max_samples, threads=threads, names=names,
+                          scratch=scratch).errors
 
 
 def measure_layers(
@@ -121,6 +124,7 @@ def measure_layers(
     max_samples: int = MAX_SAMPLES,
     threads: int = 1,
     names: dict[str, str] | None = None,
+    scratch: Path | None = None,
 ) -> LayerRun:
     """:func:`layer_errors`, with how many samples were measured in what batches (bounded by the activations' size)."""
     fm = _load(float_model)
@@ -130,7 +134,7 @@ def measure_layers(
         return LayerRun([])
     f_names = [f for f, _ in pairs.values()]
     q_names = [q for _, q in pairs.values()]
-    with tempfile.TemporaryDirectory(prefix="edgekit.layers.") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgekit.layers.", dir=scratch) as tmp:
         f_sess = _session(_with_outputs(fm, f_names, []), Path(tmp) / "float.onnx", threads)
         q_sess = _session(_with_outputs(qm, q_names, extra_nodes), Path(tmp) / "quant.onnx", threads)
         stats, run = _accumulate(f_sess, q_sess, pairs, data.subset(max_samples), inputs)

@@ -33,7 +33,7 @@ from edgekit.quantize.graph import FloatGraph, regions
 from edgekit.quantize.nodemap import Costs, map_profile
 from edgekit.quantize.profiler import ProfileTarget, profile
 
-__all__ = ["FormSearch", "Split", "search_form"]
+__all__ = ["NO_INT8_KERNEL", "FormSearch", "Split", "explain", "search_form"]
 
 #: profiled runs per model per round (after warm-up); kernels are summarized by their 25th percentile, which a
 #: busy CPU's interruptions move least
@@ -140,6 +140,10 @@ def _iteration(label: str, units: frozenset[str], model: CostModel, measured: Co
     }
 
 
+#: why a layer with weights stays float in every candidate, the whole-int8 ones too
+NO_INT8_KERNEL = "no int8 kernel in onnxruntime"
+
+
 def explain(graph: FloatGraph, model: CostModel, units: frozenset[str], *, excluded: frozenset[str],
             too_lossy: dict[str, float]) -> list[dict[str, Any]]:
     """Each layer with weights or an int8 kernel that stays float in ``units``' split, and why, with its measured costs."""
@@ -153,7 +157,7 @@ def explain(graph: FloatGraph, model: CostModel, units: frozenset[str], *, exclu
         elif u.name in too_lossy:
             why = f"too much error in int8 (adds {too_lossy[u.name]:.3g} relative error, the most of the layers tried)"
         elif not u.quantizable:
-            why = "no int8 kernel in onnxruntime"
+            why = NO_INT8_KERNEL
         elif q >= f:
             why = f"slower in int8 ({q:.0f} vs {f:.0f} µs)"
         else:

@@ -173,7 +173,9 @@ def _unit_errors(bench: Workbench, graph: FloatGraph, whole: CandidateResult) ->
     from edgekit.quantize.layers import layer_errors
 
     out: dict[str, float] = {}
-    for e in layer_errors(bench.static_path, whole.path or bench.build(whole.candidate), bench.ref.eval_data, bench.ref.inputs, threads=bench.settings.threads):
+    quant = whole.path or bench.build(whole.candidate)
+    for e in layer_errors(bench.static_path, quant, bench.ref.eval_data, bench.ref.inputs, threads=bench.settings.threads,
+                          scratch=bench.workdir):
         u = graph.unit_of.get(e.node)
         if u is not None:
             out[u] = max(out.get(u, 0.0), e.added_rel_error)

@@ -112,7 +112,7 @@ class Workbench:
 
             out_dir = self.workdir / "ort"
             out_dir.mkdir(exist_ok=True)
-            self.ort_files[onnx_path] = convert_to_ort(onnx_path, out_dir, onnx_path.stem)[0]
+            self.ort_files[onnx_path] = convert_to_ort(onnx_path, out_dir, onnx_path.stem, scratch=self.workdir)[0]
         return self.ort_files[onnx_path]
 
 
@@ -285,8 +285,8 @@ def _choose(results: list[CandidateResult], baseline: Latency, baseline_ort: Lat
     settings = bench.settings
     size = bench.fp32_path.stat().st_size
     ok = [r for r in results if r.status == "ok" and r.latency is not None]
-    if not ok:
-        reasons = "; ".join(f"{r.candidate.name}: {r.reason}" for r in results)
+    if not any(r.is_int8 for r in ok):  # the float candidate alone is no answer to "int8": fp32 kept, exit 3 (README)
+        reasons = "; ".join(f"{r.candidate.name}: {r.reason}" for r in results if r.is_int8) or "none was tried"
         return SearchResult(None, results, baseline, size, settings.max_drop, False, False, f"no int8 candidate could be built ({reasons})",
                             settings.objective)
     by_name = {r.candidate.name: r for r in ok}

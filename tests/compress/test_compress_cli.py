@@ -82,7 +82,11 @@ def test_int8_search_ships_what_its_rule_picks_from_the_numbers_it_recorded(digi
     out, _ = digits_int8
     search = json.loads((out / "report.json").read_text())["steps"][0]["result"]["search"]
     ok = [c for c in search["candidates"] if c["status"] == "ok"]
-    assert {c["name"] for c in ok} >= {"static-qdq-u8s8-perchannel", "static-qdq-s8s8-perchannel", "dynamic", "weight-only", "float"}
+    assert {c["name"] for c in ok} >= {"static-qdq-u8s8-perchannel", "static-qdq-s8s8-perchannel", "dynamic-linear-only", "float"}
+    # candidates that cannot win once static int8 is built are not built, and the record says why (a conv model, balanced)
+    skipped = {c["name"]: c["reason"] for c in search["candidates"] if c["status"] == "skipped"}
+    assert "only --objective size can take it" in skipped["weight-only"]
+    assert "faster and more accurately than ConvInteger" in skipped["dynamic"]
     assert search["objective"] == "balanced" and search["met_accuracy_bound"] is True
     base, size = search["baseline"]["latency"]["p50_ms"], search["baseline"]["size_bytes"]
     # the run ships an .ort too: every candidate's .ort was converted and timed, and the .ort gets its own choice
@@ -235,14 +239,17 @@ def test_int_and_scalar_inputs_pass_through_untouched(tmp_path):
     onnx.save(_embedding_model(), model)
     rng = np.random.default_rng(0)
     data = tmp_path / "d.npz"
-    np.savez(data, x=rng.standard_normal((64, 16)).astype(np.float32), ids=rng.integers(0, 50, 64), rate=np.full(64, 0.5, np.float32))
-    res = run("compress", "--int8", "--data", str(data), "-o", str(tmp_path / "out"), str(model))
+    n = 256  # random weights give near-tied logits: one flipped sample of 64 (1.56 pts) was over a 1-pt bound with 7-bit weights
+    np.savez(data, x=rng.standard_normal((n, 16)).astype(np.float32), ids=rng.integers(0, 50, n), rate=np.full(n, 0.5, np.float32))
+    # objective size: an int8 model ships (balanced keeps the float one where int8 is not faster), within a 3-pt bound
+    res = run("compress", "--int8", "--objective", "size", "--max-drop", "3", "--data", str(data), "-o", str(tmp_path / "out"), str(model))
     assert res.exit_code == 0, res.output
     sess = ort.InferenceSession(str(tmp_path / "out" / "emb.int8.onnx"), providers=["CPUExecutionProvider"])
     types = {i.name: i.type for i in sess.get_inputs()}
     assert types == {"x": "tensor(float)", "ids": "tensor(int64)", "rate": "tensor(float)"}
     m = load_manifest(tmp_path / "out")
-    assert m.metrics["emb.int8.onnx"]["agreement"] >= 99.0
+    assert m.artifact("emb.int8.onnx").precision == "int8"
+    assert m.metrics["emb.int8.onnx"]["agreement"] >= 97.0  # ids fed wrong would pick other table rows: far below this
     assert [f.input for f in m.features].count("ids") == 0  # token ids are not binned for drift
 
 

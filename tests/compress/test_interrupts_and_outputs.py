@@ -142,6 +142,33 @@ def test_ctrl_c_during_compress_exits_130_and_leaves_nothing(tmp_path):
     assert leftovers(tmp) == []  # the run's work directory is gone
 
 
+def test_the_ort_conversion_works_inside_the_runs_work_directory(tmp_path, monkeypatch):
+    """The int8 search converts every candidate to .ort: its temporary directory lives in the run's work directory, which a
+    Ctrl-C run removes whole, so an interrupt that lands while that directory is made or removed leaves nothing in $TMPDIR."""
+    import types
+
+    import edgekit.ort_tools as ort_tools
+    from edgekit.export.ort_mobile import convert_to_ort
+
+    seen: list[Path] = []
+
+    def convert(src: Path, output_dir: Path, **kw) -> None:  # stands in for onnxruntime's converter
+        seen.append(src.parent)
+        output_dir.mkdir()
+        (output_dir / f"{src.stem}.ort").write_bytes(b"ort")
+
+    monkeypatch.setattr(ort_tools, "ort_tool", lambda name: types.SimpleNamespace(OptimizationStyle=types.SimpleNamespace(Fixed=0),
+                                                                                   convert_onnx_models_to_ort=convert))
+    onnx.save(build_mlp(seed=0), tmp_path / "m.onnx")
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    assert convert_to_ort(tmp_path / "m.onnx", out, "m", scratch=work) == (out / "m.ort", None)
+    (where,) = seen
+    assert where.parent == work and where.name.startswith("edgekit.ort.")
+    assert list(work.iterdir()) == []  # and removed after
+
+
 @pytest.mark.slow
 def test_ctrl_c_while_tensorflow_converts_leaves_no_autograph_files(tmp_path):
     pytest.importorskip("onnx2tf")

@@ -121,3 +121,21 @@ def test_exclude_keeps_a_layer_float_in_what_ships(tmp_path, mlp_model, mlp_data
     for c in search["candidates"]:
         if c["status"] == "ok" and c.get("float_layers"):
             assert {"layer": "fc2", "why": "--exclude"}.items() <= next(f for f in c["float_layers"] if f["layer"] == "fc2").items()
+
+
+def test_a_split_that_keeps_layers_float_is_mixed_however_few_weights_they_hold():
+    """Depthwise convs hold under 5% of a model's weights: a split that keeps them float is still `mixed` (README), while a
+    layer no candidate can quantize (no int8 kernel) does not make a whole-int8 model mixed."""
+    from edgekit.choices import Precision
+    from edgekit.quantize.candidates import Candidate, Kind
+    from edgekit.quantize.int8 import _precision
+    from edgekit.quantize.mixed import NO_INT8_KERNEL
+    from edgekit.quantize.outcome import CandidateResult
+
+    split = Candidate("mixed-all-but-depthwise-convs", Kind.STATIC, nodes=("down", "dense1"))
+    dw = {"layer": "dw1", "op": "Conv", "kind": "depthwise", "why": "slower in int8 (900 vs 700 µs)", "float_us": 700.0, "int8_us": 900.0}
+    no_kernel = {**dw, "layer": "norm", "op": "LayerNormalization", "why": NO_INT8_KERNEL}
+    assert _precision(CandidateResult(split, "ok", float_layers=[dw]), 0.99) is Precision.MIXED
+    assert _precision(CandidateResult(split, "ok", float_layers=[no_kernel]), 0.99) is Precision.INT8
+    assert _precision(CandidateResult(split, "ok"), 0.5) is Precision.MIXED  # most weights float: mixed by the share alone
+    assert _precision(CandidateResult(Candidate("float", Kind.FLOAT), "ok"), 0.0) is Precision.FP32

@@ -194,7 +194,9 @@ def opset12_convnet(path) -> str:
 def test_an_opset_12_model_is_converted_up_for_static_int8(tmp_path):
     model = opset12_convnet(tmp_path / "old.onnx")
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(6).standard_normal((16, 1, 16, 16)).astype(np.float32))
-    res = run("compress", "--int8", *SEARCH, "--data", str(tmp_path / "d.npz"), "-o", str(tmp_path / "out"), model)
+    # random weights pooled into 3 near-tied scores: one flip of 16 samples is 6.25 pts, so agreement is not the point here
+    # (the per-channel candidates keep cosine 0.9998 yet flip ~10% of such ties with 7-bit weights); the upgrade is
+    res = run("compress", "--int8", *SEARCH, "--max-drop", "100", "--data", str(tmp_path / "d.npz"), "-o", str(tmp_path / "out"), model)
     assert res.exit_code == 0, res.output
     step = load_manifest(tmp_path / "out").raw["steps"][-1]["result"]
     assert step["opset_upgraded"] == {"from": 12, "to": 13, "why": "per-channel int8 needs opset 13"}

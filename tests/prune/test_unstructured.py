@@ -84,10 +84,12 @@ def test_unstructured_pruning_without_training_runs_without_torch(tmp_path):
 
 def test_prune_80_then_int8_keeps_the_zeros_and_gzips_small(digits, tmp_path):
     out = tmp_path / "out"
-    res = run("compress", "--prune", "0.8", "--int8", "--epochs", "3", "--data", str(digits["train"]), "--format", "onnx",
-              "-o", str(out), str(digits["model"]))
+    # objective size: int8 is what this test is about (under balanced, a tiny model whose int8 is not faster here stays float)
+    res = run("compress", "--prune", "0.8", "--int8", "--objective", "size", "--epochs", "3", "--data", str(digits["train"]),
+              "--format", "onnx", "-o", str(out), str(digits["model"]))
     assert res.exit_code == 0, res.output
-    assert "Not a speed-up" in res.output and "faster" not in res.output.lower()
+    prune_lines = [ln for ln in res.output.splitlines() if ln.startswith("prune:")]
+    assert any("Not a speed-up" in ln for ln in prune_lines) and not any("faster" in ln.lower() for ln in prune_lines)
     art = out / "digits.pruned.int8.onnx"
     m = load_manifest(out)
     assert [s["name"] for s in m.raw["steps"]] == ["prune", "int8"]
