@@ -33,3 +33,18 @@ def test_parity_passes_small_errors_and_classifiers_whose_decisions_agree():
     flipped = logits.copy()
     flipped[:10] = -flipped[:10]  # 5 % of decisions change
     assert not parity(ref, {"logits": flipped}, "int8", classifier=True, first_output="logits")["ok"]
+
+
+def test_int8_parity_of_a_dense_map_counts_elements_not_the_single_worst_one():
+    """Two int8 kernels of one model (a .ort against its .onnx) round a few pixels of a detector's map apart."""
+    rng = np.random.default_rng(0)
+    ref = {"map": 1 / (1 + np.exp(-rng.standard_normal((4, 1, 64, 64)) * 4))}
+    few = ref["map"].copy()
+    few.reshape(-1)[rng.choice(few.size, 8, replace=False)] += 0.5  # 0.05 % of the pixels
+    many = ref["map"].copy()
+    many.reshape(-1)[rng.choice(many.size, 400, replace=False)] += 0.5  # 2.4 %
+    p = parity(ref, {"map": few}, "int8")
+    assert p["ok"] and p["max_abs_error"] > p["allowed"] and p["within_share"] >= 99.9
+    q = parity(ref, {"map": many}, "int8")
+    assert not q["ok"] and q["within_share"] < 99.9
+    assert not parity(ref, {"map": few}, "fp32")["ok"]  # a float conversion must match everywhere
