@@ -99,7 +99,10 @@ def load_data(
                         "a folder of images, or a table (.csv, .parquet) for a model with one input per column")
     if data_layout:
         ds.inputs = {k: _to_layout(v, data_layout, k) for k, v in ds.inputs.items()}
-    ds.inputs = {s.name: _finite(_check(ds.inputs[s.name], s, p.name), s.name, p.name) for s in inputs if s.name in ds.inputs}
+    # a table's missing values (NaN) are the pipeline's to impute: only tensors must be finite
+    table = p.suffix.lower() in TABLE_SUFFIXES
+    ds.inputs = {s.name: _check(ds.inputs[s.name], s, p.name) for s in inputs if s.name in ds.inputs}
+    ds.inputs = {k: v if table else _finite(v, k, p.name) for k, v in ds.inputs.items()}
     n = {len(v) for v in ds.inputs.values()}
     if len(n) > 1:
         raise DataError(f"{p.name}: inputs have different sample counts {sorted(n)}; every array needs the same first axis")
