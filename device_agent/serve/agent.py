@@ -32,6 +32,7 @@ from device_agent.runtime.base import BackendError
 from device_agent.runtime.model import Formats, LoadedModel, load_model
 from device_agent.serve.prediction import ModelId, Prediction, tensor_json
 from device_agent.serve.predictor import WrongVersion
+from device_agent.serve.rows import RowValidator
 from device_agent.serve.validate import Validator
 from device_agent.telemetry.features import FeatureTracker, select_features
 from device_agent.telemetry.feedback import FeedbackLog, FeedbackResult
@@ -63,6 +64,7 @@ class AgentOptions(TypedDict, total=False):
     feedback_max_rows: int
     feedback_max_bytes: int
     feedback_retention_s: float
+    out_of_range: str
 
 
 class RequestObserver(Protocol):
@@ -88,12 +90,13 @@ class Agent:
     def __init__(self, model: LoadedModel, *, telemetry: bool = True, max_batch: int = 256, max_elements: int = 16 << 20,
                  top_k_default: int = 5, max_payload_bytes: int = 16 * 1024, max_values_per_feature: int = 256,
                  clock: Callable[[], float] = time.time, feedback_max_rows: int = 100_000, feedback_max_bytes: int = 8 << 20,
-                 feedback_retention_s: float = 86_400.0) -> None:
+                 feedback_retention_s: float = 86_400.0, out_of_range: str = "reject") -> None:
         self.model = model
         self.clock = clock
         self.top_k_default = top_k_default
         self.max_payload_bytes = max_payload_bytes
-        self.validator = Validator(model.inputs, max_batch=max_batch, max_elements=max_elements)
+        self.out_of_range = out_of_range
+        self.validator = _validator(model, max_batch=max_batch, max_elements=max_elements, out_of_range=out_of_range)
         self.metrics = Metrics()
         tracker = None
         self.features_left_out = 0
@@ -127,7 +130,15 @@ class Agent:
         self.metrics.gauge("edgekit_agent_ready", "1 when the model is loaded and passed its self-test.", lambda: float(self.ready))
         self.metrics.gauge("edgekit_agent_selftest_passed", "1 when the start-up self-test passed.", lambda: float(self.model.selftest.passed))
         # part of GET /metrics with or without a broker (0 without one)
+        self.metrics.counter("edgekit_agent_field_unseen_category_total", "Table values of a category the encoder never saw "
+                             "(accepted: it ignores unknowns), by field.", "field", lambda: self._field_counts("unseen_category"))
+        self.metrics.counter("edgekit_agent_field_out_of_range_total", "Table values outside the training range accepted "
+                             "([serve] out_of_range = warn), by field.", "field", lambda: self._field_counts("out_of_range"))
         self.metrics.gauge("edgekit_agent_mqtt_connected", "1 while connected to the MQTT broker.", lambda: float(self.link_connected()))
+
+    def _field_counts(self, which: str) -> dict[str, int]:
+        v = self.validator
+        return v.counts.snapshot()[which] if isinstance(v, RowValidator) else {}
 
     @classmethod
     def open(cls, path: str | Path, *, prefer: Formats = ("ort", "onnx", "tflite"), threads: int = 0, artifact: str | None = None,
@@ -155,6 +166,10 @@ class Agent:
     @property
     def max_elements(self) -> int:
         return self.validator.max_elements
+
+    @property
+    def max_batch(self) -> int:
+        return self.validator.max_batch
 
     def predict(self, inputs: Mapping[str, object], *, top_k: int | None = None, request_id: str | None = None,
                 version: str | None = None) -> Prediction:
@@ -310,8 +325,9 @@ class Agent:
         """Serve ``new`` from the next request on (one reference store); requests already running
         finish on the old model. Returns the old model (the OTA updater keeps it for a fast rollback)."""
         old = self.model
-        if tuple(new.inputs) != tuple(old.inputs):  # an update allowed to change the signature
-            self.validator = Validator(new.inputs, max_batch=self.validator.max_batch, max_elements=self.validator.max_elements)
+        if tuple(new.inputs) != tuple(old.inputs) or _fields(new) != _fields(old):  # an update allowed to change the signature
+            self.validator = _validator(new, max_batch=self.validator.max_batch, max_elements=self.validator.max_elements,
+                                        out_of_range=self.out_of_range)
         if self.retire is not None:
             # A telemetry window never mixes two versions: the old model's window is handed over here (O(1)) and
             # published by the telemetry thread, so the swap itself does no encoding or disk I/O.
@@ -335,6 +351,17 @@ class Agent:
                 and tuple(new.manifest.features) != tuple(old.manifest.features if old.manifest else ()):
             features, self.features_left_out = select_features(new.manifest.features, new.inputs, self.max_payload_bytes)
         return FeatureTracker(features, max_values_per_feature=tracker.max_values)
+
+
+def _fields(model: LoadedModel) -> tuple[object, ...]:
+    return model.manifest.fields if model.manifest is not None else ()
+
+
+def _validator(model: LoadedModel, *, max_batch: int, max_elements: int, out_of_range: str) -> Validator | RowValidator:
+    """Field by field for a model that takes table rows (its manifest lists ``signature.fields``), else tensor by tensor."""
+    if model.manifest is not None and model.manifest.fields:
+        return RowValidator(model.manifest.fields, model.inputs, max_batch=max_batch, max_elements=max_elements, out_of_range=out_of_range)
+    return Validator(model.inputs, max_batch=max_batch, max_elements=max_elements)
 
 
 def _feedback_log(model: LoadedModel, *, max_rows: int, max_bytes: int, retention_s: float, clock: Callable[[], float]) -> FeedbackLog | None:

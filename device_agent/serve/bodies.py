@@ -19,6 +19,7 @@ from device_agent.serve.exchange import REQUEST_ID
 from device_agent.serve.jsonbody import expanding, loads
 from device_agent.serve.npz import load_npz, save_npz
 from device_agent.serve.predictor import Predictor
+from device_agent.serve.rows import instances_to_columns
 
 __all__ = ["NPY", "NPZ", "REQUEST_ID", "PredictOptions", "int_option", "load_npy", "npz_bytes", "parse_predict"]
 
@@ -61,18 +62,25 @@ def parse_predict(body: bytes | bytearray, ctype: str, query: Mapping[str, list[
 
 
 def _json_inputs(body: bytes | bytearray, options: PredictOptions, predictor: Predictor) -> tuple[Mapping[str, object], PredictOptions]:
+    manifest = predictor.model.manifest
+    fields = manifest.fields if manifest is not None else ()
     with expanding(len(body)):
         doc = loads(body)
-        if isinstance(doc, dict) and isinstance(doc.get("inputs"), dict):
+        if not fields and isinstance(doc, dict) and isinstance(doc.get("inputs"), dict):
             doc["inputs"] = {k: _packed(v) for k, v in doc["inputs"].items()}  # the lists go while the lock is held
+    if fields and isinstance(doc, dict) and "instances" in doc and "inputs" not in doc:
+        doc["inputs"] = instances_to_columns(doc.pop("instances"), fields, max_batch=predictor.max_batch)
     if not isinstance(doc, dict) or "inputs" not in doc:
+        shape = ('{"instances": [{"<field>": value, ...}, ...]} or {"inputs": {"<field>": [values]}}' if fields
+                 else '{"inputs": {"<input name>": [...]}}')
         raise InvalidInput(
-            'the JSON body must be an object with "inputs": {"<input name>": [...]}; the model takes: ' + predictor.signature_text(),
-            kind="malformed", expected='{"inputs": {...}}', given=type(doc).__name__ if not isinstance(doc, dict) else "no 'inputs' key",
+            f"the JSON body must be an object {shape}; the model takes: " + predictor.signature_text(),
+            kind="malformed", expected=shape, given=type(doc).__name__ if not isinstance(doc, dict) else "no 'inputs' key",
         )
     unknown = set(doc) - {"inputs", "top_k", "request_id"}
     if unknown:
-        raise InvalidInput(f"unknown key(s) in the body: {', '.join(sorted(unknown))}; allowed: inputs, top_k, request_id",
+        allowed = "instances or inputs, top_k, request_id" if fields else "inputs, top_k, request_id"
+        raise InvalidInput(f"unknown key(s) in the body: {', '.join(sorted(unknown))}; allowed: {allowed}",
                            kind="malformed", given=", ".join(sorted(unknown)))
     if "top_k" in doc:
         options["top_k"] = int_option(doc["top_k"], "top_k")
