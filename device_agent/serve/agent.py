@@ -90,7 +90,7 @@ class Agent:
     def __init__(self, model: LoadedModel, *, telemetry: bool = True, max_batch: int = 256, max_elements: int = 16 << 20,
                  top_k_default: int = 5, max_payload_bytes: int = 16 * 1024, max_values_per_feature: int = 256,
                  clock: Callable[[], float] = time.time, feedback_max_rows: int = 100_000, feedback_max_bytes: int = 8 << 20,
-                 feedback_retention_s: float = 86_400.0, out_of_range: str = "reject") -> None:
+                 feedback_retention_s: float = 86_400.0, out_of_range: str = "warn") -> None:
         self.model = model
         self.clock = clock
         self.top_k_default = top_k_default

@@ -19,7 +19,7 @@ from device_agent.serve.exchange import REQUEST_ID
 from device_agent.serve.jsonbody import expanding, loads
 from device_agent.serve.npz import load_npz, save_npz
 from device_agent.serve.predictor import Predictor
-from device_agent.serve.rows import instances_to_columns
+from device_agent.serve.rows import Instances
 
 __all__ = ["NPY", "NPZ", "REQUEST_ID", "PredictOptions", "int_option", "load_npy", "npz_bytes", "parse_predict"]
 
@@ -69,7 +69,7 @@ def _json_inputs(body: bytes | bytearray, options: PredictOptions, predictor: Pr
         if not fields and isinstance(doc, dict) and isinstance(doc.get("inputs"), dict):
             doc["inputs"] = {k: _packed(v) for k, v in doc["inputs"].items()}  # the lists go while the lock is held
     if fields and isinstance(doc, dict) and "instances" in doc and "inputs" not in doc:
-        doc["inputs"] = instances_to_columns(doc.pop("instances"), fields, max_batch=predictor.max_batch)
+        doc["inputs"] = Instances(doc.pop("instances"))  # made columns by the validator, which names a bad row
     if not isinstance(doc, dict) or "inputs" not in doc:
         shape = ('{"instances": [{"<field>": value, ...}, ...]} or {"inputs": {"<field>": [values]}}' if fields
                  else '{"inputs": {"<input name>": [...]}}')

@@ -37,11 +37,6 @@ class Predictor(Protocol):
     def metrics(self) -> Metrics: ...
 
     @property
-    def max_batch(self) -> int:
-        """Samples (table rows) a request may hold."""
-        ...
-
-    @property
     def max_elements(self) -> int:
         """Tensor elements a request may hold, all inputs together (compressed bodies are checked against it before inflating)."""
         ...

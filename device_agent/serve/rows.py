@@ -27,12 +27,21 @@ from device_agent.contract.errors import InvalidInput, PayloadTooLarge
 from device_agent.contract.fields import FieldSpec
 from device_agent.contract.manifest import TensorSpec
 
-__all__ = ["OUT_OF_RANGE", "FieldCounts", "RowValidator", "instances_to_columns"]
+__all__ = ["OUT_OF_RANGE", "FieldCounts", "Instances", "RowValidator", "instances_to_columns"]
 
 #: what ``[serve] out_of_range`` may say
 OUT_OF_RANGE = ("reject", "warn")
 #: encoder settings under which a category it never saw is passed on (it encodes as all zeros)
 _LENIENT = frozenset({"ignore", "infrequent_if_exist", "use_encoded_value"})
+
+
+class Instances(dict[str, object]):
+    """The rows of ``{"instances": [...]}``, as the body held them: :meth:`RowValidator.coerce` turns them into columns, so a
+    bad row is refused (and counted) where every other bad input is. An empty mapping to anything else."""
+
+    def __init__(self, rows: object) -> None:
+        super().__init__()
+        self.rows = rows
 
 
 def _field_error(message: str, *, kind: str, row: int | None, field: str, expected: str, given: str) -> InvalidInput:
@@ -128,7 +137,7 @@ class RowValidator:
     """Validates table requests for one model's fields; the same members as :class:`device_agent.serve.validate.Validator`."""
 
     def __init__(self, fields: tuple[FieldSpec, ...], specs: tuple[TensorSpec, ...], *, max_batch: int = 256, max_elements: int = 16 << 20,
-                 out_of_range: str = "reject") -> None:
+                 out_of_range: str = "warn") -> None:
         if out_of_range not in OUT_OF_RANGE:
             raise ValueError(f"out_of_range is {out_of_range!r}; allowed: {', '.join(OUT_OF_RANGE)}")
         self.fields = fields
@@ -152,7 +161,9 @@ class RowValidator:
         return self.coerce(feeds)
 
     def coerce(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Columns by field name (lists of JSON values) → one ``[N, 1]`` array per model input."""
+        """Columns by field name (lists of JSON values), or :class:`Instances` → one ``[N, 1]`` array per model input."""
+        if isinstance(feeds, Instances):
+            feeds = instances_to_columns(feeds.rows, self.fields, max_batch=self.max_batch)
         if not isinstance(feeds, Mapping):
             raise InvalidInput(f"inputs must be an object of columns by field name, got {type(feeds).__name__}; fields: {self.signature_text()}",
                                kind="malformed", expected="object", given=type(feeds).__name__)
