@@ -16,6 +16,7 @@ import numpy as np
 from device_agent.contract.errors import InvalidInput
 from device_agent.contract.types import Array
 from device_agent.serve.exchange import REQUEST_ID
+from device_agent.serve.images import IMAGE_TYPES, decode_image, raw_image_input
 from device_agent.serve.jsonbody import expanding, loads
 from device_agent.serve.npz import load_npz, save_npz
 from device_agent.serve.predictor import Predictor
@@ -58,7 +59,14 @@ def parse_predict(body: bytes | bytearray, ctype: str, query: Mapping[str, list[
         return {name: load_npy(body)}, options
     if ctype in (NPZ, "application/zip"):
         return load_npz(body, max_elements=predictor.max_elements, max_bytes=max_body_bytes), options
-    raise InvalidInput(f"Content-Type {ctype!r} is not supported; use application/json, {NPY} or {NPZ}", kind="content_type")
+    if ctype in IMAGE_TYPES:
+        spec = raw_image_input(predictor.model.inputs)
+        if spec is None:
+            raise InvalidInput(f"{ctype} bodies are for models that take raw images (uint8 [N, H, W, 3], compressed with --preprocess); "
+                               f"this model takes {predictor.signature_text()}: send application/json, {NPY} or {NPZ}", kind="content_type")
+        return {spec.name: decode_image(body, ctype, spec, max_elements=predictor.max_elements)}, options
+    images = ", image/jpeg, image/png" if raw_image_input(predictor.model.inputs) is not None else ""
+    raise InvalidInput(f"Content-Type {ctype!r} is not supported; use application/json, {NPY} or {NPZ}{images}", kind="content_type")
 
 
 def _json_inputs(body: bytes | bytearray, options: PredictOptions, predictor: Predictor) -> tuple[Mapping[str, object], PredictOptions]:
