@@ -34,6 +34,7 @@ from device_agent.serve.prediction import ModelId, Prediction, tensor_json
 from device_agent.serve.predictor import WrongVersion
 from device_agent.serve.rows import RowValidator
 from device_agent.serve.validate import Validator
+from device_agent.telemetry.categories import CategoryTracker, category_tracker
 from device_agent.telemetry.features import FeatureTracker, select_features
 from device_agent.telemetry.feedback import FeedbackLog, FeedbackResult
 from device_agent.telemetry.metrics import Metrics
@@ -103,8 +104,10 @@ class Agent:
         if telemetry and model.manifest is not None and model.manifest.features:
             tracked, self.features_left_out = select_features(model.manifest.features, model.inputs, max_payload_bytes)
             tracker = FeatureTracker(tracked, max_values_per_feature=max_values_per_feature)
-        self.window = Window(tracker, clock=clock)
-        self._tracked_inputs = {f.input for f in tracker.features} if tracker else set()
+        self._telemetry = telemetry
+        categories = self._category_tracker(model, tracker)
+        self.window = Window(tracker, clock=clock, categories=categories)
+        self._tracked_inputs = _inputs_of(tracker, categories)
         self._model_id: ModelId = {"name": model.name, "version": model.version}
         self._scores_name = model.outputs[0].name if model.is_classifier and model.outputs else None
         # late ground truth (POST /v1/feedback) is joined with the top-1 of classifier predictions
@@ -297,7 +300,8 @@ class Agent:
             "load_seconds": round(m.load_seconds, 4),
             "created_at": m.manifest.created_at if m.manifest else None,
             "metrics": m.manifest.metrics.get(m.file.name) if m.manifest else None,
-            "tracked_features": [f.name for f in self.window.tracker.features] if self.window.tracker else [],
+            "tracked_features": ([f.name for f in self.window.tracker.features] if self.window.tracker else [])
+                                + ([f.name for f in self.window.categories.features] if self.window.categories else []),
             "limits": {"max_batch": self.validator.max_batch, "max_elements": self.validator.max_elements},
         }
 
@@ -333,13 +337,21 @@ class Agent:
             # published by the telemetry thread, so the swap itself does no encoding or disk I/O.
             tracker = self._next_tracker(old, new)
             self.retire(self.window, old)
-            self.window = Window(tracker, clock=self.clock)
-            self._tracked_inputs = {f.input for f in tracker.features} if tracker else set()
+            categories = self._category_tracker(new, tracker)
+            self.window = Window(tracker, clock=self.clock, categories=categories)
+            self._tracked_inputs = _inputs_of(tracker, categories)
         self._model_id = {"name": new.name, "version": new.version}
         self.model = new
         self._ready_reason = new.unfit_reason
         log.info("serving %s %s (was %s)", new.name, new.version, old.version)
         return old
+
+    def _category_tracker(self, model: LoadedModel, numeric: FeatureTracker | None) -> CategoryTracker | None:
+        if not self._telemetry or model.manifest is None:
+            return None
+        tracker, left = category_tracker(model.manifest, numeric.features if numeric else [], self.max_payload_bytes)
+        self.features_left_out += left
+        return tracker
 
     def _next_tracker(self, old: LoadedModel, new: LoadedModel) -> FeatureTracker | None:
         """The feature tracker for ``new``'s window: its own reference profile when it brings one."""
@@ -351,6 +363,11 @@ class Agent:
                 and tuple(new.manifest.features) != tuple(old.manifest.features if old.manifest else ()):
             features, self.features_left_out = select_features(new.manifest.features, new.inputs, self.max_payload_bytes)
         return FeatureTracker(features, max_values_per_feature=tracker.max_values)
+
+
+def _inputs_of(numeric: FeatureTracker | None, categories: CategoryTracker | None) -> set[str]:
+    """The inputs a request's telemetry reads (the others are not handed to the window)."""
+    return ({f.input for f in numeric.features} if numeric else set()) | (categories.inputs if categories else set())
 
 
 def _fields(model: LoadedModel) -> tuple[object, ...]:

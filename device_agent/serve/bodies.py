@@ -79,11 +79,12 @@ def _json_inputs(body: bytes | bytearray, options: PredictOptions, predictor: Pr
     if fields and isinstance(doc, dict) and "instances" in doc and "inputs" not in doc:
         doc["inputs"] = Instances(doc.pop("instances"))  # made columns by the validator, which names a bad row
     if not isinstance(doc, dict) or "inputs" not in doc:
-        shape = ('{"instances": [{"<field>": value, ...}, ...]} or {"inputs": {"<field>": [values]}}' if fields
-                 else '{"inputs": {"<input name>": [...]}}')
+        shape = ('"instances": [{"<field>": value, ...}, ...] or "inputs": {"<field>": [values]}' if fields
+                 else '"inputs": {"<input name>": [...]}')
         raise InvalidInput(
-            f"the JSON body must be an object {shape}; the model takes: " + predictor.signature_text(),
-            kind="malformed", expected=shape, given=type(doc).__name__ if not isinstance(doc, dict) else "no 'inputs' key",
+            f"the JSON body must be an object with {shape}; the model takes: " + predictor.signature_text(),
+            kind="malformed", expected='{"instances": [...]}' if fields else '{"inputs": {...}}',
+            given=type(doc).__name__ if not isinstance(doc, dict) else "no 'inputs' key",
         )
     unknown = set(doc) - {"inputs", "top_k", "request_id"}
     if unknown:
