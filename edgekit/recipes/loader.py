@@ -164,8 +164,8 @@ def _string(doc: dict, key: str, loc: _Locator) -> str | None:
 
 
 def _steps(raw: Any, loc: _Locator) -> tuple[StepSpec, ...]:
-    if not isinstance(raw, list) or not raw:
-        got = "an empty list" if raw == [] else f"{_kind(raw)} {raw!r}"
+    if not isinstance(raw, list):  # an empty list is a recipe that converts and exports only (tabular pipelines stay float)
+        got = f"{_kind(raw)} {raw!r}"
         raise RecipeError(f"invalid steps in {loc.at(('steps',))} (recipe): expected a list of steps, got {got}; e.g.\n"
                           "  steps:\n    - int8: {max_drop: 1.0}")
     known = sorted(STEPS)
