@@ -1,6 +1,8 @@
 """``make demo``: the whole story on one machine, each stage one line saying what happened and where.
 
-    python -m edgekit.demo [--out demo-out] [--broker mqtt://host:1883]
+    python -m edgekit.demo [--out demo-out] [--broker mqtt://host:1883] [--tabular]
+
+(``--tabular``: a scikit-learn pipeline on a real table instead, served from raw JSON rows: :mod:`edgekit.demo_tabular`.)
 
 1. train a small CNN on scikit-learn's digits;
 2. compress it to int8 (.onnx, .ort and, with the tflite extra, .tflite) with the report;
@@ -226,11 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="edgekit end-to-end demo")
     ap.add_argument("--out", default="demo-out", type=Path)
     ap.add_argument("--broker", help="Use this MQTT broker (default: start an embedded one).")
+    ap.add_argument("--tabular", action="store_true", help="The tabular story instead: a scikit-learn pipeline served from raw JSON rows.")
     args = ap.parse_args(argv)
     out: Path = args.out.resolve()
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    if args.tabular:
+        from edgekit.demo_tabular import run_tabular
+
+        return run_tabular(out, args.broker)
     t0 = time.monotonic()
     story = _train_and_compress(out)
     for name in ("amqtt", "transitions", "edgekit.monitor"):  # the demo's stage lines say what happened
