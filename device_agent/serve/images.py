@@ -60,8 +60,10 @@ def decode_image(body: bytes | bytearray, ctype: str, spec: TensorSpec, *, max_e
                 raise PayloadTooLarge(f"the {fmt} image is {w}x{h}, {w * h * 3:,} values decoded; this agent accepts at most {max_elements:,} "
                                       "([api] max_elements): send a smaller image or raise the limit",
                                       kind="too_large", input=spec.name, expected=f"≤ {max_elements} values", given=f"{w}x{h}")
-            img = _upright(img).convert("RGB")
-            x = np.asarray(img, dtype=np.uint8)
+            _upright(img)
+            if img.mode != "RGB":  # grey, palette, RGBA, CMYK: what the model takes is RGB
+                img = img.convert("RGB")
+            x = np.asarray(img)
     except (InvalidInput, MemoryError):
         raise
     except Exception as e:  # Pillow raises many kinds for a bad file (OSError, SyntaxError, ValueError, DecompressionBombError...)
@@ -75,8 +77,9 @@ def decode_image(body: bytes | bytearray, ctype: str, spec: TensorSpec, *, max_e
     return x[None]
 
 
-def _upright(img: Any) -> Any:
-    """The image as it was meant to be seen: the EXIF orientation a camera recorded, applied."""
+def _upright(img: Any) -> None:
+    """Turn the image as it was meant to be seen (the EXIF orientation a camera recorded), in place: without an
+    orientation that is free, where a copy would cost as much as the decoding (~2 ms for 640x480)."""
     from PIL import ImageOps
 
-    return ImageOps.exif_transpose(img)
+    ImageOps.exif_transpose(img, in_place=True)
