@@ -58,11 +58,11 @@ def test_a_shifted_category_mix_alerts_from_agent_to_fleet_drift(backend, reques
     try:
         assert collector.wait_ready(10), "the collector did not subscribe"
         daemon.start()
-        for i in range(0, ROWS, 50):  # as the training data: Biscoe, Dream, Torgersen in their proportions
+        for _ in range(0, ROWS, 50):  # as the training data: Biscoe, Dream, Torgersen in their proportions
             daemon.agent.predict(Instances(_rows(penguins["train"], rng, 50)))
         daemon.publish_telemetry()
         # then the shop moves: every row from Torgersen, one in five from an island the model never saw
-        for i in range(0, ROWS, 50):
+        for _ in range(0, ROWS, 50):
             daemon.agent.predict(Instances(_rows(penguins["train"], rng, 50, island=["Torgersen"] * 40 + ["Atlantis"] * 10)))
         daemon.publish_telemetry()
         wait_until(lambda: sum(s.totals.windows for s in collector.store.spans(since=0)) == 2, 20, what="both windows stored")
