@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.demo import Device, cli, stage
+from edgekit.demo_agent import Device, cli, stage
 
 __all__ = ["run_tabular"]
 
