@@ -27,8 +27,8 @@ from device_agent.contract.types import Array
 __all__ = ["IMAGE_TYPES", "INSTALL_HINT", "decode_image", "raw_image_input"]
 
 IMAGE_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG"}
-INSTALL_HINT = ("image bodies need Pillow on the device: pip install 'edgekit[agent-images]' (or pip install Pillow in the agent's venv, "
-                "e.g. /opt/edgekit-agent/venv/bin/pip install Pillow)")
+INSTALL_HINT = ("image bodies need Pillow on the device: pip install 'edgekit[agent-images]' (a bundle: install.sh --with-images; "
+                "or /opt/edgekit-agent/venv/bin/pip install Pillow)")
 
 
 def raw_image_input(inputs: tuple[TensorSpec, ...]) -> TensorSpec | None:
