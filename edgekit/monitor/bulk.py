@@ -120,7 +120,7 @@ def _judge_column(ref: FeatureProfile, name: str, place: tuple[int, int, int], i
                 shift = (mean - ref.mean) / ref.std if ref.std > 0 else None
                 categorical = ref.values is not None  # as feature_drift: no KS or mean over categories
                 out.append(FeatureDrift(name, Level.OK, rows, n[j], psis[j], None if categorical else ks, nan_share, oor,
-                                        None if categorical else mean, shift, (), need))
+                                        None if categorical else mean, shift, (), need, categorical))
                 continue
         live = _Row(name, n[j], nan[j], fin[j], under[j], over[j], s1[j] / fin[j] if fin[j] else 0.0, row)
         out.append(feature_drift(ref, live, samples=samples[j] or None, thresholds=t, stats=(psis[j], ks)))

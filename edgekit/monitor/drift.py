@@ -164,13 +164,14 @@ class FeatureDrift:
     mean_shift_std: float | None  # (live mean - reference mean) / reference std
     reasons: tuple[str, ...] = ()
     min_samples: int = 0
+    categorical: bool = False  # a table's string column: out_of_range_share is the share of unseen categories
 
     def to_dict(self) -> dict[str, Any]:
         r = _rounded
         return {"name": self.name, "level": self.level.value, "samples": self.samples, "values": self.values, "psi": r(self.psi, 4),
                 "ks": r(self.ks, 4), "nan_share": r(self.nan_share, 4), "out_of_range_share": r(self.out_of_range_share, 4),
                 "mean": r(self.mean, 6), "mean_shift_std": r(self.mean_shift_std, 3), "reasons": list(self.reasons),
-                "min_samples": self.min_samples}
+                "min_samples": self.min_samples, "categorical": self.categorical}
 
     @property
     def severity(self) -> tuple[int, float]:
@@ -253,7 +254,7 @@ def feature_drift(reference: FeatureProfile, live: LiveCounts, *, samples: int |
     level = worst(v for v, _ in verdicts)
     reasons = tuple(r for v, r in sorted(verdicts, key=_severest_first) if r)
     return FeatureDrift(live.name, level, rows, live.n, psi_value, ks_value, nan_share, oor,
-                        live.mean if live.finite and not categorical else None, shift, reasons, need)
+                        live.mean if live.finite and not categorical else None, shift, reasons, need, categorical)
 
 
 @dataclass(frozen=True)

@@ -79,8 +79,10 @@ def test_a_shifted_category_mix_alerts_from_agent_to_fleet_drift(backend, reques
     assert island["ks"] is None and island["mean"] is None
     assert any(reason.startswith("PSI ") for reason in island["reasons"])
     assert features["sex"]["level"] == "ok" and features["bill_length_mm"]["level"] == "ok"
+    assert island["categorical"] is True and features["bill_length_mm"]["categorical"] is False
     r = CliRunner().invoke(drift, ["--db", store, "--device", "till-3", "--window", "1h"])
-    assert r.exit_code == 0 and "island" in r.output and "alert" in r.output
+    line = next(ln for ln in r.output.splitlines() if ln.strip().startswith("island"))
+    assert r.exit_code == 0 and line.split()[1] == "alert" and "  unseen 10." in line and "out of range" not in line
 
 
 def test_category_profiles_come_from_the_manifest(penguins_model):
