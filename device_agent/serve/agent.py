@@ -100,9 +100,9 @@ class Agent:
         self.validator = _validator(model, max_batch=max_batch, max_elements=max_elements, out_of_range=out_of_range)
         self.metrics = Metrics()
         tracker = None
-        self.features_left_out = 0
+        self._numeric_left_out = 0
         if telemetry and model.manifest is not None and model.manifest.features:
-            tracked, self.features_left_out = select_features(model.manifest.features, model.inputs, max_payload_bytes)
+            tracked, self._numeric_left_out = select_features(model.manifest.features, model.inputs, max_payload_bytes)
             tracker = FeatureTracker(tracked, max_values_per_feature=max_values_per_feature)
         self._telemetry = telemetry
         categories = self._category_tracker(model, tracker)
@@ -169,6 +169,11 @@ class Agent:
     @property
     def max_elements(self) -> int:
         return self.validator.max_elements
+
+    @property
+    def features_left_out(self) -> int:
+        """Tracked features left out of telemetry windows to keep them under the payload budget (numeric and categorical)."""
+        return self._numeric_left_out + self._categories_left_out
 
     @property
     def max_batch(self) -> int:
@@ -347,10 +352,10 @@ class Agent:
         return old
 
     def _category_tracker(self, model: LoadedModel, numeric: FeatureTracker | None) -> CategoryTracker | None:
+        self._categories_left_out = 0
         if not self._telemetry or model.manifest is None:
             return None
-        tracker, left = category_tracker(model.manifest, numeric.features if numeric else [], self.max_payload_bytes)
-        self.features_left_out += left
+        tracker, self._categories_left_out = category_tracker(model.manifest, numeric.features if numeric else [], self.max_payload_bytes)
         return tracker
 
     def _next_tracker(self, old: LoadedModel, new: LoadedModel) -> FeatureTracker | None:
@@ -361,7 +366,7 @@ class Agent:
         features = tracker.features
         if new.manifest is not None and new.manifest.features \
                 and tuple(new.manifest.features) != tuple(old.manifest.features if old.manifest else ()):
-            features, self.features_left_out = select_features(new.manifest.features, new.inputs, self.max_payload_bytes)
+            features, self._numeric_left_out = select_features(new.manifest.features, new.inputs, self.max_payload_bytes)
         return FeatureTracker(features, max_values_per_feature=tracker.max_values)
 
 
