@@ -26,7 +26,11 @@ __all__ = ["NPY", "NPZ", "REQUEST_ID", "PredictOptions", "int_option", "load_npy
 
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
-npz_bytes = save_npz
+
+
+def npz_bytes(outputs: Mapping[str, Array]) -> bytes:
+    """Outputs as an ``.npz``; strings (a pipeline's class labels) as fixed-width unicode, which np.load reads without pickle."""
+    return save_npz({k: v.astype(str) if v.dtype == object else v for k, v in outputs.items()})
 
 
 class PredictOptions(TypedDict, total=False):

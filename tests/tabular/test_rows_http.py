@@ -165,3 +165,20 @@ def test_the_openapi_document_describes_each_field(api):
     example = doc["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["example"]
     status, body, _ = post_json(server, example)
     assert status == 200, body
+
+
+def test_npz_answers_hold_plain_strings_and_v2_points_to_v1(api):
+    import io
+
+    import numpy as np
+
+    _, server = api
+    status, body, _ = post_json(server, {"instances": [ROW]}, Accept="application/x-npz")
+    assert status == 200
+    with np.load(io.BytesIO(body)) as z:  # allow_pickle=False: the labels are unicode, not objects
+        assert z["label"].dtype.kind == "U" and z["label"].tolist() in (["Adelie"], ["Chinstrap"], ["Gentoo"])
+    status, meta, _ = request(server, "GET", "/v2/models/penguins")
+    assert status == 200 and meta["inputs"][0] == {"name": "island", "datatype": "BYTES", "shape": [-1, 1]}
+    doc = {"inputs": [{"name": "island", "shape": [1, 1], "datatype": "BYTES", "data": ["Dream"]}]}
+    status, err, _ = request(server, "POST", "/v2/models/penguins/infer", json.dumps(doc).encode(), {"Content-Type": "application/json"})
+    assert status == 400 and err["error"].startswith("model 'penguins' takes table rows, validated by field: POST /v1/predict with")
