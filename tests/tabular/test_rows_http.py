@@ -182,3 +182,16 @@ def test_npz_answers_hold_plain_strings_and_v2_points_to_v1(api):
     doc = {"inputs": [{"name": "island", "shape": [1, 1], "datatype": "BYTES", "data": ["Dream"]}]}
     status, err, _ = request(server, "POST", "/v2/models/penguins/infer", json.dumps(doc).encode(), {"Content-Type": "application/json"})
     assert status == 400 and err["error"].startswith("model 'penguins' takes table rows, validated by field: POST /v1/predict with")
+
+
+def test_the_daemon_takes_out_of_range_from_agent_toml(penguins_model, tmp_path):
+    from device_agent.config import parse_config
+    from device_agent.contract.errors import InvalidInput
+    from device_agent.daemon import Daemon
+
+    cfg = parse_config({"device": {"id": "till-1"}, "broker": {"url": ""}, "model": {"path": str(penguins_model["dir"])},
+                        "api": {"enabled": False}, "serve": {"out_of_range": "reject"}, "state_dir": str(tmp_path)},
+                       base_dir=tmp_path, check_files=False)
+    agent = Daemon.from_config(cfg).agent
+    with pytest.raises(InvalidInput, match=r"row 0, field 'year': 2030 is outside the training range \[2007, 2009\]"):
+        agent.predict({k: [v] for k, v in (ROW | {"year": 2030}).items()})
