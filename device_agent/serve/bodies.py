@@ -68,7 +68,11 @@ def parse_predict(body: bytes | bytearray, ctype: str, query: Mapping[str, list[
         if spec is None:
             raise InvalidInput(f"{ctype} bodies are for models that take raw images (uint8 [N, H, W, 3], compressed with --preprocess); "
                                f"this model takes {predictor.signature_text()}: send application/json, {NPY} or {NPZ}", kind="content_type")
-        return {spec.name: decode_image(body, ctype, spec, max_elements=predictor.max_elements)}, options
+        manifest = predictor.model.manifest
+        pre = ((manifest.raw.get("preprocessing") or {}).get("spec") or {}) if manifest is not None else {}
+        short = pre.get("resize_short")
+        return {spec.name: decode_image(body, ctype, spec, max_elements=predictor.max_elements,
+                                        resize_short=short if isinstance(short, int) else None)}, options
     images = ", image/jpeg, image/png" if raw_image_input(predictor.model.inputs) is not None else ""
     raise InvalidInput(f"Content-Type {ctype!r} is not supported; use application/json, {NPY} or {NPZ}{images}", kind="content_type")
 

@@ -47,8 +47,11 @@ def _pillow() -> ModuleType:
     return Image
 
 
-def decode_image(body: bytes | bytearray, ctype: str, spec: TensorSpec, *, max_elements: int) -> Array:
-    """One ``image/jpeg`` or ``image/png`` body as a batch of one: ``uint8 [1, H, W, 3]``, RGB, upright."""
+def decode_image(body: bytes | bytearray, ctype: str, spec: TensorSpec, *, max_elements: int, resize_short: int | None = None) -> Array:
+    """One ``image/jpeg`` or ``image/png`` body as a batch of one: ``uint8 [1, H, W, 3]``, RGB, upright.
+
+    ``resize_short``: the baked graph's first resize (the short side to that many pixels, aspect kept); a sliver of an
+    image (1 x 60,000) would grow into billions of values there, so the resized size is held to ``max_elements`` too."""
     image = _pillow()
     fmt = IMAGE_TYPES[ctype]
     try:
@@ -60,6 +63,7 @@ def decode_image(body: bytes | bytearray, ctype: str, spec: TensorSpec, *, max_e
                 raise PayloadTooLarge(f"the {fmt} image is {w}x{h}, {w * h * 3:,} values decoded; this agent accepts at most {max_elements:,} "
                                       "([api] max_elements): send a smaller image or raise the limit",
                                       kind="too_large", input=spec.name, expected=f"≤ {max_elements} values", given=f"{w}x{h}")
+            _check_resized(w, h, resize_short, max_elements, spec.name)
             _upright(img)
             if img.mode != "RGB":  # grey, palette, RGBA, CMYK: what the model takes is RGB
                 img = img.convert("RGB")
@@ -75,6 +79,18 @@ def decode_image(body: bytes | bytearray, ctype: str, spec: TensorSpec, *, max_e
                            f"{x.shape[0]}x{x.shape[1]}. Resize it on the client, or compress the model without raw_size to take any size",
                            kind="shape", input=spec.name, expected=f"{want[0]}x{want[1]}", given=f"{x.shape[0]}x{x.shape[1]}")
     return x[None]
+
+
+def _check_resized(w: int, h: int, resize_short: int | None, max_elements: int, name: str) -> None:
+    if resize_short is None or not w or not h:
+        return
+    short = min(h, w)  # as the baked graph computes it (edgekit.preprocess.spec.ImageSpec.resized_size)
+    rh, rw = (h * 2 * resize_short + short) // (2 * short), (w * 2 * resize_short + short) // (2 * short)
+    if rh * rw * 3 > max_elements:
+        raise PayloadTooLarge(f"the image is {w}x{h}; the model resizes its short side to {resize_short}, which makes it {rw}x{rh}, "
+                              f"{rh * rw * 3:,} values, more than this agent accepts ({max_elements:,}, [api] max_elements): "
+                              "send an image of a less extreme aspect ratio", kind="too_large", input=name,
+                              expected=f"≤ {max_elements} values", given=f"{w}x{h}")
 
 
 def _upright(img: Any) -> None:

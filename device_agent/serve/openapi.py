@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from device_agent import __version__
 from device_agent.contract.types import JsonDict
+from device_agent.serve.images import IMAGE_TYPES, raw_image_input
 from device_agent.serve.openapi_rows import rows_example, rows_request_schema
 from device_agent.serve.openapi_v2 import example_tensors, v2_paths, v2_schemas
 from device_agent.serve.predictor import Predictor
@@ -164,6 +165,11 @@ def openapi(agent: Predictor, *, tokens: bool = False) -> JsonDict:
     }
     if fields:
         doc["components"]["schemas"]["PredictRequest"] = rows_request_schema(fields)
+    if raw_image_input(m.inputs) is not None:  # the photo itself, decoded on the device (device_agent.serve.images)
+        content = doc["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+        for ctype in IMAGE_TYPES:
+            content[ctype] = {"schema": {"type": "string", "format": "binary"},
+                              "description": "An image file: decoded here (EXIF orientation applied, RGB), resized by the model's own graph."}
     if tokens:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
                                                            "description": "A line of the agent's [api] token_file."}}

@@ -89,6 +89,8 @@ def test_jpeg_and_png_photos_agree_with_pillow_preprocessing_and_the_fp32_source
             total += 1
     assert total == 190
     assert agree / total >= 0.99, f"top-1 agreement {agree}/{total}"
+    content = request(server, "GET", "/openapi.json")[1]["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert {"image/jpeg", "image/png", "application/json"} <= set(content)
 
 
 def test_the_exif_orientation_is_applied(api):
@@ -125,6 +127,10 @@ def test_a_decompression_bomb_is_refused_before_decoding(baked):
         assert status == 413 and body["error"]["kind"] == "too_large"
         assert "the PNG image is 4000x4000, 48,000,000 values decoded; this agent accepts at most 3,000,000" in body["error"]["message"]
         check_response(request(server, "GET", "/openapi.json")[1], "/v1/predict", "POST", 413, body)
+        sliver = _encode(Image.new("RGB", (20000, 1)), "PNG")  # 60,000 values, but 36 rows of 720,000 once resized: 77.8 M
+        status, body, _ = post(server, sliver, "image/png")
+        assert status == 413 and body["error"]["message"].startswith(
+            "the image is 20000x1; the model resizes its short side to 36, which makes it 720000x36, 77,760,000 values, more than")
     finally:
         server.close()
 
@@ -145,5 +151,6 @@ def test_bad_bodies_and_models_without_raw_images_say_what_to_do(api, tmp_path, 
         status, body, _ = post(tensors, png, "image/png")
         assert status == 415 and body["error"]["message"].startswith(
             "image/png bodies are for models that take raw images (uint8 [N, H, W, 3], compressed with --preprocess); this model takes x (")
+        assert "image/png" not in request(tensors, "GET", "/openapi.json")[1]["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     finally:
         tensors.close()
