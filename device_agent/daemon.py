@@ -130,7 +130,7 @@ class Daemon:
         agent = Agent(model, telemetry=t.enabled and cfg.broker.enabled, max_batch=a.max_batch, max_elements=a.max_elements,
                       top_k_default=a.top_k, max_payload_bytes=t.max_payload_bytes, max_values_per_feature=t.max_values_per_feature,
                       feedback_max_rows=t.feedback_max_rows, feedback_max_bytes=t.feedback_max_bytes,
-                      feedback_retention_s=t.feedback_retention_s)
+                      feedback_retention_s=t.feedback_retention_s, out_of_range=cfg.serve.out_of_range)
         return cls(cfg, agent, outbox=outbox, updater=updater)
 
     # --- lifecycle -------------------------------------------------------------------------------

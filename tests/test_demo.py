@@ -24,3 +24,20 @@ def test_demo_tells_the_whole_story(tmp_path):
     assert "drift alert on MQTT" in lines[7] and "x[0]" in lines[7]
     assert "demo-pi" in proc.stdout.split("[8] fleet status:")[1]
     assert (out / "v1" / "report.html").is_file() and (out / "v1" / "edgekit.json.sig").is_file()
+
+
+@pytest.mark.slow
+def test_tabular_demo_serves_raw_rows_refuses_a_bad_one_and_sees_the_islands_drift(tmp_path):
+    pytest.importorskip("palmerpenguins")
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "edgekit.demo", "--tabular", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = {int(m.group(1)): m.group(2) for m in re.finditer(r"^\[(\d)\] (.*)$", proc.stdout, re.M)}
+    assert sorted(lines) == list(range(1, 8)), proc.stdout
+    assert "compressed the whole pipeline" in lines[2] and "100.0% agreement with predict_proba" in lines[2]
+    assert "agent serves penguins 1.0.0" in lines[3] and "island, bill_length_mm" in lines[3]
+    agree = re.search(r"(\d+)/(\d+) as the pipeline's own predict", lines[4])
+    assert agree and agree.group(1) == agree.group(2), lines[4]
+    assert lines[5] == "a bad row answered 400: row 1, field 'body_mass_g': 'heavy' is a string; allowed: a number (training range [2850, 6300]) or null"
+    assert "drift alert on MQTT" in lines[6] and "in island since" in lines[6]
+    assert (out / "v1" / "edgekit.json.sig").is_file() and (out / "v1" / "penguins.fp32.ort").is_file()

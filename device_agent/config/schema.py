@@ -7,7 +7,7 @@ are relative to the config file's directory. Each field's ``doc`` is its descrip
 config (``deploy/agent.toml``) and :func:`~device_agent.config.render.render_toml` are generated from
 the same table.
 
-Sections: ``[device] [broker] [model] [api] [telemetry] [outbox] [security] [ota] [log]`` plus the
+Sections: ``[device] [broker] [model] [api] [serve] [telemetry] [outbox] [security] [ota] [log]`` plus the
 top-level ``state_dir``.
 
 This module is that table: the sections, their fields, defaults, descriptions and checks.
@@ -37,6 +37,7 @@ __all__ = [
     "OtaConfig",
     "OutboxConfig",
     "SecurityConfig",
+    "ServeConfig",
     "TelemetryConfig",
 ]
 
@@ -191,6 +192,16 @@ class ApiConfig:
     top_k: int = _f(5, "Top-k labels returned for classifiers.", _range(1, 1000))
 
 
+def _out_of_range(v: str) -> str | None:
+    return None if v in ("reject", "warn") else "allowed: reject, warn"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    out_of_range: str = _f("warn", "A table value outside the training range (the manifest's fields): warn (served, counted in /metrics; "
+                                   "a model may extrapolate) or reject (400 naming row and field).", _out_of_range)
+
+
 @dataclass(frozen=True)
 class TelemetryConfig:
     enabled: bool = _f(True, "Publish telemetry windows.")
@@ -248,6 +259,7 @@ class AgentConfig:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
@@ -271,6 +283,7 @@ SECTIONS: dict[str, type[Any]] = {
     "broker": BrokerConfig,
     "model": ModelConfig,
     "api": ApiConfig,
+    "serve": ServeConfig,
     "telemetry": TelemetryConfig,
     "outbox": OutboxConfig,
     "security": SecurityConfig,

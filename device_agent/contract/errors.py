@@ -45,21 +45,29 @@ class InvalidInput(AgentError):
     """A request that does not fit the signature. Never reaches the runtime.
 
     ``kind`` is a short machine-readable reason (``unknown_input``, ``missing_input``, ``dtype``,
-    ``shape``, ``nonfinite``, ``too_large``, ``malformed``, ``content_type``); ``input``,
-    ``expected`` and ``given`` say which tensor and what was wrong with it.
+    ``shape``, ``nonfinite``, ``too_large``, ``malformed``, ``content_type``; for table rows also
+    ``missing_field``, ``unknown_field``, ``field_type``, ``unknown_category``, ``out_of_range``, ``null``);
+    ``input``, ``expected`` and ``given`` say which tensor (or field) and what was wrong with it, ``row``
+    which table row (0-based; only in errors about one row).
     """
 
     status = 400
 
-    def __init__(self, message: str, *, kind: str, input: str | None = None, expected: str | None = None, given: str | None = None) -> None:
+    def __init__(self, message: str, *, kind: str, input: str | None = None, expected: str | None = None, given: str | None = None,
+                 row: int | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.input = input
         self.expected = expected
         self.given = given
+        self.row = row
 
-    def to_dict(self) -> dict[str, str | None]:
-        return {"kind": self.kind, "message": str(self), "input": self.input, "expected": self.expected, "given": self.given}
+    def to_dict(self) -> dict[str, str | int | None]:
+        out: dict[str, str | int | None] = {"kind": self.kind, "message": str(self), "input": self.input, "expected": self.expected,
+                                            "given": self.given}
+        if self.row is not None:
+            out["row"] = self.row
+        return out
 
 
 class PayloadTooLarge(InvalidInput):

@@ -226,6 +226,7 @@ class FeatureProfile:
     mean: float
     std: float
     nan_share: float
+    values: tuple[str, ...] | None = None  # a categorical column's categories (bins 0..k-1; the overflow is "unseen")
 
     @classmethod
     def from_dict(cls, d: JsonDict, where: str) -> FeatureProfile:
@@ -244,6 +245,7 @@ class FeatureProfile:
             mean=float(d.get("mean", 0.0)),
             std=float(d.get("std", 0.0)),
             nan_share=float(d.get("nan_share", 0.0)),
+            values=tuple(str(v) for v in d["values"]) if d.get("values") is not None else None,
         )
 
     def to_dict(self) -> JsonDict:
@@ -259,7 +261,7 @@ class FeatureProfile:
             "mean": self.mean,
             "std": self.std,
             "nan_share": self.nan_share,
-        }
+        } | ({"values": list(self.values)} if self.values is not None else {})
 
 
 @dataclass(frozen=True)

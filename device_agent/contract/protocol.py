@@ -129,7 +129,9 @@ class FeatureWindow:
     ``counts[i]`` counts values in ``[edges[i], edges[i+1])`` (the last bin is closed);
     ``under``/``over`` count finite values below ``edges[0]``/above ``edges[-1]``; ``nan`` counts
     NaN and ±inf. ``n`` = all values seen = sum(counts) + under + over + nan. ``min``, ``max``,
-    ``mean``, ``std`` are over the finite values (null when there were none).
+    ``mean``, ``std`` are over the finite values (null when there were none). A table's string column
+    (:mod:`device_agent.contract.categories`) has the same shape: ``counts`` per known category, ``over``
+    the unseen ones, ``nan`` the missing ones, no moments.
     """
 
     name: str

@@ -26,6 +26,7 @@ CONSTRAINT=""
 MEMORY_MAX=512M
 TASKS_MAX=128
 OFFLINE=0
+IMAGES=0
 FORCE_CONFIG=0
 CHECK=1
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -43,6 +44,8 @@ usage: install.sh [options]
                       resolves requirements.txt under FILE from the package index (no hashes; recorded
                       in PREFIX/constraints.txt). Better: a bundle made with 'edgekit agent bundle --constraint'
   --offline           install only from the bundle's wheels/ (no package index; needs a --with-deps bundle)
+  --with-images       also install Pillow from the package index, for image/jpeg and image/png request bodies
+                      (models compressed with --preprocess); not pinned by requirements.lock
   --memory-max SIZE   the unit's MemoryMax=: the kernel stops the agent above it and systemd restarts it
                       (default $MEMORY_MAX; e.g. 1G for a large model, or infinity)
   --tasks-max N       the unit's TasksMax=: threads and processes (default $TASKS_MAX, or infinity)
@@ -66,6 +69,7 @@ while [ $# -gt 0 ]; do
     --python) PYTHON="$2"; shift 2 ;;
     --constraint) CONSTRAINT="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift 2 ;;
     --offline) OFFLINE=1; shift ;;
+    --with-images) IMAGES=1; shift ;;
     --memory-max) MEMORY_MAX="$2"; shift 2 ;;
     --tasks-max) TASKS_MAX="$2"; shift 2 ;;
     --force-config) FORCE_CONFIG=1; shift ;;
@@ -77,6 +81,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+[ "$IMAGES" = 1 ] && [ "$OFFLINE" = 1 ] \
+  && die "--with-images installs Pillow from the package index, which --offline forbids: drop one of them (or later: $PREFIX/venv/bin/pip install Pillow)"
 [ -f "$HERE/agent.toml" ] || die "no agent.toml next to install.sh: run it from an unpacked 'edgekit agent bundle' archive"
 [[ "$MEMORY_MAX" =~ ^([0-9]+[KMGT]?|[0-9]+(\.[0-9]+)?%|infinity)$ ]] \
   || die "--memory-max '$MEMORY_MAX' is not a size; use bytes with K, M, G or T (e.g. 512M, 1G), a percentage of RAM (50%) or infinity"
@@ -137,6 +143,11 @@ cp -f "$HERE/requirements.lock" "$PREFIX/requirements.lock"  # what this device 
 # the edgekit wheel carries the agent; its workstation dependencies (onnx, torch, ...) are not needed here
 say "installing $(basename "$EDGEKIT_WHEEL")"
 pip_install --no-deps --force-reinstall "$HERE/$EDGEKIT_WHEEL"
+if [ "$IMAGES" = 1 ]; then
+  # Pillow has wheels for aarch64 and x86_64; it is the agent-images extra, outside the bundle's lock
+  say "installing Pillow (--with-images: JPEG and PNG request bodies)"
+  pip_install "Pillow>=10"
+fi
 
 # --- config, secrets, model -------------------------------------------------------------------
 render() {  # fill in the install locations

@@ -32,7 +32,9 @@ from device_agent.runtime.base import BackendError
 from device_agent.runtime.model import Formats, LoadedModel, load_model
 from device_agent.serve.prediction import ModelId, Prediction, tensor_json
 from device_agent.serve.predictor import WrongVersion
+from device_agent.serve.rows import RowValidator
 from device_agent.serve.validate import Validator
+from device_agent.telemetry.categories import CategoryTracker, category_tracker
 from device_agent.telemetry.features import FeatureTracker, select_features
 from device_agent.telemetry.feedback import FeedbackLog, FeedbackResult
 from device_agent.telemetry.metrics import Metrics
@@ -63,6 +65,7 @@ class AgentOptions(TypedDict, total=False):
     feedback_max_rows: int
     feedback_max_bytes: int
     feedback_retention_s: float
+    out_of_range: str
 
 
 class RequestObserver(Protocol):
@@ -88,20 +91,23 @@ class Agent:
     def __init__(self, model: LoadedModel, *, telemetry: bool = True, max_batch: int = 256, max_elements: int = 16 << 20,
                  top_k_default: int = 5, max_payload_bytes: int = 16 * 1024, max_values_per_feature: int = 256,
                  clock: Callable[[], float] = time.time, feedback_max_rows: int = 100_000, feedback_max_bytes: int = 8 << 20,
-                 feedback_retention_s: float = 86_400.0) -> None:
+                 feedback_retention_s: float = 86_400.0, out_of_range: str = "warn") -> None:
         self.model = model
         self.clock = clock
         self.top_k_default = top_k_default
         self.max_payload_bytes = max_payload_bytes
-        self.validator = Validator(model.inputs, max_batch=max_batch, max_elements=max_elements)
+        self.out_of_range = out_of_range
+        self.validator = _validator(model, max_batch=max_batch, max_elements=max_elements, out_of_range=out_of_range)
         self.metrics = Metrics()
         tracker = None
-        self.features_left_out = 0
+        self._numeric_left_out = 0
         if telemetry and model.manifest is not None and model.manifest.features:
-            tracked, self.features_left_out = select_features(model.manifest.features, model.inputs, max_payload_bytes)
+            tracked, self._numeric_left_out = select_features(model.manifest.features, model.inputs, max_payload_bytes)
             tracker = FeatureTracker(tracked, max_values_per_feature=max_values_per_feature)
-        self.window = Window(tracker, clock=clock)
-        self._tracked_inputs = {f.input for f in tracker.features} if tracker else set()
+        self._telemetry = telemetry
+        categories = self._category_tracker(model, tracker)
+        self.window = Window(tracker, clock=clock, categories=categories)
+        self._tracked_inputs = _inputs_of(tracker, categories)
         self._model_id: ModelId = {"name": model.name, "version": model.version}
         self._scores_name = model.outputs[0].name if model.is_classifier and model.outputs else None
         # late ground truth (POST /v1/feedback) is joined with the top-1 of classifier predictions
@@ -127,7 +133,15 @@ class Agent:
         self.metrics.gauge("edgekit_agent_ready", "1 when the model is loaded and passed its self-test.", lambda: float(self.ready))
         self.metrics.gauge("edgekit_agent_selftest_passed", "1 when the start-up self-test passed.", lambda: float(self.model.selftest.passed))
         # part of GET /metrics with or without a broker (0 without one)
+        self.metrics.counter("edgekit_agent_field_unseen_category_total", "Table values of a category the encoder never saw "
+                             "(accepted: it ignores unknowns), by field.", "field", lambda: self._field_counts("unseen_category"))
+        self.metrics.counter("edgekit_agent_field_out_of_range_total", "Table values outside the training range accepted "
+                             "([serve] out_of_range = warn), by field.", "field", lambda: self._field_counts("out_of_range"))
         self.metrics.gauge("edgekit_agent_mqtt_connected", "1 while connected to the MQTT broker.", lambda: float(self.link_connected()))
+
+    def _field_counts(self, which: str) -> dict[str, int]:
+        v = self.validator
+        return v.counts.snapshot()[which] if isinstance(v, RowValidator) else {}
 
     @classmethod
     def open(cls, path: str | Path, *, prefer: Formats = ("ort", "onnx", "tflite"), threads: int = 0, artifact: str | None = None,
@@ -155,6 +169,15 @@ class Agent:
     @property
     def max_elements(self) -> int:
         return self.validator.max_elements
+
+    @property
+    def features_left_out(self) -> int:
+        """Tracked features left out of telemetry windows to keep them under the payload budget (numeric and categorical)."""
+        return self._numeric_left_out + self._categories_left_out
+
+    @property
+    def max_batch(self) -> int:
+        return self.validator.max_batch
 
     def predict(self, inputs: Mapping[str, object], *, top_k: int | None = None, request_id: str | None = None,
                 version: str | None = None) -> Prediction:
@@ -282,7 +305,8 @@ class Agent:
             "load_seconds": round(m.load_seconds, 4),
             "created_at": m.manifest.created_at if m.manifest else None,
             "metrics": m.manifest.metrics.get(m.file.name) if m.manifest else None,
-            "tracked_features": [f.name for f in self.window.tracker.features] if self.window.tracker else [],
+            "tracked_features": ([f.name for f in self.window.tracker.features] if self.window.tracker else [])
+                                + ([f.name for f in self.window.categories.features] if self.window.categories else []),
             "limits": {"max_batch": self.validator.max_batch, "max_elements": self.validator.max_elements},
         }
 
@@ -310,20 +334,29 @@ class Agent:
         """Serve ``new`` from the next request on (one reference store); requests already running
         finish on the old model. Returns the old model (the OTA updater keeps it for a fast rollback)."""
         old = self.model
-        if tuple(new.inputs) != tuple(old.inputs):  # an update allowed to change the signature
-            self.validator = Validator(new.inputs, max_batch=self.validator.max_batch, max_elements=self.validator.max_elements)
+        if tuple(new.inputs) != tuple(old.inputs) or _fields(new) != _fields(old):  # an update allowed to change the signature
+            self.validator = _validator(new, max_batch=self.validator.max_batch, max_elements=self.validator.max_elements,
+                                        out_of_range=self.out_of_range)
         if self.retire is not None:
             # A telemetry window never mixes two versions: the old model's window is handed over here (O(1)) and
             # published by the telemetry thread, so the swap itself does no encoding or disk I/O.
             tracker = self._next_tracker(old, new)
             self.retire(self.window, old)
-            self.window = Window(tracker, clock=self.clock)
-            self._tracked_inputs = {f.input for f in tracker.features} if tracker else set()
+            categories = self._category_tracker(new, tracker)
+            self.window = Window(tracker, clock=self.clock, categories=categories)
+            self._tracked_inputs = _inputs_of(tracker, categories)
         self._model_id = {"name": new.name, "version": new.version}
         self.model = new
         self._ready_reason = new.unfit_reason
         log.info("serving %s %s (was %s)", new.name, new.version, old.version)
         return old
+
+    def _category_tracker(self, model: LoadedModel, numeric: FeatureTracker | None) -> CategoryTracker | None:
+        self._categories_left_out = 0
+        if not self._telemetry or model.manifest is None:
+            return None
+        tracker, self._categories_left_out = category_tracker(model.manifest, numeric.features if numeric else [], self.max_payload_bytes)
+        return tracker
 
     def _next_tracker(self, old: LoadedModel, new: LoadedModel) -> FeatureTracker | None:
         """The feature tracker for ``new``'s window: its own reference profile when it brings one."""
@@ -333,8 +366,24 @@ class Agent:
         features = tracker.features
         if new.manifest is not None and new.manifest.features \
                 and tuple(new.manifest.features) != tuple(old.manifest.features if old.manifest else ()):
-            features, self.features_left_out = select_features(new.manifest.features, new.inputs, self.max_payload_bytes)
+            features, self._numeric_left_out = select_features(new.manifest.features, new.inputs, self.max_payload_bytes)
         return FeatureTracker(features, max_values_per_feature=tracker.max_values)
+
+
+def _inputs_of(numeric: FeatureTracker | None, categories: CategoryTracker | None) -> set[str]:
+    """The inputs a request's telemetry reads (the others are not handed to the window)."""
+    return ({f.input for f in numeric.features} if numeric else set()) | (categories.inputs if categories else set())
+
+
+def _fields(model: LoadedModel) -> tuple[object, ...]:
+    return model.manifest.fields if model.manifest is not None else ()
+
+
+def _validator(model: LoadedModel, *, max_batch: int, max_elements: int, out_of_range: str) -> Validator | RowValidator:
+    """Field by field for a model that takes table rows (its manifest lists ``signature.fields``), else tensor by tensor."""
+    if model.manifest is not None and model.manifest.fields:
+        return RowValidator(model.manifest.fields, model.inputs, max_batch=max_batch, max_elements=max_elements, out_of_range=out_of_range)
+    return Validator(model.inputs, max_batch=max_batch, max_elements=max_elements)
 
 
 def _feedback_log(model: LoadedModel, *, max_rows: int, max_bytes: int, retention_s: float, clock: Callable[[], float]) -> FeedbackLog | None:

@@ -16,15 +16,21 @@ import numpy as np
 from device_agent.contract.errors import InvalidInput
 from device_agent.contract.types import Array
 from device_agent.serve.exchange import REQUEST_ID
+from device_agent.serve.images import IMAGE_TYPES, decode_image, raw_image_input
 from device_agent.serve.jsonbody import expanding, loads
 from device_agent.serve.npz import load_npz, save_npz
 from device_agent.serve.predictor import Predictor
+from device_agent.serve.rows import Instances
 
 __all__ = ["NPY", "NPZ", "REQUEST_ID", "PredictOptions", "int_option", "load_npy", "npz_bytes", "parse_predict"]
 
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
-npz_bytes = save_npz
+
+
+def npz_bytes(outputs: Mapping[str, Array]) -> bytes:
+    """Outputs as an ``.npz``; strings (a pipeline's class labels) as fixed-width unicode, which np.load reads without pickle."""
+    return save_npz({k: v.astype(str) if v.dtype == object else v for k, v in outputs.items()})
 
 
 class PredictOptions(TypedDict, total=False):
@@ -57,22 +63,41 @@ def parse_predict(body: bytes | bytearray, ctype: str, query: Mapping[str, list[
         return {name: load_npy(body)}, options
     if ctype in (NPZ, "application/zip"):
         return load_npz(body, max_elements=predictor.max_elements, max_bytes=max_body_bytes), options
-    raise InvalidInput(f"Content-Type {ctype!r} is not supported; use application/json, {NPY} or {NPZ}", kind="content_type")
+    if ctype in IMAGE_TYPES:
+        spec = raw_image_input(predictor.model.inputs)
+        if spec is None:
+            raise InvalidInput(f"{ctype} bodies are for models that take raw images (uint8 [N, H, W, 3], compressed with --preprocess); "
+                               f"this model takes {predictor.signature_text()}: send application/json, {NPY} or {NPZ}", kind="content_type")
+        manifest = predictor.model.manifest
+        pre = ((manifest.raw.get("preprocessing") or {}).get("spec") or {}) if manifest is not None else {}
+        short = pre.get("resize_short")
+        return {spec.name: decode_image(body, ctype, spec, max_elements=predictor.max_elements,
+                                        resize_short=short if isinstance(short, int) else None)}, options
+    images = ", image/jpeg, image/png" if raw_image_input(predictor.model.inputs) is not None else ""
+    raise InvalidInput(f"Content-Type {ctype!r} is not supported; use application/json, {NPY} or {NPZ}{images}", kind="content_type")
 
 
 def _json_inputs(body: bytes | bytearray, options: PredictOptions, predictor: Predictor) -> tuple[Mapping[str, object], PredictOptions]:
+    manifest = predictor.model.manifest
+    fields = manifest.fields if manifest is not None else ()
     with expanding(len(body)):
         doc = loads(body)
-        if isinstance(doc, dict) and isinstance(doc.get("inputs"), dict):
+        if not fields and isinstance(doc, dict) and isinstance(doc.get("inputs"), dict):
             doc["inputs"] = {k: _packed(v) for k, v in doc["inputs"].items()}  # the lists go while the lock is held
+    if fields and isinstance(doc, dict) and "instances" in doc and "inputs" not in doc:
+        doc["inputs"] = Instances(doc.pop("instances"))  # made columns by the validator, which names a bad row
     if not isinstance(doc, dict) or "inputs" not in doc:
+        shape = ('"instances": [{"<field>": value, ...}, ...] or "inputs": {"<field>": [values]}' if fields
+                 else '"inputs": {"<input name>": [...]}')
         raise InvalidInput(
-            'the JSON body must be an object with "inputs": {"<input name>": [...]}; the model takes: ' + predictor.signature_text(),
-            kind="malformed", expected='{"inputs": {...}}', given=type(doc).__name__ if not isinstance(doc, dict) else "no 'inputs' key",
+            f"the JSON body must be an object with {shape}; the model takes: " + predictor.signature_text(),
+            kind="malformed", expected='{"instances": [...]}' if fields else '{"inputs": {...}}',
+            given=type(doc).__name__ if not isinstance(doc, dict) else "no 'inputs' key",
         )
     unknown = set(doc) - {"inputs", "top_k", "request_id"}
     if unknown:
-        raise InvalidInput(f"unknown key(s) in the body: {', '.join(sorted(unknown))}; allowed: inputs, top_k, request_id",
+        allowed = "instances or inputs, top_k, request_id" if fields else "inputs, top_k, request_id"
+        raise InvalidInput(f"unknown key(s) in the body: {', '.join(sorted(unknown))}; allowed: {allowed}",
                            kind="malformed", given=", ".join(sorted(unknown)))
     if "top_k" in doc:
         options["top_k"] = int_option(doc["top_k"], "top_k")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from device_agent import __version__
 from device_agent.contract.types import JsonDict
+from device_agent.serve.images import IMAGE_TYPES, raw_image_input
+from device_agent.serve.openapi_rows import rows_example, rows_request_schema
 from device_agent.serve.openapi_v2 import example_tensors, v2_paths, v2_schemas
 from device_agent.serve.predictor import Predictor
 from device_agent.serve.validate import describe_spec
@@ -18,7 +20,8 @@ __all__ = ["ERROR_KINDS", "openapi"]
 ERROR_KINDS = (
     "unknown_input", "missing_input", "dtype", "shape", "nonfinite", "too_large", "malformed", "content_type", "length_required",
     "not_found", "method_not_allowed", "not_ready", "runtime", "busy", "internal", "unknown_id", "duplicate", "bad_label",
-    "unauthorized", "timeout", "header_too_large",
+    "unauthorized", "timeout", "header_too_large", "missing_field", "unknown_field", "field_type", "unknown_category", "out_of_range",
+    "null",
 )
 
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -89,7 +92,8 @@ def _schemas(agent: Predictor) -> JsonDict:  # layout: table
             "properties": {
                 "error": {"type": "object", "required": ["kind", "message", "input", "expected", "given"],
                           "properties": {"kind": {"type": "string", "enum": list(ERROR_KINDS)}, "message": {"type": "string"},
-                                         "input": _NULLABLE_STR, "expected": _NULLABLE_STR, "given": _NULLABLE_STR}},
+                                         "input": _NULLABLE_STR, "expected": _NULLABLE_STR, "given": _NULLABLE_STR,
+                                         "row": {"type": "integer", "minimum": 0, "description": "The table row at fault (0-based)."}}},
                 "request_id": {"type": "string"},
             },
         },
@@ -139,8 +143,10 @@ def openapi(agent: Predictor, *, tokens: bool = False) -> JsonDict:
     m = agent.model
     protected: JsonDict = {"security": [{"bearer": []}]} if tokens else {}
     unauthorized = _err("No token, or a wrong one: send 'Authorization: Bearer <token>'.") if tokens else None
+    fields = m.manifest.fields if m.manifest is not None else ()
     tensors = example_tensors(m.inputs)
-    paths = _v1_paths(protected, {"example": {"inputs": {k: a.tolist() for k, a in tensors.items()}}} if tensors is not None else {})
+    example = {"example": {"inputs": {k: a.tolist() for k, a in tensors.items()}}} if tensors is not None else {}
+    paths = _v1_paths(protected, rows_example(fields) if fields else example)
     for path, ops in paths.items():
         for method, op in ops.items():
             if method == "post":  # what any request with a body may meet before it reaches its route
@@ -157,6 +163,13 @@ def openapi(agent: Predictor, *, tokens: bool = False) -> JsonDict:
         "paths": {**paths, **v2_paths(m, protected=protected, tokens=tokens)},
         "components": {"schemas": {**_schemas(agent), **v2_schemas()}},
     }
+    if fields:
+        doc["components"]["schemas"]["PredictRequest"] = rows_request_schema(fields)
+    if raw_image_input(m.inputs) is not None:  # the photo itself, decoded on the device (device_agent.serve.images)
+        content = doc["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+        for ctype in IMAGE_TYPES:
+            content[ctype] = {"schema": {"type": "string", "format": "binary"},
+                              "description": "An image file: decoded here (EXIF orientation applied, RGB), resized by the model's own graph."}
     if tokens:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
                                                            "description": "A line of the agent's [api] token_file."}}

@@ -24,6 +24,8 @@ def example_tensors(specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray] | No
     """A valid request's inputs (zeros, one sample) for the document's examples; None when they would be large."""
     out = {}
     for s in specs:
+        if s.dtype == "string":  # a table model: its example is a row of fields (device_agent.serve.openapi_rows)
+            return None
         shape = tuple(d if isinstance(d, int) and d >= 0 else 1 for d in s.shape)
         out[s.name] = np.zeros(shape, dtype=s.dtype)
     return out if sum(a.size for a in out.values()) <= EXAMPLE_ELEMENTS else None

@@ -58,9 +58,12 @@ class Prediction:
         logits); without it, or for tensors orjson does not take (0-d, non-contiguous), the
         stdlib path gives the same values (9 significant digits for float32)."""
         if _orjson is not None:
+            outputs = self.outputs
+            if any(v.dtype.kind == "O" for v in outputs.values()):  # string labels (table pipelines): orjson takes lists of str only
+                outputs = {k: v.tolist() if v.dtype.kind == "O" else v for k, v in outputs.items()}
             try:
                 body: bytes = _orjson.dumps({"model": self.model, "request_id": self.request_id, "timestamp": self._timestamp(),
-                                      "latency_ms": round(self.latency_ms, 4), "outputs": self.outputs, "top_k": self.top_k},
+                                      "latency_ms": round(self.latency_ms, 4), "outputs": outputs, "top_k": self.top_k},
                                             option=_orjson.OPT_SERIALIZE_NUMPY)
                 return body
             except TypeError:

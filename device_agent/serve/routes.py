@@ -90,7 +90,7 @@ class Router:
         self.predictor.metrics.http_request(method if method in _METHODS else "other", route, status)
 
     def error(self, match: RouteMatch, status: int, kind: str, message: str, *, request_id: str | None = None,
-              detail: dict[str, str | None] | None = None) -> Response:
+              detail: dict[str, str | int | None] | None = None) -> Response:
         request_id = request_id or new_request_id()
         headers = {}
         if status == 401:
@@ -99,7 +99,7 @@ class Router:
             headers["Retry-After"] = "5" if kind == "not_ready" else "1"
         if match.v2:
             return Response(status, dumps({"error": message}), headers=headers, request_id=request_id)
-        err: dict[str, str | None] = {"kind": kind, "message": message, "input": None, "expected": None, "given": None}
+        err: dict[str, str | int | None] = {"kind": kind, "message": message, "input": None, "expected": None, "given": None}
         if detail:
             err.update(detail)
             err["kind"] = kind

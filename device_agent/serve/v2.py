@@ -86,6 +86,9 @@ def _unknown(model: LoadedModel, name: str, version: str | None) -> Response | N
 
 def _infer(agent: Predictor, request: Request, version: str | None) -> Response:
     model = agent.model
+    if model.manifest is not None and model.manifest.fields:  # BYTES tensors are not decoded here: rows go to /v1
+        return _error(400, f"model {model.name!r} takes table rows, validated by field: POST /v1/predict with "
+                           '{"instances": [{"<field>": value, ...}]} (this agent decodes no BYTES tensors)')
     try:
         req = parse_infer(request.body, request.head.headers.get("inference-header-content-length"), model.inputs, model.outputs)
         prediction = agent.predict(req.inputs, top_k=0, request_id=req.id or request.request_id, version=version)

@@ -34,7 +34,9 @@ MAX_RANK = 64
 
 
 def datatype_of(dtype: str | np.dtype[np.generic]) -> str:
-    """The V2 datatype of a numpy dtype (name)."""
+    """The V2 datatype of a numpy dtype (name); strings (a table's categorical columns, class labels) are BYTES."""
+    if isinstance(dtype, str) and dtype == "string":
+        return "BYTES"
     return _V2_OF.get(np.dtype(dtype), "BYTES")
 
 

@@ -28,6 +28,8 @@ class Metrics:
         self.latency_count = 0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.info: Callable[[], dict[str, str]] = dict
+        #: labelled series rendered at scrape time: (name, help, read → {label value: count}), label name first
+        self.counters: dict[str, tuple[str, str, Callable[[], dict[str, int]]]] = {}
 
     def prediction(self, latency_s: float, samples: int) -> None:
         with self._lock:
@@ -48,6 +50,10 @@ class Metrics:
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.gauges[name] = (help_text, read)
+
+    def counter(self, name: str, help_text: str, label: str, read: Callable[[], dict[str, int]]) -> None:
+        """A counter family with one label (values from a closed set, e.g. the model's field names), read at scrape time."""
+        self.counters[name] = (help_text, label, read)
 
     def render(self) -> str:
         """Prometheus text exposition format."""
@@ -83,6 +89,9 @@ class Metrics:
                       f"edgekit_agent_model_info{{{labels}}} 1"]
         lines += ["# HELP edgekit_agent_start_time_seconds Agent start, unix time.", "# TYPE edgekit_agent_start_time_seconds gauge",
                   f"edgekit_agent_start_time_seconds {self.started:.3f}"]
+        for name, (help_text, label, read_counts) in sorted(self.counters.items()):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+            lines += [f'{name}{{{label}="{_esc(k)}"}} {v}' for k, v in sorted(read_counts().items())]
         for name, (help_text, read) in sorted(self.gauges.items()):
             try:
                 value = float(read())

@@ -16,6 +16,7 @@ import numpy as np
 
 from device_agent.contract.protocol import FeatureWindow, LatencySummary
 from device_agent.contract.types import Array
+from device_agent.telemetry.categories import CategoryTracker
 from device_agent.telemetry.features import BLOCK_VALUES, FeatureTracker, Layout, LayoutKey
 from device_agent.telemetry.sketch import LatencySketch
 
@@ -83,8 +84,10 @@ class Window:
     alone, so a window's summaries are the same however its requests were batched.
     """
 
-    def __init__(self, tracker: FeatureTracker | None = None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, tracker: FeatureTracker | None = None, *, clock: Callable[[], float] = time.time,
+                 categories: CategoryTracker | None = None) -> None:
         self.tracker = tracker
+        self.categories = categories  # a table's string columns: counted on the request path (a few values a row)
         self.clock = clock
         self._lock = threading.Lock()  # the request path: counters, latencies, the block
         self._drain_lock = threading.Lock()  # the binning: tracker state, one thread at a time
@@ -114,6 +117,8 @@ class Window:
                 self.errors[error] = self.errors.get(error, 0) + 1
             if inputs is None:
                 return
+            if self.categories is not None:
+                self.categories.add(inputs)
             block = self._block
             if block is not None and block.fast:  # the hot path: one sample of the block's shape
                 x = inputs.get(block.name)
@@ -199,6 +204,7 @@ class Window:
                     self.latency.add_many(self._latencies)
                     self._latencies.clear()
                 start, requests, errors, latency = self.start, self.requests, dict(self.errors), self.latency.summary(scale=1000.0)
+                categorical = self.categories.take() if self.categories is not None else None
                 self.start = end
                 self.requests = 0
                 self.errors = {}
@@ -208,5 +214,7 @@ class Window:
             if self.tracker is not None:
                 self._bin(self.tracker, full, odd)
                 features, samples = self.tracker.take()
+            if categorical is not None:
+                features, samples = features + categorical[0], max(samples, categorical[1])
         return {"window": {"start": round(start, 3), "end": round(end, 3)}, "requests": requests, "errors": errors,
                 "latency_ms": latency, "features": features, "samples": samples}

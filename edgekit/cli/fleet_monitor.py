@@ -167,7 +167,7 @@ def render_reports(reports: list[DriftReport], accuracy: list[dict[str, Any]], *
             ks = "—" if f.ks is None else f"{f.ks:.3f}"
             shift = "" if f.mean_shift_std is None else f"  mean {f.mean_shift_std:+.2f} std"
             nan = "" if not f.nan_share else f"  NaN {f.nan_share:.1%}"
-            oor = "" if not f.out_of_range_share else f"  out of range {f.out_of_range_share:.1%}"
+            oor = "" if not f.out_of_range_share else f"  {'unseen' if f.categorical else 'out of range'} {f.out_of_range_share:.1%}"
             lines.append(f"    {f.name:<14} {f.level.text:<6} PSI {psi}  KS {ks}{shift}{nan}{oor}")
     for a in accuracy:
         acc = "—" if a["accuracy"] is None else f"{a['accuracy']:.1%}"

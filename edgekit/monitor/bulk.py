@@ -118,7 +118,9 @@ def _judge_column(ref: FeatureProfile, name: str, place: tuple[int, int, int], i
             if max(0.0, nan_share - ref.nan_share) < t.nan_warn and psis[j] < t.psi_warn and _below(ks, t.ks_warn, t.ks_alert) \
                     and max(0.0, oor - expected_oor) < t.range_warn:
                 shift = (mean - ref.mean) / ref.std if ref.std > 0 else None
-                out.append(FeatureDrift(name, Level.OK, rows, n[j], psis[j], ks, nan_share, oor, mean, shift, (), need))
+                categorical = ref.values is not None  # as feature_drift: no KS or mean over categories
+                out.append(FeatureDrift(name, Level.OK, rows, n[j], psis[j], None if categorical else ks, nan_share, oor,
+                                        None if categorical else mean, shift, (), need, categorical))
                 continue
         live = _Row(name, n[j], nan[j], fin[j], under[j], over[j], s1[j] / fin[j] if fin[j] else 0.0, row)
         out.append(feature_drift(ref, live, samples=samples[j] or None, thresholds=t, stats=(psis[j], ks)))

@@ -4,7 +4,9 @@ Live windows are merged per feature (:mod:`edgekit.monitor.windows`) and compare
 reference counts (:class:`device_agent.contract.manifest.FeatureProfile`) by the statistics of
 :mod:`edgekit.monitor.stats`:
 
-- **PSI** over the cells ``[under, bin 0 … bin k-1, over]`` of finite values;
+- **PSI** over the cells ``[under, bin 0 … bin k-1, over]`` of finite values; for a table's categorical column
+  (:mod:`device_agent.contract.categories`) the bins are its categories and the overflow the unseen ones, so the
+  same PSI is over categories plus the unseen share, judged as the out-of-range share is (no KS, no mean);
 - **KS**, the largest gap between the two cumulative distributions at the bin edges;
 - **NaN share** (NaN and ±inf among all values) and **out-of-range share** (finite values outside the
   reference's ``[edges[0], edges[-1]]``), each judged by its excess over what the reference implies.
@@ -162,13 +164,14 @@ class FeatureDrift:
     mean_shift_std: float | None  # (live mean - reference mean) / reference std
     reasons: tuple[str, ...] = ()
     min_samples: int = 0
+    categorical: bool = False  # a table's string column: out_of_range_share is the share of unseen categories
 
     def to_dict(self) -> dict[str, Any]:
         r = _rounded
         return {"name": self.name, "level": self.level.value, "samples": self.samples, "values": self.values, "psi": r(self.psi, 4),
                 "ks": r(self.ks, 4), "nan_share": r(self.nan_share, 4), "out_of_range_share": r(self.out_of_range_share, 4),
                 "mean": r(self.mean, 6), "mean_shift_std": r(self.mean_shift_std, 3), "reasons": list(self.reasons),
-                "min_samples": self.min_samples}
+                "min_samples": self.min_samples, "categorical": self.categorical}
 
     @property
     def severity(self) -> tuple[int, float]:
@@ -215,6 +218,7 @@ def feature_drift(reference: FeatureProfile, live: LiveCounts, *, samples: int |
     """
     t = thresholds or DriftThresholds()
     need = min_samples_for(reference.counts, t)
+    categorical = reference.values is not None
     rows = live.n if not samples else min(samples, live.n)
     if live.n == 0:
         return FeatureDrift(live.name, Level.NOT_ENOUGH_DATA, 0, 0, None, None, None, None, None, None, (f"0 samples < {need} needed",), need)
@@ -239,14 +243,18 @@ def feature_drift(reference: FeatureProfile, live: LiveCounts, *, samples: int |
         # quantile edges span the reference sample: a new value falls outside with chance 2/(N+1)
         expected_oor = 2.0 / (sum(reference.counts) + 1)
         verdicts.append(_judge(psi_value, t.psi_warn, t.psi_alert, "PSI", ".3f"))
-        verdicts.append(_judge(ks_value, t.ks_warn, t.ks_alert, "KS", ".3f"))
-        verdicts.append(_judge(max(0.0, oor - expected_oor), t.range_warn, t.range_alert, "out-of-range share", ".1%"))
+        if categorical:  # categories have no order: no KS, no mean; the overflow is the share of unseen categories
+            ks_value = None
+            verdicts.append(_judge(max(0.0, oor - expected_oor), t.range_warn, t.range_alert, "unseen-category share", ".1%"))
+        else:
+            verdicts.append(_judge(ks_value, t.ks_warn, t.ks_alert, "KS", ".3f"))
+            verdicts.append(_judge(max(0.0, oor - expected_oor), t.range_warn, t.range_alert, "out-of-range share", ".1%"))
         if reference.std > 0:
             shift = (live.mean - reference.mean) / reference.std
     level = worst(v for v, _ in verdicts)
     reasons = tuple(r for v, r in sorted(verdicts, key=_severest_first) if r)
-    return FeatureDrift(live.name, level, rows, live.n, psi_value, ks_value, nan_share, oor, live.mean if live.finite else None, shift,
-                        reasons, need)
+    return FeatureDrift(live.name, level, rows, live.n, psi_value, ks_value, nan_share, oor,
+                        live.mean if live.finite and not categorical else None, shift, reasons, need, categorical)
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,13 @@ class PreGraph:
         full = f"{PREFIX}const/{name}"
         return full if any(i.name == full for i in self.inits) else self.const(name, value)
 
-    def round8(self, x: str, name: str) -> str:
-        """Round half up and clip to 0..255: what Pillow stores after each 8-bit pass."""
+    def round8(self, x: str, name: str, *, clip: bool = True) -> str:
+        """Round half up and clip to 0..255: what Pillow stores after each 8-bit pass. ``clip=False`` where the
+        values cannot leave 0..255 (a weighted mean with non-negative weights: bilinear)."""
         half = self.shared("half", np.array(0.5, np.float32))
         floor = self.op("Floor", [self.op("Add", [x, half], f"{name}/add_half")], f"{name}/floor")
+        if not clip:
+            return floor
         return self.op("Clip", [floor, self.shared("zero", np.array(0.0, np.float32)), self.shared("max255", np.array(255.0, np.float32))],
                        f"{name}/clip")
 
@@ -138,7 +141,12 @@ def _any_size(g: PreGraph, x: str, spec: ImageSpec) -> str:
         den = g.op("Mul", [short, g.const("two", np.array([2], np.int64))], "short_x2")
         nh = g.op("Div", [g.op("Add", [g.op("Mul", [h, two_s], "h_x2s"), short], "h_num"), den], "resized_h")
         nw = g.op("Div", [g.op("Add", [g.op("Mul", [w, two_s], "w_x2s"), short], "w_num"), den], "resized_w")
-        x = _resize(g, _resize(g, x, nw, 3, spec), nh, 2, spec)
+        x = _resize(g, x, nw, 3, spec)
+        if spec.center_crop is None:
+            return _resize(g, x, nh, 2, spec)
+        # the rows pass works column by column: the columns the crop drops are dropped before it (the same pixels, less work)
+        x = _crop(g, x, nw, spec.center_crop[1], 3, "crop_w")
+        return _crop(g, _resize(g, x, nh, 2, spec), nh, spec.center_crop[0], 2, "crop_h")
     elif spec.center_crop is None:
         x = _resize(g, x, g.const("size_w", np.array([spec.size[1]], np.int64)), 3, spec)
         return _resize(g, x, g.const("size_h", np.array([spec.size[0]], np.int64)), 2, spec)
@@ -150,6 +158,14 @@ def _any_size(g: PreGraph, x: str, spec: ImageSpec) -> str:
     return g.op("Slice", [x, start, end, g.const("crop_axes", np.array([2, 3], np.int64))], "crop")
 
 
+def _crop(g: PreGraph, x: str, size: str, keep: int, axis: int, name: str) -> str:
+    """The centre ``keep`` positions of ``axis``, whose length is the tensor ``size`` ([1] int64)."""
+    start = g.op("Div", [g.op("Sub", [size, g.const(f"{name}/keep", np.array([keep], np.int64))], f"{name}/margin"),
+                         g.shared("two", np.array([2], np.int64))], f"{name}/start")
+    end = g.op("Add", [start, g.const(f"{name}/keep_end", np.array([keep], np.int64))], f"{name}/end")
+    return g.op("Slice", [x, start, end, g.const(f"{name}/axis", np.array([axis], np.int64))], name)
+
+
 def _resize(g: PreGraph, x: str, size: str, axis: int, spec: ImageSpec) -> str:
     name = "cols" if axis == 3 else "rows"
     if spec.interpolation == "nearest":
@@ -159,4 +175,4 @@ def _resize(g: PreGraph, x: str, size: str, axis: int, spec: ImageSpec) -> str:
     mode = "linear" if spec.interpolation == "bilinear" else "cubic"
     y = g.op("Resize", [x, "", "", size], f"{name}/resize", axes=[axis], mode=mode, antialias=1, cubic_coeff_a=-0.5,
              exclude_outside=1, coordinate_transformation_mode="half_pixel")
-    return g.round8(y, name)
+    return g.round8(y, name, clip=mode == "cubic")  # the triangle filter's weights are non-negative: its means stay in 0..255

@@ -69,6 +69,7 @@ def test_broker_url_parts(tmp_path):
         ('[device]\nid = "d"\n[api]\nmax_body_bytes = 20000000', "api.max_inflight_bytes", "max_inflight_bytes 16777216 is below max_body_bytes"),
         ('[device]\nid = "d"\n[api]\nworkers = 0', "api.workers", "[api] workers 0 must be between 1 and 256"),
         ('[device]\nid = "d"\n[telemetry]\nfeedback_max_bytes = 10', "telemetry.feedback_max_bytes", "must be ≥ 1024"),
+        ('[device]\nid = "d"\n[serve]\nout_of_range = "ignore"', "serve.out_of_range", "[serve] out_of_range 'ignore' allowed: reject, warn"),
     ],
 )
 def test_every_field_is_validated_and_named(tmp_path, body, field, message):

@@ -406,3 +406,20 @@ def test_bad_resource_ceilings_are_one_line(tmp_path, digits_dir, agent_wheel, o
     b = unpack(out, tmp_path / "bundle")
     res = run_install(b, tmp_path / "root", option, value)
     assert res.returncode == 1 and len(res.stderr.splitlines()) == 1 and message in res.stderr, res.stderr
+
+
+def test_install_with_images_adds_pillow_from_the_index_and_refuses_offline(tmp_path, host_bundle):
+    b = unpack(host_bundle, tmp_path / "bundle")
+    res = subprocess.run(install_cmd(b, tmp_path / "off", "--no-check", "--with-images"), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 1 and res.stderr.splitlines() == [
+        "install.sh: error: --with-images installs Pillow from the package index, which --offline forbids: drop one of them "
+        f"(or later: {tmp_path / 'off/opt/edgekit-agent'}/venv/bin/pip install Pillow)"]
+    online = [a for a in install_cmd(b, tmp_path / "root", "--no-check", "--with-images") if a != "--offline"]
+    res = subprocess.run(online, capture_output=True, text=True, timeout=900)
+    if res.returncode != 0 and "pip failed" in res.stderr and "Pillow" in res.stdout:
+        pytest.skip(f"no package index to install Pillow from: {res.stderr.strip()}")
+    assert res.returncode == 0, res.stderr
+    assert "installing Pillow (--with-images: JPEG and PNG request bodies)" in res.stdout
+    python = tmp_path / "root/opt/edgekit-agent/venv/bin/python"
+    check = subprocess.run([str(python), "-c", "import PIL, torch"], capture_output=True, text=True, timeout=120)
+    assert "No module named 'torch'" in check.stderr  # Pillow came, nothing heavy with it

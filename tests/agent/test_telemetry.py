@@ -257,3 +257,20 @@ def test_sketch_add_many_matches_add():
     many.add_many(values[1234:])
     assert many.buckets == one.buckets and many.count == one.count and many.max == one.max and many.min == one.min
     assert many.sum == pytest.approx(one.sum, rel=1e-12)
+
+
+def test_category_counts_stay_bounded_whatever_strings_arrive():
+    from device_agent.telemetry.categories import CategoryTracker, select_categories
+
+    colour = FeatureProfile("colour", 1, 0, "colour", (0.0, 1.0, 2.0, 3.0), (50, 30, 20), 0.0, 3.0, 0.0, 0.0, 0.0, ("red", "green", "blue"))
+    tracker = CategoryTracker([colour])
+    values = np.array(["red", "blue", "", *(f"shade-{i}" for i in range(5000))], dtype=object).reshape(-1, 1)
+    tracker.add({"colour": values, "other": np.zeros((5003, 1))})
+    (w,), samples = tracker.take()
+    assert (w.counts, w.over, w.nan, w.n, samples) == ([1, 0, 1], 5000, 1, 5003, 5003)
+    assert w.mean is None and len(encode({"features": [w.__dict__]})) < 200  # 5,000 distinct strings, one small window
+    assert tracker.take()[0][0].n == 0  # taken: the next window starts empty
+    many = [FeatureProfile(f"c{i}", 1, 0, f"c{i}", tuple(float(j) for j in range(101)), (1,) * 100, 0.0, 100.0, 0.0, 0.0, 0.0,
+                           tuple(str(j) for j in range(100))) for i in range(20)]
+    kept, left = select_categories(tuple(many), 8000)
+    assert len(kept) + left == 20 and 0 < len(kept) < 20 and kept == many[:len(kept)]  # manifest order, within the budget

@@ -56,3 +56,20 @@ def fit(pipe, train: Path, *, encode_labels: bool = False):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return pipe.fit(df, y)
+
+
+@pytest.fixture(scope="session")
+def penguins_model(penguins) -> dict[str, Path]:
+    """A random forest pipeline on the penguins, compressed by the CLI: {"dir": output directory, "pipeline": the .joblib}."""
+    import joblib
+    from click.testing import CliRunner
+    from sklearn.ensemble import RandomForestClassifier
+
+    from edgekit.cli.main import cli
+
+    root = penguins["dir"]
+    joblib.dump(fit(pipeline(RandomForestClassifier(40, random_state=0)), penguins["train"]), root / "penguins.joblib")
+    res = CliRunner().invoke(cli, ["compress", "--data", str(penguins["train"]), "--label", "species", "-o", str(root / "model"),
+                                   str(root / "penguins.joblib")])
+    assert res.exit_code == 0, res.output
+    return {"dir": root / "model", "pipeline": root / "penguins.joblib"}

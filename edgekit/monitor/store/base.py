@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from device_agent.contract.categories import category_profiles
 from device_agent.contract.manifest import FeatureProfile, Manifest
 from device_agent.contract.protocol import JobUpdate, StateMessage, TelemetryMessage
 from edgekit.monitor.store.census import FleetCensus
@@ -74,7 +75,8 @@ class Reference:
         for key, m in manifest.metrics.items():
             if isinstance(m, dict) and isinstance(m.get("accuracy"), (int, float)):
                 acc[key] = float(m["accuracy"]) / 100.0  # the manifest records percent
-        return cls(manifest.name, manifest.version, manifest.features, acc, source)
+        # a table's categorical columns are judged as features binned on their categories (device_agent.contract.categories)
+        return cls(manifest.name, manifest.version, manifest.features + category_profiles(manifest), acc, source)
 
     def baseline_accuracy(self, artifact: str | None = None) -> float | None:
         """The accuracy to hold a device against: its artifact's if known, else the lowest artifact's, else the source's."""
