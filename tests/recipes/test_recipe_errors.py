@@ -236,7 +236,7 @@ def test_unknown_shipped_name_suggests_the_nearest_and_lists_all():
     with pytest.raises(RecipeError) as e:
         load_recipe("int8-mobil")
     assert str(e.value) == ("no shipped recipe named 'int8-mobil'; did you mean 'int8-mobile'? Shipped: fp16, int8, int8-dynamic, "
-                            "int8-mobile, prune50-distill-int8, tiny. Or pass a path to a recipe .yaml file")
+                            "int8-mobile, prune50-distill-int8, tabular, tiny. Or pass a path to a recipe .yaml file")
 
 
 def test_missing_file_and_directory(tmp_path):

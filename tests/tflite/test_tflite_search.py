@@ -9,6 +9,8 @@ nothing here asserts a time.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -71,8 +73,12 @@ def test_the_slow_int8_op_stays_float_and_the_manifest_says_why(softsign):
     assert art.precision == "mixed" and art.extra["tflite"]["quantization"] == "full-integer int8, some layers float"
     by_op = {f["op"]: f for f in search["float_layers"]}
     assert by_op["DIV"]["why"].startswith("slower in int8 (") and "off XNNPACK" in by_op["DIV"]["why"]
-    assert not {"CONV_2D", "FULLY_CONNECTED"} & set(by_op)  # the convolutions gain in int8 and stay int8
-    # the file says the same: DIV computes in float32, the convolutions in int8
+    # whether a small conv gains in int8 is this CPU's timing (AVX2 without VNNI: barely, and not under load); the rule
+    # itself is tested on given numbers. A layer kept float says so with the two times it was measured at
+    for op in {"CONV_2D", "FULLY_CONNECTED"} & set(by_op):
+        q8, f32 = (float(v) for v in re.findall(r"([\d.]+) µs", by_op[op]["why"])[:2])
+        assert by_op[op]["why"].startswith("slower in int8 (") and q8 > f32, by_op[op]
+    # the file says the same as the manifest: DIV computes in float32, a conv in int8 unless it was listed float
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(out / art.file))
@@ -80,7 +86,11 @@ def test_the_slow_int8_op_stays_float_and_the_manifest_says_why(softsign):
     kinds = {}
     for op in it._get_ops_details():  # noqa: SLF001 - the interpreter's only op listing
         kinds.setdefault(op["op_name"], set()).add(dtypes[int(op["outputs"][0])])
-    assert kinds["DIV"] == {np.dtype(np.float32)} and kinds["CONV_2D"] == {np.dtype(np.int8)}
+    assert kinds["DIV"] == {np.dtype(np.float32)}
+    if "CONV_2D" in by_op:
+        assert np.dtype(np.float32) in kinds["CONV_2D"]
+    else:
+        assert kinds["CONV_2D"] == {np.dtype(np.int8)}
 
 
 def test_the_search_records_the_measured_alternatives_and_the_per_op_costs(softsign):
