@@ -7,16 +7,11 @@ Not checked: ``positive_data_acceptance`` — a request that fits the schema may
 model (a tensor of the wrong shape is a documented 400), so acceptance is the validator's tests' job.
 """
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from device_agent.serve.agent import Agent
-from device_agent.serve.auth import Tokens
-from device_agent.serve.server import serve
+from tests.schemathesis_run import fuzz
 
 pytest.importorskip("schemathesis", reason="the dev extra installs schemathesis")
 
@@ -26,18 +21,9 @@ TOKEN = "fuzz-token-" + "f" * 40
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(digits_dir, tmp_path):
     agent = Agent.open(digits_dir)
-    server = serve(agent, tokens=Tokens([TOKEN]))
-    report = tmp_path / "schemathesis.json"
-    cmd = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{server.url}/openapi.json", "-H", f"Authorization: Bearer {TOKEN}",
-           "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--max-examples", "100", "--seed", "17",
-           "--report", "json", "--report-json-path", str(report), "--output-truncate", "false"]
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    finally:
-        server.close()
+    r, doc = fuzz(agent, TOKEN, tmp_path)
     answered = agent.metrics.http
     requests = sum(answered.values())
-    doc = json.loads(report.read_text())
     assert r.returncode == 0 and doc["failures"] == [] and doc["errors"] == [], r.stdout[-6000:]
     assert requests >= 2000, f"only {requests} requests were answered; schemathesis said:\n{r.stdout[-2000:]}"
     assert not [k for k in answered if k[2] >= 500], {k: v for k, v in answered.items() if k[2] >= 500}
