@@ -45,6 +45,10 @@ def convert_to_ort(onnx_path: Path, out_dir: Path, stem: str, *, scratch: Path |
         ort_log = logging.getLogger("ort_format_model.utils")
         level = ort_log.level
         ort_log.setLevel(logging.WARNING)
+        import onnxruntime
+
+        # an amd64 build makes ORT's C++ logger warn that NCHWc nodes are hardware specific: that is the point of the target
+        onnxruntime.set_default_logger_severity(3)
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 convert_onnx_models_to_ort(src, output_dir=Path(tmp) / "out", optimization_styles=[OptimizationStyle.Fixed],
@@ -53,6 +57,7 @@ def convert_to_ort(onnx_path: Path, out_dir: Path, stem: str, *, scratch: Path |
             raise ExportError(f".ort conversion of {onnx_path.name} failed: {_line(e)}; the .onnx artifact is still valid") from None
         finally:
             ort_log.setLevel(level)
+            onnxruntime.set_default_logger_severity(2)  # ORT's default: warnings
         ort_file = Path(tmp) / "out" / f"{stem}.ort"
         config = Path(tmp) / "out" / f"{stem}.required_operators.config"
         if not ort_file.is_file():

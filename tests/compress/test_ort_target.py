@@ -91,3 +91,14 @@ def test_an_older_manifest_without_ort_target_is_an_arm_ort(both_targets, tmp_pa
 
     m = Manifest.from_dict(doc)
     assert agent_model.select_artifact(m, src).format == "ort"
+
+
+def test_an_amd64_conversion_prints_nothing_from_onnxruntimes_logger(digits, tmp_path, capfd):
+    """ORT's C++ logger warns that an NCHWc graph is hardware specific: with --ort-target amd64 that is what was asked."""
+    from edgekit.choices import OrtTarget
+    from edgekit.export.ort_mobile import convert_to_ort
+
+    path, config = convert_to_ort(digits["model"], tmp_path, "m", scratch=tmp_path, target=OrtTarget.AMD64)
+    assert path.is_file() and config is not None and "com.microsoft.nchwc" in config.read_text()
+    out, err = capfd.readouterr()
+    assert "Serializing optimized model" not in out + err, err
