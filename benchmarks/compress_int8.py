@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import io
 import logging
+import platform
 import sys
 import tempfile
 import time
@@ -32,13 +33,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from device_agent.runtime import OrtBackend  # noqa: E402
+from edgekit.choices import OrtTarget  # noqa: E402
 from edgekit.compress import CompressOptions, compress  # noqa: E402
 from edgekit.data import Dataset, load_data  # noqa: E402
 from edgekit.evaluate import measure_latencies, run_dataset  # noqa: E402
+from edgekit.export import ExportOptions, OrtConfig  # noqa: E402
 from edgekit.export.ort_mobile import convert_to_ort  # noqa: E402
 from edgekit.onnx_model import io_specs, load_onnx  # noqa: E402
 from edgekit.pipeline import StepSpec  # noqa: E402
 
+#: every .ort is built for the CPU it is timed on, as a user deploying to this machine builds it (``--ort-target``)
+HOST_ORT_TARGET = OrtTarget.AMD64 if platform.machine().lower() in ("x86_64", "amd64") else OrtTarget.ARM
 TORCHVISION = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 #: per model: the largest p50 ratio to the fp32 .onnx the edgekit int8 .onnx may have (after "not slower": 1.00)
 LATENCY_TARGET = {"resnet18": 0.28, "mobilenet_v2": 0.45, "mobilenet_v3_small": 0.80, "mobilenet_v3_large": 0.80}
@@ -141,7 +146,7 @@ def edgekit_variants(name: str, m: dict, work: Path) -> tuple[dict[str, Path], d
         max_drop = 1.0 if m.get("trained") else 100.0
         cpu = time.process_time()
         r = compress(src, data, CompressOptions(steps=[StepSpec("int8", {"max_drop": max_drop})], output=out, force=True,
-                                                eval_data=Path(m["eval"])))
+                                                eval_data=Path(m["eval"]), export=ExportOptions(ort=OrtConfig(target=HOST_ORT_TARGET))))
         if data:
             search = r.steps[0]["result"]["search"]
             seconds = {"search_s": search["seconds"]["total_s"], "compress_cpu_s": time.process_time() - cpu}
@@ -158,7 +163,7 @@ def bench(name: str, m: dict, runs: int, work: Path) -> tuple[list[dict], dict[s
     ev, calib = load_data(m["eval"], ins), load_data(m["calib"], ins)
     feeds = {k: v[:1] for k, v in ev.inputs.items()}
     (work / f"{name}-fp32ort").mkdir(exist_ok=True)
-    variants = {"fp32": src, "fp32 .ort": convert_to_ort(src, work / f"{name}-fp32ort", name)[0]}
+    variants = {"fp32": src, "fp32 .ort": convert_to_ort(src, work / f"{name}-fp32ort", name, target=HOST_ORT_TARGET)[0]}
     mine, chose, seconds = edgekit_variants(name, m, work)
     variants |= mine
     variants["ort quantize_dynamic (defaults)"] = ort_default("dynamic", src, work / f"{name}-ortdyn.onnx", calib)

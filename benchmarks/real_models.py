@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -48,6 +49,8 @@ import real_models_report as report  # noqa: E402
 from zoo import MODELS, ZooError, ZooModel, model_path, write_data  # noqa: E402
 
 RUN_TIMEOUT_S = 1800  # one CLI run; --run-timeout changes it
+#: the .ort is built for the CPU it is timed on (an ARM .ort misses x86's blocked-layout float kernels: ~2x slower here)
+HOST_ORT_TARGET = "amd64" if platform.machine().lower() in ("x86_64", "amd64") else "arm"
 MAX_RSS_GB = 8.0  # one CLI run's memory (with its children); the machine is shared
 # what a run may leave in /tmp that is ours (other engineers' processes write there too)
 OURS_IN_TMP = re.compile(r"sym_shape_infer|\.data$|\.onnx$|\.ort$|\.tflite$|^[0-9a-f]{8}-[0-9a-f]{4}-")
@@ -172,6 +175,7 @@ def compress_runs(m: ZooModel, src: Path, data: Path, work: Path, args: argparse
     shape_flags = [f for s in m.input_shape for f in ("--input-shape", s)]
     extra = shape_flags + list(m.flags) + (["--search-time", str(args.search_time)] if args.search_time else [])
     formats = "onnx,ort" + ("" if args.no_tflite else ",tflite")
+    extra += ["--ort-target", args.ort_target]  # the .ort built for the CPU it is timed on, as a user deploying here builds it
     runs = {}
     if not args.no_tflite:
         runs["fp32"] = fp32_tflite(m, src, shape_flags, work, timeout_s=args.run_timeout)
@@ -249,6 +253,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=None, help="timed rounds per model (default 100, --quick 30)")
     ap.add_argument("--run-timeout", type=float, default=RUN_TIMEOUT_S, help="seconds one edgekit run may take")
     ap.add_argument("--budget", type=float, default=60.0, help="seconds of round-robin timing per model (--quick: 20)")
+    ap.add_argument("--ort-target", choices=("arm", "amd64"), default=HOST_ORT_TARGET,
+                    help=f"edgekit's --ort-target (default: this machine's, {HOST_ORT_TARGET}; arm times an ARM .ort on this CPU)")
     ap.add_argument("--json", type=Path, default=None, help="also write every number to this file")
     ap.add_argument("--keep", type=Path, default=None, help="keep the work directories (artifacts, logs) here")
     args = ap.parse_args()
@@ -268,7 +274,7 @@ def main() -> int:
         return 1
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    report.table(results, quick=args.quick, tflite=not args.no_tflite)
+    report.table(results, quick=args.quick, tflite=not args.no_tflite, ort_target=args.ort_target)
     return 0 if report.targets(results) else 1
 
 

@@ -46,9 +46,10 @@ def _quality(r: dict, tag: str, fmt: str) -> str:
     return f"{q['agree']:.1f}"
 
 
-def table(results: list[dict], *, quick: bool, tflite: bool) -> None:
+def table(results: list[dict], *, quick: bool, tflite: bool, ort_target: str = "arm") -> None:
     print(f"\nedgekit compress --int8 on real models ({'quick' if quick else 'full'}); latency: plain runtime, 1 thread, "
-          "batch 1, median of round-robin runs; x = ratio to fp32 (.onnx/.ort vs fp32 .onnx, .tflite vs fp32 .tflite)")
+          "batch 1, median of round-robin runs; x = ratio to fp32 (.onnx/.ort vs fp32 .onnx, .tflite vs fp32 .tflite); "
+          f".ort built with --ort-target {ort_target}")
     print("quality: accuracy change vs fp32 where labelled (pt), else agreement with fp32 in % (judge per model)\n")
     head = (f"{'model':19s} {'run':6s} {'exit':>4s} {'time':>5s} {'MB':>6s} {'size×':>6s} {'onnx×':>6s} {'ort×':>6s} {'tfl×':>6s} "
             f"{'q.onnx':>7s} {'q.ort':>7s} {'q.tfl':>7s} {'left':>4s}  chose (.onnx/.ort) | last line")

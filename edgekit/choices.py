@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["Format", "Layout", "Objective", "Precision", "StrChoice"]
+__all__ = ["Format", "Layout", "Objective", "OrtTarget", "Precision", "StrChoice"]
 
 
 class StrChoice(str, Enum):
@@ -58,3 +58,10 @@ class Objective(StrChoice):
     BALANCED = "balanced"  # the fastest within 0.35x the float size, else the smallest that is not slower than float
     LATENCY = "latency"  # the fastest
     SIZE = "size"  # the smallest, even when slower than float
+
+
+class OrtTarget(StrChoice):
+    """The CPU an ``.ort`` is built for: ORT's converter saves its optimizations fixed, for one platform."""
+
+    ARM = "arm"  # Raspberry Pi, phones, ARM gateways; also loads on x86, where its float layers run without blocked layouts
+    AMD64 = "amd64"  # x86-64 devices: adds the NCHWc blocked-layout float kernels, which exist only on x86-64

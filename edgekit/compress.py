@@ -199,7 +199,7 @@ def _data(data: str | Path | None, inputs: tuple[TensorSpec, ...], opts: Compres
 def _run_steps(run: _Run, configs: list[tuple[StepSpec, StepConfig]], workdir: Path) -> _Stepped:
     """Each step on the previous one's model; a later step that changes the model makes earlier per-format models stale."""
     ctx = Context(run.ref, workdir, threads=run.opts.threads, train_data=run.ref.calib_data, log=run.log, formats=run.opts.formats,
-                  objective=run.opts.objective)
+                  objective=run.opts.objective, ort_target=run.opts.export.ort.target)
     s = _Stepped(run.front.model, Precision.FP32, run.front.model)
     for spec, cfg in configs:
         outcome = get_step(spec.name)(s.model, cfg, ctx)

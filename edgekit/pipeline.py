@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from edgekit.choices import Format, Objective, Precision
+from edgekit.choices import Format, Objective, OrtTarget, Precision
 from edgekit.config import FrozenConfig
 from edgekit.errors import RecipeError
 from edgekit.runlog import RunLog
@@ -65,6 +65,8 @@ class Context:
     formats: tuple[Format, ...] = (Format.ONNX, Format.ORT)
     #: what a step choosing between measured models optimizes (int8: latency, size, or balanced)
     objective: Objective = Objective.BALANCED
+    #: the CPU the run's .ort is built for: a step timing .ort candidates converts them as the exporter will
+    ort_target: OrtTarget = OrtTarget.ARM
 
 
 @dataclass(frozen=True)

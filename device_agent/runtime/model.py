@@ -4,7 +4,8 @@ start-up self-test.
 
 Artifact choice: the configured file if any; else the first format in ``prefer`` (default
 ``ort, onnx, tflite``) that the manifest lists, whose file is present and whose runtime is
-installed (``.tflite`` needs ai-edge-litert). Only the chosen artifact is read and hashed.
+installed (``.tflite`` needs ai-edge-litert), and that this CPU can run (an ``.ort`` built with
+``--ort-target amd64`` only on x86-64). Only the chosen artifact is read and hashed.
 
 Runtime check: the runtime that runs the chosen artifact is compared with the one the manifest says
 it was validated with (:func:`~device_agent.runtime.compat.check_runtime`); another minor release
@@ -15,6 +16,7 @@ to serve (:attr:`LoadedModel.unfit_reason`).
 from __future__ import annotations
 
 import math
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +135,10 @@ def select_artifact(manifest: Manifest, directory: Path, *, prefer: Formats = ("
             if not (directory / art.file).is_file():
                 skipped.append(f"{art.file} (file missing)")
                 continue
+            if fmt == "ort" and art.extra.get("ort_target") == "amd64" and not _x86_64():
+                skipped.append(f"{art.file} (built with --ort-target amd64: its NCHWc kernels exist only on x86-64, "
+                               f"this CPU is {platform.machine() or 'unknown'}; rebuild with --ort-target arm)")
+                continue
             if fmt == "tflite" and not litert_available():
                 skipped.append(f"{art.file} (ai-edge-litert is not installed: pip install ai-edge-litert)")
                 continue
@@ -140,6 +146,10 @@ def select_artifact(manifest: Manifest, directory: Path, *, prefer: Formats = ("
     have = ", ".join(f"{a.file} ({a.format})" for a in manifest.artifacts) or "none"
     why = f"; skipped: {'; '.join(skipped)}" if skipped else ""
     raise ModelError(f"no artifact of format {', '.join(prefer)} is usable in {directory}; the manifest lists: {have}{why}")
+
+
+def _x86_64() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
 
 
 def load_model(path: str | Path, *, prefer: Formats = ("ort", "onnx", "tflite"), threads: int = 0, artifact: str | None = None,

@@ -15,7 +15,7 @@ from typing import Any
 from edgekit.choices import Format
 from edgekit.errors import RecipeError
 from edgekit.export.base import Exporter, ExportSource, exporter
-from edgekit.export.config import ExportConfig, ExportOptions, Objective, OnnxConfig, OrtConfig, TfliteConfig, TfliteIO
+from edgekit.export.config import ExportConfig, ExportOptions, Objective, OnnxConfig, OrtConfig, OrtTarget, TfliteConfig, TfliteIO
 
 __all__ = [
     "EXPORTERS",
@@ -26,6 +26,7 @@ __all__ = [
     "Objective",
     "OnnxConfig",
     "OrtConfig",
+    "OrtTarget",
     "TfliteConfig",
     "TfliteIO",
     "exporter",

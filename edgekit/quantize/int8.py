@@ -118,7 +118,8 @@ def _settings(config: Int8Config, ctx: Context, pre: onnx.ModelProto, *, mixed: 
     # rounding in front of the first layer and saves no weights; a Resize of any size breaks static int8 outright
     baked = tuple(n.name for n in pre.graph.node if n.name.startswith(PREPROCESS_PREFIX) and n.name not in config.exclude)
     return SearchSettings(max_drop=config.max_drop, method=config.calibration, threads=ctx.threads, time_budget_s=config.search_time,
-                          exclude=(*config.exclude, *baked), ort=Format.ORT in ctx.formats, objective=ctx.objective, mixed=mixed)
+                          exclude=(*config.exclude, *baked), ort=Format.ORT in ctx.formats, objective=ctx.objective, mixed=mixed,
+                          ort_target=ctx.ort_target)
 
 
 def _candidates(pre: onnx.ModelProto, config: Int8Config, use_static: bool, onnx_ships: bool) -> list[Candidate]:

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 
 from device_agent.runtime import Backend, OrtBackend
-from edgekit.choices import Objective
+from edgekit.choices import Objective, OrtTarget
 from edgekit.data import Dataset
 from edgekit.evaluate import Latency, measure_latencies, one_sample, run_dataset
 from edgekit.export.compact import compact
@@ -60,6 +60,7 @@ class SearchSettings:
     ort: bool = False  # the run ships an .ort too: time each candidate's .ort and choose the .ort's model by it
     objective: Objective = Objective.BALANCED
     mixed: bool = True  # search per-layer splits (needs calibration data)
+    ort_target: OrtTarget = OrtTarget.ARM  # the CPU the .ort is built for (an .ort is timed as the exporter will build it)
 
 
 @dataclass
@@ -112,7 +113,8 @@ class Workbench:
 
             out_dir = self.workdir / "ort"
             out_dir.mkdir(exist_ok=True)
-            self.ort_files[onnx_path] = convert_to_ort(onnx_path, out_dir, onnx_path.stem, scratch=self.workdir)[0]
+            self.ort_files[onnx_path] = convert_to_ort(onnx_path, out_dir, onnx_path.stem, scratch=self.workdir,
+                                                       target=self.settings.ort_target)[0]
         return self.ort_files[onnx_path]
 
 
