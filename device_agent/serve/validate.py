@@ -57,7 +57,7 @@ class Validator:
         if len(specs) == 1 and specs[0].shape and isinstance(specs[0].shape[0], str) and all(
                 isinstance(d, int) and d >= 0 for d in specs[0].shape[1:]):
             s = specs[0]
-            rest = tuple(int(d) for d in s.shape[1:])
+            rest = tuple(d for d in s.shape[1:] if isinstance(d, int))  # all of them (checked above)
             per_row = int(np.prod(rest, dtype=np.int64))
             self._fast = (s.name, np.dtype(s.dtype), rest, min(max_batch, max_elements // per_row) if per_row else max_batch)
         self._single_float = specs[0].name if len(specs) == 1 and specs[0].name in self._float else None
