@@ -106,11 +106,11 @@ def v2_round_trip(agent: Server, model_dir: Path, x: np.ndarray, *, threads: int
         answer = r.read()
         if r.status != 200:
             raise RuntimeError(f"V2 infer: HTTP {r.status}: {answer[:200]!r}")
-        canned[1] = int(r.getheader("Inference-Header-Content-Length") or 0)
+        canned[:] = [answer, int(r.getheader("Inference-Header-Content-Length") or 0)]  # its JSON's length varies with the request id
         return answer
 
-    canned: list = [b"", 0]  # the answer's bytes and JSON length, for the client's parsing alone
-    canned[0] = plain()
+    canned: list = [b"", 0]  # the last answer's bytes and JSON length, for the client's parsing alone
+    plain()
 
     def client_work() -> None:
         request_bytes()
