@@ -16,7 +16,6 @@ MQTT link, the HTTP API, the telemetry loop, over-the-air updates — is wired b
 
 from __future__ import annotations
 
-import collections
 import itertools
 import logging
 import time
@@ -38,6 +37,7 @@ from device_agent.telemetry.categories import CategoryTracker, category_tracker
 from device_agent.telemetry.features import FeatureTracker, select_features
 from device_agent.telemetry.feedback import FeedbackLog, FeedbackResult
 from device_agent.telemetry.metrics import Metrics
+from device_agent.telemetry.pending import PendingFeedback
 from device_agent.telemetry.window import Window
 
 if TYPE_CHECKING:
@@ -46,10 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["Agent", "AgentOptions", "Prediction", "RequestObserver", "tensor_json"]
 
 log = logging.getLogger("edgekit.agent")
-
-#: pending feedback records joined into the log by the request that passes this many, or this many bytes of scores
-FEEDBACK_PENDING_MAX = 1024
-FEEDBACK_PENDING_BYTES = 4 << 20
 
 
 class AgentOptions(TypedDict, total=False):
@@ -111,8 +107,7 @@ class Agent:
         self._model_id: ModelId = {"name": model.name, "version": model.version}
         self._scores_name = model.outputs[0].name if model.is_classifier and model.outputs else None
         # late ground truth (POST /v1/feedback) is joined with the top-1 of classifier predictions
-        self._feedback_pending: collections.deque[tuple[str, str, Array]] = collections.deque()
-        self._pending_bytes = 0  # approximate (updated without a lock): it only decides when to flush early
+        self._feedback_pending = PendingFeedback()
         self._feedback = _feedback_log(model, max_rows=feedback_max_rows, max_bytes=feedback_max_bytes, retention_s=feedback_retention_s,
                                        clock=clock)
         # request ids: random per start + a counter (unique, and ~50x cheaper than uuid4 per request)
@@ -237,13 +232,9 @@ class Agent:
             scores = None
         rid = request_id or f"{self._rid_prefix}{next(self._rid):x}"
         mid = self._model_id if self._model_id["version"] == model.version else {"name": model.name, "version": model.version}
-        if scores is not None and self._feedback is not None:
-            # joined into the feedback log off the request path (see the feedback property); a copy,
-            # since in-process callers own the outputs they get back
-            self._feedback_pending.append((rid, mid["version"], scores.copy()))
-            self._pending_bytes += scores.nbytes
-            if len(self._feedback_pending) > FEEDBACK_PENDING_MAX or self._pending_bytes > FEEDBACK_PENDING_BYTES:
-                self.flush_feedback()
+        # joined into the feedback log off the request path (see the feedback property), from a copy
+        if scores is not None and self._feedback is not None and self._feedback_pending.add(rid, mid["version"], scores):
+            self.flush_feedback()
         return Prediction(outputs, mid, rid, self.clock(), dt * 1000.0,
                           scores=scores, k=self.top_k_default if top_k is None else top_k, labels=model.labels)
 
@@ -261,16 +252,9 @@ class Agent:
 
     def flush_feedback(self) -> None:
         """Join the predictions recorded since the last flush into the feedback log."""
-        pending, fb = self._feedback_pending, self._feedback
-        self._pending_bytes = 0
-        items = []
-        while pending:
-            try:
-                items.append(pending.popleft())
-            except IndexError:  # another thread took the last one
-                break
-        if items and fb is not None:
-            fb.record_many(items)
+        items = self._feedback_pending.take() if len(self._feedback_pending) else []
+        if items and self._feedback is not None:
+            self._feedback.record_many(items)
 
     def submit_feedback(self, items: list[object]) -> list[FeedbackResult]:
         """Join late ground truth with earlier predictions (see :mod:`device_agent.telemetry.feedback`); never raises on bad items."""

@@ -8,7 +8,10 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["LATENCY_BUCKETS", "Metrics"]
+__all__ = ["FOLD_EVERY", "LATENCY_BUCKETS", "Metrics"]
+
+#: requests recorded before the request that reaches this many folds them into the counters
+FOLD_EVERY = 1024
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -30,14 +33,34 @@ class Metrics:
         self.info: Callable[[], dict[str, str]] = dict
         #: labelled series rendered at scrape time: (name, help, read → {label value: count}), label name first
         self.counters: dict[str, tuple[str, str, Callable[[], dict[str, int]]]] = {}
+        self._pending: list[tuple[float, int]] = []  # (latency, samples) of requests not folded in yet
 
     def prediction(self, latency_s: float, samples: int) -> None:
-        with self._lock:
-            self.predictions += 1
+        """Count one answered request. The request path only appends to a list (atomic under the GIL, and
+        under free-threaded CPython's per-list lock); the counters are folded in at scrape time or every
+        :data:`FOLD_EVERY` requests, so a small model's request pays no lock and no bucket search here."""
+        pending = self._pending
+        pending.append((latency_s, samples))
+        if len(pending) >= FOLD_EVERY:
+            with self._lock:
+                self._fold()
+
+    def _fold(self) -> None:
+        """Fold the pending requests into the counters (caller holds ``_lock``). Only the first ``n`` items
+        are taken and deleted: a request appended meanwhile stays for the next fold."""
+        pending = self._pending
+        n = len(pending)
+        if not n:
+            return
+        taken = pending[:n]
+        del pending[:n]
+        buckets = self.buckets
+        for latency_s, samples in taken:
             self.samples += samples
             self.latency_sum += latency_s
-            self.latency_count += 1
-            self.buckets[bisect.bisect_left(LATENCY_BUCKETS, latency_s)] += 1
+            buckets[bisect.bisect_left(LATENCY_BUCKETS, latency_s)] += 1
+        self.predictions += n
+        self.latency_count += n
 
     def error(self, kind: str) -> None:
         with self._lock:
@@ -58,6 +81,7 @@ class Metrics:
     def render(self) -> str:
         """Prometheus text exposition format."""
         with self._lock:
+            self._fold()
             lines = [
                 "# HELP edgekit_agent_predictions_total Prediction requests answered.",
                 "# TYPE edgekit_agent_predictions_total counter",
@@ -102,6 +126,7 @@ class Metrics:
 
     def snapshot(self) -> dict[str, object]:
         with self._lock:
+            self._fold()
             return {"predictions": self.predictions, "samples": self.samples, "errors": dict(self.errors)}
 
 

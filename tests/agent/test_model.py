@@ -110,3 +110,15 @@ def test_top_k_with_many_classes_matches_a_full_sort():
     got = top_k(scores, 5, None)
     for row, t in zip(scores, got, strict=True):
         assert [d["index"] for d in t] == np.argsort(-row)[:5].tolist()
+
+
+def test_the_backend_answers_like_the_public_session_run_and_fails_as_a_backend_error(digits_dir):
+    # the backend calls the session's binding directly (no second feed check): same outputs, same errors
+    from device_agent.runtime.base import BackendError
+
+    m = load_model(digits_dir)
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    want = m.backend.session.run(None, {"x": x})[0]
+    assert np.array_equal(m.run({"x": x})["logits"], want)
+    with pytest.raises(BackendError, match=r"onnxruntime failed on digits\.int8\.ort"):
+        m.run({"y": x})

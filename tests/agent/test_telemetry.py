@@ -274,3 +274,29 @@ def test_category_counts_stay_bounded_whatever_strings_arrive():
                            tuple(str(j) for j in range(100))) for i in range(20)]
     kept, left = select_categories(tuple(many), 8000)
     assert len(kept) + left == 20 and 0 < len(kept) < 20 and kept == many[:len(kept)]  # manifest order, within the budget
+
+
+def test_metrics_count_every_request_from_many_threads(monkeypatch):
+    """The request path appends without a lock; the counters fold the requests in (every FOLD_EVERY and at
+    each read) and lose none, whichever thread folds."""
+    from device_agent.telemetry import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "FOLD_EVERY", 7)
+    m = Metrics()
+
+    def serve(n: int) -> None:
+        for i in range(n):
+            m.prediction(0.0003 if i % 2 else 0.02, 2)
+            if i % 50 == 0:
+                m.snapshot()  # a scrape racing the requests
+
+    threads = [threading.Thread(target=serve, args=(1001,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert m.snapshot()["predictions"] == 4004 and m.snapshot()["samples"] == 8008
+    text = m.render()
+    assert 'edgekit_agent_inference_seconds_bucket{le="0.0005"} 2000' in text
+    assert 'edgekit_agent_inference_seconds_bucket{le="+Inf"} 4004' in text
+    assert f"edgekit_agent_inference_seconds_sum {2000 * 0.0003 + 2004 * 0.02:.9f}" in text

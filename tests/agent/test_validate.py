@@ -103,3 +103,34 @@ def test_huge_finite_values_are_not_mistaken_for_overflow():
     assert Validator(big)({"x": x})["x"] is x
     x[1, 0, 7, 7] = -np.inf
     assert err(Validator(big), {"x": x}).kind == "nonfinite"
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_small_tensor_with_one_non_finite_value_is_refused(dtype, bad):
+    # small tensors are checked by a Python sum of their values, large ones by numpy: both refuse the same
+    spec = (TensorSpec("x", dtype, ("N", 3)),)
+    x = np.ones((2, 3), dtype)
+    x[1, 2] = bad
+    e = err(Validator(spec), {"x": x})
+    assert e.kind == "nonfinite" and "(first at [1, 2])" in str(e)
+
+
+def test_small_float64_values_whose_sum_overflows_are_accepted():
+    # the Python sum of two 1e308 is inf: the elementwise check that follows must accept them
+    spec = (TensorSpec("x", "float64", ("N", 2)),)
+    x = np.array([[1e308, 1e308]])
+    assert Validator(spec)({"x": x})["x"] is x
+
+
+def test_the_fast_path_keeps_the_batch_and_element_limits():
+    # an ndarray of the right dtype and dims takes the fast path; its limits still hold, with the full path's messages
+    v = Validator(IMG, max_batch=4, max_elements=200)
+    assert v({"x": np.zeros((3, 1, 8, 8), np.float32)})["x"].shape == (3, 1, 8, 8)
+    with pytest.raises(PayloadTooLarge, match="256 tensor elements; this agent accepts at most 200"):
+        v({"x": np.zeros((4, 1, 8, 8), np.float32)})  # within max_batch, over max_elements
+    with pytest.raises(PayloadTooLarge, match="a batch of 5; this agent accepts at most 4"):
+        Validator(IMG, max_batch=4)({"x": np.zeros((5, 1, 8, 8), np.float32)})
+    assert err(v, {"x": np.zeros((0, 1, 8, 8), np.float32)}).kind == "shape"
+    big_endian = np.zeros((1, 1, 8, 8), ">f4")  # another dtype object: the full path casts it
+    assert v({"x": big_endian})["x"].dtype == np.float32

@@ -1,0 +1,33 @@
+import numpy as np
+
+from device_agent.telemetry.feedback import FeedbackLog
+from device_agent.telemetry.pending import FEEDBACK_PENDING_MAX, PendingFeedback
+
+
+def test_pending_scores_are_copies_given_back_in_order():
+    pending = PendingFeedback()
+    a = np.array([[0.1, 0.9, 0.0]], np.float32)
+    b = np.array([0.2, 0.3, 0.5, 0.0], np.float64)  # another width and dtype
+    c = np.array([[0.7, 0.2, 0.1], [0.0, 0.0, 1.0]], np.float32)  # a batch of two
+    for rid, scores in (("a", a), ("b", b), ("c", c)):
+        pending.add(rid, "1.0", scores)
+    a[0, 0] = 5.0  # the caller owns its outputs: changing them afterwards changes nothing recorded
+    items = pending.take()
+    assert [(rid, version) for rid, version, _ in items] == [("a", "1.0"), ("b", "1.0"), ("c", "1.0")]
+    assert items[0][2].tolist() == [[np.float32(0.1), np.float32(0.9), 0.0]] and items[0][2].dtype == np.float32
+    assert items[1][2].dtype == np.float64 and items[1][2].shape == (4,)
+    assert np.array_equal(items[2][2], c)
+    assert len(pending) == 0 and pending.take() == []
+
+
+def test_pending_is_due_past_its_count_bound_and_joins_like_direct_records():
+    pending = PendingFeedback()
+    rng = np.random.default_rng(0)
+    scores = [rng.random((1, 10)).astype(np.float32) for _ in range(FEEDBACK_PENDING_MAX + 1)]
+    due = [pending.add(f"r{i}", "1.0", s) for i, s in enumerate(scores)]
+    assert not any(due[:-1]) and due[-1]
+    via_pending, direct = FeedbackLog(classes=10), FeedbackLog(classes=10)
+    via_pending.record_many(pending.take())
+    direct.record_many([(f"r{i}", "1.0", s) for i, s in enumerate(scores)])
+    labels = [{"request_id": f"r{i}", "label": int(s.argmax())} for i, s in enumerate(scores)]
+    assert [r.to_dict() for r in via_pending.submit_many(labels)] == [r.to_dict() for r in direct.submit_many(labels)]
