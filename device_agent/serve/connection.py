@@ -16,6 +16,7 @@ server's :class:`~device_agent.serve.budget.ByteBudget` before the first byte is
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import socket
 from collections.abc import Callable
@@ -40,6 +41,24 @@ MAX_HEAD_BYTES = 16 * 1024
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
+
+def aligned_body(length: int, json_length: str) -> bytearray | memoryview:
+    """A buffer for a V2 binary body whose first tensor, right after ``json_length`` bytes of JSON, starts 64-byte aligned.
+
+    The tensors are used where they lie (``np.frombuffer``); one at an odd address makes numpy's reductions (the
+    finiteness check) take a slow unaligned path, ~70 µs more on a 600 kB image tensor. A bad header gets a plain
+    buffer: the protocol's parser answers it.
+    """
+    n = int(json_length) if json_length.isdigit() and len(json_length) < 12 else -1
+    if not 0 <= n < length:
+        return bytearray(length)
+    raw = bytearray(length + 64)
+    window = (ctypes.c_char * len(raw)).from_buffer(raw)
+    address = ctypes.addressof(window)
+    del window  # the export ends here; the buffer is never resized
+    pad = -(address + n) % 64
+    return memoryview(raw)[pad:pad + length]
+
 class State(Enum):
     IDLE = "idle"
     HEAD = "head"
@@ -61,7 +80,7 @@ class Connection(asyncio.BufferedProtocol):
         self._buf = bytearray(HEAD_CHUNK)
         self._n = 0  # bytes in _buf (a head, or the start of a pipelined request)
         self._scanned = 0
-        self._body: bytearray | None = None
+        self._body: bytearray | memoryview | None = None
         self._got = 0
         self._head: RequestHead | None = None
         self._match: RouteMatch | None = None
@@ -191,7 +210,9 @@ class Connection(asyncio.BufferedProtocol):
         assert head is not None
         if head.expect_continue and length > self._n:
             self.transport.write(continue_line())  # type: ignore[union-attr]
-        body = bytearray(length)
+        match = self._match
+        v2_json = head.headers.get("inference-header-content-length") if match is not None and match.v2 and match.heavy else None
+        body = aligned_body(length, v2_json) if v2_json else bytearray(length)
         have = min(length, self._n)
         body[:have] = self._buf[:have]
         rest = self._buf[have:self._n]

@@ -50,7 +50,7 @@ class Request:
     """A complete request: its head, its body (read into one buffer), where it goes, who sent it."""
 
     head: RequestHead
-    body: bytearray | bytes
+    body: bytearray | bytes | memoryview
     match: RouteMatch
     request_id: str | None  # the caller's X-Request-Id when well-formed
     authorized: bool  # a valid token, or no tokens configured (loopback only)

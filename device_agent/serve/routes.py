@@ -161,7 +161,8 @@ class Router:
         agent = self.predictor
         try:
             ctype = (request.head.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
-            inputs, options = parse_predict(request.body, ctype, parse_qs(request.head.query), agent, max_body_bytes=self.max_body_bytes)
+            body = request.body if not isinstance(request.body, memoryview) else bytes(request.body)  # (only V2 bodies are views)
+            inputs, options = parse_predict(body, ctype, parse_qs(request.head.query), agent, max_body_bytes=self.max_body_bytes)
             request.body = b""  # the arrays are parsed: the buffer can go before inference
             prediction = agent.predict(inputs, top_k=options.get("top_k"), request_id=options.get("request_id") or request.request_id)
         except InvalidInput as e:

@@ -51,7 +51,7 @@ class InferRequest:
     parameters: JsonDict = field(default_factory=dict)
 
 
-def parse_infer(body: bytes | bytearray, header_length: str | None, inputs: tuple[TensorSpec, ...],
+def parse_infer(body: bytes | bytearray | memoryview, header_length: str | None, inputs: tuple[TensorSpec, ...],
                 outputs: tuple[TensorSpec, ...]) -> InferRequest:
     """The inference request in ``body`` (JSON, or JSON + binary tensors when ``header_length`` is given)."""
     view = memoryview(body)

@@ -261,3 +261,46 @@ def test_bool_and_int_tensors_travel_as_binary_and_json(tmp_path):
         assert status == 400 and "BOOL bytes must be 0 or 1" in json.loads(body)["error"]
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("json_length", [0, 1, 7, 63, 64, 65, 131, 999])
+def test_a_binary_body_buffer_puts_the_first_tensor_on_a_64_byte_boundary(json_length):
+    from device_agent.serve.connection import aligned_body
+
+    body = aligned_body(json_length + 256, str(json_length))
+    assert isinstance(body, memoryview) and len(body) == json_length + 256 and not body.readonly
+    body[:] = bytes(range(256)) * ((json_length + 256) // 256) + bytes(range((json_length + 256) % 256))
+    x = np.frombuffer(body, np.float32, count=64, offset=json_length)
+    assert x.ctypes.data % 64 == 0 and x.flags.aligned
+
+
+@pytest.mark.parametrize("header", ["", "abc", "-1", "300", "9" * 20, "1e3"])
+def test_a_bad_binary_header_length_gets_a_plain_buffer_for_the_parser_to_refuse(header):
+    from device_agent.serve.connection import aligned_body
+
+    body = aligned_body(300, header)
+    assert isinstance(body, bytearray) and len(body) == 300
+
+
+def test_a_binary_tensor_reaches_the_model_aligned_and_a_v1_request_with_the_header_still_parses(api, samples, monkeypatch):
+    agent, server = api
+    seen = []
+    predict = agent.predict
+
+    def spy(inputs, **kw):
+        seen.append({k: v.ctypes.data % 64 for k, v in inputs.items()})
+        return predict(inputs, **kw)
+
+    monkeypatch.setattr(agent, "predict", spy)
+    one = samples[:1].tobytes()
+    for pad in range(4):  # JSON headers of 4 lengths: the tensor would start at 4 different offsets
+        x = {"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "parameters": {"binary_data_size": len(one)}, "pad": "p" * pad}
+        head = json.dumps({"inputs": [x]}).encode()
+        status, body, _ = raw(server, "POST", f"/v2/models/{agent.model.name}/infer", head + one,
+                              {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"})
+        assert status == 200, body
+    assert seen == [{"x": 0}] * 4
+    # the header on a /v1 request changes nothing there
+    status, body, _ = raw(server, "POST", "/v1/predict", json.dumps({"inputs": {"x": samples[:1].tolist()}}).encode(),
+                          {"Inference-Header-Content-Length": "3", "Content-Type": "application/json"})
+    assert status == 200, body
