@@ -9,12 +9,19 @@ fixed size refuses another size and says which it takes.
 
 The decoded size is checked from the image header before any pixel is decoded: a small file that
 would inflate past ``[api] max_elements`` (a decompression bomb) is refused unread.
+
+A colour or grey JPEG that needs no turning is decoded by simplejpeg when it is installed (it is in the
+``agent-images`` extra): the same libjpeg-turbo decoder with the same settings as Pillow's, so the same
+pixels, written straight into the array; Pillow would decode into its own 4-byte pixels and copy them
+out again (~0.7 ms of ~2.2 ms for a 640x480 photo). Any other image, or no simplejpeg, goes through Pillow.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import warnings
+from functools import cache
 from types import ModuleType
 from typing import Any
 
@@ -27,6 +34,7 @@ from device_agent.contract.types import Array
 __all__ = ["IMAGE_TYPES", "INSTALL_HINT", "decode_image", "raw_image_input"]
 
 IMAGE_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG"}
+_ORIENTATION = 0x0112  # the EXIF tag a camera records how to turn the picture in
 INSTALL_HINT = ("image bodies need Pillow on the device: pip install 'edgekit[agent-images]' (a bundle: install.sh --with-images; "
                 "or /opt/edgekit-agent/venv/bin/pip install Pillow)")
 
@@ -64,10 +72,7 @@ def decode_image(body: bytes | bytearray, ctype: str, spec: TensorSpec, *, max_e
                                       "([api] max_elements): send a smaller image or raise the limit",
                                       kind="too_large", input=spec.name, expected=f"≤ {max_elements} values", given=f"{w}x{h}")
             _check_resized(w, h, resize_short, max_elements, spec.name)
-            _upright(img)
-            if img.mode != "RGB":  # grey, palette, RGBA, CMYK: what the model takes is RGB
-                img = img.convert("RGB")
-            x = np.asarray(img)
+            x = _pixels(img, body)
     except (InvalidInput, MemoryError):
         raise
     except Exception as e:  # Pillow raises many kinds for a bad file (OSError, SyntaxError, ValueError, DecompressionBombError...)
@@ -91,6 +96,27 @@ def _check_resized(w: int, h: int, resize_short: int | None, max_elements: int, 
                               f"{rh * rw * 3:,} values, more than this agent accepts ({max_elements:,}, [api] max_elements): "
                               "send an image of a less extreme aspect ratio", kind="too_large", input=name,
                               expected=f"≤ {max_elements} values", given=f"{w}x{h}")
+
+
+def _pixels(img: Any, body: bytes | bytearray) -> Array:
+    """The opened image's pixels, uint8 [H, W, 3] RGB, upright."""
+    turbo = _simplejpeg()
+    if turbo is not None and img.format == "JPEG" and img.mode in ("RGB", "L") and img.getexif().get(_ORIENTATION, 1) == 1:
+        # libjpeg-turbo's grey-to-RGB repeats the level, as Pillow's convert("RGB") does; strict: a corrupt file is an error
+        return np.asarray(turbo.decode_jpeg(body, colorspace="RGB", strict=True))
+    _upright(img)
+    if img.mode != "RGB":  # grey, palette, RGBA, CMYK: what the model takes is RGB
+        img = img.convert("RGB")
+    return np.asarray(img)
+
+
+@cache
+def _simplejpeg() -> Any:
+    """simplejpeg when installed, else None (Pillow decodes every image then)."""
+    try:
+        return importlib.import_module("simplejpeg")
+    except ImportError:
+        return None
 
 
 def _upright(img: Any) -> None:

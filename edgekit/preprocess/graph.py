@@ -74,8 +74,10 @@ def build(spec: ImageSpec, raw: str, out: str, raw_size: tuple[int, int] | None)
     ``spec`` is complete for the model (:meth:`ImageSpec.for_model`); ``raw_size`` None builds the any-size graph.
     """
     g = PreGraph()
-    x = g.op("Cast", [raw], "cast", to=TensorProto.FLOAT)
-    x = g.op("Transpose", [x], "to_nchw", perm=[0, 3, 1, 2])
+    if raw_size is None:  # transposed as bytes, then widened: a quarter of the memory traffic of transposing floats
+        x = g.op("Cast", [g.op("Transpose", [raw], "to_nchw", perm=[0, 3, 1, 2])], "cast", to=TensorProto.FLOAT)
+    else:  # the fixed-size graph is also what onnx2tf reads for a .tflite: its Cast -> Transpose opening stays as it is
+        x = g.op("Transpose", [g.op("Cast", [raw], "cast", to=TensorProto.FLOAT)], "to_nchw", perm=[0, 3, 1, 2])
     if spec.channels == "gray":
         luma = g.const("luma", (np.array([19595, 38470, 7471], np.float32) / 65536).reshape(1, 3, 1, 1))
         x = g.op("ReduceSum", [g.op("Mul", [x, luma], "gray/weigh"), g.const("axis1", np.array([1], np.int64))], "gray/sum", keepdims=1)
@@ -141,12 +143,11 @@ def _any_size(g: PreGraph, x: str, spec: ImageSpec) -> str:
         den = g.op("Mul", [short, g.const("two", np.array([2], np.int64))], "short_x2")
         nh = g.op("Div", [g.op("Add", [g.op("Mul", [h, two_s], "h_x2s"), short], "h_num"), den], "resized_h")
         nw = g.op("Div", [g.op("Add", [g.op("Mul", [w, two_s], "w_x2s"), short], "w_num"), den], "resized_w")
-        x = _resize(g, x, nw, 3, spec)
         if spec.center_crop is None:
-            return _resize(g, x, nh, 2, spec)
+            return _resize(g, _resize(g, x, nw, 3, spec), nh, 2, spec)
         # the rows pass works column by column: the columns the crop drops are dropped before it (the same pixels, less work)
-        x = _crop(g, x, nw, spec.center_crop[1], 3, "crop_w")
-        return _crop(g, _resize(g, x, nh, 2, spec), nh, spec.center_crop[0], 2, "crop_h")
+        x = _resize(g, x, nw, 3, spec, keep=spec.center_crop[1])
+        return _resize(g, x, nh, 2, spec, keep=spec.center_crop[0])
     elif spec.center_crop is None:
         x = _resize(g, x, g.const("size_w", np.array([spec.size[1]], np.int64)), 3, spec)
         return _resize(g, x, g.const("size_h", np.array([spec.size[0]], np.int64)), 2, spec)
@@ -166,13 +167,18 @@ def _crop(g: PreGraph, x: str, size: str, keep: int, axis: int, name: str) -> st
     return g.op("Slice", [x, start, end, g.const(f"{name}/axis", np.array([axis], np.int64))], name)
 
 
-def _resize(g: PreGraph, x: str, size: str, axis: int, spec: ImageSpec) -> str:
+def _resize(g: PreGraph, x: str, size: str, axis: int, spec: ImageSpec, *, keep: int | None = None) -> str:
+    """One resampling pass along ``axis`` to ``size`` ([1] int64), then the centre ``keep`` positions of it if given.
+
+    The crop comes before the rounding to levels: the same values, rounded on the part that is kept only."""
     name = "cols" if axis == 3 else "rows"
     if spec.interpolation == "nearest":
         # half_pixel + round_prefer_ceil samples floor((x + 0.5) * in/out), as Pillow does (ties aside: see the module doc)
-        return g.op("Resize", [x, "", "", size], f"{name}/resize", axes=[axis], mode="nearest",
-                    coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_ceil")
+        y = g.op("Resize", [x, "", "", size], f"{name}/resize", axes=[axis], mode="nearest",
+                 coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_ceil")
+        return y if keep is None else _crop(g, y, size, keep, axis, f"crop_{'w' if axis == 3 else 'h'}")
     mode = "linear" if spec.interpolation == "bilinear" else "cubic"
     y = g.op("Resize", [x, "", "", size], f"{name}/resize", axes=[axis], mode=mode, antialias=1, cubic_coeff_a=-0.5,
              exclude_outside=1, coordinate_transformation_mode="half_pixel")
+    y = y if keep is None else _crop(g, y, size, keep, axis, f"crop_{'w' if axis == 3 else 'h'}")
     return g.round8(y, name, clip=mode == "cubic")  # the triangle filter's weights are non-negative: its means stay in 0..255

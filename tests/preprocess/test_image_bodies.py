@@ -9,8 +9,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
+from device_agent.contract.errors import InvalidInput
+from device_agent.contract.manifest import TensorSpec
 from device_agent.serve.agent import Agent
 from device_agent.serve.server import serve
 from edgekit.compress import compress
@@ -154,3 +156,55 @@ def test_bad_bodies_and_models_without_raw_images_say_what_to_do(api, tmp_path, 
         assert "image/png" not in request(tensors, "GET", "/openapi.json")[1]["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     finally:
         tensors.close()
+
+
+@pytest.fixture(params=["simplejpeg", "pillow"])
+def decoder(request, monkeypatch):
+    """decode_image with simplejpeg decoding the JPEGs it can, and with Pillow alone (an agent without simplejpeg)."""
+    from device_agent.serve import images
+
+    calls: list[int] = []
+    if request.param == "simplejpeg":
+        turbo = pytest.importorskip("simplejpeg")
+        real = turbo.decode_jpeg
+        monkeypatch.setattr(turbo, "decode_jpeg", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    else:
+        monkeypatch.setattr(images, "_simplejpeg", lambda: None)
+    spec = TensorSpec("x", "uint8", ("N", "height", "width", 3), "NHWC")
+
+    def decode(body: bytes) -> np.ndarray:
+        return images.decode_image(body, "image/jpeg", spec, max_elements=1 << 26)
+
+    decode.calls = calls  # type: ignore[attr-defined]
+    decode.fast = request.param == "simplejpeg"  # type: ignore[attr-defined]
+    return decode
+
+
+def test_jpeg_pixels_are_pillows_whichever_decoder_runs(decoder):
+    photos = _images()
+    cmyk = io.BytesIO()  # an Adobe CMYK JPEG: libjpeg-turbo cannot make RGB of it, Pillow can
+    Image.fromarray(skdata.coffee()).convert("CMYK").save(cmyk, "JPEG", quality=90)
+    bodies = [_encode(img, "JPEG", quality=90) for img in photos] + [cmyk.getvalue()]
+    bodies.append(_encode(photos[0], "JPEG", quality=75, progressive=True, subsampling=0))
+    for body in bodies:
+        want = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))  # what an application decodes from the same file
+        got = decoder(body)
+        assert got.dtype == np.uint8 and got.shape == (1, *want.shape)
+        np.testing.assert_array_equal(got[0], want)
+    # every colour and grey JPEG went the fast way when it could; the CMYK one always goes through Pillow
+    assert len(decoder.calls) == (len(bodies) - 1 if decoder.fast else 0)
+
+
+def test_a_jpeg_with_an_exif_orientation_is_turned_and_a_truncated_one_refused(decoder):
+    photo = Image.fromarray(skdata.chelsea())  # 300x451 (H x W)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to view"
+    sideways = _encode(photo.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=90, exif=exif)
+    got = decoder(sideways)
+    want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(sideways))).convert("RGB"))
+    assert got.shape == (1, 300, 451, 3)
+    np.testing.assert_array_equal(got[0], want)
+    whole = _encode(photo, "JPEG", quality=90)
+    with pytest.raises(InvalidInput, match=r"^the body is not a readable JPEG image \(") as e:
+        decoder(whole[: len(whole) // 2])  # the header is whole, the pixels stop halfway
+    assert e.value.kind == "malformed"
