@@ -408,7 +408,7 @@ def test_bad_resource_ceilings_are_one_line(tmp_path, digits_dir, agent_wheel, o
     assert res.returncode == 1 and len(res.stderr.splitlines()) == 1 and message in res.stderr, res.stderr
 
 
-def test_install_with_images_adds_pillow_from_the_index_and_refuses_offline(tmp_path, host_bundle):
+def test_install_with_images_adds_pillow_and_simplejpeg_from_the_index_and_refuses_offline(tmp_path, host_bundle):
     b = unpack(host_bundle, tmp_path / "bundle")
     res = subprocess.run(install_cmd(b, tmp_path / "off", "--no-check", "--with-images"), capture_output=True, text=True, timeout=600)
     assert res.returncode == 1 and res.stderr.splitlines() == [
@@ -419,7 +419,7 @@ def test_install_with_images_adds_pillow_from_the_index_and_refuses_offline(tmp_
     if res.returncode != 0 and "pip failed" in res.stderr and "Pillow" in res.stdout:
         pytest.skip(f"no package index to install Pillow from: {res.stderr.strip()}")
     assert res.returncode == 0, res.stderr
-    assert "installing Pillow (--with-images: JPEG and PNG request bodies)" in res.stdout
+    assert "installing Pillow and simplejpeg (--with-images: JPEG and PNG request bodies)" in res.stdout
     python = tmp_path / "root/opt/edgekit-agent/venv/bin/python"
-    check = subprocess.run([str(python), "-c", "import PIL, torch"], capture_output=True, text=True, timeout=120)
-    assert "No module named 'torch'" in check.stderr  # Pillow came, nothing heavy with it
+    check = subprocess.run([str(python), "-c", "import PIL, simplejpeg, torch"], capture_output=True, text=True, timeout=120)
+    assert "No module named 'torch'" in check.stderr  # Pillow and simplejpeg came, nothing heavy with them
