@@ -109,7 +109,7 @@ class PostgresStore(SqlStore):
     # --- raw windows: day partitions --------------------------------------------------------------------
 
     def _before_insert(self, rows: list[tuple[Any, ...]]) -> None:
-        self._ensure_days({int(r[5] // DAY) for r in rows})
+        self._ensure_days({int(r[2] // DAY) for r in rows})
 
     def _ensure_days(self, days: set[int]) -> None:
         with self._days_lock:
@@ -131,7 +131,7 @@ class PostgresStore(SqlStore):
         values = ",".join(["(?,?,?,?,?,?)"] * len(rows))
         won = {(d, int(s)) for d, s in db.rows(
             f"INSERT INTO telemetry (device, seq, window_end, collector, stored, payload) VALUES {values} ON CONFLICT DO NOTHING "
-            "RETURNING device, seq", [x for r in rows for x in (r[0], r[1], r[5], r[10], r[12], r[11])])}
+            "RETURNING device, seq", [x for r in rows for x in r])}
         out = []
         for r in rows:
             key = (r[0], int(r[1]))
