@@ -205,7 +205,9 @@ def storage_month(measured: dict[str, float], backend: str) -> dict[str, Any]:
     hours = c.retention_s / 3600
     parts = {"raw_gb": per_day * raw_days * measured["raw_per_window"] / 1e9,
              "totals_gb": totals_rows * measured["totals_per_row"] / 1e9,
-             "rollups_gb": (devices + GROUPS) * hours * measured["rollup_per_row"] / 1e9 + GROUPS * hours * measured["group_rollup_extra"] / 1e9}
+             "rollups_gb": ((devices + GROUPS) * hours * measured["rollup_per_row"] + GROUPS * hours * measured["group_rollup_extra"]
+                            # a key per device or group, model version and writer slot (the writers of the run)
+                            + (devices + GROUPS) * measured["keys_per_subject"] * measured["per_rollup_key"]) / 1e9}
     return {"backend": backend, "raw_days_on_disk": raw_days, **{k: round(v, 2) for k, v in parts.items()},
             "total_gb": round(sum(parts.values()), 2), "bytes_per_row": {k: round(v, 1) for k, v in measured.items()}}
 
