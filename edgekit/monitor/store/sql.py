@@ -102,7 +102,7 @@ class SqlStore(Reads, CensusReads):
         return [db.run(_RAW_INSERT, r) == 1 for r in rows]
 
     def _before_insert(self, rows: list[tuple[Any, ...]]) -> None:
-        """Anything the raw rows need first (PostgreSQL: their day partitions)."""
+        """Anything the raw rows need first (PostgreSQL: their hour partitions)."""
 
     def close(self) -> None:
         raise NotImplementedError
