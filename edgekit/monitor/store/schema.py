@@ -4,7 +4,7 @@
 Version 1 of SQLite is the layout fleet databases had before versions were recorded: a file
 without ``schema_version`` gets it and goes on from 2 (the scale tables, and a backfill of the
 running totals from the windows it holds: :mod:`edgekit.monitor.store.migrate`). PostgreSQL
-starts at 2 with the same tables; its raw windows are partitioned by day.
+starts at 2 with the same tables; its raw windows are partitioned by day (by hour from version 4).
 
 Tables (both backends):
 
