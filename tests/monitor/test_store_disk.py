@@ -166,3 +166,23 @@ def test_a_version_3_database_is_migrated_to_4_and_keeps_its_windows_and_rollups
         assert again.hours(scope="device", name="pi-1", since=hour)[0].windows == 10
     finally:
         again.close()
+
+
+# --- running totals --------------------------------------------------------------------------------------
+
+
+def test_totals_are_stored_byte_shuffled_and_rows_of_format_1_are_still_read(rng):
+    import struct
+
+    from edgekit.monitor.store.totals import Layout, Totals
+
+    msgs = [window("pi-1", s, 1765000000.0 + 60 * s, rng=rng, samples=600) for s in range(30)]
+    layout = Layout().extended(msgs[0])
+    t = Totals(layout)
+    for m in msgs:
+        t.add(Totals.of_window(m, layout))
+    old = zlib.compress(struct.pack("<BH", 1, len(layout.features)) + t.ints.astype("<i8").tobytes() + t.floats.astype("<f8").tobytes(), 1)
+    for data in (t.encode(), old):
+        back = Totals.decode(data, layout)
+        assert back.ints.tolist() == t.ints.tolist() and back.floats.tolist() == t.floats.tolist()
+    assert len(t.encode()) < len(old)  # ~20 % smaller on the benchmark's rows (8 features, a day of windows)
