@@ -95,7 +95,7 @@ def unpack(stored: bytes | str) -> bytes:
     if n != len(digits):
         raise ValueError(f"stored telemetry (format 2) is damaged: its skeleton has {n} digits, its digits {len(digits)}")
     text[where] = digits
-    return text.tobytes()
+    return bytes(text.tobytes())
 
 
 def _varint(n: int) -> bytes:
