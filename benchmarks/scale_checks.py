@@ -83,12 +83,13 @@ def cli_timing(args: list[str], *, repeat: int = 3) -> dict[str, Any]:
     return {"median_s": statistics.median(times), "max_s": max(times), "doc": doc}
 
 
-def _pg_sizes(db: str) -> dict[str, int]:
-    parts = [n for (n,) in _rows(db, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                                     "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'telemetry'")]
-    size = {t: int(_rows(db, "SELECT pg_total_relation_size(?::regclass)", (t,))[0][0]) for t in ("totals", "rollups", "series")}
-    size["telemetry"] = sum(int(_rows(db, "SELECT pg_total_relation_size(?::regclass)", (p,))[0][0]) for p in parts) / max(1, len(parts))
-    return size
+def _pg_parts(db: str) -> list[str]:
+    return [n for (n,) in _rows(db, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                                    "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'telemetry'")]
+
+
+def _pg_size(db: str, *tables: str) -> int:
+    return sum(int(_rows(db, "SELECT pg_total_relation_size(?::regclass)", (t,))[0][0]) for t in tables)
 
 
 def _vacuum(db: str) -> None:
@@ -100,31 +101,36 @@ def _vacuum(db: str) -> None:
         conn.execute("VACUUM FULL ANALYZE")
 
 
+#: what each kind of row costs: its table and that table's indexes (SQLite lists them; PostgreSQL's total relation size
+#: has them); ``rollup_keys`` has a row per device or group, version and writer, not per hour: counted apart
+_TABLES = {"telemetry": ("telemetry",), "totals": ("totals",), "rollups": ("rollups",), "rollup_keys": ("rollup_keys",), "series": ("series",)}
+_SQLITE_INDEXES = {"telemetry": ("sqlite_autoindex_telemetry_1", "telemetry_by_end"), "totals": (), "rollups": ("rollups_by_hour",),
+                   "rollup_keys": ("sqlite_autoindex_rollup_keys_1",), "series": ("sqlite_autoindex_series_1", "series_by_device")}
+
+
 def storage_bytes(db: str, *, empty: str | None = None) -> dict[str, float]:
     """Measured bytes per raw window, per running-totals row and per roll-up row (table and index pages over rows).
 
     ``empty``: a PostgreSQL database with the same (empty) tables: what every table and index costs before
-    its first row (a few pages each) is not counted per row.
+    its first row (a few pages each) is not counted per row. PostgreSQL's raw windows are measured as ingest left
+    them, before the VACUUM FULL: they are only ever inserted (no dead rows to leave out), and a rebuilt index
+    would be packed tighter than the one ingest grows (keys arrive device after device, not in key order).
     """
     if db.startswith("postgresql://"):
+        parts = _pg_parts(db)
+        raw = _pg_size(db, *parts) - (_pg_size(empty, *_pg_parts(empty)) / max(1, len(_pg_parts(empty))) * len(parts) if empty else 0)
         _vacuum(db)
-        size = _pg_sizes(db)
-        base = _pg_sizes(empty) if empty else dict.fromkeys(size, 0)
-        parts = len(_rows(db, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                              "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'telemetry'"))
-        raw = (size.pop("telemetry") - base["telemetry"]) * parts
-        size = {t: v - base[t] for t, v in size.items()}
+        size = {k: _pg_size(db, *ts) - (_pg_size(empty, *ts) if empty else 0) for k, ts in _TABLES.items() if k != "telemetry"}
     else:
-        names = {"telemetry": ("telemetry", "sqlite_autoindex_telemetry_1", "telemetry_by_end"),
-                 "totals": ("totals",), "rollups": ("rollups", "sqlite_autoindex_rollups_1", "rollups_by_hour"),
-                 "series": ("series", "sqlite_autoindex_series_1", "series_by_device")}
-        pages = dict(_rows(db, "SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"))
-        size = {t: sum(int(pages.get(n, 0)) for n in ns) for t, ns in names.items()}
+        pages = {str(n): int(s) for n, s in _rows(db, "SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")}
+        size = {k: sum(pages.get(n, 0) for n in (*ts, *_SQLITE_INDEXES[k])) for k, ts in _TABLES.items()}
         raw = size.pop("telemetry")
-    count = {t: int(_rows(db, f"SELECT COUNT(*) FROM {t}")[0][0]) for t in ("telemetry", "totals", "rollups")}
-    group_share = _rows(db, "SELECT AVG(LENGTH(data)) FROM rollups WHERE scope = 'group'")[0][0] or 0.0
+    count = {t: int(_rows(db, f"SELECT COUNT(*) FROM {t}")[0][0]) for t in ("telemetry", "totals", "rollups", "rollup_keys")}
+    group_share = _rows(db, "SELECT AVG(LENGTH(r.data)) FROM rollups r JOIN rollup_keys k ON k.id = r.key WHERE k.scope = 'group'")[0][0]
     return {"raw_per_window": raw / max(1, count["telemetry"]), "totals_per_row": size["totals"] / max(1, count["totals"]),
-            "rollup_per_row": size["rollups"] / max(1, count["rollups"]), "group_rollup_extra": float(group_share),
+            "rollup_per_row": size["rollups"] / max(1, count["rollups"]), "group_rollup_extra": float(group_share or 0.0),
+            "per_rollup_key": size["rollup_keys"] / max(1, count["rollup_keys"]),
+            "keys_per_subject": count["rollup_keys"] / max(1, int(_rows(db, "SELECT COUNT(*) FROM (SELECT DISTINCT scope, name FROM rollup_keys) s")[0][0])),
             "windows": count["telemetry"], "totals_rows": count["totals"], "rollup_rows": count["rollups"]}
 
 

@@ -22,7 +22,7 @@ class MonitorConfig(BaseModel):
     accuracy_confidence: float = Field(default=0.95, gt=0.5, lt=1, description="One-sided confidence for an accuracy alert.")
     max_features_in_alert: int = Field(default=5, ge=1, description="Features named in one alert (the most moved).")
     retention_s: float = Field(default=30 * 86400.0, gt=0, description="Hourly roll-ups and alerts kept in the store.")
-    raw_retention_s: float = Field(default=86400.0, gt=0, description="Raw windows kept (PostgreSQL drops them a day partition at a time), "
+    raw_retention_s: float = Field(default=86400.0, gt=0, description="Raw windows kept (PostgreSQL drops them an hour partition at a time, once past it), "
                                    "and how far back device-level running totals reach (hourly resolution).")
     minute_retention_s: float | None = Field(default=None, gt=0, description="Running totals kept at minute resolution "
                                              "(None: twice the lookback); older ones keep one row an hour.")

@@ -271,10 +271,11 @@ def test_a_database_from_before_schema_versions_is_migrated_and_its_windows_tota
 
 def test_a_newer_schema_is_refused_with_the_fix(url, store):
     from edgekit.errors import InputError
+    from edgekit.monitor.store.schema import LATEST
 
     with store._write() as db:
         db.run("INSERT INTO schema_version (version, applied, description) VALUES (99, 0, 'from the future')")
-    with pytest.raises(InputError, match="has schema version 99; this edgekit knows versions up to 3: upgrade edgekit"):
+    with pytest.raises(InputError, match=f"has schema version 99; this edgekit knows versions up to {LATEST}: upgrade edgekit"):
         open_store(url)
 
 

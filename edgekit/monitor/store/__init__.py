@@ -6,7 +6,7 @@
 - :mod:`edgekit.monitor.store.schema`   the tables, as numbered migrations per backend
 - :mod:`edgekit.monitor.store.sql`      what both SQL backends share (writes; reads in ``reads``, totals in ``writer``)
 - :mod:`edgekit.monitor.store.sqlite`   :class:`SqliteStore`, the embedded backend (one file, WAL)
-- :mod:`edgekit.monitor.store.postgres` :class:`PostgresStore`, past one machine (several collectors, day partitions)
+- :mod:`edgekit.monitor.store.postgres` :class:`PostgresStore`, past one machine (several collectors, hour partitions)
 """
 
 from __future__ import annotations

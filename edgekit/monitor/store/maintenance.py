@@ -10,7 +10,7 @@ idempotent, so collectors sharing a database may run it concurrently):
   row is older than ``before`` goes;
 - roll-ups and alerts older than ``before`` go.
 
-Raw windows are the backend's: SQLite deletes them, PostgreSQL drops whole day partitions. Either
+Raw windows are the backend's: SQLite deletes them, PostgreSQL drops whole hour partitions. Either
 first records, per device, the highest sequence number it forgets (``devices.pruned_seq``), so a
 late repeat of a forgotten window is not counted again.
 

@@ -5,18 +5,20 @@ inserts are idempotent on ``(device, seq)`` and only the insert that won adds th
 running totals, each collector under its own writer slot (:mod:`edgekit.monitor.store.writer`), so
 nothing is counted twice and collectors never wait for each other's rows.
 
-Raw windows are partitioned by day (declarative range partitions on ``window_end``, one table per
-UTC day, created ahead and on demand); retention drops whole partitions, so a day of raw windows
-goes at once, without a ``DELETE`` or the vacuum it would need. A partition goes as soon as it
-begins before the raw retention's cut, so the disk never holds more than the retention: with the
-default day, between a few minutes (just after midnight UTC) and 24 hours of raw windows. (Running
-totals and roll-ups are unaffected: reports and verdicts never read raw windows.) The schema is versioned
+Raw windows are partitioned by hour (declarative range partitions on ``window_end``, one table per
+UTC hour, created ahead and on demand); retention drops whole partitions, so an hour of raw windows
+goes at once, without a ``DELETE`` or the vacuum it would need. A partition goes once it lies
+entirely before the raw retention's cut (its last window too old), so no window is dropped before
+its time, and the disk holds at most the retention plus one hour (with the default day: 24-25
+hours). Databases created before schema 4 have day partitions: they go by the same rule, a day
+after their last hour (and hourly ones are created from then on). (Running totals and roll-ups are
+unaffected: reports and verdicts never read raw windows.) The schema is versioned
 (:mod:`edgekit.monitor.store.schema`); concurrent collectors migrate one at a time (an advisory lock).
 """
 
 from __future__ import annotations
 
-import calendar
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +33,9 @@ from edgekit.monitor.store.sql import SqlStore
 
 __all__ = ["PostgresStore"]
 
-DAY = 86400
+#: the width of a raw-window partition: the disk holds up to the raw retention plus this much
+PART_S = 3600
+_BOUNDS = re.compile(r"FROM \('?(-?\d+(?:\.\d+)?)'?\) TO \('?(-?\d+(?:\.\d+)?)'?\)")
 #: serialises schema migrations between processes
 _MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(7224151)"
 
@@ -70,8 +74,8 @@ class PostgresStore(SqlStore):
         self.url = url
         self.where = shown(url)
         self._psycopg = psycopg
-        self._days: set[int] = set()
-        self._days_lock = threading.Lock()
+        self._parts: set[int] = set()  # hours (since the epoch) whose partition is known to exist
+        self._parts_lock = threading.Lock()
         try:
             psycopg.connect(url, connect_timeout=10).close()  # fail at once, with the server's word, rather than after the pool's retries
             self._pool = psycopg_pool.ConnectionPool(url, min_size=1, max_size=max_connections, kwargs={"autocommit": True},
@@ -82,8 +86,7 @@ class PostgresStore(SqlStore):
             self._close_pool()
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InputError(f"cannot use the fleet database {self.where}: {first}; check --db and that PostgreSQL runs there") from None
-        today = int(time.time() // DAY)
-        self._ensure_days({today, today + 1})
+        self._ensure_hours(time.time())
 
     # --- connections -----------------------------------------------------------------------------------
 
@@ -106,24 +109,30 @@ class PostgresStore(SqlStore):
         if pool is not None:
             pool.close()
 
-    # --- raw windows: day partitions --------------------------------------------------------------------
+    # --- raw windows: hour partitions -------------------------------------------------------------------
 
     def _before_insert(self, rows: list[tuple[Any, ...]]) -> None:
-        self._ensure_days({int(r[5] // DAY) for r in rows})
+        self._ensure({int(r[2] // PART_S) for r in rows})
 
-    def _ensure_days(self, days: set[int]) -> None:
-        with self._days_lock:
-            missing = days - self._days
-        for day in sorted(missing):
-            name = time.strftime("telemetry_p%Y%m%d", time.gmtime(day * DAY))
+    def _ensure_hours(self, now: float) -> None:
+        """This hour's partition and the next (windows arrive a little ahead of their hour now and then)."""
+        hour = int(now // PART_S)
+        self._ensure({hour, hour + 1})
+
+    def _ensure(self, hours: set[int]) -> None:
+        with self._parts_lock:
+            missing = hours - self._parts
+        for hour in sorted(missing):
+            name = time.strftime("telemetry_p%Y%m%d%H", time.gmtime(hour * PART_S))
             try:
                 with self._pool.connection() as conn:
-                    conn.execute(f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF telemetry FOR VALUES FROM ({day * DAY}) TO ({(day + 1) * DAY})")
+                    conn.execute(f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF telemetry "
+                                 f"FOR VALUES FROM ({hour * PART_S}) TO ({(hour + 1) * PART_S})")
             except (self._psycopg.errors.DuplicateTable, self._psycopg.errors.InvalidObjectDefinition,
                     self._psycopg.errors.UniqueViolation):
-                pass  # another collector created it at the same moment
-            with self._days_lock:
-                self._days.add(day)
+                pass  # another collector created it at the same moment, or a day partition (before schema 4) holds the hour
+            with self._parts_lock:
+                self._parts.add(hour)
 
     def _insert_raw(self, db: Db, rows: list[tuple[Any, ...]]) -> list[bool]:
         if not rows:
@@ -131,7 +140,7 @@ class PostgresStore(SqlStore):
         values = ",".join(["(?,?,?,?,?,?)"] * len(rows))
         won = {(d, int(s)) for d, s in db.rows(
             f"INSERT INTO telemetry (device, seq, window_end, collector, stored, payload) VALUES {values} ON CONFLICT DO NOTHING "
-            "RETURNING device, seq", [x for r in rows for x in (r[0], r[1], r[5], r[10], r[12], r[11])])}
+            "RETURNING device, seq", [x for r in rows for x in r])}
         out = []
         for r in rows:
             key = (r[0], int(r[1]))
@@ -139,12 +148,18 @@ class PostgresStore(SqlStore):
             won.discard(key)  # a repeat inside the batch is not new
         return out
 
-    def partitions(self) -> list[tuple[str, int]]:
-        """(table, first day) of every raw-window partition, oldest first."""
+    def partitions(self) -> list[tuple[str, float, float]]:
+        """(table, from, to) of every raw-window partition (``window_end`` in [from, to)), oldest first."""
         with self._read() as db:
-            rows = db.rows("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                           "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'telemetry' ORDER BY c.relname")
-        return [(str(name), calendar.timegm(time.strptime(name[len("telemetry_p"):], "%Y%m%d")) // DAY) for (name,) in rows]
+            rows = db.rows("SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                           "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'telemetry'")
+        out = []
+        for name, bound in rows:
+            m = _BOUNDS.search(str(bound))
+            if m is None:
+                raise RuntimeError(f"raw-window partition {name} has bounds {bound!r}; expected FROM (x) TO (y) in seconds")
+            out.append((str(name), float(m.group(1)), float(m.group(2))))
+        return sorted(out, key=lambda p: p[1])
 
     # --- retention -------------------------------------------------------------------------------------
 
@@ -156,16 +171,16 @@ class PostgresStore(SqlStore):
             if not (got and got[0]):
                 return 0
             try:
-                for name, day in self.partitions():
-                    if day * DAY >= raw_before:
-                        continue  # a partition goes once it *begins* before the cut: never more than the retention on disk
+                for name, lo, hi in self.partitions():
+                    if hi > raw_before:
+                        continue  # it may hold a window still within the retention: it goes once it lies entirely before the cut
                     with self._write() as db:
-                        record_pruned(db, name, (day + 1) * DAY)
+                        record_pruned(db, name, hi)
                         row = db.one(f"SELECT COUNT(*) FROM {name}")
                         removed += int(row[0]) if row else 0
                         db.run(f"DROP TABLE {name}")
-                    with self._days_lock:
-                        self._days.discard(day)
+                    with self._parts_lock:
+                        self._parts.difference_update(range(int(lo // PART_S), int(-(-hi // PART_S))))
                 prune_aggregates(self._write, before=before, raw_before=raw_before,
                                  minutes_before=raw_before if minutes_before is None else max(minutes_before, raw_before))
             finally:
@@ -173,6 +188,5 @@ class PostgresStore(SqlStore):
         with self._lock:
             self._groups.clear()
             self._pruned.clear()
-        today = int(time.time() // DAY)
-        self._ensure_days({today, today + 1})
+        self._ensure_hours(time.time())
         return removed

@@ -128,15 +128,16 @@ class Reads:
         return [(m, v, float(t)) for m, v, t in rows]
 
     def hours(self, *, scope: str, name: str | None = None, since: float, until: float | None = None) -> list[HourRow]:
-        sql = ("SELECT name, model, version, hour, windows, samples, requests, errors, lat_count, labelled, correct, lat_sum, lat_max, "
-               "p95_max, layout, data FROM rollups WHERE scope = ? AND hour >= ?")
+        sql = ("SELECT k.name, k.model, k.version, r.hour, r.windows, r.samples, r.requests, r.errors, r.lat_count, r.labelled, r.correct, "
+               "r.lat_sum, r.lat_max, r.p95_max, r.layout, r.data FROM rollups r JOIN rollup_keys k ON k.id = r.key "
+               "WHERE k.scope = ? AND r.hour >= ?")
         args: list[Any] = [scope, int(since // 3600) * 3600]
         if name is not None:
-            sql, args = sql + " AND name = ?", [*args, name]
+            sql, args = sql + " AND k.name = ?", [*args, name]
         if until is not None:
-            sql, args = sql + " AND hour <= ?", [*args, until]
+            sql, args = sql + " AND r.hour <= ?", [*args, until]
         with self._read() as db:
-            rows = db.rows(sql + " ORDER BY hour, name, model, version", args)
+            rows = db.rows(sql + " ORDER BY r.hour, k.name, k.model, k.version", args)
         out: dict[tuple[str, str, str, int], list[Any]] = {}
         for nm, model, version, hour, *ints_, lat_sum, lat_max, p95_max, layout, data in rows:
             acc = out.setdefault((nm, model, version, int(hour)), [[0] * 7, 0.0, None, None, None])

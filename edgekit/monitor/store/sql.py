@@ -25,7 +25,7 @@ from typing import Any
 
 from device_agent.contract.protocol import JobUpdate, StateMessage, TelemetryMessage
 from edgekit.fleet.versions import runtime_columns
-from edgekit.monitor.store.base import UNKNOWN, Alert, DriftState, Reference
+from edgekit.monitor.store.base import Alert, DriftState, Reference
 from edgekit.monitor.store.census import CensusReads
 from edgekit.monitor.store.codec import pack
 from edgekit.monitor.store.db import Db, Dialect
@@ -36,8 +36,7 @@ __all__ = ["SqlStore"]
 
 log = logging.getLogger("edgekit.monitor.store")
 
-_RAW_INSERT = ("INSERT INTO telemetry (device, seq, boot, ts, window_start, window_end, model, version, samples, requests, collector, "
-               "payload, stored) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING")
+_RAW_INSERT = "INSERT INTO telemetry (device, seq, window_end, collector, stored, payload) VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING"
 _NEWER_STATE = ("(devices.boot IS NULL OR excluded.boot > devices.boot "
                 "OR (excluded.boot = devices.boot AND excluded.state_seq >= devices.state_seq))")
 _NEWER_TELEMETRY = ("(devices.tel_boot IS NULL OR excluded.tel_boot > devices.tel_boot "
@@ -103,7 +102,7 @@ class SqlStore(Reads, CensusReads):
         return [db.run(_RAW_INSERT, r) == 1 for r in rows]
 
     def _before_insert(self, rows: list[tuple[Any, ...]]) -> None:
-        """Anything the raw rows need first (PostgreSQL: their day partitions)."""
+        """Anything the raw rows need first (PostgreSQL: their hour partitions)."""
 
     def close(self) -> None:
         raise NotImplementedError
@@ -272,8 +271,7 @@ class SqlStore(Reads, CensusReads):
 
 
 def _raw_row(m: TelemetryMessage, payload: bytes, collector: str) -> tuple[Any, ...]:
-    model = m.model or {}
+    """A raw window's row: the columns of :data:`_RAW_INSERT`, in order."""
     data = payload if isinstance(payload, bytes) else str(payload).encode()
-    return (m.device, m.seq, m.boot, m.ts, float(m.window.get("start", m.ts)), float(m.window.get("end", m.ts)),
-            model.get("name") or UNKNOWN, model.get("version") or UNKNOWN, m.samples, m.requests, collector, pack(data), time.time())
+    return (m.device, m.seq, float(m.window.get("end", m.ts)), collector, time.time(), pack(data))
 

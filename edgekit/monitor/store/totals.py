@@ -11,7 +11,10 @@ time are one subtraction, however long the span (:mod:`edgekit.monitor.store.wri
 
 :class:`Layout` names the features of a vector (name and bin count, in order); a layout only grows
 (a feature seen later is appended), so an older, shorter vector is the prefix of a newer one.
-Vectors are stored as zlib-compressed little-endian int64 and float64 arrays (:meth:`Totals.encode`).
+Vectors are stored as zlib-compressed little-endian int64 and float64 arrays (:meth:`Totals.encode`),
+byte-shuffled (format 2: the first bytes of every value, then the second bytes, …): the high bytes
+of counts are zeros and compress to almost nothing, ~390 bytes a row instead of ~490 (format 1,
+unshuffled, is still read).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ P95_BASE_MS = 0.01
 P95_RATIO = 1.6
 _H = len(HEADER) + P95_BUCKETS
 _PER_FEATURE = 5  # under and over around the bins, then nan, n, finite
-_MAGIC = 1
+_MAGIC = 2  # 1: the values' bytes in order; 2: byte-shuffled
 
 
 def p95_bucket(ms: float) -> int:
@@ -229,15 +232,18 @@ class Totals:
 
     def encode(self) -> bytes:
         head = struct.pack("<BH", _MAGIC, len(self.layout.features))
-        return zlib.compress(head + self.ints.astype("<i8").tobytes() + self.floats.astype("<f8").tobytes(), 1)
+        values = np.frombuffer(self.ints.astype("<i8").tobytes() + self.floats.astype("<f8").tobytes(), np.uint8)
+        return zlib.compress(head + values.reshape(-1, 8).T.tobytes(), 1)
 
     @classmethod
     def decode(cls, data: bytes, layout: Layout) -> Totals:
         """Totals stored with (a prefix of) ``layout``."""
         raw = zlib.decompress(data)
         magic, n_features = struct.unpack_from("<BH", raw)
-        if magic != _MAGIC or n_features > len(layout.features):
+        if magic not in (1, 2) or n_features > len(layout.features):
             raise ValueError(f"stored totals have format {magic} and {n_features} features; this layout has {len(layout.features)}")
+        if magic == 2:
+            raw = raw[:3] + np.frombuffer(raw, np.uint8, offset=3).reshape(8, -1).T.tobytes()
         n_int, n_float = layout.sizes(n_features)
         ints = np.frombuffer(raw, "<i8", n_int, 3)
         floats = np.frombuffer(raw, "<f8", n_float, 3 + 8 * n_int)

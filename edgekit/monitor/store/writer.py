@@ -1,9 +1,9 @@
 """Running totals and hourly roll-ups as windows arrive: one process's writer slot.
 
 Several collectors may write one database. Each holds a *writer slot*: a lease in ``writers``,
-renewed in every transaction it commits, and writes only the ``series``, ``totals`` and
-``rollups`` rows of its own slot. So writers never contend for a row, each keeps the newest row of
-its series in memory (no read before a write), and readers add the slots up
+renewed in every transaction it commits, and writes only the ``series``, ``totals``,
+``rollup_keys`` and ``rollups`` rows of its own slot. So writers never contend for a row, each
+keeps the newest row of its series in memory (no read before a write), and readers add the slots up
 (:mod:`edgekit.monitor.store.reads`). A writer that stalled past its lease finds the lease gone
 when it commits: the transaction rolls back (:class:`LeaseLost`), the writer forgets what it held
 in memory and takes a slot anew, so two processes never write one slot.
@@ -72,9 +72,9 @@ class _Rollup:
 _TOTALS_UPSERT = ("INSERT INTO totals (series, minute, windows, samples, lo, hi, data) VALUES (?,?,?,?,?,?,?) "
                   "ON CONFLICT (series, minute) DO UPDATE SET windows = excluded.windows, samples = excluded.samples, "
                   "lo = excluded.lo, hi = excluded.hi, data = excluded.data")
-_ROLLUP_UPSERT = ("INSERT INTO rollups (scope, name, model, version, hour, writer, windows, samples, requests, errors, lat_count, "
-                  "labelled, correct, lat_sum, lat_max, p95_max, layout, data) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                  "ON CONFLICT (scope, name, model, version, hour, writer) DO UPDATE SET windows = excluded.windows, "
+_ROLLUP_UPSERT = ("INSERT INTO rollups (key, hour, windows, samples, requests, errors, lat_count, "
+                  "labelled, correct, lat_sum, lat_max, p95_max, layout, data) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                  "ON CONFLICT (key, hour) DO UPDATE SET windows = excluded.windows, "
                   "samples = excluded.samples, requests = excluded.requests, errors = excluded.errors, lat_count = excluded.lat_count, "
                   "labelled = excluded.labelled, correct = excluded.correct, lat_sum = excluded.lat_sum, lat_max = excluded.lat_max, "
                   "p95_max = excluded.p95_max, layout = excluded.layout, data = excluded.data")
@@ -100,6 +100,7 @@ class Writer:
         self._rows: dict[tuple[int, int], _Series | tuple[Any, ...]] = {}  # totals rows to write: the head, or a snapshot
         self._dirty_series: set[tuple[str, str, str]] = set()
         self._dirty_rollups: set[tuple[str, str, str, str, int]] = set()
+        self._keys: dict[tuple[str, str, str, str], int] = {}  # (scope, name, model, version) -> its rollup_keys id
         self._folds = 0
 
     # --- the lease ----------------------------------------------------------------------------------
@@ -139,6 +140,7 @@ class Writer:
         self._rows.clear()
         self._dirty_series.clear()
         self._dirty_rollups.clear()
+        self._keys.clear()  # a key inserted by a transaction that rolled back is gone
 
     # --- folding windows in --------------------------------------------------------------------------
 
@@ -235,13 +237,23 @@ class Writer:
         if r is None:
             row = None
             if key[4] <= self._claimed_hour or key[4] < self._evicted_before:  # the row may be in the database
-                row = db.one(f"SELECT {_ROLLUP_COLUMNS} FROM rollups WHERE scope = ? AND name = ? AND model = ? AND version = ? "
-                             "AND hour = ? AND writer = ?", (*key, self.slot))
+                row = db.one(f"SELECT {_ROLLUP_COLUMNS} FROM rollups WHERE key = ? AND hour = ?", (self._key(db, key[:4]), key[4]))
             r = self._rollups[key] = _Rollup([0] * 7) if row is None else _Rollup(
                 [int(x) for x in row[:7]], float(row[7]), row[8], row[9],
                 None if row[11] is None else Totals.decode(row[11], Layout.from_json(row[10])))
         self._dirty_rollups.add(key)
         return r
+
+    def _key(self, db: Db, subject: tuple[str, str, str, str]) -> int:
+        """The ``rollup_keys`` id of (scope, name, model, version) under this writer's slot, added when new."""
+        known = self._keys.get(subject)
+        if known is None:
+            args = (*subject, self.slot)
+            row = db.one("SELECT id FROM rollup_keys WHERE scope = ? AND name = ? AND model = ? AND version = ? AND writer = ?", args) \
+                or db.one("INSERT INTO rollup_keys (scope, name, model, version, writer) VALUES (?,?,?,?,?) RETURNING id", args)
+            assert row is not None  # RETURNING of an INSERT that succeeded (the slot is this writer's alone)
+            known = self._keys[subject] = int(row[0])
+        return known
 
     # --- writing ------------------------------------------------------------------------------------
 
@@ -254,7 +266,7 @@ class Writer:
         for key in self._dirty_rollups:
             r = self._rollups[key]
             t = r.totals
-            rows.append((*key, self.slot, *r.ints, r.lat_sum, r.lat_max, r.p95_max,
+            rows.append((self._key(db, key[:4]), key[4], *r.ints, r.lat_sum, r.lat_max, r.p95_max,
                          None if t is None else t.layout.to_json(), None if t is None else t.encode()))
         db.many(_ROLLUP_UPSERT, rows)
         self.renew(db)
