@@ -74,17 +74,7 @@ def build(spec: ImageSpec, raw: str, out: str, raw_size: tuple[int, int] | None)
     ``spec`` is complete for the model (:meth:`ImageSpec.for_model`); ``raw_size`` None builds the any-size graph.
     """
     g = PreGraph()
-    if raw_size is None:  # transposed as bytes, then widened: a quarter of the memory traffic of transposing floats
-        x = g.op("Cast", [g.op("Transpose", [raw], "to_nchw", perm=[0, 3, 1, 2])], "cast", to=TensorProto.FLOAT)
-    else:  # the fixed-size graph is also what onnx2tf reads for a .tflite: its Cast -> Transpose opening stays as it is
-        x = g.op("Transpose", [g.op("Cast", [raw], "cast", to=TensorProto.FLOAT)], "to_nchw", perm=[0, 3, 1, 2])
-    if spec.channels == "gray":
-        luma = g.const("luma", (np.array([19595, 38470, 7471], np.float32) / 65536).reshape(1, 3, 1, 1))
-        x = g.op("ReduceSum", [g.op("Mul", [x, luma], "gray/weigh"), g.const("axis1", np.array([1], np.int64))], "gray/sum", keepdims=1)
-        x = g.round8(x, "gray")
-    elif spec.channels == "bgr":
-        x = g.op("Gather", [x, g.const("bgr", np.array([2, 1, 0], np.int64))], "bgr", axis=1)
-    x = _fixed(g, x, spec, raw_size) if raw_size is not None else _any_size(g, x, spec)
+    x = _fixed(g, raw, spec, raw_size) if raw_size is not None else _any_size(g, _any_size_opening(g, raw, spec), spec)
     c = 1 if spec.channels == "gray" else 3
     mul = (spec.scale / np.array(spec.std, np.float64)).astype(np.float32).reshape(1, c, 1, 1)
     add = (-np.array(spec.mean, np.float64) / np.array(spec.std, np.float64)).astype(np.float32).reshape(1, c, 1, 1)
@@ -97,8 +87,26 @@ def build(spec: ImageSpec, raw: str, out: str, raw_size: tuple[int, int] | None)
     return g
 
 
-def _fixed(g: PreGraph, x: str, spec: ImageSpec, raw_size: tuple[int, int]) -> str:
-    """Resize/crop with every size known: Pillow's tables, columns then rows; plain crops as Slice."""
+def _any_size_opening(g: PreGraph, raw: str, spec: ImageSpec) -> str:
+    """The raw image as float NCHW in the network's channels: transposed as bytes, then widened (a quarter of the
+    memory traffic of transposing floats)."""
+    x = g.op("Cast", [g.op("Transpose", [raw], "to_nchw", perm=[0, 3, 1, 2])], "cast", to=TensorProto.FLOAT)
+    if spec.channels == "gray":
+        luma = g.const("luma", (np.array([19595, 38470, 7471], np.float32) / 65536).reshape(1, 3, 1, 1))
+        x = g.op("ReduceSum", [g.op("Mul", [x, luma], "gray/weigh"), g.const("axis1", np.array([1], np.int64))], "gray/sum", keepdims=1)
+        return g.round8(x, "gray")
+    if spec.channels == "bgr":
+        return g.op("Gather", [x, g.const("bgr", np.array([2, 1, 0], np.int64))], "bgr", axis=1)
+    return x
+
+
+def _fixed(g: PreGraph, raw: str, spec: ImageSpec, raw_size: tuple[int, int]) -> str:
+    """Resize/crop with every size known: Pillow's tables, columns then rows; plain crops as Slice.
+
+    Gathering along the innermost axis copies one element at a time (~25 ms of ORT time for 640x480 -> 224), so the
+    column pass reads its taps from the image laid out [N, W, C, H] as bytes (whole rows per tap) and puts them back
+    as [N, C, H, out, K] with a 2-D transpose: the Mul and ReduceSum then see the very tensor they saw when the taps
+    were gathered from NCHW, so the float sums (whose order depends on that layout) and every output are unchanged."""
     assert spec.size is not None
     h, w = raw_size
     if spec.resize_short is not None or spec.center_crop is None:
@@ -107,28 +115,66 @@ def _fixed(g: PreGraph, x: str, spec: ImageSpec, raw_size: tuple[int, int]) -> s
         nh, nw = h, w
     ch, cw = spec.center_crop or (nh, nw)
     top, left = (nh - ch) // 2, (nw - cw) // 2
-    cols = _pass(g, x, w, nw, range(left, left + cw), axis=3, spec=spec)
-    return _pass(g, cols, h, nh, range(top, top + ch), axis=2, spec=spec)
+    x, c = _levels(g, raw, spec), 1 if spec.channels == "gray" else 3
+    if w == nw:  # Pillow skips a pass that keeps the size; a crop is then a slice (of the bytes, before widening)
+        x = _channels(g, g.op("Transpose", [x], "to_nchw", perm=[0, 3, 1, 2]), spec, axis=1)
+        if cw != w:
+            x = g.op("Slice", [x, g.const("cols/start", np.array([left], np.int64)), g.const("cols/end", np.array([left + cw], np.int64)),
+                               g.const("cols/axis", np.array([3], np.int64))], "cols/crop")
+        cols = g.op("Cast", [x], "cast", to=TensorProto.FLOAT)
+    else:  # the one transpose that moves a single axis (H innermost): ORT runs it as a 2-D transpose
+        x = _channels(g, g.op("Transpose", [x], "to_nwch", perm=[0, 2, 3, 1]), spec, axis=2)
+        cols = _cols_pass(g, x, (c, h), w, nw, range(left, left + cw), spec=spec)
+    return _rows_pass(g, cols, h, nh, range(top, top + ch), spec=spec)
 
 
-def _pass(g: PreGraph, x: str, n_in: int, n_out: int, keep: range, *, axis: int, spec: ImageSpec) -> str:
-    """One resampling pass along ``axis`` (3: columns, 2: rows), keeping output positions ``keep``."""
-    name = "cols" if axis == 3 else "rows"
+def _levels(g: PreGraph, raw: str, spec: ImageSpec) -> str:
+    """The image as uint8 NHWC levels in what the passes resample: the raw RGB bytes, or Pillow's luma ([N, H, W, 1])."""
+    if spec.channels != "gray":
+        return raw
+    x = g.op("Cast", [raw], "cast_rgb", to=TensorProto.FLOAT)
+    luma = g.const("luma", np.array([19595, 38470, 7471], np.float32) / 65536)
+    x = g.op("ReduceSum", [g.op("Mul", [x, luma], "gray/weigh"), g.const("axis3", np.array([3], np.int64))], "gray/sum", keepdims=1)
+    return g.op("Cast", [g.round8(x, "gray")], "gray/levels", to=TensorProto.UINT8)  # whole levels 0..255: exact as bytes
+
+
+def _channels(g: PreGraph, x: str, spec: ImageSpec, *, axis: int) -> str:
+    """``x`` in the network's channel order: RGB flipped to BGR along ``axis`` (whole rows of bytes per channel)."""
+    if spec.channels != "bgr":
+        return x
+    return g.op("Gather", [x, g.const("bgr", np.array([2, 1, 0], np.int64))], "bgr", axis=axis)
+
+
+def _cols_pass(g: PreGraph, x: str, ch_h: tuple[int, int], n_in: int, n_out: int, keep: range, *, spec: ImageSpec) -> str:
+    """The column pass from uint8 ``x`` [N, W, C, H] (``ch_h`` = (C, H)) to float [N, C, H, len(keep)]."""
+    idx, weights = pass_table(n_in, n_out, spec.interpolation, keep=keep)
+    idx = idx[:, 0] if spec.interpolation == "nearest" else idx
+    taps = g.op("Gather", [x, g.const("cols/index", idx)], "cols/taps", axis=1)  # [N, out, (K,) C, H]: H bytes per copy
+    flat = g.op("Reshape", [taps, g.const("cols/flat", np.array([-1, idx.size, ch_h[0] * ch_h[1]], np.int64))], "cols/flat")
+    back = g.op("Transpose", [flat], "cols/to_nchw", perm=[0, 2, 1])
+    taps = g.op("Reshape", [back, g.const("cols/shape", np.array([-1, *ch_h, *idx.shape], np.int64))], "cols/nchw")
+    taps = g.op("Cast", [taps], "cols/cast", to=TensorProto.FLOAT)
+    if spec.interpolation == "nearest":
+        return taps
+    weighed = g.op("Mul", [taps, g.const("cols/weights", weights)], "cols/weigh")  # taps [N, C, H, out, K] by [out, K]
+    summed = g.op("ReduceSum", [weighed, g.const("cols/sum_axis", np.array([4], np.int64))], "cols/sum", keepdims=0)
+    return g.round8(summed, "cols")
+
+
+def _rows_pass(g: PreGraph, x: str, n_in: int, n_out: int, keep: range, *, spec: ImageSpec) -> str:
+    """The row pass along axis 2 of float NCHW ``x`` (each tap a whole row), keeping output positions ``keep``."""
     if n_in == n_out:  # Pillow skips a pass that keeps the size; a crop is then a slice
         if len(keep) == n_in:
             return x
-        return g.op("Slice", [x, g.const(f"{name}/start", np.array([keep.start], np.int64)),
-                              g.const(f"{name}/end", np.array([keep.stop], np.int64)),
-                              g.const(f"{name}/axis", np.array([axis], np.int64))], f"{name}/crop")
+        return g.op("Slice", [x, g.const("rows/start", np.array([keep.start], np.int64)), g.const("rows/end", np.array([keep.stop], np.int64)),
+                              g.const("rows/axis", np.array([2], np.int64))], "rows/crop")
     idx, weights = pass_table(n_in, n_out, spec.interpolation, keep=keep)
     if spec.interpolation == "nearest":
-        return g.op("Gather", [x, g.const(f"{name}/index", idx[:, 0])], f"{name}/nearest", axis=axis)
-    taps = g.op("Gather", [x, g.const(f"{name}/index", idx)], f"{name}/taps", axis=axis)
-    # columns: taps [N, C, H, out, K] weigh by [out, K]; rows: taps [N, C, out, K, W] weigh by [out, K, 1]
-    wshape = weights if axis == 3 else weights[:, :, None]
-    weighed = g.op("Mul", [taps, g.const(f"{name}/weights", wshape)], f"{name}/weigh")
-    summed = g.op("ReduceSum", [weighed, g.const(f"{name}/sum_axis", np.array([axis + 1], np.int64))], f"{name}/sum", keepdims=0)
-    return g.round8(summed, name)
+        return g.op("Gather", [x, g.const("rows/index", idx[:, 0])], "rows/nearest", axis=2)
+    taps = g.op("Gather", [x, g.const("rows/index", idx)], "rows/taps", axis=2)  # [N, C, out, K, W], weighed by [out, K, 1]
+    weighed = g.op("Mul", [taps, g.const("rows/weights", weights[:, :, None])], "rows/weigh")
+    summed = g.op("ReduceSum", [weighed, g.const("rows/sum_axis", np.array([3], np.int64))], "rows/sum", keepdims=0)
+    return g.round8(summed, "rows")
 
 
 def _any_size(g: PreGraph, x: str, spec: ImageSpec) -> str:
