@@ -76,7 +76,7 @@ def build(spec: ImageSpec, raw: str, out: str, raw_size: tuple[int, int] | None)
     ``spec`` is complete for the model (:meth:`ImageSpec.for_model`); ``raw_size`` None builds the any-size graph.
     """
     g = PreGraph()
-    x = _fixed(g, raw, spec, raw_size) if raw_size is not None else _any_size(g, _any_size_opening(g, raw, spec), spec)
+    x = _fixed(g, raw, spec, raw_size) if raw_size is not None else _any_size(g, _opening(g, raw, spec, bytes_first=True), spec)
     c = 1 if spec.channels == "gray" else 3
     mul = (spec.scale / np.array(spec.std, np.float64)).astype(np.float32).reshape(1, c, 1, 1)
     add = (-np.array(spec.mean, np.float64) / np.array(spec.std, np.float64)).astype(np.float32).reshape(1, c, 1, 1)
@@ -89,10 +89,13 @@ def build(spec: ImageSpec, raw: str, out: str, raw_size: tuple[int, int] | None)
     return g
 
 
-def _any_size_opening(g: PreGraph, raw: str, spec: ImageSpec) -> str:
-    """The raw image as float NCHW in the network's channels: transposed as bytes, then widened (a quarter of the
-    memory traffic of transposing floats)."""
-    x = g.op("Cast", [g.op("Transpose", [raw], "to_nchw", perm=[0, 3, 1, 2])], "cast", to=TensorProto.FLOAT)
+def _opening(g: PreGraph, raw: str, spec: ImageSpec, *, bytes_first: bool) -> str:
+    """The raw image as float NCHW in the network's channels. ``bytes_first``: transposed as bytes, then widened (a
+    quarter of ORT's memory traffic); else widened first (LiteRT transposes and slices floats several times faster)."""
+    if bytes_first:
+        x = g.op("Cast", [g.op("Transpose", [raw], "to_nchw", perm=[0, 3, 1, 2])], "cast", to=TensorProto.FLOAT)
+    else:
+        x = g.op("Transpose", [g.op("Cast", [raw], "cast", to=TensorProto.FLOAT)], "to_nchw", perm=[0, 3, 1, 2])
     if spec.channels == "gray":
         return _luma(g, x)
     if spec.channels == "bgr":
@@ -115,16 +118,15 @@ def _fixed(g: PreGraph, raw: str, spec: ImageSpec, raw_size: tuple[int, int]) ->
         nh, nw = h, w
     ch, cw = spec.center_crop or (nh, nw)
     top, left = (nh - ch) // 2, (nw - cw) // 2
-    x, c = _levels(g, raw, spec, raw_size), 1 if spec.channels == "gray" else 3
-    if w == nw:  # Pillow skips a pass that keeps the size; a crop is then a slice (of the bytes, before widening)
-        x = _channels(g, g.op("Transpose", [x], "to_nchw", perm=[0, 3, 1, 2]), spec, axis=1)
+    if w == nw:  # Pillow skips a pass that keeps the size; a crop is then a slice
+        cols = _opening(g, raw, spec, bytes_first=False)  # the .tflite's opening: LiteRT slices bytes ~7x slower than floats
         if cw != w:
-            x = g.op("Slice", [x, g.const("cols/start", np.array([left], np.int64)), g.const("cols/end", np.array([left + cw], np.int64)),
-                               g.const("cols/axis", np.array([3], np.int64))], "cols/crop")
-        cols = g.op("Cast", [x], "cast", to=TensorProto.FLOAT)
+            cols = g.op("Slice", [cols, g.const("cols/start", np.array([left], np.int64)), g.const("cols/end", np.array([left + cw], np.int64)),
+                                  g.const("cols/axis", np.array([3], np.int64))], "cols/crop")
     else:  # [N, H, W, C] -> [N, W, C, H] moves one axis (H, innermost): ORT runs it as a 2-D transpose of [H, W*C] bytes
-        x = _channels(g, g.op("Transpose", [x], "to_nwch", perm=[0, 2, 3, 1]), spec, axis=2)
-        cols = _cols_pass(g, x, (c, h), w, nw, range(left, left + cw), spec=spec)
+        x = g.op("Transpose", [_levels(g, raw, spec, raw_size)], "to_nwch", perm=[0, 2, 3, 1])
+        x = x if spec.channels != "bgr" else g.op("Gather", [x, g.const("bgr", np.array([2, 1, 0], np.int64))], "bgr", axis=2)
+        cols = _cols_pass(g, x, (1 if spec.channels == "gray" else 3, h), w, nw, range(left, left + cw), spec=spec)
     return _rows_pass(g, cols, h, nh, range(top, top + ch), spec=spec)
 
 
@@ -133,8 +135,7 @@ def _levels(g: PreGraph, raw: str, spec: ImageSpec, raw_size: tuple[int, int]) -
     if spec.channels != "gray":
         return raw
     # weighed and summed over NCHW (a broadcast along the innermost axis costs ORT ~5 ms): [N, 1, H, W] is [N, H, W, 1] in memory
-    x = g.op("Cast", [g.op("Transpose", [raw], "gray/to_nchw", perm=[0, 3, 1, 2])], "gray/cast", to=TensorProto.FLOAT)
-    x = g.op("Cast", [_luma(g, x)], "gray/levels", to=TensorProto.UINT8)  # whole levels 0..255: exact as bytes
+    x = g.op("Cast", [_opening(g, raw, spec, bytes_first=False)], "gray/levels", to=TensorProto.UINT8)  # whole levels: exact as bytes
     return g.op("Reshape", [x, g.const("gray/nhwc", np.array([-1, *raw_size, 1], np.int64))], "gray/nhwc")
 
 
@@ -143,13 +144,6 @@ def _luma(g: PreGraph, x: str) -> str:
     luma = g.const("luma", (np.array([19595, 38470, 7471], np.float32) / 65536).reshape(1, 3, 1, 1))
     x = g.op("ReduceSum", [g.op("Mul", [x, luma], "gray/weigh"), g.const("axis1", np.array([1], np.int64))], "gray/sum", keepdims=1)
     return g.round8(x, "gray")
-
-
-def _channels(g: PreGraph, x: str, spec: ImageSpec, *, axis: int) -> str:
-    """``x`` in the network's channel order: RGB flipped to BGR along ``axis`` (whole rows of bytes per channel)."""
-    if spec.channels != "bgr":
-        return x
-    return g.op("Gather", [x, g.const("bgr", np.array([2, 1, 0], np.int64))], "bgr", axis=axis)
 
 
 def _cols_pass(g: PreGraph, x: str, ch_h: tuple[int, int], n_in: int, n_out: int, keep: range, *, spec: ImageSpec) -> str:
