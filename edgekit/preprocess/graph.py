@@ -159,7 +159,7 @@ def _cols_pass(g: PreGraph, x: str, ch_h: tuple[int, int], n_in: int, n_out: int
         return taps
     weighed = g.op("Mul", [taps, g.const("cols/weights", weights)], "cols/weigh")  # taps [N, C, H, out, K] by [out, K]
     summed = g.op("ReduceSum", [weighed, g.const("cols/sum_axis", np.array([4], np.int64))], "cols/sum", keepdims=0)
-    return g.round8(summed, "cols")
+    return g.round8(summed, "cols", clip=spec.interpolation == "bicubic")  # bilinear means of 0..255 stay in 0..255
 
 
 def _rows_pass(g: PreGraph, x: str, n_in: int, n_out: int, keep: range, *, spec: ImageSpec) -> str:
@@ -175,7 +175,7 @@ def _rows_pass(g: PreGraph, x: str, n_in: int, n_out: int, keep: range, *, spec:
     taps = g.op("Gather", [x, g.const("rows/index", idx)], "rows/taps", axis=2)  # [N, C, out, K, W], weighed by [out, K, 1]
     weighed = g.op("Mul", [taps, g.const("rows/weights", weights[:, :, None])], "rows/weigh")
     summed = g.op("ReduceSum", [weighed, g.const("rows/sum_axis", np.array([3], np.int64))], "rows/sum", keepdims=0)
-    return g.round8(summed, "rows")
+    return g.round8(summed, "rows", clip=spec.interpolation == "bicubic")
 
 
 def _any_size(g: PreGraph, x: str, spec: ImageSpec) -> str:
