@@ -8,7 +8,9 @@ Two shapes of graph, one per kind of raw input:
 - **fixed raw size** (``raw_size``): every size and crop offset is a constant. Resampling is
   Pillow's own tables (:mod:`edgekit.preprocess.resample`) applied with Gather + Mul + ReduceSum,
   columns then rows, each pass rounded half up to 0..255 as Pillow's 8-bit passes are: that runs
-  identically under ONNX Runtime and LiteRT (which has no antialiased resize).
+  identically under ONNX Runtime and LiteRT (which has no antialiased resize). Every Gather copies
+  whole rows (the column pass gathers from the bytes laid out [N, W, C, H]): a Gather along the
+  innermost axis copies element by element, ~7x the cost of the whole graph.
 - **any size**: sizes and offsets are computed from ``Shape`` at run time and each pass is a
   ``Resize`` (opset 18) with the attributes that come closest to Pillow: ``antialias=1`` (the
   filter widens when downscaling, as Pillow's does), ``half_pixel`` centres, ``cubic_coeff_a=-0.5``
@@ -74,17 +76,7 @@ def build(spec: ImageSpec, raw: str, out: str, raw_size: tuple[int, int] | None)
     ``spec`` is complete for the model (:meth:`ImageSpec.for_model`); ``raw_size`` None builds the any-size graph.
     """
     g = PreGraph()
-    if raw_size is None:  # transposed as bytes, then widened: a quarter of the memory traffic of transposing floats
-        x = g.op("Cast", [g.op("Transpose", [raw], "to_nchw", perm=[0, 3, 1, 2])], "cast", to=TensorProto.FLOAT)
-    else:  # the fixed-size graph is also what onnx2tf reads for a .tflite: its Cast -> Transpose opening stays as it is
-        x = g.op("Transpose", [g.op("Cast", [raw], "cast", to=TensorProto.FLOAT)], "to_nchw", perm=[0, 3, 1, 2])
-    if spec.channels == "gray":
-        luma = g.const("luma", (np.array([19595, 38470, 7471], np.float32) / 65536).reshape(1, 3, 1, 1))
-        x = g.op("ReduceSum", [g.op("Mul", [x, luma], "gray/weigh"), g.const("axis1", np.array([1], np.int64))], "gray/sum", keepdims=1)
-        x = g.round8(x, "gray")
-    elif spec.channels == "bgr":
-        x = g.op("Gather", [x, g.const("bgr", np.array([2, 1, 0], np.int64))], "bgr", axis=1)
-    x = _fixed(g, x, spec, raw_size) if raw_size is not None else _any_size(g, x, spec)
+    x = _fixed(g, raw, spec, raw_size) if raw_size is not None else _any_size(g, _opening(g, raw, spec, bytes_first=True), spec)
     c = 1 if spec.channels == "gray" else 3
     mul = (spec.scale / np.array(spec.std, np.float64)).astype(np.float32).reshape(1, c, 1, 1)
     add = (-np.array(spec.mean, np.float64) / np.array(spec.std, np.float64)).astype(np.float32).reshape(1, c, 1, 1)
@@ -97,8 +89,27 @@ def build(spec: ImageSpec, raw: str, out: str, raw_size: tuple[int, int] | None)
     return g
 
 
-def _fixed(g: PreGraph, x: str, spec: ImageSpec, raw_size: tuple[int, int]) -> str:
-    """Resize/crop with every size known: Pillow's tables, columns then rows; plain crops as Slice."""
+def _opening(g: PreGraph, raw: str, spec: ImageSpec, *, bytes_first: bool) -> str:
+    """The raw image as float NCHW in the network's channels. ``bytes_first``: transposed as bytes, then widened (a
+    quarter of ORT's memory traffic); else widened first (LiteRT transposes and slices floats several times faster)."""
+    if bytes_first:
+        x = g.op("Cast", [g.op("Transpose", [raw], "to_nchw", perm=[0, 3, 1, 2])], "cast", to=TensorProto.FLOAT)
+    else:
+        x = g.op("Transpose", [g.op("Cast", [raw], "cast", to=TensorProto.FLOAT)], "to_nchw", perm=[0, 3, 1, 2])
+    if spec.channels == "gray":
+        return _luma(g, x)
+    if spec.channels == "bgr":
+        return g.op("Gather", [x, g.const("bgr", np.array([2, 1, 0], np.int64))], "bgr", axis=1)
+    return x
+
+
+def _fixed(g: PreGraph, raw: str, spec: ImageSpec, raw_size: tuple[int, int]) -> str:
+    """Resize/crop with every size known: Pillow's tables, columns then rows; plain crops as Slice.
+
+    Gathering along the innermost axis copies one element at a time (~25 ms of ORT time for 640x480 -> 224), so the
+    column pass reads its taps from the image laid out [N, W, C, H] as bytes (whole rows per tap) and puts them back
+    as [N, C, H, out, K] with a 2-D transpose: the Mul and ReduceSum then see the very tensor they saw when the taps
+    were gathered from NCHW, so the float sums (whose order depends on that layout) and every output are unchanged."""
     assert spec.size is not None
     h, w = raw_size
     if spec.resize_short is not None or spec.center_crop is None:
@@ -107,28 +118,64 @@ def _fixed(g: PreGraph, x: str, spec: ImageSpec, raw_size: tuple[int, int]) -> s
         nh, nw = h, w
     ch, cw = spec.center_crop or (nh, nw)
     top, left = (nh - ch) // 2, (nw - cw) // 2
-    cols = _pass(g, x, w, nw, range(left, left + cw), axis=3, spec=spec)
-    return _pass(g, cols, h, nh, range(top, top + ch), axis=2, spec=spec)
+    if w == nw:  # Pillow skips a pass that keeps the size; a crop is then a slice
+        cols = _opening(g, raw, spec, bytes_first=False)  # the .tflite's opening: LiteRT slices bytes ~7x slower than floats
+        if cw != w:
+            cols = g.op("Slice", [cols, g.const("cols/start", np.array([left], np.int64)), g.const("cols/end", np.array([left + cw], np.int64)),
+                                  g.const("cols/axis", np.array([3], np.int64))], "cols/crop")
+    else:  # [N, H, W, C] -> [N, W, C, H] moves one axis (H, innermost): ORT runs it as a 2-D transpose of [H, W*C] bytes
+        x = g.op("Transpose", [_levels(g, raw, spec, raw_size)], "to_nwch", perm=[0, 2, 3, 1])
+        x = x if spec.channels != "bgr" else g.op("Gather", [x, g.const("bgr", np.array([2, 1, 0], np.int64))], "bgr", axis=2)
+        cols = _cols_pass(g, x, (1 if spec.channels == "gray" else 3, h), w, nw, range(left, left + cw), spec=spec)
+    return _rows_pass(g, cols, h, nh, range(top, top + ch), spec=spec)
 
 
-def _pass(g: PreGraph, x: str, n_in: int, n_out: int, keep: range, *, axis: int, spec: ImageSpec) -> str:
-    """One resampling pass along ``axis`` (3: columns, 2: rows), keeping output positions ``keep``."""
-    name = "cols" if axis == 3 else "rows"
+def _levels(g: PreGraph, raw: str, spec: ImageSpec, raw_size: tuple[int, int]) -> str:
+    """The image as uint8 NHWC levels in what the passes resample: the raw RGB bytes, or Pillow's luma ([N, H, W, 1])."""
+    if spec.channels != "gray":
+        return raw
+    # weighed and summed over NCHW (a broadcast along the innermost axis costs ORT ~5 ms): [N, 1, H, W] is [N, H, W, 1] in memory
+    x = g.op("Cast", [_opening(g, raw, spec, bytes_first=False)], "gray/levels", to=TensorProto.UINT8)  # whole levels: exact as bytes
+    return g.op("Reshape", [x, g.const("gray/nhwc", np.array([-1, *raw_size, 1], np.int64))], "gray/nhwc")
+
+
+def _luma(g: PreGraph, x: str) -> str:
+    """Pillow's grey of float NCHW RGB ``x``: [N, 1, H, W], rounded to whole levels."""
+    luma = g.const("luma", (np.array([19595, 38470, 7471], np.float32) / 65536).reshape(1, 3, 1, 1))
+    x = g.op("ReduceSum", [g.op("Mul", [x, luma], "gray/weigh"), g.const("axis1", np.array([1], np.int64))], "gray/sum", keepdims=1)
+    return g.round8(x, "gray")
+
+
+def _cols_pass(g: PreGraph, x: str, ch_h: tuple[int, int], n_in: int, n_out: int, keep: range, *, spec: ImageSpec) -> str:
+    """The column pass from uint8 ``x`` [N, W, C, H] (``ch_h`` = (C, H)) to float [N, C, H, len(keep)]."""
+    idx, weights = pass_table(n_in, n_out, spec.interpolation, keep=keep)
+    idx = idx[:, 0] if spec.interpolation == "nearest" else idx
+    taps = g.op("Gather", [x, g.const("cols/index", idx)], "cols/taps", axis=1)  # [N, out, (K,) C, H]: H bytes per copy
+    flat = g.op("Reshape", [taps, g.const("cols/flat", np.array([-1, idx.size, ch_h[0] * ch_h[1]], np.int64))], "cols/flat")
+    back = g.op("Transpose", [flat], "cols/to_nchw", perm=[0, 2, 1])
+    taps = g.op("Reshape", [back, g.const("cols/shape", np.array([-1, *ch_h, *idx.shape], np.int64))], "cols/nchw")
+    taps = g.op("Cast", [taps], "cols/cast", to=TensorProto.FLOAT)
+    if spec.interpolation == "nearest":
+        return taps
+    weighed = g.op("Mul", [taps, g.const("cols/weights", weights)], "cols/weigh")  # taps [N, C, H, out, K] by [out, K]
+    summed = g.op("ReduceSum", [weighed, g.const("cols/sum_axis", np.array([4], np.int64))], "cols/sum", keepdims=0)
+    return g.round8(summed, "cols", clip=spec.interpolation == "bicubic")  # bilinear means of 0..255 stay in 0..255
+
+
+def _rows_pass(g: PreGraph, x: str, n_in: int, n_out: int, keep: range, *, spec: ImageSpec) -> str:
+    """The row pass along axis 2 of float NCHW ``x`` (each tap a whole row), keeping output positions ``keep``."""
     if n_in == n_out:  # Pillow skips a pass that keeps the size; a crop is then a slice
         if len(keep) == n_in:
             return x
-        return g.op("Slice", [x, g.const(f"{name}/start", np.array([keep.start], np.int64)),
-                              g.const(f"{name}/end", np.array([keep.stop], np.int64)),
-                              g.const(f"{name}/axis", np.array([axis], np.int64))], f"{name}/crop")
+        return g.op("Slice", [x, g.const("rows/start", np.array([keep.start], np.int64)), g.const("rows/end", np.array([keep.stop], np.int64)),
+                              g.const("rows/axis", np.array([2], np.int64))], "rows/crop")
     idx, weights = pass_table(n_in, n_out, spec.interpolation, keep=keep)
     if spec.interpolation == "nearest":
-        return g.op("Gather", [x, g.const(f"{name}/index", idx[:, 0])], f"{name}/nearest", axis=axis)
-    taps = g.op("Gather", [x, g.const(f"{name}/index", idx)], f"{name}/taps", axis=axis)
-    # columns: taps [N, C, H, out, K] weigh by [out, K]; rows: taps [N, C, out, K, W] weigh by [out, K, 1]
-    wshape = weights if axis == 3 else weights[:, :, None]
-    weighed = g.op("Mul", [taps, g.const(f"{name}/weights", wshape)], f"{name}/weigh")
-    summed = g.op("ReduceSum", [weighed, g.const(f"{name}/sum_axis", np.array([axis + 1], np.int64))], f"{name}/sum", keepdims=0)
-    return g.round8(summed, name)
+        return g.op("Gather", [x, g.const("rows/index", idx[:, 0])], "rows/nearest", axis=2)
+    taps = g.op("Gather", [x, g.const("rows/index", idx)], "rows/taps", axis=2)  # [N, C, out, K, W], weighed by [out, K, 1]
+    weighed = g.op("Mul", [taps, g.const("rows/weights", weights[:, :, None])], "rows/weigh")
+    summed = g.op("ReduceSum", [weighed, g.const("rows/sum_axis", np.array([3], np.int64))], "rows/sum", keepdims=0)
+    return g.round8(summed, "rows", clip=spec.interpolation == "bicubic")
 
 
 def _any_size(g: PreGraph, x: str, spec: ImageSpec) -> str:
