@@ -219,13 +219,29 @@ def _resize(g: PreGraph, x: str, size: str, axis: int, spec: ImageSpec, *, keep:
 
     The crop comes before the rounding to levels: the same values, rounded on the part that is kept only."""
     name = "cols" if axis == 3 else "rows"
+    sizes = _full_sizes(g, x, size, axis, name)
     if spec.interpolation == "nearest":
         # half_pixel + round_prefer_ceil samples floor((x + 0.5) * in/out), as Pillow does (ties aside: see the module doc)
-        y = g.op("Resize", [x, "", "", size], f"{name}/resize", axes=[axis], mode="nearest",
+        y = g.op("Resize", [x, "", "", sizes], f"{name}/resize", mode="nearest",
                  coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_ceil")
         return y if keep is None else _crop(g, y, size, keep, axis, f"crop_{'w' if axis == 3 else 'h'}")
     mode = "linear" if spec.interpolation == "bilinear" else "cubic"
-    y = g.op("Resize", [x, "", "", size], f"{name}/resize", axes=[axis], mode=mode, antialias=1, cubic_coeff_a=-0.5,
+    y = g.op("Resize", [x, "", "", sizes], f"{name}/resize", mode=mode, antialias=1, cubic_coeff_a=-0.5,
              exclude_outside=1, coordinate_transformation_mode="half_pixel")
     y = y if keep is None else _crop(g, y, size, keep, axis, f"crop_{'w' if axis == 3 else 'h'}")
     return g.round8(y, name, clip=mode == "cubic")  # the triangle filter's weights are non-negative: its means stay in 0..255
+
+
+def _full_sizes(g: PreGraph, x: str, size: str, axis: int, name: str) -> str:
+    """Resize's ``sizes`` for every axis of ``x``: its own sizes, ``size`` ([1] int64) at ``axis``.
+
+    Not the ``axes`` attribute: onnxruntime's transpose optimizer, pushing an NHWC network's Transpose up through
+    a Resize that has ``axes``, leaves it an empty ``sizes`` and the model fails to load ("Number of elements of
+    input 'sizes' (0) does not match the number of axes")."""
+    shape = g.op("Shape", [x], f"{name}/in_shape")
+    parts = [g.op("Slice", [shape, g.shared("zero_i64", np.array([0], np.int64)), g.const(f"{name}/lead_end", np.array([axis], np.int64))],
+                  f"{name}/lead"), size]
+    if axis < 3:
+        parts.append(g.op("Slice", [shape, g.const(f"{name}/tail_start", np.array([axis + 1], np.int64)),
+                                    g.shared("four_i64", np.array([4], np.int64))], f"{name}/tail"))
+    return g.op("Concat", parts, f"{name}/sizes", axis=0)

@@ -107,6 +107,26 @@ def test_the_fixed_size_graph_agrees_with_the_any_size_graph(channels, layout, r
             assert float(_levels(got[0], want[0], spec).max()) <= 1.0 + 1e-3
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+@pytest.mark.parametrize("channels", ["rgb", "bgr", "gray"])
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_a_whole_baked_model_of_any_size_loads_in_a_default_session_whatever_the_networks_layout(interpolation, channels, layout):
+    """onnxruntime's transpose optimizer pushes an NHWC network's opening Transpose up into the preprocessing; through
+    a Resize with an ``axes`` attribute it left an empty ``sizes`` and the model failed to load (an "internal error"
+    from ``edgekit compress``). The whole model answers as its two halves run one after the other."""
+    c = 1 if channels == "gray" else 3
+    model = _cnn(224, channels=c, layout=layout)
+    doc = {"resize_short": 256, "center_crop": [224, 224], "interpolation": interpolation, "channels": channels,
+           **(NORM if channels != "gray" else {"mean": [0.45], "std": [0.226]})}
+    baked = bake(model, ImageSpec.from_dict(doc), io_specs(model)[0])
+    whole = ort.InferenceSession(baked.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    pre = ort.InferenceSession(baked.preprocess.SerializeToString(), providers=["CPUExecutionProvider"])
+    net = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for img in list(_photos().values())[:3]:
+        x = net.run(None, {"x": pre.run(None, {"x": img[None]})[0]})[0]
+        np.testing.assert_allclose(whole.run(None, {"x": img[None]})[0], x, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
 @pytest.mark.parametrize("channels", ["bgr", "gray"])
 @pytest.mark.parametrize("raw_size", [(480, 640), (100, 150)])
