@@ -25,6 +25,7 @@ from edgekit.errors import InputError
 from edgekit.monitor.store.codec import unpack
 from edgekit.monitor.store.db import SQLITE, Db
 from edgekit.monitor.store.maintenance import migrate, prune_aggregates, record_pruned
+from edgekit.monitor.store.schema import LATEST
 from edgekit.monitor.store.schema import SQLITE as STEPS
 from edgekit.monitor.store.sql import _RAW_INSERT, SqlStore
 
@@ -59,11 +60,20 @@ class SqliteStore(SqlStore):
             self._conn = self._connect()
             legacy = self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'devices'").fetchone() is not None and \
                 self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone() is None
-            applied = migrate(self._write, STEPS, where=self.path, legacy=legacy)
+            # a store already at the latest schema is opened without the write lock: `fleet status` beside a collector
+            # writing 1,000 windows a second would otherwise queue for it behind every batch (and time out)
+            applied = [] if self._version() == LATEST else migrate(self._write, STEPS, where=self.path, legacy=legacy)
         except sqlite3.DatabaseError as e:
             raise InputError(f"{self.path} is not a usable fleet database: {e}") from None
         if 2 in applied and legacy:
             self._backfill()
+
+    def _version(self) -> int | None:
+        """The schema version, read without a lock (None: no ``schema_version`` table yet)."""
+        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone() is None:
+            return None
+        row = self._conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0]) if row and row[0] is not None else None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self._busy_ms / 1000, check_same_thread=False, isolation_level=None)
