@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import io
 import logging
-import platform
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from edgekit.onnx_model import io_specs, load_onnx  # noqa: E402
 from edgekit.pipeline import StepSpec  # noqa: E402
 
 #: every .ort is built for the CPU it is timed on, as a user deploying to this machine builds it (``--ort-target``)
-HOST_ORT_TARGET = OrtTarget.AMD64 if platform.machine().lower() in ("x86_64", "amd64") else OrtTarget.ARM
+HOST_ORT_TARGET = OrtTarget.host()
 TORCHVISION = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 #: per model: the largest p50 ratio to the fp32 .onnx the edgekit int8 .onnx may have (after "not slower": 1.00)
 LATENCY_TARGET = {"resnet18": 0.28, "mobilenet_v2": 0.45, "mobilenet_v3_small": 0.80, "mobilenet_v3_large": 0.80}

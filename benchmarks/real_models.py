@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -48,9 +47,11 @@ import real_models_measure as measure  # noqa: E402
 import real_models_report as report  # noqa: E402
 from zoo import MODELS, ZooError, ZooModel, model_path, write_data  # noqa: E402
 
+from edgekit.choices import OrtTarget  # noqa: E402
+
 RUN_TIMEOUT_S = 1800  # one CLI run; --run-timeout changes it
 #: the .ort is built for the CPU it is timed on (an ARM .ort misses x86's blocked-layout float kernels: ~2x slower here)
-HOST_ORT_TARGET = "amd64" if platform.machine().lower() in ("x86_64", "amd64") else "arm"
+HOST_ORT_TARGET = OrtTarget.host().value
 MAX_RSS_GB = 8.0  # one CLI run's memory (with its children); the machine is shared
 # what a run may leave in /tmp that is ours (other engineers' processes write there too)
 OURS_IN_TMP = re.compile(r"sym_shape_infer|\.data$|\.onnx$|\.ort$|\.tflite$|^[0-9a-f]{8}-[0-9a-f]{4}-")

@@ -19,7 +19,7 @@ import onnx
 
 from device_agent.contract.manifest import file_sha256
 from device_agent.runtime import BackendError, open_backend
-from edgekit.choices import Format
+from edgekit.choices import Format, OrtTarget
 from edgekit.errors import ExportError
 from edgekit.evaluate import Latency, parity, run_dataset
 from edgekit.export import ExportOptions, ExportSource, get_exporter
@@ -150,15 +150,8 @@ def warn_slower(results: list[ArtifactResult], source: Latency, *, calibrated: b
             why = ("its weight-only int8 weights are dequantized on every run (--objective size asked for the smallest file); "
                    + ("calibration data (--data) gives a static int8 model that is fast" if not calibrated
                       else "--objective balanced keeps the file at least as fast as fp32"))
-        elif r.exported.format == Format.ORT and r.exported.extra.get("ort_target", "arm") == "arm" and _x86():
+        elif r.exported.format == Format.ORT and r.exported.extra.get("ort_target", "arm") == "arm" and OrtTarget.host() is OrtTarget.AMD64:
             why = ("an .ort is built for ARM by default (no x86 blocked-layout float kernels), so its float layers are slower here "
                    "than the fp32 .onnx's; for an x86-64 device, pass --ort-target amd64 or deploy the .onnx")
         msg = f"warning: {r.file} runs at {ratio:.2f}x the fp32 latency: {why}"
         log.note(msg, shown=msg)
-
-
-def _x86() -> bool:
-    """This machine is x86-64 (where an ARM-built .ort misses the NCHWc float kernels)."""
-    import platform
-
-    return platform.machine().lower() in ("x86_64", "amd64")

@@ -65,3 +65,10 @@ class OrtTarget(StrChoice):
 
     ARM = "arm"  # Raspberry Pi, phones, ARM gateways; also loads on x86, where its float layers run without blocked layouts
     AMD64 = "amd64"  # x86-64 devices: adds the NCHWc blocked-layout float kernels, which exist only on x86-64
+
+    @classmethod
+    def host(cls) -> OrtTarget:
+        """The target of this machine's CPU (an ARM .ort on x86-64 misses the NCHWc float kernels)."""
+        import platform
+
+        return cls.AMD64 if platform.machine().lower() in ("x86_64", "amd64") else cls.ARM
