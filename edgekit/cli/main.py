@@ -71,6 +71,7 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             # click would say "Aborted!" and exit 1; an interrupt is 130 (128 + SIGINT) and one line. Commands that know what an
             # interrupt leaves behind say so themselves (edgekit.errors.Interrupted, exit 130 like any EdgekitError's code)
+            _deaf_to_ctrl_c()
             click.echo(f"interrupted (Ctrl-C): edgekit {ctx.invoked_subcommand or ''} stopped".replace("  ", " "), err=True)
             raise click.exceptions.Exit(130) from None
         except Exception as e:
@@ -79,6 +80,8 @@ class LazyGroup(click.Group):
             if (ctx.obj or {}).get("debug"):
                 raise
             if isinstance(e, EdgekitError):
+                if e.exit_code == 130:
+                    _deaf_to_ctrl_c()
                 raise CleanError(str(e), e.exit_code) from e
             if isinstance(e, KeyboardInterrupt):
                 raise
@@ -89,6 +92,18 @@ class LazyGroup(click.Group):
         rows = [(n, HELP.get(n, "")) for n in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _deaf_to_ctrl_c() -> None:
+    """Once an interrupt is being reported, a second Ctrl-C (or one still pending) must not turn exit 130 into death by
+    SIGINT half-way through the exit, with the one-line answer already printed."""
+    import signal
+
+    if _OWN_PROCESS:  # only the edgekit process's entry point owns its signal handlers (not a caller's CliRunner or app)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+_OWN_PROCESS = False
 
 
 def _quiet_frameworks() -> None:
@@ -117,9 +132,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point for the ``edgekit`` script."""
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
     _quiet_frameworks()
     try:
         cli.main(args=argv, prog_name="edgekit")
     except KeyboardInterrupt:
+        _deaf_to_ctrl_c()
         click.echo("Interrupted.", err=True)
         sys.exit(130)

@@ -319,14 +319,21 @@ def float_layers(outcome: SearchOutcome, ctx: SearchContext) -> list[dict[str, A
             why = f"too much error in int8 (RMS error {outcome.error_nodes[n.name]:.2f} output steps; parity failed with it in int8)"
         elif n.op in chosen.facts.get("error_types", ()):
             why = f"too much error in int8 (parity failed with every {n.op} in int8)"
-        elif n.op in chosen.deny_ops or n.name in chosen.deny_nodes:
-            why = "slower in int8" + (f" ({c.int8_us:.0f} µs vs {c.float_us:.0f} µs in float"
-                                      + (", off XNNPACK" if c.int8_xnnpack is False else "") + ")" if c and c.float_us is not None
-                                      and c.int8_us is not None else "")
+        elif n.name in chosen.deny_nodes or (n.op in chosen.deny_ops and (c is None or c.slower_in_int8)):
+            why = "slower in int8" + (f" ({_times(c)})" if c and c.float_us is not None and c.int8_us is not None else "")
+        elif n.op in chosen.deny_ops:  # this one alone gains in int8, its op type as a whole does not
+            t = summarize(outcome.costs)[n.op]
+            why = (f"float with every {n.op}: together slower in int8 ({t['int8_us']:.0f} µs vs {t['float_us']:.0f} µs in float"
+                   + (f", {t['int8_off_xnnpack']} off XNNPACK" if t["int8_off_xnnpack"] else "") + ")"
+                   + (f"; this one {_times(c)}" if c and c.float_us is not None and c.int8_us is not None else ""))
         else:
             why = "no int8 kernel (the converter kept it float)"
         out.append({"op": n.op, "node": n.name, "why": why})
     return out
+
+
+def _times(c: OpCost) -> str:
+    return f"{c.int8_us:.0f} µs vs {c.float_us:.0f} µs in float" + (", off XNNPACK" if c.int8_xnnpack is False else "")
 
 
 def _worker_error(message: str) -> Exception:

@@ -75,9 +75,13 @@ def test_the_slow_int8_op_stays_float_and_the_manifest_says_why(softsign):
     assert by_op["DIV"]["why"].startswith("slower in int8 (") and "off XNNPACK" in by_op["DIV"]["why"]
     # whether a small conv gains in int8 is this CPU's timing (AVX2 without VNNI: barely, and not under load); the rule
     # itself is tested on given numbers. A layer kept float says so with the two times it was measured at
-    for op in {"CONV_2D", "FULLY_CONNECTED"} & set(by_op):
-        q8, f32 = (float(v) for v in re.findall(r"([\d.]+) µs", by_op[op]["why"])[:2])
-        assert by_op[op]["why"].startswith("slower in int8 (") and q8 > f32, by_op[op]
+    # (its own two times, or, kept float with its whole op type, the type's two totals first and then its own)
+    for f in search["float_layers"]:
+        if f["op"] not in {"CONV_2D", "FULLY_CONNECTED"}:
+            continue
+        q8, f32 = (float(v) for v in re.findall(r"([\d.]+) µs", f["why"])[:2])
+        assert q8 > f32, f
+        assert f["why"].startswith(("slower in int8 (", f"float with every {f['op']}: together slower in int8 (")), f
     # the file says the same as the manifest: DIV computes in float32, a conv in int8 unless it was listed float
     from ai_edge_litert.interpreter import Interpreter
 
@@ -177,3 +181,25 @@ def test_the_error_path_keeps_float_the_fewest_worst_ops_else_one_op_type(monkey
     assert variants[-1].name == "float MUL (int8 error)" and variants[-1].facts["error_types"] == ["MUL"]
     judge.needed = {"type:RESHAPE"}  # nothing that can be tried helps: nothing is kept float for accuracy
     assert tflite_search._error_path(ctx, [], costs) == ({}, ())  # noqa: SLF001
+
+
+def test_a_layer_kept_float_with_its_op_type_says_so_with_the_types_totals_and_its_own(monkeypatch):
+    """A conv that alone gains in int8, kept float because every CONV_2D together is slower, is not 'slower in int8'."""
+    from types import SimpleNamespace
+
+    from edgekit.export import tflite_search as ts
+    from edgekit.export.tflite_opcost import OpCost
+    from edgekit.export.tflite_quant import Node
+    from edgekit.export.tflite_select import Selection, Variant
+
+    costs = [OpCost("CONV_2D", "c1", 222.0, 204.0, True, True), OpCost("CONV_2D", "c2", 100.0, 180.0, True, True),
+             OpCost("DIV", "d", 10.0, 30.0, True, False), OpCost("ADD", "a", 5.0, 4.0, True, True)]
+    monkeypatch.setattr(ts, "nodes", lambda blob: [Node(0, "CONV_2D", "c1", True), Node(1, "CONV_2D", "c2", True),
+                                                   Node(2, "DIV", "d", True), Node(3, "ADD", "a", True)])
+    chosen = Variant("float CONV_2D", deny_ops=("CONV_2D",), deny_nodes=("d",), facts={"path": "p"})
+    outcome = ts.SearchOutcome(Selection(chosen, "fastest"), Variant("float", baseline=True), [chosen], costs, {}, 1, 1.0)
+    why = {f["node"]: f["why"] for f in ts.float_layers(outcome, SimpleNamespace(blobs={"p": b""}))}
+    assert why["c1"] == "float with every CONV_2D: together slower in int8 (384 µs vs 322 µs in float); this one 204 µs vs 222 µs in float"
+    assert why["c2"] == "slower in int8 (180 µs vs 100 µs in float)"
+    assert why["d"] == "slower in int8 (30 µs vs 10 µs in float, off XNNPACK)"
+    assert why["a"] == "no int8 kernel (the converter kept it float)"
