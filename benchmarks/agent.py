@@ -1,7 +1,6 @@
 """Device agent overhead, side by side on the digits CNN and a MobileNetV2-architecture model.
 
-    python benchmarks/agent.py                 # builds (and caches) both int8 models, then measures
-    python benchmarks/agent.py --json out.json --runs 2000
+    python benchmarks/agent.py                 # builds (and caches) both int8 models (.ort for this CPU), then measures
 
 For each model (the `edgekit compress --int8` .ort artifact, batch 1, same thread count):
 
@@ -41,14 +40,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
+from edgekit.choices import OrtTarget  # noqa: E402
 
 # --- models ----------------------------------------------------------------------------------------
 
 def _compress(model: Path, calib: Path, out: Path, *, max_drop: float = 1.0) -> Path:
+    target = OrtTarget.host().value  # the .ort for this CPU, as a user deploying here builds it (an ARM .ort lacks x86's kernels)
+    out = out.with_name(f"{out.name}-{target}")
     if not (out / "edgekit.json").is_file():
         cmd = [sys.executable, "-c", "import sys; from edgekit.cli.main import main; main(sys.argv[1:])", "compress", "--int8", "--data", str(calib),
-               "-o", str(out), "--search-time", "60", "--max-drop", str(max_drop), str(model)]
+               "-o", str(out), "--search-time", "60", "--max-drop", str(max_drop), "--ort-target", target, str(model)]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, timeout=1800)
     return out
 

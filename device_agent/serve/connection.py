@@ -33,10 +33,11 @@ log = logging.getLogger("edgekit.agent.http")
 
 #: head buffer: starts small (most heads are < 1 KB), grows up to the limit
 HEAD_CHUNK = 4096
-#: a request body up to this size may be answered on the event loop itself when no other request runs...
-INLINE_BYTES = 16 * 1024
-#: ...if requests have been taking less than this (a running average)
-INLINE_COST_S = 0.001
+#: a request body up to this size (a 224x224 RGB image as JSON is ~3 MB) may be answered on the event loop itself
+#: when no other request runs...
+INLINE_BYTES = 4 * 1024 * 1024
+#: ...if requests have been taking less than this to answer (a running average)
+INLINE_COST_S = 0.05
 MAX_HEAD_BYTES = 16 * 1024
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -235,12 +236,15 @@ class Connection(asyncio.BufferedProtocol):
         given = head.headers.get("x-request-id", "")
         request = Request(head, body, match, given if REQUEST_ID.fullmatch(given) else None, self._authorized)
         lis = self.lis
-        alone = lis.alone(self)  # every request counts, inline or not
-        if match.heavy and len(body) <= INLINE_BYTES and lis.running == 0 and alone and lis.cost_s < INLINE_COST_S:
-            # A small, quick request from the only client of the moment, while nothing else runs: answered
-            # right here, without two thread hops (~50 µs, and a scheduling delay each on a busy CPU). With
-            # several clients, or a model slower than INLINE_COST_S, the workers take the requests: the
-            # loop never blocks for long, and one request's inference overlaps another's parsing.
+        if match.heavy and len(body) <= INLINE_BYTES and lis.running == 0 and lis.cost_s < INLINE_COST_S:
+            # A request of a model that answers within INLINE_COST_S, while no worker runs one: answered right
+            # here, without two thread hops. Each hop is a wake-up that waits for a core, and onnxruntime's
+            # intra-op threads (all the cores) keep spinning for a while after a run: on 2 cores the hops cost
+            # MobileNetV2 over 10 % of its throughput and doubled its p99, for one client as for sixteen
+            # (benchmarks/serving.py). Overlapping one request's parsing with another's inference gains
+            # nothing when inference already uses every core. The loop blocks for one request at a time, so
+            # other connections wait at most a few requests' time (/healthz included); a larger body, a slower
+            # model, or a request arriving while a worker runs one goes to the workers.
             lis.running += 1
             try:
                 response = lis.timed(request)

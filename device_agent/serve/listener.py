@@ -18,10 +18,6 @@ from device_agent.serve.exchange import App, Request, Response
 
 __all__ = ["HttpLimits", "Listener"]
 
-#: a connection is "alone" when no other one sent a request for this long
-SHARED_WINDOW_S = 0.1
-
-
 @dataclass(frozen=True)
 class HttpLimits:
     """What one agent's HTTP API holds at most, and how long it waits (``[api]`` in agent.toml)."""
@@ -71,8 +67,6 @@ class Listener:
         self.running = 0  # requests a worker (or the loop itself) is answering
         self.cost_s = math.inf  # running average of how long a request (POST) takes to answer; unknown at first
         self.closing = False
-        self._last: object = None
-        self._shared_until = 0.0
 
     def admit(self, conn: Evictable) -> bool:
         """Register a new connection; at the limit, close the one idle or stalled the longest (False: none can go)."""
@@ -94,14 +88,6 @@ class Listener:
         finally:
             dt = time.perf_counter() - t0
             self.cost_s = dt if math.isinf(self.cost_s) else 0.9 * self.cost_s + 0.1 * dt
-
-    def alone(self, conn: object) -> bool:
-        """True when ``conn`` is the only connection that sent a request in the last 100 ms."""
-        now = self.loop.time()
-        if conn is not self._last:
-            self._last = conn
-            self._shared_until = now + SHARED_WINDOW_S
-        return now >= self._shared_until
 
     def forget(self, conn: Evictable) -> None:
         self.conns.pop(conn, None)

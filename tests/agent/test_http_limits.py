@@ -397,28 +397,55 @@ class ThreadNoting(Agent):
         return super().predict(*args, **kwargs)
 
 
-@pytest.mark.parametrize("delay_s, limit_s, on_loop", [(0.0, 0.02, True), (0.005, None, False)], ids=["quick", "slow"])
-def test_a_lone_client_of_a_quick_model_is_answered_on_the_event_loop(digits_dir, x, monkeypatch, delay_s, limit_s, on_loop):
-    """One keep-alive client, small requests that take less than INLINE_COST_S: answered by the event loop
-    itself (no thread hops); a model that takes longer always goes to the workers, so the loop never blocks
-    for long. (The quick case allows 20 ms: a busy test machine must not make digits look slow.)"""
+def _predict_from(port: int, body: bytes, n: int, statuses: list[int]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for _ in range(n):
+        conn.request("POST", "/v1/predict", body=body, headers={"Content-Type": "application/x-npy"})
+        r = conn.getresponse()
+        r.read()
+        statuses.append(r.status)
+    conn.close()
+
+
+@pytest.mark.parametrize("clients", [1, 4])
+@pytest.mark.parametrize("delay_s, limit_s, on_loop", [(0.0, 0.02, True), (0.005, 0.002, False)], ids=["quick", "slow"])
+def test_requests_of_a_quick_model_are_answered_on_the_event_loop(digits_dir, x, monkeypatch, delay_s, limit_s, on_loop, clients):
+    """Requests of a model that answers within INLINE_COST_S are answered by the event loop itself (no thread
+    hops), from one client or several; a model that takes longer always goes to the workers, so the loop never
+    blocks for long. (The quick case allows 20 ms: a busy test machine must not make digits look slow.)"""
     from device_agent.serve import connection
 
-    if limit_s is not None:
-        monkeypatch.setattr(connection, "INLINE_COST_S", limit_s)
+    monkeypatch.setattr(connection, "INLINE_COST_S", limit_s)
     agent = ThreadNoting.open(digits_dir)
     agent.threads, agent.delay_s = [], delay_s
     server = serve(agent)
-    body = npy(x)
+    statuses: list[int] = []
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        for _ in range(60):
-            conn.request("POST", "/v1/predict", body=body, headers={"Content-Type": "application/x-npy"})
-            r = conn.getresponse()
-            assert r.status == 200 and r.read()
-            time.sleep(0.003)  # past the 100 ms in which a new connection is not yet "alone"
-        conn.close()
+        threads = [threading.Thread(target=_predict_from, args=(server.port, npy(x), 40, statuses)) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
     finally:
         server.close()
-    assert agent.threads[0].startswith("edgekit-http_")  # a new connection starts on the workers
-    assert ("edgekit-http" in agent.threads) is on_loop, agent.threads
+    assert statuses == [200] * 40 * clients
+    assert agent.threads[0].startswith("edgekit-http_")  # the first request goes to the workers: its cost is not known yet
+    on = agent.threads.count("edgekit-http")
+    assert (on >= len(agent.threads) // 2) if on_loop else on == 0, agent.threads
+
+
+def test_a_body_over_the_inline_size_goes_to_the_workers(digits_dir, x, monkeypatch):
+    """However quick the model, a body larger than INLINE_BYTES (a JSON image of several MB) is parsed on a worker."""
+    from device_agent.serve import connection
+
+    monkeypatch.setattr(connection, "INLINE_COST_S", 1.0)
+    monkeypatch.setattr(connection, "INLINE_BYTES", len(npy(x)) - 1)
+    agent = ThreadNoting.open(digits_dir)
+    agent.threads = []
+    server = serve(agent)
+    statuses: list[int] = []
+    try:
+        _predict_from(server.port, npy(x), 20, statuses)
+    finally:
+        server.close()
+    assert statuses == [200] * 20 and all(t.startswith("edgekit-http_") for t in agent.threads), agent.threads
