@@ -11,8 +11,10 @@ Two shapes of graph, one per kind of raw input:
   identically under ONNX Runtime and LiteRT (which has no antialiased resize). Every Gather copies
   whole rows (the column pass gathers from the bytes laid out [N, W, C, H]): a Gather along the
   innermost axis copies element by element, ~7x the cost of the whole graph.
-- **any size**: sizes and offsets are computed from ``Shape`` at run time and each pass is a
-  ``Resize`` (opset 18) with the attributes that come closest to Pillow: ``antialias=1`` (the
+- **any size**: sizes and offsets are computed from ``Shape`` at run time and the resampling is
+  ``Resize`` (opset 18; one over both axes for bilinear, rounded once: within a level of Pillow's two
+  rounded passes; one per axis, each rounded, for bicubic and nearest) with the attributes that come
+  closest to Pillow: ``antialias=1`` (the
   filter widens when downscaling, as Pillow's does), ``half_pixel`` centres, ``cubic_coeff_a=-0.5``
   (Pillow's bicubic), ``exclude_outside=1`` (weights renormalised at the border, as Pillow does),
   ``half_pixel`` + ``round_prefer_ceil`` for nearest (Pillow samples ``floor((x + 0.5) * in/out)``; where
@@ -190,20 +192,44 @@ def _any_size(g: PreGraph, x: str, spec: ImageSpec) -> str:
         den = g.op("Mul", [short, g.const("two", np.array([2], np.int64))], "short_x2")
         nh = g.op("Div", [g.op("Add", [g.op("Mul", [h, two_s], "h_x2s"), short], "h_num"), den], "resized_h")
         nw = g.op("Div", [g.op("Add", [g.op("Mul", [w, two_s], "w_x2s"), short], "w_num"), den], "resized_w")
+        if spec.interpolation == "bilinear":
+            return _resize_once(g, x, nh, nw, spec)
         if spec.center_crop is None:
             return _resize(g, _resize(g, x, nw, 3, spec), nh, 2, spec)
         # the rows pass works column by column: the columns the crop drops are dropped before it (the same pixels, less work)
         x = _resize(g, x, nw, 3, spec, keep=spec.center_crop[1])
         return _resize(g, x, nh, 2, spec, keep=spec.center_crop[0])
     elif spec.center_crop is None:
-        x = _resize(g, x, g.const("size_w", np.array([spec.size[1]], np.int64)), 3, spec)
-        return _resize(g, x, g.const("size_h", np.array([spec.size[0]], np.int64)), 2, spec)
+        size_h, size_w = g.const("size_h", np.array([spec.size[0]], np.int64)), g.const("size_w", np.array([spec.size[1]], np.int64))
+        if spec.interpolation == "bilinear":
+            return _resize_once(g, x, size_h, size_w, spec)
+        return _resize(g, _resize(g, x, size_w, 3, spec), size_h, 2, spec)
     shape2 = g.op("Shape", [x], "resized_shape")
     hw = g.op("Gather", [shape2, g.const("hw_index", np.array([2, 3], np.int64))], "resized_hw", axis=0)
     crop = g.const("crop", np.array(spec.center_crop, np.int64))
     start = g.op("Div", [g.op("Sub", [hw, crop], "margin"), g.const("two_2", np.array([2, 2], np.int64))], "crop_start")
     end = g.op("Add", [start, crop], "crop_end")
     return g.op("Slice", [x, start, end, g.const("crop_axes", np.array([2, 3], np.int64))], "crop")
+
+
+def _resize_once(g: PreGraph, x: str, nh: str, nw: str, spec: ImageSpec) -> str:
+    """Bilinear in one Resize over both axes, then the centre crop, then one rounding to levels.
+
+    One two-axis Resize takes ~1 ms less than two one-axis ones under onnxruntime on a 640x480 photo
+    (3.9 vs 4.8 ms, 1 thread), though the second pass then runs over the columns the crop drops. Pillow
+    rounds between its two passes and this graph does not: the intermediate rounding moves a value by at
+    most half a level, which the triangle filter's non-negative weights (summing to one) carry through
+    unamplified, so each pixel stays within one level of Pillow's (MAX_LEVELS). Bicubic's negative lobes
+    would amplify it (5 levels measured), so bicubic keeps its two rounded passes."""
+    shape = g.op("Shape", [x], "both/in_shape")
+    lead = g.op("Slice", [shape, g.shared("zero_i64", np.array([0], np.int64)), g.const("both/lead_end", np.array([2], np.int64))],
+                "both/lead")
+    sizes = g.op("Concat", [lead, nh, nw], "both/sizes", axis=0)
+    y = g.op("Resize", [x, "", "", sizes], "both/resize", mode="linear", antialias=1, exclude_outside=1,
+             coordinate_transformation_mode="half_pixel")
+    if spec.center_crop is not None:
+        y = _crop(g, _crop(g, y, nw, spec.center_crop[1], 3, "crop_w"), nh, spec.center_crop[0], 2, "crop_h")
+    return g.round8(y, "both", clip=False)  # a weighted mean with non-negative weights stays in 0..255
 
 
 def _crop(g: PreGraph, x: str, size: str, keep: int, axis: int, name: str) -> str:
