@@ -136,12 +136,13 @@ def _tune_malloc() -> None:
 
     glibc keeps freed blocks in per-thread arenas and, after a large block is freed, raises the size
     from which it maps blocks of their own: under load each worker thread ends up holding its own
-    megabytes of request bodies and tensors. A fixed threshold maps every block from 1 MB on (and
+    megabytes of request bodies and tensors. A fixed threshold maps every block from 4 MB on (and
     unmaps it when freed) and two arenas are shared by all threads: measured with 16 clients sending
-    3 MB JSON bodies, the agent's peak RSS drops by ~20 MB. Below 1 MB (a 224x224 image as .npy or
-    V2 binary is 600 KB), blocks come from the arenas, which keep up to 4 MB free at their top: at
-    128 KB every such body was mapped fresh and faulted in page by page, ~130 page faults a request
-    (0.2-0.4 ms of MobileNetV2's ~6), against ~2 now."""
+    3 MB JSON bodies, the agent's peak RSS drops by ~20 MB. Below 4 MB (a 224x224 image: 600 KB as
+    .npy or V2 binary, 3 MB as JSON), blocks come from the arenas, which keep up to 8 MB free at their
+    top: with a 128 KB threshold every such body was mapped fresh and faulted in page by page (a .npy
+    image ~150 page faults a request, 0.2-0.4 ms of MobileNetV2's ~6; now ~2; a JSON image 2,200 ->
+    1,350, FastAPI's 1,850), for 4 MB more peak RSS in that 16-client test (134 -> 138 MB)."""
     import ctypes
     import ctypes.util
 
@@ -153,8 +154,8 @@ def _tune_malloc() -> None:
     except (OSError, AttributeError):
         return
     m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # <malloc.h>
-    mallopt(m_mmap_threshold, 1 << 20)
-    mallopt(m_trim_threshold, 4 << 20)
+    mallopt(m_mmap_threshold, 4 << 20)
+    mallopt(m_trim_threshold, 8 << 20)
     mallopt(m_arena_max, 2)
 
 

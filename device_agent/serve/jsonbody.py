@@ -88,9 +88,20 @@ def _too_deep() -> InvalidInput:
                         kind="malformed", expected=f"≤ {MAX_DEPTH} levels", given="deeper")
 
 
+#: the density check reads a body in slices of this many bytes: its temporaries stay small enough to reuse
+#: freed memory (two whole-body temporaries of a 3 MB body were ~1,500 fresh page faults a request)
+DENSITY_SLICE = 256 * 1024
+_OPENERS = ord("[") | 0x20  # "[" is 0x5B and "{" 0x7B: the only bytes that are 0x7B once bit 5 is set
+
+
 def _check_density(body: bytes | bytearray | memoryview) -> None:
     a = np.frombuffer(body, dtype=np.uint8)
-    containers = int(np.count_nonzero(a == ord("["))) + int(np.count_nonzero(a == ord("{")))
+    scratch = np.empty(min(len(a), DENSITY_SLICE), np.uint8)
+    containers = 0
+    for start in range(0, len(a), DENSITY_SLICE):
+        part = a[start:start + DENSITY_SLICE]
+        folded = np.bitwise_or(part, 0x20, out=scratch[:len(part)])
+        containers += int(np.count_nonzero(folded == _OPENERS))
     if containers * BYTES_PER_CONTAINER > len(a):
         raise InvalidInput(f"the body holds {containers:,} lists or objects in {len(a):,} bytes; large bodies may hold at most one per "
                            f"{BYTES_PER_CONTAINER} bytes (a tensor's rows are longer). Send the tensor as .npy, or in fewer, longer rows.",

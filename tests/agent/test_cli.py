@@ -137,7 +137,7 @@ print(sorted({{m.split(".")[0] for m in sys.modules}} & heavy))
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads the agent's page-fault count from /proc")
 def test_a_600_kb_body_is_not_faulted_in_page_by_page_on_every_request(tmp_path):
-    """``edgekit-agent run`` tunes glibc so that bodies under 1 MB (a 224x224 image as .npy: 600 KB) reuse
+    """``edgekit-agent run`` tunes glibc so that bodies under 4 MB (a 224x224 image as .npy: 600 KB) reuse
     freed arena memory: mapping each one fresh cost ~150 page faults a request (0.2-0.4 ms of a ~6 ms model)."""
     import http.client
     import io

@@ -326,6 +326,22 @@ def test_a_large_body_of_empty_lists_is_refused_before_parsing(agent):
         server.close()
 
 
+@pytest.mark.parametrize("opener", [b"[]", b"{}", b"[{}]"])
+def test_the_density_check_counts_every_list_and_object_across_its_slices(opener):
+    """Counted slice by slice (small temporaries), the same as counting the whole body: "[" and "{" only."""
+    from device_agent.contract.errors import InvalidInput
+    from device_agent.serve.jsonbody import BYTES_PER_CONTAINER, DENSITY_SLICE, _check_density
+
+    filler = b"0.123456789, " * 6  # 78 bytes of numbers (and no byte that folds to "{")
+    ok = (filler + opener + b",") * (3 * DENSITY_SLICE // (len(filler) + len(opener) + 1))
+    _check_density(bytearray(ok))  # one container per >= 32 bytes: allowed
+    dense = (opener + b",") * (3 * DENSITY_SLICE // (len(opener) + 1))
+    with pytest.raises(InvalidInput) as e:
+        _check_density(memoryview(dense))
+    count = dense.count(b"[") + dense.count(b"{")
+    assert count * BYTES_PER_CONTAINER > len(dense) and f"holds {count:,} lists or objects" in str(e.value)
+
+
 @pytest.mark.parametrize("accelerated", [True, False], ids=["orjson", "stdlib"])
 def test_json_bodies_give_the_same_answers_with_and_without_orjson(agent, x, monkeypatch, accelerated):
     if not accelerated:
