@@ -182,7 +182,7 @@ def _status_rows(link: BrokerOptions, db_path: str | None, query: Any, wait_s: f
         finally:
             store.close()
         return device_rows(page.rows), page.total
-    from edgekit.monitor.query import NoCollector, ask
+    from edgekit.monitor.asking import NoCollector, ask
 
     try:
         answers, missing = ask(link.address(), status_query(query), reply_type="status_reply", prefix=link.prefix, timeout=max(wait_s, 5.0))

@@ -1,0 +1,117 @@
+"""Asking the running collectors over MQTT: one online collector per store, and their answers as they arrive.
+
+The machinery under ``fleet drift --broker`` (:mod:`edgekit.monitor.query`) and ``fleet status --broker``
+(:mod:`edgekit.monitor.status`), apart from what either asks: a query is sent to the collectors whose
+retained presence says they are online (one per store they name), and the answers on the query's own
+reply topic are gathered until every one asked has answered or the time is up. Light on purpose: asking
+for the devices page needs neither numpy's drift statistics nor pydantic.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from device_agent.contract.protocol import DEFAULT_PREFIX, Topics
+from edgekit.errors import FleetError
+
+if TYPE_CHECKING:
+    from edgekit.fleet.mqtt import BrokerAddress, Received
+
+__all__ = ["NoCollector", "ask", "one_per_store"]
+
+
+class NoCollector(FleetError):
+    """The broker answers, but no fleet collector is online there."""
+
+
+def one_per_store(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The answers, keeping one of those from collectors that share a database (answers naming no store all count)."""
+    seen: set[str] = set()
+    out = []
+    for a in answers:
+        store = a.get("store")
+        if isinstance(store, str):
+            if store in seen:
+                continue
+            seen.add(store)
+        out.append(a)
+    return out
+
+
+class _Replies:
+    """Collector presence and replies as they arrive (paho's thread), awaited by the asking thread."""
+
+    def __init__(self, reply: str, kind: str) -> None:
+        self.reply = reply
+        self.kind = kind
+        self.online: dict[str, str | None] = {}  # collector -> the store it writes (None: not said)
+        self.answers: dict[str, dict[str, Any]] = {}
+        self.changed = threading.Condition()
+
+    def on_message(self, msg: Received) -> None:
+        try:
+            d = orjson.loads(msg.payload) if msg.payload else {}
+        except ValueError:
+            return
+        with self.changed:
+            if msg.topic == self.reply and isinstance(d, dict) and d.get("type") == self.kind:
+                self.answers[str(d.get("collector"))] = d
+            elif msg.topic != self.reply and isinstance(d, dict):
+                who = msg.topic.rsplit("/", 1)[-1]
+                if d.get("status") == "online":
+                    self.online[who] = d.get("store") if isinstance(d.get("store"), str) else None
+                else:
+                    self.online.pop(who, None)
+            self.changed.notify_all()
+
+    def expected(self) -> set[str]:
+        """One online collector per store (every one that names no store)."""
+        with self.changed:
+            chosen: dict[str, str] = {}
+            for who, store in sorted(self.online.items()):
+                chosen.setdefault(store or f"collector:{who}", who)
+            return set(chosen.values())
+
+    def wait(self, expected: set[str], timeout: float) -> tuple[list[dict[str, Any]], list[str]]:
+        """(answers, collectors that did not answer) once all of ``expected`` answered or ``timeout`` passed."""
+        with self.changed:
+            self.changed.wait_for(lambda: expected <= set(self.answers), timeout=timeout)
+            return [self.answers[c] for c in sorted(self.answers)], sorted(expected - set(self.answers))
+
+
+def ask(broker: str | BrokerAddress, body: dict[str, Any], *, reply_type: str, prefix: str = DEFAULT_PREFIX,
+        timeout: float = 5.0) -> tuple[list[dict[str, Any]], list[str]]:
+    """Send query ``body`` (its type and parameters) to one online collector per store; returns (answers, collectors that did not answer).
+
+    Raises FleetError when the broker is unreachable or no collector is online.
+    """
+    from edgekit.fleet.mqtt import BrokerSession, to_address  # ssl and sockets: not for merging answers (fleet status --db)
+
+    address = to_address(broker)
+    url = address.url
+    qid = uuid.uuid4().hex[:16]
+    replies = _Replies(f"{prefix}/fleet/monitor/reply/{qid}", reply_type)
+    session = BrokerSession(address, f"edgekit-ask-{qid[:8]}", topics=(Topics.fleet_collector("+", prefix), replies.reply),
+                            on_message=replies.on_message).open()
+    try:
+        deadline = time.monotonic() + timeout
+        if not session.wait_ready(max(0.1, deadline - time.monotonic())):
+            raise FleetError(session.refusal or f"the broker at {url} did not confirm a subscription within {timeout:g} s")
+        with replies.changed:  # retained presence arrives right after the SUBACK
+            replies.changed.wait_for(lambda: bool(replies.online), timeout=min(0.3, max(0.0, deadline - time.monotonic())))
+        time.sleep(0.05)  # the rest of the retained presence messages
+        expected = replies.expected()
+        if not expected:
+            raise NoCollector(f"no fleet collector is online at {url}: start one with `edgekit fleet watch --broker {url} --db fleet.sqlite`, "
+                             "or read a collector's database with --db")
+        q = {"v": 1, **body, "id": qid, "reply": replies.reply, "to": sorted(expected), "ts": round(time.time(), 3)}
+        session.publish(Topics.fleet_query(prefix), json.dumps(q).encode())
+        return replies.wait(expected, max(0.0, deadline - time.monotonic()))
+    finally:
+        session.close()
