@@ -95,10 +95,11 @@ def device_rows(rows: list[DeviceRow] | list[dict[str, Any]], *, now: float | No
     of a devices page (its records, or their fields as a status answer carries them)."""
     now = now or time.time()
     out = []
-    for row in rows:
-        r = vars(row) if isinstance(row, DeviceRow) else row
+    for row in rows:  # 10,000 devices: a row costs microseconds here, so no per-row helpers or comprehensions
+        r = row.__dict__ if isinstance(row, DeviceRow) else row
         seen = r["last_seen"]
-        out.append({
+        drift = r["drift"]
+        o = {
             "device": r["device"],
             "group": r["group"] if r["status"] != "unknown" else "?",  # as the broker's view: no state message, no group
             "online": r["status"] == "online",
@@ -112,10 +113,12 @@ def device_rows(rows: list[DeviceRow] | list[dict[str, Any]], *, now: float | No
             "p95_ms": r["p95_ms"],
             "requests": r["requests"],
             "outbox": r["outbox"],
-            "drift": (r["drift"] or {}).get("text") or "—",
+            "drift": (drift or {}).get("text") or "—",
             "drift_level": r["drift_level"],
-            **{k: r.get(k) for k in VERSION_FIELDS},
-        })
+        }
+        for k in VERSION_FIELDS:
+            o[k] = r.get(k)
+        out.append(o)
     return out
 
 

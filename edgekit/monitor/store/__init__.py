@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edgekit.monitor.store.base import (
     ACCURACY,
+    DEVICE_FIELDS,
     UNKNOWN,
     Alert,
     DevicePage,
@@ -37,6 +38,7 @@ from edgekit.monitor.store.totals import Layout, Totals
 
 __all__ = [
     "ACCURACY",
+    "DEVICE_FIELDS",
     "UNKNOWN",
     "Alert",
     "AlertCount",

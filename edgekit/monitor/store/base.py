@@ -22,7 +22,7 @@ several threads.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from device_agent.contract.categories import category_profiles
@@ -33,6 +33,7 @@ from edgekit.monitor.store.totals import Totals
 
 __all__ = [
     "ACCURACY",
+    "DEVICE_FIELDS",
     "UNKNOWN",
     "Alert",
     "DeviceQuery",
@@ -146,6 +147,22 @@ class DeviceRow:
     runtime_validated: str | None = None
     runtime_status: str | None = None  # a RuntimeStatus (match, drift, mismatch, refused, unknown); None: never reported
     runtime_detail: str | None = None
+
+    @classmethod
+    def of(cls, values: Sequence[Any]) -> DeviceRow:
+        """A row from the values of its fields, in order (:data:`DEVICE_FIELDS`).
+
+        The frozen ``__init__`` sets each of the twenty fields through ``object.__setattr__``: for the
+        10,000 rows of a fleet's devices page that was a fifth of ``fleet status``; filling the instance's
+        dictionary at once gives the same record.
+        """
+        row = object.__new__(cls)
+        row.__dict__.update(zip(DEVICE_FIELDS, values, strict=True))
+        return row
+
+
+#: the fields of :class:`DeviceRow`, in order
+DEVICE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(DeviceRow))
 
 
 @dataclass(frozen=True)
