@@ -21,9 +21,12 @@ from device_agent.contract.protocol import DEFAULT_PREFIX, Topics
 from edgekit.errors import FleetError
 
 if TYPE_CHECKING:
-    from edgekit.fleet.mqtt import BrokerAddress, Received
+    from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received
 
-__all__ = ["NoCollector", "ask", "one_per_store"]
+__all__ = ["Marker", "NoCollector", "ask", "one_per_store"]
+
+#: at most this long for the retained presence of the collectors (the marker ends it as soon as it is all in)
+PRESENCE_S = 0.3
 
 
 class NoCollector(FleetError):
@@ -44,17 +47,50 @@ def one_per_store(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+class Marker:
+    """The end of what a broker sends a session on subscribing: the retained messages of its topic filters.
+
+    The broker sends a subscription's retained messages right after its SUBACK, ahead of anything the client
+    publishes later; a marker the session publishes on a topic it subscribes to comes back behind all of them.
+    Waiting for it replaces a guessed pause: one collector's presence is in within a millisecond, ten thousand
+    retained drift summaries take longer than any fixed wait would allow.
+
+    Args:
+        topic: a topic the session subscribes to and may publish on (a reply topic of its own).
+    """
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.token = f"edgekit-marker-{uuid.uuid4().hex}".encode()
+        self.back = threading.Event()
+
+    def seen(self, msg: Received) -> bool:
+        """Whether ``msg`` is this marker (then noted: not a message for the caller)."""
+        if msg.topic == self.topic and msg.payload == self.token:
+            self.back.set()
+            return True
+        return False
+
+    def settle(self, session: BrokerSession, timeout: float) -> bool:
+        """Publish the marker and wait for it; False after ``timeout`` (a broker that drops it: go on with what arrived)."""
+        session.publish(self.topic, self.token)
+        return self.back.wait(max(0.0, timeout))
+
+
 class _Replies:
     """Collector presence and replies as they arrive (paho's thread), awaited by the asking thread."""
 
     def __init__(self, reply: str, kind: str) -> None:
         self.reply = reply
         self.kind = kind
+        self.marker = Marker(reply)
         self.online: dict[str, str | None] = {}  # collector -> the store it writes (None: not said)
         self.answers: dict[str, dict[str, Any]] = {}
         self.changed = threading.Condition()
 
     def on_message(self, msg: Received) -> None:
+        if self.marker.seen(msg):
+            return
         try:
             d = orjson.loads(msg.payload) if msg.payload else {}
         except ValueError:
@@ -103,9 +139,8 @@ def ask(broker: str | BrokerAddress, body: dict[str, Any], *, reply_type: str, p
         deadline = time.monotonic() + timeout
         if not session.wait_ready(max(0.1, deadline - time.monotonic())):
             raise FleetError(session.refusal or f"the broker at {url} did not confirm a subscription within {timeout:g} s")
-        with replies.changed:  # retained presence arrives right after the SUBACK
-            replies.changed.wait_for(lambda: bool(replies.online), timeout=min(0.3, max(0.0, deadline - time.monotonic())))
-        time.sleep(0.05)  # the rest of the retained presence messages
+        # the collectors' retained presence follows the SUBACK: all of it is in once the marker is back
+        replies.marker.settle(session, min(PRESENCE_S, deadline - time.monotonic()))
         expected = replies.expected()
         if not expected:
             raise NoCollector(f"no fleet collector is online at {url}: start one with `edgekit fleet watch --broker {url} --db fleet.sqlite`, "

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from device_agent.contract.protocol import DEFAULT_PREFIX, Topics
 from edgekit.fleet.versions import VERSION_FIELDS
-from edgekit.monitor.asking import one_per_store
+from edgekit.monitor.asking import Marker, one_per_store
 from edgekit.monitor.store import DevicePage, DeviceQuery, DeviceRow, FleetHistory, open_store
 
 if TYPE_CHECKING:
@@ -122,13 +122,14 @@ def device_rows(rows: list[DeviceRow] | list[dict[str, Any]], *, now: float | No
     return out
 
 
-def read_drift(broker: str | BrokerAddress, *, prefix: str = DEFAULT_PREFIX, settle_s: float = 0.3,
+def read_drift(broker: str | BrokerAddress, *, prefix: str = DEFAULT_PREFIX, settle_s: float = 3.0,
                timeout: float = 5.0) -> dict[str, dict[str, Any]]:
     """Every device's retained drift summary, keyed by device id ({} when no collector ever ran).
 
     Args:
         broker: ``mqtt://`` URL or an address with credentials (:func:`edgekit.fleet.mqtt.parse_broker_url`).
-        settle_s: how long retained summaries may take to arrive after the subscription.
+        settle_s: at most this long for the retained summaries to arrive after the subscription (a marker
+            published behind them says when they are all in: usually within milliseconds).
         timeout: for the broker to accept the subscription; without it the answer is {}.
 
     Raises FleetError when the broker is unreachable.
@@ -137,8 +138,11 @@ def read_drift(broker: str | BrokerAddress, *, prefix: str = DEFAULT_PREFIX, set
 
     out: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
+    marker = Marker(f"{prefix}/fleet/monitor/reply/{uuid.uuid4().hex[:16]}")
 
     def on_message(msg: Received) -> None:
+        if marker.seen(msg):
+            return
         try:
             d = json.loads(msg.payload) if msg.payload else None
         except ValueError:
@@ -147,11 +151,11 @@ def read_drift(broker: str | BrokerAddress, *, prefix: str = DEFAULT_PREFIX, set
             with lock:
                 out[msg.topic.rsplit("/", 1)[-1]] = d
 
-    session = BrokerSession(to_address(broker), f"edgekit-status-{uuid.uuid4().hex[:8]}", topics=(Topics.fleet_drift("+", prefix),),
-                            on_message=on_message).open()
+    session = BrokerSession(to_address(broker), f"edgekit-status-{uuid.uuid4().hex[:8]}",
+                            topics=(Topics.fleet_drift("+", prefix), marker.topic), on_message=on_message).open()
     try:
         if session.wait_ready(timeout):
-            time.sleep(settle_s)  # retained messages follow the SUBACK at once
+            marker.settle(session, settle_s)  # retained messages follow the SUBACK at once, the marker behind them
     finally:
         session.close()
     with lock:
