@@ -178,10 +178,10 @@ def _status_rows(link: BrokerOptions, db_path: str | None, query: Any, wait_s: f
 
         store = open_existing(db_path)
         try:
-            page = store.device_page(query)
+            table = store.device_table(query)
         finally:
             store.close()
-        return device_rows(page.rows), page.total
+        return device_rows(table.records()), table.total
     from edgekit.monitor.asking import NoCollector, ask
 
     try:

@@ -56,9 +56,9 @@ def status_answer(store: FleetHistory, q: dict[str, Any], *, collector: str) -> 
     """A collector's answer to status query ``q``: a page of its store's devices."""
     f = q.get("filter") or {}
     query = DeviceQuery(**{k: f[k] for k in _FILTERS if k in f})
-    page = store.device_page(query)
-    return {"v": 1, "type": "status_reply", "id": q.get("id"), "collector": collector, "store": store.store_id, "total": page.total,
-            "offset": page.offset, "rows": [vars(r) for r in page.rows]}  # flat records: their fields as they are
+    table = store.device_table(query)
+    return {"v": 1, "type": "status_reply", "id": q.get("id"), "collector": collector, "store": store.store_id, "total": table.total,
+            "offset": table.offset, "rows": table.records()}  # flat records: the fields of DeviceRow as they are
 
 
 def merge_status(answers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:

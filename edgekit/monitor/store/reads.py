@@ -14,17 +14,14 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-import orjson
-
 from device_agent.contract.manifest import FeatureProfile
 from device_agent.contract.protocol import TelemetryMessage, decode
 from edgekit.monitor.store.base import (
-    DEVICE_FIELDS,
     Alert,
     DevicePage,
     DeviceQuery,
     DeviceRecord,
-    DeviceRow,
+    DeviceTable,
     DriftState,
     HourRow,
     JobRecord,
@@ -42,7 +39,6 @@ _DEVICE = "device, grp, status, model, version, artifact, last_seen, agent_versi
 # the devices page's columns in the order of DeviceRow's fields (rows are built from them by position)
 _ROW = ("device, grp, status, model, version, artifact, last_seen, agent_version, requests, p95_ms, outbox, job, job_state, job_reason, "
         "drift_level, drift, runtime, runtime_validated, runtime_status, runtime_detail")
-_DRIFT = DEVICE_FIELDS.index("drift")
 # a span starting before a series' floor (older rows pruned) starts at the floor
 _SPAN = ("SELECT s.device, COALESCE(d.grp, 'default'), s.model, s.version, s.layout, "
          "(SELECT data FROM totals t WHERE t.series = s.id{until} ORDER BY t.minute DESC LIMIT 1), "
@@ -175,12 +171,15 @@ class Reads:
         return DeviceRecord(*row) if row else None
 
     def device_page(self, query: DeviceQuery) -> DevicePage:
+        return self.device_table(query).page()
+
+    def device_table(self, query: DeviceQuery) -> DeviceTable:
         where, args = _device_filter(query)
         with self._read() as db:
             total = db.one(f"SELECT COUNT(*) FROM devices{where}", args)
             limit = 2**62 if query.limit is None else int(query.limit)  # both databases take LIMIT n OFFSET m
             rows = db.rows(f"SELECT {_ROW} FROM devices{where} ORDER BY device LIMIT {limit} OFFSET {int(query.offset)}", args)
-        return DevicePage([_device_row(r) for r in rows], int(total[0]) if total else 0, query.offset)
+        return DeviceTable(rows, int(total[0]) if total else 0, query.offset)
 
     def jobs(self, *, job: str | None = None, device: str | None = None) -> list[JobRecord]:
         where = [c for c, v in (("job = ?", job), ("device = ?", device)) if v is not None]
@@ -283,20 +282,6 @@ def _cut(rows: Sequence[tuple[Any, ...]], bases: dict[int, tuple[int, int]], sam
         if covered >= samples:
             return m
     return minutes[-1]
-
-
-def _device_row(r: Sequence[Any]) -> DeviceRow:
-    """A row of :data:`_ROW` as a record (its drift summary stored as JSON text)."""
-    drift = r[_DRIFT]
-    return DeviceRow.of((*r[:_DRIFT], _summary(drift) if drift else None, *r[_DRIFT + 1:]))
-
-
-def _summary(text: str) -> Any:
-    """A stored drift summary (orjson: a few times json's speed; json also reads the NaN json.dumps may have written)."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
 
 
 def _device_filter(q: DeviceQuery) -> tuple[str, list[Any]]:
