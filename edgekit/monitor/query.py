@@ -12,7 +12,7 @@ over its feature layout); answers of earlier collectors, with window sets (``"se
 Drift query (``<prefix>/fleet/monitor/query``, QoS 1)::
 
     {"v": 1, "type": "drift_query", "id": "…", "reply": "<prefix>/fleet/monitor/reply/<id>", "to": ["watch-1a2b"] | null,
-     "device": "pi-07" | null, "group": "cameras" | null, "window_s": 3600}
+     "device": "pi-07" | null, "group": "cameras" | null, "window_s": 3600, "parts": 500}
 
 Answer (on ``reply``)::
 
@@ -21,6 +21,8 @@ Answer (on ``reply``)::
      "layouts": [[[feature, bins], ...], ...],
      "references": [{"model", "version", "features", "accuracy"}],
      "accuracy": [{"device", "model", "version", "labelled", "correct"}]}
+
+Asked for ``parts``, the sets come in messages of at most that many (:mod:`edgekit.monitor.asking`).
 
 Status queries and answers are described in :mod:`edgekit.monitor.status`.
 """

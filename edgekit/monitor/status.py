@@ -9,7 +9,8 @@ directly. Without any collector, ``fleet status`` still reads the broker's retai
 Status query (``<prefix>/fleet/monitor/query``, QoS 1; see :mod:`edgekit.monitor.query`)::
 
     {"v": 1, "type": "status_query", "id": "…", "reply": "…", "to": ["watch-1a2b"],
-     "filter": {"group", "version", "online", "drift", "job_state", "agent_version", "runtime", "runtime_status", "offset", "limit"}}
+     "filter": {"group", "version", "online", "drift", "job_state", "agent_version", "runtime", "runtime_status", "offset", "limit"},
+     "parts": 500}
 
 Answer::
 
@@ -17,6 +18,9 @@ Answer::
      "rows": [{"device", "group", "status", "model", "version", "artifact", "last_seen", "agent_version", "requests",
                "p95_ms", "outbox", "job", "job_state", "job_reason", "drift_level", "drift", "runtime", "runtime_validated",
                "runtime_status", "runtime_detail"}]}
+
+Asked for ``parts``, the rows come in messages of at most that many, each with ``"part"`` and ``"parts"``
+(:mod:`edgekit.monitor.asking`): 10,000 devices are ~5 MB, more than a broker may take in one message.
 
 The collectors also keep one retained summary per device on ``<prefix>/fleet/drift/<device>``
 (:func:`edgekit.monitor.reports.drift_summary`), read by :func:`read_drift` for that fallback.

@@ -164,3 +164,64 @@ def test_fleet_status_loads_neither_the_collector_nor_pydantic(tmp_path):
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rows": 6, "loaded": []}
+
+
+def _answer(n: int) -> dict:
+    return {"v": 1, "type": "status_reply", "id": "q1", "collector": "watch-1", "store": "s1", "total": n, "offset": 0,
+            "rows": [{"device": f"dev-{i:05d}"} for i in range(n)]}
+
+
+def test_an_answer_in_parts_is_read_once_every_part_is_in_whatever_their_order():
+    from edgekit.monitor.asking import _Replies, parts_of
+
+    doc = _answer(1234)
+    parts = parts_of(doc, 500)
+    assert [(p["part"], p["parts"], len(p["rows"])) for p in parts] == [(0, 3, 500), (1, 3, 500), (2, 3, 234)]
+    assert all(p["id"] == "q1" and p["collector"] == "watch-1" and p["total"] == 1234 for p in parts)
+    replies = _Replies("edgekit/v1/fleet/monitor/reply/q1", "status_reply")
+
+    def arrive(p: dict) -> None:
+        replies.on_message(Received(replies.reply, json.dumps(p).encode(), 1, 1))
+
+    arrive(parts[2])
+    arrive(parts[0])
+    arrive({**parts[1], "part": 7})  # not a part of this answer: ignored
+    assert replies.wait({"watch-1"}, 0.05) == ([], ["watch-1"])  # two of three parts: no answer yet
+    arrive(parts[1])
+    answers, missing = replies.wait({"watch-1"}, 1.0)
+    assert missing == [] and answers[0]["rows"] == doc["rows"] and "part" not in answers[0] and answers[0]["total"] == 1234
+    assert parts_of(_answer(0), 500)[0]["parts"] == 1  # an empty page is one part
+
+
+def test_an_answer_in_one_message_from_an_earlier_collector_is_read_as_before():
+    from edgekit.monitor.asking import _Replies
+
+    replies = _Replies("edgekit/v1/fleet/monitor/reply/q1", "status_reply")
+    replies.on_message(Received(replies.reply, json.dumps(_answer(3)).encode(), 1, 1))
+    answers, missing = replies.wait({"watch-1"}, 1.0)
+    assert missing == [] and len(answers[0]["rows"]) == 3
+
+
+def test_a_collector_answers_in_the_parts_asked_for(mosquitto, tmp_path):
+    from edgekit.monitor.collector import Collector
+    from edgekit.monitor.status import status_query
+
+    _store_with_devices(tmp_path / "fleet.sqlite").close()
+    c = Collector(mosquitto.url, tmp_path / "fleet.sqlite", collector_id="watch-parts")
+    c.start()
+    try:
+        assert c.wait_ready(10)
+        seen: list[dict] = []
+        got = {}
+        for parts in (2, None):
+            reply = BrokerSession(to_address(mosquitto.url), f"peek-{parts}", topics=("edgekit/v1/fleet/monitor/reply/+",),
+                                  on_message=lambda m: seen.append(json.loads(m.payload)) if m.payload.startswith(b"{") else None).open()
+            assert reply.wait_ready(10)
+            answers, missing = ask(mosquitto.url, status_query(DeviceQuery()), reply_type="status_reply", parts=parts)
+            reply.close()
+            assert missing == [] and answers[0]["total"] == 6
+            got[parts] = answers[0]["rows"]
+        assert got[2] == got[None] and [r["device"] for r in got[2]] == [f"cam-{i}" for i in range(6)]
+        assert sorted((m.get("part", -1), m.get("parts", 1)) for m in seen) == [(-1, 1), (0, 3), (1, 3), (2, 3)]  # -1: one message
+    finally:
+        c.stop()
