@@ -9,7 +9,7 @@ into their rows directly (10,000 of them: a record each in between cost a fifth 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -44,7 +44,7 @@ class DeviceRow:
     runtime_detail: str | None = None
 
     @classmethod
-    def of(cls, values: Sequence[Any]) -> DeviceRow:
+    def of(cls, values: Iterable[Any]) -> DeviceRow:
         """A row from the values of its fields, in order (:data:`DEVICE_FIELDS`).
 
         The frozen ``__init__`` sets each of the twenty fields through ``object.__setattr__``: for the
