@@ -77,7 +77,9 @@ class Reads:
             if head is None:
                 continue
             layout = Layout.from_json(layout_json)
-            t = Totals.decode(head, layout).minus(None if base is None else Totals.decode(base, layout))
+            t = Totals.decode(head, layout)  # arrays of its own: the base is taken off in place (no copy per series)
+            if base is not None:
+                t.add(Totals.decode(base, layout), -1)
             if t.empty:
                 continue
             m = merged.get((dev, model, version))
