@@ -178,11 +178,11 @@ def _status_rows(link: BrokerOptions, db_path: str | None, query: Any, wait_s: f
 
         store = open_existing(db_path)
         try:
-            page = store.device_page(query)
+            table = store.device_table(query)
         finally:
             store.close()
-        return device_rows(page.rows), page.total
-    from edgekit.monitor.query import NoCollector, ask
+        return device_rows(table.records()), table.total
+    from edgekit.monitor.asking import NoCollector, ask
 
     try:
         answers, missing = ask(link.address(), status_query(query), reply_type="status_reply", prefix=link.prefix, timeout=max(wait_s, 5.0))

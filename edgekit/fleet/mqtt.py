@@ -134,6 +134,16 @@ class Received:
     qos: int
 
 
+def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """Every packet goes out at once (paho leaves Nagle's algorithm on). A fleet query written while the session's
+    previous small packet (an acknowledgement, a marker) awaits the broker's TCP ACK, which Linux delays up to 40 ms,
+    would otherwise wait for it: 40 ms of every ``fleet status --broker``."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket: nothing to tune
+        pass
+
+
 class BrokerSession:
     """One paho-mqtt client: connect (now or in the background), subscribe on every connect, publish QoS 1.
 
@@ -181,6 +191,7 @@ class BrokerSession:
                            tls_version=ssl.PROTOCOL_TLS_CLIENT)
         if will:
             client.will_set(will[0], will[1], qos=QOS, retain=True)
+        client.on_socket_open = _no_delay
         client.on_connect = self._connected
         client.on_subscribe = self._subscribed
         client.on_disconnect = self._disconnected

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgekit.fleet.client import DeviceView
 from edgekit.fleet.versions import VERSION_COLUMNS, VERSION_FIELDS, runtime_columns
+
+if TYPE_CHECKING:  # the table renders rows read from a store too (fleet status --db): no MQTT client for those
+    from edgekit.fleet.client import DeviceView
 
 __all__ = ["job_rows", "render", "status_rows"]
 

@@ -18,6 +18,7 @@ is stored), and only new windows are judged; nothing re-reads raw windows.
     reports.py    ``fleet drift`` reports, drift over time, the ``fleet status`` drift column, from the store
     monitor.py    Monitor: ingest + evaluation, no I/O of its own
     alerts.py     the alert message published on ``<prefix>/fleet/alerts/<scope>/<name>``
+    asking.py     queries sent to one online collector per store, their answers gathered (light: no drift statistics)
     query.py      ``fleet drift --broker``: ask one collector per store, add the stores' totals up
     status.py     ``fleet status`` from a store: the devices page, status queries; the retained drift summaries
     workers.py    the collector's threads: ingest batches, judging, answering queries, retention
@@ -27,15 +28,34 @@ MQTT goes through the fleet side's one adapter, :mod:`edgekit.fleet.mqtt`. Nothi
 onnx, torch or tensorflow.
 """
 
-from edgekit.monitor.accuracy import AccuracyReport, accuracy_report
-from edgekit.monitor.collector import Collector
-from edgekit.monitor.config import MonitorConfig
-from edgekit.monitor.drift import DriftReport, DriftThresholds, FeatureDrift, Level, evaluate, feature_drift
-from edgekit.monitor.monitor import Monitor
-from edgekit.monitor.reports import drift_over_time, drift_reports, drift_summary
-from edgekit.monitor.stats import ks_statistic, psi
-from edgekit.monitor.store import ACCURACY, FleetStore, Reference, SqliteStore, open_store
-from edgekit.monitor.windows import FeatureSummary, WindowSet
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Names load on first use: ``fleet status`` reads a store and must not pay for the collector, pydantic's
+# thresholds or paho (a third of a second of imports before its first row)
+_LAZY = {
+    "ACCURACY": "edgekit.monitor.store", "AccuracyReport": "edgekit.monitor.accuracy", "Collector": "edgekit.monitor.collector",
+    "DriftReport": "edgekit.monitor.drift", "DriftThresholds": "edgekit.monitor.drift", "FeatureDrift": "edgekit.monitor.drift",
+    "FeatureSummary": "edgekit.monitor.windows", "FleetStore": "edgekit.monitor.store", "Level": "edgekit.monitor.drift",
+    "Monitor": "edgekit.monitor.monitor", "MonitorConfig": "edgekit.monitor.config", "Reference": "edgekit.monitor.store",
+    "SqliteStore": "edgekit.monitor.store", "WindowSet": "edgekit.monitor.windows", "accuracy_report": "edgekit.monitor.accuracy",
+    "drift_over_time": "edgekit.monitor.reports", "drift_reports": "edgekit.monitor.reports", "drift_summary": "edgekit.monitor.reports",
+    "evaluate": "edgekit.monitor.drift", "feature_drift": "edgekit.monitor.drift", "ks_statistic": "edgekit.monitor.stats",
+    "open_store": "edgekit.monitor.store", "psi": "edgekit.monitor.stats",
+}
+
+if TYPE_CHECKING:  # what type checkers see
+    from edgekit.monitor.accuracy import AccuracyReport, accuracy_report
+    from edgekit.monitor.collector import Collector
+    from edgekit.monitor.config import MonitorConfig
+    from edgekit.monitor.drift import DriftReport, DriftThresholds, FeatureDrift, Level, evaluate, feature_drift
+    from edgekit.monitor.monitor import Monitor
+    from edgekit.monitor.reports import drift_over_time, drift_reports, drift_summary
+    from edgekit.monitor.stats import ks_statistic, psi
+    from edgekit.monitor.store import ACCURACY, FleetStore, Reference, SqliteStore, open_store
+    from edgekit.monitor.windows import FeatureSummary, WindowSet
 
 __all__ = [
     "ACCURACY",
@@ -62,3 +82,10 @@ __all__ = [
     "open_store",
     "psi",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgekit.monitor' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

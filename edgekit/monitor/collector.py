@@ -50,6 +50,7 @@ from device_agent.contract.manifest import load_manifest
 from device_agent.contract.protocol import DEFAULT_PREFIX, Topics, shared, valid_id
 from edgekit.errors import InputError
 from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, rollout_topic, to_address
+from edgekit.monitor.asking import parts_of
 from edgekit.monitor.config import MonitorConfig
 from edgekit.monitor.metrics import FleetMetrics, MetricsServer, serve_metrics
 from edgekit.monitor.monitor import Monitor
@@ -249,4 +250,7 @@ class Collector:
         else:
             doc = answer(self.store, q, collector=self.id)
         if self._session is not None:
-            self._session.publish(reply, orjson.dumps(doc))
+            size = q.get("parts")
+            # in parts when asked (edgekit.monitor.asking): brokers cap a message's size, a 10,000-device answer is ~5 MB
+            for part in parts_of(doc, size) if isinstance(size, int) and not isinstance(size, bool) and size > 0 else [doc]:
+                self._session.publish(reply, orjson.dumps(part))

@@ -167,20 +167,21 @@ class FeatureDrift:
     categorical: bool = False  # a table's string column: out_of_range_share is the share of unseen categories
 
     def to_dict(self) -> dict[str, Any]:
-        r = _rounded
-        return {"name": self.name, "level": self.level.value, "samples": self.samples, "values": self.values, "psi": r(self.psi, 4),
-                "ks": r(self.ks, 4), "nan_share": r(self.nan_share, 4), "out_of_range_share": r(self.out_of_range_share, 4),
-                "mean": r(self.mean, 6), "mean_shift_std": r(self.mean_shift_std, 3), "reasons": list(self.reasons),
+        # inline, not _rounded per value: `fleet drift --group --json` writes 8,000 of these (a thousand devices' features)
+        psi, ks, nan, oor, mean, shift = self.psi, self.ks, self.nan_share, self.out_of_range_share, self.mean, self.mean_shift_std
+        fin = math.isfinite
+        return {"name": self.name, "level": self.level._value_, "samples": self.samples, "values": self.values,
+                "psi": None if psi is None or not fin(psi) else round(psi, 4), "ks": None if ks is None or not fin(ks) else round(ks, 4),
+                "nan_share": None if nan is None or not fin(nan) else round(nan, 4),
+                "out_of_range_share": None if oor is None or not fin(oor) else round(oor, 4),
+                "mean": None if mean is None or not fin(mean) else round(mean, 6),
+                "mean_shift_std": None if shift is None or not fin(shift) else round(shift, 3), "reasons": list(self.reasons),
                 "min_samples": self.min_samples, "categorical": self.categorical}
 
     @property
     def severity(self) -> tuple[int, float]:
         """Sort key: level first, then how far the feature moved."""
         return (self.level.rank, max(self.psi or 0.0, 0.0) + 10 * (self.nan_share or 0.0) + (self.out_of_range_share or 0.0))
-
-
-def _rounded(x: float | None, nd: int) -> float | None:
-    return None if x is None or not math.isfinite(x) else round(x, nd)
 
 
 def _judge(value: float, warn: float | None, alert: float | None, label: str, fmt: str) -> tuple[Level, str | None]:

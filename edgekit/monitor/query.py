@@ -2,7 +2,7 @@
 
 Each collector's presence (retained) names the store it writes (``store``: the store's id).
 Collectors that share one database answer alike, so the asking side picks one collector per store
-(the query's ``to``) and keeps one answer per store; collectors with stores of their own each hold
+(the query's ``to``) and keeps one answer per store (:mod:`edgekit.monitor.asking`); collectors with stores of their own each hold
 a share of every device's windows (one shared subscription split the telemetry), and their answers
 are added up. A collector answers from its store's running totals (:meth:`FleetHistory.spans`),
 on a thread of its own: ingestion does not wait for it, nor it for ingestion. A set is a device's
@@ -12,7 +12,7 @@ over its feature layout); answers of earlier collectors, with window sets (``"se
 Drift query (``<prefix>/fleet/monitor/query``, QoS 1)::
 
     {"v": 1, "type": "drift_query", "id": "…", "reply": "<prefix>/fleet/monitor/reply/<id>", "to": ["watch-1a2b"] | null,
-     "device": "pi-07" | null, "group": "cameras" | null, "window_s": 3600}
+     "device": "pi-07" | null, "group": "cameras" | null, "window_s": 3600, "parts": 500}
 
 Answer (on ``reply``)::
 
@@ -22,24 +22,22 @@ Answer (on ``reply``)::
      "references": [{"model", "version", "features", "accuracy"}],
      "accuracy": [{"device", "model", "version", "labelled", "correct"}]}
 
+Asked for ``parts``, the sets come in messages of at most that many (:mod:`edgekit.monitor.asking`).
+
 Status queries and answers are described in :mod:`edgekit.monitor.status`.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-import uuid
 from typing import Any
 
 import numpy as np
-import orjson
 
 from device_agent.contract.manifest import FeatureProfile
-from device_agent.contract.protocol import DEFAULT_PREFIX, Topics
-from edgekit.errors import FleetError
-from edgekit.fleet.mqtt import BrokerAddress, BrokerSession, Received, to_address
+from device_agent.contract.protocol import DEFAULT_PREFIX
+from edgekit.fleet.mqtt import BrokerAddress
+from edgekit.monitor.asking import NoCollector, ask, one_per_store
 from edgekit.monitor.bulk import Merged
 from edgekit.monitor.drift import DriftReport, DriftThresholds
 from edgekit.monitor.reports import judge_merged, merge_spans
@@ -47,10 +45,6 @@ from edgekit.monitor.store import FleetHistory, Layout, Reference, Totals
 from edgekit.monitor.windows import WindowSet
 
 __all__ = ["NoCollector", "answer", "ask", "ask_collectors", "merge_answers", "one_per_store", "query"]
-
-
-class NoCollector(FleetError):
-    """The broker answers, but no fleet collector is online there."""
 
 
 def query(query_id: str, reply: str, *, device: str | None = None, group: str | None = None, window_s: float = 3600.0) -> dict[str, Any]:
@@ -96,20 +90,6 @@ def from_wire(s: dict[str, Any], layouts: list[Layout]) -> Merged:
     return Merged(s["scope"], s["name"], s["model"], s["version"], totals, set(s.get("devices") or ()), s.get("start"), s.get("end"))
 
 
-def one_per_store(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The answers, keeping one of those from collectors that share a database (answers naming no store all count)."""
-    seen: set[str] = set()
-    out = []
-    for a in answers:
-        store = a.get("store")
-        if isinstance(store, str):
-            if store in seen:
-                continue
-            seen.add(store)
-        out.append(a)
-    return out
-
-
 def merge_answers(answers: list[dict[str, Any]], *, thresholds: DriftThresholds | None = None) -> tuple[list[DriftReport], list[dict[str, Any]]]:
     """Sum the collectors' answers (one per store); judge each (scope, name, model, version). Returns (drift reports, accuracy rows)."""
     sets: dict[tuple[str, str, str, str], Merged] = {}
@@ -144,77 +124,6 @@ def merge_answers(answers: list[dict[str, Any]], *, thresholds: DriftThresholds 
         rows.append({"device": device, "model": model, "version": version, "labelled": n, "correct": k, "accuracy": k / n if n else None,
                      "baseline": ref.baseline_accuracy() if ref else None})
     return reports, rows
-
-
-class _Replies:
-    """Collector presence and replies as they arrive (paho's thread), awaited by the asking thread."""
-
-    def __init__(self, reply: str, kind: str) -> None:
-        self.reply = reply
-        self.kind = kind
-        self.online: dict[str, str | None] = {}  # collector -> the store it writes (None: not said)
-        self.answers: dict[str, dict[str, Any]] = {}
-        self.changed = threading.Condition()
-
-    def on_message(self, msg: Received) -> None:
-        try:
-            d = orjson.loads(msg.payload) if msg.payload else {}
-        except ValueError:
-            return
-        with self.changed:
-            if msg.topic == self.reply and isinstance(d, dict) and d.get("type") == self.kind:
-                self.answers[str(d.get("collector"))] = d
-            elif msg.topic != self.reply and isinstance(d, dict):
-                who = msg.topic.rsplit("/", 1)[-1]
-                if d.get("status") == "online":
-                    self.online[who] = d.get("store") if isinstance(d.get("store"), str) else None
-                else:
-                    self.online.pop(who, None)
-            self.changed.notify_all()
-
-    def expected(self) -> set[str]:
-        """One online collector per store (every one that names no store)."""
-        with self.changed:
-            chosen: dict[str, str] = {}
-            for who, store in sorted(self.online.items()):
-                chosen.setdefault(store or f"collector:{who}", who)
-            return set(chosen.values())
-
-    def wait(self, expected: set[str], timeout: float) -> tuple[list[dict[str, Any]], list[str]]:
-        """(answers, collectors that did not answer) once all of ``expected`` answered or ``timeout`` passed."""
-        with self.changed:
-            self.changed.wait_for(lambda: expected <= set(self.answers), timeout=timeout)
-            return [self.answers[c] for c in sorted(self.answers)], sorted(expected - set(self.answers))
-
-
-def ask(broker: str | BrokerAddress, body: dict[str, Any], *, reply_type: str, prefix: str = DEFAULT_PREFIX,
-        timeout: float = 5.0) -> tuple[list[dict[str, Any]], list[str]]:
-    """Send query ``body`` (its type and parameters) to one online collector per store; returns (answers, collectors that did not answer).
-
-    Raises FleetError when the broker is unreachable or no collector is online.
-    """
-    address = to_address(broker)
-    url = address.url
-    qid = uuid.uuid4().hex[:16]
-    replies = _Replies(f"{prefix}/fleet/monitor/reply/{qid}", reply_type)
-    session = BrokerSession(address, f"edgekit-ask-{qid[:8]}", topics=(Topics.fleet_collector("+", prefix), replies.reply),
-                            on_message=replies.on_message).open()
-    try:
-        deadline = time.monotonic() + timeout
-        if not session.wait_ready(max(0.1, deadline - time.monotonic())):
-            raise FleetError(session.refusal or f"the broker at {url} did not confirm a subscription within {timeout:g} s")
-        with replies.changed:  # retained presence arrives right after the SUBACK
-            replies.changed.wait_for(lambda: bool(replies.online), timeout=min(0.3, max(0.0, deadline - time.monotonic())))
-        time.sleep(0.05)  # the rest of the retained presence messages
-        expected = replies.expected()
-        if not expected:
-            raise NoCollector(f"no fleet collector is online at {url}: start one with `edgekit fleet watch --broker {url} --db fleet.sqlite`, "
-                             "or read a collector's database with --db")
-        q = {"v": 1, **body, "id": qid, "reply": replies.reply, "to": sorted(expected), "ts": round(time.time(), 3)}
-        session.publish(Topics.fleet_query(prefix), json.dumps(q).encode())
-        return replies.wait(expected, max(0.0, deadline - time.monotonic()))
-    finally:
-        session.close()
 
 
 def ask_collectors(broker: str | BrokerAddress, *, device: str | None = None, group: str | None = None, window_s: float = 3600.0,

@@ -1,6 +1,7 @@
 """Where the fleet monitor keeps history, references, verdicts and alerts.
 
 - :mod:`edgekit.monitor.store.base`     the records and the :class:`FleetStore` contract (three protocols)
+- :mod:`edgekit.monitor.store.devices`  the devices page (``fleet status``): its records, query and the table as read
 - :mod:`edgekit.monitor.store.census`   the fleet counted (devices per version, verdicts of a scope, alerts): /metrics, the page
 - :mod:`edgekit.monitor.store.totals`   running totals: what windows add up to, in a form that also subtracts
 - :mod:`edgekit.monitor.store.schema`   the tables, as numbered migrations per backend
@@ -15,12 +16,14 @@ from pathlib import Path
 
 from edgekit.monitor.store.base import (
     ACCURACY,
+    DEVICE_FIELDS,
     UNKNOWN,
     Alert,
     DevicePage,
     DeviceQuery,
     DeviceRecord,
     DeviceRow,
+    DeviceTable,
     DriftState,
     FleetHistory,
     FleetStore,
@@ -37,6 +40,7 @@ from edgekit.monitor.store.totals import Layout, Totals
 
 __all__ = [
     "ACCURACY",
+    "DEVICE_FIELDS",
     "UNKNOWN",
     "Alert",
     "AlertCount",
@@ -47,6 +51,7 @@ __all__ = [
     "DevicePage",
     "DeviceRecord",
     "DeviceRow",
+    "DeviceTable",
     "DriftState",
     "FleetHistory",
     "FleetStore",

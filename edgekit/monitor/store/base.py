@@ -29,16 +29,19 @@ from device_agent.contract.categories import category_profiles
 from device_agent.contract.manifest import FeatureProfile, Manifest
 from device_agent.contract.protocol import JobUpdate, StateMessage, TelemetryMessage
 from edgekit.monitor.store.census import FleetCensus
+from edgekit.monitor.store.devices import DEVICE_FIELDS, DevicePage, DeviceQuery, DeviceRow, DeviceTable
 from edgekit.monitor.store.totals import Totals
 
 __all__ = [
     "ACCURACY",
+    "DEVICE_FIELDS",
     "UNKNOWN",
     "Alert",
     "DeviceQuery",
     "DeviceRecord",
     "DeviceRow",
     "DevicePage",
+    "DeviceTable",
     "DriftState",
     "HourRow",
     "JobRecord",
@@ -120,57 +123,6 @@ class DriftState:
     since: float
     updated: float
     psi: float | None
-
-
-@dataclass(frozen=True)
-class DeviceRow:
-    """One row of the devices page: the device's state, its latest telemetry, latest job and drift verdict."""
-
-    device: str
-    group: str
-    status: str
-    model: str | None
-    version: str | None
-    artifact: str | None
-    last_seen: float
-    agent_version: str | None
-    requests: int | None = None
-    p95_ms: float | None = None
-    outbox: int | None = None
-    job: str | None = None
-    job_state: str | None = None
-    job_reason: str | None = None
-    drift_level: str | None = None
-    drift: dict[str, Any] | None = None  # the summary of edgekit.monitor.reports.drift_summary
-    runtime: str | None = None  # as in DeviceRecord
-    runtime_validated: str | None = None
-    runtime_status: str | None = None  # a RuntimeStatus (match, drift, mismatch, refused, unknown); None: never reported
-    runtime_detail: str | None = None
-
-
-@dataclass(frozen=True)
-class DeviceQuery:
-    """Which devices a page shows (every filter optional), by id, from ``offset``, at most ``limit``."""
-
-    group: str | None = None
-    version: str | None = None
-    online: bool | None = None
-    drift: str | None = None  # a verdict level (ok, warn, alert, not_enough_data) or "none": never judged
-    job_state: str | None = None
-    agent_version: str | None = None
-    runtime: str | None = None  # a runtime name ("onnxruntime"), or name and version ("onnxruntime 1.27" matches 1.27.x)
-    runtime_status: str | None = None  # a RuntimeStatus, or "none": never reported
-    offset: int = 0
-    limit: int | None = None
-
-
-@dataclass(frozen=True)
-class DevicePage:
-    """A page of devices and how many match the query in all."""
-
-    rows: list[DeviceRow]
-    total: int
-    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -315,6 +267,9 @@ class FleetHistory(Protocol):
 
     def device_page(self, query: DeviceQuery) -> DevicePage:
         """The devices page: every field ``fleet status`` shows, filtered and paged by ``query``."""
+
+    def device_table(self, query: DeviceQuery) -> DeviceTable:
+        """The same page as stored (values in field order, drift summaries as JSON text): for answers that forward it."""
 
     def hours(self, *, scope: str, name: str | None = None, since: float, until: float | None = None) -> list[HourRow]:
         """Hourly roll-ups of devices or groups (``scope``), of ``name`` or all, oldest first."""

@@ -21,7 +21,7 @@ from edgekit.monitor.store.base import (
     DevicePage,
     DeviceQuery,
     DeviceRecord,
-    DeviceRow,
+    DeviceTable,
     DriftState,
     HourRow,
     JobRecord,
@@ -36,7 +36,9 @@ from edgekit.monitor.store.writer import minute_of
 __all__ = ["Reads"]
 
 _DEVICE = "device, grp, status, model, version, artifact, last_seen, agent_version, runtime, runtime_validated, runtime_status, runtime_detail"
-_ROW = f"{_DEVICE}, requests, p95_ms, outbox, job, job_state, job_reason, drift_level, drift"
+# the devices page's columns in the order of DeviceRow's fields (rows are built from them by position)
+_ROW = ("device, grp, status, model, version, artifact, last_seen, agent_version, requests, p95_ms, outbox, job, job_state, job_reason, "
+        "drift_level, drift, runtime, runtime_validated, runtime_status, runtime_detail")
 # a span starting before a series' floor (older rows pruned) starts at the floor
 _SPAN = ("SELECT s.device, COALESCE(d.grp, 'default'), s.model, s.version, s.layout, "
          "(SELECT data FROM totals t WHERE t.series = s.id{until} ORDER BY t.minute DESC LIMIT 1), "
@@ -75,7 +77,9 @@ class Reads:
             if head is None:
                 continue
             layout = Layout.from_json(layout_json)
-            t = Totals.decode(head, layout).minus(None if base is None else Totals.decode(base, layout))
+            t = Totals.decode(head, layout)  # arrays of its own: the base is taken off in place (no copy per series)
+            if base is not None:
+                t.add(Totals.decode(base, layout), -1)
             if t.empty:
                 continue
             m = merged.get((dev, model, version))
@@ -169,12 +173,15 @@ class Reads:
         return DeviceRecord(*row) if row else None
 
     def device_page(self, query: DeviceQuery) -> DevicePage:
+        return self.device_table(query).page()
+
+    def device_table(self, query: DeviceQuery) -> DeviceTable:
         where, args = _device_filter(query)
         with self._read() as db:
             total = db.one(f"SELECT COUNT(*) FROM devices{where}", args)
             limit = 2**62 if query.limit is None else int(query.limit)  # both databases take LIMIT n OFFSET m
             rows = db.rows(f"SELECT {_ROW} FROM devices{where} ORDER BY device LIMIT {limit} OFFSET {int(query.offset)}", args)
-        return DevicePage([_device_row(r) for r in rows], int(total[0]) if total else 0, query.offset)
+        return DeviceTable(rows, int(total[0]) if total else 0, query.offset)
 
     def jobs(self, *, job: str | None = None, device: str | None = None) -> list[JobRecord]:
         where = [c for c, v in (("job = ?", job), ("device = ?", device)) if v is not None]
@@ -277,14 +284,6 @@ def _cut(rows: Sequence[tuple[Any, ...]], bases: dict[int, tuple[int, int]], sam
         if covered >= samples:
             return m
     return minutes[-1]
-
-
-def _device_row(r: Sequence[Any]) -> DeviceRow:
-    """A row of :data:`_ROW` as a record."""
-    device = DeviceRecord(*r[:12])
-    requests, p95, outbox, job, job_state, job_reason, drift_level, drift = r[12:]
-    return DeviceRow(**vars(device), requests=requests, p95_ms=p95, outbox=outbox, job=job, job_state=job_state, job_reason=job_reason,
-                     drift_level=drift_level, drift=json.loads(drift) if drift else None)
 
 
 def _device_filter(q: DeviceQuery) -> tuple[str, list[Any]]:

@@ -77,6 +77,8 @@ class Layout:
 
     @classmethod
     def from_json(cls, text: str) -> Layout:
+        if cls is Layout:  # every series of a model version stores the same few layouts: a thousand devices' spans parse one
+            return _layout(text)
         return cls(tuple((str(n), int(b)) for n, b in json.loads(text)))
 
 
@@ -248,6 +250,11 @@ class Totals:
         ints = np.frombuffer(raw, "<i8", n_int, 3)
         floats = np.frombuffer(raw, "<f8", n_float, 3 + 8 * n_int)
         return cls(layout, ints, floats)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(text: str) -> Layout:
+    return Layout(tuple((str(n), int(b)) for n, b in json.loads(text)))
 
 
 @functools.lru_cache(maxsize=256)
