@@ -38,6 +38,8 @@ sys.path[:0] = [str(HERE), str(ROOT)]
 
 from serving_load import start_agent  # noqa: E402
 
+from edgekit.choices import OrtTarget  # noqa: E402
+
 NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 SPEC = {"resize_short": 256, "center_crop": [224, 224], **NORM}
 
@@ -71,20 +73,24 @@ def image_models(work: Path) -> tuple[Path, Path, bytes, np.ndarray]:
         Image.fromarray(getattr(data, name)()[..., :3]).save(photos / f"{name}.png")
     spec = SPEC
     (d / "spec.json").write_text(json.dumps(spec))
-    if not (d / "baked" / "edgekit.json").is_file():
-        edgekit("compress", str(onnx_path), "--preprocess", str(d / "spec.json"), "--data", str(photos), "--format", "onnx,ort", "-o", str(d / "baked"))
+    target = OrtTarget.host().value  # the agent serves the .ort: built for this CPU, as a user deploying here builds it
+    baked, plain = d / f"baked-{target}", d / f"tensor-{target}"
+    if not (baked / "edgekit.json").is_file():
+        edgekit("compress", str(onnx_path), "--preprocess", str(d / "spec.json"), "--data", str(photos), "--format", "onnx,ort",
+                "--ort-target", target, "-o", str(baked))
     tensor_spec = ImageSpec.from_dict(spec).for_model((224, 224), "NCHW", 3)
-    if not (d / "tensor" / "edgekit.json").is_file():
+    if not (plain / "edgekit.json").is_file():
         calib = np.stack([reference_input(np.asarray(Image.open(p).convert("RGB")), tensor_spec) for p in sorted(photos.iterdir())])
         np.savez(d / "calib.npz", x=calib)
         # the same float network, converted and exported only (a recipe without steps), so the two differ in the preprocessing alone
         (d / "float.yaml").write_text("name: float\ndescription: export only\nsteps: []\nexport: [onnx, ort]\n")
-        edgekit("compress", str(onnx_path), "--recipe", str(d / "float.yaml"), "--data", str(d / "calib.npz"), "-o", str(d / "tensor"))
+        edgekit("compress", str(onnx_path), "--recipe", str(d / "float.yaml"), "--data", str(d / "calib.npz"), "--ort-target", target,
+                "-o", str(plain))
     buf = io.BytesIO()
     Image.fromarray(data.coffee()).resize((640, 480)).save(buf, "JPEG", quality=90)
     jpeg = buf.getvalue()
     tensor = reference_input(np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")), tensor_spec)[None]
-    return d / "baked", d / "tensor", jpeg, tensor
+    return baked, plain, jpeg, tensor
 
 
 def table_model(work: Path) -> tuple[Path, dict[str, object]]:
