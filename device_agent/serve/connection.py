@@ -23,6 +23,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
+from device_agent.serve.deadline import Deadline
 from device_agent.serve.exchange import REQUEST_ID, Request, Response, RouteMatch, new_request_id
 from device_agent.serve.listener import Listener
 from device_agent.serve.wire import HeadError, RequestHead, continue_line, parse_head, response_head
@@ -88,7 +89,7 @@ class Connection(asyncio.BufferedProtocol):
         self._authorized = False
         self._reserved = 0
         self._waiter: Any = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = Deadline(self.loop)
         self._paused_writing = False
         self._eof = False
 
@@ -132,7 +133,7 @@ class Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._release()
         self.state = State.CLOSED
-        self._cancel_timer()
+        self._timer.close()
         self.lis.forget(self)
 
     def pause_writing(self) -> None:
@@ -232,7 +233,6 @@ class Connection(asyncio.BufferedProtocol):
         self.state = State.BUSY
         self._body = None
         self._cancel_timer()
-        self.transport.pause_reading()  # type: ignore[union-attr]  # one request at a time; a pipelined one waits its turn
         given = head.headers.get("x-request-id", "")
         request = Request(head, body, match, given if REQUEST_ID.fullmatch(given) else None, self._authorized)
         lis = self.lis
@@ -252,6 +252,7 @@ class Connection(asyncio.BufferedProtocol):
                 lis.running -= 1
             self._send(response)
             return
+        self.transport.pause_reading()  # type: ignore[union-attr]  # one request at a time; a pipelined one waits its turn
         lis.running += 1
         future = self.loop.run_in_executor(lis.pool if match.heavy else lis.light_pool, lis.timed if match.heavy else lis.app.handle, request)
         future.add_done_callback(self._handled)
@@ -281,6 +282,7 @@ class Connection(asyncio.BufferedProtocol):
         transport = self.transport
         assert transport is not None
         self.lis.app.count(head.method if head else "-", self._match.route if self._match else "other", r.status)
+        self._release()  # the request's bytes are answered: back to the budget before the client can see the answer
         transport.write(data)
         self._head = None
         if close:
@@ -292,6 +294,7 @@ class Connection(asyncio.BufferedProtocol):
             self.lis.budget.force(len(data))  # an unread answer holds memory until the client reads it
             self._reserved = len(data)
         if self._paused_writing:
+            transport.pause_reading()  # the next request waits until this answer is read
             self._arm(self.lis.limits.request_timeout_s, self._write_expired)
             return
         self._after_answer()
@@ -328,17 +331,14 @@ class Connection(asyncio.BufferedProtocol):
     # --- deadlines -------------------------------------------------------------------------------
 
     def _arm(self, seconds: float, then: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = self.loop.call_later(seconds, then)
+        self._timer.arm(seconds, then)
 
     def _arm_deadline(self) -> None:
         remaining = self.since + self.lis.limits.request_timeout_s - self.loop.time()
         self._arm(max(0.0, remaining), self._request_expired)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.disarm()
 
     def _idle_expired(self) -> None:
         self.close()
