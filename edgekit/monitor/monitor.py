@@ -10,6 +10,7 @@ judges what they stored on another (:meth:`Monitor.judge`), so judging never hol
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,10 @@ from edgekit.monitor.evaluation import Evaluator
 from edgekit.monitor.ingest import Filed, Ingest
 from edgekit.monitor.store import FleetStore, Reference
 
-__all__ = ["Monitor"]
+__all__ = ["REJUDGE_S", "Monitor"]
+
+#: behind (a backlog of windows to judge), a device and version judged within this many seconds is not judged again
+REJUDGE_S = 30.0
 
 
 class Monitor:
@@ -50,6 +54,7 @@ class Monitor:
         self.stats: dict[str, int] = {"alerts": 0}
         self.ingest = Ingest(store, collector=collector, trusted=trusted, stats=self.stats)
         self.evaluator = Evaluator(store, self.config, collector=collector, clock=clock, lock=self._lock)
+        self._judged_at: dict[tuple[str, str | None, str | None], float] = {}  # (device, model, version) -> monotonic time
 
     @property
     def missing_reference(self) -> set[tuple[str, str]]:
@@ -81,17 +86,27 @@ class Monitor:
     def judge(self, filed: Filed | list[TelemetryMessage], *, coalesce: bool = False) -> list[dict[str, Any]]:
         """Judge windows stored for the first time, in order; returns the alerts they raised.
 
-        ``coalesce``: judge only the newest window of each device and version (and any window with a
-        NaN burst); the others only count among the device's newest. For a backlog: verdicts catch
-        up with one judgement per device instead of one per window.
+        ``coalesce``: judge only the newest window of each device and version, and only if that device
+        and version was not judged within :data:`REJUDGE_S` (any window with a NaN burst is judged);
+        the others only count among the device's newest. For a backlog: verdicts catch up with at
+        most one judgement per device instead of one per window, and a collector taking 1,000
+        windows a second (5,000 devices at 5 s) keeps its CPU for filing them.
         """
         windows = filed.telemetry if isinstance(filed, Filed) else filed
         if not windows:
             return []
         newest = {_key(m): i for i, m in enumerate(windows)}
         nan_warn = self.config.thresholds.nan_warn
-        judged = [i == newest[_key(m)] or not coalesce or any(f.n and f.nan / f.n >= nan_warn for f in m.features)
-                  for i, m in enumerate(windows)]
+        now, last = time.monotonic(), self._judged_at
+        if coalesce:
+            recent = now - REJUDGE_S
+            judged = [(i == newest[_key(m)] and last.get(_key(m), -math.inf) < recent) or any(f.n and f.nan / f.n >= nan_warn for f in m.features)
+                      for i, m in enumerate(windows)]
+        else:
+            judged = [True] * len(windows)
+        for m, j in zip(windows, judged, strict=True):
+            if j:
+                last[_key(m)] = now
         keys = {("device", m.device, (m.model or {}).get("name") or "?", v) for m, j in zip(windows, judged, strict=True) if j
                 for v in ([(m.model or {}).get("version") or "?"] + list(m.feedback.accuracy if m.feedback else ()))}
         alerts: list[dict[str, Any]] = []

@@ -6,8 +6,9 @@
   retried with backoff, the batch still unacknowledged: the broker holds the rest meanwhile.
 - **judge**: judges new windows in batches (:meth:`Monitor.judge`), and groups every
   ``group_interval_s``; with a backlog beyond :data:`COALESCE_AT` windows (or messages waiting for
-  ingestion beyond a batch) it judges the newest window of each device only, so verdicts catch up
-  instead of falling further behind, and ingestion keeps the CPU it needs.
+  ingestion beyond a batch) it judges the newest window of each device only, and not at all a device
+  judged in the last :data:`~edgekit.monitor.monitor.REJUDGE_S` seconds (NaN bursts always), so
+  verdicts catch up instead of falling further behind, and ingestion keeps the CPU it needs.
 - **answer**: drift and status queries, from the store; judging waits while one is answered
   (the threads share one interpreter lock, and an operator is waiting for the answer).
 - **upkeep**: retention every :data:`UPKEEP_S`, and the writer lease renewed while telemetry is quiet.
@@ -39,7 +40,7 @@ QUEUE_SIZE = 20_000
 #: messages filed in one transaction at most
 BATCH_MAX = 1000
 #: windows waiting to be judged beyond which only the newest of each device is judged
-COALESCE_AT = 2000
+COALESCE_AT = 500
 #: seconds between retention passes
 UPKEEP_S = 600.0
 #: seconds between lease renewals when no telemetry renews it

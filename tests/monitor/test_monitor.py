@@ -234,3 +234,31 @@ def test_group_accuracy_adds_up_devices_too_quiet_alone(monitor, model_dir, make
     alerts = [a for a in monitor.evaluate_groups(force=True) if a["kind"] == "accuracy"]
     assert len(alerts) == 1 and alerts[0]["scope"] == "group" and alerts[0]["name"] == "cameras"
     assert alerts[0]["accuracy"]["labelled"] == 180 and alerts[0]["accuracy"]["value"] == pytest.approx(0.5)
+
+
+def test_behind_a_device_judged_recently_is_remembered_not_judged_again(monitor, model_dir, make_device, rng, monkeypatch):
+    """A backlog (coalesce) judges each device at most once per REJUDGE_S; a NaN burst is judged regardless."""
+    import edgekit.monitor.monitor as monitor_mod
+
+    dev = make_device(model_dir)
+    feed(monitor, [dev.state()])
+    calls: list[str] = []
+    real = monitor.evaluator.on_telemetry
+    monkeypatch.setattr(monitor.evaluator, "on_telemetry", lambda m: calls.append(m.device) or real(m))
+    first = monitor.ingest_batch(dev.window(reference_inputs(WINDOW, rng)))
+    monitor.judge(first, coalesce=True)
+    assert calls == [dev.id]  # never judged before: judged
+    again = monitor.ingest_batch(dev.window(reference_inputs(WINDOW, rng)))
+    monitor.judge(again, coalesce=True)
+    assert calls == [dev.id] and monitor.stats["coalesced"] >= 1  # judged a moment ago: only remembered
+    x = reference_inputs(WINDOW, rng)
+    x[: WINDOW // 2, 0] = np.nan
+    burst = monitor.ingest_batch(dev.window(x))
+    monitor.judge(burst, coalesce=True)
+    assert calls == [dev.id, dev.id]  # a NaN burst is always judged
+    monkeypatch.setattr(monitor_mod, "REJUDGE_S", 0.0)
+    later = monitor.ingest_batch(dev.window(reference_inputs(WINDOW, rng)))
+    monitor.judge(later, coalesce=True)
+    assert calls == [dev.id] * 3  # long enough ago: judged again
+    monitor.judge(monitor.ingest_batch(dev.window(reference_inputs(WINDOW, rng))))
+    assert calls == [dev.id] * 4  # not behind: every window is judged
