@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from device_agent.contract.manifest import Manifest
-from device_agent.contract.protocol import Message, TelemetryMessage
+from device_agent.contract.protocol import Message, StateMessage, TelemetryMessage
 from device_agent.ota.verify import TrustedKeys
 from edgekit.monitor.config import MonitorConfig
 from edgekit.monitor.drift import DriftReport
@@ -79,6 +79,7 @@ class Monitor:
             if msg is not None:
                 decoded.append((msg, payload))
         filed = self.ingest.file_batch(decoded)
+        self.evaluator.states_changed(m.device for m, _ in decoded if isinstance(m, StateMessage))
         for ref in filed.references:
             self.evaluator.known(ref)
         return filed

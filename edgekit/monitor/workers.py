@@ -6,9 +6,10 @@
   retried with backoff, the batch still unacknowledged: the broker holds the rest meanwhile.
 - **judge**: judges new windows in batches (:meth:`Monitor.judge`), and groups every
   ``group_interval_s``; with a backlog beyond :data:`COALESCE_AT` windows (or messages waiting for
-  ingestion beyond a batch) it judges the newest window of each device only, and not at all a device
-  judged in the last :data:`~edgekit.monitor.monitor.REJUDGE_S` seconds (NaN bursts always), so
-  verdicts catch up instead of falling further behind, and ingestion keeps the CPU it needs.
+  ingestion beyond a batch, or windows filed over :data:`BEHIND_S` after they ended) it judges the
+  newest window of each device only, and not at all a device judged in the last
+  :data:`~edgekit.monitor.monitor.REJUDGE_S` seconds (NaN bursts always), so verdicts catch up
+  instead of falling further behind, and ingestion keeps the CPU it needs.
 - **answer**: drift and status queries, from the store; judging waits while one is answered
   (the threads share one interpreter lock, and an operator is waiting for the answer).
 - **upkeep**: retention every :data:`UPKEEP_S`, and the writer lease renewed while telemetry is quiet.
@@ -31,7 +32,7 @@ from device_agent.contract.protocol import TelemetryMessage
 from edgekit.fleet.mqtt import Received
 from edgekit.monitor.monitor import Monitor
 
-__all__ = ["BATCH_MAX", "COALESCE_AT", "QUEUE_SIZE", "UPKEEP_S", "Workers"]
+__all__ = ["BATCH_MAX", "BEHIND_S", "COALESCE_AT", "QUEUE_SIZE", "UPKEEP_S", "Workers"]
 
 log = logging.getLogger("edgekit.monitor.collector")
 
@@ -41,6 +42,8 @@ QUEUE_SIZE = 20_000
 BATCH_MAX = 1000
 #: windows waiting to be judged beyond which only the newest of each device is judged
 COALESCE_AT = 500
+#: windows older than this (end to now) when judged: ingestion is behind, judging coalesces
+BEHIND_S = 1.0
 #: seconds between retention passes
 UPKEEP_S = 600.0
 #: seconds between lease renewals when no telemetry renews it
@@ -183,7 +186,9 @@ class Workers:
             if windows:
                 self._yield()
                 # behind (or ingestion is): judge the newest window of each device, ingestion first
-                behind = len(windows) > COALESCE_AT or self.inbox.qsize() > BATCH_MAX
+                mid = windows[len(windows) // 2]
+                behind = (len(windows) > COALESCE_AT or self.inbox.qsize() > BATCH_MAX
+                          or time.time() - float(mid.window.get("end", mid.ts)) > BEHIND_S)
                 t = time.monotonic()
                 self.publish(self.monitor.judge(windows, coalesce=behind))
                 self.stats["judging_s"] += time.monotonic() - t
