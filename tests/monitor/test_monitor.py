@@ -262,3 +262,23 @@ def test_behind_a_device_judged_recently_is_remembered_not_judged_again(monitor,
     assert calls == [dev.id] * 3  # long enough ago: judged again
     monitor.judge(monitor.ingest_batch(dev.window(reference_inputs(WINDOW, rng))))
     assert calls == [dev.id] * 4  # not behind: every window is judged
+
+
+def test_a_devices_group_is_read_once_per_ttl_and_again_after_its_state(monitor, model_dir, make_device, rng, monkeypatch):
+    """Judging reads the group for a device's alerts from the store at most every GROUP_TTL_S, or after a state message."""
+    import edgekit.monitor.evaluation as evaluation
+
+    dev = make_device(model_dir)
+    feed(monitor, [dev.state()])
+    reads: list[str] = []
+    real = monitor.store.device
+    monkeypatch.setattr(monitor.store, "device", lambda d: reads.append(d) or real(d))
+    for _ in range(3):
+        feed(monitor, dev.window(reference_inputs(WINDOW, rng)))
+    assert reads == [dev.id]
+    feed(monitor, [dev.state()])  # a state message (a group may have changed): read again
+    feed(monitor, dev.window(reference_inputs(WINDOW, rng)))
+    assert reads == [dev.id, dev.id]
+    monkeypatch.setattr(evaluation, "GROUP_TTL_S", 0.0)
+    feed(monitor, dev.window(reference_inputs(WINDOW, rng)))
+    assert reads == [dev.id] * 3
