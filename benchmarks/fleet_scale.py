@@ -227,7 +227,9 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
         label = f"{r['devices']:,} devices @ {r['interval']:g} s ({r['backend']}, {r['duration_s'] / 60:g} min)"
         rows.append((f"{label}: 0 lost", d["lost"] == 0, f"{d['lost']} lost of {d['acknowledged']:,} acknowledged, {d['rate_per_s']}/s"))
         rows.append((f"{label}: ingest lag p99 <= 2 s", d["lag_p99_s"] <= TARGETS["lag_p99_s"],
-                     f"p50 {d['lag_p50_s']:.2f} s, p99 {d['lag_p99_s']:.2f} s, max {d['lag_max_s']:.1f} s"))
+                     f"p50 {d['lag_p50_s']:.2f} s, p99 {d['lag_p99_s']:.2f} s, max {d['lag_max_s']:.1f} s"
+                     + "".join(f"; late from {x['from']} for {x['seconds']:g} s ({x['windows']:,} windows, max {x['max_lag_s']:g} s)"
+                               for x in d.get("late_windows", [])[:2])))
         s = c["status"]
         rows.append((f"{label}: fleet status complete, <= 1 s", s["rows"] == c["expected_status_rows"] and s["max_s"] <= TARGETS["status_s"],
                      f"{s['rows']:,}/{c['expected_status_rows']:,} rows, median {s['median_s']} s, max {s['max_s']} s"))

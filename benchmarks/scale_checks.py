@@ -41,10 +41,11 @@ def _rows(db: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]
 def delivery(db: str, sim: dict[str, Any], *, collector: str) -> dict[str, Any]:
     """What the broker acknowledged against what the collector stored: lost windows, stored twice, ingest lag."""
     stored: dict[str, set[int]] = {}
-    lags = []
-    for device, seq, lag in _rows(db, "SELECT device, seq, stored - window_end FROM telemetry WHERE collector = ?", (collector,)):
+    lags, ends = [], []
+    for device, seq, lag, end in _rows(db, "SELECT device, seq, stored - window_end, window_end FROM telemetry WHERE collector = ?", (collector,)):
         stored.setdefault(device, set()).add(int(seq))
         lags.append(float(lag))
+        ends.append(float(end))
     lost = 0
     sent = 0
     for device, d in sim["devices"].items():
@@ -55,7 +56,21 @@ def delivery(db: str, sim: dict[str, Any], *, collector: str) -> dict[str, Any]:
     return {"acknowledged": sent, "stored": sum(len(s) for s in stored.values()), "lost": lost,
             "unacknowledged": sum(len(d["unacked"]) for d in sim["devices"].values()),
             "reconnects": sum(d["reconnects"] for d in sim["devices"].values()),
-            "lag_p50_s": float(np.percentile(lag, 50)), "lag_p99_s": float(np.percentile(lag, 99)), "lag_max_s": float(lag.max())}
+            "lag_p50_s": float(np.percentile(lag, 50)), "lag_p99_s": float(np.percentile(lag, 99)), "lag_max_s": float(lag.max()),
+            "late_windows": _late_spans(np.asarray(ends) if ends else np.zeros(1), lag)}
+
+
+def _late_spans(ends: np.ndarray, lag: np.ndarray, *, over_s: float = 2.0) -> list[dict[str, Any]]:
+    """When windows were filed over ``over_s`` late: runs of such windows (by window end, wall clock), the worst first (at most 5)."""
+    late = np.sort(ends[lag > over_s])
+    if not late.size:
+        return []
+    breaks = np.flatnonzero(np.diff(late) > 5.0)
+    starts, stops = np.r_[late[0], late[breaks + 1]], np.r_[late[breaks], late[-1]]
+    spans = [{"from": time.strftime("%H:%M:%S", time.localtime(a)), "seconds": round(float(b - a), 1),
+              "windows": int(((late >= a) & (late <= b)).sum()), "max_lag_s": round(float(lag[(ends >= a) & (ends <= b)].max()), 1)}
+             for a, b in zip(starts, stops, strict=True)]
+    return sorted(spans, key=lambda x: -x["windows"])[:5]
 
 
 def drift_alerts(db: str, drifted: set[str]) -> dict[str, int]:
