@@ -51,7 +51,7 @@ def test_int8_writes_the_tflite_beside_onnx_and_ort(digits_int8):
     assert [a.format for a in m.artifacts] == ["onnx", "ort", "tflite"]
     art = m.artifact("digits.int8.tflite")
     assert art.runtime == "litert" and art.precision == "int8"
-    assert art.extra["tflite"]["quantization"] == "full-integer int8"
+    assert art.extra["tflite"]["quantization"].startswith("full-integer int8")  # layers slower in int8 here may stay float
     assert art.extra["tflite"]["io"] == "int8"
     assert art.extra["tflite"]["calibration_samples"] == 256
     assert "digits.int8.tflite" in output
@@ -258,7 +258,8 @@ def test_fixed_batch_rgb_model_converts_with_the_network_blocked(tmp_path, monke
     assert (tmp_path / "connections.log.loaded").exists()  # the TF child ran under the guard
     m = load_manifest(tmp_path / "out", verify_files=True)
     art = tflite_of(m)
-    assert art.extra["tflite"]["quantization"] == "full-integer int8" and art.extra["tflite"]["io"] == "float"
+    # int8 throughout, or with the layers that ran slower in int8 on this CPU kept float (the latency-aware search, timed)
+    assert art.extra["tflite"]["quantization"].startswith("full-integer int8") and art.extra["tflite"]["io"] == "float"
     assert list(art.inputs[0].shape) == [1, 16, 16, 3]
     assert m.metrics[art.file]["parity"]["ok"]
 
