@@ -36,7 +36,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from agent import digits_model, mobilenet_model, start_broker  # noqa: E402 - benchmarks/agent.py builds the models
+from agent import digits_model, mobilenet_model  # noqa: E402 - benchmarks/agent.py builds the models
+from agent_process import start_broker  # noqa: E402
 from serving_abuse import bomb, memory_over_requests, peak_rss_under_load, slow_clients  # noqa: E402
 from serving_load import Server, ensure_wrk, start_agent, start_baseline, wrk  # noqa: E402
 
