@@ -226,5 +226,5 @@ class Workers:
             if now - last_prune >= UPKEEP_S:
                 last_prune = now
                 removed = self.monitor.prune()
-                log.info("%s: retention removed %d raw window(s)", self.name, removed)
+                log.info("%s: retention removed %d raw window(s) in %.2f s", self.name, removed, time.monotonic() - now)
             self.stats["lag_p50_s"], self.stats["lag_p99_s"] = self.lag()

@@ -96,6 +96,33 @@ def test_raw_windows_are_kept_for_the_whole_retention_and_go_once_past_it(url, r
         store.close()
 
 
+def test_sqlite_retention_reaches_raw_windows_by_their_end_never_by_scanning_them(tmp_path, rng):
+    """Retention runs under the write lock: a statement that walks every raw window stops ingestion for as long
+    (25 s at 4 million windows, benchmarks/fleet_scale.py --only fast). Every statement it runs is explained."""
+    import sqlite3
+
+    now = time.time()
+    path = tmp_path / "fleet.sqlite"
+    store = open_store(str(path))
+    ran: list[str] = []
+    try:
+        add(store, [window(f"pi-{d}", s, now - 90000 + 60 * s + d, rng=rng) for d in range(3) for s in range(60)])
+        store._conn.set_trace_callback(ran.append)
+        store.prune(now - 30 * 86400, raw_before=now - 86400, minutes_before=now - 7200)
+    finally:
+        store._conn.set_trace_callback(None)
+        store.close()
+    conn = sqlite3.connect(path)
+    plans = {sql: [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+             for sql in ran if sql.split()[0].upper() in ("SELECT", "UPDATE", "DELETE", "INSERT")}
+    conn.close()
+    touching = {sql: plan for sql, plan in plans.items() if any("telemetry" in step for step in plan)}
+    assert len(touching) >= 2, plans  # the pruned sequence numbers, and the deletion in chunks
+    for sql, plan in touching.items():
+        scans = [step for step in plan if step.startswith("SCAN telemetry")]
+        assert not scans and any("telemetry_by_end" in step for step in plan), (sql, plan)
+
+
 # --- schema 4 from version 3 data ---------------------------------------------------------------------
 
 
