@@ -59,6 +59,10 @@ def shown(url: str) -> str:
     return u._replace(netloc=u.netloc.replace(f":{u.password}@", ":***@")).geturl()
 
 
+_RAW_INSERT = ("INSERT INTO telemetry (device, seq, window_end, collector, stored, payload) "
+               "SELECT * FROM unnest(?::text[], ?::bigint[], ?::float8[], ?::text[], ?::float8[], ?::bytea[]) "
+               "ON CONFLICT DO NOTHING RETURNING device, seq")
+
 class PostgresStore(SqlStore):
     """The server store (see the module docs).
 
@@ -137,10 +141,9 @@ class PostgresStore(SqlStore):
     def _insert_raw(self, db: Db, rows: list[tuple[Any, ...]]) -> list[bool]:
         if not rows:
             return []
-        values = ",".join(["(?,?,?,?,?,?)"] * len(rows))
-        won = {(d, int(s)) for d, s in db.rows(
-            f"INSERT INTO telemetry (device, seq, window_end, collector, stored, payload) VALUES {values} ON CONFLICT DO NOTHING "
-            "RETURNING device, seq", [x for r in rows for x in r])}
+        # one array per column: the same statement text for every batch (prepared once per connection), where
+        # a VALUES list per batch size was parsed and planned again for each batch
+        won = {(d, int(s)) for d, s in db.rows(_RAW_INSERT, [list(col) for col in zip(*rows, strict=True)])}
         out = []
         for r in rows:
             key = (r[0], int(r[1]))
