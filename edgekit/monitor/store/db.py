@@ -8,11 +8,14 @@ that differ (``MAX``/``GREATEST`` of two values).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["POSTGRES", "SQLITE", "Db", "Dialect"]
+
+_VALUES = re.compile(r"VALUES \((?:\?,\s*)*\?\)")
 
 
 @dataclass(frozen=True)
@@ -66,11 +69,30 @@ class Db:
         cur = self.conn.execute(self.sql(text), args)
         return int(cur.rowcount)
 
-    def many(self, text: str, rows: Sequence[Sequence[Any]]) -> None:
+    def many(self, text: str, rows: Sequence[Sequence[Any]], *, arrays: tuple[str, ...] = ()) -> None:
+        """Execute ``text`` (``INSERT … VALUES (?, …) …``) once per row.
+
+        ``arrays``: on PostgreSQL, the columns' types; the rows then go as one array per column in one
+        statement (``SELECT * FROM unnest(…)`` in place of ``VALUES``), not one statement each. Only for rows
+        whose conflict keys differ: one statement cannot update the same row twice."""
         if not rows:
+            return
+        if self.dialect.translate and arrays:
+            self.conn.execute(self._unnest(text, arrays), [list(col) for col in zip(*rows, strict=True)])
             return
         if self.dialect.translate:
             with self.conn.cursor() as cur:
                 cur.executemany(self.sql(text), rows)
         else:
             self.conn.executemany(text, rows)
+
+    def _unnest(self, text: str, arrays: tuple[str, ...]) -> str:
+        key = f"{text}\x00{arrays}"
+        out = self._cache.get(key)
+        if out is None:
+            values = _VALUES.search(text)
+            if values is None or values.group(0).count("?") != len(arrays):
+                raise ValueError(f"not an INSERT … VALUES with {len(arrays)} placeholders: {text[:80]}")
+            columns = ", ".join(f"?::{t}[]" for t in arrays)
+            out = self._cache[key] = self.sql(text[:values.start()] + f"SELECT * FROM unnest({columns})" + text[values.end():])
+        return out

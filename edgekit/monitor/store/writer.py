@@ -72,6 +72,9 @@ class _Rollup:
 _TOTALS_UPSERT = ("INSERT INTO totals (series, minute, windows, samples, lo, hi, data) VALUES (?,?,?,?,?,?,?) "
                   "ON CONFLICT (series, minute) DO UPDATE SET windows = excluded.windows, samples = excluded.samples, "
                   "lo = excluded.lo, hi = excluded.hi, data = excluded.data")
+# column types of the upserts (PostgreSQL takes a batch's rows as one array per column; keys are distinct within a batch)
+_TOTALS_TYPES = ("int8", "int8", "int8", "int8", "float8", "float8", "bytea")
+_ROLLUP_TYPES = ("int8",) * 9 + ("float8",) * 3 + ("text", "bytea")
 _ROLLUP_UPSERT = ("INSERT INTO rollups (key, hour, windows, samples, requests, errors, lat_count, "
                   "labelled, correct, lat_sum, lat_max, p95_max, layout, data) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
                   "ON CONFLICT (key, hour) DO UPDATE SET windows = excluded.windows, "
@@ -268,7 +271,7 @@ class Writer:
             t = r.totals
             rows.append((self._key(db, key[:4]), key[4], *r.ints, r.lat_sum, r.lat_max, r.p95_max,
                          None if t is None else t.layout.to_json(), None if t is None else t.encode()))
-        db.many(_ROLLUP_UPSERT, rows)
+        db.many(_ROLLUP_UPSERT, rows, arrays=_ROLLUP_TYPES)
         self.renew(db)
         self._dirty_series.clear()
         self._dirty_rollups.clear()
@@ -281,7 +284,7 @@ class Writer:
         for k in keys:
             v = self._rows.pop(k)
             rows.append(self._snapshot(v) if isinstance(v, _Series) else v)
-        db.many(_TOTALS_UPSERT, rows)
+        db.many(_TOTALS_UPSERT, rows, arrays=_TOTALS_TYPES)
 
     def _evict(self) -> None:
         idle = time.monotonic() - IDLE_S
