@@ -65,7 +65,8 @@ def device_process(root: str, pool_dir: str, pub: str, final: str = "") -> None:
 
     broker = FakeBroker()
     broker.chunks = LazyChunks()
-    settings = OtaSettings(probation=ProbationPolicy(requests=25, seconds=30, min_requests=10, max_latency_ratio=1000.0, latency_floor_ms=50.0))
+    settings = OtaSettings(probation=ProbationPolicy(requests=25, seconds=30, min_requests=10, max_latency_ratio=1000.0, latency_floor_ms=50.0,
+                                                     latency_samples=10))  # the fewest: the latency judge takes a pair a tick (50 ms)
     dev = Device(Path(root), pool[0], trusted=load_trusted_keys([pub]), settings=settings, broker=broker, start=False)
     key = load_private_key(Path(pub).with_suffix(".key"))
     x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
