@@ -219,7 +219,8 @@ def _export_and_check(run: _Run, s: _Stepped, staging: Path, stem: str,
     opts = run.opts
     source = ExportSource(s.model, s.precision, run.ref, workdir, log=run.log, threads=opts.threads, extra=s.extra,
                           float_model=s.float_model)
-    exported, failures = export_all(source, opts.formats, staging, stem, options=opts.export, format_models=s.format_models)
+    exported, failures = export_all(source, opts.formats, staging, stem, options=opts.export_options(),
+                                    format_models=s.format_models)
     results = []
     for a in exported:
         try:

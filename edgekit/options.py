@@ -74,6 +74,15 @@ class CompressOptions(FrozenConfig):
         """Options running ``recipe`` (its resolved steps and its formats), with any other field given."""
         return cls(**fields).with_recipe(recipe)
 
+    def export_options(self) -> ExportOptions:
+        """The exporters' configs as the run uses them: the run's ``objective`` also chooses the full-integer .tflite's
+        variant, unless the ``TfliteConfig`` names an objective of its own (a recipe's ``objective: size`` and
+        ``--objective`` reach the .tflite as they reach the ONNX Runtime int8 search)."""
+        tflite = self.export.tflite
+        if "objective" in tflite.model_fields_set or tflite.objective == self.objective:
+            return self.export
+        return self.export.model_copy(update={"tflite": tflite.model_copy(update={"objective": self.objective})})
+
     def with_recipe(self, recipe: Recipe) -> CompressOptions:
         """These options running ``recipe`` instead: its resolved steps, formats and objective, recorded and judged by its gates."""
         formats = tuple(Format(f) for f in recipe.export)  # the recipe loader has checked them: known, each once

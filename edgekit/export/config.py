@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from edgekit.choices import Format, OrtTarget, StrChoice
+from edgekit.choices import Format, Objective, OrtTarget, StrChoice
 from edgekit.config import FrozenConfig
 
 __all__ = ["ExportConfig", "ExportOptions", "Objective", "OnnxConfig", "OrtConfig", "OrtTarget", "TfliteConfig", "TfliteIO"]
@@ -38,14 +38,6 @@ class TfliteIO(StrChoice):
 
     FLOAT = "float"  # callers never quantize
     INT8 = "int8"  # for integer-only accelerators
-
-
-class Objective(StrChoice):
-    """What a full-integer int8 .tflite is chosen for among its measured variants (:mod:`edgekit.export.tflite_select`)."""
-
-    LATENCY = "latency"  # the fastest accurate variant, the float .tflite included
-    SIZE = "size"  # the smallest accurate variant, however fast
-    BALANCED = "balanced"  # the fastest within 0.35x the float size that is as fast as float, else the smallest that is
 
 
 class TfliteConfig(ExportConfig):

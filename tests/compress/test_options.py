@@ -81,3 +81,15 @@ def test_every_public_name_resolves():
         assert getattr(edgekit, name) is not None, name
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         edgekit.nope  # noqa: B018
+
+
+def test_the_runs_objective_reaches_the_tflite_search_unless_its_config_names_one():
+    from edgekit.choices import Objective
+    from edgekit.export import TfliteConfig
+
+    assert CompressOptions(objective="size").export_options().tflite.objective == Objective.SIZE
+    assert CompressOptions().export_options().tflite.objective == Objective.BALANCED
+    own = CompressOptions(objective="size", export=ExportOptions(tflite=TfliteConfig(objective="latency")))
+    assert own.export_options().tflite.objective == Objective.LATENCY
+    tiny = CompressOptions().with_recipe(load_recipe("tiny"))  # objective: size, set after the options were built
+    assert tiny.objective == Objective.SIZE and tiny.export_options().tflite.objective == Objective.SIZE

@@ -117,7 +117,13 @@ def test_shipped_recipe_runs_end_to_end_on_digits_within_its_gates(name, digits,
     assert "gates passed" in res.output
     assert (out / "report.html").is_file()
     for row in rep["rows"]:
-        if row["precision"] != "fp32":
+        if row["precision"] == "mixed":
+            # layers the timed search kept float (slower in int8 on this CPU: on a tiny model, timing decides) keep their
+            # size; the quantized share of the weights shrinks 4x (a saving of 0.75 x share), less the scales, the Q/DQ
+            # nodes and the format's fixed bytes, which weigh on a 160 kB model: at least two thirds of that saving
+            assert 0 < row["quantized_share"] < 1
+            assert row["size_ratio"] < 1 - 0.5 * row["quantized_share"]
+        elif row["precision"] != "fp32":
             assert row["size_ratio"] < (0.6 if precision == "fp16" else 0.4)
         if data_key:
             assert rep["baseline"]["accuracy"] - row["accuracy"] <= recipe.gates.max_accuracy_drop
