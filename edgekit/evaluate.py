@@ -72,7 +72,7 @@ class Latency:
     runs: int
 
     def to_dict(self) -> dict:
-        return {"p50_ms": round(self.p50_ms, 4), "p95_ms": round(self.p95_ms, 4), "mean_ms": round(self.mean_ms, 4), "runs": self.runs}
+        return {"p50_ms": round(self.p50_ms, 6), "p95_ms": round(self.p95_ms, 6), "mean_ms": round(self.mean_ms, 6), "runs": self.runs}  # to the ns: a µs model's choice can be re-derived from the record
 
 
 def measure_latency(

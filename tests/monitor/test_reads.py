@@ -217,7 +217,11 @@ def test_a_collector_answers_in_the_parts_asked_for(mosquitto, tmp_path):
             reply = BrokerSession(to_address(mosquitto.url), f"peek-{parts}", topics=("edgekit/v1/fleet/monitor/reply/+",),
                                   on_message=lambda m: seen.append(json.loads(m.payload)) if m.payload.startswith(b"{") else None).open()
             assert reply.wait_ready(10)
+            before = len(seen)
             answers, missing = ask(mosquitto.url, status_query(DeviceQuery()), reply_type="status_reply", parts=parts)
+            deadline = time.monotonic() + 5  # the peek is another connection: its copies may still be on their way
+            while len(seen) - before < (3 if parts else 1) and time.monotonic() < deadline:
+                time.sleep(0.01)
             reply.close()
             assert missing == [] and answers[0]["total"] == 6
             got[parts] = answers[0]["rows"]

@@ -387,7 +387,7 @@ def test_library_refuses_an_unknown_tflite_option_before_any_work():
         ExportOptions.parse({"tflite": {"stirp": False}}, what="export")
     with pytest.raises(ValidationError, match=r"export\.tflite\.io\n  Input should be 'float' or 'int8'"):
         CompressOptions(formats=("tflite",), export={"tflite": {"io": "int4"}})
-    with pytest.raises(RecipeError, match=r"^export: tflite\.objective: Input should be 'latency', 'size' or 'balanced' \(given 'speed'\)$"):
+    with pytest.raises(RecipeError, match=r"^export: tflite\.objective: Input should be 'balanced', 'latency' or 'size' \(given 'speed'\)$"):
         ExportOptions.parse({"tflite": {"objective": "speed"}}, what="export")
 
 
