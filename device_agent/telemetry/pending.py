@@ -19,8 +19,11 @@ from device_agent.contract.types import Array
 
 __all__ = ["FEEDBACK_PENDING_BYTES", "FEEDBACK_PENDING_MAX", "PendingFeedback"]
 
-#: pending records are due to be joined into the log once there are more than this many, or this many bytes of scores
-FEEDBACK_PENDING_MAX = 1024
+#: pending records are due to be joined into the log once there are more than this many, or this many bytes of scores.
+#: Joining costs ~1.3 µs a record whatever the batch (measured from 32 to 1,024), so small batches cost no more in
+#: all and hold a request up less: 64 take ~80 µs, where 1,024 stalled the request that passed the bound (and every
+#: connection waiting behind it) for ~1.5 ms.
+FEEDBACK_PENDING_MAX = 64
 FEEDBACK_PENDING_BYTES = 4 << 20
 
 _Record = tuple[str, str, bytes, np.dtype, tuple[int, ...]]

@@ -134,3 +134,27 @@ def test_the_fast_path_keeps_the_batch_and_element_limits():
     assert err(v, {"x": np.zeros((0, 1, 8, 8), np.float32)}).kind == "shape"
     big_endian = np.zeros((1, 1, 8, 8), ">f4")  # another dtype object: the full path casts it
     assert v({"x": big_endian})["x"].dtype == np.float32
+
+
+def test_json_floats_packed_as_float64_narrow_on_the_fast_path_with_the_full_paths_answers():
+    # a JSON body's numbers arrive as one float64 array; a float32 model takes it cast, refusing what the cast would hide
+    v = Validator(IMG, max_batch=4)
+    x = np.linspace(-3, 3, 64).reshape(1, 1, 8, 8)
+    out = v({"x": x})["x"]
+    assert out.dtype == np.float32 and np.array_equal(out, x.astype(np.float32))
+    too_big = x.copy()
+    too_big[0, 0, 2, 3] = 1e39  # finite in float64, inf in float32
+    e = err(v, {"x": too_big})
+    assert e.kind == "dtype" and "values overflow float32 (largest is 3.40282e+38)" in str(e)
+    for bad in (np.nan, np.inf):
+        y = x.copy()
+        y[0, 0, 5, 1] = bad
+        e = err(v, {"x": y})
+        assert e.kind == "nonfinite" and "(first at [0, 0, 5, 1])" in str(e)
+    with pytest.raises(PayloadTooLarge, match="a batch of 5; this agent accepts at most 4"):
+        v({"x": np.zeros((5, 1, 8, 8))})
+    assert err(v, {"x": np.zeros((1, 8, 8))}).kind == "shape"
+    half = Validator((TensorSpec("x", "float16", ("N", 2)),))
+    assert half({"x": np.array([[1.5, -2.0]], np.float32)})["x"].dtype == np.float16
+    assert "values overflow float16" in str(err(half, {"x": np.array([[1e5, 0.0]], np.float32)}))
+    assert Validator((TensorSpec("x", "float64", ("N", 2)),))({"x": np.array([[1.5, 2.0]], np.float32)})["x"].dtype == np.float64
