@@ -252,9 +252,9 @@ class Agent:
 
     def flush_feedback(self) -> None:
         """Join the predictions recorded since the last flush into the feedback log."""
-        items = self._feedback_pending.take() if len(self._feedback_pending) else []
+        items = self._feedback_pending.take_top1() if len(self._feedback_pending) else []
         if items and self._feedback is not None:
-            self._feedback.record_many(items)
+            self._feedback.record_top1(items)
 
     def submit_feedback(self, items: list[object]) -> list[FeedbackResult]:
         """Join late ground truth with earlier predictions (see :mod:`device_agent.telemetry.feedback`); never raises on bad items."""

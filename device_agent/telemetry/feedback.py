@@ -180,40 +180,54 @@ class FeedbackLog:
         The agent hands over the predictions of a whole interval here; per prediction this costs a
         dictionary insert, where one ``record`` call costs a few microseconds of numpy call overhead.
         """
-        predicted = _top1(items)
+        self.record_top1([(request_id, version, rows) for (request_id, version, _), rows in zip(items, _top1(items), strict=True)])
+
+    def record_top1(self, items: list[tuple[str, str, tuple[int, ...]]]) -> None:
+        """Remember predictions whose top-1 class per row is already known (``PendingFeedback.take_top1``)."""
         now = self.clock()
+        base = ENTRY_BYTES - ROW_BYTES  # _cost, spelled out: this loop runs for every prediction
+        max_rows, max_bytes, log, order = self.max_rows, self.max_bytes, self._log, self._order
         with self._lock:
-            for (request_id, version, _), rows in zip(items, predicted, strict=True):
-                if not rows or len(rows) > self.max_rows or _cost(request_id, len(rows)) > self.max_bytes:
+            for request_id, version, rows in items:
+                n = len(rows)
+                cost = base + len(request_id) + ROW_BYTES * n
+                if not n or n > max_rows or cost > max_bytes:
                     continue
                 # a caller that reuses its request id replaces the older prediction (the newer is the one to judge);
                 # the old entry stays in the age order (its bytes still counted) until it reaches the front
-                old = self._log.get(request_id)
+                old = log.get(request_id)
                 if old is not None:
                     self._rows -= old.rows
-                entry = self._log[request_id] = _Entry(request_id, version, now, rows)
-                self._order.append(entry)
-                self._rows += len(rows)
-                self._bytes += _cost(request_id, len(rows))
+                entry = log[request_id] = _Entry(request_id, version, now, rows)
+                order.append(entry)
+                self._rows += n
+                self._bytes += cost
             self._evict(now)
 
     def _evict(self, now: float) -> None:
+        # runs for every prediction once the log is full (one in, one out): locals and _cost/rows spelled out
         horizon = now - self.retention_s
-        order, log = self._order, self._log
+        order, log, max_rows, max_bytes = self._order, self._log, self.max_rows, self.max_bytes
+        n_rows, n_bytes, expired, base = self._rows, self._bytes, 0, ENTRY_BYTES - ROW_BYTES
         while order:
             e = order[0]
             live = log.get(e.rid) is e
-            if live and self._rows <= self.max_rows and self._bytes <= self.max_bytes and e.ts >= horizon:
+            if live and n_rows <= max_rows and n_bytes <= max_bytes and e.ts >= horizon:
                 break
             order.popleft()
-            self._bytes -= _cost(e.rid, e.rows)
+            p = e.predicted
+            rows = 1 if isinstance(p, int) else len(p)
+            n_bytes -= base + len(e.rid) + ROW_BYTES * rows
             if not live:  # replaced by a newer prediction under the same id: its rows were handed over then
                 continue
-            self._rows -= e.rows
+            n_rows -= rows
             del log[e.rid]
-            if e.labelled != (1 << e.rows) - 1:
-                self._expired += 1
-                self.totals["expired"] += 1
+            if e.labelled != (1 << rows) - 1:
+                expired += 1
+        self._rows, self._bytes = n_rows, n_bytes
+        if expired:
+            self._expired += expired
+            self.totals["expired"] += expired
 
     @property
     def size(self) -> int:

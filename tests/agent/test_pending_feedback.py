@@ -31,3 +31,29 @@ def test_pending_is_due_past_its_count_bound_and_joins_like_direct_records():
     direct.record_many([(f"r{i}", "1.0", s) for i, s in enumerate(scores)])
     labels = [{"request_id": f"r{i}", "label": int(s.argmax())} for i, s in enumerate(scores)]
     assert [r.to_dict() for r in via_pending.submit_many(labels)] == [r.to_dict() for r in direct.submit_many(labels)]
+
+
+def test_top1_from_the_joined_buffers_is_what_the_log_computes_from_each_array():
+    # take_top1 reads the top class of every row straight from each group's joined buffer; record_top1 then keeps
+    # exactly what record_many keeps from the arrays themselves: same joins, same bytes, same evictions
+    rng = np.random.default_rng(1)
+    shapes = [(1, 10), (10,), (3, 10), (1, 7), (2, 1, 4), (1, 0), (1, 10)]
+    scores = [rng.random(shape).astype(np.float32 if i % 2 else np.float64) for i, shape in enumerate(shapes * 20)]
+    a, b = PendingFeedback(), PendingFeedback()
+    for i, s in enumerate(scores):
+        a.add(f"r{i}", f"v{i % 3}", s)
+        b.add(f"r{i}", f"v{i % 3}", s)
+    top = a.take_top1()
+    assert [(rid, version) for rid, version, _ in top] == [(f"r{i}", f"v{i % 3}") for i in range(len(scores))]
+    for (_, _, t), s in zip(top, scores, strict=True):
+        if not s.shape[-1]:
+            assert t == ()
+            continue
+        rows = s.reshape(1, -1) if s.ndim <= 1 else s.reshape(-1, s.shape[-1])
+        assert t == tuple(int(k) for k in rows.argmax(axis=1))
+    fast, slow = FeedbackLog(classes=10, max_rows=50, max_bytes=64 << 10), FeedbackLog(classes=10, max_rows=50, max_bytes=64 << 10)
+    fast.record_top1(top)
+    slow.record_many(b.take())
+    assert (fast.size, fast._bytes, fast.totals) == (slow.size, slow._bytes, slow.totals) and fast.size <= 50
+    labels = [{"request_id": f"r{i}", "label": 0, "index": 0} for i in range(len(scores))]
+    assert [r.to_dict() for r in fast.submit_many(labels)] == [r.to_dict() for r in slow.submit_many(labels)]
