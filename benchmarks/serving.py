@@ -11,6 +11,14 @@ feedback log, metrics); the baseline serves the same endpoint written two ways (
 on FastAPI's thread pool) and counts as the faster of the two in each round. Rounds interleave the
 servers in alternating order; the medians over rounds are compared. Throughput counts 2xx answers only.
 
+Reading wrk's p99: wrk corrects its latency histogram for coordinated omission (``stats_correct`` in its
+stats.c): every latency L of at least twice the mean interval between a connection's requests adds the
+samples a client sending at that steady rate would have seen meanwhile (L - interval, L - 2*interval, ...).
+At one connection on the digits model (an interval of ~0.13 ms) a single 2.5 ms stall counts as ~20
+requests: one stall per 1,000 requests made a p99 of ~2 ms, while 99 % of the answers took under 0.3 ms.
+So wrk's p99 here says how long the server ever stops answering, and how often, not only how slow a typical
+slow request is (its mean latency exceeds the interval at one connection for the same reason).
+
 Targets, each printed PASS or FAIL:
   throughput ≥ 1.0x the baseline in every cell, p99 ≤ the baseline's;
   RSS ≤ 150 MB under 16 concurrent JSON clients on MobileNetV2 for 60 s;

@@ -266,13 +266,17 @@ _SMALL = 64
 def _top_k_row(row: list[float], k: int, labels: tuple[str, ...] | None) -> list[JsonDict]:
     """:func:`top_k` of one finite row, as numpy would compute it (softmax in float64, stable order)."""
     probs = row
-    if not (min(row) >= 0 and max(row) <= 1 and abs(sum(row) - 1.0) <= 1e-3 + 1e-5):
-        m = max(row)
-        e = [math.exp(v - m) for v in row]
+    top = max(row)
+    if not (top <= 1 and min(row) >= 0 and abs(sum(row) - 1.0) <= 1e-3 + 1e-5):
+        e = [math.exp(v - top) for v in row]
         total = sum(e)
         probs = [v / total for v in e]
-    best = sorted(range(len(probs)), key=lambda i: -probs[i])[:k]  # sorted() is stable: ties keep index order, like argsort
-    return [{"index": i, "label": labels[i] if labels and i < len(labels) else str(i), "score": round(probs[i], 6)} for i in best]
+    # sorted() is stable, reverse=True included: ties keep index order, like a stable argsort of -probs
+    best = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[:k]
+    if labels:
+        n = len(labels)
+        return [{"index": i, "label": labels[i] if i < n else str(i), "score": round(probs[i], 6)} for i in best]
+    return [{"index": i, "label": str(i), "score": round(probs[i], 6)} for i in best]
 
 
 def top_k(scores: Array, k: int, labels: tuple[str, ...] | None) -> list[list[JsonDict]]:
@@ -281,8 +285,10 @@ def top_k(scores: Array, k: int, labels: tuple[str, ...] | None) -> list[list[Js
     Scores that are not already probabilities (rows in [0, 1] summing to 1) go through softmax.
     """
     if scores.size <= _SMALL and (scores.ndim == 1 or (scores.ndim == 2 and scores.shape[0] == 1)):
-        values = [float(v) for v in scores.reshape(-1).tolist()]
-        if values and all(math.isfinite(v) for v in values):  # one small row (digits, tabular): plain Python is ~5x faster than numpy's calls
+        values = scores.reshape(-1).tolist()  # Python floats (a float array: the callers pass class scores)
+        # one small row (digits, tabular): plain Python is ~5x faster than numpy's calls. A NaN or an inf makes the sum
+        # non-finite (so does an overflow of huge values): those rows take numpy's path
+        if values and math.isfinite(sum(values)):
             return [_top_k_row(values, k, labels)]
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim == 1:

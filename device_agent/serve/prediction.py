@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import json
+import math
 from types import ModuleType
 
 import numpy as np
@@ -27,6 +28,23 @@ def _optional(name: str) -> ModuleType | None:
 
 #: optional accelerator for JSON answers; Prediction.to_json falls back to the stdlib
 _orjson = _optional("orjson")
+
+
+_second: tuple[int, str] = (0, "")
+
+
+def iso_ms(ts: float) -> str:
+    """``ts`` (Unix seconds) as ISO 8601 UTC to the millisecond, ``2026-12-07T14:01:46.517Z``: the text up to the
+    second is formatted once a second (datetime's isoformat took ~1.5 µs of every answer)."""
+    global _second
+    frac, whole = math.modf(ts)  # as datetime.fromtimestamp: microseconds rounded half to even, then truncated to ms
+    us = round(frac * 1e6)
+    sec = int(whole) + (us >= 1_000_000)
+    rest = (us % 1_000_000) // 1000
+    cached = _second
+    if cached[0] != sec:
+        cached = _second = (sec, _dt.datetime.fromtimestamp(sec, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{rest:03d}Z"
 
 
 class Prediction:
@@ -77,7 +95,7 @@ class Prediction:
                 f'"outputs":{{{outputs}}},"top_k":{json.dumps(self.top_k)}}}').encode()
 
     def _timestamp(self) -> str:
-        return _dt.datetime.fromtimestamp(self.timestamp, _dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return iso_ms(self.timestamp)
 
     @property
     def top_k(self) -> list[list[JsonDict]] | None:

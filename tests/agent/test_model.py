@@ -122,3 +122,24 @@ def test_the_backend_answers_like_the_public_session_run_and_fails_as_a_backend_
     assert np.array_equal(m.run({"x": x})["logits"], want)
     with pytest.raises(BackendError, match=r"onnxruntime failed on digits\.int8\.ort"):
         m.run({"y": x})
+
+
+@pytest.mark.parametrize("row", [
+    [1.0, 3.0, 2.0, 3.0],  # logits with a tie: the lower index first
+    [0.25, 0.25, 0.5, 0.0],  # probabilities (no softmax)
+    [0.0, 0.0, 0.0, 0.0],  # all tied
+    [-1e4, 5.0, 5.0, -3.0],
+    [3e38, 3e38, 1.0, 0.0],  # finite values whose sum overflows: numpy's path either way
+    [np.nan, 1.0, 0.0, 2.0],
+    [np.inf, 1.0, 0.0, 2.0],
+])
+def test_top_k_of_one_small_row_in_python_is_what_numpy_gives_for_many(row):
+    # one small row goes through plain Python (a request's fixed cost); two rows through numpy: same answers
+    one = np.array([row], np.float32)
+    labels = ("a", "b", "c")  # shorter than the row: the 4th class is named by its index
+    for k in (1, 3, 4):
+        python = top_k(one, k, labels)
+        numpy_ = top_k(np.repeat(one, 2, axis=0), k, labels)
+        assert [[d["index"] for d in r] for r in python] == [[d["index"] for d in numpy_[0]]]
+        assert [d["label"] for d in python[0]] == [d["label"] for d in numpy_[0]]
+        assert np.allclose([d["score"] for d in python[0]], [d["score"] for d in numpy_[0]], atol=2e-6, equal_nan=True)

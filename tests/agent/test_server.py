@@ -346,3 +346,18 @@ def test_json_answers_round_trip_float32_with_and_without_orjson(monkeypatch, ac
         odd = Prediction({"s": np.float32(2.5) * np.ones((), np.float32), "t": logits[:, :3].T}, {"name": "m", "version": "1"}, "r-3", 0.0, 1.0)
         got = json.loads(odd.to_json())["outputs"]
         assert got["s"] == 2.5 and np.array_equal(np.array(got["t"], np.float32), logits[:, :3].T)
+
+
+def test_answer_timestamps_are_datetimes_iso_text_to_the_millisecond():
+    import datetime as dt
+    import random
+
+    from device_agent.serve.prediction import iso_ms
+
+    def reference(ts: float) -> str:
+        return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    rng = random.Random(0)
+    stamps = [rng.uniform(0, 4e9) for _ in range(20_000)] + [1796654544 + rng.random() * 2 for _ in range(20_000)]
+    stamps += [1796654544.9999996, 1796654544.9995, 1796654545.0004999, 0.0, 1e9 + 0.0005]  # rounding at the edges
+    assert [iso_ms(t) for t in stamps] == [reference(t) for t in stamps]
