@@ -22,8 +22,8 @@ number of rows), ``malformed`` (not an object, no request id).
 
 Memory is bounded in rows and in bytes: at most ``max_rows`` predicted rows and ``max_bytes`` of
 log (each prediction is charged :data:`ENTRY_BYTES` plus its request id and :data:`ROW_BYTES` per
-row beyond the first: an upper bound of what it takes in the process, checked by a test with
-tracemalloc) are kept, oldest dropped first, and none longer than ``retention_s``. With the default
+row beyond the first, and :data:`LABELLED_BYTES` once a label joined it: an upper bound of what it takes
+in the process, checked by tests with tracemalloc) are kept, oldest dropped first, and none longer than ``retention_s``. With the default
 8 MB that is ~30,000 one-row predictions with the agent's own request ids. A dropped prediction
 that was never fully labelled counts as ``expired``.
 """
@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 
@@ -77,25 +78,27 @@ class FeedbackResult:
         return d
 
 
-class _Entry:
-    __slots__ = ("labelled", "predicted", "rid", "ts", "version")
+#: one logged prediction: (request id, model version, when, top-1 class: an int for one row, else a tuple per row).
+#: A tuple of strings and numbers, which CPython's garbage collector stops tracking once it has looked at it. As objects
+#: with slots, a full log's ~32,000 entries were half of what a busy digits agent's full collections walked (64,000
+#: objects, 12-13 ms a collection in-process; 31-34 ms pauses were seen in the server); as tuples they leave at
+#: their first pass (31,500 tracked, 7-8 ms).
+_Entry = tuple[str, str, float, "int | tuple[int, ...]"]
+_RID: Final = 0
+_VERSION: Final = 1
+_TOP: Final = 3
+#: what marking a prediction labelled costs: its slot in the dict of labelled rows (see FeedbackLog.submit)
+LABELLED_BYTES = 136
 
-    def __init__(self, rid: str, version: str, ts: float, predicted: tuple[int, ...]) -> None:
-        self.rid = rid
-        self.version = version
-        self.ts = ts
-        # a one-row prediction (the usual request) keeps its class as a bare int: no tuple per entry
-        self.predicted: int | tuple[int, ...] = predicted[0] if len(predicted) == 1 else predicted
-        self.labelled = 0  # bitmask of rows already labelled
 
-    @property
-    def rows(self) -> int:
-        p = self.predicted
-        return 1 if isinstance(p, int) else len(p)
+def _rows_of(entry: _Entry) -> int:
+    p = entry[_TOP]
+    return 1 if isinstance(p, int) else len(p)
 
-    def top(self, row: int) -> int:
-        p = self.predicted
-        return p if isinstance(p, int) else p[row]
+
+def _top_of(entry: _Entry, row: int) -> int:
+    p = entry[_TOP]
+    return p if isinstance(p, int) else p[row]
 
 
 def _cost(request_id: str, rows: int) -> int:
@@ -156,6 +159,9 @@ class FeedbackLog:
         # a plain dict for the lookups and a deque for the age order: ~40 bytes a prediction less than an OrderedDict
         self._log: dict[str, _Entry] = {}
         self._order: collections.deque[_Entry] = collections.deque()
+        # rows already labelled, as a bitmask per request id: only for predictions that got feedback (a mutable mark
+        # inside the entry would make every entry an object the garbage collector walks)
+        self._labelled: dict[str, int] = {}
         self._rows = 0
         self._bytes = 0
         self._lock = threading.Lock()
@@ -197,8 +203,10 @@ class FeedbackLog:
                 # the old entry stays in the age order (its bytes still counted) until it reaches the front
                 old = log.get(request_id)
                 if old is not None:
-                    self._rows -= old.rows
-                entry = log[request_id] = _Entry(request_id, version, now, rows)
+                    self._rows -= _rows_of(old)
+                    if self._labelled.pop(request_id, None) is not None:  # the new prediction starts unlabelled
+                        self._bytes -= LABELLED_BYTES
+                entry = log[request_id] = (request_id, version, now, rows[0] if n == 1 else rows)
                 order.append(entry)
                 self._rows += n
                 self._bytes += cost
@@ -208,21 +216,25 @@ class FeedbackLog:
         # runs for every prediction once the log is full (one in, one out): locals and _cost/rows spelled out
         horizon = now - self.retention_s
         order, log, max_rows, max_bytes = self._order, self._log, self.max_rows, self.max_bytes
-        n_rows, n_bytes, expired, base = self._rows, self._bytes, 0, ENTRY_BYTES - ROW_BYTES
+        n_rows, n_bytes, expired, base, labelled = self._rows, self._bytes, 0, ENTRY_BYTES - ROW_BYTES, self._labelled
         while order:
             e = order[0]
-            live = log.get(e.rid) is e
-            if live and n_rows <= max_rows and n_bytes <= max_bytes and e.ts >= horizon:
+            rid = e[0]
+            live = log.get(rid) is e
+            if live and n_rows <= max_rows and n_bytes <= max_bytes and e[2] >= horizon:
                 break
             order.popleft()
-            p = e.predicted
+            p = e[3]
             rows = 1 if isinstance(p, int) else len(p)
-            n_bytes -= base + len(e.rid) + ROW_BYTES * rows
+            n_bytes -= base + len(rid) + ROW_BYTES * rows
             if not live:  # replaced by a newer prediction under the same id: its rows were handed over then
                 continue
             n_rows -= rows
-            del log[e.rid]
-            if e.labelled != (1 << rows) - 1:
+            del log[rid]
+            marks = labelled.pop(rid, None)
+            if marks is not None:
+                n_bytes -= LABELLED_BYTES
+            if marks != (1 << rows) - 1:
                 expired += 1
         self._rows, self._bytes = n_rows, n_bytes
         if expired:
@@ -263,7 +275,7 @@ class FeedbackLog:
             if entry is None:
                 return self._reject("unknown_id", rid, f"no prediction with request_id {rid!r}: never made here, or older than the "
                                     f"retention ({self.retention_s:g} s, {self.max_rows} rows, {self.max_bytes:,} bytes)", locked=True)
-            n = entry.rows
+            n = _rows_of(entry)
             if index is not None:
                 if index >= n:
                     return self._reject("bad_label", rid, f"index {index} is outside the request's batch of {n} row(s)", locked=True)
@@ -284,21 +296,32 @@ class FeedbackLog:
                 if problem:
                     return self._reject("bad_label", rid, problem, locked=True)
                 classes.append(cls)
-            if any(entry.labelled >> r & 1 for r in rows):
+            marks = self._labelled.get(rid)
+            if marks is not None and any(marks >> r & 1 for r in rows):
                 return self._reject("duplicate", rid, f"request {rid!r} was labelled before; the first label stands", locked=True)
-            correct = 0
-            for r, cls in zip(rows, classes, strict=True):
-                entry.labelled |= 1 << r
-                correct += int(entry.top(r) == cls)
-            for table in (self._accuracy, self._cumulative):
-                acc = table.setdefault(entry.version, [0, 0])
-                acc[0] += len(rows)
-                acc[1] += correct
-            self.totals[ACCEPTED] += 1
-            self.totals["labelled"] += len(rows)
-            self.totals["correct"] += correct
-        return FeedbackResult(ACCEPTED, rid, f"joined {len(rows)} row(s) with the prediction of model version {entry.version}",
+            correct = self._join(entry, marks, rows, classes, now)
+        return FeedbackResult(ACCEPTED, rid, f"joined {len(rows)} row(s) with the prediction of model version {entry[_VERSION]}",
                               rows=len(rows), correct=correct)
+
+    def _join(self, entry: _Entry, marks: int | None, rows: list[int], classes: list[int], now: float) -> int:
+        """Mark ``rows`` of ``entry`` labelled with ``classes`` and count them (lock held); returns how many were right."""
+        correct = 0
+        mask = marks or 0
+        for r, cls in zip(rows, classes, strict=True):
+            mask |= 1 << r
+            correct += int(_top_of(entry, r) == cls)
+        self._labelled[entry[_RID]] = mask
+        if marks is None:  # the mark is held as long as the prediction: within max_bytes, the oldest predictions make room
+            self._bytes += LABELLED_BYTES
+            self._evict(now)
+        for table in (self._accuracy, self._cumulative):
+            acc = table.setdefault(entry[_VERSION], [0, 0])
+            acc[0] += len(rows)
+            acc[1] += correct
+        self.totals[ACCEPTED] += 1
+        self.totals["labelled"] += len(rows)
+        self.totals["correct"] += correct
+        return correct
 
     def submit_many(self, items: Iterable[object]) -> list[FeedbackResult]:
         return [self.submit(item) for item in items]

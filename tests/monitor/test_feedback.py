@@ -195,3 +195,45 @@ def test_memory_is_bounded_in_bytes_and_the_bound_holds_in_the_process():
     assert log.submit({"request_id": f"7f3a9c1d2e4b-{59_999:x}", "label": 1}).outcome in ("accepted",)
     with pytest.raises(ValueError, match="max_bytes ≥ 1024"):
         FeedbackLog(max_bytes=10)
+
+
+def test_logged_predictions_are_not_objects_the_garbage_collector_walks_and_labels_stay_within_the_bound():
+    """A full log holds ~30,000 predictions: as tracked objects, every full collection walked them all (~30 ms on a busy
+    agent). Entries are tuples of strings and numbers, which the collector stops tracking; the labelled rows live beside them,
+    charged to max_bytes (measured with tracemalloc), and a label never survives its prediction's replacement."""
+    import gc
+    import tracemalloc
+
+    log = FeedbackLog(classes=4, max_rows=1_000_000, max_bytes=1 << 20)
+    log.record_many([(f"7f3a9c1d2e4b-{j:x}", "1.0.0", scores_for([j % 4])) for j in range(2_000)])
+    log.record_many([("batch", "1.0.0", scores_for([1, 2, 3]))])
+    gc.collect()
+    gc.collect()  # an entry holding a tuple (a batch's classes) is let go one pass after that tuple
+    entries = list(log._log.values())
+    assert len(entries) == 2_001 and not any(gc.is_tracked(e) for e in entries)
+
+    accepted, within = 0, True
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        labelled = FeedbackLog(classes=4, max_rows=1_000_000, max_bytes=2 << 20)
+        for i in range(0, 24_000, 500):
+            labelled.record_many([(f"7f3a9c1d2e4b-{j:x}", "1.0.0", scores_for([j % 4])) for j in range(i, i + 500)])
+            for j in range(i, i + 500):
+                accepted += labelled.submit({"request_id": f"7f3a9c1d2e4b-{j:x}", "label": 1}).accepted
+            within = within and labelled.size_bytes <= 2 << 20
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert accepted == 24_000 and within
+    assert held <= labelled.max_bytes + 64 * 1024, f"the log holds {held:,} bytes for a bound of {labelled.max_bytes:,}"
+    assert labelled.size_bytes > (2 << 20) - 1024  # full, every entry labelled, not evicting too early
+
+    assert log.submit({"request_id": "batch", "label": 2, "index": 1}).correct == 1
+    assert log.submit({"request_id": "batch", "label": 2, "index": 1}).outcome == "duplicate"
+    log.record_many([("batch", "1.0.1", scores_for([0]))])  # the caller reuses its id: the new prediction is unlabelled
+    again = log.submit({"request_id": "batch", "label": 0})
+    assert again.accepted and again.correct == 1 and "version 1.0.1" in again.message
+    before = log.size_bytes
+    log.record_many([(f"new-{j}", "1.0.1", scores_for([0])) for j in range(10)])
+    assert log.size_bytes == before + sum(len(f"new-{j}") for j in range(10)) + 10 * 240  # ENTRY_BYTES, no stale label charge
