@@ -101,10 +101,6 @@ def _top_of(entry: _Entry, row: int) -> int:
     return p if isinstance(p, int) else p[row]
 
 
-def _cost(request_id: str, rows: int) -> int:
-    return ENTRY_BYTES + len(request_id) + ROW_BYTES * (rows - 1)
-
-
 def _top1(items: list[tuple[str, str, Array]]) -> list[tuple[int, ...]]:
     """The top-1 class of every row of every item's scores, one argmax per score width."""
     flat = []
@@ -191,7 +187,7 @@ class FeedbackLog:
     def record_top1(self, items: list[tuple[str, str, tuple[int, ...]]]) -> None:
         """Remember predictions whose top-1 class per row is already known (``PendingFeedback.take_top1``)."""
         now = self.clock()
-        base = ENTRY_BYTES - ROW_BYTES  # _cost, spelled out: this loop runs for every prediction
+        base = ENTRY_BYTES - ROW_BYTES  # a prediction's charge: base + its id + ROW_BYTES a row
         max_rows, max_bytes, log, order = self.max_rows, self.max_bytes, self._log, self._order
         with self._lock:
             for request_id, version, rows in items:
@@ -213,7 +209,7 @@ class FeedbackLog:
             self._evict(now)
 
     def _evict(self, now: float) -> None:
-        # runs for every prediction once the log is full (one in, one out): locals and _cost/rows spelled out
+        # runs for every prediction once the log is full (one in, one out): locals, the charge spelled out as in record_top1
         horizon = now - self.retention_s
         order, log, max_rows, max_bytes = self._order, self._log, self.max_rows, self.max_bytes
         n_rows, n_bytes, expired, base, labelled = self._rows, self._bytes, 0, ENTRY_BYTES - ROW_BYTES, self._labelled

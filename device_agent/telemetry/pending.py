@@ -49,21 +49,11 @@ class PendingFeedback:
         self._bytes += scores.nbytes
         return len(self._records) > FEEDBACK_PENDING_MAX or self._bytes > FEEDBACK_PENDING_BYTES
 
-    def take(self) -> list[tuple[str, str, Array]]:
-        """Every record so far, oldest first, with its scores as a (read-only) array again."""
-        records, groups = self._drain()
-        out: list[tuple[str, str, Array]] = [("", "", np.empty(0))] * len(records)
-        for (dtype, shape), idx in groups.items():
-            joined = np.frombuffer(b"".join([records[i][2] for i in idx]), dtype).reshape(len(idx), *shape)
-            for i, scores in zip(idx, joined, strict=True):
-                out[i] = (records[i][0], records[i][1], scores)
-        return out
-
     def take_top1(self) -> list[tuple[str, str, tuple[int, ...]]]:
         """Every record so far, oldest first, with the top-1 class of each row of its scores (what the feedback log keeps).
 
-        One argmax over each group's joined buffer: no array object per record (:meth:`take` then ``FeedbackLog.record_many``
-        cost ~1.7 µs a record, this and ``record_top1`` about half)."""
+        One argmax over each group's joined buffer: no array object per record (an array per record handed to
+        ``FeedbackLog.record_many`` cost ~1.7 µs a record, this and ``record_top1`` about half)."""
         records, groups = self._drain()
         out: list[tuple[str, str, tuple[int, ...]]] = [("", "", ())] * len(records)
         for (dtype, shape), idx in groups.items():
