@@ -34,7 +34,7 @@ __all__ = ["LOCKS", "BundleError", "Lock", "LockEntry", "agent_requirements", "d
 #: the locks shipped with the agent, one per target (``lock_name``): what bundles and the Dockerfile use by default
 LOCKS = Path(__file__).resolve().parents[1] / "deploy" / "locks"
 #: what the device installs besides the edgekit wheel (kept in sync with pyproject's "agent" extra by a test)
-FALLBACK_REQUIREMENTS = ("numpy>=1.24", "onnxruntime>=1.17", "paho-mqtt>=2.0,<3", "cryptography>=41", "orjson>=3.9")
+FALLBACK_REQUIREMENTS = ("numpy>=1.24", "onnxruntime>=1.17", "paho-mqtt>=2.0,<3", "cryptography>=41", "orjson>=3.9", "pysimdjson>=6.0")
 _HEADER = ("# edgekit agent lock: the device agent's dependencies, exact versions and sha256 hashes, for the platform and Python below.\n"
            "# Install: pip install --require-hashes --no-deps -r THIS_FILE (install.sh and the Dockerfile do).\n"
            "# Made by `edgekit agent lock` (pip download for the target); bundles made with it install the same wheels, byte for byte.\n")

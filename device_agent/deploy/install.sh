@@ -6,7 +6,7 @@
 # What it does: checks every file of the bundle against SHA256SUMS (a modified or damaged file stops
 # it, named in one line), creates a venv under --prefix, installs the agent's dependencies exactly as
 # requirements.lock pins them (pip --require-hashes --no-deps: numpy, onnxruntime, paho-mqtt,
-# cryptography, orjson and what they need, each wheel checked against its sha256) and the edgekit
+# cryptography, orjson, pysimdjson and what they need, each wheel checked against its sha256) and the edgekit
 # wheel without its workstation dependencies, writes the config (and certificates, password) to
 # --config-dir, puts the model in --state-dir/model, checks that the model loads and passes its
 # self-test on this device, then installs and enables a sandboxed systemd unit running as a

@@ -19,6 +19,7 @@ from types import ModuleType
 import numpy as np
 
 from device_agent.contract.errors import InvalidInput
+from device_agent.serve.jsontensor import parse_tensors
 
 __all__ = ["MAX_DEPTH", "dumps", "expanding", "loads"]
 
@@ -59,10 +60,18 @@ def _optional(name: str) -> ModuleType | None:
 _orjson = _optional("orjson")
 
 
-def loads(body: bytes | bytearray | memoryview) -> object:
-    """The JSON document in ``body``; raises InvalidInput (``malformed``) for anything that is not one."""
+def loads(body: bytes | bytearray | memoryview, *, tensors: bool = False) -> object:
+    """The JSON document in ``body``; raises InvalidInput (``malformed``) for anything that is not one.
+
+    ``tensors``: a large body's numeric arrays may come back as numpy arrays (int64 or float64, what
+    ``np.asarray`` makes of the lists), parsed without a Python float per number
+    (:mod:`device_agent.serve.jsontensor`); for bodies that hold tensors, where callers pack lists anyway."""
     if len(body) >= DENSE_CHECK_BYTES:
-        _check_density(body)
+        containers = _check_density(body)
+        if tensors:
+            doc = parse_tensors(body, containers)
+            if doc is not None:
+                return doc
     if _orjson is not None:
         try:
             return _orjson.loads(body)
@@ -94,7 +103,8 @@ DENSITY_SLICE = 256 * 1024
 _OPENERS = ord("[") | 0x20  # "[" is 0x5B and "{" 0x7B: the only bytes that are 0x7B once bit 5 is set
 
 
-def _check_density(body: bytes | bytearray | memoryview) -> None:
+def _check_density(body: bytes | bytearray | memoryview) -> int:
+    """How many ``[`` and ``{`` bytes ``body`` holds; raises InvalidInput when they are too dense."""
     a = np.frombuffer(body, dtype=np.uint8)
     scratch = np.empty(min(len(a), DENSITY_SLICE), np.uint8)
     containers = 0
@@ -106,6 +116,7 @@ def _check_density(body: bytes | bytearray | memoryview) -> None:
         raise InvalidInput(f"the body holds {containers:,} lists or objects in {len(a):,} bytes; large bodies may hold at most one per "
                            f"{BYTES_PER_CONTAINER} bytes (a tensor's rows are longer). Send the tensor as .npy, or in fewer, longer rows.",
                            kind="malformed", expected=f"≤ {len(a) // BYTES_PER_CONTAINER:,} lists", given=f"{containers:,}")
+    return containers
 
 
 def dumps(doc: object) -> bytes:

@@ -61,7 +61,7 @@ def parse_infer(body: bytes | bytearray | memoryview, header_length: str | None,
             raise _bad(f"Inference-Header-Content-Length {header_length!r} must be a byte count ≤ the body's {len(view)} bytes")
         n = int(header_length)
     with expanding(n):  # the JSON's lists become arrays before the next large body is parsed
-        return _parse(loads(view[:n]), view, n, inputs, outputs)
+        return _parse(loads(view[:n], tensors=True), view, n, inputs, outputs)
 
 
 def _parse(doc: object, view: memoryview, n: int, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> InferRequest:
@@ -133,7 +133,7 @@ def _binary(name: str, view: memoryview, offset: int, size: object, shape: list[
 
 
 def _json_tensor(name: str, data: object, shape: list[int], count: int) -> Array:
-    if not isinstance(data, list) and shape:
+    if not isinstance(data, (list, np.ndarray)) and shape:  # an array: a large numeric list, parsed as one (jsonbody.loads)
         raise _bad(f"input {name!r}: data must be a list of {count} values (flat or nested, row-major), got {type(data).__name__}", name)
     try:
         a = np.asarray(data)

@@ -279,7 +279,8 @@ def write_lock(path, *, platform="manylinux_2_36_aarch64", python="3.11", pins=N
     from device_agent.bundle import Lock
     from device_agent.bundle.lock import LockEntry
 
-    pins = pins or {"numpy": "2.4.6", "onnxruntime": "1.32.0", "paho-mqtt": "2.2.0", "cryptography": "51.0.1", "orjson": "3.13.0"}
+    pins = pins or {"numpy": "2.4.6", "onnxruntime": "1.32.0", "paho-mqtt": "2.2.0", "cryptography": "51.0.1", "orjson": "3.13.0",
+            "pysimdjson": "7.0.2"}
     entries = tuple(LockEntry(n, v, f"{n.replace('-', '_')}-{v}-py3-none-any.whl", "0" * 64) for n, v in pins.items())
     path.write_text(Lock(platform, python, ("numpy>=1.24",), entries).text())
     return path
