@@ -115,7 +115,12 @@ def _describe(path: Path, result: dict[str, Any], conv: Conversion, source: Expo
     """The artifact record (before parity facts): its signature in its own layout and what the conversion did."""
     ref, mode = source.reference, conv.mode
     search = result.get("int8_search")
-    precision = Precision(search["precision"]) if search else onnx_artifact.precision
+    if search:
+        precision = Precision(search["precision"])
+    elif mode in ("int8", "dynamic"):  # a whole-model conversion quantizes every layer it can, whatever the ONNX int8 kept float
+        precision = Precision.INT8
+    else:
+        precision = onnx_artifact.precision
     shipped_float = bool(search) and precision == Precision.FP32  # the search shipped the float .tflite: float I/O
     io = TfliteIO.FLOAT if shipped_float else conv.io
     quantized_io = io == TfliteIO.INT8

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 
 from device_agent.contract.manifest import load_manifest
 from edgekit.compress import CompressOptions, compress
@@ -95,10 +96,9 @@ def test_int8_tflite_of_a_ceil_mode_maxpool_pads_with_edges_not_minus_infinity(t
     onnx.save(ceil_pool_model(24, head=True), str(path))
     np.savez(tmp_path / "data.npz", x=np.random.default_rng(3).standard_normal((64, 3, 24, 24)).astype(np.float32))
     # the whole-model int8 conversion (search=False): on a model this small the int8 search ships the float .tflite (int8 is
-    # slower here), and a float .tflite may keep onnx2tf's -inf PADV2; the int8 conversion is what the rewrite is for
-    # objective size: the ONNX int8 search (whose precision a search=False .tflite carries) quantizes every layer; under
-    # the default objective it may keep one float where float times faster on this CPU (VNNI), and the artifact reads "mixed"
-    opts = CompressOptions(steps=[StepSpec("int8", {})], formats=("tflite",), output=tmp_path / "out", objective="size",
+    # slower here), and a float .tflite may keep onnx2tf's -inf PADV2; the int8 conversion is what the rewrite is for.
+    # It reads "int8" even where the ONNX int8 search kept a layer float (one that times faster in float on a VNNI CPU)
+    opts = CompressOptions(steps=[StepSpec("int8", {})], formats=("tflite",), output=tmp_path / "out",
                            export=ExportOptions(tflite=TfliteConfig(search=False)))
     m = load_manifest(compress(path, tmp_path / "data.npz", opts).output)
     art = next(a for a in m.artifacts if a.format == "tflite")
@@ -134,3 +134,24 @@ def test_tensorflow_children_keep_their_temporary_files_to_themselves(tmp_path, 
     result = run_worker("tmppkg.worker", {}, tmp_path / "job", what="w")
     assert "__autograph_generated_file" in result["tmp"]  # the child did write one
     assert not os.path.exists(result["tmp"]) and list(user_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode, onnx_precision, search, want", [
+    ("int8", "mixed", None, "int8"),  # a whole-model full-integer conversion: every layer int8, whatever the ONNX search kept float
+    ("dynamic", "mixed", None, "int8"),
+    ("int8", "int8", {"precision": "mixed", "float_layers": ["conv1"]}, "mixed"),  # the .tflite search's own finding
+    ("int8", "int8", {"precision": "fp32", "float_layers": []}, "fp32"),
+    ("fp16", "fp16", None, "fp16"),
+])
+def test_a_tflite_artifact_is_labelled_by_its_own_layers_not_its_onnx_parents(mode, onnx_precision, search, want):
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from edgekit.choices import Precision
+    from edgekit.export.tflite import _describe
+
+    result = {"inputs": [], "outputs": [], "tflite_names": {}, **({"int8_search": search} if search else {})}
+    conv = SimpleNamespace(mode=mode, io=TfliteConfig().io, tf_source=False, rewrites={})
+    source = SimpleNamespace(reference=SimpleNamespace(calib_data=None))
+    art = _describe(Path("m.tflite"), result, conv, source, SimpleNamespace(precision=Precision(onnx_precision)), TfliteConfig())  # type: ignore[arg-type]
+    assert art.precision == want
