@@ -176,3 +176,42 @@ def test_a_600_kb_body_is_not_faulted_in_page_by_page_on_every_request(tmp_path)
     finally:
         stop(proc)
     assert per_request < 30, f"{per_request:.0f} page faults a request for a {len(body):,}-byte body (a fresh mapping is ~{len(body) // 4096})"
+
+
+def test_the_heap_is_frozen_when_a_model_starts_serving_and_thawed_and_collected_when_another_does(digits_dir):
+    """Full collections skip what the served model left (gc.freeze); an update's old model is still collected."""
+    import gc
+    import weakref
+
+    from device_agent.cli import HeapSettler
+    from device_agent.serve.agent import Agent
+
+    class Cycle:
+        pass
+
+    first, second = Agent.open(digits_dir).model, Agent.open(digits_dir).model
+    now = [0.0]
+    heap = HeapSettler(every_s=600, clock=lambda: now[0])
+    try:
+        old = Cycle()
+        old.me = old  # a reference cycle that only the collector frees, alive when the heap is settled
+        gone = weakref.ref(old)
+        assert heap.check(first) and gc.get_freeze_count() > 0 and not heap.check(first)
+        del old
+        gc.collect()
+        assert gone() is not None  # frozen: collections leave it alone
+        assert heap.check(second) and gone() is None  # another model: thawed, collected, frozen again
+        again = Cycle()
+        again.me = again
+        gone = weakref.ref(again)
+        now[0] = 599.0
+        assert not heap.check(second)
+        now[0] = 601.0
+        assert heap.check(second)  # every every_s with the same model: frozen now
+        del again
+        gc.collect()
+        assert gone() is not None
+        now[0] = 1202.0
+        assert heap.check(second) and gone() is None
+    finally:
+        gc.unfreeze()
