@@ -250,8 +250,9 @@ def _all_finite(x: np.ndarray) -> bool:
     """True when no NaN/inf. Small tensors: the values summed as Python floats (a NaN or an inf makes
     the sum NaN or inf; float64 sums of ≤ 256 float32/float16 values cannot overflow): a request to a
     small model pays ~3 µs here where numpy's ufunc and reduction machinery, cold after a model run,
-    costs ~12 µs. Large tensors: one numpy sum first (no temporary bool array). Either way, only when
-    the sum is not finite — a NaN, an inf, or an overflow of large float64 values — look at every element."""
+    costs ~12 µs. Large tensors: their largest and smallest value (float32: 14 µs for a 224x224 RGB image, a
+    sum took 27 µs), or one numpy sum (float16, whose max/min are slow; float64), no temporary bool array; only
+    when the sum is not finite — a NaN, an inf, or an overflow of large float64 values — look at every element."""
     n = x.size
     if n <= _SMALL_FINITE:
         if math.isfinite(sum(x.ravel().tolist())):
@@ -259,6 +260,8 @@ def _all_finite(x: np.ndarray) -> bool:
         return bool(np.isfinite(x).all())
     if n <= 4096:  # mid-sized: errstate's own cost would dominate
         return bool(np.isfinite(x).all())
+    if x.dtype == np.float32:  # the largest and the smallest value (NaN if any is NaN): half the time of a float32 sum
+        return bool(np.isfinite(np.maximum.reduce(x, axis=None)) and np.isfinite(np.minimum.reduce(x, axis=None)))
     with np.errstate(over="ignore", invalid="ignore"):
         if np.isfinite(np.add.reduce(x, axis=None)):
             return True

@@ -158,3 +158,18 @@ def test_json_floats_packed_as_float64_narrow_on_the_fast_path_with_the_full_pat
     assert half({"x": np.array([[1.5, -2.0]], np.float32)})["x"].dtype == np.float16
     assert "values overflow float16" in str(err(half, {"x": np.array([[1e5, 0.0]], np.float32)}))
     assert Validator((TensorSpec("x", "float64", ("N", 2)),))({"x": np.array([[1.5, 2.0]], np.float32)})["x"].dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 75_263, 150_527])
+def test_a_large_tensor_with_one_non_finite_value_is_refused_wherever_it_is(dtype, bad, where):
+    # large tensors: float32 by their largest and smallest value, the others by a sum; all of them refuse the same
+    spec = (TensorSpec("x", dtype, ("N", 3, 224, 224)),)
+    x = np.random.default_rng(where).standard_normal((1, 3, 224, 224)).astype(dtype)
+    x.reshape(-1)[where] = bad
+    e = err(Validator(spec), {"x": x})
+    assert e.kind == "nonfinite" and f"(first at {[int(i) for i in np.unravel_index(where, x.shape)]})" in str(e)
+    x.reshape(-1)[where] = np.finfo(dtype).max  # the extremes are finite
+    x.reshape(-1)[0 if where else 1] = np.finfo(dtype).min
+    assert Validator(spec)({"x": x})["x"] is x
