@@ -10,16 +10,15 @@ containers would multiply in memory (a body of ``[],[],…`` becomes ~20x its si
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import threading
 from collections.abc import Iterator
-from types import ModuleType
 
 import numpy as np
 
 from device_agent.contract.errors import InvalidInput
 from device_agent.serve.jsontensor import parse_tensors
+from device_agent.serve.optional import optional
 
 __all__ = ["MAX_DEPTH", "dumps", "expanding", "loads"]
 
@@ -50,14 +49,7 @@ def expanding(size: int) -> Iterator[None]:
         yield
 
 
-def _optional(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(name)
-    except ImportError:  # pragma: no cover - the fallback is tested by switching _orjson off
-        return None
-
-
-_orjson = _optional("orjson")
+_orjson = optional("orjson")
 
 
 def loads(body: bytes | bytearray | memoryview, *, tensors: bool = False) -> object:

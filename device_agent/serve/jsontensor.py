@@ -22,11 +22,12 @@ usual path.
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from device_agent.serve.optional import optional
 
 __all__ = ["TENSOR_ELEMENTS", "available", "parse_tensors"]
 
@@ -39,14 +40,7 @@ MAX_ITEMS = 16384
 MAX_DEPTH = 64
 
 
-def _optional(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(name)
-    except ImportError:  # pragma: no cover - the fallback is tested by switching _simdjson off
-        return None
-
-
-_simdjson = _optional("simdjson")
+_simdjson = optional("simdjson")
 
 
 def available() -> bool:

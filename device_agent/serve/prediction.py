@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import json
 import math
-from types import ModuleType
 
 import numpy as np
 
 from device_agent.contract.types import Array, Feeds, JsonDict
 from device_agent.runtime.model import top_k as top_k_labels
+from device_agent.serve.optional import optional
 
 __all__ = ["ModelId", "Prediction", "tensor_json"]
 
@@ -19,15 +18,8 @@ __all__ = ["ModelId", "Prediction", "tensor_json"]
 ModelId = dict[str, str]
 
 
-def _optional(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(name)
-    except ImportError:  # pragma: no cover - the fallback is tested by switching _orjson off
-        return None
-
-
 #: optional accelerator for JSON answers; Prediction.to_json falls back to the stdlib
-_orjson = _optional("orjson")
+_orjson = optional("orjson")
 
 
 _second: tuple[int, str] = (0, "")

@@ -6,7 +6,6 @@ lists that numpy packs into the same dtype and the same values; where numpy refu
 strings among numbers) the fast path must not give an array, so the validator names the problem as before.
 """
 
-import http.client
 import json
 
 import numpy as np
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 from device_agent.serve import jsonbody, jsontensor
 from device_agent.serve.jsonbody import DENSE_CHECK_BYTES, loads
 from device_agent.serve.jsontensor import parse_tensors
+from tests.agent.test_http_limits import post
 
 pytestmark = pytest.mark.skipif(not jsontensor.available(), reason="pysimdjson is an agent dependency: pip install pysimdjson")
 
@@ -203,16 +203,6 @@ def image_agent(tmp_path_factory):
     return Agent.open(write_model_dir(m, tmp_path_factory.mktemp("img") / "m", name="img"), selftest=False)
 
 
-def _post(port: int, path: str, body: bytes) -> tuple[int, dict]:
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        c.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-        r = c.getresponse()
-        return r.status, json.loads(r.read())
-    finally:
-        c.close()
-
-
 @pytest.mark.parametrize("accelerated", [True, False], ids=["simdjson", "orjson"])
 def test_v1_and_v2_json_answers_and_errors_are_the_same_with_and_without_simdjson(image_agent, monkeypatch, accelerated):
     from device_agent.serve.server import serve
@@ -227,16 +217,16 @@ def test_v1_and_v2_json_answers_and_errors_are_the_same_with_and_without_simdjso
     ragged[1][2][50].pop()
     server = serve(image_agent)
     try:
-        status, doc = _post(server.port, "/v1/predict", json.dumps({"inputs": {"x": x.tolist()}}).encode())
+        status, doc, _ = post(server.port, json.dumps({"inputs": {"x": x.tolist()}}).encode())
         assert status == 200 and np.allclose(doc["outputs"]["y"], want, atol=1e-6)
-        status, doc = _post(server.port, v2, json.dumps(v2_doc).encode())
+        status, doc, _ = post(server.port, json.dumps(v2_doc).encode(), path=v2)
         assert status == 200 and np.allclose(np.reshape(doc["outputs"][0]["data"], (2, 3)), want, atol=1e-6)
-        status, doc = _post(server.port, "/v1/predict", json.dumps({"inputs": {"x": ragged}}).encode())
+        status, doc, _ = post(server.port, json.dumps({"inputs": {"x": ragged}}).encode())
         assert status == 400 and doc["error"]["kind"] == "shape" and "ragged nested list" in doc["error"]["message"], doc
-        status, doc = _post(server.port, v2, json.dumps({"inputs": [{**v2_doc["inputs"][0], "data": ragged}]}).encode())
+        status, doc, _ = post(server.port, json.dumps({"inputs": [{**v2_doc["inputs"][0], "data": ragged}]}).encode(), path=v2)
         assert status == 400 and "rows of one length" in doc["error"], doc
         v2_doc["inputs"][0]["data"][7] = "0.5"
-        status, doc = _post(server.port, v2, json.dumps(v2_doc).encode())
+        status, doc, _ = post(server.port, json.dumps(v2_doc).encode(), path=v2)
         assert status == 400 and "non-numeric" in doc["error"], doc
     finally:
         server.close()
