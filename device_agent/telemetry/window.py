@@ -20,14 +20,12 @@ from device_agent.telemetry.categories import CategoryTracker
 from device_agent.telemetry.features import BLOCK_VALUES, FeatureTracker, Layout, LayoutKey
 from device_agent.telemetry.sketch import LatencySketch
 
-__all__ = ["BLOCK_ROWS", "LATENCY_BATCH", "MAX_PENDING_VALUES", "Window", "WindowContent"]
+__all__ = ["BLOCK_ROWS", "MAX_PENDING_VALUES", "Window", "WindowContent"]
 
 #: samples in a block at most
 BLOCK_ROWS = 4096
 #: values of requests outside the block's layout pending before the request thread bins them
 MAX_PENDING_VALUES = 4 << 20
-#: latencies buffered before they are folded into the sketch, vectorised
-LATENCY_BATCH = 1024
 
 
 class WindowContent(TypedDict):
@@ -96,7 +94,6 @@ class Window:
         # requests of another layout (symbolic dims, absent inputs): gathered per request, binned in drain
         self._odd: list[tuple[Layout, list[Array], int]] = []
         self._odd_values = 0
-        self._latencies: list[float] = []
         self.latency = LatencySketch()
         self.start = clock()
         self.requests = 0
@@ -108,11 +105,9 @@ class Window:
         with self._lock:
             self.requests += 1
             if latency_s is not None:
-                lat = self._latencies
-                lat.append(latency_s)
-                if len(lat) >= LATENCY_BATCH:
-                    self.latency.add_many(lat)
-                    lat.clear()
+                # one at a time (~0.3 µs): folding 1,024 at once, vectorised, took 0.26 ms after an inference had
+                # cooled the caches, a stall on every thousandth request that wrk's p99 at one connection counts
+                self.latency.add(latency_s)
             if error:
                 self.errors[error] = self.errors.get(error, 0) + 1
             if inputs is None:
@@ -200,9 +195,6 @@ class Window:
                     full.append(block)
                     self._block = self._new_block(block.layout)
                 odd, self._odd, self._odd_values = self._odd, [], 0
-                if self._latencies:
-                    self.latency.add_many(self._latencies)
-                    self._latencies.clear()
                 start, requests, errors, latency = self.start, self.requests, dict(self.errors), self.latency.summary(scale=1000.0)
                 categorical = self.categories.take() if self.categories is not None else None
                 self.start = end
