@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import numpy.typing as npt
-
 from device_agent.contract.protocol import LatencySummary
 
 __all__ = ["LatencySketch", "rounded"]
@@ -50,21 +47,6 @@ class LatencySketch:
             self.max = x
         if x < self.min:
             self.min = x
-
-    def add_many(self, values: list[float] | npt.NDArray[np.float64]) -> None:
-        """``add`` for many values at once (vectorised: the request path only appends to a list)."""
-        x = np.asarray(values, dtype=np.float64)
-        if not x.size:
-            return
-        idx = np.ceil(np.log(np.maximum(x, self.floor)) / self._lg).astype(np.int64)
-        keys, counts = np.unique(idx, return_counts=True)
-        buckets = self.buckets
-        for i, c in zip(keys.tolist(), counts.tolist(), strict=True):
-            buckets[i] = buckets.get(i, 0) + c
-        self.count += x.size
-        self.sum += float(x.sum())
-        self.max = max(self.max, float(x.max()))
-        self.min = min(self.min, float(x.min()))
 
     def quantile(self, q: float) -> float:
         """Value at quantile ``q`` (0..1); 0.0 when empty."""
