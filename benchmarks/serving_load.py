@@ -101,8 +101,10 @@ def free_port() -> int:
 class Server:
     """A server process (the agent or the baseline) on ``port``; ``rss_mb()`` reads its resident memory."""
 
-    def __init__(self, name: str, cmd: list[str], port: int, *, env: dict[str, str] | None = None, ready_path: str = "/readyz") -> None:
+    def __init__(self, name: str, cmd: list[str], port: int, *, env: dict[str, str] | None = None, ready_path: str = "/readyz",
+                 state: Path | None = None) -> None:
         self.name, self.port = name, port
+        self.state = state  # removed on stop (an agent's state directory: its copy of the model, outbox, logs)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
                                      start_new_session=True)
         deadline = time.monotonic() + 120
@@ -139,6 +141,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.state is not None:
+            shutil.rmtree(self.state, ignore_errors=True)
 
 
 def start_agent(model_dir: Path, work: Path, *, threads: int, broker: str, api: dict[str, object] | None = None) -> Server:
@@ -154,7 +158,7 @@ def start_agent(model_dir: Path, work: Path, *, threads: int, broker: str, api: 
                                    "model": {"path": str(model_dir), "threads": threads, "prefer": ["ort"]},
                                    "telemetry": {"interval_s": 5.0}}, state_dir=str(state)))
     code = "import sys; from device_agent.cli import main; sys.exit(main())"
-    return Server("agent", [sys.executable, "-c", code, "run", "--config", str(config)], port, env={"PYTHONPATH": str(ROOT)})
+    return Server("agent", [sys.executable, "-c", code, "run", "--config", str(config)], port, env={"PYTHONPATH": str(ROOT)}, state=state)
 
 
 def start_baseline(model_file: Path, *, threads: int) -> Server:

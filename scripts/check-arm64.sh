@@ -91,7 +91,10 @@ assert not heavy, heavy
 pins = dict(re.findall(r'^([A-Za-z0-9._-]+)==(\\S+)', open('/root/aarch64.lock').read(), re.M))
 got = {n: m.version(n) for n in pins}
 assert got == pins, (got, pins)
-print('  ', platform.machine(), 'onnxruntime', got['onnxruntime'], '- the lock exactly (%d wheels); no onnx/torch/tensorflow/pydantic' % len(pins))"
+print('  ', platform.machine(), 'onnxruntime', got['onnxruntime'], '- the lock exactly (%d wheels); no onnx/torch/tensorflow/pydantic' % len(pins))
+import simdjson
+assert simdjson.Parser().parse(b'[1.5, 2]').as_list() == [1.5, 2]
+print('   pysimdjson', got['pysimdjson'], 'imports and parses')"
 
 say "5/7 start the agent (as user edgekit, inside the root)"
 chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/var/lib/edgekit LANG=C.UTF-8 bash -c \
@@ -134,6 +137,21 @@ req = urllib.request.Request(f"http://127.0.0.1:{api}/v1/predict", data=json.dum
 body = json.loads(urllib.request.urlopen(req, timeout=120).read())
 assert len(body["outputs"]["logits"]) == 2, body
 print(f"   prediction: top-1 {[t[0]['label'] for t in body['top_k']]} in {body['latency_ms']:.1f} ms (runtime)")
+# a body over 256 KB takes the agent's simdjson path (pysimdjson's aarch64 wheel, NEON): its answer must be the
+# .npy body's, value for value
+import io
+# [api] max_batch (256) samples, each value given a float32's full digits so that the body passes 256 KB
+big = (np.load(eval_npz)["x"][:256] + np.random.default_rng(0).uniform(0, 1e-3, (256, 1, 8, 8))).astype(np.float32)
+doc = json.dumps({"inputs": {"x": big.tolist()}}).encode()
+assert len(doc) > 256 * 1024, len(doc)
+answers = []
+for data, ctype in ((doc, "application/json"), (None, "application/x-npy")):
+    if data is None:
+        buf = io.BytesIO(); np.save(buf, big); data = buf.getvalue()
+    r = urllib.request.Request(f"http://127.0.0.1:{api}/v1/predict", data=data, headers={"Content-Type": ctype})
+    answers.append(np.asarray(json.loads(urllib.request.urlopen(r, timeout=300).read())["outputs"]["logits"]))
+assert answers[0].shape == (256, 10) and np.array_equal(answers[0], answers[1]), "large JSON and .npy bodies answer differently"
+print(f"   a {len(doc) / 2**20:.1f} MB JSON body (256 samples) answers exactly as its .npy body")
 info = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{api}/v1/model", timeout=30).read())
 print(f"   model {info['name']} {info['version']} via {info['runtime']} ({info['artifact']}), self-test {info['selftest']['detail']}")
 rc = info["runtime_check"]
