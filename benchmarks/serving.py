@@ -22,6 +22,8 @@ slow request is (its mean latency exceeds the interval at one connection for the
 With ``--control`` a second agent process, started the same way, runs in the same rounds: on this 2-core machine
 two such processes' p99 differed by 7-39 % in a cell (most at one connection), which is the resolution of the
 p99 comparison.
+Every cell prints each server's latency percentiles (p50 to p99.9, medians over rounds), so that a p99 verdict
+can be read against the distribution around it.
 
 Targets, each printed PASS or FAIL:
   throughput ≥ 1.0x the baseline in every cell, p99 ≤ the baseline's;
@@ -55,7 +57,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from agent import digits_model, mobilenet_model  # noqa: E402 - benchmarks/agent.py builds the models
 from agent_process import start_broker  # noqa: E402
 from serving_abuse import bomb, memory_over_requests, peak_rss_under_load, slow_clients  # noqa: E402
-from serving_load import Server, ensure_wrk, start_agent, start_baseline, wrk  # noqa: E402
+from serving_load import Load, Server, ensure_wrk, start_agent, start_baseline, wrk  # noqa: E402
 
 CONNECTIONS = (1, 4, 16)
 
@@ -87,10 +89,19 @@ def cell(agent: Server, base: Server, body: bytes, ctype: str, *, connections: i
            "agent_failed": float(sum(x.failed for x in got["agent"])),
            "baseline_async_per_s": statistics.median(x.ok_per_s for x in got["async"]),
            "baseline_threaded_per_s": statistics.median(x.ok_per_s for x in got["threaded"])}
+    spectra = {"agent": got["agent"], "baseline": best}
     if control is not None:  # the same agent, another process: how far two identical servers land apart in this cell
         out["control_per_s"] = statistics.median(x.ok_per_s for x in got["control"])
         out["control_p99_ms"] = statistics.median(x.p99_ms for x in got["control"])
-    return out
+        spectra["control"] = got["control"]
+    return {**out, "spectrum_ms": {k: spectrum(v) for k, v in spectra.items()}}
+
+
+def spectrum(loads: list[Load]) -> dict[str, float]:
+    """Percentiles of latency (ms), each the median over the rounds: p50, p90, p95, p98, p99, p99.5, p99.9."""
+    rows = [{"p50": x.p50_ms, **x.spectrum_ms, "p99": x.p99_ms} for x in loads]
+    order = ["p50", "p90", "p95", "p98", "p99", "p99.5", "p99.9"]
+    return {p: statistics.median(r[p] for r in rows) for p in order if all(p in r for r in rows)}
 
 
 def v2_round_trip(agent: Server, model_dir: Path, x: np.ndarray, *, threads: int, runs: int = 300) -> dict[str, float]:
@@ -243,6 +254,8 @@ def _model(name: str, model_dir: Path, x: np.ndarray, args: argparse.Namespace, 
                         print(f"  {name:12} {kind:4} c={c:<2}  agent {r['agent_per_s']:8.1f}/s p99 {r['agent_p99_ms']:8.2f} ms   "
                               f"baseline {r['baseline_per_s']:8.1f}/s p99 {r['baseline_p99_ms']:8.2f} ms   x{r['ratio']:.2f}"
                               + (f"   control agent {r['control_per_s']:8.1f}/s p99 {r['control_p99_ms']:8.2f} ms" if control else ""), flush=True)
+                        print("      latency percentiles (ms)  " + "   ".join(
+                            f"{who} " + " ".join(f"{p} {v:.2f}" for p, v in sp.items()) for who, sp in r["spectrum_ms"].items()), flush=True)
             finally:
                 base.stop()
                 if control is not None:

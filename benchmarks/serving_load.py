@@ -16,10 +16,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: the percentiles of a wrk run's latency kept beside p50 and p99 (Load.spectrum_ms)
+SPECTRUM = ("p90", "p95", "p98", "p99.5", "p99.9")
 
 _LUA = r"""
 wrk.method = "POST"
@@ -31,9 +34,10 @@ local auth = os.getenv("EDGEKIT_AUTH")
 if auth and #auth > 0 then wrk.headers["Authorization"] = auth end
 done = function(summary, latency, requests)
   io.write(string.format('WRK {"requests": %d, "duration_us": %d, "status_errors": %d, "connect_errors": %d, "read_errors": %d, ' ..
-    '"write_errors": %d, "timeouts": %d, "p50_us": %d, "p99_us": %d, "max_us": %d}\n', summary.requests, summary.duration,
-    summary.errors.status, summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout,
-    latency:percentile(50), latency:percentile(99), latency.max))
+    '"write_errors": %d, "timeouts": %d, "p50_us": %d, "p99_us": %d, "max_us": %d, "spectrum_us": [%d, %d, %d, %d, %d]}\n',
+    summary.requests, summary.duration, summary.errors.status, summary.errors.connect, summary.errors.read, summary.errors.write,
+    summary.errors.timeout, latency:percentile(50), latency:percentile(99), latency.max, latency:percentile(90),
+    latency:percentile(95), latency:percentile(98), latency:percentile(99.5), latency:percentile(99.9)))
 end
 """
 
@@ -65,6 +69,8 @@ class Load:
     p99_ms: float
     non2xx: int
     socket_errors: int
+    #: more of the latency distribution (ms): SPECTRUM's percentiles, as wrk's histogram has them
+    spectrum_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -87,7 +93,8 @@ def wrk(url: str, body: bytes, ctype: str, *, connections: int, seconds: float, 
     d = json.loads(line[4:])
     ok = d["requests"] - d["status_errors"]
     return Load(d["requests"], ok / (d["duration_us"] / 1e6), d["p50_us"] / 1e3, d["p99_us"] / 1e3, d["status_errors"],
-                d["connect_errors"] + d["read_errors"] + d["write_errors"] + d["timeouts"])
+                d["connect_errors"] + d["read_errors"] + d["write_errors"] + d["timeouts"],
+                dict(zip(SPECTRUM, [v / 1e3 for v in d["spectrum_us"]], strict=True)))
 
 
 def free_port() -> int:
