@@ -144,10 +144,10 @@ import io
 big = (np.load(eval_npz)["x"][:256] + np.random.default_rng(0).uniform(0, 1e-3, (256, 1, 8, 8))).astype(np.float32)
 doc = json.dumps({"inputs": {"x": big.tolist()}}).encode()
 assert len(doc) > 256 * 1024, len(doc)
+npy = io.BytesIO()
+np.save(npy, big)
 answers = []
-for data, ctype in ((doc, "application/json"), (None, "application/x-npy")):
-    if data is None:
-        buf = io.BytesIO(); np.save(buf, big); data = buf.getvalue()
+for data, ctype in ((doc, "application/json"), (npy.getvalue(), "application/x-npy")):
     r = urllib.request.Request(f"http://127.0.0.1:{api}/v1/predict", data=data, headers={"Content-Type": ctype})
     answers.append(np.asarray(json.loads(urllib.request.urlopen(r, timeout=300).read())["outputs"]["logits"]))
 assert answers[0].shape == (256, 10) and np.array_equal(answers[0], answers[1]), "large JSON and .npy bodies answer differently"
