@@ -78,6 +78,7 @@ class PostgresStore(SqlStore):
         self.url = url
         self.where = shown(url)
         self._psycopg = psycopg
+        self._transient = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
         self._parts: set[int] = set()  # hours (since the epoch) whose partition is known to exist
         self._parts_lock = threading.Lock()
         try:
@@ -143,7 +144,10 @@ class PostgresStore(SqlStore):
             return []
         # one array per column: the same statement text for every batch (prepared once per connection), where
         # a VALUES list per batch size was parsed and planned again for each batch
-        won = {(d, int(s)) for d, s in db.rows(_RAW_INSERT, [list(col) for col in zip(*rows, strict=True)])}
+        # in the primary key's order (window_end, device, seq): collectors given the same windows in other orders then
+        # take their key locks in one order, and one waits for the other rather than each for each (a deadlock)
+        ordered = sorted(rows, key=lambda r: (r[2], r[0], r[1]))
+        won = {(d, int(s)) for d, s in db.rows(_RAW_INSERT, [list(col) for col in zip(*ordered, strict=True)])}
         out = []
         for r in rows:
             key = (r[0], int(r[1]))

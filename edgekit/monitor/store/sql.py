@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 import threading
 import time
 import uuid
@@ -36,6 +37,8 @@ __all__ = ["SqlStore"]
 
 log = logging.getLogger("edgekit.monitor.store")
 
+#: how often a batch is tried: a lost writer lease or a transient failure (see ``SqlStore._transient``) runs it again
+_ATTEMPTS = 4
 _RAW_INSERT = "INSERT INTO telemetry (device, seq, window_end, collector, stored, payload) VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING"
 _NEWER_STATE = ("(devices.boot IS NULL OR excluded.boot > devices.boot "
                 "OR (excluded.boot = devices.boot AND excluded.state_seq >= devices.state_seq))")
@@ -104,6 +107,10 @@ class SqlStore(Reads, CensusReads):
     def _before_insert(self, rows: list[tuple[Any, ...]]) -> None:
         """Anything the raw rows need first (PostgreSQL: their hour partitions)."""
 
+    #: errors after which a batch's transaction (rolled back) may simply run again: PostgreSQL's deadlock and serialization
+    #: failures. Collectors take rows in key order, so they should not deadlock; should they, the batch is not lost.
+    _transient: tuple[type[Exception], ...] = ()
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -127,6 +134,7 @@ class SqlStore(Reads, CensusReads):
     def record_states(self, msgs: Sequence[StateMessage]) -> None:
         rows = [(m.device, m.group or "default", str(m.status), (m.model or {}).get("name"), (m.model or {}).get("version"),
                  (m.model or {}).get("artifact"), m.ts, m.boot, m.seq, *runtime_columns(m)) for m in msgs]
+        rows.sort(key=lambda r: r[0])  # rows that other collectors write too: locked in one order by all (no deadlock)
         with self._write() as db:
             db.many(self._state_sql, rows)
             for m in msgs:
@@ -138,14 +146,14 @@ class SqlStore(Reads, CensusReads):
         g = self.dialect.greatest
         with self._write() as db:
             db.many("INSERT INTO devices (device, status, last_seen) VALUES (?, 'unknown', ?) ON CONFLICT (device) DO UPDATE SET "
-                    f"last_seen = {g}(devices.last_seen, excluded.last_seen)", [(u.device, u.ts) for u in updates])
+                    f"last_seen = {g}(devices.last_seen, excluded.last_seen)", sorted((u.device, u.ts) for u in updates))
             db.many("INSERT INTO jobs (device, job, state, reason, detail, ota_state, version, ts, boot, seq) VALUES (?,?,?,?,?,?,?,?,?,?) "
                     "ON CONFLICT (device, job) DO UPDATE SET state = excluded.state, reason = excluded.reason, detail = excluded.detail, "
                     "ota_state = excluded.ota_state, version = excluded.version, ts = excluded.ts, boot = excluded.boot, seq = excluded.seq "
                     "WHERE excluded.reason <> 'duplicate_job' AND (excluded.boot > jobs.boot "
                     "OR (excluded.boot = jobs.boot AND excluded.seq >= jobs.seq))",
-                    [(u.device, u.job, str(u.state), u.reason, u.detail, u.ota_state, (u.model or {}).get("version"), u.ts, u.boot, u.seq)
-                     for u in updates])
+                    sorted(((u.device, u.job, str(u.state), u.reason, u.detail, u.ota_state, (u.model or {}).get("version"), u.ts, u.boot,
+                             u.seq) for u in updates), key=lambda r: (r[0], r[1])))
             db.many("UPDATE devices SET (job, job_state, job_reason, job_ts) = (SELECT job, state, reason, ts FROM jobs "
                     "WHERE jobs.device = devices.device ORDER BY ts DESC, job DESC LIMIT 1) WHERE device = ?",
                     [(d,) for d in sorted({u.device for u in updates})])
@@ -165,7 +173,8 @@ class SqlStore(Reads, CensusReads):
             return []
         rows = [_raw_row(m, p, collector) for m, p in items]
         self._before_insert(rows)
-        for attempt in (1, 2):
+        again: tuple[type[Exception], ...] = (LeaseLost, *self._transient)
+        for attempt in range(1, _ATTEMPTS + 1):
             try:
                 with self._lock, self._write() as db:
                     if self.writer.slot is None:
@@ -181,13 +190,15 @@ class SqlStore(Reads, CensusReads):
                 with self._rows() as db:
                     self._seen(db, winners)
                 return fresh
-            except LeaseLost as e:
-                self.writer.reset()
-                if attempt == 2:
-                    raise
-                log.warning("fleet store: %s; claiming a writer slot again", e)
-            except BaseException:
+            except again as e:
                 self.writer.reset()  # the transaction rolled back: what it folded in memory is void
+                if attempt == _ATTEMPTS:
+                    raise
+                log.warning("fleet store: %s; %s", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+                            "claiming a writer slot again" if isinstance(e, LeaseLost) else "running the batch again")
+                time.sleep(random.uniform(0.0, 0.02 * attempt))  # apart from the other collector that ran into this one
+            except BaseException:
+                self.writer.reset()
                 raise
         raise AssertionError("unreachable")
 
