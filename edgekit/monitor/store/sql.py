@@ -249,7 +249,8 @@ class SqlStore(Reads, CensusReads):
         self.set_drift_states([((scope, name, model, version), states)])
 
     def set_drift_states(self, items: Sequence[tuple[tuple[str, str, str, str], Sequence[DriftState]]]) -> None:
-        rows = [(*key, s.feature, s.level, s.since, s.updated, s.psi) for key, states in items for s in states]
+        # in key order, as every collector writes them (see record_states)
+        rows = sorted(((*key, s.feature, s.level, s.since, s.updated, s.psi) for key, states in items for s in states), key=lambda r: r[:5])
         if not rows:
             return
         with self._write() as db:
@@ -265,7 +266,7 @@ class SqlStore(Reads, CensusReads):
             return
         with self._rows() as db:
             db.many("UPDATE devices SET drift_level = ?, drift = ? WHERE device = ?",
-                    [(s["level"] if s else None, json.dumps(s) if s else None, d) for d, s in items])
+                    [(s["level"] if s else None, json.dumps(s) if s else None, d) for d, s in sorted(items, key=lambda i: i[0])])
 
     def add_alert(self, payload: dict[str, Any], *, ts: float | None = None) -> Alert:
         a = Alert.from_payload(0, time.time() if ts is None else ts, payload)
