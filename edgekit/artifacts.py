@@ -136,8 +136,12 @@ def _mismatch(a: ExportedArtifact, p: dict[str, Any]) -> str:
             + "; pass --allow-mismatch to keep it anyway")
 
 
-def warn_slower(results: list[ArtifactResult], source: Latency, *, calibrated: bool, log: RunLog) -> None:
-    """Say plainly when a compressed artifact runs slower than the fp32 source on this CPU, and why."""
+def warn_slower(results: list[ArtifactResult], source: Latency, *, calibrated: bool, log: RunLog, objective: str = "balanced",
+                failed_bound: bool = False) -> None:
+    """Say plainly when a compressed artifact runs slower than the fp32 source on this CPU, and why.
+
+    ``objective``: the ``--objective`` the int8 candidate was chosen for; ``failed_bound``: no candidate met the accuracy
+    bound, so the most accurate one shipped whatever its speed."""
     for r in results:
         if r.latency is None:
             continue
@@ -147,9 +151,11 @@ def warn_slower(results: list[ArtifactResult], source: Latency, *, calibrated: b
             continue
         why = "int8 kernels for this model are slower than fp32 ones on this CPU"
         if r.exported.extra.get("candidate") == "weight-only":
-            why = ("its weight-only int8 weights are dequantized on every run (--objective size asked for the smallest file); "
-                   + ("calibration data (--data) gives a static int8 model that is fast" if not calibrated
-                      else "--objective balanced keeps the file at least as fast as fp32"))
+            chosen = ("no int8 candidate met the accuracy bound and it was the most accurate" if failed_bound
+                      else "--objective size asked for the smallest file" if objective == "size" else "it was the fastest candidate")
+            hint = ("; calibration data (--data) gives a static int8 model that is fast" if not calibrated
+                    else "; --objective balanced keeps the file at least as fast as fp32" if objective == "size" and not failed_bound else "")
+            why = f"its weight-only int8 weights are dequantized on every run ({chosen}){hint}"
         elif r.exported.format == Format.ORT and r.exported.extra.get("ort_target", "arm") == "arm" and OrtTarget.host() is OrtTarget.AMD64:
             why = ("an .ort is built for ARM by default (no x86 blocked-layout float kernels), so its float layers are slower here "
                    "than the fp32 .onnx's; for an x86-64 device, pass --ort-target amd64 or deploy the .onnx")

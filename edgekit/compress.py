@@ -247,7 +247,8 @@ def _export_and_check(run: _Run, s: _Stepped, staging: Path, stem: str,
     lat = measure_latencies(timed, budget_s=20)
     for r in results:
         r.latency, r.backend = lat[r.file], None
-    warn_slower(results, lat["source"], calibrated=run.ref.calib_data is not None, log=run.log)
+    warn_slower(results, lat["source"], calibrated=run.ref.calib_data is not None, log=run.log, objective=str(run.opts.objective),
+                failed_bound=s.failed_bound is not None)
     return results, failures, lat["source"]
 
 

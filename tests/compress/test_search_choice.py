@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
-from edgekit.choices import Objective
+from edgekit.artifacts import warn_slower
+from edgekit.choices import Format, Objective
+from edgekit.evaluate import Latency
 from edgekit.quantize.choose import Option, choose
+from edgekit.runlog import RunLog
 
 BASE_MS, BASE_SIZE = 1.0, 100_000
 FLOAT = Option("float", 1.0, 100_000, 0.0, True, int8=False)
@@ -68,3 +72,23 @@ def test_an_ort_is_held_to_the_float_onnx_then_to_the_float_ort():
     c = choose(opts, baseline_ms=1.0, baseline_size=BASE_SIZE, objective=Objective.BALANCED, max_drop=1.0, label=" as .ort",
                fallback_ms=2.5)
     assert c.name == "static" and "not slower than the fp32 .ort" in c.why and "0.44x the fp32 .ort latency" in c.why
+
+
+def _slower_weight_only_warning(*, calibrated: bool, objective: str, failed_bound: bool) -> str:
+    art = SimpleNamespace(latency=Latency(2.0, 2.2, 2.0, 50), file="m.int8.onnx",
+                          exported=SimpleNamespace(precision="int8", extra={"candidate": "weight-only"}, format=Format.ONNX))
+    log = RunLog()
+    warn_slower([art], Latency(1.0, 1.1, 1.0, 50), calibrated=calibrated, log=log, objective=objective, failed_bound=failed_bound)
+    (line,) = log.notes
+    return line
+
+
+def test_a_slower_weight_only_artifact_is_explained_by_why_it_was_chosen():
+    # no candidate met the accuracy bound: the most accurate shipped; the user did not ask for --objective size
+    line = _slower_weight_only_warning(calibrated=False, objective="balanced", failed_bound=True)
+    assert line.startswith("warning: m.int8.onnx runs at 2.00x the fp32 latency: its weight-only int8 weights are dequantized")
+    assert "no int8 candidate met the accuracy bound and it was the most accurate" in line and "--objective" not in line
+    assert line.endswith("calibration data (--data) gives a static int8 model that is fast")
+    line = _slower_weight_only_warning(calibrated=True, objective="size", failed_bound=False)
+    assert "(--objective size asked for the smallest file); --objective balanced keeps the file at least as fast as fp32" in line
+    assert _slower_weight_only_warning(calibrated=True, objective="balanced", failed_bound=True).endswith("it was the most accurate)")
