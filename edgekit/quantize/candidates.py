@@ -10,6 +10,7 @@ keeps the best for the objective (:mod:`edgekit.quantize.search`). A candidate i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import logging
@@ -58,6 +59,9 @@ class Candidate:
     nodes: tuple[str, ...] | None = None
     #: store weights the quantizer leaves fp32 as int8 (dequantized at run time: smaller, slower in a plain session)
     int8_leftovers: bool = True
+    #: built before the per-layer search (which may spend the rest of the budget): cheap, and for a model whose
+    #: weights are mostly MatMul/Gemm (transformers, ConvNeXt) often the fastest and most accurate answer
+    early: bool = False
 
     def params(self) -> dict:
         if self.kind is Kind.FLOAT:
@@ -74,6 +78,9 @@ class Candidate:
 
 
 _LINEAR = ("MatMul", "Gemm")
+#: with calibration data, a model whose MatMul/Gemm layers do at least this share of the multiply-adds tries dynamic int8
+#: of them before the per-layer search (:func:`linear_share`)
+LINEAR_FIRST = 0.5
 
 STATIC_CANDIDATES = (
     Candidate("static-qdq-u8s8-perchannel", Kind.STATIC, "QDQ", "u8", True, note="QDQ, uint8 activations, per-channel int8 weights"),
@@ -103,13 +110,45 @@ def candidates_for(model: onnx.ModelProto, *, has_data: bool) -> list[Candidate]
     out: list[Candidate] = [qdq_pc, qop_pc, qdq_pt] if has_data else []
     has_linear = bool(ops & set(_LINEAR))
     has_conv = bool(ops & {"Conv", "ConvTranspose"})
+    dynamic, linear_only = DYNAMIC_CANDIDATES
+    # dynamic int8 of the MatMul/Gemm layers: the linear-only one beside convolutions, else the whole-model one (the same there)
+    linear_dynamic = (linear_only if has_conv else dynamic) if has_linear else None
+    if has_data and linear_dynamic is not None and linear_share(model) >= LINEAR_FIRST:
+        out.append(dataclasses.replace(linear_dynamic, early=True))
     out.append(WEIGHT_ONLY)
-    if has_linear and has_conv:
-        out.append(DYNAMIC_CANDIDATES[1])
+    if has_linear and has_conv and linear_dynamic.name not in {c.name for c in out}:
+        out.append(linear_only)
     out += [s8s8] if has_data else []
-    out.append(DYNAMIC_CANDIDATES[0])
+    if dynamic.name not in {c.name for c in out}:
+        out.append(dynamic)
     out.append(FLOAT)  # keeping every layer float is always an answer: never slower than the model given
     return out
+
+
+def linear_share(model: onnx.ModelProto) -> float:
+    """The share of the model's Conv/MatMul/Gemm multiply-adds that MatMul/Gemm layers do (0 when it has none).
+
+    A layer's multiply-adds are its weight's elements times the positions it is applied at: the output's pixels for a
+    convolution, its rows (tokens) for a MatMul, from the shapes inference left in the model (1 where unknown). So a CNN's
+    classifier, large in weights but applied once, counts for little, and a transformer's MatMuls for nearly all.
+    """
+    sizes = {t.name: int(np.prod(t.dims)) for g in iter_graphs(model.graph) for t in g.initializer}
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
+              for v in (*model.graph.value_info, *model.graph.output)}
+    linear = other = 0
+    for g in iter_graphs(model.graph):
+        for n in g.node:
+            if n.op_type not in (*_LINEAR, "Conv", "ConvTranspose"):
+                continue
+            w = max((sizes.get(x, 0) for x in n.input[:2]), default=0)  # MatMul's weight may be either input
+            out = shapes.get(n.output[0], [])
+            positions = [d for d in (out[:-1] if n.op_type in _LINEAR else out[2:]) if d > 0]
+            macs = w * int(np.prod(positions, dtype=np.int64))
+            if n.op_type in _LINEAR:
+                linear += macs
+            else:
+                other += macs
+    return linear / (linear + other) if linear + other else 0.0
 
 
 class _Reader:

@@ -150,7 +150,8 @@ def search(
 
 
 def _check_all(bench: Workbench, candidates: list[Candidate]) -> tuple[list[CandidateResult], dict[str, dict], dict[str, float]]:
-    """Each candidate built and checked in order, the mixed ones right after the whole-model static ones; the budget skips the rest."""
+    """Each candidate built and checked in order, the mixed ones right after the whole-model static ones (and the early ones:
+    :attr:`Candidate.early`); the budget skips the rest."""
     settings = bench.settings
     results: list[CandidateResult] = []
     mixed_record: dict[str, dict] = {}
@@ -171,7 +172,7 @@ def _check_all(bench: Workbench, candidates: list[Candidate]) -> tuple[list[Cand
         phases["mixed_search_s"] = bench.elapsed() - phases["whole_static_s"]
 
     for i, cand in enumerate(candidates):
-        if cand.kind is not Kind.STATIC:
+        if cand.kind is not Kind.STATIC and not cand.early:
             mixed_now()
         bench.progress(f"int8: candidate {cand.name}", 0.3 * i / max(1, len(candidates)))
         pointless = _pointless(cand, results, settings.objective, convs=bench.convs)

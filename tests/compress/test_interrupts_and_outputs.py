@@ -183,7 +183,10 @@ def test_ctrl_c_while_tensorflow_converts_leaves_no_autograph_files(tmp_path):
     proc, tmp = _compress(tmp_path, "--int8", "--data", "calib.npz", "--search-time", "5", "--format", "onnx,tflite", "-o", "out", "m.onnx")
 
     def tensorflow_working() -> bool:  # the TF child's autograph has generated code into (its) TMPDIR
-        return any(tmp.rglob("__autograph_generated_file*"))
+        try:
+            return any(tmp.rglob("__autograph_generated_file*"))
+        except FileNotFoundError:  # a directory went while it was walked (onnxruntime's quantizer removes its own)
+            return False
 
     out, err = _ctrl_c(proc, tensorflow_working, timeout=300)
     assert proc.returncode == 130, err
