@@ -112,14 +112,15 @@ def candidates_for(model: onnx.ModelProto, *, has_data: bool) -> list[Candidate]
     has_conv = bool(ops & {"Conv", "ConvTranspose"})
     dynamic, linear_only = DYNAMIC_CANDIDATES
     # dynamic int8 of the MatMul/Gemm layers: the linear-only one beside convolutions, else the whole-model one (the same there)
-    linear_dynamic = (linear_only if has_conv else dynamic) if has_linear else None
-    if has_data and linear_dynamic is not None and linear_share(model) >= LINEAR_FIRST:
+    linear_dynamic = linear_only if has_conv else dynamic
+    early = has_data and has_linear and linear_share(model) >= LINEAR_FIRST
+    if early:
         out.append(dataclasses.replace(linear_dynamic, early=True))
     out.append(WEIGHT_ONLY)
-    if has_linear and has_conv and linear_dynamic.name not in {c.name for c in out}:
+    if has_linear and has_conv and not early:
         out.append(linear_only)
     out += [s8s8] if has_data else []
-    if dynamic.name not in {c.name for c in out}:
+    if not (early and linear_dynamic is dynamic):
         out.append(dynamic)
     out.append(FLOAT)  # keeping every layer float is always an answer: never slower than the model given
     return out
